@@ -1,0 +1,106 @@
+// The op interface. The forward pass is written once against it; each backend (cpu-ref, the
+// fp32 oracle; cpu, BLAS + OpenMP; cuda) implements every op with the same meaning.
+//
+// Conventions for every op:
+//  - Activations are f32 on CPU backends. Weights may be any dtype the backend accepts from
+//    prepare_weight (quantised types are read block by block).
+//  - Shapes are outermost first. Letters: n = tokens in the batch, k = input features,
+//    m = output features, h = query heads, g = KV heads, d = head dim, c = cache capacity,
+//    s = sequence slots in the KV cache.
+//  - Inputs come first, the output tensor last; outputs are preallocated by the caller.
+//  - A wrong shape or dtype is an input error (Status), never undefined behaviour.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+
+namespace purbo {
+
+// Rotary position embedding in the rotate-half (GPT-NeoX / Hugging Face) layout: dimension i
+// of the first half is paired with dimension i + rotary_dim / 2.
+struct RopeParams {
+    std::span<const float> inv_freq;  // (rotary_dim / 2,) angle per position per pair
+    int rotary_dim = 0;               // leading dims that rotate; the rest pass through
+    float attn_factor = 1.0f;         // scales cos and sin (YaRN's mscale); 1 otherwise
+};
+
+// Which keys a query at position p of its sequence may see: causal, optionally restricted to
+// the first n_sink positions plus the last `window` positions (p - window < j <= p).
+struct AttentionParams {
+    float scale = 1.0f;  // applied to q.k, usually 1 / sqrt(d)
+    int window = 0;      // 0 = unlimited
+    int n_sink = 0;      // only meaningful with a window
+};
+
+// Per-token placement in the KV cache: token i belongs to sequence slot seq[i] at position pos[i].
+struct TokenPlacement {
+    std::span<const int32_t> seq;  // (n,)
+    std::span<const int32_t> pos;  // (n,)
+};
+
+// One layer's cache: k and v are (s, g, c, d) f32 on CPU backends.
+struct KvCacheView {
+    Tensor k;
+    Tensor v;
+};
+
+enum class BackendKind { kCpuRef, kCpu, kCuda };
+
+struct BackendOptions {
+    int n_threads = 0;  // 0 = all cores
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual BackendKind kind() const = 0;
+    virtual std::string_view name() const = 0;
+
+    // ---- memory -------------------------------------------------------------------------
+    // Zero-filled activation buffer on the backend's device.
+    virtual Tensor alloc(DType dtype, std::initializer_list<int64_t> shape, std::string name = {}) = 0;
+    // Converts a host weight (e.g. a view into a mapped file) into the form the backend's
+    // matmul/embedding consume. May return the same tensor, a copy or a converted tensor.
+    virtual Result<Tensor> prepare_weight(const Tensor& host_weight) = 0;
+    // Copies between host f32 tensors and backend tensors of the same shape.
+    virtual Status to_host(const Tensor& src, const Tensor& host_dst) = 0;
+    virtual Status from_host(const Tensor& host_src, const Tensor& dst) = 0;
+    virtual void synchronize() {}
+
+    // ---- ops ----------------------------------------------------------------------------
+    // out[i, :] = table[ids[i], :]; table (v, k) any weight dtype; out (n, k) f32.
+    virtual Status embedding(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) = 0;
+    // out = x / sqrt(mean(x^2) + eps) * weight; x, out (n, k); weight (k,) f32.
+    virtual Status rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) = 0;
+    // out = x @ w^T; x (n, k) f32; w (m, k) any weight dtype; out (n, m) f32.
+    virtual Status matmul(const Tensor& x, const Tensor& w, const Tensor& out) = 0;
+    // x[i, :] += bias; x (n, m); bias (m,) f32.
+    virtual Status add_bias(const Tensor& x, const Tensor& bias) = 0;
+    // In place on x (n, heads, d): rotates the first rotary_dim dims of every head by pos[i].
+    virtual Status rope(const Tensor& x, std::span<const int32_t> pos, const RopeParams& params) = 0;
+    // Writes k, v (n, g, d) into the cache at (seq[i], :, pos[i], :).
+    virtual Status kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
+                            const KvCacheView& cache) = 0;
+    // Grouped-query attention over the cache (which must already hold the batch's own keys).
+    // q (n, h, d); query head j reads KV head j / (h / g); out (n, h, d).
+    virtual Status attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
+                             const AttentionParams& params, const Tensor& out) = 0;
+    // out = silu(gate) * up; all (n, f).
+    virtual Status swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
+    // out = a + b; same shapes (out may alias a).
+    virtual Status add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+};
+
+// "cpu-ref", "cpu" or "cuda".
+Result<std::unique_ptr<Backend>> backend_create(std::string_view name, const BackendOptions& options = {});
+// Backends that can run on this machine, oracle first.
+std::vector<std::string> backend_available();
+
+}  // namespace purbo

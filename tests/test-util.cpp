@@ -1,0 +1,45 @@
+#include "test-util.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+
+namespace purbo::test {
+
+std::string fixture_path(const std::string& relative) {
+    return std::string(PURBO_SOURCE_DIR) + "/tests/fixtures/" + relative;
+}
+
+std::string temp_dir(const std::string& test_name) {
+    namespace fs = std::filesystem;
+    fs::path dir = fs::path(PURBO_BINARY_DIR) / "test-tmp" / test_name;
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    return dir.string();
+}
+
+std::optional<std::string> default_model_path() {
+    namespace fs = std::filesystem;
+    if (const char* env = std::getenv("PURBO_MODEL"); env != nullptr && fs::exists(env)) return std::string(env);
+    fs::path p = fs::path(PURBO_SOURCE_DIR) / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf";
+    if (fs::exists(p)) return p.string();
+    return std::nullopt;
+}
+
+double nmse(std::span<const float> a, std::span<const float> reference) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size() && i < reference.size(); ++i) {
+        const double d = static_cast<double>(a[i]) - reference[i];
+        num += d * d;
+        den += static_cast<double>(reference[i]) * reference[i];
+    }
+    return den == 0 ? num : num / den;
+}
+
+double max_abs_diff(std::span<const float> a, std::span<const float> b) {
+    double m = 0;
+    for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
+    return m;
+}
+
+}  // namespace purbo::test

@@ -1,0 +1,29 @@
+// Helpers shared by the tests: fixture paths, the default model, tolerances.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <optional>
+#include <span>
+#include <string>
+
+namespace purbo::test {
+
+// tests/fixtures/<relative>
+std::string fixture_path(const std::string& relative);
+// A fresh empty directory under the build tree for files a test writes.
+std::string temp_dir(const std::string& test_name);
+// The default model (models/SmolLM2-135M-Instruct.Q4_1.gguf or $PURBO_MODEL) if present.
+std::optional<std::string> default_model_path();
+
+// Normalised mean squared error: sum((a-b)^2) / sum(b^2), b = reference.
+double nmse(std::span<const float> a, std::span<const float> reference);
+double max_abs_diff(std::span<const float> a, std::span<const float> b);
+
+}  // namespace purbo::test
+
+// Skips the current test (reported as skipped by ctest) when the default model is absent.
+#define PURBO_REQUIRE_DEFAULT_MODEL(var)                                                     \
+    auto var##_opt = ::purbo::test::default_model_path();                                    \
+    if (!var##_opt) GTEST_SKIP() << "default model not present (run scripts/fetch-model.sh)"; \
+    const std::string var = *var##_opt
