@@ -1,0 +1,211 @@
+#include "model/forward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace purbo {
+namespace {
+
+// Logits are computed for at most this many rows at a time: a (rows, n_vocab) buffer for a
+// whole 512-token micro-batch would be 100 MB at a 49K vocabulary.
+constexpr int kLogitChunk = 32;
+
+Status check_batch(const ForwardBatch& batch, const KvCache& cache, int max_batch) {
+    const size_t n = batch.tokens.size();
+    if (n == 0 || n > static_cast<size_t>(max_batch)) {
+        return error(StatusCode::kInvalidArgument, "forward: batch of {} tokens (expected 1..{})", n, max_batch);
+    }
+    if (batch.place.seq.size() != n || batch.place.pos.size() != n) {
+        return error(StatusCode::kInvalidArgument, "forward: {} tokens but {} sequence ids and {} positions", n,
+                     batch.place.seq.size(), batch.place.pos.size());
+    }
+    for (size_t i = 0; i < n; ++i) {
+        if (batch.place.seq[i] < 0 || batch.place.seq[i] >= cache.n_seq) {
+            return error(StatusCode::kInvalidArgument, "forward: token {} has sequence slot {} (cache has {})", i,
+                         batch.place.seq[i], cache.n_seq);
+        }
+        if (batch.place.pos[i] < 0 || batch.place.pos[i] >= cache.n_ctx) {
+            return error(StatusCode::kInvalidArgument,
+                         "forward: token {} at position {} is outside the context of {} tokens", i,
+                         batch.place.pos[i], cache.n_ctx);
+        }
+    }
+    for (size_t i = 0; i < batch.logit_rows.size(); ++i) {
+        if (batch.logit_rows[i] < 0 || static_cast<size_t>(batch.logit_rows[i]) >= n) {
+            return error(StatusCode::kInvalidArgument, "forward: logit row {} outside the batch of {}",
+                         batch.logit_rows[i], n);
+        }
+    }
+    return Status::ok();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Forward>> Forward::create(Backend& backend, const ModelConfig& config,
+                                                 const ModelWeights& host_weights, const ForwardOptions& options) {
+    if (options.max_batch <= 0) {
+        return error(StatusCode::kInvalidArgument, "forward: max_batch {} must be positive", options.max_batch);
+    }
+    std::unique_ptr<Forward> f(new Forward(backend, config, options));
+    PURBO_TRY(f->prepare(host_weights));
+    return f;
+}
+
+Status Forward::prepare(const ModelWeights& host) {
+    const ModelConfig& c = config_;
+    // Convert each distinct host tensor once: tied embeddings share tok_embd and lm_head.
+    auto convert = [&](const Tensor& t, Tensor& dst) -> Status {
+        if (t.empty()) return Status::ok();
+        PURBO_ASSIGN_OR_RETURN(dst, backend_.prepare_weight(t));
+        return Status::ok();
+    };
+    PURBO_TRY(convert(host.tok_embd, weights_.tok_embd));
+    PURBO_TRY(convert(host.out_norm, weights_.out_norm));
+    if (host.lm_head.data == host.tok_embd.data) {
+        weights_.lm_head = weights_.tok_embd;
+    } else {
+        PURBO_TRY(convert(host.lm_head, weights_.lm_head));
+    }
+    weights_.layers.resize(host.layers.size());
+    for (size_t il = 0; il < host.layers.size(); ++il) {
+        const LayerWeights& h = host.layers[il];
+        LayerWeights& d = weights_.layers[il];
+        for (auto [src, dst] : {std::pair{&h.attn_norm, &d.attn_norm}, {&h.wq, &d.wq}, {&h.wk, &d.wk},
+                                {&h.wv, &d.wv}, {&h.wo, &d.wo}, {&h.bq, &d.bq}, {&h.bk, &d.bk},
+                                {&h.bv, &d.bv}, {&h.q_norm, &d.q_norm}, {&h.k_norm, &d.k_norm},
+                                {&h.ffn_norm, &d.ffn_norm}, {&h.w_gate, &d.w_gate}, {&h.w_up, &d.w_up},
+                                {&h.w_down, &d.w_down}}) {
+            PURBO_TRY(convert(*src, *dst));
+        }
+    }
+    rope_ = rope_tables(c.rope);
+
+    const int b = options_.max_batch;
+    const int64_t e = c.n_embd, f = c.n_ff, h = c.n_head, g = c.n_head_kv, d = c.head_dim;
+    x_ = backend_.alloc(DType::kF32, {b, e}, "x");
+    xn_ = backend_.alloc(DType::kF32, {b, e}, "xn");
+    q_ = backend_.alloc(DType::kF32, {b, h, d}, "q");
+    k_ = backend_.alloc(DType::kF32, {b, g, d}, "k");
+    v_ = backend_.alloc(DType::kF32, {b, g, d}, "v");
+    attn_ = backend_.alloc(DType::kF32, {b, h, d}, "attn");
+    proj_ = backend_.alloc(DType::kF32, {b, e}, "proj");
+    gate_ = backend_.alloc(DType::kF32, {b, f}, "gate");
+    up_ = backend_.alloc(DType::kF32, {b, f}, "up");
+    act_ = backend_.alloc(DType::kF32, {b, f}, "act");
+    picked_ = backend_.alloc(DType::kF32, {std::min(b, kLogitChunk), e}, "picked");
+    logits_ = backend_.alloc(DType::kF32, {std::min(b, kLogitChunk), c.n_vocab}, "logits");
+    for (const Tensor* t : {&x_, &xn_, &q_, &k_, &v_, &attn_, &proj_, &gate_, &up_, &act_, &picked_, &logits_}) {
+        if (t->empty()) return error(StatusCode::kOutOfMemory, "forward: cannot allocate scratch '{}'", t->name);
+    }
+    return Status::ok();
+}
+
+Status Forward::run_layer(int il, int n, const ForwardBatch& batch, const KvCacheView& cache) {
+    const ModelConfig& c = config_;
+    const LayerWeights& w = weights_.layers[static_cast<size_t>(il)];
+    Backend& be = backend_;
+    // Views of the scratch for the n tokens of this batch.
+    const Tensor x = x_.rows(0, n);
+    const Tensor xn = xn_.rows(0, n);
+    const Tensor q = q_.rows(0, n * c.n_head).reshaped({n, c.n_head * c.head_dim});
+    const Tensor k = k_.rows(0, n * c.n_head_kv).reshaped({n, c.n_head_kv * c.head_dim});
+    const Tensor v = v_.rows(0, n * c.n_head_kv).reshaped({n, c.n_head_kv * c.head_dim});
+    const Tensor attn = attn_.rows(0, n * c.n_head).reshaped({n, c.n_head * c.head_dim});
+    const Tensor proj = proj_.rows(0, n);
+    const Tensor gate = gate_.rows(0, n);
+    const Tensor up = up_.rows(0, n);
+    const Tensor act = act_.rows(0, n);
+    const Tensor q3 = q.reshaped({n, c.n_head, c.head_dim});
+    const Tensor k3 = k.reshaped({n, c.n_head_kv, c.head_dim});
+    const Tensor v3 = v.reshaped({n, c.n_head_kv, c.head_dim});
+    const Tensor attn3 = attn.reshaped({n, c.n_head, c.head_dim});
+
+    // Attention sublayer: x += wo(attention(rope(q), rope(k), v)).
+    PURBO_TRY(be.rms_norm(x, w.attn_norm, c.rms_eps, xn));
+    tap("attn_norm", il, xn);
+    PURBO_TRY(be.matmul(xn, w.wq, q));
+    PURBO_TRY(be.matmul(xn, w.wk, k));
+    PURBO_TRY(be.matmul(xn, w.wv, v));
+    if (c.attn_qkv_bias) {
+        PURBO_TRY(be.add_bias(q, w.bq));
+        PURBO_TRY(be.add_bias(k, w.bk));
+        PURBO_TRY(be.add_bias(v, w.bv));
+    }
+    if (c.attn_qk_norm) {  // Qwen3: RMSNorm over each head's d values, before RoPE
+        const Tensor qh = q.reshaped({n * c.n_head, c.head_dim});
+        const Tensor kh = k.reshaped({n * c.n_head_kv, c.head_dim});
+        PURBO_TRY(be.rms_norm(qh, w.q_norm, c.rms_eps, qh));
+        PURBO_TRY(be.rms_norm(kh, w.k_norm, c.rms_eps, kh));
+    }
+    tap("q_pre_rope", il, q3);
+    tap("k_pre_rope", il, k3);
+    const RopeParams rope{rope_.inv_freq, c.rope.rotary_dim, rope_.attn_factor};
+    PURBO_TRY(be.rope(q3, batch.place.pos, rope));
+    PURBO_TRY(be.rope(k3, batch.place.pos, rope));
+    tap("q", il, q3);
+    tap("k", il, k3);
+    tap("v", il, v3);
+    PURBO_TRY(be.kv_store(k3, v3, batch.place, cache));
+    AttentionParams params;
+    params.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    PURBO_TRY(be.attention(q3, cache, batch.place, params, attn3));
+    tap("attn_out", il, attn3);
+    PURBO_TRY(be.matmul(attn, w.wo, proj));
+    tap("attn_proj", il, proj);
+    PURBO_TRY(be.add(x, proj, x));
+    tap("ffn_inp", il, x);
+
+    // MLP sublayer: x += down(silu(gate(xn)) * up(xn)).
+    PURBO_TRY(be.rms_norm(x, w.ffn_norm, c.rms_eps, xn));
+    tap("ffn_norm", il, xn);
+    PURBO_TRY(be.matmul(xn, w.w_gate, gate));
+    PURBO_TRY(be.matmul(xn, w.w_up, up));
+    PURBO_TRY(be.swiglu(gate, up, act));
+    PURBO_TRY(be.matmul(act, w.w_down, proj));
+    tap("ffn_out", il, proj);
+    PURBO_TRY(be.add(x, proj, x));
+    tap("layer", il, x);
+    return Status::ok();
+}
+
+Status Forward::run(const ForwardBatch& batch, const KvCache& cache, const Tensor& logits) {
+    PURBO_TRY(check_batch(batch, cache, options_.max_batch));
+    const ModelConfig& c = config_;
+    const int n = static_cast<int>(batch.tokens.size());
+    const int r = static_cast<int>(batch.logit_rows.size());
+    if (r > 0 && (logits.dtype != DType::kF32 || logits.n_rows() != r || logits.row_size() != c.n_vocab)) {
+        return error(StatusCode::kInvalidArgument, "forward: logits buffer is {}, expected ({}, {}) f32",
+                     logits.describe(), r, c.n_vocab);
+    }
+    for (int32_t id : batch.tokens) {
+        if (id < 0 || id >= c.n_vocab) {
+            return error(StatusCode::kInvalidArgument, "forward: token id {} outside the vocabulary of {}", id,
+                         c.n_vocab);
+        }
+    }
+    const Tensor x = x_.rows(0, n);
+    PURBO_TRY(backend_.embedding(weights_.tok_embd, batch.tokens, x));
+    tap("embedding", -1, x);
+    for (int il = 0; il < c.n_layer; ++il) {
+        PURBO_TRY(run_layer(il, n, batch, cache.layers[static_cast<size_t>(il)]));
+    }
+    const Tensor xn = xn_.rows(0, n);
+    PURBO_TRY(backend_.rms_norm(x, weights_.out_norm, c.rms_eps, xn));
+    tap("final_norm", -1, xn);
+
+    // LM head on the requested rows only, in chunks (gathering rows = an embedding lookup).
+    const int chunk = static_cast<int>(picked_.n_rows());
+    for (int r0 = 0; r0 < r; r0 += chunk) {
+        const int rn = std::min(chunk, r - r0);
+        const Tensor picked = picked_.rows(0, rn);
+        const Tensor out = logits_.rows(0, rn);
+        PURBO_TRY(backend_.embedding(xn, batch.logit_rows.subspan(static_cast<size_t>(r0), static_cast<size_t>(rn)),
+                                     picked));
+        PURBO_TRY(backend_.matmul(picked, weights_.lm_head, out));
+        PURBO_TRY(backend_.to_host(out, logits.rows(r0, r0 + rn)));
+    }
+    return Status::ok();
+}
+
+}  // namespace purbo
