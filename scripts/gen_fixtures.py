@@ -171,7 +171,7 @@ def gen_rope(out_dir):
         rtype = cfg.rope_parameters["rope_type"]
         if rtype == "default" and "default" not in ROPE_INIT_FUNCTIONS:
             from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-            inv, attn = LlamaRotaryEmbedding.compute_default_rope_parameters(cfg, "cpu")
+            inv, attn = LlamaRotaryEmbedding.compute_default_rope_parameters(cfg)
         else:
             inv, attn = ROPE_INIT_FUNCTIONS[rtype](cfg, "cpu")
         out.append({"name": name, "config": cfg.rope_parameters, "head_dim": cfg.head_dim,
