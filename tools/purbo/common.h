@@ -1,0 +1,38 @@
+// Pieces shared by the subcommands: the default model path, model + session flags.
+#pragma once
+
+#include <string>
+
+#include "model/model.h"
+#include "options.h"
+#include "runtime/session.h"
+
+namespace purbo::cli {
+
+// $PURBO_MODEL, else models/SmolLM2-135M-Instruct.Q4_1.gguf next to the source tree the
+// binary was built from, else in the current directory.
+std::string default_model_path();
+
+struct ModelFlags {
+    std::string model;
+    std::string device = "cpu";
+    int threads = 0;
+    int ctx = 4096;
+    int batch = 512;
+    bool verbose = false;
+};
+
+// Adds -m, --device, -t, -c, -b, --verbose to an option table.
+void add_model_flags(OptionSet& set, ModelFlags& flags);
+SessionOptions session_options(const ModelFlags& flags);
+// Loads the model named by the flags (or the default one) and reports the time it took.
+Result<Model> load_model(ModelFlags& flags, double* load_ms);
+
+// Prints "purbo <cmd>: <status>" to stderr and returns the exit code for it.
+int report_error(const char* command, const Status& status);
+
+int cmd_run(int argc, char** argv);
+int cmd_inspect(int argc, char** argv);
+int cmd_bench(int argc, char** argv);
+
+}  // namespace purbo::cli
