@@ -96,6 +96,14 @@ Status ModelConfig::validate(const std::string& source) const {
 // (Tensor.__rtruediv__), i.e. with two roundings. Python-level scalar arithmetic (YaRN's
 // correction range and attention factor) is done in double, as Python does.
 
+// No fused multiply-add: torch rounds after every multiplication, and -march=native would
+// otherwise let the compiler fuse a * b + c (GCC does so across statements by default).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 namespace {
 
 // base ** (arange(0, dim, 2).float() / dim), then 1.0 / that.
