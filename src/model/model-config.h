@@ -48,6 +48,9 @@ struct ModelConfig {
     RopeConfig rope;
     bool attn_qkv_bias = false;  // Qwen2
     bool attn_qk_norm = false;   // Qwen3
+    // Llama/Qwen3 `attention_bias`: o_proj has a bias too. The forward pass has no o bias, so
+    // the loader accepts it only when it is all zeros.
+    bool attn_o_bias = false;
     bool tied_embeddings = false;
     int sliding_window = 0;  // Mistral/Qwen config value; recorded, not applied by dense mode
 
