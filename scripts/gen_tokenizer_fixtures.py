@@ -70,6 +70,29 @@ TEXTS = [
 ]
 
 
+def synthetic_corpus():
+    """Deterministic pseudo-random sentences over a mixed-script word list."""
+    import random
+    rng = random.Random(1234)
+    words = ("the of and to in is was for on that with as it by at from this be are an "
+             "token tokens split merge byte level model text number value return print "
+             "function class def int float string list dict while if else for "
+             "café résumé naïve über straße 東京 中文 数据 テキスト 한국어 سلام كتاب नमस्ते "
+             "भाषा 😀 👍 🎉 Hello World HELLO I'm you're we've it's they'll she'd").split()
+    seps = [" ", " ", " ", ", ", ". ", "\n", "  ", "\t", "; ", "!\n\n", "(", ")", " = "]
+    out = []
+    for _ in range(400):
+        n = rng.randint(4, 20)
+        parts = []
+        for _ in range(n):
+            parts.append(rng.choice(words))
+            parts.append(rng.choice(seps))
+        if rng.random() < 0.3:
+            parts.append(str(rng.randint(0, 10**rng.randint(1, 9))))
+        out.append("".join(parts))
+    return out
+
+
 def train(pre, normalizer=None, ignore_merges=False, vocab_size=1000):
     tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
     if normalizer is not None:
@@ -79,7 +102,9 @@ def train(pre, normalizer=None, ignore_merges=False, vocab_size=1000):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    corpus = CORPUS * 3 + TEXTS
+    # The test texts are not in the corpus, so they are encoded by partial merges rather than
+    # memorised whole.
+    corpus = CORPUS * 3 + synthetic_corpus()
     tok.train_from_iterator(corpus, trainer)
     return tok
 
@@ -146,7 +171,7 @@ def main():
         pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated", invert=False),
         bl(add_prefix_space=False, trim_offsets=True, use_regex=False)])
     save("llama3", train(llama_pre, ignore_merges=True), False,
-         extra_words=[" tokenization", "Hello", "123"], ignore_merges=True)
+         extra_words=[" tokenizer", "Hello", "123", " beautiful"], ignore_merges=True)
     qwen_pre = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated", invert=False),
         bl(add_prefix_space=False, trim_offsets=False, use_regex=False)])
@@ -156,6 +181,47 @@ def main():
         bl(add_prefix_space=False, use_regex=True)])
     save("smollm", train(smol_pre), True)
     save("prefix", train(bl(add_prefix_space=True, use_regex=True), vocab_size=600), False)
+    model = os.environ.get("PURBO_MODEL", os.path.join(os.path.dirname(__file__), "..", "models",
+                                                       "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    if os.path.exists(model):
+        smollm2_from_gguf(model)
+    else:
+        print(f"{model} not found: smollm2-gguf-tokenizers.json not regenerated")
+
+
+def smollm2_from_gguf(path):
+    """Expected ids of the real SmolLM2 vocabulary: a `tokenizers` BPE built from the GGUF's
+    tokenizer.ggml.* arrays with SmolLM2's tokenizer.json pre-tokenizer (Digits + ByteLevel).
+    Writes smollm2-gguf-tokenizers.json (ids only, the vocabulary stays in the GGUF)."""
+    from gguf import GGUFReader
+    from tokenizers import AddedToken
+    reader = GGUFReader(path)
+
+    def strings(key):
+        f = reader.fields[key]
+        return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+
+    def ints(key):
+        f = reader.fields[key]
+        return [int(f.parts[i][0]) for i in f.data]
+
+    tokens = strings("tokenizer.ggml.tokens")
+    types = ints("tokenizer.ggml.token_type")
+    merges = [tuple(m.split(" ", 1)) for m in strings("tokenizer.ggml.merges")]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t, ty in zip(tokens, types) if ty == 3])
+    ids = [tok.encode(t, add_special_tokens=False).ids for t in TEXTS]
+    template = strings("tokenizer.chat_template")[0]
+    out = {"texts": TEXTS, "ids": ids, "chat_template": template,
+           "source": os.path.basename(path)}
+    with open(os.path.join(OUT, "smollm2-gguf-tokenizers.json"), "w", encoding="utf-8") as f:
+        json.dump(out, f, ensure_ascii=False, separators=(",", ":"))
 
 
 if __name__ == "__main__":

@@ -114,5 +114,258 @@ TEST(Tokenizer, MatchesTokenizersFromGgufVocab) {
     }
 }
 
+
+TEST(Tokenizer, IgnoreMergesEmitsWholeVocabWords) {
+    // The llama3 fixture appends " beautiful" to the vocab with no merge reaching it, so only
+    // ignore_merges can produce it; tokenizers' ids (checked above) contain it.
+    Json j = load_json(test::fixture_path("tokenizer/llama3.tokenizer.json"));
+    const int32_t whole = j["model"]["vocab"]["\u0120beautiful"].get<int32_t>();
+    auto with = Tokenizer::from_hf_json(j.dump(), "llama3");
+    ASSERT_TRUE(with.is_ok()) << with.status().to_string();
+    EXPECT_EQ(with->encode(" beautiful", false, false), std::vector<int32_t>{whole});
+    j["model"]["ignore_merges"] = false;
+    auto without = Tokenizer::from_hf_json(j.dump(), "llama3-no-ignore");
+    ASSERT_TRUE(without.is_ok()) << without.status().to_string();
+    const auto ids = without->encode(" beautiful", false, false);
+    EXPECT_GT(ids.size(), 1u);
+    EXPECT_EQ(without->decode(ids), " beautiful");
+}
+
+// A hand-built vocabulary where the merge order decides the result.
+TEST(Bpe, LowestRankFirstAndLeftmostOnTies) {
+    // Byte-level texts of a, b, c are the letters themselves.
+    std::vector<std::string> tokens = {"a", "b", "c", "ab", "bc", "abc", "aa", "aaa"};
+    // "b c" outranks "a b": "abc" -> a + bc, then "a bc" has no merge.
+    auto model = BpeModel::build(tokens, {{"b", "c"}, {"a", "b"}, {"a", "a"}}, false, -1, "t");
+    ASSERT_TRUE(model.is_ok()) << model.status().to_string();
+    std::vector<int32_t> out;
+    model.value()->encode_piece("abc", out);
+    EXPECT_EQ(out, (std::vector<int32_t>{0, 4}));
+    // Equal pairs: the leftmost merges first, "aaa" -> aa + a (not a + aa).
+    out.clear();
+    model.value()->encode_piece("aaa", out);
+    EXPECT_EQ(out, (std::vector<int32_t>{6, 0}));
+    // A byte without a token is dropped when there is no unknown token, and its neighbours
+    // then merge (tokenizers' BPE::merge_word skips such characters the same way).
+    out.clear();
+    model.value()->encode_piece("axb", out);
+    EXPECT_EQ(out, (std::vector<int32_t>{3}));
+    // A merge whose result is not in the vocabulary is a load error naming the merge.
+    auto bad = BpeModel::build(tokens, {{"c", "a"}}, false, -1, "t.json");
+    ASSERT_FALSE(bad.is_ok());
+    EXPECT_NE(bad.status().message().find("merges[0] 'c a'"), std::string::npos)
+        << bad.status().message();
+}
+
+TEST(Tokenizer, CacheDoesNotChangeIds) {
+    auto tok = Tokenizer::from_hf_files(test::fixture_path("tokenizer/smollm.tokenizer.json"), "");
+    ASSERT_TRUE(tok.is_ok());
+    const std::string text = "the same words again and again, the same words again 12345";
+    const auto first = tok->encode(text, false, true);
+    const auto second = tok->encode(text, false, true);  // served from the word cache
+    EXPECT_EQ(first, second);
+    EXPECT_EQ(tok->decode(first), text);
+}
+
+TEST(Tokenizer, InvalidUtf8AndBytePieces) {
+    auto tok = Tokenizer::from_hf_files(test::fixture_path("tokenizer/gpt2.tokenizer.json"), "");
+    ASSERT_TRUE(tok.is_ok());
+    // Invalid input bytes become U+FFFD before tokenisation.
+    const auto ids = tok->encode(std::string("a\xff" "b", 3), false, false);
+    EXPECT_EQ(tok->decode(ids), "a\xEF\xBF\xBD" "b");
+    // An emoji spread over several tokens: each piece alone is not valid UTF-8, yet the
+    // concatenated stream reproduces the text byte for byte.
+    const std::string emoji = "\xF0\x9F\x91\xA8\xE2\x80\x8D\xF0\x9F\x91\xA9";  // man ZWJ woman
+    const auto eids = tok->encode(emoji, false, false);
+    ASSERT_GT(eids.size(), 1u);
+    std::string streamed;
+    bool some_piece_invalid = false;
+    for (int32_t id : eids) {
+        const std::string piece = tok->token_to_piece(id);
+        some_piece_invalid = some_piece_invalid || !unicode::utf8_is_valid(piece);
+        streamed += piece;
+    }
+    EXPECT_TRUE(some_piece_invalid);
+    EXPECT_EQ(streamed, emoji);
+    EXPECT_EQ(tok->token_to_piece(-1), "");
+    EXPECT_EQ(tok->token_to_piece(tok->n_vocab()), "");
+}
+
+TEST(Tokenizer, SpecialTokensStopIdsAndSkip) {
+    auto tok = Tokenizer::from_hf_files(test::fixture_path("tokenizer/smollm.tokenizer.json"), "");
+    ASSERT_TRUE(tok.is_ok());
+    const auto im_end = tok->token_id("<|im_end|>");
+    const auto eot = tok->token_id("<|endoftext|>");
+    ASSERT_TRUE(im_end && eot);
+    EXPECT_TRUE(tok->is_special(*im_end));
+    const auto stops = tok->stop_ids();
+    EXPECT_NE(std::find(stops.begin(), stops.end(), *im_end), stops.end());
+    EXPECT_NE(std::find(stops.begin(), stops.end(), *eot), stops.end());
+    const auto ids = tok->encode("hi<|im_end|>", false, true);
+    EXPECT_EQ(ids.back(), *im_end);
+    EXPECT_EQ(tok->decode(ids, /*skip_special=*/true), "hi");
+    EXPECT_EQ(tok->decode(ids, false), "hi<|im_end|>");
+    EXPECT_FALSE(tok->token_id("<|no such token|>").has_value());
+}
+
+// bos comes from a TemplateProcessing post-processor or tokenizer_config.json, and is not
+// doubled when the text already starts with it (a Llama-3 chat template writes it).
+TEST(Tokenizer, BosFromPostProcessorAndConfig) {
+    Json j = load_json(test::fixture_path("tokenizer/llama3.tokenizer.json"));
+    const int32_t bos = 1;  // <|im_start|> plays the bos here
+    j["post_processor"] = Json::parse(R"({"type":"Sequence","processors":[
+        {"type":"ByteLevel","add_prefix_space":true,"trim_offsets":false,"use_regex":true},
+        {"type":"TemplateProcessing",
+         "single":[{"SpecialToken":{"id":"<|im_start|>","type_id":0}},{"Sequence":{"id":"A","type_id":0}}],
+         "pair":[],
+         "special_tokens":{"<|im_start|>":{"id":"<|im_start|>","ids":[1],"tokens":["<|im_start|>"]}}}]})");
+    auto tok = Tokenizer::from_hf_json(j.dump(), "llama3+bos");
+    ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
+    EXPECT_EQ(tok->bos_id(), bos);
+    const auto ids = tok->encode("Hello", true, true);
+    ASSERT_FALSE(ids.empty());
+    EXPECT_EQ(ids.front(), bos);
+    EXPECT_EQ(tok->encode("Hello", false, true).front(), ids[1]);
+    const auto with_bos_text = tok->encode("<|im_start|>Hello", true, true);
+    EXPECT_EQ(with_bos_text, ids);  // not <bos><bos>Hello
+
+    // tokenizer_config.json overrides: no bos, eos named, template kept.
+    const std::string dir = test::temp_dir("tokenizer_config");
+    const std::string json_path = dir + "/tokenizer.json";
+    const std::string cfg_path = dir + "/tokenizer_config.json";
+    const std::string j_text = j.dump();
+    ASSERT_TRUE(write_file_atomic(json_path, {reinterpret_cast<const uint8_t*>(j_text.data()),
+                                              j_text.size()}).is_ok());
+    const std::string cfg = R"({"add_bos_token": false, "eos_token": {"content": "<|im_end|>"},
+        "bos_token": "<|im_start|>", "chat_template": "{{ '<|im_start|>' }}"})";
+    ASSERT_TRUE(write_file_atomic(cfg_path, {reinterpret_cast<const uint8_t*>(cfg.data()),
+                                             cfg.size()}).is_ok());
+    auto tok2 = Tokenizer::from_hf_files(json_path, cfg_path);
+    ASSERT_TRUE(tok2.is_ok()) << tok2.status().to_string();
+    EXPECT_EQ(tok2->eos_id(), *tok2->token_id("<|im_end|>"));
+    EXPECT_FALSE(tok2->add_bos());
+    EXPECT_EQ(tok2->encode("Hello", true, true).front(), ids[1]);
+    EXPECT_EQ(tok2->chat_template_text(), "{{ '<|im_start|>' }}");
+}
+
+// Malformed or unsupported files: a Status naming the file, the JSON path and the value.
+TEST(Tokenizer, ErrorsNameFileFieldAndValue) {
+    const Json base = load_json(test::fixture_path("tokenizer/gpt2.tokenizer.json"));
+    struct Case {
+        std::string json_path, replacement, expect1, expect2;
+        StatusCode code;
+    };
+    const Case cases[] = {
+        {"/model/type", R"("WordPiece")", "model.type", "WordPiece", StatusCode::kUnsupported},
+        {"/pre_tokenizer", R"({"type":"Whitespace"})", "pre_tokenizer", "Whitespace",
+         StatusCode::kUnsupported},
+        {"/pre_tokenizer", R"({"type":"Sequence","pretokenizers":[{"type":"Metaspace"}]})",
+         "pre_tokenizer.pretokenizers[0]", "Metaspace", StatusCode::kUnsupported},
+        {"/normalizer", R"({"type":"NFKC"})", "normalizer", "NFKC", StatusCode::kUnsupported},
+        {"/decoder", R"({"type":"WordPiece"})", "decoder", "WordPiece", StatusCode::kUnsupported},
+        {"/model/merges/0", "42", "model.merges[0]", "42", StatusCode::kParseError},
+        {"/model/merges/1", R"("nospace")", "model.merges[1]", "nospace", StatusCode::kParseError},
+        {"/model/vocab/a", "-5", "model.vocab[\"a\"]", "-5", StatusCode::kParseError},
+        {"/model/byte_fallback", "true", "byte_fallback", "true", StatusCode::kUnsupported},
+        {"/pre_tokenizer", R"({"type":"Split","pattern":{"Regex":"(unclosed"},"behavior":"Isolated"})",
+         "pre_tokenizer.pattern", "(unclosed", StatusCode::kParseError},
+        {"/pre_tokenizer", R"({"type":"Split","pattern":{"Regex":"a"},"behavior":"Sideways"})",
+         "pre_tokenizer.behavior", "Sideways", StatusCode::kUnsupported},
+        {"/added_tokens/0/content", "7", "added_tokens[0]", "7", StatusCode::kParseError},
+    };
+    for (const Case& c : cases) {
+        Json j = base;
+        j[Json::json_pointer(c.json_path)] = Json::parse(c.replacement);
+        auto tok = Tokenizer::from_hf_json(j.dump(), "bad-tokenizer.json");
+        ASSERT_FALSE(tok.is_ok()) << c.json_path;
+        const std::string& msg = tok.status().message();
+        EXPECT_EQ(tok.status().code(), c.code) << msg;
+        EXPECT_NE(msg.find("bad-tokenizer.json"), std::string::npos) << msg;
+        EXPECT_NE(msg.find(c.expect1), std::string::npos) << msg;
+        EXPECT_NE(msg.find(c.expect2), std::string::npos) << msg;
+    }
+    auto not_json = Tokenizer::from_hf_json("{\"model\": [", "trunc.json");
+    ASSERT_FALSE(not_json.is_ok());
+    EXPECT_EQ(not_json.status().code(), StatusCode::kParseError);
+    auto missing = Tokenizer::from_hf_files("/nonexistent/tokenizer.json", "");
+    EXPECT_FALSE(missing.is_ok());
+
+    TokenizerVocab v = vocab_from_tokenizer_json(base, "klingon");
+    auto bad_pre = Tokenizer::from_vocab(v);
+    ASSERT_FALSE(bad_pre.is_ok());
+    EXPECT_NE(bad_pre.status().message().find("klingon"), std::string::npos);
+    v.pre = "gpt2";
+    v.model = "llama";
+    auto bad_model = Tokenizer::from_vocab(v);
+    ASSERT_FALSE(bad_model.is_ok());
+    EXPECT_EQ(bad_model.status().code(), StatusCode::kUnsupported);
+    EXPECT_NE(bad_model.status().message().find("'llama'"), std::string::npos);
+    v.model = "gpt2";
+    v.merges[3] = "nospace";
+    auto bad_merge = Tokenizer::from_vocab(v);
+    ASSERT_FALSE(bad_merge.is_ok());
+    EXPECT_NE(bad_merge.status().message().find("merges[3] 'nospace'"), std::string::npos);
+    v = vocab_from_tokenizer_json(base, "gpt2");
+    v.bos_id = static_cast<int32_t>(v.tokens.size()) + 7;
+    EXPECT_FALSE(Tokenizer::from_vocab(v).is_ok());
+    v.bos_id = -1;
+    v.token_types.pop_back();
+    EXPECT_FALSE(Tokenizer::from_vocab(v).is_ok());
+}
+
+// Split behaviours other than Isolated, checked on a tiny vocabulary of single bytes where
+// the ids spell the pieces.
+TEST(PreTokenizer, SplitBehaviours) {
+    const auto pieces_of = [](SplitBehavior b, bool invert, const std::string& pattern,
+                              const std::string& text) {
+        PreTokenizer pre;
+        auto regex = Regex::compile(pattern, false);
+        EXPECT_TRUE(regex.is_ok());
+        pre.add_split(regex.value(), b, invert);
+        std::vector<std::string> out;
+        pre.split(text, out);
+        std::string joined;
+        for (const auto& p : out) joined += "[" + p + "]";
+        return joined;
+    };
+    // Expected splits from the tokenizers documentation of SplitDelimiterBehavior
+    // ("the-final--countdown" split on "-").
+    const std::string t = "the-final--countdown";
+    EXPECT_EQ(pieces_of(SplitBehavior::kRemoved, false, "-", t), "[the][final][countdown]");
+    EXPECT_EQ(pieces_of(SplitBehavior::kIsolated, false, "-", t),
+              "[the][-][final][-][-][countdown]");
+    EXPECT_EQ(pieces_of(SplitBehavior::kMergedWithPrevious, false, "-", t),
+              "[the-][final-][-][countdown]");
+    EXPECT_EQ(pieces_of(SplitBehavior::kMergedWithNext, false, "-", t),
+              "[the][-final][-][-countdown]");
+    EXPECT_EQ(pieces_of(SplitBehavior::kContiguous, false, "-", t),
+              "[the][-][final][--][countdown]");
+    EXPECT_EQ(pieces_of(SplitBehavior::kRemoved, true, "-", t), "[-][-][-]");
+}
+
+// Encoding speed on a mixed text of about 1 MB (prose, code, digits, non-Latin scripts).
+TEST(Tokenizer, SpeedOnMixedText) {
+    auto tok = Tokenizer::from_hf_files(test::fixture_path("tokenizer/smollm.tokenizer.json"), "");
+    ASSERT_TRUE(tok.is_ok());
+    const Json expected = load_json(test::fixture_path("tokenizer/smollm.expected.json"));
+    std::string text;
+    size_t round = 0;
+    while (text.size() < (1u << 20)) {
+        for (const auto& t : expected["texts"]) {
+            // Vary numbers so that the word cache does not see only repeats.
+            text += t.get<std::string>() + " " + std::to_string(round * 7919 % 100000) + "\n";
+        }
+        ++round;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto ids = tok->encode(text, false, true);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double mb_per_s = text.size() / 1e6 / s;
+    RecordProperty("encode_mb_per_s", std::to_string(mb_per_s));
+    std::printf("encode: %.2f MB in %.3f s = %.2f MB/s, %zu tokens\n", text.size() / 1e6, s,
+                mb_per_s, ids.size());
+    EXPECT_EQ(tok->decode(ids), text);
+}
+
 }  // namespace
 }  // namespace purbo
