@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -364,6 +365,153 @@ TEST(Tokenizer, SpeedOnMixedText) {
     RecordProperty("encode_mb_per_s", std::to_string(mb_per_s));
     std::printf("encode: %.2f MB in %.3f s = %.2f MB/s, %zu tokens\n", text.size() / 1e6, s,
                 mb_per_s, ids.size());
+    EXPECT_EQ(tok->decode(ids), text);
+}
+
+
+// Just enough GGUF to read the tokenizer.ggml.* keys of the default model (the key/value
+// section precedes the tensor infos). Every read is checked against the bytes that remain.
+class GgufKeyReader {
+public:
+    explicit GgufKeyReader(std::span<const uint8_t> bytes) : bytes_(bytes) {}
+
+    bool read_vocab(TokenizerVocab& v) {
+        uint32_t magic = 0, version = 0;
+        uint64_t n_tensors = 0, n_kv = 0;
+        if (!get(magic) || magic != 0x46554747u || !get(version) || !get(n_tensors) ||
+            !get(n_kv)) {
+            return false;
+        }
+        for (uint64_t i = 0; i < n_kv; ++i) {
+            std::string key;
+            uint32_t type = 0;
+            if (!get_string(key) || !get(type)) return false;
+            if (!read_value(key, type, v)) return false;
+        }
+        return true;
+    }
+
+private:
+    template <class T>
+    bool get(T& out) {
+        if (bytes_.size() - pos_ < sizeof(T)) return false;
+        std::memcpy(&out, bytes_.data() + pos_, sizeof(T));
+        pos_ += sizeof(T);
+        return true;
+    }
+    bool get_string(std::string& out) {
+        uint64_t n = 0;
+        if (!get(n) || n > bytes_.size() - pos_) return false;
+        out.assign(reinterpret_cast<const char*>(bytes_.data() + pos_), n);
+        pos_ += n;
+        return true;
+    }
+    static size_t scalar_size(uint32_t type) {
+        switch (type) {
+            case 0: case 1: case 7: return 1;
+            case 2: case 3: return 2;
+            case 4: case 5: case 6: return 4;
+            case 10: case 11: case 12: return 8;
+            default: return 0;
+        }
+    }
+    bool get_int(uint32_t type, int64_t& out) {
+        if (type == 4) { uint32_t x; if (!get(x)) return false; out = x; return true; }
+        if (type == 5) { int32_t x; if (!get(x)) return false; out = x; return true; }
+        if (type == 7) { uint8_t x; if (!get(x)) return false; out = x; return true; }
+        if (type == 10) { uint64_t x; if (!get(x)) return false; out = static_cast<int64_t>(x); return true; }
+        return skip_scalar(type);
+    }
+    bool skip_scalar(uint32_t type) {
+        const size_t n = scalar_size(type);
+        if (n == 0 || bytes_.size() - pos_ < n) return false;
+        pos_ += n;
+        return true;
+    }
+    bool read_value(const std::string& key, uint32_t type, TokenizerVocab& v) {
+        if (type == 8) {
+            std::string s;
+            if (!get_string(s)) return false;
+            if (key == "tokenizer.ggml.model") v.model = s;
+            if (key == "tokenizer.ggml.pre") v.pre = s;
+            return true;
+        }
+        if (type == 9) {
+            uint32_t elem = 0;
+            uint64_t n = 0;
+            if (!get(elem) || !get(n) || n > bytes_.size() - pos_) return false;
+            for (uint64_t i = 0; i < n; ++i) {
+                if (elem == 8) {
+                    std::string s;
+                    if (!get_string(s)) return false;
+                    if (key == "tokenizer.ggml.tokens") v.tokens.push_back(std::move(s));
+                    if (key == "tokenizer.ggml.merges") v.merges.push_back(std::move(s));
+                } else {
+                    int64_t x = 0;
+                    if (!get_int(elem, x)) return false;
+                    if (key == "tokenizer.ggml.token_type") {
+                        v.token_types.push_back(static_cast<int32_t>(x));
+                    }
+                }
+            }
+            return true;
+        }
+        int64_t x = 0;
+        if (!get_int(type, x)) return false;
+        if (key == "tokenizer.ggml.bos_token_id") v.bos_id = static_cast<int32_t>(x);
+        if (key == "tokenizer.ggml.eos_token_id") v.eos_id = static_cast<int32_t>(x);
+        if (key == "tokenizer.ggml.eot_token_id") v.eot_id = static_cast<int32_t>(x);
+        if (key == "tokenizer.ggml.padding_token_id") v.pad_id = static_cast<int32_t>(x);
+        if (key == "tokenizer.ggml.unknown_token_id") v.unk_id = static_cast<int32_t>(x);
+        if (key == "tokenizer.ggml.add_bos_token") v.add_bos = x != 0;
+        if (key == "tokenizer.ggml.add_eos_token") v.add_eos = x != 0;
+        return true;
+    }
+
+    std::span<const uint8_t> bytes_;
+    size_t pos_ = 0;
+};
+
+// The real SmolLM2 vocabulary through from_vocab, against expectations from `tokenizers`
+// (smollm2-gguf-tokenizers.json, built from the same GGUF arrays by the fixture script) and,
+// when present, from transformers' AutoTokenizer (smollm2-gguf-expected.json).
+TEST(Tokenizer, DefaultModelGgufVocab) {
+    PURBO_REQUIRE_DEFAULT_MODEL(model_path);
+    auto file = MappedFile::open(model_path);
+    ASSERT_TRUE(file.is_ok()) << file.status().to_string();
+    TokenizerVocab v;
+    v.source = model_path;
+    ASSERT_TRUE(GgufKeyReader(file.value()->bytes()).read_vocab(v)) << "GGUF header";
+    EXPECT_EQ(v.pre, "smollm");
+    auto tok = Tokenizer::from_vocab(v);
+    ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
+    EXPECT_EQ(tok->n_vocab(), 49152);
+    EXPECT_EQ(tok->token_id("<|im_start|>"), std::optional<int32_t>(1));
+    EXPECT_EQ(tok->token_id("<|im_end|>"), std::optional<int32_t>(2));
+
+    int checked = 0;
+    for (const char* name : {"tokenizer/smollm2-gguf-tokenizers.json",
+                             "tokenizer/smollm2-gguf-expected.json"}) {
+        std::ifstream probe(test::fixture_path(name));
+        if (!probe) continue;
+        check_against_expected(tok.value(), load_json(test::fixture_path(name)), name);
+        ++checked;
+    }
+    if (checked == 0) GTEST_SKIP() << "no smollm2-gguf expectation fixture";
+
+    // Speed with the full 49K vocabulary and 49K merges.
+    std::string text;
+    const Json expected = load_json(test::fixture_path("tokenizer/smollm.expected.json"));
+    for (size_t round = 0; text.size() < (1u << 20); ++round) {
+        for (const auto& t : expected["texts"]) {
+            text += t.get<std::string>() + " " + std::to_string(round * 7919 % 100000) + "\n";
+        }
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto ids = tok->encode(text, false, true);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("SmolLM2 vocab encode: %.2f MB/s, %zu tokens\n", text.size() / 1e6 / s,
+                ids.size());
     EXPECT_EQ(tok->decode(ids), text);
 }
 
