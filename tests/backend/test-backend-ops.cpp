@@ -572,5 +572,251 @@ TEST_P(BackendOps, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Cases, BackendOps, ::testing::Range<size_t>(0, case_table().size()),
                          [](const ::testing::TestParamInfo<size_t>& info) { return case_table()[info.param].name; });
 
+
+// ---- cpu-ref against hand-computed values ---------------------------------------------------
+
+// Rounding of f32 arithmetic on O(1) values: a few ulps.
+constexpr float kHandTol = 1e-6f;
+
+TEST(CpuRef, MatmulTwoByThree) {
+    auto ref = make_backend("cpu-ref");
+    Tensor x = host_f32({2, 3}, {1, 2, 3, 4, 5, 6});   // (n=2, k=3)
+    Tensor w = host_f32({2, 3}, {1, 0, -1, 2, 1, 0});  // (m=2, k=3)
+    Tensor out = tensor_cpu(DType::kF32, {2, 2});
+    ASSERT_TRUE(ref->matmul(x, w, out).is_ok());
+    // [1 2 3].[1 0 -1] = -2, [1 2 3].[2 1 0] = 4, [4 5 6].[1 0 -1] = -2, [4 5 6].[2 1 0] = 13
+    const float expected[] = {-2, 4, -2, 13};
+    for (int i = 0; i < 4; ++i) EXPECT_FLOAT_EQ(out.f32()[i], expected[i]);
+}
+
+TEST(CpuRef, MatmulReadsQ8_0Blocks) {
+    auto ref = make_backend("cpu-ref");
+    // One q8_0 block: d = 0.5 (exact in f16), q = 1..32; x = ones: 0.5 * (1 + ... + 32) = 264.
+    Tensor w = tensor_cpu(DType::kQ8_0, {1, 32});
+    auto* block = w.ptr<BlockQ8_0>();
+    block->d = f32_to_f16(0.5f);
+    for (int i = 0; i < 32; ++i) block->qs[i] = static_cast<int8_t>(i + 1);
+    Tensor x = host_f32({1, 32}, std::vector<float>(32, 1.0f));
+    Tensor out = tensor_cpu(DType::kF32, {1, 1});
+    ASSERT_TRUE(ref->matmul(x, w, out).is_ok());
+    EXPECT_FLOAT_EQ(out.f32()[0], 264.0f);
+}
+
+TEST(CpuRef, RmsNormOfThreeFour) {
+    auto ref = make_backend("cpu-ref");
+    Tensor x = host_f32({1, 2}, {3, 4});
+    Tensor w = host_f32({2}, {1, 2});
+    Tensor out = tensor_cpu(DType::kF32, {1, 2});
+    ASSERT_TRUE(ref->rms_norm(x, w, 0.0f, out).is_ok());
+    // rms = sqrt((9 + 16) / 2) = sqrt(12.5)
+    const float rms = std::sqrt(12.5f);
+    EXPECT_NEAR(out.f32()[0], 3 / rms * 1, kHandTol);
+    EXPECT_NEAR(out.f32()[1], 4 / rms * 2, kHandTol);
+}
+
+TEST(CpuRef, RopeRotatesUnitVectorByKnownAngle) {
+    auto ref = make_backend("cpu-ref");
+    // One head, d = 6, rotary_dim = 4: pairs (0, 2) and (1, 3); dims 4, 5 pass through.
+    // pos = 2, inv_freq = {0.5, 0.25}: angles 1 and 0.5 radians; attn_factor 2 doubles cos, sin.
+    Tensor x = host_f32({1, 1, 6}, {1, 0, 0, 1, 7, -7});
+    const std::vector<float> inv_freq = {0.5f, 0.25f};
+    const int32_t pos[] = {2};
+    ASSERT_TRUE(ref->rope(x, pos, RopeParams{inv_freq, 4, 2.0f}).is_ok());
+    const float* v = x.f32();
+    EXPECT_NEAR(v[0], 2 * std::cos(1.0), kHandTol);   // (1, 0) -> (cos, sin)
+    EXPECT_NEAR(v[2], 2 * std::sin(1.0), kHandTol);
+    EXPECT_NEAR(v[1], -2 * std::sin(0.5), kHandTol);  // (0, 1) -> (-sin, cos)
+    EXPECT_NEAR(v[3], 2 * std::cos(0.5), kHandTol);
+    EXPECT_EQ(v[4], 7.0f);
+    EXPECT_EQ(v[5], -7.0f);
+}
+
+TEST(CpuRef, AttentionWithOneKeyReturnsItsValue) {
+    auto ref = make_backend("cpu-ref");
+    // s = 1, g = 1, c = 4, d = 2; the query at position 0 sees only key 0.
+    Tensor k = host_f32({1, 1, 4, 2}, {5, -3, 9, 9, 9, 9, 9, 9});
+    Tensor v = host_f32({1, 1, 4, 2}, {0.25f, -8, 1, 1, 1, 1, 1, 1});
+    Tensor q = host_f32({1, 2, 2}, {1, 2, -4, 0.5f});  // two query heads share the KV head
+    Tensor out = tensor_cpu(DType::kF32, {1, 2, 2});
+    const int32_t seq[] = {0}, pos[] = {0};
+    ASSERT_TRUE(ref->attention(q, {k, v}, {seq, pos}, AttentionParams{1.0f, 0, 0}, out).is_ok());
+    for (int head = 0; head < 2; ++head) {
+        EXPECT_EQ(out.f32()[head * 2 + 0], 0.25f);
+        EXPECT_EQ(out.f32()[head * 2 + 1], -8.0f);
+    }
+}
+
+TEST(CpuRef, AttentionWeighsKeysBySoftmaxAndHonoursTheWindow) {
+    auto ref = make_backend("cpu-ref");
+    // d = 1, scale 1, q = 1: keys 0, ln 3 at positions 0, 1 get weights 1/4, 3/4.
+    Tensor k = host_f32({1, 1, 3, 1}, {0, std::log(3.0f), 100});
+    Tensor v = host_f32({1, 1, 3, 1}, {4, 8, -1});
+    Tensor q = host_f32({1, 1, 1}, {1});
+    Tensor out = tensor_cpu(DType::kF32, {1, 1, 1});
+    const int32_t seq[] = {0}, pos1[] = {1}, pos2[] = {2};
+    ASSERT_TRUE(ref->attention(q, {k, v}, {seq, pos1}, AttentionParams{1.0f, 0, 0}, out).is_ok());
+    EXPECT_NEAR(out.f32()[0], 0.25 * 4 + 0.75 * 8, kHandTol);  // key 2 is in the future
+    // Window 1 at position 2 sees only key 2; with one sink it also sees key 0.
+    ASSERT_TRUE(ref->attention(q, {k, v}, {seq, pos2}, AttentionParams{1.0f, 1, 0}, out).is_ok());
+    EXPECT_EQ(out.f32()[0], -1.0f);
+    ASSERT_TRUE(ref->attention(q, {k, v}, {seq, pos2}, AttentionParams{1.0f, 1, 1}, out).is_ok());
+    const double w0 = std::exp(0.0 - 100.0);  // relative to the max score 100
+    EXPECT_NEAR(out.f32()[0], (w0 * 4 + 1.0 * -1) / (w0 + 1.0), kHandTol);
+}
+
+TEST(CpuRef, SwigluAddEmbeddingKvStore) {
+    auto ref = make_backend("cpu-ref");
+    Tensor gate = host_f32({1, 2}, {1, -2});
+    Tensor up = host_f32({1, 2}, {2, 3});
+    Tensor out = tensor_cpu(DType::kF32, {1, 2});
+    ASSERT_TRUE(ref->swiglu(gate, up, out).is_ok());
+    EXPECT_NEAR(out.f32()[0], 1 / (1 + std::exp(-1.0)) * 2, kHandTol);   // silu(1) * 2
+    EXPECT_NEAR(out.f32()[1], -2 / (1 + std::exp(2.0)) * 3, kHandTol);   // silu(-2) * 3
+    ASSERT_TRUE(ref->add(gate, up, out).is_ok());
+    EXPECT_EQ(out.f32()[0], 3.0f);
+    EXPECT_EQ(out.f32()[1], 1.0f);
+    ASSERT_TRUE(ref->add_bias(out, host_f32({2}, {10, 20})).is_ok());
+    EXPECT_EQ(out.f32()[1], 21.0f);
+
+    Tensor table = host_f32({3, 2}, {0, 1, 10, 11, 20, 21});
+    const int32_t ids[] = {2, 0};
+    EXPECT_FALSE(ref->embedding(table, ids, out).is_ok());  // out (1, 2) for 2 ids
+    Tensor emb = tensor_cpu(DType::kF32, {2, 2});
+    ASSERT_TRUE(ref->embedding(table, ids, emb).is_ok());
+    EXPECT_EQ(emb.f32()[0], 20.0f);
+    EXPECT_EQ(emb.f32()[3], 1.0f);
+
+    // Cache (s=2, g=1, c=3, d=1): token 0 -> seq 1 pos 2, token 1 -> seq 0 pos 0.
+    Tensor kc = tensor_cpu(DType::kF32, {2, 1, 3, 1}), vc = tensor_cpu(DType::kF32, {2, 1, 3, 1});
+    const int32_t seq[] = {1, 0}, pos[] = {2, 0};
+    ASSERT_TRUE(ref->kv_store(host_f32({2, 1, 1}, {5, 6}), host_f32({2, 1, 1}, {7, 8}), {seq, pos}, {kc, vc}).is_ok());
+    const float k_expected[] = {6, 0, 0, 0, 0, 5}, v_expected[] = {8, 0, 0, 0, 0, 7};
+    for (int i = 0; i < 6; ++i) {
+        EXPECT_EQ(kc.f32()[i], k_expected[i]);
+        EXPECT_EQ(vc.f32()[i], v_expected[i]);
+    }
+}
+
+// ---- input errors: a Status, on every backend ------------------------------------------------
+
+TEST(BackendErrors, WrongShapesAndIndicesAreStatuses) {
+    for (const std::string& name : backend_available()) {
+        SCOPED_TRACE(name);
+        auto backend = make_backend(name);
+        Tensor x = tensor_cpu(DType::kF32, {2, 64});
+        Tensor w = tensor_cpu(DType::kF32, {3, 32});
+        Tensor out = tensor_cpu(DType::kF32, {2, 3});
+        EXPECT_EQ(backend->matmul(x, w, out).code(), StatusCode::kInvalidArgument);  // k 64 vs 32
+        Tensor w_i32 = tensor_cpu(DType::kI32, {3, 64});
+        EXPECT_EQ(backend->matmul(x, w_i32, out).code(), StatusCode::kUnsupported);
+        Tensor emb = tensor_cpu(DType::kF32, {1, 32});
+        const int32_t bad_id[] = {3};
+        EXPECT_EQ(backend->embedding(w, bad_id, emb).code(), StatusCode::kInvalidArgument);
+        Tensor kc = tensor_cpu(DType::kF32, {1, 1, 4, 8}), vc = tensor_cpu(DType::kF32, {1, 1, 4, 8});
+        Tensor kv = tensor_cpu(DType::kF32, {1, 1, 8});
+        const int32_t seq[] = {0}, past_end[] = {4}, bad_seq[] = {1}, pos[] = {0};
+        EXPECT_EQ(backend->kv_store(kv, kv, {seq, past_end}, {kc, vc}).code(), StatusCode::kInvalidArgument);
+        EXPECT_EQ(backend->kv_store(kv, kv, {bad_seq, pos}, {kc, vc}).code(), StatusCode::kInvalidArgument);
+        Tensor q = tensor_cpu(DType::kF32, {1, 3, 8}), q_out = tensor_cpu(DType::kF32, {1, 3, 8});
+        Tensor kc2 = tensor_cpu(DType::kF32, {1, 2, 4, 8}), vc2 = tensor_cpu(DType::kF32, {1, 2, 4, 8});
+        EXPECT_EQ(backend->attention(q, {kc2, vc2}, {seq, pos}, {}, q_out).code(),
+                  StatusCode::kInvalidArgument);  // 3 heads over 2 KV heads
+        const std::vector<float> inv_freq = {1.0f};
+        EXPECT_EQ(backend->rope(q, pos, RopeParams{inv_freq, 3, 1.0f}).code(), StatusCode::kInvalidArgument);
+        EXPECT_EQ(backend->add(x, out, x).code(), StatusCode::kInvalidArgument);
+    }
+}
+
+// ---- the cpu backend's two matmul paths on every n -------------------------------------------
+
+// The GEMV/GEMM switch hides one path for each n; run both directly on the sizes around it.
+TEST(CpuMatmul, BothPathsMatchReferenceOnAnyN) {
+    for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
+        for (int64_t n : {1, 5, 40}) {
+            SCOPED_TRACE(fmt::format("{} n={}", dtype_name(dtype), n));
+            const int64_t k = 160, m = 70;
+            std::mt19937 rng(static_cast<uint32_t>(n));
+            Tensor x = host_f32({n, k}, random_floats(rng, n * k));
+            Tensor w = random_weight(rng, dtype, m, k);
+            Tensor expected = tensor_cpu(DType::kF32, {n, m});
+            ASSERT_TRUE(reference_backend().matmul(x, w, expected).is_ok());
+            const std::span<const float> ref(expected.f32(), static_cast<size_t>(n * m));
+            Tensor out = tensor_cpu(DType::kF32, {n, m});
+            cpu_matmul_gemm(x, w, out, 2);
+            EXPECT_LE(test::nmse({out.f32(), ref.size()}, ref), tol_f32_reduction(k));  // f32 throughout
+            cpu_matmul_gemv(x, w, out, 2);
+            // q8 activations: the same derivation as the matmul cases (3x the predicted error).
+            std::vector<float> w_f32(static_cast<size_t>(m * k));
+            for (int64_t j = 0; j < m; ++j) dequantize_row(dtype, w.row_ptr(j), w_f32.data() + j * k, k);
+            const double tol = tol_f32_reduction(k) +
+                               (activation_quantised(dtype)
+                                    ? 3.0 * predicted_q8_nmse({x.f32(), x.f32() + n * k}, w_f32, n, k, m,
+                                                              {ref.begin(), ref.end()})
+                                    : 0.0);
+            EXPECT_LE(test::nmse({out.f32(), ref.size()}, ref), tol);
+        }
+    }
+}
+
+// ---- SIMD dot products against their scalar bodies -------------------------------------------
+
+TEST(VecDot, SimdMatchesScalar) {
+    std::mt19937 rng(7);
+    for (int64_t nb : {1, 2, 3, 18, 48}) {
+        const int64_t k = nb * 32;
+        const std::vector<float> a = random_floats(rng, k), b = random_floats(rng, k, 5.0f);
+        std::vector<BlockQ4_0> x40(static_cast<size_t>(nb));
+        std::vector<BlockQ4_1> x41(static_cast<size_t>(nb));
+        std::vector<BlockQ8_0> x80(static_cast<size_t>(nb)), y80(static_cast<size_t>(nb));
+        std::vector<BlockQ8_1> y81(static_cast<size_t>(nb));
+        quantize_row_q4_0(a.data(), x40.data(), k);
+        quantize_row_q4_1(a.data(), x41.data(), k);
+        quantize_row_q8_0(a.data(), x80.data(), k);
+        quantize_row_q8_0(b.data(), y80.data(), k);
+        quantize_row_q8_1(b.data(), y81.data(), k);
+        x80[0].qs[0] = -128;  // the one value outside [-127, 127] a file may hold
+        // The integer block sums are exact in both; only the f32 sum of the nb block terms may
+        // reorder: |error| <= 2 nb eps sum_b |term_b| (Higham's bound for recursive summation,
+        // doubled for the FMA and two-accumulator split).
+        auto check = [&](auto simd, auto scalar, const auto* x, const auto* y) {
+            double abs_terms = 0;
+            for (int64_t bl = 0; bl < nb; ++bl) abs_terms += std::fabs(scalar(1, x + bl, y + bl));
+            EXPECT_NEAR(simd(nb, x, y), scalar(nb, x, y), 2.0 * static_cast<double>(nb) * kEps * abs_terms)
+                << "nb=" << nb;
+        };
+        check(vec_dot_q4_0_q8_0, vec_dot_q4_0_q8_0_scalar, x40.data(), y80.data());
+        check(vec_dot_q4_1_q8_1, vec_dot_q4_1_q8_1_scalar, x41.data(), y81.data());
+        check(vec_dot_q8_0_q8_0, vec_dot_q8_0_q8_0_scalar, x80.data(), y80.data());
+        std::vector<uint16_t> h(static_cast<size_t>(k)), bf(static_cast<size_t>(k));
+        double f_sum = 0, f_abs = 0;
+        for (int64_t i = 0; i < k; ++i) {
+            h[static_cast<size_t>(i)] = f32_to_f16(a[static_cast<size_t>(i)]);
+            bf[static_cast<size_t>(i)] = f32_to_bf16(a[static_cast<size_t>(i)]);
+        }
+        for (int64_t i = 0; i < k; ++i) {
+            f_sum += static_cast<double>(a[static_cast<size_t>(i)]) * b[static_cast<size_t>(i)];
+            f_abs += std::fabs(static_cast<double>(a[static_cast<size_t>(i)]) * b[static_cast<size_t>(i)]);
+        }
+        // Against the double sum: f32 reduction of k terms, relative k eps of sum |terms|.
+        EXPECT_NEAR(vec_dot_f32(k, a.data(), b.data()), f_sum, static_cast<double>(k) * kEps * f_abs);
+        double h_sum = 0, bf_sum = 0;
+        for (int64_t i = 0; i < k; ++i) {
+            h_sum += static_cast<double>(f16_to_f32(h[static_cast<size_t>(i)])) * b[static_cast<size_t>(i)];
+            bf_sum += static_cast<double>(bf16_to_f32(bf[static_cast<size_t>(i)])) * b[static_cast<size_t>(i)];
+        }
+        EXPECT_NEAR(vec_dot_f16_f32(k, h.data(), b.data()), h_sum, static_cast<double>(k) * kEps * f_abs * 1.01);
+        EXPECT_NEAR(vec_dot_bf16_f32(k, bf.data(), b.data()), bf_sum, static_cast<double>(k) * kEps * f_abs * 1.01);
+    }
+}
+
+TEST(BackendAvailable, OracleFirstThenCpu) {
+    const std::vector<std::string> names = backend_available();
+    ASSERT_GE(names.size(), 2u);
+    EXPECT_EQ(names[0], "cpu-ref");
+    EXPECT_EQ(names[1], "cpu");
+    for (const std::string& name : names) EXPECT_TRUE(backend_create(name).is_ok()) << name;
+    EXPECT_FALSE(backend_create("tpu").is_ok());
+}
+
 }  // namespace
 }  // namespace purbo
