@@ -24,4 +24,13 @@ Result<std::unique_ptr<Backend>> backend_create(std::string_view name, const Bac
     return error(StatusCode::kInvalidArgument, "unknown backend '{}' (expected cpu, cpu-ref or cuda)", name);
 }
 
+std::vector<std::string> backend_available() {
+    std::vector<std::string> names = {"cpu-ref", "cpu"};
+#if defined(PURBO_HAVE_CUDA)
+    // Built with CUDA but usable only where a device answers: creating the backend says.
+    if (backend_create_cuda(BackendOptions{}).is_ok()) names.push_back("cuda");
+#endif
+    return names;
+}
+
 }  // namespace purbo

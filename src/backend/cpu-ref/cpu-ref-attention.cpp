@@ -1,0 +1,94 @@
+// cpu-ref: rope, kv_store and attention.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "backend/cpu-ref/cpu-ref-backend.h"
+#include "backend/op-checks.h"
+
+namespace purbo {
+
+// Rotate-half layout: pair (x[i], x[i + rotary_dim / 2]) rotates by the angle pos * inv_freq[i]:
+//   x[i]        <- x[i] cos - x[i + half] sin
+//   x[i + half] <- x[i] sin + x[i + half] cos
+// with cos and sin scaled by attn_factor. The angle is an f32 product, as Hugging Face
+// computes it (inv_freq @ position_ids in f32).
+Status CpuRefBackend::rope(const Tensor& x, std::span<const int32_t> pos, const RopeParams& params) {
+    PURBO_TRY(check_rope(x, pos, params));
+    // x (n, heads, d)
+    const int64_t n = x.dim(0), heads = x.dim(1), d = x.dim(2), half = params.rotary_dim / 2;
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t hd = 0; hd < heads; ++hd) {
+            float* v = x.f32() + (i * heads + hd) * d;
+            for (int64_t r = 0; r < half; ++r) {
+                const float angle = static_cast<float>(pos[i]) * params.inv_freq[r];
+                const float c = std::cos(angle) * params.attn_factor;
+                const float s = std::sin(angle) * params.attn_factor;
+                const float a = v[r], b = v[r + half];
+                v[r] = a * c - b * s;
+                v[r + half] = a * s + b * c;
+            }
+        }
+    }
+    return Status::ok();
+}
+
+Status CpuRefBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
+                               const KvCacheView& cache) {
+    PURBO_TRY(check_kv_store(k, v, place, cache));
+    // k, v (n, g, d); cache (s, g, c, d)
+    const int64_t n = k.dim(0), g = k.dim(1), d = k.dim(2), c = cache.k.dim(2);
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t kv = 0; kv < g; ++kv) {
+            const int64_t dst = ((place.seq[i] * g + kv) * c + place.pos[i]) * d;
+            const int64_t src = (i * g + kv) * d;
+            for (int64_t e = 0; e < d; ++e) {
+                cache.k.f32()[dst + e] = k.f32()[src + e];
+                cache.v.f32()[dst + e] = v.f32()[src + e];
+            }
+        }
+    }
+    return Status::ok();
+}
+
+// out[i, head] = sum_j softmax_j(scale * q . k_j) v_j over the keys j of token i's sequence
+// that attention_key_visible allows. Two passes: scores, then the normalised weighted sum.
+Status CpuRefBackend::attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
+                                const AttentionParams& params, const Tensor& out) {
+    PURBO_TRY(check_attention(q, cache, place, params, out));
+    // q, out (n, h, d); cache (s, g, c, d)
+    const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), g = cache.k.dim(1), c = cache.k.dim(2);
+    const int64_t heads_per_kv = h / g;
+    std::vector<double> scores(static_cast<size_t>(c));  // (c,)
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t p = place.pos[i];
+        for (int64_t hd = 0; hd < h; ++hd) {
+            const float* qv = q.f32() + (i * h + hd) * d;
+            const int64_t base = (place.seq[i] * g + hd / heads_per_kv) * c * d;
+            const float* keys = cache.k.f32() + base;  // (c, d)
+            const float* values = cache.v.f32() + base;  // (c, d)
+            double max_score = -std::numeric_limits<double>::infinity();
+            for (int64_t j = 0; j <= p; ++j) {
+                if (!attention_key_visible(j, p, params)) continue;
+                double dot = 0;
+                for (int64_t e = 0; e < d; ++e) dot += static_cast<double>(qv[e]) * keys[j * d + e];
+                scores[static_cast<size_t>(j)] = dot * params.scale;
+                max_score = std::max(max_score, scores[static_cast<size_t>(j)]);
+            }
+            double sum = 0;
+            std::vector<double> acc(static_cast<size_t>(d), 0.0);
+            for (int64_t j = 0; j <= p; ++j) {
+                if (!attention_key_visible(j, p, params)) continue;
+                const double weight = std::exp(scores[static_cast<size_t>(j)] - max_score);
+                sum += weight;
+                for (int64_t e = 0; e < d; ++e) acc[static_cast<size_t>(e)] += weight * values[j * d + e];
+            }
+            float* o = out.f32() + (i * h + hd) * d;
+            for (int64_t e = 0; e < d; ++e) o[e] = static_cast<float>(acc[static_cast<size_t>(e)] / sum);
+        }
+    }
+    return Status::ok();
+}
+
+}  // namespace purbo

@@ -1,0 +1,44 @@
+// cpu: the fast CPU backend. OpenBLAS sgemm for batched matmuls, quantised integer dot
+// products for decode-sized matmuls, OpenMP over rows / tokens / heads for everything else.
+// Every op is checked against cpu-ref by tests/backend/test-backend-ops.cpp.
+//
+// Weights (prepare_weight, inherited): every dtype dequantize_row reads is kept as it is,
+// zero copy from the mapped file. f32/f16/bf16/q4_0/q4_1/q8_0 have dedicated GEMV kernels;
+// the others (q5_x, K-quants) are dequantised row by row on the fly (correct, not fast).
+#pragma once
+
+#include "backend/cpu-ref/cpu-ref-backend.h"
+
+namespace purbo {
+
+class CpuBackend final : public CpuRefBackend {
+public:
+    explicit CpuBackend(const BackendOptions& options);
+
+    BackendKind kind() const override { return BackendKind::kCpu; }
+    std::string_view name() const override { return "cpu"; }
+
+    Status embedding(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) override;
+    Status rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override;
+    Status matmul(const Tensor& x, const Tensor& w, const Tensor& out) override;
+    Status add_bias(const Tensor& x, const Tensor& bias) override;
+    Status rope(const Tensor& x, std::span<const int32_t> pos, const RopeParams& params) override;
+    Status kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
+                    const KvCacheView& cache) override;
+    Status attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
+                     const AttentionParams& params, const Tensor& out) override;
+    Status swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) override;
+    Status add(const Tensor& a, const Tensor& b, const Tensor& out) override;
+
+    int n_threads() const { return n_threads_; }
+
+private:
+    int n_threads_;
+};
+
+// The two matmul paths, exposed so that tests and benchmarks can run each one on any n.
+// x (n, k) f32, w (m, k), out (n, m) f32; arguments already checked.
+void cpu_matmul_gemv(const Tensor& x, const Tensor& w, const Tensor& out, int n_threads);
+void cpu_matmul_gemm(const Tensor& x, const Tensor& w, const Tensor& out, int n_threads);
+
+}  // namespace purbo

@@ -1,0 +1,209 @@
+#include "backend/cpu/vec-dot.h"
+
+#include "core/fp16.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define PURBO_VEC_DOT_AVX2 1
+#include <immintrin.h>
+#endif
+
+namespace purbo {
+
+// ---- scalar bodies: the definition the SIMD bodies must match -----------------------------
+
+float vec_dot_q4_0_q8_0_scalar(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y) {
+    float sum = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+        int32_t isum = 0;
+        for (int i = 0; i < kQK4_0 / 2; ++i) {
+            isum += ((x[b].qs[i] & 0x0f) - 8) * y[b].qs[i];
+            isum += ((x[b].qs[i] >> 4) - 8) * y[b].qs[i + kQK4_0 / 2];
+        }
+        sum += f16_to_f32(x[b].d) * f16_to_f32(y[b].d) * static_cast<float>(isum);
+    }
+    return sum;
+}
+
+float vec_dot_q4_1_q8_1_scalar(int64_t nb, const BlockQ4_1* x, const BlockQ8_1* y) {
+    float sum = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+        int32_t isum = 0;
+        for (int i = 0; i < kQK4_1 / 2; ++i) {
+            isum += (x[b].qs[i] & 0x0f) * y[b].qs[i];
+            isum += (x[b].qs[i] >> 4) * y[b].qs[i + kQK4_1 / 2];
+        }
+        sum += f16_to_f32(x[b].d) * f16_to_f32(y[b].d) * static_cast<float>(isum) +
+               f16_to_f32(x[b].m) * f16_to_f32(y[b].s);
+    }
+    return sum;
+}
+
+float vec_dot_q8_0_q8_0_scalar(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y) {
+    float sum = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+        int32_t isum = 0;
+        for (int i = 0; i < kQK8_0; ++i) isum += x[b].qs[i] * y[b].qs[i];
+        sum += f16_to_f32(x[b].d) * f16_to_f32(y[b].d) * static_cast<float>(isum);
+    }
+    return sum;
+}
+
+#if PURBO_VEC_DOT_AVX2
+
+namespace {
+
+float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// 16 bytes of nibbles -> 32 bytes in [0, 15]: low nibbles (elements 0..15) in the low lane,
+// high nibbles (elements 16..31) in the high lane, the order of the q4 blocks.
+__m256i unpack_nibbles(const uint8_t* qs) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+}
+
+// Sums of 4 adjacent products u8 x s8 -> 8 int32. u in [0, 255] but here at most 128, s in
+// [-127, 127]: maddubs's int16 pair sums stay below 2 * 128 * 127 < 32767, so it never saturates.
+__m256i dot_u8_s8(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+// Signed x signed through the u8 x s8 instruction: |x| * (y with x's sign).
+__m256i dot_s8_s8(__m256i x, __m256i y) {
+    return dot_u8_s8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+}  // namespace
+
+float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    const __m256i eight = _mm256_set1_epi8(8);
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {  // two blocks per step: two independent FMA chains
+        const __m256i qx0 = _mm256_sub_epi8(unpack_nibbles(x[b].qs), eight);
+        const __m256i qx1 = _mm256_sub_epi8(unpack_nibbles(x[b + 1].qs), eight);
+        const __m256i p0 = dot_s8_s8(qx0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs)));
+        const __m256i p1 = dot_s8_s8(qx1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b + 1].qs)));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b].d) * f16_to_f32(y[b].d)), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b + 1].d) * f16_to_f32(y[b + 1].d)),
+                               _mm256_cvtepi32_ps(p1), acc1);
+    }
+    float sum = hsum(_mm256_add_ps(acc0, acc1));
+    if (b < nb) sum += vec_dot_q4_0_q8_0_scalar(1, x + b, y + b);
+    return sum;
+}
+
+float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const BlockQ8_1* y) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float sum_min = 0;  // sum_b mx_b s_b
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m256i p0 = dot_u8_s8(unpack_nibbles(x[b].qs), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs)));
+        const __m256i p1 =
+            dot_u8_s8(unpack_nibbles(x[b + 1].qs), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b + 1].qs)));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b].d) * f16_to_f32(y[b].d)), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b + 1].d) * f16_to_f32(y[b + 1].d)),
+                               _mm256_cvtepi32_ps(p1), acc1);
+        sum_min += f16_to_f32(x[b].m) * f16_to_f32(y[b].s) + f16_to_f32(x[b + 1].m) * f16_to_f32(y[b + 1].s);
+    }
+    float sum = hsum(_mm256_add_ps(acc0, acc1)) + sum_min;
+    if (b < nb) sum += vec_dot_q4_1_q8_1_scalar(1, x + b, y + b);
+    return sum;
+}
+
+float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m256i p0 = dot_s8_s8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].qs)),
+                                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs)));
+        const __m256i p1 = dot_s8_s8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b + 1].qs)),
+                                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b + 1].qs)));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b].d) * f16_to_f32(y[b].d)), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b + 1].d) * f16_to_f32(y[b + 1].d)),
+                               _mm256_cvtepi32_ps(p1), acc1);
+    }
+    float sum = hsum(_mm256_add_ps(acc0, acc1));
+    if (b < nb) sum += vec_dot_q8_0_q8_0_scalar(1, x + b, y + b);
+    return sum;
+}
+
+float vec_dot_f32(int64_t k, const float* w, const float* x) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), acc1);
+    }
+    float sum = hsum(_mm256_add_ps(acc0, acc1));
+    for (; i < k; ++i) sum += w[i] * x[i];
+    return sum;
+}
+
+float vec_dot_f16_f32(int64_t k, const uint16_t* w, const float* x) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
+        const __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i + 8)));
+        acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), acc0);
+        acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), acc1);
+    }
+    float sum = hsum(_mm256_add_ps(acc0, acc1));
+    for (; i < k; ++i) sum += f16_to_f32(w[i]) * x[i];
+    return sum;
+}
+
+float vec_dot_bf16_f32(int64_t k, const uint16_t* w, const float* x) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    // bf16 -> f32 is a 16-bit left shift of the bits.
+    auto load = [](const uint16_t* p) {
+        const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+    };
+    for (; i + 16 <= k; i += 16) {
+        acc0 = _mm256_fmadd_ps(load(w + i), _mm256_loadu_ps(x + i), acc0);
+        acc1 = _mm256_fmadd_ps(load(w + i + 8), _mm256_loadu_ps(x + i + 8), acc1);
+    }
+    float sum = hsum(_mm256_add_ps(acc0, acc1));
+    for (; i < k; ++i) sum += bf16_to_f32(w[i]) * x[i];
+    return sum;
+}
+
+#else  // portable fallbacks
+
+float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y) { return vec_dot_q4_0_q8_0_scalar(nb, x, y); }
+float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const BlockQ8_1* y) { return vec_dot_q4_1_q8_1_scalar(nb, x, y); }
+float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y) { return vec_dot_q8_0_q8_0_scalar(nb, x, y); }
+
+float vec_dot_f32(int64_t k, const float* w, const float* x) {
+    float sum = 0;
+    for (int64_t i = 0; i < k; ++i) sum += w[i] * x[i];
+    return sum;
+}
+
+float vec_dot_f16_f32(int64_t k, const uint16_t* w, const float* x) {
+    float sum = 0;
+    for (int64_t i = 0; i < k; ++i) sum += f16_to_f32(w[i]) * x[i];
+    return sum;
+}
+
+float vec_dot_bf16_f32(int64_t k, const uint16_t* w, const float* x) {
+    float sum = 0;
+    for (int64_t i = 0; i < k; ++i) sum += bf16_to_f32(w[i]) * x[i];
+    return sum;
+}
+
+#endif
+
+}  // namespace purbo

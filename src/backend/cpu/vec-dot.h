@@ -1,0 +1,32 @@
+// Dot products of one weight row with one activation row, the inner loop of the cpu
+// backend's GEMV (decode) path. Quantised weights are paired with an activation row
+// quantised once per matmul call, so the loop multiplies small integers and applies the two
+// block scales once per 32 elements, as ggml's vec_dot_q4_1_q8_1 does:
+//   q4_0 . q8_0:  sum_b dx_b dy_b sum_i (qx_i - 8) qy_i
+//   q4_1 . q8_1:  sum_b dx_b dy_b sum_i qx_i qy_i + mx_b s_b     (s_b = dy_b sum_i qy_i)
+//   q8_0 . q8_0:  sum_b dx_b dy_b sum_i qx_i qy_i
+// Each function has a SIMD body (AVX2; AVX512-VNNI for the integer sums where the compiler
+// targets it) and a portable scalar body; the *_scalar versions are exported so the tests
+// can compare the two on any machine.
+#pragma once
+
+#include <cstdint>
+
+#include "core/quants.h"
+
+namespace purbo {
+
+// nb = number of 32-element blocks in the row.
+float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y);
+float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const BlockQ8_1* y);
+float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y);
+float vec_dot_q4_0_q8_0_scalar(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y);
+float vec_dot_q4_1_q8_1_scalar(int64_t nb, const BlockQ4_1* x, const BlockQ8_1* y);
+float vec_dot_q8_0_q8_0_scalar(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y);
+
+// k = number of elements; w in the weight's dtype, x f32; fp32 accumulation.
+float vec_dot_f32(int64_t k, const float* w, const float* x);
+float vec_dot_f16_f32(int64_t k, const uint16_t* w, const float* x);
+float vec_dot_bf16_f32(int64_t k, const uint16_t* w, const float* x);
+
+}  // namespace purbo

@@ -1,0 +1,822 @@
+// One harness for every op on every backend: each case builds random inputs, runs the op on
+// cpu-ref (the oracle) and on every other backend in backend_available(), and compares.
+//  - Outputs are poisoned with NaN before a run (an element the op forgets to write fails)
+//    and followed by a guard region of sentinel values (a write past the end fails).
+//  - Dense results are compared by normalised mean squared error (nmse) against a tolerance
+//    derived below; copies are compared exactly.
+// Then: hand-computed cases for cpu-ref itself (the oracle must be right), the cpu backend's
+// two matmul paths on every n, its SIMD dot products against their scalar bodies, and errors.
+//
+// Letters: n tokens, k inputs, m outputs, h query heads, g KV heads, d head dim,
+// c cache capacity, s sequence slots.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <numbers>
+#include <random>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/cpu-backend.h"
+#include "backend/cpu/vec-dot.h"
+#include "core/fp16.h"
+#include "core/quants.h"
+#include "test-util.h"
+
+namespace purbo {
+namespace {
+
+// ---- tolerances ----------------------------------------------------------------------------
+
+constexpr double kEps = std::numeric_limits<float>::epsilon();  // 2^-23, f32 unit roundoff x 2
+
+// A length-L reduction in f32, compared with cpu-ref's double: the probabilistic bound of
+// Higham & Mary (2019) gives a relative error of about lambda sqrt(L) eps of sum |terms|; for
+// zero-mean random terms sum |terms| ~ sqrt(L) |sum|, so nmse <= (lambda L eps)^2. lambda = 4
+// covers reordering by BLAS blocking, FMA contraction and the tails of the distribution.
+// Still 3 orders of magnitude below the q8 activation error, so a path that quantises by
+// mistake fails it.
+double tol_f32_reduction(int64_t length) {
+    const double lambda_l_eps = 4.0 * static_cast<double>(length) * kEps;
+    return lambda_l_eps * lambda_l_eps;
+}
+
+// Elementwise ops computed in f32 against cpu-ref's double (libm expf vs exp, one division):
+// at most a few ulps per element; nmse <= (4 eps)^2.
+constexpr double kTolElementwise = 16.0 * kEps * kEps;
+
+// ---- guarded buffers -----------------------------------------------------------------------
+
+constexpr int64_t kGuardElements = 64;
+constexpr uint32_t kSentinelBits = 0x7fa5a5a5u;  // a NaN payload no op computes
+
+float sentinel() {
+    float f;
+    std::memcpy(&f, &kSentinelBits, 4);
+    return f;
+}
+
+// An f32 output on a backend: a buffer of numel + kGuardElements elements, the prefix poisoned
+// with NaN, the rest sentinel; `view` is the prefix with the requested shape.
+struct GuardedOutput {
+    Tensor buffer;
+    Tensor view;
+    int64_t numel = 0;
+
+    GuardedOutput(Backend& backend, std::initializer_list<int64_t> shape) {
+        numel = 1;
+        for (int64_t d : shape) numel *= d;
+        buffer = backend.alloc(DType::kF32, {numel + kGuardElements}, "guarded");
+        Tensor host = tensor_cpu(DType::kF32, {numel + kGuardElements});
+        for (int64_t i = 0; i < numel; ++i) host.f32()[i] = std::numeric_limits<float>::quiet_NaN();
+        for (int64_t i = numel; i < numel + kGuardElements; ++i) host.f32()[i] = sentinel();
+        EXPECT_TRUE(backend.from_host(host, buffer).is_ok());
+        view = buffer;
+        view.ndim = static_cast<int>(shape.size());
+        view.shape = {};
+        size_t i = 0;
+        for (int64_t d : shape) view.shape[i++] = d;
+        view.name = "out";
+    }
+
+    // The output values; records a failure if the guard region was touched.
+    std::vector<float> read(Backend& backend) const {
+        Tensor host = tensor_cpu(DType::kF32, {numel + kGuardElements});
+        EXPECT_TRUE(backend.to_host(buffer, host).is_ok());
+        for (int64_t i = numel; i < numel + kGuardElements; ++i) {
+            uint32_t bits;
+            std::memcpy(&bits, host.f32() + i, 4);
+            EXPECT_EQ(bits, kSentinelBits) << "write past the end of the output at element " << i;
+        }
+        return std::vector<float>(host.f32(), host.f32() + numel);
+    }
+};
+
+// ---- random inputs -------------------------------------------------------------------------
+
+std::vector<float> random_floats(std::mt19937& rng, int64_t count, float amplitude = 1.0f) {
+    std::uniform_real_distribution<float> dist(-amplitude, amplitude);
+    std::vector<float> v(static_cast<size_t>(count));
+    for (float& x : v) x = dist(rng);
+    return v;
+}
+
+Tensor host_f32(std::initializer_list<int64_t> shape, const std::vector<float>& values) {
+    Tensor t = tensor_cpu(DType::kF32, shape);
+    PURBO_ASSERT(static_cast<size_t>(t.numel()) == values.size());
+    std::memcpy(t.data, values.data(), values.size() * 4);
+    return t;
+}
+
+// Writes an f16 of value v at byte offset `at` of a block.
+void put_f16(uint8_t* block, size_t at, float v) {
+    const uint16_t h = f32_to_f16(v);
+    std::memcpy(block + at, &h, 2);
+}
+
+// A (rows, k) weight of `dtype` from random values. f32/f16/bf16 convert the values, q4_0,
+// q4_1 and q8_0 go through the reference quantisers; the other block types are random bytes
+// with their f16 scales overwritten by small positive values (every bit pattern of the
+// integer parts is a valid encoding).
+Tensor random_weight(std::mt19937& rng, DType dtype, int64_t rows, int64_t k) {
+    Tensor w = tensor_cpu(dtype, {rows, k}, fmt::format("w_{}", dtype_name(dtype)));
+    const std::vector<float> values = random_floats(rng, rows * k);
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* src = values.data() + r * k;
+        uint8_t* dst = w.row_ptr(r);
+        switch (dtype) {
+            case DType::kF32: std::memcpy(dst, src, static_cast<size_t>(k) * 4); continue;
+            case DType::kF16:
+                for (int64_t i = 0; i < k; ++i) reinterpret_cast<uint16_t*>(dst)[i] = f32_to_f16(src[i]);
+                continue;
+            case DType::kBF16:
+                for (int64_t i = 0; i < k; ++i) reinterpret_cast<uint16_t*>(dst)[i] = f32_to_bf16(src[i]);
+                continue;
+            case DType::kQ4_0: quantize_row_q4_0(src, dst, k); continue;
+            case DType::kQ4_1: quantize_row_q4_1(src, dst, k); continue;
+            case DType::kQ8_0: quantize_row_q8_0(src, dst, k); continue;
+            default: break;
+        }
+        std::uniform_int_distribution<int> byte(0, 255);
+        for (size_t i = 0; i < w.row_bytes(); ++i) dst[i] = static_cast<uint8_t>(byte(rng));
+        std::uniform_real_distribution<float> scale(0.002f, 0.02f);
+        const DTypeTraits& t = dtype_traits(dtype);
+        for (int64_t b = 0; b < k / t.block_size; ++b) {
+            uint8_t* block = dst + static_cast<size_t>(b) * t.block_bytes;
+            switch (dtype) {
+                case DType::kQ5_0: put_f16(block, offsetof(BlockQ5_0, d), scale(rng)); break;
+                case DType::kQ5_1:
+                    put_f16(block, offsetof(BlockQ5_1, d), scale(rng));
+                    put_f16(block, offsetof(BlockQ5_1, m), -scale(rng) * 16);
+                    break;
+                case DType::kQ2_K:
+                    put_f16(block, offsetof(BlockQ2_K, d), scale(rng));
+                    put_f16(block, offsetof(BlockQ2_K, dmin), scale(rng));
+                    break;
+                case DType::kQ3_K: put_f16(block, offsetof(BlockQ3_K, d), scale(rng)); break;
+                case DType::kQ4_K:
+                    put_f16(block, offsetof(BlockQ4_K, d), scale(rng));
+                    put_f16(block, offsetof(BlockQ4_K, dmin), scale(rng));
+                    break;
+                case DType::kQ5_K:
+                    put_f16(block, offsetof(BlockQ5_K, d), scale(rng));
+                    put_f16(block, offsetof(BlockQ5_K, dmin), scale(rng));
+                    break;
+                case DType::kQ6_K: put_f16(block, offsetof(BlockQ6_K, d), scale(rng)); break;
+                default: PURBO_ASSERT(false, "no random weights for {}", dtype_name(dtype));
+            }
+        }
+    }
+    return w;
+}
+
+// Backend::alloc takes a literal shape list; spell it out per rank.
+Tensor alloc_like(Backend& backend, const Tensor& host) {
+    const auto& s = host.shape;
+    switch (host.ndim) {
+        case 1: return backend.alloc(host.dtype, {s[0]}, host.name);
+        case 2: return backend.alloc(host.dtype, {s[0], s[1]}, host.name);
+        case 3: return backend.alloc(host.dtype, {s[0], s[1], s[2]}, host.name);
+        default: return backend.alloc(host.dtype, {s[0], s[1], s[2], s[3]}, host.name);
+    }
+}
+
+// An f32 activation copied onto the backend.
+Tensor upload(Backend& backend, const Tensor& host) {
+    Tensor t = alloc_like(backend, host);
+    EXPECT_TRUE(backend.from_host(host, t).is_ok());
+    return t;
+}
+
+std::vector<float> download(Backend& backend, const Tensor& t) {
+    Tensor host = tensor_cpu(DType::kF32, std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim)));
+    EXPECT_TRUE(backend.to_host(t, host).is_ok());
+    return std::vector<float>(host.f32(), host.f32() + host.numel());
+}
+
+// ---- the case table --------------------------------------------------------------------------
+
+// A case's inputs, built once; run() executes the op on one backend and returns its output.
+struct PreparedCase {
+    std::function<std::vector<float>(Backend&)> run;
+    double max_nmse = 0;  // 0: the output must equal cpu-ref's exactly
+};
+
+struct OpCase {
+    std::string name;  // gtest-safe: letters, digits, underscores
+    std::function<PreparedCase()> prepare;
+};
+
+std::string safe_name(std::string s) {
+    for (char& ch : s) {
+        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+    }
+    return s;
+}
+
+// Weight dtypes the cpu backend quantises activations for (q8_0 / q8_1) in its GEMV path.
+bool activation_quantised(DType dtype) {
+    return dtype == DType::kQ4_0 || dtype == DType::kQ4_1 || dtype == DType::kQ8_0;
+}
+
+// Expected nmse of x @ w^T when x is rounded to q8 blocks: each element gets an error uniform
+// in +-step/2 with step = max|x_block| / 127, variance step^2 / 12, independent across
+// elements, so E[err(out_ij)^2] = sum_l w_jl^2 var_il. Normalised by sum out_ij^2 (cpu-ref).
+double predicted_q8_nmse(const std::vector<float>& x, const std::vector<float>& w_f32, int64_t n, int64_t k,
+                         int64_t m, const std::vector<float>& reference) {
+    std::vector<double> var(x.size());  // (n, k)
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t b = 0; b < k / 32; ++b) {
+            float amax = 0;
+            for (int l = 0; l < 32; ++l) amax = std::max(amax, std::fabs(x[static_cast<size_t>(i * k + b * 32 + l)]));
+            const double step = amax / 127.0;
+            for (int l = 0; l < 32; ++l) var[static_cast<size_t>(i * k + b * 32 + l)] = step * step / 12.0;
+        }
+    }
+    double err = 0, ref = 0;
+    for (int64_t j = 0; j < m; ++j) {
+        for (int64_t i = 0; i < n; ++i) {
+            double e = 0;
+            for (int64_t l = 0; l < k; ++l) {
+                const double wv = w_f32[static_cast<size_t>(j * k + l)];
+                e += wv * wv * var[static_cast<size_t>(i * k + l)];
+            }
+            err += e;
+            ref += static_cast<double>(reference[static_cast<size_t>(i * m + j)]) *
+                   reference[static_cast<size_t>(i * m + j)];
+        }
+    }
+    return err / ref;
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& name) {
+    auto backend = backend_create(name);
+    PURBO_ASSERT(backend.is_ok(), "{}", backend.status().to_string());
+    return std::move(backend).value();
+}
+
+Backend& reference_backend() {
+    static std::unique_ptr<Backend> ref = make_backend("cpu-ref");
+    return *ref;
+}
+
+OpCase matmul_case(DType dtype, int64_t n, int64_t k, int64_t m) {
+    return {safe_name(fmt::format("matmul_{}_n{}_k{}_m{}", dtype_name(dtype), n, k, m)), [=] {
+                std::mt19937 rng(static_cast<uint32_t>(n * 7919 + k * 31 + m + static_cast<int>(dtype)));
+                auto x = std::make_shared<Tensor>(host_f32({n, k}, random_floats(rng, n * k)));  // (n, k)
+                auto w = std::make_shared<Tensor>(random_weight(rng, dtype, m, k));              // (m, k)
+                PreparedCase c;
+                c.run = [=](Backend& backend) {
+                    auto wb = backend.prepare_weight(*w);
+                    EXPECT_TRUE(wb.is_ok()) << wb.status().to_string();
+                    if (!wb.is_ok()) return std::vector<float>();
+                    Tensor xb = upload(backend, *x);
+                    GuardedOutput out(backend, {n, m});
+                    const Status st = backend.matmul(xb, *wb, out.view);
+                    EXPECT_TRUE(st.is_ok()) << st.to_string();
+                    return out.read(backend);
+                };
+                c.max_nmse = tol_f32_reduction(k);
+                if (activation_quantised(dtype)) {
+                    // The GEMV path's q8 rounding of x dominates; x3 covers the f16 rounding of the
+                    // q8 scales (2^-11 relative) and q8_1's f16 sum term (~1% of the budget:
+                    // relative 2^-11 on a term of the size of the output's sqrt(32) blocks).
+                    std::vector<float> w_f32(static_cast<size_t>(m * k));
+                    for (int64_t j = 0; j < m; ++j) dequantize_row(dtype, w->row_ptr(j), w_f32.data() + j * k, k);
+                    const std::vector<float> xs(x->f32(), x->f32() + n * k);
+                    const std::vector<float> ref = c.run(reference_backend());
+                    c.max_nmse += 3.0 * predicted_q8_nmse(xs, w_f32, n, k, m, ref);
+                }
+                return c;
+            }};
+}
+
+OpCase embedding_case(DType dtype, int64_t v, int64_t k, int64_t n) {
+    return {safe_name(fmt::format("embedding_{}_v{}_k{}_n{}", dtype_name(dtype), v, k, n)), [=] {
+                std::mt19937 rng(static_cast<uint32_t>(v + k + n));
+                auto table = std::make_shared<Tensor>(random_weight(rng, dtype, v, k));  // (v, k)
+                std::vector<int32_t> ids = {0, static_cast<int32_t>(v - 1)};
+                std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(v - 1));
+                while (static_cast<int64_t>(ids.size()) < n) ids.push_back(id(rng));
+                ids.resize(static_cast<size_t>(n));
+                PreparedCase c;
+                c.run = [=](Backend& backend) {
+                    auto tb = backend.prepare_weight(*table);
+                    EXPECT_TRUE(tb.is_ok());
+                    if (!tb.is_ok()) return std::vector<float>();
+                    GuardedOutput out(backend, {n, k});
+                    EXPECT_TRUE(backend.embedding(*tb, ids, out.view).is_ok());
+                    return out.read(backend);
+                };
+                c.max_nmse = 0;  // a copy through dequantize_row: exact
+                return c;
+            }};
+}
+
+OpCase rms_norm_case(std::initializer_list<int64_t> shape) {
+    const std::vector<int64_t> dims(shape);
+    return {safe_name(fmt::format("rms_norm_{}", fmt::join(dims, "x"))), [=] {
+                std::mt19937 rng(static_cast<uint32_t>(dims.size() * 100 + dims.back()));
+                int64_t numel = 1;
+                for (int64_t d : dims) numel *= d;
+                const int64_t k = dims.back();
+                auto x = std::make_shared<Tensor>(tensor_cpu(DType::kF32, std::span<const int64_t>(dims)));
+                const auto xs = random_floats(rng, numel, 3.0f);
+                std::memcpy(x->data, xs.data(), xs.size() * 4);
+                auto w = std::make_shared<Tensor>(host_f32({k}, random_floats(rng, k)));  // (k,)
+                PreparedCase c;
+                c.run = [=](Backend& backend) {
+                    Tensor xb = upload(backend, *x);
+                    Tensor wb = upload(backend, *w);
+                    GuardedOutput out(backend, {numel});
+                    Tensor view = out.view;
+                    view.ndim = x->ndim;
+                    view.shape = x->shape;
+                    EXPECT_TRUE(backend.rms_norm(xb, wb, 1e-5f, view).is_ok());
+                    return out.read(backend);
+                };
+                c.max_nmse = tol_f32_reduction(k);  // the sum of squares; the rest is elementwise
+                return c;
+            }};
+}
+
+// Rotary frequencies as Llama defines them: base^(-2i / rotary_dim).
+std::vector<float> llama_inv_freq(int rotary_dim, double base) {
+    std::vector<float> f(static_cast<size_t>(rotary_dim / 2));
+    for (int i = 0; i < rotary_dim / 2; ++i) f[static_cast<size_t>(i)] = static_cast<float>(std::pow(base, -2.0 * i / rotary_dim));
+    return f;
+}
+
+OpCase rope_case(int64_t n, int64_t heads, int64_t d, int rotary_dim, float attn_factor) {
+    return {safe_name(fmt::format("rope_n{}_h{}_d{}_rot{}_af{}", n, heads, d, rotary_dim, attn_factor)), [=] {
+                std::mt19937 rng(static_cast<uint32_t>(n * heads + d + rotary_dim));
+                auto x = std::make_shared<Tensor>(host_f32({n, heads, d}, random_floats(rng, n * heads * d)));
+                std::vector<int32_t> pos(static_cast<size_t>(n));
+                std::uniform_int_distribution<int32_t> p(0, 8191);
+                for (auto& v : pos) v = p(rng);
+                pos[0] = 0;
+                auto inv_freq = std::make_shared<std::vector<float>>(llama_inv_freq(rotary_dim, 10000.0));
+                PreparedCase c;
+                c.run = [=](Backend& backend) {
+                    Tensor xb = upload(backend, *x);
+                    RopeParams params{*inv_freq, rotary_dim, attn_factor};
+                    EXPECT_TRUE(backend.rope(xb, pos, params).is_ok());
+                    return download(backend, xb);
+                };
+                c.max_nmse = kTolElementwise;  // same f32 angle and libm cos/sin; rounding of 2 products
+                return c;
+            }};
+}
+
+// Tokens of several sequences in one batch: token i goes to seq[i] at pos[i].
+struct Batch {
+    std::vector<int32_t> seq;
+    std::vector<int32_t> pos;
+};
+
+// n tokens over n_seq sequences, each sequence's tokens consecutive and ending at `last_pos`
+// minus a per-sequence offset, so sequences see different context lengths.
+Batch make_batch(int64_t n, int n_seq, int32_t last_pos) {
+    Batch b;
+    for (int64_t i = 0; i < n; ++i) {
+        const int s = static_cast<int>(i % n_seq);
+        const int64_t index_in_seq = i / n_seq, count_in_seq = (n - s + n_seq - 1) / n_seq;
+        b.seq.push_back(s);
+        const int64_t shift = std::min<int64_t>(37 * s, last_pos + 1 - count_in_seq);  // stays >= 0
+        b.pos.push_back(static_cast<int32_t>(last_pos - shift - (count_in_seq - 1 - index_in_seq)));
+    }
+    return b;
+}
+
+OpCase attention_case(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, int n_seq, int window, int n_sink) {
+    return {safe_name(fmt::format("attention_n{}_h{}_g{}_d{}_c{}_s{}_w{}_sink{}", n, h, g, d, c, n_seq, window, n_sink)),
+            [=] {
+                std::mt19937 rng(static_cast<uint32_t>(n * 131 + h * 17 + c + window + n_sink));
+                const int64_t s = n_seq;
+                // Random cache contents stand for keys and values of earlier tokens; the batch's
+                // own keys are at its positions already (the op's precondition).
+                auto k_cache = std::make_shared<Tensor>(host_f32({s, g, c, d}, random_floats(rng, s * g * c * d)));
+                auto v_cache = std::make_shared<Tensor>(host_f32({s, g, c, d}, random_floats(rng, s * g * c * d)));
+                // Amplitude 3 so that q.k / sqrt(d) spreads over a few units: a peaked softmax.
+                auto q = std::make_shared<Tensor>(host_f32({n, h, d}, random_floats(rng, n * h * d, 3.0f)));
+                const Batch batch = make_batch(n, n_seq, static_cast<int32_t>(c - 1));
+                AttentionParams params{1.0f / std::sqrt(static_cast<float>(d)), window, n_sink};
+                PreparedCase pc;
+                pc.run = [=](Backend& backend) {
+                    KvCacheView cache{upload(backend, *k_cache), upload(backend, *v_cache)};
+                    Tensor qb = upload(backend, *q);
+                    GuardedOutput out(backend, {n, h, d});
+                    const Status st = backend.attention(qb, cache, {batch.seq, batch.pos}, params, out.view);
+                    EXPECT_TRUE(st.is_ok()) << st.to_string();
+                    return out.read(backend);
+                };
+                // Scores are length-d dot products, the output a length-c weighted sum.
+                pc.max_nmse = tol_f32_reduction(d) + tol_f32_reduction(c);
+                return pc;
+            }};
+}
+
+OpCase kv_store_case(int64_t n, int64_t g, int64_t d, int64_t c, int n_seq) {
+    return {safe_name(fmt::format("kv_store_n{}_g{}_d{}_c{}_s{}", n, g, d, c, n_seq)), [=] {
+                std::mt19937 rng(static_cast<uint32_t>(n + g + d + c));
+                const int64_t s = n_seq;
+                auto k_cache = std::make_shared<Tensor>(host_f32({s, g, c, d}, random_floats(rng, s * g * c * d)));
+                auto k = std::make_shared<Tensor>(host_f32({n, g, d}, random_floats(rng, n * g * d)));
+                auto v = std::make_shared<Tensor>(host_f32({n, g, d}, random_floats(rng, n * g * d)));
+                const Batch batch = make_batch(n, n_seq, static_cast<int32_t>(c - 1));
+                PreparedCase pc;
+                pc.run = [=](Backend& backend) {
+                    // Both caches start from the same contents; everything not stored must survive.
+                    KvCacheView cache{upload(backend, *k_cache), upload(backend, *k_cache)};
+                    const Status st =
+                        backend.kv_store(upload(backend, *k), upload(backend, *v), {batch.seq, batch.pos}, cache);
+                    EXPECT_TRUE(st.is_ok()) << st.to_string();
+                    std::vector<float> result = download(backend, cache.k);
+                    const std::vector<float> vs = download(backend, cache.v);
+                    result.insert(result.end(), vs.begin(), vs.end());
+                    return result;
+                };
+                pc.max_nmse = 0;  // copies
+                return pc;
+            }};
+}
+
+enum class Elementwise { kSwiglu, kAdd, kAddBias };
+
+OpCase elementwise_case(Elementwise op, int64_t n, int64_t f) {
+    const char* names[] = {"swiglu", "add", "add_bias"};
+    return {safe_name(fmt::format("{}_n{}_f{}", names[static_cast<int>(op)], n, f)), [=] {
+                std::mt19937 rng(static_cast<uint32_t>(n * f + static_cast<int>(op)));
+                auto a = std::make_shared<Tensor>(host_f32({n, f}, random_floats(rng, n * f, 6.0f)));
+                auto b = std::make_shared<Tensor>(host_f32({n, f}, random_floats(rng, n * f)));
+                auto bias = std::make_shared<Tensor>(host_f32({f}, random_floats(rng, f)));
+                PreparedCase pc;
+                pc.run = [=](Backend& backend) {
+                    Tensor ab = upload(backend, *a);
+                    if (op == Elementwise::kAddBias) {
+                        EXPECT_TRUE(backend.add_bias(ab, upload(backend, *bias)).is_ok());
+                        return download(backend, ab);
+                    }
+                    GuardedOutput out(backend, {n, f});
+                    const Status st = op == Elementwise::kSwiglu ? backend.swiglu(ab, upload(backend, *b), out.view)
+                                                                 : backend.add(ab, upload(backend, *b), out.view);
+                    EXPECT_TRUE(st.is_ok()) << st.to_string();
+                    return out.read(backend);
+                };
+                pc.max_nmse = op == Elementwise::kSwiglu ? kTolElementwise : 0;  // a + b is exact in any order
+                return pc;
+            }};
+}
+
+const std::vector<DType>& weight_dtypes() {
+    static const std::vector<DType> kAll = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ4_0, DType::kQ4_1,
+                                            DType::kQ8_0, DType::kQ5_0, DType::kQ5_1, DType::kQ2_K, DType::kQ3_K,
+                                            DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+    return kAll;
+}
+
+std::vector<OpCase> all_cases() {
+    std::vector<OpCase> cases;
+    for (DType dtype : weight_dtypes()) {
+        const int64_t bs = dtype_traits(dtype).block_size;
+        // (k, m) of SmolLM2-135M's projections; K-quants need k a multiple of 256.
+        const std::vector<std::pair<int64_t, int64_t>> shapes =
+            bs == 256 ? std::vector<std::pair<int64_t, int64_t>>{{512, 512}, {512, 1536}, {1536, 576}}
+                      : std::vector<std::pair<int64_t, int64_t>>{{576, 576}, {576, 1536}, {1536, 576}};
+        for (int64_t n : {1, 2, 7, 33, 128}) {
+            for (auto [k, m] : shapes) cases.push_back(matmul_case(dtype, n, k, m));
+        }
+        cases.push_back(matmul_case(dtype, 1, bs == 256 ? 512 : 576, 49152));  // the LM head
+        // Ragged: odd block counts (SIMD tails), m not a multiple of any tile, n around the
+        // GEMV/GEMM switch.
+        const int64_t k_odd = bs == 256 ? 768 : 96;
+        for (int64_t n : {3, 15, 16, 17}) cases.push_back(matmul_case(dtype, n, k_odd, 131));
+        cases.push_back(embedding_case(dtype, 1000, bs == 256 ? 512 : 576, 9));
+    }
+    for (int64_t n : {1, 5, 64}) {
+        cases.push_back(attention_case(n, 9, 3, 64, 1024, 1, 0, 0));
+        cases.push_back(attention_case(n, 9, 3, 64, 200, 3, 0, 0));
+        cases.push_back(attention_case(n, 32, 8, 128, 96, 2, 0, 0));
+        cases.push_back(attention_case(n, 9, 3, 64, 300, 2, 32, 4));   // window + sinks
+        cases.push_back(attention_case(n, 9, 3, 64, 300, 1, 64, 0));   // window only
+        cases.push_back(attention_case(n, 4, 4, 32, 128, 1, 1, 0));    // window 1: only itself
+        cases.push_back(attention_case(n, 9, 3, 64, 300, 1, 16, 250)); // sinks overlap the window
+    }
+    cases.push_back(attention_case(1, 9, 3, 64, 1, 1, 0, 0));  // a single key
+    for (int64_t n : {1, 7}) {
+        cases.push_back(rope_case(n, 9, 64, 64, 1.0f));
+        cases.push_back(rope_case(n, 8, 128, 32, 1.0f));  // rotary_dim < d: the rest passes through
+        cases.push_back(rope_case(n, 3, 64, 64, 1.25f));  // attn_factor scales cos and sin
+    }
+    cases.push_back(kv_store_case(5, 3, 64, 32, 3));
+    cases.push_back(kv_store_case(1, 8, 128, 16, 1));
+    cases.push_back(rms_norm_case({1, 576}));
+    cases.push_back(rms_norm_case({33, 576}));
+    cases.push_back(rms_norm_case({7, 1536}));
+    cases.push_back(rms_norm_case({2, 9, 64}));  // per-head norm (Qwen3's q/k norm)
+    for (Elementwise op : {Elementwise::kSwiglu, Elementwise::kAdd, Elementwise::kAddBias}) {
+        cases.push_back(elementwise_case(op, 1, 1536));
+        cases.push_back(elementwise_case(op, 33, 1536));
+    }
+    return cases;
+}
+
+const std::vector<OpCase>& case_table() {
+    static const std::vector<OpCase> kCases = all_cases();
+    return kCases;
+}
+
+bool case_supported(const std::string& name) {
+    // Cases of a weight dtype dequantize_row cannot read yet are skipped, not passed.
+    for (DType dtype : weight_dtypes()) {
+        if (name.find(fmt::format("_{}_", dtype_name(dtype))) != std::string::npos && !dequantize_supported(dtype))
+            return false;
+    }
+    return true;
+}
+
+class BackendOps : public ::testing::TestWithParam<size_t> {};
+
+TEST_P(BackendOps, MatchesReference) {
+    const OpCase& op_case = case_table()[GetParam()];
+    if (!case_supported(op_case.name)) GTEST_SKIP() << "dequantize_row does not read this dtype yet";
+    const PreparedCase prepared = op_case.prepare();
+    const std::vector<float> expected = prepared.run(reference_backend());
+    for (float v : expected) ASSERT_TRUE(std::isfinite(v)) << "cpu-ref produced a non-finite value";
+    int compared = 0;
+    for (const std::string& name : backend_available()) {
+        if (name == "cpu-ref") continue;
+        SCOPED_TRACE("backend " + name);
+        std::unique_ptr<Backend> backend = make_backend(name);
+        const std::vector<float> actual = prepared.run(*backend);
+        ASSERT_EQ(actual.size(), expected.size());
+        size_t not_finite = 0;
+        for (float v : actual) not_finite += std::isfinite(v) ? 0 : 1;
+        EXPECT_EQ(not_finite, 0u) << "elements left unwritten (NaN poison) or not finite";
+        if (prepared.max_nmse == 0) {
+            EXPECT_EQ(test::max_abs_diff(actual, expected), 0.0);
+        } else {
+            EXPECT_LE(test::nmse(actual, expected), prepared.max_nmse);
+            if (std::getenv("PURBO_PRINT_NMSE")) fprintf(stderr, "%-50s nmse %.3g tol %.3g\n", op_case.name.c_str(), test::nmse(actual, expected), prepared.max_nmse);
+        }
+        ++compared;
+    }
+    EXPECT_GE(compared, 1) << "no backend besides cpu-ref";
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, BackendOps, ::testing::Range<size_t>(0, case_table().size()),
+                         [](const ::testing::TestParamInfo<size_t>& info) { return case_table()[info.param].name; });
+
+
+// ---- cpu-ref against hand-computed values ---------------------------------------------------
+
+// Rounding of f32 arithmetic on O(1) values: a few ulps.
+constexpr float kHandTol = 1e-6f;
+
+TEST(CpuRef, MatmulTwoByThree) {
+    auto ref = make_backend("cpu-ref");
+    Tensor x = host_f32({2, 3}, {1, 2, 3, 4, 5, 6});   // (n=2, k=3)
+    Tensor w = host_f32({2, 3}, {1, 0, -1, 2, 1, 0});  // (m=2, k=3)
+    Tensor out = tensor_cpu(DType::kF32, {2, 2});
+    ASSERT_TRUE(ref->matmul(x, w, out).is_ok());
+    // [1 2 3].[1 0 -1] = -2, [1 2 3].[2 1 0] = 4, [4 5 6].[1 0 -1] = -2, [4 5 6].[2 1 0] = 13
+    const float expected[] = {-2, 4, -2, 13};
+    for (int i = 0; i < 4; ++i) EXPECT_FLOAT_EQ(out.f32()[i], expected[i]);
+}
+
+TEST(CpuRef, MatmulReadsQ8_0Blocks) {
+    auto ref = make_backend("cpu-ref");
+    // One q8_0 block: d = 0.5 (exact in f16), q = 1..32; x = ones: 0.5 * (1 + ... + 32) = 264.
+    Tensor w = tensor_cpu(DType::kQ8_0, {1, 32});
+    auto* block = w.ptr<BlockQ8_0>();
+    block->d = f32_to_f16(0.5f);
+    for (int i = 0; i < 32; ++i) block->qs[i] = static_cast<int8_t>(i + 1);
+    Tensor x = host_f32({1, 32}, std::vector<float>(32, 1.0f));
+    Tensor out = tensor_cpu(DType::kF32, {1, 1});
+    ASSERT_TRUE(ref->matmul(x, w, out).is_ok());
+    EXPECT_FLOAT_EQ(out.f32()[0], 264.0f);
+}
+
+TEST(CpuRef, RmsNormOfThreeFour) {
+    auto ref = make_backend("cpu-ref");
+    Tensor x = host_f32({1, 2}, {3, 4});
+    Tensor w = host_f32({2}, {1, 2});
+    Tensor out = tensor_cpu(DType::kF32, {1, 2});
+    ASSERT_TRUE(ref->rms_norm(x, w, 0.0f, out).is_ok());
+    // rms = sqrt((9 + 16) / 2) = sqrt(12.5)
+    const float rms = std::sqrt(12.5f);
+    EXPECT_NEAR(out.f32()[0], 3 / rms * 1, kHandTol);
+    EXPECT_NEAR(out.f32()[1], 4 / rms * 2, kHandTol);
+}
+
+TEST(CpuRef, RopeRotatesUnitVectorByKnownAngle) {
+    auto ref = make_backend("cpu-ref");
+    // One head, d = 6, rotary_dim = 4: pairs (0, 2) and (1, 3); dims 4, 5 pass through.
+    // pos = 2, inv_freq = {0.5, 0.25}: angles 1 and 0.5 radians; attn_factor 2 doubles cos, sin.
+    Tensor x = host_f32({1, 1, 6}, {1, 0, 0, 1, 7, -7});
+    const std::vector<float> inv_freq = {0.5f, 0.25f};
+    const int32_t pos[] = {2};
+    ASSERT_TRUE(ref->rope(x, pos, RopeParams{inv_freq, 4, 2.0f}).is_ok());
+    const float* v = x.f32();
+    EXPECT_NEAR(v[0], 2 * std::cos(1.0), kHandTol);   // (1, 0) -> (cos, sin)
+    EXPECT_NEAR(v[2], 2 * std::sin(1.0), kHandTol);
+    EXPECT_NEAR(v[1], -2 * std::sin(0.5), kHandTol);  // (0, 1) -> (-sin, cos)
+    EXPECT_NEAR(v[3], 2 * std::cos(0.5), kHandTol);
+    EXPECT_EQ(v[4], 7.0f);
+    EXPECT_EQ(v[5], -7.0f);
+}
+
+TEST(CpuRef, AttentionWithOneKeyReturnsItsValue) {
+    auto ref = make_backend("cpu-ref");
+    // s = 1, g = 1, c = 4, d = 2; the query at position 0 sees only key 0.
+    Tensor k = host_f32({1, 1, 4, 2}, {5, -3, 9, 9, 9, 9, 9, 9});
+    Tensor v = host_f32({1, 1, 4, 2}, {0.25f, -8, 1, 1, 1, 1, 1, 1});
+    Tensor q = host_f32({1, 2, 2}, {1, 2, -4, 0.5f});  // two query heads share the KV head
+    Tensor out = tensor_cpu(DType::kF32, {1, 2, 2});
+    const int32_t seq[] = {0}, pos[] = {0};
+    ASSERT_TRUE(ref->attention(q, {k, v}, {seq, pos}, AttentionParams{1.0f, 0, 0}, out).is_ok());
+    for (int head = 0; head < 2; ++head) {
+        EXPECT_EQ(out.f32()[head * 2 + 0], 0.25f);
+        EXPECT_EQ(out.f32()[head * 2 + 1], -8.0f);
+    }
+}
+
+TEST(CpuRef, AttentionWeighsKeysBySoftmaxAndHonoursTheWindow) {
+    auto ref = make_backend("cpu-ref");
+    // d = 1, scale 1, q = 1: keys 0, ln 3 at positions 0, 1 get weights 1/4, 3/4.
+    Tensor k = host_f32({1, 1, 3, 1}, {0, std::log(3.0f), 100});
+    Tensor v = host_f32({1, 1, 3, 1}, {4, 8, -1});
+    Tensor q = host_f32({1, 1, 1}, {1});
+    Tensor out = tensor_cpu(DType::kF32, {1, 1, 1});
+    const int32_t seq[] = {0}, pos1[] = {1}, pos2[] = {2};
+    ASSERT_TRUE(ref->attention(q, {k, v}, {seq, pos1}, AttentionParams{1.0f, 0, 0}, out).is_ok());
+    EXPECT_NEAR(out.f32()[0], 0.25 * 4 + 0.75 * 8, kHandTol);  // key 2 is in the future
+    // Window 1 at position 2 sees only key 2; with one sink it also sees key 0.
+    ASSERT_TRUE(ref->attention(q, {k, v}, {seq, pos2}, AttentionParams{1.0f, 1, 0}, out).is_ok());
+    EXPECT_EQ(out.f32()[0], -1.0f);
+    ASSERT_TRUE(ref->attention(q, {k, v}, {seq, pos2}, AttentionParams{1.0f, 1, 1}, out).is_ok());
+    const double w0 = std::exp(0.0 - 100.0);  // relative to the max score 100
+    EXPECT_NEAR(out.f32()[0], (w0 * 4 + 1.0 * -1) / (w0 + 1.0), kHandTol);
+}
+
+TEST(CpuRef, SwigluAddEmbeddingKvStore) {
+    auto ref = make_backend("cpu-ref");
+    Tensor gate = host_f32({1, 2}, {1, -2});
+    Tensor up = host_f32({1, 2}, {2, 3});
+    Tensor out = tensor_cpu(DType::kF32, {1, 2});
+    ASSERT_TRUE(ref->swiglu(gate, up, out).is_ok());
+    EXPECT_NEAR(out.f32()[0], 1 / (1 + std::exp(-1.0)) * 2, kHandTol);   // silu(1) * 2
+    EXPECT_NEAR(out.f32()[1], -2 / (1 + std::exp(2.0)) * 3, kHandTol);   // silu(-2) * 3
+    ASSERT_TRUE(ref->add(gate, up, out).is_ok());
+    EXPECT_EQ(out.f32()[0], 3.0f);
+    EXPECT_EQ(out.f32()[1], 1.0f);
+    ASSERT_TRUE(ref->add_bias(out, host_f32({2}, {10, 20})).is_ok());
+    EXPECT_EQ(out.f32()[1], 21.0f);
+
+    Tensor table = host_f32({3, 2}, {0, 1, 10, 11, 20, 21});
+    const int32_t ids[] = {2, 0};
+    EXPECT_FALSE(ref->embedding(table, ids, out).is_ok());  // out (1, 2) for 2 ids
+    Tensor emb = tensor_cpu(DType::kF32, {2, 2});
+    ASSERT_TRUE(ref->embedding(table, ids, emb).is_ok());
+    EXPECT_EQ(emb.f32()[0], 20.0f);
+    EXPECT_EQ(emb.f32()[3], 1.0f);
+
+    // Cache (s=2, g=1, c=3, d=1): token 0 -> seq 1 pos 2, token 1 -> seq 0 pos 0.
+    Tensor kc = tensor_cpu(DType::kF32, {2, 1, 3, 1}), vc = tensor_cpu(DType::kF32, {2, 1, 3, 1});
+    const int32_t seq[] = {1, 0}, pos[] = {2, 0};
+    ASSERT_TRUE(ref->kv_store(host_f32({2, 1, 1}, {5, 6}), host_f32({2, 1, 1}, {7, 8}), {seq, pos}, {kc, vc}).is_ok());
+    const float k_expected[] = {6, 0, 0, 0, 0, 5}, v_expected[] = {8, 0, 0, 0, 0, 7};
+    for (int i = 0; i < 6; ++i) {
+        EXPECT_EQ(kc.f32()[i], k_expected[i]);
+        EXPECT_EQ(vc.f32()[i], v_expected[i]);
+    }
+}
+
+// ---- input errors: a Status, on every backend ------------------------------------------------
+
+TEST(BackendErrors, WrongShapesAndIndicesAreStatuses) {
+    for (const std::string& name : backend_available()) {
+        SCOPED_TRACE(name);
+        auto backend = make_backend(name);
+        Tensor x = tensor_cpu(DType::kF32, {2, 64});
+        Tensor w = tensor_cpu(DType::kF32, {3, 32});
+        Tensor out = tensor_cpu(DType::kF32, {2, 3});
+        EXPECT_EQ(backend->matmul(x, w, out).code(), StatusCode::kInvalidArgument);  // k 64 vs 32
+        Tensor w_i32 = tensor_cpu(DType::kI32, {3, 64});
+        EXPECT_EQ(backend->matmul(x, w_i32, out).code(), StatusCode::kUnsupported);
+        Tensor emb = tensor_cpu(DType::kF32, {1, 32});
+        const int32_t bad_id[] = {3};
+        EXPECT_EQ(backend->embedding(w, bad_id, emb).code(), StatusCode::kInvalidArgument);
+        Tensor kc = tensor_cpu(DType::kF32, {1, 1, 4, 8}), vc = tensor_cpu(DType::kF32, {1, 1, 4, 8});
+        Tensor kv = tensor_cpu(DType::kF32, {1, 1, 8});
+        const int32_t seq[] = {0}, past_end[] = {4}, bad_seq[] = {1}, pos[] = {0};
+        EXPECT_EQ(backend->kv_store(kv, kv, {seq, past_end}, {kc, vc}).code(), StatusCode::kInvalidArgument);
+        EXPECT_EQ(backend->kv_store(kv, kv, {bad_seq, pos}, {kc, vc}).code(), StatusCode::kInvalidArgument);
+        Tensor q = tensor_cpu(DType::kF32, {1, 3, 8}), q_out = tensor_cpu(DType::kF32, {1, 3, 8});
+        Tensor kc2 = tensor_cpu(DType::kF32, {1, 2, 4, 8}), vc2 = tensor_cpu(DType::kF32, {1, 2, 4, 8});
+        EXPECT_EQ(backend->attention(q, {kc2, vc2}, {seq, pos}, {}, q_out).code(),
+                  StatusCode::kInvalidArgument);  // 3 heads over 2 KV heads
+        const std::vector<float> inv_freq = {1.0f};
+        EXPECT_EQ(backend->rope(q, pos, RopeParams{inv_freq, 3, 1.0f}).code(), StatusCode::kInvalidArgument);
+        EXPECT_EQ(backend->add(x, out, x).code(), StatusCode::kInvalidArgument);
+    }
+}
+
+// ---- the cpu backend's two matmul paths on every n -------------------------------------------
+
+// The GEMV/GEMM switch hides one path for each n; run both directly on the sizes around it.
+TEST(CpuMatmul, BothPathsMatchReferenceOnAnyN) {
+    for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
+        for (int64_t n : {1, 5, 40}) {
+            SCOPED_TRACE(fmt::format("{} n={}", dtype_name(dtype), n));
+            const int64_t k = 160, m = 70;
+            std::mt19937 rng(static_cast<uint32_t>(n));
+            Tensor x = host_f32({n, k}, random_floats(rng, n * k));
+            Tensor w = random_weight(rng, dtype, m, k);
+            Tensor expected = tensor_cpu(DType::kF32, {n, m});
+            ASSERT_TRUE(reference_backend().matmul(x, w, expected).is_ok());
+            const std::span<const float> ref(expected.f32(), static_cast<size_t>(n * m));
+            Tensor out = tensor_cpu(DType::kF32, {n, m});
+            cpu_matmul_gemm(x, w, out, 2);
+            EXPECT_LE(test::nmse({out.f32(), ref.size()}, ref), tol_f32_reduction(k));  // f32 throughout
+            cpu_matmul_gemv(x, w, out, 2);
+            // q8 activations: the same derivation as the matmul cases (3x the predicted error).
+            std::vector<float> w_f32(static_cast<size_t>(m * k));
+            for (int64_t j = 0; j < m; ++j) dequantize_row(dtype, w.row_ptr(j), w_f32.data() + j * k, k);
+            const double tol = tol_f32_reduction(k) +
+                               (activation_quantised(dtype)
+                                    ? 3.0 * predicted_q8_nmse({x.f32(), x.f32() + n * k}, w_f32, n, k, m,
+                                                              {ref.begin(), ref.end()})
+                                    : 0.0);
+            EXPECT_LE(test::nmse({out.f32(), ref.size()}, ref), tol);
+        }
+    }
+}
+
+// ---- SIMD dot products against their scalar bodies -------------------------------------------
+
+TEST(VecDot, SimdMatchesScalar) {
+    std::mt19937 rng(7);
+    for (int64_t nb : {1, 2, 3, 18, 48}) {
+        const int64_t k = nb * 32;
+        const std::vector<float> a = random_floats(rng, k), b = random_floats(rng, k, 5.0f);
+        std::vector<BlockQ4_0> x40(static_cast<size_t>(nb));
+        std::vector<BlockQ4_1> x41(static_cast<size_t>(nb));
+        std::vector<BlockQ8_0> x80(static_cast<size_t>(nb)), y80(static_cast<size_t>(nb));
+        std::vector<BlockQ8_1> y81(static_cast<size_t>(nb));
+        quantize_row_q4_0(a.data(), x40.data(), k);
+        quantize_row_q4_1(a.data(), x41.data(), k);
+        quantize_row_q8_0(a.data(), x80.data(), k);
+        quantize_row_q8_0(b.data(), y80.data(), k);
+        quantize_row_q8_1(b.data(), y81.data(), k);
+        x80[0].qs[0] = -128;  // the one value outside [-127, 127] a file may hold
+        // The integer block sums are exact in both; only the f32 sum of the nb block terms may
+        // reorder: |error| <= 2 nb eps sum_b |term_b| (Higham's bound for recursive summation,
+        // doubled for the FMA and two-accumulator split).
+        auto check = [&](auto simd, auto scalar, const auto* x, const auto* y) {
+            double abs_terms = 0;
+            for (int64_t bl = 0; bl < nb; ++bl) abs_terms += std::fabs(scalar(1, x + bl, y + bl));
+            EXPECT_NEAR(simd(nb, x, y), scalar(nb, x, y), 2.0 * static_cast<double>(nb) * kEps * abs_terms)
+                << "nb=" << nb;
+        };
+        check(vec_dot_q4_0_q8_0, vec_dot_q4_0_q8_0_scalar, x40.data(), y80.data());
+        check(vec_dot_q4_1_q8_1, vec_dot_q4_1_q8_1_scalar, x41.data(), y81.data());
+        check(vec_dot_q8_0_q8_0, vec_dot_q8_0_q8_0_scalar, x80.data(), y80.data());
+        std::vector<uint16_t> h(static_cast<size_t>(k)), bf(static_cast<size_t>(k));
+        double f_sum = 0, f_abs = 0;
+        for (int64_t i = 0; i < k; ++i) {
+            h[static_cast<size_t>(i)] = f32_to_f16(a[static_cast<size_t>(i)]);
+            bf[static_cast<size_t>(i)] = f32_to_bf16(a[static_cast<size_t>(i)]);
+        }
+        for (int64_t i = 0; i < k; ++i) {
+            f_sum += static_cast<double>(a[static_cast<size_t>(i)]) * b[static_cast<size_t>(i)];
+            f_abs += std::fabs(static_cast<double>(a[static_cast<size_t>(i)]) * b[static_cast<size_t>(i)]);
+        }
+        // Against the double sum: f32 reduction of k terms, relative k eps of sum |terms|.
+        EXPECT_NEAR(vec_dot_f32(k, a.data(), b.data()), f_sum, static_cast<double>(k) * kEps * f_abs);
+        double h_sum = 0, bf_sum = 0;
+        for (int64_t i = 0; i < k; ++i) {
+            h_sum += static_cast<double>(f16_to_f32(h[static_cast<size_t>(i)])) * b[static_cast<size_t>(i)];
+            bf_sum += static_cast<double>(bf16_to_f32(bf[static_cast<size_t>(i)])) * b[static_cast<size_t>(i)];
+        }
+        EXPECT_NEAR(vec_dot_f16_f32(k, h.data(), b.data()), h_sum, static_cast<double>(k) * kEps * f_abs * 1.01);
+        EXPECT_NEAR(vec_dot_bf16_f32(k, bf.data(), b.data()), bf_sum, static_cast<double>(k) * kEps * f_abs * 1.01);
+    }
+}
+
+TEST(BackendAvailable, OracleFirstThenCpu) {
+    const std::vector<std::string> names = backend_available();
+    ASSERT_GE(names.size(), 2u);
+    EXPECT_EQ(names[0], "cpu-ref");
+    EXPECT_EQ(names[1], "cpu");
+    for (const std::string& name : names) EXPECT_TRUE(backend_create(name).is_ok()) << name;
+    EXPECT_FALSE(backend_create("tpu").is_ok());
+}
+
+}  // namespace
+}  // namespace purbo
