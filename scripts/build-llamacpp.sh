@@ -57,12 +57,12 @@ if [[ ! -x "$build/bin/llama-bench" ]]; then
     cmake --build "$build" -j "$jobs" --target llama-bench >&2
 fi
 
-# Record which llama.cpp this is: the sdist ships no .git, so the version is the
-# llama-cpp-python release plus ggml's and llama.cpp's own build numbers if present.
+# Record which llama.cpp this is: the sdist vendors llama.cpp as a git checkout, so its
+# commit is known; llama-bench also prints it (build_commit) in its JSON output.
 {
     echo "llama-cpp-python $version"
-    grep -hE 'LLAMA_BUILD_(NUMBER|COMMIT)|GGML_VERSION_(MAJOR|MINOR|PATCH)' \
-        "$build/CMakeCache.txt" 2>/dev/null | head -5 || true
+    git -C "$llama" log -1 --format='llama.cpp %h (%cs) %s' 2>/dev/null || echo "llama.cpp commit unknown"
 } > "$build/VERSION.txt"
+cat "$build/VERSION.txt" >&2
 
 echo "$build/bin/llama-bench"
