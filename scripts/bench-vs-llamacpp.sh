@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Speed of purbo against llama.cpp on the same model, threads and tests:
+#   pp512, pp4096 (prefill t/s), tg128 (decode t/s), tg128 @ d4096 (decode after 4096 tokens).
+# llama-bench comes from scripts/build-llamacpp.sh; purbo from build/bin/purbo (its `bench`
+# subcommand takes llama-bench's flags and writes the same JSON fields).
+#
+# usage: scripts/bench-vs-llamacpp.sh [-m MODEL] [-t THREADS] [-r REPS] [--out DIR]
+#                                     [--llama-bench PATH] [--purbo PATH] [--no-llama]
+# writes DIR/llama.json, DIR/purbo.json and DIR/report.md (default DIR: out/bench-<time>/)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+model="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+threads=2
+reps=3
+out="$root/out/bench-$(date -u +%Y%m%d-%H%M%S)"
+llama_bench=""
+purbo="$root/build/bin/purbo"
+run_llama=1
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -m) model="$2"; shift 2 ;;
+        -t) threads="$2"; shift 2 ;;
+        -r) reps="$2"; shift 2 ;;
+        --out) out="$2"; shift 2 ;;
+        --llama-bench) llama_bench="$2"; shift 2 ;;
+        --purbo) purbo="$2"; shift 2 ;;
+        --no-llama) run_llama=0; shift ;;
+        -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+        *) echo "bench: unknown flag '$1'" >&2; exit 2 ;;
+    esac
+done
+[[ -f "$model" ]] || { echo "bench: no model at $model (run scripts/fetch-model.sh)" >&2; exit 1; }
+mkdir -p "$out"
+
+# Two invocations per engine: the plain tests, then decode at depth 4096 (prefilled first,
+# not timed). Both engines get exactly the same arguments.
+args_plain=(-m "$model" -p 512,4096 -n 128 -t "$threads" -r "$reps" -o json)
+args_depth=(-m "$model" -p 0 -n 128 -d 4096 -t "$threads" -r "$reps" -o json)
+
+# Runs one engine twice and merges both JSON arrays into one file.
+run_engine() {
+    local name="$1"; shift
+    local bin="$1"; shift
+    local a="$out/$name.plain.json" b="$out/$name.depth.json"
+    echo "bench: $name ${args_plain[*]}" >&2
+    "$bin" "$@" "${args_plain[@]}" > "$a"
+    echo "bench: $name ${args_depth[*]}" >&2
+    "$bin" "$@" "${args_depth[@]}" > "$b"
+    python3 - "$a" "$b" "$out/$name.json" <<'PY'
+import json, sys
+*parts, dst = sys.argv[1:]
+rows = []
+for p in parts:
+    rows += json.load(open(p))
+json.dump(rows, open(dst, "w"), indent=1)
+PY
+    rm -f "$a" "$b"
+}
+
+if [[ $run_llama == 1 ]]; then
+    if [[ -z "$llama_bench" ]]; then
+        llama_bench="$(bash "$root/scripts/build-llamacpp.sh" | tail -1)"
+    fi
+    run_engine llama "$llama_bench"
+fi
+
+if [[ -x "$purbo" ]]; then
+    if ! run_engine purbo "$purbo" bench; then
+        echo "bench: '$purbo bench' failed; purbo column left empty" >&2
+        rm -f "$out/purbo.json"
+    fi
+else
+    echo "bench: no $purbo; purbo column left empty" >&2
+fi
+
+python3 - "$out" "$threads" > "$out/report.md" <<'PY'
+import json, os, subprocess, sys
+
+out, threads = sys.argv[1], sys.argv[2]
+
+def load(name):
+    path = os.path.join(out, name + ".json")
+    if not os.path.exists(path):
+        return None
+    try:
+        rows = json.load(open(path))
+    except (json.JSONDecodeError, OSError) as e:
+        print(f"bench: {path} is not JSON ({e}); ignored", file=sys.stderr)
+        return None
+    if not isinstance(rows, list):
+        print(f"bench: {path}: expected a JSON array of tests; ignored", file=sys.stderr)
+        return None
+    return rows
+
+def test_name(r):
+    # llama-bench's naming: pp<n_prompt>, tg<n_gen>, pp<p>+tg<g>, then " @ d<depth>".
+    p, g, d = int(r.get("n_prompt", 0)), int(r.get("n_gen", 0)), int(r.get("n_depth", 0))
+    name = f"pp{p}" if g == 0 else f"tg{g}" if p == 0 else f"pp{p}+tg{g}"
+    return name + (f" @ d{d}" if d else "")
+
+def key(r):
+    return (int(r.get("n_prompt", 0)), int(r.get("n_gen", 0)), int(r.get("n_depth", 0)))
+
+engines = {"llama.cpp": load("llama"), "purbo": load("purbo")}
+for label, rows in engines.items():
+    if not rows:
+        continue
+    first = rows[0]
+    extra = ""
+    if label == "llama.cpp":
+        extra = f", build {first.get('build_commit', '?')} ({first.get('build_number', '?')})"
+    print(f"### {label}: {os.path.basename(str(first.get('model_filename', first.get('model', '?'))))}"
+          f", {first.get('cpu_info', '')}{extra}\n")
+    print("| test | threads | t/s | stddev |\n|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {test_name(r)} | {r.get('n_threads', threads)} | {float(r['avg_ts']):.2f}"
+              f" | {float(r.get('stddev_ts', 0)):.2f} |")
+    print()
+
+llama, purbo = engines["llama.cpp"], engines["purbo"]
+if llama and purbo:
+    by_key = {key(r): r for r in purbo}
+    print("### purbo / llama.cpp (higher is better for purbo)\n")
+    print("| test | llama.cpp t/s | purbo t/s | ratio |\n|---|---:|---:|---:|")
+    for r in llama:
+        p = by_key.get(key(r))
+        if p is None:
+            print(f"| {test_name(r)} | {float(r['avg_ts']):.2f} | missing | - |")
+            continue
+        a, b = float(r["avg_ts"]), float(p["avg_ts"])
+        print(f"| {test_name(r)} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
+    print()
+PY
+cat "$out/report.md"
+echo "bench: results in $out" >&2
