@@ -179,6 +179,16 @@ Status read_rope(const FieldReader& top, const json& root, const std::string& so
             PURBO_TRY(r.read_string(type_key, &rope_type));
         } else if (std::string_view(key) == "rope_scaling") {
             return r.missing("rope_type");
+        } else {
+            // transformers 5 nests one parameter set per layer type for mixed-attention models.
+            for (const auto& [name, value] : obj.items()) {
+                if (value.is_object()) {
+                    return error(StatusCode::kUnsupported,
+                                 "{}: field '{}.{}': per-layer-type RoPE parameters are not "
+                                 "supported",
+                                 source, key, name);
+                }
+            }
         }
         PURBO_TRY(r.read_positive("rope_theta", &theta, false));
         PURBO_TRY(r.read_positive("partial_rotary_factor", &partial_rotary_factor, false));

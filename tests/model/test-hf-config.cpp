@@ -277,6 +277,8 @@ TEST(HfConfig, BadValuesNameFieldAndValue) {
          StatusCode::kInvalidArgument, {"rope_parameters.rope_theta", "0"}},
         {R"({"rope_parameters": {"rope_type": "longrope"}})", StatusCode::kUnsupported,
          {"rope_parameters.rope_type", "longrope"}},
+        {R"({"rope_parameters": {"full_attention": {"rope_type": "default"}}})",
+         StatusCode::kUnsupported, {"rope_parameters.full_attention"}},
     };
     for (const BadCase& c : cases) {
         SCOPED_TRACE(c.patch);
