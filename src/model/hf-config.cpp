@@ -22,7 +22,7 @@ std::string excerpt(const json& j) {
 // Reads the fields of one JSON object; `prefix` ("rope_scaling.") qualifies field names in
 // messages. A field that is absent or null counts as absent, as transformers treats it.
 class FieldReader {
-public:
+  public:
     FieldReader(const json& obj, const std::string& source, std::string prefix)
         : obj_(obj), source_(source), prefix_(std::move(prefix)) {}
 
@@ -38,7 +38,8 @@ public:
                      field(key), excerpt(v), why);
     }
     Status missing(std::string_view key) const {
-        return error(StatusCode::kInvalidArgument, "{}: field '{}' is missing", source_, field(key));
+        return error(StatusCode::kInvalidArgument, "{}: field '{}' is missing", source_,
+                     field(key));
     }
 
     // Integer >= min_value; integral floats (8192.0) are accepted as JSON writers emit them.
@@ -96,7 +97,7 @@ public:
         return Status::ok();
     }
 
-private:
+  private:
     const json& obj_;
     const std::string& source_;
     std::string prefix_;
@@ -148,9 +149,10 @@ Status read_arch(const FieldReader& top, const json& root, const std::string& so
     }
     const auto defaults = arch_from_model_type(model_type);
     if (!defaults) {
-        return error(StatusCode::kUnsupported,
-                     "{}: field 'model_type': '{}' is not supported (llama, mistral, qwen2, qwen3 are)",
-                     source, model_type);
+        return error(
+            StatusCode::kUnsupported,
+            "{}: field 'model_type': '{}' is not supported (llama, mistral, qwen2, qwen3 are)",
+            source, model_type);
     }
     *out = *defaults;
     return Status::ok();
@@ -273,8 +275,8 @@ Status parse_config(const json& root, const std::string& source, ModelConfig* cf
     PURBO_TRY(read_arch(top, root, source, &arch));
     cfg->arch = arch.arch;
     cfg->name = arch_name(arch.arch);
-    if (const json* n = top.get("_name_or_path"); n != nullptr && n->is_string() &&
-                                                  !n->get<std::string>().empty()) {
+    if (const json* n = top.get("_name_or_path");
+        n != nullptr && n->is_string() && !n->get<std::string>().empty()) {
         cfg->name = n->get<std::string>();
     }
 
