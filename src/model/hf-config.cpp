@@ -217,11 +217,17 @@ Status read_rope(const FieldReader& top, const json& root, const std::string& so
             rope.high_freq_factor = static_cast<float>(high);
         } else if (rope_type == "yarn") {
             rope.scaling = RopeScaling::kYarn;
-            PURBO_TRY(r.read_positive("factor", &factor, true));
             // transformers falls back to max_position_embeddings when this is absent.
             rope.original_max_position = cfg->n_ctx_train;
             PURBO_TRY(r.read_int("original_max_position_embeddings", &rope.original_max_position,
                                  false, 1));
+            // transformers 5: without `factor`, the ratio of the context lengths (DeepSeek-V3).
+            // (Some 4.x releases used that ratio even when `factor` was given; 5.x does not.)
+            const bool has_original = r.has("original_max_position_embeddings");
+            PURBO_TRY(r.read_positive("factor", &factor, !has_original));
+            if (!r.has("factor")) {
+                factor = static_cast<double>(cfg->n_ctx_train) / rope.original_max_position;
+            }
             double beta_fast = 32.0, beta_slow = 1.0, attention_factor = 0.0;
             double mscale = 0.0, mscale_all_dim = 0.0;
             // transformers reads these with `or`, so 0 also means "use the default".

@@ -189,6 +189,10 @@ TEST(HfConfig, YarnAndBothSpellingsAgree) {
     EXPECT_EQ(d.rope.beta_fast, 16.0f);
     EXPECT_FALSE(d.rope.truncate);
     EXPECT_EQ(d.rope.attention_factor, 1.5f);
+    // Without factor, YaRN takes max_position_embeddings / original (transformers 5).
+    const ModelConfig f = parse_ok(patched(kQwen3, R"({"rope_scaling": {"rope_type": "yarn",
+        "original_max_position_embeddings": 10240}})"));
+    EXPECT_EQ(f.rope.factor, 4.0f);  // 40960 / 10240
     // rope_parameters with rope_type default.
     const ModelConfig e = parse_ok(patched(kSmolLM2, R"({"rope_theta": null, "rope_parameters":
         {"rope_type": "default", "rope_theta": 100000.0}})"));
@@ -286,6 +290,9 @@ TEST(HfConfig, BadValuesNameFieldAndValue) {
              "high_freq_factor": 1, "original_max_position_embeddings": 8192}})",
          StatusCode::kInvalidArgument,
          {"rope_scaling.high_freq_factor", "1"}},
+        {R"({"rope_scaling": {"rope_type": "yarn"}})",
+         StatusCode::kInvalidArgument,
+         {"rope_scaling.factor", "missing"}},
         {R"({"rope_scaling": {"rope_type": "yarn", "factor": 4, "truncate": "yes"}})",
          StatusCode::kInvalidArgument,
          {"rope_scaling.truncate", "yes"}},
