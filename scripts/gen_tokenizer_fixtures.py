@@ -12,7 +12,9 @@ configuration modelled on a real family:
   prefix  ByteLevel(add_prefix_space=True)                                merges as pairs
 
 Outputs tests/fixtures/tokenizer/<name>.tokenizer.json and <name>.expected.json
-({"texts": [...], "ids": [[...]], "ids_no_special": [[...]], "decoded": [...]}).
+({"texts": [...], "ids": [[...]], "ids_no_special": [[...]], "decoded": [...]}),
+chat-templates.json (jinja2 renderings, see chat_template_fixtures.py) and, when the default
+model is present, smollm2-gguf-tokenizers.json.
 
 Usage: python3 scripts/gen_tokenizer_fixtures.py
 """
@@ -181,6 +183,8 @@ def main():
         bl(add_prefix_space=False, use_regex=True)])
     save("smollm", train(smol_pre), True)
     save("prefix", train(bl(add_prefix_space=True, use_regex=True), vocab_size=600), False)
+    import chat_template_fixtures
+    chat_template_fixtures.write(OUT)
     model = os.environ.get("PURBO_MODEL", os.path.join(os.path.dirname(__file__), "..", "models",
                                                        "SmolLM2-135M-Instruct.Q4_1.gguf"))
     if os.path.exists(model):
