@@ -69,6 +69,7 @@ TEXTS = [
     "\n",
     "a\u00a0b\u2009c\u3000d",
     "x" * 300,
+    "left  [SEP]  right[SEP]end [SEP]",
 ]
 
 
@@ -137,7 +138,11 @@ def add_whole_words(data, words):
             next_id += 1
 
 
-def save(name, tok, merges_as_strings, extra_words=None, ignore_merges=False):
+def save(name, tok, merges_as_strings, extra_words=None, ignore_merges=False, strip_token=False):
+    if strip_token:
+        # A non-special added token that swallows the whitespace around it.
+        from tokenizers import AddedToken
+        tok.add_tokens([AddedToken("[SEP]", lstrip=True, rstrip=True, special=False)])
     data = json.loads(tok.to_str())
     if extra_words:
         add_whole_words(data, extra_words)
@@ -168,7 +173,7 @@ def save(name, tok, merges_as_strings, extra_words=None, ignore_merges=False):
 def main():
     os.makedirs(OUT, exist_ok=True)
     bl = pre_tokenizers.ByteLevel
-    save("gpt2", train(bl(add_prefix_space=False, use_regex=True)), True)
+    save("gpt2", train(bl(add_prefix_space=False, use_regex=True)), True, strip_token=True)
     llama_pre = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated", invert=False),
         bl(add_prefix_space=False, trim_offsets=True, use_regex=False)])
