@@ -45,7 +45,14 @@ private:
 
     std::vector<std::string> tokens_;
     std::unordered_map<std::string, int32_t> token_to_id_;
-    std::unordered_map<uint64_t, Merge> merges_;
+    // Open-addressing table pair_key -> Merge (the merge lookup is the inner loop; a node-based
+    // map measured 1.75 MB/s against 2.6 MB/s here, SmolLM2 vocabulary, 1 MB of random words).
+    // Empty slots hold kEmptyKey.
+    static constexpr uint64_t kEmptyKey = ~uint64_t{0};
+    std::vector<std::pair<uint64_t, Merge>> merge_table_;
+    uint32_t merge_shift_ = 64;
+    const Merge* find_merge(int32_t a, int32_t b) const;
+    void insert_merge(uint64_t key, Merge m);
     std::array<int32_t, 256> byte_ids_{};  // id of the one-byte token of each byte, or -1
     bool ignore_merges_ = false;
     int32_t unk_id_ = -1;

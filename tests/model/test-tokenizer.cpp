@@ -572,6 +572,21 @@ TEST(Tokenizer, DefaultModelGgufVocab) {
     std::printf("SmolLM2 vocab encode: %.2f MB/s, %zu tokens\n", text.size() / 1e6 / s,
                 ids.size());
     EXPECT_EQ(tok->decode(ids), text);
+
+    // Cache-hostile: 1 MB of random lowercase words, almost none repeated.
+    std::mt19937 rng(7);
+    std::string random_words;
+    while (random_words.size() < (1u << 20)) {
+        const int len = 3 + static_cast<int>(rng() % 10);
+        for (int i = 0; i < len; ++i) random_words += static_cast<char>('a' + rng() % 26);
+        random_words += ' ';
+    }
+    const auto t1 = std::chrono::steady_clock::now();
+    const auto random_ids = tok->encode(random_words, false, false);
+    const double s1 = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    std::printf("SmolLM2 vocab encode, random words: %.2f MB/s, %zu tokens\n",
+                random_words.size() / 1e6 / s1, random_ids.size());
+    EXPECT_EQ(tok->decode(random_ids), random_words);
 }
 
 }  // namespace
