@@ -322,6 +322,38 @@ TEST(Tokenizer, ErrorsNameFileFieldAndValue) {
     EXPECT_FALSE(Tokenizer::from_vocab(v).is_ok());
 }
 
+// Wrong JSON types anywhere the loader looks: a Status or a tokenizer, never a crash.
+TEST(Tokenizer, WrongTypesNeverCrash) {
+    const Json base = load_json(test::fixture_path("tokenizer/llama3.tokenizer.json"));
+    const char* paths[] = {"/model", "/model/vocab", "/model/merges", "/model/merges/0",
+                           "/model/merges/0/0", "/model/ignore_merges", "/model/unk_token",
+                           "/added_tokens", "/added_tokens/0", "/added_tokens/0/id",
+                           "/added_tokens/0/special", "/normalizer", "/pre_tokenizer",
+                           "/pre_tokenizer/pretokenizers", "/pre_tokenizer/pretokenizers/0",
+                           "/pre_tokenizer/pretokenizers/0/pattern",
+                           "/pre_tokenizer/pretokenizers/0/behavior",
+                           "/pre_tokenizer/pretokenizers/1/use_regex", "/post_processor",
+                           "/decoder", ""};
+    const Json values[] = {Json(), Json(1), Json(-1), Json("x"), Json::array(), Json::object(),
+                           Json(true), Json(1.5)};
+    int failures = 0;
+    for (const char* path : paths) {
+        for (const Json& value : values) {
+            Json j = base;
+            j[Json::json_pointer(path)] = value;
+            auto tok = Tokenizer::from_hf_json(j.dump(), "typed.json");
+            if (!tok.is_ok()) {
+                ++failures;
+                EXPECT_NE(tok.status().message().find("typed.json"), std::string::npos)
+                    << tok.status().message();
+            } else {
+                (void)tok->encode("Hello <|im_end|> world 123", true, true);
+            }
+        }
+    }
+    EXPECT_GT(failures, 50);  // most of these replacements make the file unusable
+}
+
 // Split behaviours other than Isolated, checked on a tiny vocabulary of single bytes where
 // the ids spell the pieces.
 TEST(PreTokenizer, SplitBehaviours) {
