@@ -43,9 +43,11 @@ Result<std::unique_ptr<BpeModel>> BpeModel::build(
         const int32_t ab = model->token_id(left + right);
         if (a < 0 || b < 0 || ab < 0) {
             return error(StatusCode::kParseError,
-                         "{}: merges[{}] '{} {}': {} is not in the vocabulary", source, rank,
-                         left, right, a < 0 ? "'" + left + "'" : b < 0 ? "'" + right + "'" :
-                                                                     "'" + left + right + "'");
+                         "{}: merges[{}] '{} {}': {} is not in the vocabulary", source, rank, left,
+                         right,
+                         a < 0   ? "'" + left + "'"
+                         : b < 0 ? "'" + right + "'"
+                                 : "'" + left + right + "'");
         }
         model->insert_merge(pair_key(a, b), Merge{static_cast<int32_t>(rank), ab});
     }

@@ -18,13 +18,14 @@
 namespace purbo {
 
 class BpeModel {
-public:
+  public:
     // tokens: id -> byte-level text (may hold empty strings for ids without a vocab entry);
     // merges: (left, right) in rank order, each part and their concatenation in the vocab.
     // ignore_merges: a piece that is itself a vocab entry is emitted whole (Llama-3).
     static Result<std::unique_ptr<BpeModel>> build(
-        std::vector<std::string> tokens, const std::vector<std::pair<std::string, std::string>>& merges,
-        bool ignore_merges, int32_t unk_id, std::string_view source);
+        std::vector<std::string> tokens,
+        const std::vector<std::pair<std::string, std::string>>& merges, bool ignore_merges,
+        int32_t unk_id, std::string_view source);
 
     // Appends the ids of one pre-token given as raw bytes.
     void encode_piece(std::string_view piece, std::vector<int32_t>& out) const;
@@ -34,7 +35,7 @@ public:
     int32_t token_id(std::string_view byte_level_text) const;  // -1 if absent
     const std::vector<std::string>& tokens() const { return tokens_; }
 
-private:
+  private:
     struct Merge {
         int32_t rank;
         int32_t result;

@@ -20,10 +20,18 @@ std::string unescape_jinja(std::string_view s) {
         }
         const char c = s[++i];
         switch (c) {
-            case 'n': out += '\n'; break;
-            case 't': out += '\t'; break;
-            case 'r': out += '\r'; break;
-            default: out += c; break;  // \\ \' \"
+            case 'n':
+                out += '\n';
+                break;
+            case 't':
+                out += '\t';
+                break;
+            case 'r':
+                out += '\r';
+                break;
+            default:
+                out += c;
+                break;  // \\ \' \"
         }
     }
     return out;
@@ -127,8 +135,8 @@ std::string ChatTemplate::apply(std::span<const ChatMessage> messages,
     PURBO_ASSERT(name_ == "llama3", "chat template '{}'", name_);
     for (size_t i = 0; i < messages.size(); ++i) {
         if (i == 0) out += bos_;
-        out += fmt::format("{}{}<|end_header_id|>\n\n{}<|eot_id|>", kStartHeader,
-                           messages[i].role, trim_unicode(messages[i].content));
+        out += fmt::format("{}{}<|end_header_id|>\n\n{}<|eot_id|>", kStartHeader, messages[i].role,
+                           trim_unicode(messages[i].content));
     }
     if (add_generation_prompt) out += fmt::format("{}assistant<|end_header_id|>\n\n", kStartHeader);
     return out;

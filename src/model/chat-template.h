@@ -28,7 +28,7 @@ struct ChatMessage {
 };
 
 class ChatTemplate {
-public:
+  public:
     // kUnsupported "unknown chat template (...)" for anything that is neither ChatML nor
     // Llama-3. bos_token is what the template's `bos_token` variable holds.
     static Result<ChatTemplate> from_text(std::string_view jinja_text, std::string source,
@@ -39,7 +39,7 @@ public:
     // The literal default system prompt found in the template ("" when none).
     const std::string& default_system_prompt() const { return default_system_; }
 
-private:
+  private:
     std::string name_;
     std::string default_system_;
     std::string bos_;  // rendered in front (llama3 only)

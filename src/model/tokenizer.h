@@ -71,7 +71,7 @@ struct TokenizerSpec {
 };
 
 class Tokenizer {
-public:
+  public:
     static Result<Tokenizer> from_vocab(const TokenizerVocab& vocab);
     // tokenizer.json plus, when the path is not empty, tokenizer_config.json (add_bos_token,
     // add_eos_token, bos_token, eos_token, chat_template).
@@ -106,7 +106,7 @@ public:
 
     struct State;  // defined in tokenizer.cpp
 
-private:
+  private:
     Tokenizer() = default;  // only the loaders make one, so state_ is never null
     std::shared_ptr<const State> state_;
 };

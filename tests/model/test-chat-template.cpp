@@ -91,16 +91,26 @@ TEST(ChatTemplate, Llama3BosNotDoubled) {
     Json tj = j;
     // Give the fixture vocabulary Llama-3's bos and header tokens as special added tokens.
     int32_t next = static_cast<int32_t>(tj["model"]["vocab"].size()) + 16;
-    for (const char* t : {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                          "<|eot_id|>"}) {
-        tj["added_tokens"].push_back({{"id", next++}, {"content", t}, {"special", true},
-                                      {"lstrip", false}, {"rstrip", false},
-                                      {"normalized", false}, {"single_word", false}});
+    for (const char* t :
+         {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"}) {
+        tj["added_tokens"].push_back({{"id", next++},
+                                      {"content", t},
+                                      {"special", true},
+                                      {"lstrip", false},
+                                      {"rstrip", false},
+                                      {"normalized", false},
+                                      {"single_word", false}});
     }
     const int32_t bos = next - 4;
-    tj["post_processor"] = Json::parse(
-        R"({"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<|begin_of_text|>","type_id":0}},{"Sequence":{"id":"A","type_id":0}}],"pair":[],"special_tokens":{"<|begin_of_text|>":{"id":"<|begin_of_text|>","ids":[)" +
-        std::to_string(bos) + R"(],"tokens":["<|begin_of_text|>"]}}})");
+    const Json special = {{"SpecialToken", {{"id", "<|begin_of_text|>"}, {"type_id", 0}}}};
+    const Json sequence = {{"Sequence", {{"id", "A"}, {"type_id", 0}}}};
+    tj["post_processor"] = {
+        {"type", "TemplateProcessing"},
+        {"single", {special, sequence}},
+        {"pair", Json::array()},
+        {"special_tokens",
+         {{"<|begin_of_text|>",
+           {{"id", "<|begin_of_text|>"}, {"ids", {bos}}, {"tokens", {"<|begin_of_text|>"}}}}}}};
     auto tok = Tokenizer::from_hf_json(tj.dump(), "llama3-chat");
     ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
     const Json entries = load_json(test::fixture_path("tokenizer/chat-templates.json"));
