@@ -626,9 +626,18 @@ TEST(Tokenizer, DefaultModelGgufVocab) {
     v.source = model_path;
     ASSERT_TRUE(GgufKeyReader(file.value()->bytes()).read_vocab(v)) << "GGUF header";
     EXPECT_EQ(v.pre, "smollm");
+    const auto t_load = std::chrono::steady_clock::now();
     auto tok = Tokenizer::from_vocab(v);
     ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
+    std::printf("SmolLM2 from_vocab: %.1f ms\n",
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_load)
+                    .count());
     EXPECT_EQ(tok->n_vocab(), 49152);
+    // <|endoftext|> (0) and <|im_end|> (2, the eos) both end generation.
+    const auto stops = tok->stop_ids();
+    EXPECT_NE(std::find(stops.begin(), stops.end(), 0), stops.end());
+    EXPECT_NE(std::find(stops.begin(), stops.end(), 2), stops.end());
+    EXPECT_FALSE(tok->add_bos());
     EXPECT_EQ(tok->token_id("<|im_start|>"), std::optional<int32_t>(1));
     EXPECT_EQ(tok->token_id("<|im_end|>"), std::optional<int32_t>(2));
 
