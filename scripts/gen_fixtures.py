@@ -200,7 +200,10 @@ def gen_smollm2(out_dir, gguf_path):
     for i, prompt in enumerate(prompts):
         ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(DEVICE)
         with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=32, do_sample=False, output_logits=True,
+            # An explicit mask: without it generate() treats every pad-id token in the prompt
+            # (here <|im_end|>, which doubles as eos/pad) as padding and masks it out.
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
+                                 do_sample=False, output_logits=True,
                                  return_dict_in_generate=True, pad_token_id=tok.eos_token_id)
         gen = out.sequences[0, ids.shape[1]:].tolist()
         logits[f"prompt{i}.logits"] = out.logits[0][0].float().cpu().contiguous()
