@@ -767,13 +767,13 @@ TEST(VecDot, SimdMatchesScalar) {
         const std::vector<float> a = random_floats(rng, k), b = random_floats(rng, k, 5.0f);
         std::vector<BlockQ4_0> x40(static_cast<size_t>(nb));
         std::vector<BlockQ4_1> x41(static_cast<size_t>(nb));
-        std::vector<BlockQ8_0> x80(static_cast<size_t>(nb)), y80(static_cast<size_t>(nb));
-        std::vector<BlockQ8_1> y81(static_cast<size_t>(nb));
+        std::vector<BlockQ8_0> x80(static_cast<size_t>(nb));
+        std::vector<ActBlockQ8> y80(static_cast<size_t>(nb)), y81(static_cast<size_t>(nb));
         quantize_row_q4_0(a.data(), x40.data(), k);
         quantize_row_q4_1(a.data(), x41.data(), k);
         quantize_row_q8_0(a.data(), x80.data(), k);
-        quantize_row_q8_0(b.data(), y80.data(), k);
-        quantize_row_q8_1(b.data(), y81.data(), k);
+        quantize_activation_q8_0(b.data(), y80.data(), k);
+        quantize_activation_q8_1(b.data(), y81.data(), k);
         x80[0].qs[0] = -128;  // the one value outside [-127, 127] a file may hold
         // The integer block sums are exact in both; only the f32 sum of the nb block terms may
         // reorder: |error| <= 2 nb eps sum_b |term_b| (Higham's bound for recursive summation,

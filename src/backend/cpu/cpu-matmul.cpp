@@ -41,10 +41,9 @@ void gemv_rows(int64_t n, int64_t m, const Tensor& w, float* out, int n_threads,
 }
 
 // Activation rows quantised once per call: (n, k / 32) blocks.
-template <class Block>
-std::vector<Block> quantize_activations(const float* x, int64_t n, int64_t k,
-                                        void (*quantize)(const float*, void*, int64_t)) {
-    std::vector<Block> xq(static_cast<size_t>(n * (k / 32)));
+std::vector<ActBlockQ8> quantize_activations(const float* x, int64_t n, int64_t k,
+                                             void (*quantize)(const float*, ActBlockQ8*, int64_t)) {
+    std::vector<ActBlockQ8> xq(static_cast<size_t>(n * (k / 32)));
     for (int64_t i = 0; i < n; ++i) quantize(x + i * k, xq.data() + i * (k / 32), k);
     return xq;
 }
@@ -58,21 +57,21 @@ void cpu_matmul_gemv(const Tensor& x, const Tensor& w, const Tensor& out, int n_
     float* y = out.f32();
     switch (w.dtype) {
         case DType::kQ4_0: {
-            const auto xq = quantize_activations<BlockQ8_0>(xf, n, k, quantize_row_q8_0);
+            const auto xq = quantize_activations(xf, n, k, quantize_activation_q8_0);
             gemv_rows(n, m, w, y, n_threads, [&](const uint8_t* row, int64_t i) {
                 return vec_dot_q4_0_q8_0(nb, reinterpret_cast<const BlockQ4_0*>(row), xq.data() + i * nb);
             });
             return;
         }
         case DType::kQ8_0: {
-            const auto xq = quantize_activations<BlockQ8_0>(xf, n, k, quantize_row_q8_0);
+            const auto xq = quantize_activations(xf, n, k, quantize_activation_q8_0);
             gemv_rows(n, m, w, y, n_threads, [&](const uint8_t* row, int64_t i) {
                 return vec_dot_q8_0_q8_0(nb, reinterpret_cast<const BlockQ8_0*>(row), xq.data() + i * nb);
             });
             return;
         }
         case DType::kQ4_1: {
-            const auto xq = quantize_activations<BlockQ8_1>(xf, n, k, quantize_row_q8_1);
+            const auto xq = quantize_activations(xf, n, k, quantize_activation_q8_1);
             gemv_rows(n, m, w, y, n_threads, [&](const uint8_t* row, int64_t i) {
                 return vec_dot_q4_1_q8_1(nb, reinterpret_cast<const BlockQ4_1*>(row), xq.data() + i * nb);
             });

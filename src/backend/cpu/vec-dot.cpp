@@ -7,11 +7,33 @@
 #include <immintrin.h>
 #endif
 
+#include <vector>
+
 namespace purbo {
+
+void quantize_activation_q8_0(const float* x, ActBlockQ8* y, int64_t k) {
+    std::vector<BlockQ8_0> q(static_cast<size_t>(k / kQK8_0));
+    quantize_row_q8_0(x, q.data(), k);
+    for (size_t b = 0; b < q.size(); ++b) {
+        y[b].d = f16_to_f32(q[b].d);
+        y[b].s = 0;
+        for (int i = 0; i < kQK8_0; ++i) y[b].qs[i] = q[b].qs[i];
+    }
+}
+
+void quantize_activation_q8_1(const float* x, ActBlockQ8* y, int64_t k) {
+    std::vector<BlockQ8_1> q(static_cast<size_t>(k / kQK8_1));
+    quantize_row_q8_1(x, q.data(), k);
+    for (size_t b = 0; b < q.size(); ++b) {
+        y[b].d = f16_to_f32(q[b].d);
+        y[b].s = f16_to_f32(q[b].s);
+        for (int i = 0; i < kQK8_1; ++i) y[b].qs[i] = q[b].qs[i];
+    }
+}
 
 // ---- scalar bodies: the definition the SIMD bodies must match -----------------------------
 
-float vec_dot_q4_0_q8_0_scalar(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y) {
+float vec_dot_q4_0_q8_0_scalar(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y) {
     float sum = 0;
     for (int64_t b = 0; b < nb; ++b) {
         int32_t isum = 0;
@@ -19,12 +41,12 @@ float vec_dot_q4_0_q8_0_scalar(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* 
             isum += ((x[b].qs[i] & 0x0f) - 8) * y[b].qs[i];
             isum += ((x[b].qs[i] >> 4) - 8) * y[b].qs[i + kQK4_0 / 2];
         }
-        sum += f16_to_f32(x[b].d) * f16_to_f32(y[b].d) * static_cast<float>(isum);
+        sum += f16_to_f32(x[b].d) * y[b].d * static_cast<float>(isum);
     }
     return sum;
 }
 
-float vec_dot_q4_1_q8_1_scalar(int64_t nb, const BlockQ4_1* x, const BlockQ8_1* y) {
+float vec_dot_q4_1_q8_1_scalar(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y) {
     float sum = 0;
     for (int64_t b = 0; b < nb; ++b) {
         int32_t isum = 0;
@@ -32,18 +54,18 @@ float vec_dot_q4_1_q8_1_scalar(int64_t nb, const BlockQ4_1* x, const BlockQ8_1* 
             isum += (x[b].qs[i] & 0x0f) * y[b].qs[i];
             isum += (x[b].qs[i] >> 4) * y[b].qs[i + kQK4_1 / 2];
         }
-        sum += f16_to_f32(x[b].d) * f16_to_f32(y[b].d) * static_cast<float>(isum) +
-               f16_to_f32(x[b].m) * f16_to_f32(y[b].s);
+        sum += f16_to_f32(x[b].d) * y[b].d * static_cast<float>(isum) +
+               f16_to_f32(x[b].m) * y[b].s;
     }
     return sum;
 }
 
-float vec_dot_q8_0_q8_0_scalar(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y) {
+float vec_dot_q8_0_q8_0_scalar(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y) {
     float sum = 0;
     for (int64_t b = 0; b < nb; ++b) {
         int32_t isum = 0;
         for (int i = 0; i < kQK8_0; ++i) isum += x[b].qs[i] * y[b].qs[i];
-        sum += f16_to_f32(x[b].d) * f16_to_f32(y[b].d) * static_cast<float>(isum);
+        sum += f16_to_f32(x[b].d) * y[b].d * static_cast<float>(isum);
     }
     return sum;
 }
@@ -84,7 +106,7 @@ __m256i dot_s8_s8(__m256i x, __m256i y) {
 
 }  // namespace
 
-float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y) {
+float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     const __m256i eight = _mm256_set1_epi8(8);
     int64_t b = 0;
@@ -93,8 +115,8 @@ float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y) {
         const __m256i qx1 = _mm256_sub_epi8(unpack_nibbles(x[b + 1].qs), eight);
         const __m256i p0 = dot_s8_s8(qx0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs)));
         const __m256i p1 = dot_s8_s8(qx1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b + 1].qs)));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b].d) * f16_to_f32(y[b].d)), _mm256_cvtepi32_ps(p0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b + 1].d) * f16_to_f32(y[b + 1].d)),
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b].d) * y[b].d), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b + 1].d) * y[b + 1].d),
                                _mm256_cvtepi32_ps(p1), acc1);
     }
     float sum = hsum(_mm256_add_ps(acc0, acc1));
@@ -102,7 +124,7 @@ float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y) {
     return sum;
 }
 
-float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const BlockQ8_1* y) {
+float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     float sum_min = 0;  // sum_b mx_b s_b
     int64_t b = 0;
@@ -110,17 +132,17 @@ float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const BlockQ8_1* y) {
         const __m256i p0 = dot_u8_s8(unpack_nibbles(x[b].qs), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs)));
         const __m256i p1 =
             dot_u8_s8(unpack_nibbles(x[b + 1].qs), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b + 1].qs)));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b].d) * f16_to_f32(y[b].d)), _mm256_cvtepi32_ps(p0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b + 1].d) * f16_to_f32(y[b + 1].d)),
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b].d) * y[b].d), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b + 1].d) * y[b + 1].d),
                                _mm256_cvtepi32_ps(p1), acc1);
-        sum_min += f16_to_f32(x[b].m) * f16_to_f32(y[b].s) + f16_to_f32(x[b + 1].m) * f16_to_f32(y[b + 1].s);
+        sum_min += f16_to_f32(x[b].m) * y[b].s + f16_to_f32(x[b + 1].m) * y[b + 1].s;
     }
     float sum = hsum(_mm256_add_ps(acc0, acc1)) + sum_min;
     if (b < nb) sum += vec_dot_q4_1_q8_1_scalar(1, x + b, y + b);
     return sum;
 }
 
-float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y) {
+float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int64_t b = 0;
     for (; b + 1 < nb; b += 2) {
@@ -128,8 +150,8 @@ float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y) {
                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs)));
         const __m256i p1 = dot_s8_s8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b + 1].qs)),
                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b + 1].qs)));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b].d) * f16_to_f32(y[b].d)), _mm256_cvtepi32_ps(p0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b + 1].d) * f16_to_f32(y[b + 1].d)),
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b].d) * y[b].d), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b + 1].d) * y[b + 1].d),
                                _mm256_cvtepi32_ps(p1), acc1);
     }
     float sum = hsum(_mm256_add_ps(acc0, acc1));
@@ -182,9 +204,9 @@ float vec_dot_bf16_f32(int64_t k, const uint16_t* w, const float* x) {
 
 #else  // portable fallbacks
 
-float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y) { return vec_dot_q4_0_q8_0_scalar(nb, x, y); }
-float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const BlockQ8_1* y) { return vec_dot_q4_1_q8_1_scalar(nb, x, y); }
-float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y) { return vec_dot_q8_0_q8_0_scalar(nb, x, y); }
+float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y) { return vec_dot_q4_0_q8_0_scalar(nb, x, y); }
+float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y) { return vec_dot_q4_1_q8_1_scalar(nb, x, y); }
+float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y) { return vec_dot_q8_0_q8_0_scalar(nb, x, y); }
 
 float vec_dot_f32(int64_t k, const float* w, const float* x) {
     float sum = 0;
