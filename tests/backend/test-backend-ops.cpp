@@ -809,6 +809,40 @@ TEST(VecDot, SimdMatchesScalar) {
     }
 }
 
+// The multi-row kernels against one scalar dot per row: same block terms, same bound.
+TEST(VecDot, RowsMatchScalar) {
+    std::mt19937 rng(11);
+    const int64_t nb = 19, k = nb * 32;
+    const std::vector<float> a = random_floats(rng, k);
+    std::vector<BlockQ4_0> x40(nb);
+    std::vector<BlockQ4_1> x41(nb);
+    std::vector<BlockQ8_0> x80(nb);
+    quantize_row_q4_0(a.data(), x40.data(), k);
+    quantize_row_q4_1(a.data(), x41.data(), k);
+    quantize_row_q8_0(a.data(), x80.data(), k);
+    std::vector<ActBlockQ8> y0(static_cast<size_t>(kVecDotMaxRows * nb)), y1(y0.size());
+    for (int r = 0; r < kVecDotMaxRows; ++r) {
+        const std::vector<float> b = random_floats(rng, k, 2.0f);
+        quantize_activation_q8_0(b.data(), y0.data() + r * nb, k);
+        quantize_activation_q8_1(b.data(), y1.data() + r * nb, k);
+    }
+    auto check = [&](auto rows_fn, auto scalar, const auto* x, const std::vector<ActBlockQ8>& y) {
+        for (int n_rows = 1; n_rows <= kVecDotMaxRows; ++n_rows) {
+            float out[kVecDotMaxRows];
+            rows_fn(nb, x, y.data(), nb, n_rows, out);
+            for (int r = 0; r < n_rows; ++r) {
+                double abs_terms = 0;
+                for (int64_t bl = 0; bl < nb; ++bl) abs_terms += std::fabs(scalar(1, x + bl, y.data() + r * nb + bl));
+                EXPECT_NEAR(out[r], scalar(nb, x, y.data() + r * nb), 2.0 * nb * kEps * abs_terms)
+                    << "n_rows=" << n_rows << " r=" << r;
+            }
+        }
+    };
+    check(vec_dot_rows_q4_0_q8_0, vec_dot_q4_0_q8_0_scalar, x40.data(), y0);
+    check(vec_dot_rows_q4_1_q8_1, vec_dot_q4_1_q8_1_scalar, x41.data(), y1);
+    check(vec_dot_rows_q8_0_q8_0, vec_dot_q8_0_q8_0_scalar, x80.data(), y0);
+}
+
 TEST(BackendAvailable, OracleFirstThenCpu) {
     const std::vector<std::string> names = backend_available();
     ASSERT_GE(names.size(), 2u);

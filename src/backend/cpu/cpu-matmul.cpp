@@ -25,10 +25,9 @@ namespace purbo {
 namespace {
 
 // Speed only, not correctness. Below this many tokens the quantised GEMV wins: it reads
-// 0.56-1.06 bytes per weight and no f32 copy. Measured (one thread, q4_1, k = 576, m = 1536):
-// n = 4: GEMV 0.44 ms, GEMM 0.49 ms; n = 8: GEMV 0.82 ms, GEMM 0.66 ms. The GEMV unpacks each
-// weight block once per token, so its cost grows linearly in n.
-constexpr int64_t kGemmMinRows = 8;
+// 0.56-1.06 bytes per weight and makes no f32 copy. Measured on one thread, q4_1, k = 576,
+// m = 1536 (GEMV / GEMM): n = 4: 0.18 / 0.29 ms; n = 8: 0.35 / 0.39 ms; n = 16: 0.71 / 0.58 ms.
+constexpr int64_t kGemmMinRows = 12;
 // Rows of the weight dequantised per sgemm call: 64 x k f32 fits in L2 for k <= 4096.
 constexpr int64_t kGemmTileRows = 64;
 
@@ -62,6 +61,24 @@ void gemv_rows(int64_t n, int64_t m, const Tensor& w, float* out, int n_threads,
     }
 }
 
+// The same for the quantised formats, kVecDotMaxRows tokens per call of `dot_rows` so that each
+// weight block is unpacked once per group of tokens.
+template <class Block, class DotRows>
+void gemv_rows_quantized(int64_t n, int64_t m, const Tensor& w, const std::vector<ActBlockQ8>& xq, float* out,
+                         int n_threads, DotRows dot_rows) {
+    const int64_t nb = w.dim(1) / 32;
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
+    for (int64_t j = 0; j < m; ++j) {
+        const Block* w_row = reinterpret_cast<const Block*>(w.row_ptr(j));
+        for (int64_t i0 = 0; i0 < n; i0 += kVecDotMaxRows) {
+            const int rows = static_cast<int>(std::min<int64_t>(kVecDotMaxRows, n - i0));
+            float result[kVecDotMaxRows];
+            dot_rows(nb, w_row, xq.data() + i0 * nb, nb, rows, result);
+            for (int r = 0; r < rows; ++r) out[(i0 + r) * m + j] = result[r];
+        }
+    }
+}
+
 // Activation rows quantised once per call: (n, k / 32) blocks.
 std::vector<ActBlockQ8> quantize_activations(const float* x, int64_t n, int64_t k,
                                              void (*quantize)(const float*, ActBlockQ8*, int64_t)) {
@@ -74,31 +91,22 @@ std::vector<ActBlockQ8> quantize_activations(const float* x, int64_t n, int64_t 
 
 void cpu_matmul_gemv(const Tensor& x, const Tensor& w, const Tensor& out, int n_threads) {
     // x (n, k), w (m, k), out (n, m)
-    const int64_t n = x.dim(0), k = x.dim(1), m = w.dim(0), nb = k / 32;
+    const int64_t n = x.dim(0), k = x.dim(1), m = w.dim(0);
     const float* xf = x.f32();
     float* y = out.f32();
     switch (w.dtype) {
-        case DType::kQ4_0: {
-            const auto xq = quantize_activations(xf, n, k, quantize_activation_q8_0);
-            gemv_rows(n, m, w, y, n_threads, [&](const uint8_t* row, int64_t i) {
-                return vec_dot_q4_0_q8_0(nb, reinterpret_cast<const BlockQ4_0*>(row), xq.data() + i * nb);
-            });
+        case DType::kQ4_0:
+            gemv_rows_quantized<BlockQ4_0>(n, m, w, quantize_activations(xf, n, k, quantize_activation_q8_0), y,
+                                           n_threads, vec_dot_rows_q4_0_q8_0);
             return;
-        }
-        case DType::kQ8_0: {
-            const auto xq = quantize_activations(xf, n, k, quantize_activation_q8_0);
-            gemv_rows(n, m, w, y, n_threads, [&](const uint8_t* row, int64_t i) {
-                return vec_dot_q8_0_q8_0(nb, reinterpret_cast<const BlockQ8_0*>(row), xq.data() + i * nb);
-            });
+        case DType::kQ8_0:
+            gemv_rows_quantized<BlockQ8_0>(n, m, w, quantize_activations(xf, n, k, quantize_activation_q8_0), y,
+                                           n_threads, vec_dot_rows_q8_0_q8_0);
             return;
-        }
-        case DType::kQ4_1: {
-            const auto xq = quantize_activations(xf, n, k, quantize_activation_q8_1);
-            gemv_rows(n, m, w, y, n_threads, [&](const uint8_t* row, int64_t i) {
-                return vec_dot_q4_1_q8_1(nb, reinterpret_cast<const BlockQ4_1*>(row), xq.data() + i * nb);
-            });
+        case DType::kQ4_1:
+            gemv_rows_quantized<BlockQ4_1>(n, m, w, quantize_activations(xf, n, k, quantize_activation_q8_1), y,
+                                           n_threads, vec_dot_rows_q4_1_q8_1);
             return;
-        }
         case DType::kF32:
             gemv_rows(n, m, w, y, n_threads, [&](const uint8_t* row, int64_t i) {
                 return vec_dot_f32(k, reinterpret_cast<const float*>(row), xf + i * k);
