@@ -18,7 +18,8 @@ Status CpuBackend::rope(const Tensor& x, std::span<const int32_t> pos, const Rop
     const int64_t n = x.dim(0), heads = x.dim(1), d = x.dim(2), half = params.rotary_dim / 2;
 #pragma omp parallel num_threads(n_threads_) if (n > 1)
     {
-        std::vector<float> cos_t(static_cast<size_t>(half)), sin_t(static_cast<size_t>(half));  // (half,)
+        std::vector<float> cos_t(static_cast<size_t>(half)),
+            sin_t(static_cast<size_t>(half));  // (half,)
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < n; ++i) {
             for (int64_t r = 0; r < half; ++r) {
@@ -72,18 +73,21 @@ struct KeyRanges {
 };
 
 KeyRanges visible_ranges(int64_t p, const AttentionParams& params) {
-    const int64_t window_begin = params.window == 0 ? 0 : std::max<int64_t>(0, p - params.window + 1);
+    const int64_t window_begin =
+        params.window == 0 ? 0 : std::max<int64_t>(0, p - params.window + 1);
     const int64_t sink_end = std::min<int64_t>(params.n_sink, window_begin);
     return {{0, window_begin}, {sink_end, p + 1}};
 }
 
 // Online softmax (Milakov & Gimelshein 2018) for the heads_per_kv query heads of one KV head:
 // running max m, running sum l, running weighted sum acc, rescaled once per chunk of keys.
-void attend_group(const float* q, int64_t heads_per_kv, int64_t d, const float* keys, const float* values,
-                  const KeyRanges& ranges, float scale, float* out, float* scores, float* acc) {
+void attend_group(const float* q, int64_t heads_per_kv, int64_t d, const float* keys,
+                  const float* values, const KeyRanges& ranges, float scale, float* out,
+                  float* scores, float* acc) {
     // q, out (heads_per_kv, d); keys, values (c, d); scores (heads_per_kv, kKeyChunk);
     // acc (heads_per_kv, d)
-    std::vector<float> m(static_cast<size_t>(heads_per_kv), -std::numeric_limits<float>::infinity());
+    std::vector<float> m(static_cast<size_t>(heads_per_kv),
+                         -std::numeric_limits<float>::infinity());
     std::vector<float> l(static_cast<size_t>(heads_per_kv), 0.0f);
     std::fill(acc, acc + heads_per_kv * d, 0.0f);
     for (int range = 0; range < 2; ++range) {
@@ -146,8 +150,9 @@ Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const To
                 const int64_t base = (place.seq[i] * g + kv) * c * d;
                 const int64_t head0 = kv * heads_per_kv;
                 attend_group(q.f32() + (i * h + head0) * d, heads_per_kv, d, cache.k.f32() + base,
-                             cache.v.f32() + base, visible_ranges(place.pos[i], params), params.scale,
-                             out.f32() + (i * h + head0) * d, scores.data(), acc.data());
+                             cache.v.f32() + base, visible_ranges(place.pos[i], params),
+                             params.scale, out.f32() + (i * h + head0) * d, scores.data(),
+                             acc.data());
             }
         }
     }

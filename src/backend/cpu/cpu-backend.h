@@ -12,7 +12,7 @@
 namespace purbo {
 
 class CpuBackend final : public CpuRefBackend {
-public:
+  public:
     explicit CpuBackend(const BackendOptions& options);
 
     BackendKind kind() const override { return BackendKind::kCpu; }
@@ -32,7 +32,7 @@ public:
 
     int n_threads() const { return n_threads_; }
 
-private:
+  private:
     int n_threads_;
 };
 

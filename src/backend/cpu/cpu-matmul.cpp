@@ -35,8 +35,9 @@ constexpr int64_t kGemmTileRows = 64;
 // team size, which OpenBLAS's OpenMP build changes as a side effect (omp_set_num_threads)
 // and which other modules' parallel regions without a num_threads clause would inherit.
 class ScopedBlasThreads {
-public:
-    explicit ScopedBlasThreads(int n) : saved_blas_(openblas_get_num_threads()), saved_omp_(omp_get_max_threads()) {
+  public:
+    explicit ScopedBlasThreads(int n)
+        : saved_blas_(openblas_get_num_threads()), saved_omp_(omp_get_max_threads()) {
         openblas_set_num_threads(n);
     }
     ~ScopedBlasThreads() {
@@ -46,7 +47,7 @@ public:
     ScopedBlasThreads(const ScopedBlasThreads&) = delete;
     ScopedBlasThreads& operator=(const ScopedBlasThreads&) = delete;
 
-private:
+  private:
     int saved_blas_;
     int saved_omp_;
 };
@@ -64,8 +65,8 @@ void gemv_rows(int64_t n, int64_t m, const Tensor& w, float* out, int n_threads,
 // The same for the quantised formats, kVecDotMaxRows tokens per call of `dot_rows` so that each
 // weight block is unpacked once per group of tokens.
 template <class Block, class DotRows>
-void gemv_rows_quantized(int64_t n, int64_t m, const Tensor& w, const std::vector<ActBlockQ8>& xq, float* out,
-                         int n_threads, DotRows dot_rows) {
+void gemv_rows_quantized(int64_t n, int64_t m, const Tensor& w, const std::vector<ActBlockQ8>& xq,
+                         float* out, int n_threads, DotRows dot_rows) {
     const int64_t nb = w.dim(1) / 32;
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
     for (int64_t j = 0; j < m; ++j) {
@@ -96,16 +97,19 @@ void cpu_matmul_gemv(const Tensor& x, const Tensor& w, const Tensor& out, int n_
     float* y = out.f32();
     switch (w.dtype) {
         case DType::kQ4_0:
-            gemv_rows_quantized<BlockQ4_0>(n, m, w, quantize_activations(xf, n, k, quantize_activation_q8_0), y,
-                                           n_threads, vec_dot_rows_q4_0_q8_0);
+            gemv_rows_quantized<BlockQ4_0>(n, m, w,
+                                           quantize_activations(xf, n, k, quantize_activation_q8_0),
+                                           y, n_threads, vec_dot_rows_q4_0_q8_0);
             return;
         case DType::kQ8_0:
-            gemv_rows_quantized<BlockQ8_0>(n, m, w, quantize_activations(xf, n, k, quantize_activation_q8_0), y,
-                                           n_threads, vec_dot_rows_q8_0_q8_0);
+            gemv_rows_quantized<BlockQ8_0>(n, m, w,
+                                           quantize_activations(xf, n, k, quantize_activation_q8_0),
+                                           y, n_threads, vec_dot_rows_q8_0_q8_0);
             return;
         case DType::kQ4_1:
-            gemv_rows_quantized<BlockQ4_1>(n, m, w, quantize_activations(xf, n, k, quantize_activation_q8_1), y,
-                                           n_threads, vec_dot_rows_q4_1_q8_1);
+            gemv_rows_quantized<BlockQ4_1>(n, m, w,
+                                           quantize_activations(xf, n, k, quantize_activation_q8_1),
+                                           y, n_threads, vec_dot_rows_q4_1_q8_1);
             return;
         case DType::kF32:
             gemv_rows(n, m, w, y, n_threads, [&](const uint8_t* row, int64_t i) {
@@ -125,7 +129,7 @@ void cpu_matmul_gemv(const Tensor& x, const Tensor& w, const Tensor& out, int n_
         default:
             break;
     }
-    // Any other dtype: dequantise each weight row into a per-thread scratch row, then f32 dots.
+        // Any other dtype: dequantise each weight row into a per-thread scratch row, then f32 dots.
 #pragma omp parallel num_threads(n_threads)
     {
         std::vector<float> w_row(static_cast<size_t>(k));  // (k,)
@@ -142,9 +146,9 @@ void cpu_matmul_gemm(const Tensor& x, const Tensor& w, const Tensor& out, int n_
     const int64_t n = x.dim(0), k = x.dim(1), m = w.dim(0);
     if (w.dtype == DType::kF32) {
         ScopedBlasThreads blas_threads(n_threads);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(m),
-                    static_cast<int>(k), 1.0f, x.f32(), static_cast<int>(k), w.ptr<float>(), static_cast<int>(k),
-                    0.0f, out.f32(), static_cast<int>(m));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
+                    static_cast<int>(m), static_cast<int>(k), 1.0f, x.f32(), static_cast<int>(k),
+                    w.ptr<float>(), static_cast<int>(k), 0.0f, out.f32(), static_cast<int>(m));
         return;
     }
     const int64_t n_tiles = (m + kGemmTileRows - 1) / kGemmTileRows;
@@ -158,10 +162,12 @@ void cpu_matmul_gemm(const Tensor& x, const Tensor& w, const Tensor& out, int n_
 #pragma omp for schedule(dynamic)
         for (int64_t t = 0; t < n_tiles; ++t) {
             const int64_t j0 = t * kGemmTileRows, rows = std::min(kGemmTileRows, m - j0);
-            for (int64_t r = 0; r < rows; ++r) dequantize_row(w.dtype, w.row_ptr(j0 + r), tile.data() + r * k, k);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(rows),
-                        static_cast<int>(k), 1.0f, x.f32(), static_cast<int>(k), tile.data(), static_cast<int>(k),
-                        0.0f, out.f32() + j0, static_cast<int>(m));
+            for (int64_t r = 0; r < rows; ++r)
+                dequantize_row(w.dtype, w.row_ptr(j0 + r), tile.data() + r * k, k);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
+                        static_cast<int>(rows), static_cast<int>(k), 1.0f, x.f32(),
+                        static_cast<int>(k), tile.data(), static_cast<int>(k), 0.0f, out.f32() + j0,
+                        static_cast<int>(m));
         }
     }
 }

@@ -1,9 +1,9 @@
 #include "backend/cpu/vec-dot.h"
 
+#include <type_traits>
+
 #include "core/fp16.h"
 #include "core/status.h"
-
-#include <type_traits>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define PURBO_VEC_DOT_AVX2 1
@@ -57,8 +57,7 @@ float vec_dot_q4_1_q8_1_scalar(int64_t nb, const BlockQ4_1* x, const ActBlockQ8*
             isum += (x[b].qs[i] & 0x0f) * y[b].qs[i];
             isum += (x[b].qs[i] >> 4) * y[b].qs[i + kQK4_1 / 2];
         }
-        sum += f16_to_f32(x[b].d) * y[b].d * static_cast<float>(isum) +
-               f16_to_f32(x[b].m) * y[b].s;
+        sum += f16_to_f32(x[b].d) * y[b].d * static_cast<float>(isum) + f16_to_f32(x[b].m) * y[b].s;
     }
     return sum;
 }
@@ -113,7 +112,8 @@ __m256i block_sums(const BlockQ4_0& x, const ActBlockQ8& y) {
     return dot_s8_s8(qx, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs)));
 }
 __m256i block_sums(const BlockQ4_1& x, const ActBlockQ8& y) {
-    return dot_u8_s8(unpack_nibbles(x.qs), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs)));
+    return dot_u8_s8(unpack_nibbles(x.qs),
+                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs)));
 }
 __m256i block_sums(const BlockQ8_0& x, const ActBlockQ8& y) {
     return dot_s8_s8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs)),
@@ -125,11 +125,12 @@ __m256i block_sums(const BlockQ8_0& x, const ActBlockQ8& y) {
 // blocks take the same SIMD body one at a time (a scalar tail cost x2 at k = 576, 18 blocks).
 template <class Block>
 float vec_dot_blocks(int64_t nb, const Block* x, const ActBlockQ8* y) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
     float sum_min = 0;
     auto step = [&](int64_t b, int u) {
-        acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b].d) * y[b].d), _mm256_cvtepi32_ps(block_sums(x[b], y[b])),
-                                 acc[u]);
+        acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b].d) * y[b].d),
+                                 _mm256_cvtepi32_ps(block_sums(x[b], y[b])), acc[u]);
         if constexpr (std::is_same_v<Block, BlockQ4_1>) sum_min += f16_to_f32(x[b].m) * y[b].s;
     };
     int64_t b = 0;
@@ -137,20 +138,28 @@ float vec_dot_blocks(int64_t nb, const Block* x, const ActBlockQ8* y) {
         for (int u = 0; u < 4; ++u) step(b + u, u);
     }
     for (; b < nb; ++b) step(b, 0);
-    return hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) + sum_min;
+    return hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) +
+           sum_min;
 }
 
 }  // namespace
 
-float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y) { return vec_dot_blocks(nb, x, y); }
-float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y) { return vec_dot_blocks(nb, x, y); }
-float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y) { return vec_dot_blocks(nb, x, y); }
+float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y) {
+    return vec_dot_blocks(nb, x, y);
+}
+float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y) {
+    return vec_dot_blocks(nb, x, y);
+}
+float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y) {
+    return vec_dot_blocks(nb, x, y);
+}
 
 namespace {
 
 // One weight row against R activation rows; each weight block is loaded and unpacked once.
 template <int R>
-void dot_rows_q4_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y, int64_t y_stride, float* out) {
+void dot_rows_q4_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y, int64_t y_stride,
+                   float* out) {
     __m256 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
     const __m256i eight = _mm256_set1_epi8(8);
@@ -160,15 +169,18 @@ void dot_rows_q4_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y, int64_t 
         const float dx = f16_to_f32(x[b].d);
         for (int r = 0; r < R; ++r) {
             const ActBlockQ8& yb = y[r * y_stride + b];
-            const __m256i sy = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(yb.qs)), qx);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * yb.d), _mm256_cvtepi32_ps(dot_u8_s8(ax, sy)), acc[r]);
+            const __m256i sy =
+                _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(yb.qs)), qx);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * yb.d),
+                                     _mm256_cvtepi32_ps(dot_u8_s8(ax, sy)), acc[r]);
         }
     }
     for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
 template <int R>
-void dot_rows_q4_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t y_stride, float* out) {
+void dot_rows_q4_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t y_stride,
+                   float* out) {
     __m256 acc[R];
     float sum_min[R];  // sum_b mx_b s_b
     for (int r = 0; r < R; ++r) {
@@ -181,7 +193,8 @@ void dot_rows_q4_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t 
         for (int r = 0; r < R; ++r) {
             const ActBlockQ8& yb = y[r * y_stride + b];
             const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(yb.qs));
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * yb.d), _mm256_cvtepi32_ps(dot_u8_s8(qx, qy)), acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * yb.d),
+                                     _mm256_cvtepi32_ps(dot_u8_s8(qx, qy)), acc[r]);
             sum_min[r] += mx * yb.s;
         }
     }
@@ -189,7 +202,8 @@ void dot_rows_q4_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t 
 }
 
 template <int R>
-void dot_rows_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t y_stride, float* out) {
+void dot_rows_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t y_stride,
+                   float* out) {
     __m256 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
@@ -198,8 +212,10 @@ void dot_rows_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t 
         const float dx = f16_to_f32(x[b].d);
         for (int r = 0; r < R; ++r) {
             const ActBlockQ8& yb = y[r * y_stride + b];
-            const __m256i sy = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(yb.qs)), qx);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * yb.d), _mm256_cvtepi32_ps(dot_u8_s8(ax, sy)), acc[r]);
+            const __m256i sy =
+                _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(yb.qs)), qx);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * yb.d),
+                                     _mm256_cvtepi32_ps(dot_u8_s8(ax, sy)), acc[r]);
         }
     }
     for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
@@ -207,37 +223,47 @@ void dot_rows_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t 
 
 // Runtime row count -> template constant (2..4; one row has its own unrolled kernel).
 template <class Block, class Single>
-void dispatch_rows(int64_t nb, const Block* x, const ActBlockQ8* y, int64_t y_stride, int n_rows, float* out,
-                   Single single, void (*r2)(int64_t, const Block*, const ActBlockQ8*, int64_t, float*),
+void dispatch_rows(int64_t nb, const Block* x, const ActBlockQ8* y, int64_t y_stride, int n_rows,
+                   float* out, Single single,
+                   void (*r2)(int64_t, const Block*, const ActBlockQ8*, int64_t, float*),
                    void (*r3)(int64_t, const Block*, const ActBlockQ8*, int64_t, float*),
                    void (*r4)(int64_t, const Block*, const ActBlockQ8*, int64_t, float*)) {
     switch (n_rows) {
-        case 1: out[0] = single(nb, x, y); return;
-        case 2: r2(nb, x, y, y_stride, out); return;
-        case 3: r3(nb, x, y, y_stride, out); return;
-        case 4: r4(nb, x, y, y_stride, out); return;
-        default: PURBO_ASSERT(false, "vec_dot_rows: {} rows (1..{})", n_rows, kVecDotMaxRows);
+        case 1:
+            out[0] = single(nb, x, y);
+            return;
+        case 2:
+            r2(nb, x, y, y_stride, out);
+            return;
+        case 3:
+            r3(nb, x, y, y_stride, out);
+            return;
+        case 4:
+            r4(nb, x, y, y_stride, out);
+            return;
+        default:
+            PURBO_ASSERT(false, "vec_dot_rows: {} rows (1..{})", n_rows, kVecDotMaxRows);
     }
 }
 
 }  // namespace
 
-void vec_dot_rows_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y, int64_t y_stride, int n_rows,
-                            float* out) {
-    dispatch_rows(nb, x, y, y_stride, n_rows, out, vec_dot_q4_0_q8_0, dot_rows_q4_0<2>, dot_rows_q4_0<3>,
-                  dot_rows_q4_0<4>);
+void vec_dot_rows_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y, int64_t y_stride,
+                            int n_rows, float* out) {
+    dispatch_rows(nb, x, y, y_stride, n_rows, out, vec_dot_q4_0_q8_0, dot_rows_q4_0<2>,
+                  dot_rows_q4_0<3>, dot_rows_q4_0<4>);
 }
 
-void vec_dot_rows_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t y_stride, int n_rows,
-                            float* out) {
-    dispatch_rows(nb, x, y, y_stride, n_rows, out, vec_dot_q4_1_q8_1, dot_rows_q4_1<2>, dot_rows_q4_1<3>,
-                  dot_rows_q4_1<4>);
+void vec_dot_rows_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t y_stride,
+                            int n_rows, float* out) {
+    dispatch_rows(nb, x, y, y_stride, n_rows, out, vec_dot_q4_1_q8_1, dot_rows_q4_1<2>,
+                  dot_rows_q4_1<3>, dot_rows_q4_1<4>);
 }
 
-void vec_dot_rows_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t y_stride, int n_rows,
-                            float* out) {
-    dispatch_rows(nb, x, y, y_stride, n_rows, out, vec_dot_q8_0_q8_0, dot_rows_q8_0<2>, dot_rows_q8_0<3>,
-                  dot_rows_q8_0<4>);
+void vec_dot_rows_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t y_stride,
+                            int n_rows, float* out) {
+    dispatch_rows(nb, x, y, y_stride, n_rows, out, vec_dot_q8_0_q8_0, dot_rows_q8_0<2>,
+                  dot_rows_q8_0<3>, dot_rows_q8_0<4>);
 }
 
 float vec_dot_f32(int64_t k, const float* w, const float* x) {
@@ -257,7 +283,8 @@ float vec_dot_f16_f32(int64_t k, const uint16_t* w, const float* x) {
     int64_t i = 0;
     for (; i + 16 <= k; i += 16) {
         const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
-        const __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i + 8)));
+        const __m256 w1 =
+            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i + 8)));
         acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), acc0);
         acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), acc1);
     }
@@ -271,7 +298,8 @@ float vec_dot_bf16_f32(int64_t k, const uint16_t* w, const float* x) {
     int64_t i = 0;
     // bf16 -> f32 is a 16-bit left shift of the bits.
     auto load = [](const uint16_t* p) {
-        const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+        const __m256i wide =
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
         return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
     };
     for (; i + 16 <= k; i += 16) {
@@ -285,22 +313,28 @@ float vec_dot_bf16_f32(int64_t k, const uint16_t* w, const float* x) {
 
 #else  // portable fallbacks
 
-void vec_dot_rows_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y, int64_t y_stride, int n_rows,
-                            float* out) {
+void vec_dot_rows_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y, int64_t y_stride,
+                            int n_rows, float* out) {
     for (int r = 0; r < n_rows; ++r) out[r] = vec_dot_q4_0_q8_0_scalar(nb, x, y + r * y_stride);
 }
-void vec_dot_rows_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t y_stride, int n_rows,
-                            float* out) {
+void vec_dot_rows_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t y_stride,
+                            int n_rows, float* out) {
     for (int r = 0; r < n_rows; ++r) out[r] = vec_dot_q4_1_q8_1_scalar(nb, x, y + r * y_stride);
 }
-void vec_dot_rows_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t y_stride, int n_rows,
-                            float* out) {
+void vec_dot_rows_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t y_stride,
+                            int n_rows, float* out) {
     for (int r = 0; r < n_rows; ++r) out[r] = vec_dot_q8_0_q8_0_scalar(nb, x, y + r * y_stride);
 }
 
-float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y) { return vec_dot_q4_0_q8_0_scalar(nb, x, y); }
-float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y) { return vec_dot_q4_1_q8_1_scalar(nb, x, y); }
-float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y) { return vec_dot_q8_0_q8_0_scalar(nb, x, y); }
+float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y) {
+    return vec_dot_q4_0_q8_0_scalar(nb, x, y);
+}
+float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y) {
+    return vec_dot_q4_1_q8_1_scalar(nb, x, y);
+}
+float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y) {
+    return vec_dot_q8_0_q8_0_scalar(nb, x, y);
+}
 
 float vec_dot_f32(int64_t k, const float* w, const float* x) {
     float sum = 0;

@@ -41,12 +41,12 @@ float vec_dot_q8_0_q8_0_scalar(int64_t nb, const BlockQ8_0* x, const ActBlockQ8*
 // row r at y + r * y_stride: each weight block is unpacked once for all of them, which is what
 // makes a GEMV over a few tokens cheaper than n single ones. out[r] for r < n_rows.
 constexpr int kVecDotMaxRows = 4;
-void vec_dot_rows_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y, int64_t y_stride, int n_rows,
-                            float* out);
-void vec_dot_rows_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t y_stride, int n_rows,
-                            float* out);
-void vec_dot_rows_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t y_stride, int n_rows,
-                            float* out);
+void vec_dot_rows_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y, int64_t y_stride,
+                            int n_rows, float* out);
+void vec_dot_rows_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t y_stride,
+                            int n_rows, float* out);
+void vec_dot_rows_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t y_stride,
+                            int n_rows, float* out);
 
 // k = number of elements; w in the weight's dtype, x f32; fp32 accumulation.
 float vec_dot_f32(int64_t k, const float* w, const float* x);
