@@ -915,6 +915,38 @@ TEST(VecDot, RowsMatchScalar) {
     check(vec_dot_rows_q8_0_q8_0, vec_dot_q8_0_q8_0_scalar, x80.data(), y0);
 }
 
+// Every output element of the GEMV, the tiled GEMM and attention is computed by one thread in
+// a fixed order, so the thread count must not change a single bit.
+TEST(CpuThreads, ThreadCountDoesNotChangeResults) {
+    std::mt19937 rng(5);
+    const int64_t k = 576, m = 300;
+    Tensor w = random_weight(rng, DType::kQ4_1, m, k);
+    Tensor k_cache = host_f32({1, 3, 256, 64}, random_floats(rng, 3 * 256 * 64));
+    Tensor v_cache = host_f32({1, 3, 256, 64}, random_floats(rng, 3 * 256 * 64));
+    std::vector<std::vector<float>> results;
+    for (int n_threads : {1, 2, 3}) {
+        auto backend = backend_create("cpu", BackendOptions{n_threads});
+        ASSERT_TRUE(backend.is_ok());
+        std::vector<float> all;
+        for (int64_t n : {1, 5, 40}) {  // GEMV, multi-token GEMV, tiled GEMM
+            std::mt19937 xr(static_cast<uint32_t>(n));
+            Tensor x = host_f32({n, k}, random_floats(xr, n * k));
+            Tensor out = tensor_cpu(DType::kF32, {n, m});
+            ASSERT_TRUE((*backend)->matmul(x, w, out).is_ok());
+            all.insert(all.end(), out.f32(), out.f32() + n * m);
+        }
+        std::mt19937 qr(9);
+        Tensor q = host_f32({4, 9, 64}, random_floats(qr, 4 * 9 * 64));
+        Tensor att = tensor_cpu(DType::kF32, {4, 9, 64});
+        const int32_t seq[] = {0, 0, 0, 0}, pos[] = {200, 201, 202, 255};
+        ASSERT_TRUE((*backend)->attention(q, {k_cache, v_cache}, {seq, pos}, {0.125f, 0, 0}, att).is_ok());
+        all.insert(all.end(), att.f32(), att.f32() + att.numel());
+        results.push_back(std::move(all));
+    }
+    EXPECT_EQ(results[0], results[1]);
+    EXPECT_EQ(results[0], results[2]);
+}
+
 TEST(BackendAvailable, OracleFirstThenCpu) {
     const std::vector<std::string> names = backend_available();
     ASSERT_GE(names.size(), 2u);
