@@ -5,7 +5,8 @@
 //    q8_0 weights the activation rows are quantised to q8_0 once per call, for q4_1 to q8_1,
 //    and each output is an integer block dot product (vec-dot.h); f32/f16/bf16 weights are
 //    dotted directly against the f32 activations. Parallel over output rows; the n tokens
-//    are the inner loop so each weight row is loaded from memory once.
+//    are the inner loop so each weight row is loaded from memory once, and for quantised
+//    weights each block is unpacked once per group of kVecDotMaxRows tokens.
 //  - GEMM (prefill, n large): f32 weights go to one multithreaded cblas_sgemm. Other dtypes
 //    are dequantised in tiles of kGemmTileRows rows by each thread into its own scratch
 //    buffer, and each tile is one single-threaded sgemm, so no f32 copy of the whole weight
