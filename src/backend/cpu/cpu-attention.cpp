@@ -79,19 +79,25 @@ KeyRanges visible_ranges(int64_t p, const AttentionParams& params) {
     return {{0, window_begin}, {sink_end, p + 1}};
 }
 
-// Online softmax (Milakov & Gimelshein 2018) for the heads_per_kv query heads of one KV head:
-// running max m, running sum l, running weighted sum acc, rescaled once per chunk of keys.
-void attend_group(const float* q, int64_t heads_per_kv, int64_t d, const float* keys,
-                  const float* values, const KeyRanges& ranges, float scale, float* out,
-                  float* scores, float* acc) {
-    // q, out (heads_per_kv, d); keys, values (c, d); scores (heads_per_kv, kKeyChunk);
-    // acc (heads_per_kv, d)
-    std::vector<float> m(static_cast<size_t>(heads_per_kv),
-                         -std::numeric_limits<float>::infinity());
-    std::vector<float> l(static_cast<size_t>(heads_per_kv), 0.0f);
-    std::fill(acc, acc + heads_per_kv * d, 0.0f);
+// Softmax state of one query head over a set of keys (Milakov & Gimelshein 2018): running max
+// m, running sum l = sum_j exp(s_j - m), running weighted sum acc = sum_j exp(s_j - m) v_j.
+// States over disjoint key sets merge exactly, which lets one query's keys be split across
+// threads (flash-decoding).
+struct SoftmaxState {
+    float* m;    // (heads_per_kv,)
+    float* l;    // (heads_per_kv,)
+    float* acc;  // (heads_per_kv, d)
+};
+
+// Adds the visible keys in [lo, hi) to the states of the heads_per_kv query heads of one KV
+// head, rescaling once per chunk of kKeyChunk keys.
+void attend_partial(const float* q, int64_t heads_per_kv, int64_t d, const float* keys,
+                    const float* values, const KeyRanges& ranges, int64_t lo, int64_t hi,
+                    float scale, float* scores, const SoftmaxState& state) {
+    // q (heads_per_kv, d); keys, values (c, d); scores (heads_per_kv, kKeyChunk)
     for (int range = 0; range < 2; ++range) {
-        const int64_t begin = ranges.begin[range], end = ranges.end[range];
+        const int64_t begin = std::max(lo, ranges.begin[range]);
+        const int64_t end = std::min(hi, ranges.end[range]);
         for (int64_t j0 = begin; j0 < end; j0 += kKeyChunk) {
             const int64_t nj = std::min(kKeyChunk, end - j0);
             for (int64_t hq = 0; hq < heads_per_kv; ++hq) {
@@ -106,10 +112,10 @@ void attend_group(const float* q, int64_t heads_per_kv, int64_t d, const float* 
                     sh[t] = dot * scale;
                     chunk_max = std::max(chunk_max, sh[t]);
                 }
-                const float new_m = std::max(m[hq], chunk_max);
-                const float correction = std::exp(m[hq] - new_m);  // 0 on the first chunk
-                float* ah = acc + hq * d;
-                float sum = l[hq] * correction;
+                const float new_m = std::max(state.m[hq], chunk_max);
+                const float correction = std::exp(state.m[hq] - new_m);  // 0 on the first chunk
+                float* ah = state.acc + hq * d;
+                float sum = state.l[hq] * correction;
 #pragma omp simd
                 for (int64_t e = 0; e < d; ++e) ah[e] *= correction;
                 for (int64_t t = 0; t < nj; ++t) {
@@ -119,40 +125,85 @@ void attend_group(const float* q, int64_t heads_per_kv, int64_t d, const float* 
 #pragma omp simd
                     for (int64_t e = 0; e < d; ++e) ah[e] += weight * vj[e];
                 }
-                l[hq] = sum;
-                m[hq] = new_m;
+                state.l[hq] = sum;
+                state.m[hq] = new_m;
             }
         }
     }
-    for (int64_t hq = 0; hq < heads_per_kv; ++hq) {
-        const float inv = 1.0f / l[hq];  // l >= 1: the query's own position is always visible
-        for (int64_t e = 0; e < d; ++e) out[hq * d + e] = acc[hq * d + e] * inv;
-    }
 }
+
+// Below this many (token, KV head) tasks the keys of each task are split into slices of
+// kSplitKeys positions, so decode over a long context keeps every core busy. Speed only; the
+// split depends on the shapes alone, never on the thread count, so results do not either.
+constexpr int64_t kMinTasksWithoutSplit = 32;
+constexpr int64_t kSplitKeys = 256;
 
 }  // namespace
 
-// Parallel over (token, KV head); the query heads sharing a KV head are processed together
-// so each key and value row is read once per group.
+// Parallel over (token, KV head, key slice); the query heads sharing a KV head are processed
+// together so each key and value row is read once per group. Then the slices' states merge:
+// M = max_s m_s, l = sum_s l_s exp(m_s - M), acc = sum_s acc_s exp(m_s - M), out = acc / l.
 Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                              const AttentionParams& params, const Tensor& out) {
     PURBO_TRY(check_attention(q, cache, place, params, out));
     // q, out (n, h, d); cache (s, g, c, d)
     const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), g = cache.k.dim(1), c = cache.k.dim(2);
     const int64_t heads_per_kv = h / g;
-#pragma omp parallel num_threads(n_threads_) if (n * g > 1)
+    int64_t max_pos = 0;
+    for (int32_t p : place.pos) max_pos = std::max<int64_t>(max_pos, p);
+    const int64_t n_splits =
+        n * g >= kMinTasksWithoutSplit ? 1 : (max_pos + kSplitKeys) / kSplitKeys;
+    const int64_t split_keys = n_splits == 1 ? max_pos + 1 : kSplitKeys;
+    // Per (token, KV head, slice): m (heads_per_kv,), l (heads_per_kv,), acc (heads_per_kv, d).
+    const int64_t state_floats = heads_per_kv * (d + 2);
+    std::vector<float> states(static_cast<size_t>(n * g * n_splits * state_floats));
+    auto state_at = [&](int64_t i, int64_t kv, int64_t split) {
+        float* base = states.data() + ((i * g + kv) * n_splits + split) * state_floats;
+        return SoftmaxState{base, base + heads_per_kv, base + 2 * heads_per_kv};
+    };
+#pragma omp parallel num_threads(n_threads_) if (n * g * n_splits > 1)
     {
         std::vector<float> scores(static_cast<size_t>(heads_per_kv * kKeyChunk));
-        std::vector<float> acc(static_cast<size_t>(heads_per_kv * d));
-#pragma omp for collapse(2) schedule(dynamic)
+#pragma omp for collapse(3) schedule(dynamic)
         for (int64_t i = 0; i < n; ++i) {
             for (int64_t kv = 0; kv < g; ++kv) {
-                const int64_t base = (place.seq[i] * g + kv) * c * d;
-                const int64_t head0 = kv * heads_per_kv;
-                attend_group(q.f32() + (i * h + head0) * d, heads_per_kv, d, cache.k.f32() + base,
-                             cache.v.f32() + base, visible_ranges(place.pos[i], params),
-                             params.scale, out.f32() + (i * h + head0) * d, scores.data(),
-                             acc.data());
+                for (int64_t split = 0; split < n_splits; ++split) {
+                    const SoftmaxState state = state_at(i, kv, split);
+                    std::fill(state.m, state.m + heads_per_kv,
+                              -std::numeric_limits<float>::infinity());
+                    std::fill(state.l, state.acc + heads_per_kv * d, 0.0f);
+                    const int64_t base = (place.seq[i] * g + kv) * c * d;
+                    attend_partial(q.f32() + (i * h + kv * heads_per_kv) * d, heads_per_kv, d,
+                                   cache.k.f32() + base, cache.v.f32() + base,
+                                   visible_ranges(place.pos[i], params), split * split_keys,
+                                   (split + 1) * split_keys, params.scale, scores.data(), state);
+                }
+            }
+        }
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t i = 0; i < n; ++i) {
+            for (int64_t kv = 0; kv < g; ++kv) {
+                for (int64_t hq = 0; hq < heads_per_kv; ++hq) {
+                    float max_m = -std::numeric_limits<float>::infinity();
+                    for (int64_t split = 0; split < n_splits; ++split)
+                        max_m = std::max(max_m, state_at(i, kv, split).m[hq]);
+                    float* o = out.f32() + (i * h + kv * heads_per_kv + hq) * d;
+                    std::fill(o, o + d, 0.0f);
+                    float l = 0;
+                    for (int64_t split = 0; split < n_splits; ++split) {
+                        const SoftmaxState st = state_at(i, kv, split);
+                        if (st.l[hq] == 0) continue;  // a slice without visible keys
+                        const float w = std::exp(st.m[hq] - max_m);
+                        l += st.l[hq] * w;
+                        const float* a = st.acc + hq * d;
+#pragma omp simd
+                        for (int64_t e = 0; e < d; ++e) o[e] += a[e] * w;
+                    }
+                    // l >= 1: the query's own position is always visible.
+                    const float inv = 1.0f / l;
+#pragma omp simd
+                    for (int64_t e = 0; e < d; ++e) o[e] *= inv;
+                }
             }
         }
     }
