@@ -3,8 +3,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <span>
 #include <vector>
 
+#include "backend/cpu/blas-threads.h"
 #include "backend/cpu/cpu-backend.h"
 #include "backend/op-checks.h"
 
@@ -138,6 +140,110 @@ void attend_partial(const float* q, int64_t heads_per_kv, int64_t d, const float
 constexpr int64_t kMinTasksWithoutSplit = 32;
 constexpr int64_t kSplitKeys = 256;
 
+// Prefill: consecutive tokens of one sequence share their keys, so a block of up to
+// kQueryBlock tokens x heads_per_kv query heads is scored against a chunk of kKeyBlock keys
+// with two sgemm calls (S = Q K^T, O += P V), FlashAttention-2 style: online softmax per
+// query row, memory O(rows x (kKeyBlock + d)) per task whatever the context length.
+constexpr int64_t kQueryBlock = 32;
+constexpr int64_t kKeyBlock = 128;
+
+// Runs of consecutive tokens with the same sequence slot, at most kQueryBlock long.
+struct TokenRun {
+    int64_t begin;
+    int64_t count;
+};
+
+std::vector<TokenRun> token_runs(const TokenPlacement& place) {
+    std::vector<TokenRun> runs;
+    const int64_t n = static_cast<int64_t>(place.seq.size());
+    for (int64_t i = 0; i < n; ++i) {
+        if (!runs.empty() && place.seq[i] == place.seq[runs.back().begin] &&
+            runs.back().count < kQueryBlock) {
+            ++runs.back().count;
+        } else {
+            runs.push_back({i, 1});
+        }
+    }
+    return runs;
+}
+
+// One (run, KV head) task. q, out (n, h, d) of the whole batch; keys, values (c, d).
+void attend_block(const float* q, float* out, int64_t h, int64_t heads_per_kv, int64_t d,
+                  int64_t kv, const TokenRun& run, std::span<const int32_t> pos, const float* keys,
+                  const float* values, const AttentionParams& params, std::vector<float>& buffer) {
+    const int64_t rows = run.count * heads_per_kv;  // row r: token r / heads_per_kv
+    buffer.resize(static_cast<size_t>(rows * (2 * d + kKeyBlock + 2)));
+    float* qb = buffer.data();          // (rows, d)
+    float* ob = qb + rows * d;          // (rows, d)
+    float* sb = ob + rows * d;          // (rows, kKeyBlock)
+    float* mb = sb + rows * kKeyBlock;  // (rows,)
+    float* lb = mb + rows;              // (rows,)
+    for (int64_t t = 0; t < run.count; ++t) {
+        const float* src = q + ((run.begin + t) * h + kv * heads_per_kv) * d;
+        std::copy(src, src + heads_per_kv * d, qb + t * heads_per_kv * d);
+    }
+    std::fill(ob, ob + rows * d, 0.0f);
+    std::fill(mb, mb + rows, -std::numeric_limits<float>::infinity());
+    std::fill(lb, lb + rows, 0.0f);
+    std::vector<KeyRanges> ranges(static_cast<size_t>(run.count));
+    int64_t max_pos = 0;
+    for (int64_t t = 0; t < run.count; ++t) {
+        ranges[static_cast<size_t>(t)] = visible_ranges(pos[run.begin + t], params);
+        max_pos = std::max<int64_t>(max_pos, pos[run.begin + t]);
+    }
+    for (int64_t j0 = 0; j0 <= max_pos; j0 += kKeyBlock) {
+        const int64_t nj = std::min(kKeyBlock, max_pos + 1 - j0);
+        bool any_visible = false;  // skip chunks no query of the block sees (window, causal)
+        for (const KeyRanges& r : ranges) {
+            for (int k = 0; k < 2; ++k)
+                any_visible |= std::max(j0, r.begin[k]) < std::min(j0 + nj, r.end[k]);
+        }
+        if (!any_visible) continue;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
+                    static_cast<int>(nj), static_cast<int>(d), params.scale, qb,
+                    static_cast<int>(d), keys + j0 * d, static_cast<int>(d), 0.0f, sb,
+                    static_cast<int>(kKeyBlock));
+        for (int64_t r = 0; r < rows; ++r) {
+            const KeyRanges& kr = ranges[static_cast<size_t>(r / heads_per_kv)];
+            float* sr = sb + r * kKeyBlock;
+            float chunk_max = -std::numeric_limits<float>::infinity();
+            for (int64_t t = 0; t < nj; ++t) {
+                const int64_t j = j0 + t;
+                const bool visible =
+                    (j >= kr.begin[0] && j < kr.end[0]) || (j >= kr.begin[1] && j < kr.end[1]);
+                if (!visible) sr[t] = -std::numeric_limits<float>::infinity();
+                chunk_max = std::max(chunk_max, sr[t]);
+            }
+            if (chunk_max == -std::numeric_limits<float>::infinity()) {
+                std::fill(sr, sr + nj, 0.0f);  // this row sees none of the chunk: P row = 0
+                continue;
+            }
+            const float new_m = std::max(mb[r], chunk_max);
+            const float correction = std::exp(mb[r] - new_m);  // 0 on the row's first chunk
+            float sum = 0;
+            for (int64_t t = 0; t < nj; ++t) {
+                sr[t] = std::exp(sr[t] - new_m);  // exp(-inf) = 0 for masked keys
+                sum += sr[t];
+            }
+            lb[r] = lb[r] * correction + sum;
+            mb[r] = new_m;
+            float* orow = ob + r * d;
+#pragma omp simd
+            for (int64_t e = 0; e < d; ++e) orow[e] *= correction;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows),
+                    static_cast<int>(d), static_cast<int>(nj), 1.0f, sb,
+                    static_cast<int>(kKeyBlock), values + j0 * d, static_cast<int>(d), 1.0f, ob,
+                    static_cast<int>(d));
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t t = r / heads_per_kv, hq = r % heads_per_kv;
+        float* dst = out + ((run.begin + t) * h + kv * heads_per_kv + hq) * d;
+        const float inv = 1.0f / lb[r];  // l >= 1: the query's own position is always visible
+        for (int64_t e = 0; e < d; ++e) dst[e] = ob[r * d + e] * inv;
+    }
+}
+
 }  // namespace
 
 // Parallel over (token, KV head, key slice); the query heads sharing a KV head are processed
@@ -149,6 +255,25 @@ Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const To
     // q, out (n, h, d); cache (s, g, c, d)
     const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), g = cache.k.dim(1), c = cache.k.dim(2);
     const int64_t heads_per_kv = h / g;
+    const std::vector<TokenRun> runs = token_runs(place);
+    if (static_cast<int64_t>(runs.size()) < n) {  // some tokens share a sequence: prefill
+        const int64_t n_runs = static_cast<int64_t>(runs.size());
+        ScopedBlasThreads blas_threads(1);  // one sgemm per thread (see blas-threads.h)
+#pragma omp parallel num_threads(n_threads_)
+        {
+            std::vector<float> buffer;
+#pragma omp for collapse(2) schedule(dynamic)
+            for (int64_t r = 0; r < n_runs; ++r) {
+                for (int64_t kv = 0; kv < g; ++kv) {
+                    const int64_t base = (place.seq[runs[r].begin] * g + kv) * c * d;
+                    attend_block(q.f32(), out.f32(), h, heads_per_kv, d, kv, runs[r], place.pos,
+                                 cache.k.f32() + base, cache.v.f32() + base, params, buffer);
+                }
+            }
+        }
+        return Status::ok();
+    }
+    // Decode: every token in its own sequence.
     int64_t max_pos = 0;
     for (int32_t p : place.pos) max_pos = std::max<int64_t>(max_pos, p);
     const int64_t n_splits =
