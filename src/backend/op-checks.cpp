@@ -26,6 +26,11 @@ Status check_weight(std::string_view op, const Tensor& w) {
     if (w.ndim != 2)
         return error(StatusCode::kInvalidArgument, "{}: {} must have 2 dims", op,
                      label(w, "weight"));
+    const int64_t block = dtype_traits(w.dtype).block_size;
+    if (w.dim(1) % block != 0)
+        return error(StatusCode::kInvalidArgument,
+                     "{}: {}: rows of {} elements are not whole {}-element blocks of {}", op,
+                     label(w, "weight"), w.dim(1), block, dtype_name(w.dtype));
     if (!dequantize_supported(w.dtype))
         return error(StatusCode::kUnsupported, "{}: {}: dtype {} cannot be read", op,
                      label(w, "weight"), dtype_name(w.dtype));

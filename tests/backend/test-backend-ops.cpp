@@ -768,6 +768,12 @@ TEST(BackendErrors, WrongShapesAndIndicesAreStatuses) {
         EXPECT_EQ(backend->matmul(x, w, out).code(), StatusCode::kInvalidArgument);  // k 64 vs 32
         Tensor w_i32 = tensor_cpu(DType::kI32, {3, 64});
         EXPECT_EQ(backend->matmul(x, w_i32, out).code(), StatusCode::kUnsupported);
+        // A q4_0 view whose rows are not whole 32-element blocks (a malformed file's shape).
+        uint8_t bytes[64] = {};
+        const int64_t ragged[] = {1, 48};
+        Tensor w_ragged = tensor_view(DType::kQ4_0, ragged, bytes);
+        Tensor x48 = tensor_cpu(DType::kF32, {2, 48}), out1 = tensor_cpu(DType::kF32, {2, 1});
+        EXPECT_EQ(backend->matmul(x48, w_ragged, out1).code(), StatusCode::kInvalidArgument);
         Tensor emb = tensor_cpu(DType::kF32, {1, 32});
         const int32_t bad_id[] = {3};
         EXPECT_EQ(backend->embedding(w, bad_id, emb).code(), StatusCode::kInvalidArgument);
