@@ -14,7 +14,8 @@ namespace purbo {
 //   x[i + half] <- x[i] sin + x[i + half] cos
 // with cos and sin scaled by attn_factor. The angle is an f32 product, as Hugging Face
 // computes it (inv_freq @ position_ids in f32).
-Status CpuRefBackend::rope(const Tensor& x, std::span<const int32_t> pos, const RopeParams& params) {
+Status CpuRefBackend::rope(const Tensor& x, std::span<const int32_t> pos,
+                           const RopeParams& params) {
     PURBO_TRY(check_rope(x, pos, params));
     // x (n, heads, d)
     const int64_t n = x.dim(0), heads = x.dim(1), d = x.dim(2), half = params.rotary_dim / 2;
@@ -54,8 +55,9 @@ Status CpuRefBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlac
 
 // out[i, head] = sum_j softmax_j(scale * q . k_j) v_j over the keys j of token i's sequence
 // that attention_key_visible allows. Two passes: scores, then the normalised weighted sum.
-Status CpuRefBackend::attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
-                                const AttentionParams& params, const Tensor& out) {
+Status CpuRefBackend::attention(const Tensor& q, const KvCacheView& cache,
+                                const TokenPlacement& place, const AttentionParams& params,
+                                const Tensor& out) {
     PURBO_TRY(check_attention(q, cache, place, params, out));
     // q, out (n, h, d); cache (s, g, c, d)
     const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), g = cache.k.dim(1), c = cache.k.dim(2);
@@ -66,7 +68,7 @@ Status CpuRefBackend::attention(const Tensor& q, const KvCacheView& cache, const
         for (int64_t hd = 0; hd < h; ++hd) {
             const float* qv = q.f32() + (i * h + hd) * d;
             const int64_t base = (place.seq[i] * g + hd / heads_per_kv) * c * d;
-            const float* keys = cache.k.f32() + base;  // (c, d)
+            const float* keys = cache.k.f32() + base;    // (c, d)
             const float* values = cache.v.f32() + base;  // (c, d)
             double max_score = -std::numeric_limits<double>::infinity();
             for (int64_t j = 0; j <= p; ++j) {
@@ -82,10 +84,12 @@ Status CpuRefBackend::attention(const Tensor& q, const KvCacheView& cache, const
                 if (!attention_key_visible(j, p, params)) continue;
                 const double weight = std::exp(scores[static_cast<size_t>(j)] - max_score);
                 sum += weight;
-                for (int64_t e = 0; e < d; ++e) acc[static_cast<size_t>(e)] += weight * values[j * d + e];
+                for (int64_t e = 0; e < d; ++e)
+                    acc[static_cast<size_t>(e)] += weight * values[j * d + e];
             }
             float* o = out.f32() + (i * h + hd) * d;
-            for (int64_t e = 0; e < d; ++e) o[e] = static_cast<float>(acc[static_cast<size_t>(e)] / sum);
+            for (int64_t e = 0; e < d; ++e)
+                o[e] = static_cast<float>(acc[static_cast<size_t>(e)] / sum);
         }
     }
     return Status::ok();

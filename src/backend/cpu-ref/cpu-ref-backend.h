@@ -8,7 +8,7 @@
 namespace purbo {
 
 class CpuRefBackend : public Backend {
-public:
+  public:
     explicit CpuRefBackend(const BackendOptions& options) : options_(options) {}
 
     BackendKind kind() const override { return BackendKind::kCpuRef; }
@@ -34,7 +34,7 @@ public:
     Status swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) override;
     Status add(const Tensor& a, const Tensor& b, const Tensor& out) override;
 
-protected:
+  protected:
     BackendOptions options_;
 };
 

@@ -11,7 +11,8 @@ Tensor CpuRefBackend::alloc(DType dtype, std::initializer_list<int64_t> shape, s
 
 Result<Tensor> CpuRefBackend::prepare_weight(const Tensor& host_weight) {
     if (host_weight.device != Device::kCpu)
-        return error(StatusCode::kInvalidArgument, "prepare_weight: '{}' is not a host tensor", host_weight.name);
+        return error(StatusCode::kInvalidArgument, "prepare_weight: '{}' is not a host tensor",
+                     host_weight.name);
     if (!dequantize_supported(host_weight.dtype))
         return error(StatusCode::kUnsupported, "prepare_weight: '{}' {}: dtype {} cannot be read",
                      host_weight.name, host_weight.describe(), dtype_name(host_weight.dtype));
@@ -25,8 +26,8 @@ Status copy_same(std::string_view op, const Tensor& src, const Tensor& dst) {
         return error(StatusCode::kInvalidArgument, "{}: '{}' {} and '{}' {} differ", op, src.name,
                      src.describe(), dst.name, dst.describe());
     if (src.device != Device::kCpu || dst.device != Device::kCpu)
-        return error(StatusCode::kInvalidArgument, "{}: '{}' or '{}' is not a host tensor", op, src.name,
-                     dst.name);
+        return error(StatusCode::kInvalidArgument, "{}: '{}' or '{}' is not a host tensor", op,
+                     src.name, dst.name);
     if (src.data != dst.data) std::memmove(dst.data, src.data, src.nbytes());
     return Status::ok();
 }

@@ -8,15 +8,18 @@
 
 namespace purbo {
 
-Status CpuRefBackend::embedding(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) {
+Status CpuRefBackend::embedding(const Tensor& table, std::span<const int32_t> ids,
+                                const Tensor& out) {
     PURBO_TRY(check_embedding(table, ids, out));
     // table (v, k), out (n, k)
     const int64_t k = table.dim(1);
-    for (size_t i = 0; i < ids.size(); ++i) dequantize_row(table.dtype, table.row_ptr(ids[i]), out.f32() + i * k, k);
+    for (size_t i = 0; i < ids.size(); ++i)
+        dequantize_row(table.dtype, table.row_ptr(ids[i]), out.f32() + i * k, k);
     return Status::ok();
 }
 
-Status CpuRefBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) {
+Status CpuRefBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps,
+                               const Tensor& out) {
     PURBO_TRY(check_rms_norm(x, weight, eps, out));
     // x, out (rows, k); weight (k,)
     const int64_t k = x.row_size();
@@ -26,7 +29,8 @@ Status CpuRefBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps,
         double sum_sq = 0;
         for (int64_t i = 0; i < k; ++i) sum_sq += static_cast<double>(xr[i]) * xr[i];
         const double inv_rms = 1.0 / std::sqrt(sum_sq / static_cast<double>(k) + eps);
-        for (int64_t i = 0; i < k; ++i) yr[i] = static_cast<float>(xr[i] * inv_rms * weight.f32()[i]);
+        for (int64_t i = 0; i < k; ++i)
+            yr[i] = static_cast<float>(xr[i] * inv_rms * weight.f32()[i]);
     }
     return Status::ok();
 }
@@ -43,7 +47,8 @@ Status CpuRefBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& out
         for (int64_t i = 0; i < n; ++i) {
             const float* xi = x.f32() + i * k;
             double acc = 0;
-            for (int64_t l = 0; l < k; ++l) acc += static_cast<double>(xi[l]) * w_row[static_cast<size_t>(l)];
+            for (int64_t l = 0; l < k; ++l)
+                acc += static_cast<double>(xi[l]) * w_row[static_cast<size_t>(l)];
             out.f32()[i * m + j] = static_cast<float>(acc);
         }
     }

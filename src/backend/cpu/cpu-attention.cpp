@@ -1,62 +1,21 @@
-// cpu backend: rope, kv_store and attention.
+// cpu backend: attention over the KV cache. Both paths use the online softmax, so memory per
+// task is O(block x (block + d)), never O(n x context):
+//  - prefill (consecutive tokens of one sequence): a block of query tokens against blocks of
+//    keys, the scores and the weighted sums as sgemm calls;
+//  - decode (each token in its own sequence): loops per (token, KV head, key slice), the
+//    slices merged at the end so few tokens over a long context still use every core.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <span>
 #include <vector>
 
+#include "backend/cpu/blas-threads.h"
 #include "backend/cpu/cpu-backend.h"
 #include "backend/op-checks.h"
 
 namespace purbo {
-
-// Same arithmetic as cpu-ref (f32 angle, std::cos/std::sin, then the rotation), with the
-// cos/sin table computed once per token instead of once per head.
-Status CpuBackend::rope(const Tensor& x, std::span<const int32_t> pos, const RopeParams& params) {
-    PURBO_TRY(check_rope(x, pos, params));
-    // x (n, heads, d)
-    const int64_t n = x.dim(0), heads = x.dim(1), d = x.dim(2), half = params.rotary_dim / 2;
-#pragma omp parallel num_threads(n_threads_) if (n > 1)
-    {
-        std::vector<float> cos_t(static_cast<size_t>(half)), sin_t(static_cast<size_t>(half));  // (half,)
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < n; ++i) {
-            for (int64_t r = 0; r < half; ++r) {
-                const float angle = static_cast<float>(pos[i]) * params.inv_freq[r];
-                cos_t[r] = std::cos(angle) * params.attn_factor;
-                sin_t[r] = std::sin(angle) * params.attn_factor;
-            }
-            for (int64_t hd = 0; hd < heads; ++hd) {
-                float* v = x.f32() + (i * heads + hd) * d;
-#pragma omp simd
-                for (int64_t r = 0; r < half; ++r) {
-                    const float a = v[r], b = v[r + half];
-                    v[r] = a * cos_t[r] - b * sin_t[r];
-                    v[r + half] = a * sin_t[r] + b * cos_t[r];
-                }
-            }
-        }
-    }
-    return Status::ok();
-}
-
-Status CpuBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
-                            const KvCacheView& cache) {
-    PURBO_TRY(check_kv_store(k, v, place, cache));
-    // k, v (n, g, d); cache (s, g, c, d)
-    const int64_t n = k.dim(0), g = k.dim(1), d = k.dim(2), c = cache.k.dim(2);
-    const size_t row_bytes = static_cast<size_t>(d) * sizeof(float);
-    for (int64_t i = 0; i < n; ++i) {
-        for (int64_t kv = 0; kv < g; ++kv) {
-            const int64_t dst = ((place.seq[i] * g + kv) * c + place.pos[i]) * d;
-            const int64_t src = (i * g + kv) * d;
-            std::memcpy(cache.k.f32() + dst, k.f32() + src, row_bytes);
-            std::memcpy(cache.v.f32() + dst, v.f32() + src, row_bytes);
-        }
-    }
-    return Status::ok();
-}
-
 namespace {
 
 // Keys scored per step of the online softmax: scores live in a (kKeyChunk,) buffer, so memory
@@ -72,22 +31,31 @@ struct KeyRanges {
 };
 
 KeyRanges visible_ranges(int64_t p, const AttentionParams& params) {
-    const int64_t window_begin = params.window == 0 ? 0 : std::max<int64_t>(0, p - params.window + 1);
+    const int64_t window_begin =
+        params.window == 0 ? 0 : std::max<int64_t>(0, p - params.window + 1);
     const int64_t sink_end = std::min<int64_t>(params.n_sink, window_begin);
     return {{0, window_begin}, {sink_end, p + 1}};
 }
 
-// Online softmax (Milakov & Gimelshein 2018) for the heads_per_kv query heads of one KV head:
-// running max m, running sum l, running weighted sum acc, rescaled once per chunk of keys.
-void attend_group(const float* q, int64_t heads_per_kv, int64_t d, const float* keys, const float* values,
-                  const KeyRanges& ranges, float scale, float* out, float* scores, float* acc) {
-    // q, out (heads_per_kv, d); keys, values (c, d); scores (heads_per_kv, kKeyChunk);
-    // acc (heads_per_kv, d)
-    std::vector<float> m(static_cast<size_t>(heads_per_kv), -std::numeric_limits<float>::infinity());
-    std::vector<float> l(static_cast<size_t>(heads_per_kv), 0.0f);
-    std::fill(acc, acc + heads_per_kv * d, 0.0f);
+// Softmax state of one query head over a set of keys (Milakov & Gimelshein 2018): running max
+// m, running sum l = sum_j exp(s_j - m), running weighted sum acc = sum_j exp(s_j - m) v_j.
+// States over disjoint key sets merge exactly, which lets one query's keys be split across
+// threads (flash-decoding).
+struct SoftmaxState {
+    float* m;    // (heads_per_kv,)
+    float* l;    // (heads_per_kv,)
+    float* acc;  // (heads_per_kv, d)
+};
+
+// Adds the visible keys in [lo, hi) to the states of the heads_per_kv query heads of one KV
+// head, rescaling once per chunk of kKeyChunk keys.
+void attend_partial(const float* q, int64_t heads_per_kv, int64_t d, const float* keys,
+                    const float* values, const KeyRanges& ranges, int64_t lo, int64_t hi,
+                    float scale, float* scores, const SoftmaxState& state) {
+    // q (heads_per_kv, d); keys, values (c, d); scores (heads_per_kv, kKeyChunk)
     for (int range = 0; range < 2; ++range) {
-        const int64_t begin = ranges.begin[range], end = ranges.end[range];
+        const int64_t begin = std::max(lo, ranges.begin[range]);
+        const int64_t end = std::min(hi, ranges.end[range]);
         for (int64_t j0 = begin; j0 < end; j0 += kKeyChunk) {
             const int64_t nj = std::min(kKeyChunk, end - j0);
             for (int64_t hq = 0; hq < heads_per_kv; ++hq) {
@@ -102,10 +70,10 @@ void attend_group(const float* q, int64_t heads_per_kv, int64_t d, const float* 
                     sh[t] = dot * scale;
                     chunk_max = std::max(chunk_max, sh[t]);
                 }
-                const float new_m = std::max(m[hq], chunk_max);
-                const float correction = std::exp(m[hq] - new_m);  // 0 on the first chunk
-                float* ah = acc + hq * d;
-                float sum = l[hq] * correction;
+                const float new_m = std::max(state.m[hq], chunk_max);
+                const float correction = std::exp(state.m[hq] - new_m);  // 0 on the first chunk
+                float* ah = state.acc + hq * d;
+                float sum = state.l[hq] * correction;
 #pragma omp simd
                 for (int64_t e = 0; e < d; ++e) ah[e] *= correction;
                 for (int64_t t = 0; t < nj; ++t) {
@@ -115,39 +83,208 @@ void attend_group(const float* q, int64_t heads_per_kv, int64_t d, const float* 
 #pragma omp simd
                     for (int64_t e = 0; e < d; ++e) ah[e] += weight * vj[e];
                 }
-                l[hq] = sum;
-                m[hq] = new_m;
+                state.l[hq] = sum;
+                state.m[hq] = new_m;
             }
         }
     }
-    for (int64_t hq = 0; hq < heads_per_kv; ++hq) {
-        const float inv = 1.0f / l[hq];  // l >= 1: the query's own position is always visible
-        for (int64_t e = 0; e < d; ++e) out[hq * d + e] = acc[hq * d + e] * inv;
+}
+
+// Below this many (token, KV head) tasks the keys of each task are split into slices of
+// kSplitKeys positions, so decode over a long context keeps every core busy. Speed only; the
+// split depends on the shapes alone, never on the thread count, so results do not either.
+constexpr int64_t kMinTasksWithoutSplit = 32;
+constexpr int64_t kSplitKeys = 256;
+
+// Prefill: consecutive tokens of one sequence share their keys, so a block of up to
+// kQueryBlock tokens x heads_per_kv query heads is scored against a chunk of kKeyBlock keys
+// with two sgemm calls (S = Q K^T, O += P V), FlashAttention-2 style: online softmax per
+// query row, memory O(rows x (kKeyBlock + d)) per task whatever the context length.
+constexpr int64_t kQueryBlock = 32;
+constexpr int64_t kKeyBlock = 128;
+
+// Runs of consecutive tokens with the same sequence slot, at most kQueryBlock long.
+struct TokenRun {
+    int64_t begin;
+    int64_t count;
+};
+
+std::vector<TokenRun> token_runs(const TokenPlacement& place) {
+    std::vector<TokenRun> runs;
+    const int64_t n = static_cast<int64_t>(place.seq.size());
+    for (int64_t i = 0; i < n; ++i) {
+        if (!runs.empty() && place.seq[i] == place.seq[runs.back().begin] &&
+            runs.back().count < kQueryBlock) {
+            ++runs.back().count;
+        } else {
+            runs.push_back({i, 1});
+        }
+    }
+    return runs;
+}
+
+// One (run, KV head) task. q, out (n, h, d) of the whole batch; keys, values (c, d).
+void attend_block(const float* q, float* out, int64_t h, int64_t heads_per_kv, int64_t d,
+                  int64_t kv, const TokenRun& run, std::span<const int32_t> pos, const float* keys,
+                  const float* values, const AttentionParams& params, std::vector<float>& buffer) {
+    const int64_t rows = run.count * heads_per_kv;  // row r: token r / heads_per_kv
+    buffer.resize(static_cast<size_t>(rows * (2 * d + kKeyBlock + 2)));
+    float* qb = buffer.data();          // (rows, d)
+    float* ob = qb + rows * d;          // (rows, d)
+    float* sb = ob + rows * d;          // (rows, kKeyBlock)
+    float* mb = sb + rows * kKeyBlock;  // (rows,)
+    float* lb = mb + rows;              // (rows,)
+    for (int64_t t = 0; t < run.count; ++t) {
+        const float* src = q + ((run.begin + t) * h + kv * heads_per_kv) * d;
+        std::copy(src, src + heads_per_kv * d, qb + t * heads_per_kv * d);
+    }
+    std::fill(ob, ob + rows * d, 0.0f);
+    std::fill(mb, mb + rows, -std::numeric_limits<float>::infinity());
+    std::fill(lb, lb + rows, 0.0f);
+    std::vector<KeyRanges> ranges(static_cast<size_t>(run.count));
+    int64_t max_pos = 0;
+    for (int64_t t = 0; t < run.count; ++t) {
+        ranges[static_cast<size_t>(t)] = visible_ranges(pos[run.begin + t], params);
+        max_pos = std::max<int64_t>(max_pos, pos[run.begin + t]);
+    }
+    for (int64_t j0 = 0; j0 <= max_pos; j0 += kKeyBlock) {
+        const int64_t nj = std::min(kKeyBlock, max_pos + 1 - j0);
+        bool any_visible = false;  // skip chunks no query of the block sees (window, causal)
+        for (const KeyRanges& r : ranges) {
+            for (int k = 0; k < 2; ++k)
+                any_visible |= std::max(j0, r.begin[k]) < std::min(j0 + nj, r.end[k]);
+        }
+        if (!any_visible) continue;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
+                    static_cast<int>(nj), static_cast<int>(d), params.scale, qb,
+                    static_cast<int>(d), keys + j0 * d, static_cast<int>(d), 0.0f, sb,
+                    static_cast<int>(kKeyBlock));
+        for (int64_t r = 0; r < rows; ++r) {
+            const KeyRanges& kr = ranges[static_cast<size_t>(r / heads_per_kv)];
+            float* sr = sb + r * kKeyBlock;
+            float chunk_max = -std::numeric_limits<float>::infinity();
+            for (int64_t t = 0; t < nj; ++t) {
+                const int64_t j = j0 + t;
+                const bool visible =
+                    (j >= kr.begin[0] && j < kr.end[0]) || (j >= kr.begin[1] && j < kr.end[1]);
+                if (!visible) sr[t] = -std::numeric_limits<float>::infinity();
+                chunk_max = std::max(chunk_max, sr[t]);
+            }
+            if (chunk_max == -std::numeric_limits<float>::infinity()) {
+                std::fill(sr, sr + nj, 0.0f);  // this row sees none of the chunk: P row = 0
+                continue;
+            }
+            const float new_m = std::max(mb[r], chunk_max);
+            const float correction = std::exp(mb[r] - new_m);  // 0 on the row's first chunk
+            float sum = 0;
+            for (int64_t t = 0; t < nj; ++t) {
+                sr[t] = std::exp(sr[t] - new_m);  // exp(-inf) = 0 for masked keys
+                sum += sr[t];
+            }
+            lb[r] = lb[r] * correction + sum;
+            mb[r] = new_m;
+            float* orow = ob + r * d;
+#pragma omp simd
+            for (int64_t e = 0; e < d; ++e) orow[e] *= correction;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows),
+                    static_cast<int>(d), static_cast<int>(nj), 1.0f, sb,
+                    static_cast<int>(kKeyBlock), values + j0 * d, static_cast<int>(d), 1.0f, ob,
+                    static_cast<int>(d));
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t t = r / heads_per_kv, hq = r % heads_per_kv;
+        float* dst = out + ((run.begin + t) * h + kv * heads_per_kv + hq) * d;
+        const float inv = 1.0f / lb[r];  // l >= 1: the query's own position is always visible
+        for (int64_t e = 0; e < d; ++e) dst[e] = ob[r * d + e] * inv;
     }
 }
 
 }  // namespace
 
-// Parallel over (token, KV head); the query heads sharing a KV head are processed together
-// so each key and value row is read once per group.
+// Parallel over (token, KV head, key slice); the query heads sharing a KV head are processed
+// together so each key and value row is read once per group. Then the slices' states merge:
+// M = max_s m_s, l = sum_s l_s exp(m_s - M), acc = sum_s acc_s exp(m_s - M), out = acc / l.
 Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                              const AttentionParams& params, const Tensor& out) {
     PURBO_TRY(check_attention(q, cache, place, params, out));
     // q, out (n, h, d); cache (s, g, c, d)
     const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), g = cache.k.dim(1), c = cache.k.dim(2);
     const int64_t heads_per_kv = h / g;
-#pragma omp parallel num_threads(n_threads_) if (n * g > 1)
+    const std::vector<TokenRun> runs = token_runs(place);
+    if (static_cast<int64_t>(runs.size()) < n) {  // some tokens share a sequence: prefill
+        const int64_t n_runs = static_cast<int64_t>(runs.size());
+        ScopedBlasThreads blas_threads(1);  // one sgemm per thread (see blas-threads.h)
+#pragma omp parallel num_threads(n_threads_)
+        {
+            std::vector<float> buffer;
+#pragma omp for collapse(2) schedule(dynamic)
+            for (int64_t r = 0; r < n_runs; ++r) {
+                for (int64_t kv = 0; kv < g; ++kv) {
+                    const int64_t base = (place.seq[runs[r].begin] * g + kv) * c * d;
+                    attend_block(q.f32(), out.f32(), h, heads_per_kv, d, kv, runs[r], place.pos,
+                                 cache.k.f32() + base, cache.v.f32() + base, params, buffer);
+                }
+            }
+        }
+        return Status::ok();
+    }
+    // Decode: every token in its own sequence.
+    int64_t max_pos = 0;
+    for (int32_t p : place.pos) max_pos = std::max<int64_t>(max_pos, p);
+    const int64_t n_splits =
+        n * g >= kMinTasksWithoutSplit ? 1 : (max_pos + kSplitKeys) / kSplitKeys;
+    const int64_t split_keys = n_splits == 1 ? max_pos + 1 : kSplitKeys;
+    // Per (token, KV head, slice): m (heads_per_kv,), l (heads_per_kv,), acc (heads_per_kv, d).
+    const int64_t state_floats = heads_per_kv * (d + 2);
+    std::vector<float> states(static_cast<size_t>(n * g * n_splits * state_floats));
+    auto state_at = [&](int64_t i, int64_t kv, int64_t split) {
+        float* base = states.data() + ((i * g + kv) * n_splits + split) * state_floats;
+        return SoftmaxState{base, base + heads_per_kv, base + 2 * heads_per_kv};
+    };
+#pragma omp parallel num_threads(n_threads_) if (n * g * n_splits > 1)
     {
         std::vector<float> scores(static_cast<size_t>(heads_per_kv * kKeyChunk));
-        std::vector<float> acc(static_cast<size_t>(heads_per_kv * d));
-#pragma omp for collapse(2) schedule(dynamic)
+#pragma omp for collapse(3) schedule(dynamic)
         for (int64_t i = 0; i < n; ++i) {
             for (int64_t kv = 0; kv < g; ++kv) {
-                const int64_t base = (place.seq[i] * g + kv) * c * d;
-                const int64_t head0 = kv * heads_per_kv;
-                attend_group(q.f32() + (i * h + head0) * d, heads_per_kv, d, cache.k.f32() + base,
-                             cache.v.f32() + base, visible_ranges(place.pos[i], params), params.scale,
-                             out.f32() + (i * h + head0) * d, scores.data(), acc.data());
+                for (int64_t split = 0; split < n_splits; ++split) {
+                    const SoftmaxState state = state_at(i, kv, split);
+                    std::fill(state.m, state.m + heads_per_kv,
+                              -std::numeric_limits<float>::infinity());
+                    std::fill(state.l, state.acc + heads_per_kv * d, 0.0f);
+                    const int64_t base = (place.seq[i] * g + kv) * c * d;
+                    attend_partial(q.f32() + (i * h + kv * heads_per_kv) * d, heads_per_kv, d,
+                                   cache.k.f32() + base, cache.v.f32() + base,
+                                   visible_ranges(place.pos[i], params), split * split_keys,
+                                   (split + 1) * split_keys, params.scale, scores.data(), state);
+                }
+            }
+        }
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t i = 0; i < n; ++i) {
+            for (int64_t kv = 0; kv < g; ++kv) {
+                for (int64_t hq = 0; hq < heads_per_kv; ++hq) {
+                    float max_m = -std::numeric_limits<float>::infinity();
+                    for (int64_t split = 0; split < n_splits; ++split)
+                        max_m = std::max(max_m, state_at(i, kv, split).m[hq]);
+                    float* o = out.f32() + (i * h + kv * heads_per_kv + hq) * d;
+                    std::fill(o, o + d, 0.0f);
+                    float l = 0;
+                    for (int64_t split = 0; split < n_splits; ++split) {
+                        const SoftmaxState st = state_at(i, kv, split);
+                        if (st.l[hq] == 0) continue;  // a slice without visible keys
+                        const float w = std::exp(st.m[hq] - max_m);
+                        l += st.l[hq] * w;
+                        const float* a = st.acc + hq * d;
+#pragma omp simd
+                        for (int64_t e = 0; e < d; ++e) o[e] += a[e] * w;
+                    }
+                    // l >= 1: the query's own position is always visible.
+                    const float inv = 1.0f / l;
+#pragma omp simd
+                    for (int64_t e = 0; e < d; ++e) o[e] *= inv;
+                }
             }
         }
     }

@@ -12,7 +12,8 @@
 namespace purbo {
 
 CpuBackend::CpuBackend(const BackendOptions& options)
-    : CpuRefBackend(options), n_threads_(options.n_threads > 0 ? options.n_threads : omp_get_num_procs()) {}
+    : CpuRefBackend(options),
+      n_threads_(options.n_threads > 0 ? options.n_threads : omp_get_num_procs()) {}
 
 std::unique_ptr<Backend> backend_create_cpu(const BackendOptions& options) {
     return std::make_unique<CpuBackend>(options);
@@ -23,7 +24,8 @@ Status CpuBackend::embedding(const Tensor& table, std::span<const int32_t> ids, 
     // table (v, k), out (n, k)
     const int64_t k = table.dim(1), n = static_cast<int64_t>(ids.size());
 #pragma omp parallel for num_threads(n_threads_) if (n > 1)
-    for (int64_t i = 0; i < n; ++i) dequantize_row(table.dtype, table.row_ptr(ids[i]), out.f32() + i * k, k);
+    for (int64_t i = 0; i < n; ++i)
+        dequantize_row(table.dtype, table.row_ptr(ids[i]), out.f32() + i * k, k);
     return Status::ok();
 }
 

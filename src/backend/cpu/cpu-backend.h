@@ -5,6 +5,10 @@
 // Weights (prepare_weight, inherited): every dtype dequantize_row reads is kept as it is,
 // zero copy from the mapped file. f32/f16/bf16/q4_0/q4_1/q8_0 have dedicated GEMV kernels;
 // the others (q5_x, K-quants) are dequantised row by row on the fly (correct, not fast).
+//
+// Threads: every op uses n_threads OpenMP threads (options.n_threads, 0 = all cores). matmul
+// sets OpenBLAS's global thread count for the duration of a call, so one backend's ops must
+// not run concurrently from several host threads.
 #pragma once
 
 #include "backend/cpu-ref/cpu-ref-backend.h"
@@ -12,7 +16,7 @@
 namespace purbo {
 
 class CpuBackend final : public CpuRefBackend {
-public:
+  public:
     explicit CpuBackend(const BackendOptions& options);
 
     BackendKind kind() const override { return BackendKind::kCpu; }
@@ -32,7 +36,7 @@ public:
 
     int n_threads() const { return n_threads_; }
 
-private:
+  private:
     int n_threads_;
 };
 

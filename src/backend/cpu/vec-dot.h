@@ -16,13 +16,37 @@
 
 namespace purbo {
 
+// An activation block as the GEMV path holds it: the integers of a q8_0 / q8_1 block (made
+// by quantize_row_q8_0 / q8_1, the reference quantisers) with its f16 scale d and scaled sum
+// s converted to f32 once per call, instead of once per weight row. Same values exactly.
+struct ActBlockQ8 {
+    float d;
+    float s;  // d * sum(qs) from q8_1; 0 for q8_0
+    int8_t qs[kQK8_0];
+};
+
+// k floats -> k / 32 blocks, through the reference quantisers.
+void quantize_activation_q8_0(const float* x, ActBlockQ8* y, int64_t k);
+void quantize_activation_q8_1(const float* x, ActBlockQ8* y, int64_t k);
+
 // nb = number of 32-element blocks in the row.
-float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y);
-float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const BlockQ8_1* y);
-float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y);
-float vec_dot_q4_0_q8_0_scalar(int64_t nb, const BlockQ4_0* x, const BlockQ8_0* y);
-float vec_dot_q4_1_q8_1_scalar(int64_t nb, const BlockQ4_1* x, const BlockQ8_1* y);
-float vec_dot_q8_0_q8_0_scalar(int64_t nb, const BlockQ8_0* x, const BlockQ8_0* y);
+float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y);
+float vec_dot_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y);
+float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y);
+float vec_dot_q4_0_q8_0_scalar(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y);
+float vec_dot_q4_1_q8_1_scalar(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y);
+float vec_dot_q8_0_q8_0_scalar(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y);
+
+// The same dot products of one weight row with n_rows (1..kVecDotMaxRows) activation rows,
+// row r at y + r * y_stride: each weight block is unpacked once for all of them, which is what
+// makes a GEMV over a few tokens cheaper than n single ones. out[r] for r < n_rows.
+constexpr int kVecDotMaxRows = 4;
+void vec_dot_rows_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y, int64_t y_stride,
+                            int n_rows, float* out);
+void vec_dot_rows_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t y_stride,
+                            int n_rows, float* out);
+void vec_dot_rows_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t y_stride,
+                            int n_rows, float* out);
 
 // k = number of elements; w in the weight's dtype, x f32; fp32 accumulation.
 float vec_dot_f32(int64_t k, const float* w, const float* x);

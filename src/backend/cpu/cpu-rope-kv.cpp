@@ -1,0 +1,59 @@
+// cpu backend: rope and kv_store.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "backend/cpu/cpu-backend.h"
+#include "backend/op-checks.h"
+
+namespace purbo {
+
+// Same arithmetic as cpu-ref (f32 angle, std::cos/std::sin, then the rotation), with the
+// cos/sin table computed once per token instead of once per head.
+Status CpuBackend::rope(const Tensor& x, std::span<const int32_t> pos, const RopeParams& params) {
+    PURBO_TRY(check_rope(x, pos, params));
+    // x (n, heads, d)
+    const int64_t n = x.dim(0), heads = x.dim(1), d = x.dim(2), half = params.rotary_dim / 2;
+#pragma omp parallel num_threads(n_threads_) if (n > 1)
+    {
+        std::vector<float> cos_t(static_cast<size_t>(half)),
+            sin_t(static_cast<size_t>(half));  // (half,)
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; ++i) {
+            for (int64_t r = 0; r < half; ++r) {
+                const float angle = static_cast<float>(pos[i]) * params.inv_freq[r];
+                cos_t[r] = std::cos(angle) * params.attn_factor;
+                sin_t[r] = std::sin(angle) * params.attn_factor;
+            }
+            for (int64_t hd = 0; hd < heads; ++hd) {
+                float* v = x.f32() + (i * heads + hd) * d;
+#pragma omp simd
+                for (int64_t r = 0; r < half; ++r) {
+                    const float a = v[r], b = v[r + half];
+                    v[r] = a * cos_t[r] - b * sin_t[r];
+                    v[r + half] = a * sin_t[r] + b * cos_t[r];
+                }
+            }
+        }
+    }
+    return Status::ok();
+}
+
+Status CpuBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
+                            const KvCacheView& cache) {
+    PURBO_TRY(check_kv_store(k, v, place, cache));
+    // k, v (n, g, d); cache (s, g, c, d)
+    const int64_t n = k.dim(0), g = k.dim(1), d = k.dim(2), c = cache.k.dim(2);
+    const size_t row_bytes = static_cast<size_t>(d) * sizeof(float);
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t kv = 0; kv < g; ++kv) {
+            const int64_t dst = ((place.seq[i] * g + kv) * c + place.pos[i]) * d;
+            const int64_t src = (i * g + kv) * d;
+            std::memcpy(cache.k.f32() + dst, k.f32() + src, row_bytes);
+            std::memcpy(cache.v.f32() + dst, v.f32() + src, row_bytes);
+        }
+    }
+    return Status::ok();
+}
+
+}  // namespace purbo
