@@ -12,7 +12,9 @@ configuration modelled on a real family:
   prefix  ByteLevel(add_prefix_space=True)                                merges as pairs
 
 Outputs tests/fixtures/tokenizer/<name>.tokenizer.json and <name>.expected.json
-({"texts": [...], "ids": [[...]], "ids_no_special": [[...]], "decoded": [...]}).
+({"texts": [...], "ids": [[...]], "ids_no_special": [[...]], "decoded": [...]}),
+chat-templates.json (jinja2 renderings, see chat_template_fixtures.py) and, when the default
+model is present, smollm2-gguf-tokenizers.json.
 
 Usage: python3 scripts/gen_tokenizer_fixtures.py
 """
@@ -67,6 +69,7 @@ TEXTS = [
     "\n",
     "a\u00a0b\u2009c\u3000d",
     "x" * 300,
+    "left  [SEP]  right[SEP]end [SEP]",
 ]
 
 
@@ -135,7 +138,11 @@ def add_whole_words(data, words):
             next_id += 1
 
 
-def save(name, tok, merges_as_strings, extra_words=None, ignore_merges=False):
+def save(name, tok, merges_as_strings, extra_words=None, ignore_merges=False, strip_token=False):
+    if strip_token:
+        # A non-special added token that swallows the whitespace around it.
+        from tokenizers import AddedToken
+        tok.add_tokens([AddedToken("[SEP]", lstrip=True, rstrip=True, special=False)])
     data = json.loads(tok.to_str())
     if extra_words:
         add_whole_words(data, extra_words)
@@ -166,7 +173,7 @@ def save(name, tok, merges_as_strings, extra_words=None, ignore_merges=False):
 def main():
     os.makedirs(OUT, exist_ok=True)
     bl = pre_tokenizers.ByteLevel
-    save("gpt2", train(bl(add_prefix_space=False, use_regex=True)), True)
+    save("gpt2", train(bl(add_prefix_space=False, use_regex=True)), True, strip_token=True)
     llama_pre = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated", invert=False),
         bl(add_prefix_space=False, trim_offsets=True, use_regex=False)])
@@ -181,6 +188,8 @@ def main():
         bl(add_prefix_space=False, use_regex=True)])
     save("smollm", train(smol_pre), True)
     save("prefix", train(bl(add_prefix_space=True, use_regex=True), vocab_size=600), False)
+    import chat_template_fixtures
+    chat_template_fixtures.write(OUT)
     model = os.environ.get("PURBO_MODEL", os.path.join(os.path.dirname(__file__), "..", "models",
                                                        "SmolLM2-135M-Instruct.Q4_1.gguf"))
     if os.path.exists(model):

@@ -30,7 +30,12 @@ Result<std::unique_ptr<BpeModel>> BpeModel::build(
     const auto& byte_text = unicode::byte_to_unicode_utf8();
     for (int b = 0; b < 256; ++b) model->byte_ids_[b] = model->token_id(byte_text[b]);
 
-    model->merges_.reserve(merges.size());
+    // Load factor at most 1/2 keeps probe sequences short.
+    size_t capacity = 16;
+    uint32_t bits = 4;
+    while (capacity < merges.size() * 2) capacity *= 2, ++bits;
+    model->merge_table_.assign(capacity, {kEmptyKey, Merge{0, 0}});
+    model->merge_shift_ = 64 - bits;
     for (size_t rank = 0; rank < merges.size(); ++rank) {
         const auto& [left, right] = merges[rank];
         const int32_t a = model->token_id(left);
@@ -38,14 +43,42 @@ Result<std::unique_ptr<BpeModel>> BpeModel::build(
         const int32_t ab = model->token_id(left + right);
         if (a < 0 || b < 0 || ab < 0) {
             return error(StatusCode::kParseError,
-                         "{}: merges[{}] '{} {}': {} is not in the vocabulary", source, rank,
-                         left, right, a < 0 ? "'" + left + "'" : b < 0 ? "'" + right + "'" :
-                                                                     "'" + left + right + "'");
+                         "{}: merges[{}] '{} {}': {} is not in the vocabulary", source, rank, left,
+                         right,
+                         a < 0   ? "'" + left + "'"
+                         : b < 0 ? "'" + right + "'"
+                                 : "'" + left + right + "'");
         }
-        // A repeated pair keeps its first (lowest) rank.
-        model->merges_.emplace(pair_key(a, b), Merge{static_cast<int32_t>(rank), ab});
+        model->insert_merge(pair_key(a, b), Merge{static_cast<int32_t>(rank), ab});
     }
     return model;
+}
+
+namespace {
+// Fibonacci hashing: spreads the (left id, right id) keys over the table's power-of-2 size.
+inline size_t slot_of(uint64_t key, uint32_t shift) {
+    return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift);
+}
+}  // namespace
+
+void BpeModel::insert_merge(uint64_t key, Merge m) {
+    const size_t mask = merge_table_.size() - 1;
+    for (size_t i = slot_of(key, merge_shift_);; i = (i + 1) & mask) {
+        if (merge_table_[i].first == key) return;  // a repeated pair keeps its first rank
+        if (merge_table_[i].first == kEmptyKey) {
+            merge_table_[i] = {key, m};
+            return;
+        }
+    }
+}
+
+const BpeModel::Merge* BpeModel::find_merge(int32_t a, int32_t b) const {
+    const uint64_t key = pair_key(a, b);
+    const size_t mask = merge_table_.size() - 1;
+    for (size_t i = slot_of(key, merge_shift_);; i = (i + 1) & mask) {
+        if (merge_table_[i].first == key) return &merge_table_[i].second;
+        if (merge_table_[i].first == kEmptyKey) return nullptr;
+    }
 }
 
 int32_t BpeModel::token_id(std::string_view byte_level_text) const {
@@ -115,9 +148,9 @@ void BpeModel::encode_piece_uncached(std::string_view piece, std::vector<int32_t
         if (pos < 0) return;
         const int32_t next = symbols[pos].next;
         if (next < 0) return;
-        auto it = merges_.find(pair_key(symbols[pos].id, symbols[next].id));
-        if (it == merges_.end()) return;
-        queue.push({it->second.rank, pos, symbols[pos].id, symbols[next].id, it->second.result});
+        const Merge* m = find_merge(symbols[pos].id, symbols[next].id);
+        if (!m) return;
+        queue.push({m->rank, pos, symbols[pos].id, symbols[next].id, m->result});
     };
     for (int32_t i = 0; i + 1 < static_cast<int32_t>(symbols.size()); ++i) push_pair(i);
 

@@ -18,13 +18,14 @@
 namespace purbo {
 
 class BpeModel {
-public:
+  public:
     // tokens: id -> byte-level text (may hold empty strings for ids without a vocab entry);
     // merges: (left, right) in rank order, each part and their concatenation in the vocab.
     // ignore_merges: a piece that is itself a vocab entry is emitted whole (Llama-3).
     static Result<std::unique_ptr<BpeModel>> build(
-        std::vector<std::string> tokens, const std::vector<std::pair<std::string, std::string>>& merges,
-        bool ignore_merges, int32_t unk_id, std::string_view source);
+        std::vector<std::string> tokens,
+        const std::vector<std::pair<std::string, std::string>>& merges, bool ignore_merges,
+        int32_t unk_id, std::string_view source);
 
     // Appends the ids of one pre-token given as raw bytes.
     void encode_piece(std::string_view piece, std::vector<int32_t>& out) const;
@@ -34,7 +35,7 @@ public:
     int32_t token_id(std::string_view byte_level_text) const;  // -1 if absent
     const std::vector<std::string>& tokens() const { return tokens_; }
 
-private:
+  private:
     struct Merge {
         int32_t rank;
         int32_t result;
@@ -45,7 +46,14 @@ private:
 
     std::vector<std::string> tokens_;
     std::unordered_map<std::string, int32_t> token_to_id_;
-    std::unordered_map<uint64_t, Merge> merges_;
+    // Open-addressing table pair_key -> Merge (the merge lookup is the inner loop; a node-based
+    // map measured 1.75 MB/s against 2.6 MB/s here, SmolLM2 vocabulary, 1 MB of random words).
+    // Empty slots hold kEmptyKey.
+    static constexpr uint64_t kEmptyKey = ~uint64_t{0};
+    std::vector<std::pair<uint64_t, Merge>> merge_table_;
+    uint32_t merge_shift_ = 64;
+    const Merge* find_merge(int32_t a, int32_t b) const;
+    void insert_merge(uint64_t key, Merge m);
     std::array<int32_t, 256> byte_ids_{};  // id of the one-byte token of each byte, or -1
     bool ignore_merges_ = false;
     int32_t unk_id_ = -1;

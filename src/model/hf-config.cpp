@@ -22,7 +22,7 @@ std::string excerpt(const json& j) {
 // Reads the fields of one JSON object; `prefix` ("rope_scaling.") qualifies field names in
 // messages. A field that is absent or null counts as absent, as transformers treats it.
 class FieldReader {
-public:
+  public:
     FieldReader(const json& obj, const std::string& source, std::string prefix)
         : obj_(obj), source_(source), prefix_(std::move(prefix)) {}
 
@@ -38,7 +38,8 @@ public:
                      field(key), excerpt(v), why);
     }
     Status missing(std::string_view key) const {
-        return error(StatusCode::kInvalidArgument, "{}: field '{}' is missing", source_, field(key));
+        return error(StatusCode::kInvalidArgument, "{}: field '{}' is missing", source_,
+                     field(key));
     }
 
     // Integer >= min_value; integral floats (8192.0) are accepted as JSON writers emit them.
@@ -96,7 +97,7 @@ public:
         return Status::ok();
     }
 
-private:
+  private:
     const json& obj_;
     const std::string& source_;
     std::string prefix_;
@@ -148,9 +149,10 @@ Status read_arch(const FieldReader& top, const json& root, const std::string& so
     }
     const auto defaults = arch_from_model_type(model_type);
     if (!defaults) {
-        return error(StatusCode::kUnsupported,
-                     "{}: field 'model_type': '{}' is not supported (llama, mistral, qwen2, qwen3 are)",
-                     source, model_type);
+        return error(
+            StatusCode::kUnsupported,
+            "{}: field 'model_type': '{}' is not supported (llama, mistral, qwen2, qwen3 are)",
+            source, model_type);
     }
     *out = *defaults;
     return Status::ok();
@@ -179,6 +181,16 @@ Status read_rope(const FieldReader& top, const json& root, const std::string& so
             PURBO_TRY(r.read_string(type_key, &rope_type));
         } else if (std::string_view(key) == "rope_scaling") {
             return r.missing("rope_type");
+        } else {
+            // transformers 5 nests one parameter set per layer type for mixed-attention models.
+            for (const auto& [name, value] : obj.items()) {
+                if (value.is_object()) {
+                    return error(StatusCode::kUnsupported,
+                                 "{}: field '{}.{}': per-layer-type RoPE parameters are not "
+                                 "supported",
+                                 source, key, name);
+                }
+            }
         }
         PURBO_TRY(r.read_positive("rope_theta", &theta, false));
         PURBO_TRY(r.read_positive("partial_rotary_factor", &partial_rotary_factor, false));
@@ -205,11 +217,17 @@ Status read_rope(const FieldReader& top, const json& root, const std::string& so
             rope.high_freq_factor = static_cast<float>(high);
         } else if (rope_type == "yarn") {
             rope.scaling = RopeScaling::kYarn;
-            PURBO_TRY(r.read_positive("factor", &factor, true));
             // transformers falls back to max_position_embeddings when this is absent.
             rope.original_max_position = cfg->n_ctx_train;
             PURBO_TRY(r.read_int("original_max_position_embeddings", &rope.original_max_position,
                                  false, 1));
+            // transformers 5: without `factor`, the ratio of the context lengths (DeepSeek-V3).
+            // (Some 4.x releases used that ratio even when `factor` was given; 5.x does not.)
+            const bool has_original = r.has("original_max_position_embeddings");
+            PURBO_TRY(r.read_positive("factor", &factor, !has_original));
+            if (!r.has("factor")) {
+                factor = static_cast<double>(cfg->n_ctx_train) / rope.original_max_position;
+            }
             double beta_fast = 32.0, beta_slow = 1.0, attention_factor = 0.0;
             double mscale = 0.0, mscale_all_dim = 0.0;
             // transformers reads these with `or`, so 0 also means "use the default".
@@ -263,8 +281,8 @@ Status parse_config(const json& root, const std::string& source, ModelConfig* cf
     PURBO_TRY(read_arch(top, root, source, &arch));
     cfg->arch = arch.arch;
     cfg->name = arch_name(arch.arch);
-    if (const json* n = top.get("_name_or_path"); n != nullptr && n->is_string() &&
-                                                  !n->get<std::string>().empty()) {
+    if (const json* n = top.get("_name_or_path");
+        n != nullptr && n->is_string() && !n->get<std::string>().empty()) {
         cfg->name = n->get<std::string>();
     }
 

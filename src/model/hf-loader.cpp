@@ -41,18 +41,20 @@ Status load_index(const std::string& dir, const std::string& index_path, HfModel
     std::map<std::string, std::shared_ptr<SafetensorsFile>> shards;  // each shard parsed once
     for (const auto& [name, shard_value] : map_it->items()) {
         if (!shard_value.is_string()) {
-            return error(StatusCode::kParseError,
-                         "{}: field 'weight_map.{}' is not a file name", index_path, name);
+            return error(StatusCode::kParseError, "{}: field 'weight_map.{}' is not a file name",
+                         index_path, name);
         }
         const std::string shard = shard_value.get<std::string>();
-        if (shard.empty() || shard.find('/') != std::string::npos || shard == "." || shard == "..") {
+        if (shard.empty() || shard.find('/') != std::string::npos || shard == "." ||
+            shard == "..") {
             return error(StatusCode::kParseError,
                          "{}: field 'weight_map.{}': '{}' is not a file name in the folder",
                          index_path, name, shard);
         }
         auto it = shards.find(shard);
         if (it == shards.end()) {
-            PURBO_ASSIGN_OR_RETURN(auto file, SafetensorsFile::open((fs::path(dir) / shard).string()));
+            PURBO_ASSIGN_OR_RETURN(auto file,
+                                   SafetensorsFile::open((fs::path(dir) / shard).string()));
             model->files.push_back(file);
             it = shards.emplace(shard, file).first;
         }
@@ -66,7 +68,7 @@ Status load_index(const std::string& dir, const std::string& index_path, HfModel
 }
 
 class WeightReader {
-public:
+  public:
     WeightReader(const TensorIndex& index, std::string dir) : index_(index), dir_(std::move(dir)) {}
 
     bool has(const std::string& name) const { return index_.count(name) != 0; }
@@ -83,12 +85,11 @@ public:
         bool same = static_cast<size_t>(t.ndim) == want.size();
         for (size_t i = 0; same && i < want.size(); ++i) same = t.shape[i] == want[i];
         if (!same) {
-            return error(StatusCode::kInvalidArgument,
-                         "{}: tensor '{}' has shape {} but the config needs {}",
-                         it->second->source(), name,
-                         shape_string(std::span<const int64_t>(t.shape.data(),
-                                                               static_cast<size_t>(t.ndim))),
-                         shape_string(want));
+            return error(
+                StatusCode::kInvalidArgument,
+                "{}: tensor '{}' has shape {} but the config needs {}", it->second->source(), name,
+                shape_string(std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim))),
+                shape_string(want));
         }
         if (t.dtype != DType::kF32 && t.dtype != DType::kF16 && t.dtype != DType::kBF16) {
             return error(StatusCode::kUnsupported, "{}: tensor '{}': dtype {} is not a float type",
@@ -101,9 +102,9 @@ public:
     Result<Tensor> get_f32(const std::string& name, std::initializer_list<int64_t> expected) {
         PURBO_ASSIGN_OR_RETURN(Tensor t, get(name, expected));
         // f32 is copied too: the copy is aligned and outlives nothing it should not.
-        Tensor out = tensor_cpu(DType::kF32, std::span<const int64_t>(t.shape.data(),
-                                                                      static_cast<size_t>(t.ndim)),
-                                name);
+        Tensor out =
+            tensor_cpu(DType::kF32,
+                       std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim)), name);
         const int64_t n = t.numel();
         float* dst = out.f32();
         const uint8_t* src = static_cast<const uint8_t*>(t.data);
@@ -128,7 +129,7 @@ public:
         }
     }
 
-private:
+  private:
     const TensorIndex& index_;
     std::string dir_;
     std::set<std::string> used_;
@@ -158,10 +159,11 @@ Status load_weights(const ModelConfig& c, const std::string& dir, WeightReader& 
             PURBO_ASSIGN_OR_RETURN(Tensor bo, r.get_f32(p + "self_attn.o_proj.bias", {e}));
             for (int64_t i = 0; i < e; ++i) {
                 if (bo.f32()[i] != 0.0f) {
-                    return error(StatusCode::kUnsupported,
-                                 "{}: tensor '{}self_attn.o_proj.bias' has non-zero value {} at {}; "
-                                 "an o_proj bias is not supported",
-                                 dir, p, bo.f32()[i], i);
+                    return error(
+                        StatusCode::kUnsupported,
+                        "{}: tensor '{}self_attn.o_proj.bias' has non-zero value {} at {}; "
+                        "an o_proj bias is not supported",
+                        dir, p, bo.f32()[i], i);
                 }
             }
         }

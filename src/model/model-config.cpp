@@ -8,20 +8,28 @@ namespace purbo {
 
 const char* arch_name(Arch arch) {
     switch (arch) {
-        case Arch::kLlama: return "llama";
-        case Arch::kMistral: return "mistral";
-        case Arch::kQwen2: return "qwen2";
-        case Arch::kQwen3: return "qwen3";
+        case Arch::kLlama:
+            return "llama";
+        case Arch::kMistral:
+            return "mistral";
+        case Arch::kQwen2:
+            return "qwen2";
+        case Arch::kQwen3:
+            return "qwen3";
     }
     return "unknown";
 }
 
 const char* rope_scaling_name(RopeScaling scaling) {
     switch (scaling) {
-        case RopeScaling::kNone: return "none";
-        case RopeScaling::kLinear: return "linear";
-        case RopeScaling::kLlama3: return "llama3";
-        case RopeScaling::kYarn: return "yarn";
+        case RopeScaling::kNone:
+            return "none";
+        case RopeScaling::kLinear:
+            return "linear";
+        case RopeScaling::kLlama3:
+            return "llama3";
+        case RopeScaling::kYarn:
+            return "yarn";
     }
     return "unknown";
 }
@@ -60,7 +68,8 @@ Status ModelConfig::validate(const std::string& source) const {
         return bad("rope.rotary_dim", rope.rotary_dim,
                    fmt::format("must be positive, even and at most head_dim {}", head_dim));
     }
-    if (rope.scaling != RopeScaling::kNone && (!(rope.factor > 0.0f) || !std::isfinite(rope.factor))) {
+    if (rope.scaling != RopeScaling::kNone &&
+        (!(rope.factor > 0.0f) || !std::isfinite(rope.factor))) {
         return bad("rope.factor", rope.factor, "must be positive and finite");
     }
     if (rope.scaling == RopeScaling::kLlama3) {
@@ -79,8 +88,10 @@ Status ModelConfig::validate(const std::string& source) const {
         }
     }
     if (rope.scaling == RopeScaling::kYarn) {
-        if (!(rope.beta_fast > 0.0f)) return bad("rope.beta_fast", rope.beta_fast, "must be positive");
-        if (!(rope.beta_slow > 0.0f)) return bad("rope.beta_slow", rope.beta_slow, "must be positive");
+        if (!(rope.beta_fast > 0.0f))
+            return bad("rope.beta_fast", rope.beta_fast, "must be positive");
+        if (!(rope.beta_slow > 0.0f))
+            return bad("rope.beta_slow", rope.beta_slow, "must be positive");
         if (rope.attention_factor < 0.0f) {
             return bad("rope.attention_factor", rope.attention_factor, "must not be negative");
         }
@@ -144,7 +155,8 @@ double yarn_mscale(double scale, double mscale) {
 
 // Dimension at which a frequency completes `n_rotations` turns over the original context.
 double yarn_correction_dim(double n_rotations, int dim, double base, double max_position) {
-    return (dim * std::log(max_position / (n_rotations * 2.0 * std::numbers::pi))) / (2.0 * std::log(base));
+    return (dim * std::log(max_position / (n_rotations * 2.0 * std::numbers::pi))) /
+           (2.0 * std::log(base));
 }
 
 // YaRN (arXiv:2309.00071): interpolate low frequencies (divide by factor), extrapolate high

@@ -13,10 +13,12 @@ namespace {
 // Llama-3 (tiktoken cl100k style): letters with one leading non-letter, numbers of at most
 // three digits, punctuation runs with trailing newlines.
 constexpr std::string_view kLlama3Regex =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|)"
+    R"( ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 // Qwen2: the Llama-3 pattern with single digits.
 constexpr std::string_view kQwen2Regex =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|)"
+    R"( ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
 // Per-thread PCRE2 scratch: a JIT stack large enough for long whitespace runs and the match
 // context that points at it (a JIT stack may not be shared between threads).
@@ -39,10 +41,10 @@ struct MatchScratch {
 Result<std::shared_ptr<const Regex>> Regex::compile(std::string_view pattern, bool literal) {
     int err = 0;
     PCRE2_SIZE err_offset = 0;
-    const uint32_t options = PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK |
-                             (literal ? PCRE2_LITERAL : 0u);
-    pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()),
-                                     pattern.size(), options, &err, &err_offset, nullptr);
+    const uint32_t options =
+        PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK | (literal ? PCRE2_LITERAL : 0u);
+    pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                                     options, &err, &err_offset, nullptr);
     if (!code) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof(msg));
@@ -56,10 +58,11 @@ Result<std::shared_ptr<const Regex>> Regex::compile(std::string_view pattern, bo
     return std::shared_ptr<const Regex>(std::move(regex));
 }
 
-Regex::~Regex() { pcre2_code_free(static_cast<pcre2_code*>(code_)); }
+Regex::~Regex() {
+    pcre2_code_free(static_cast<pcre2_code*>(code_));
+}
 
-void Regex::find_all(std::string_view text,
-                     std::vector<std::pair<size_t, size_t>>& out) const {
+void Regex::find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& out) const {
     thread_local MatchScratch scratch;
     auto* code = static_cast<pcre2_code*>(code_);
     pcre2_match_data* md = pcre2_match_data_create_from_pattern(code, nullptr);

@@ -15,7 +15,7 @@ namespace purbo {
 // A compiled PCRE2 pattern (UTF + UCP so \p{L}, \p{N}, \s are Unicode-aware; JIT when the
 // library has it). Immutable and safe to share between threads.
 class Regex {
-public:
+  public:
     static Result<std::shared_ptr<const Regex>> compile(std::string_view pattern, bool literal);
     ~Regex();
     Regex(const Regex&) = delete;
@@ -26,7 +26,7 @@ public:
     void find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& out) const;
     const std::string& pattern() const { return pattern_; }
 
-private:
+  private:
     Regex() = default;
     void* code_ = nullptr;  // pcre2_code_8*
     std::string pattern_;
@@ -42,7 +42,7 @@ enum class SplitBehavior {
 };
 
 class PreTokenizer {
-public:
+  public:
     // llama.cpp's regex list for a GGUF `tokenizer.ggml.pre` value ("smollm", "llama-bpe",
     // "qwen2", "gpt2", "default", ...); each regex splits every piece, keeping both the
     // matches and the text between them. Unknown values -> kUnsupported.
@@ -58,7 +58,7 @@ public:
     // Appends the pieces of `text` (valid UTF-8) to `pieces`.
     void split(std::string_view text, std::vector<std::string>& pieces) const;
 
-private:
+  private:
     struct Step {
         std::shared_ptr<const Regex> regex;  // null for a pure prefix-space step
         SplitBehavior behavior = SplitBehavior::kIsolated;

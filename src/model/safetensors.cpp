@@ -18,9 +18,9 @@ using json = nlohmann::json;
 // some of its tensors are of a type we do not compute with.
 size_t safetensors_element_bytes(std::string_view dtype) {
     static const std::pair<std::string_view, size_t> kSizes[] = {
-        {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"I16", 2},
-        {"U16", 2},  {"F16", 2}, {"BF16", 2}, {"I32", 4},    {"U32", 4},     {"F32", 4},
-        {"I64", 8},  {"U64", 8}, {"F64", 8},
+        {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1},
+        {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},
+        {"U32", 4},  {"F32", 4}, {"I64", 8}, {"U64", 8},     {"F64", 8},
     };
     for (const auto& [name, size] : kSizes) {
         if (name == dtype) return size;
@@ -29,21 +29,31 @@ size_t safetensors_element_bytes(std::string_view dtype) {
 }
 
 bool dtype_from_safetensors(std::string_view name, DType* out) {
-    if (name == "F32") *out = DType::kF32;
-    else if (name == "F16") *out = DType::kF16;
-    else if (name == "BF16") *out = DType::kBF16;
-    else if (name == "I32") *out = DType::kI32;
-    else return false;
+    if (name == "F32")
+        *out = DType::kF32;
+    else if (name == "F16")
+        *out = DType::kF16;
+    else if (name == "BF16")
+        *out = DType::kBF16;
+    else if (name == "I32")
+        *out = DType::kI32;
+    else
+        return false;
     return true;
 }
 
 const char* dtype_to_safetensors(DType dtype) {
     switch (dtype) {
-        case DType::kF32: return "F32";
-        case DType::kF16: return "F16";
-        case DType::kBF16: return "BF16";
-        case DType::kI32: return "I32";
-        default: return nullptr;
+        case DType::kF32:
+            return "F32";
+        case DType::kF16:
+            return "F16";
+        case DType::kBF16:
+            return "BF16";
+        case DType::kI32:
+            return "I32";
+        default:
+            return nullptr;
     }
 }
 
@@ -63,8 +73,8 @@ Status parse_entry(const std::string& source, const std::string& name, const jso
     entry->name = name;
     const auto dtype_it = value.find("dtype");
     if (dtype_it == value.end() || !dtype_it->is_string()) {
-        return error(StatusCode::kParseError, "{}: tensor '{}': field 'dtype' missing or not a string",
-                     source, name);
+        return error(StatusCode::kParseError,
+                     "{}: tensor '{}': field 'dtype' missing or not a string", source, name);
     }
     entry->dtype_name = dtype_it->get<std::string>();
     entry->element_bytes = safetensors_element_bytes(entry->dtype_name);
@@ -75,15 +85,16 @@ Status parse_entry(const std::string& source, const std::string& name, const jso
 
     const auto shape_it = value.find("shape");
     if (shape_it == value.end() || !shape_it->is_array()) {
-        return error(StatusCode::kParseError, "{}: tensor '{}': field 'shape' missing or not an array",
-                     source, name);
+        return error(StatusCode::kParseError,
+                     "{}: tensor '{}': field 'shape' missing or not an array", source, name);
     }
     entry->numel = 1;
     for (const json& d : *shape_it) {
         if (!d.is_number_unsigned()) {
-            return error(StatusCode::kParseError,
-                         "{}: tensor '{}': field 'shape': dimension {} is not a non-negative integer",
-                         source, name, json_excerpt(d));
+            return error(
+                StatusCode::kParseError,
+                "{}: tensor '{}': field 'shape': dimension {} is not a non-negative integer",
+                source, name, json_excerpt(d));
         }
         const uint64_t dim = d.get<uint64_t>();
         constexpr uint64_t kMax = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
@@ -99,17 +110,19 @@ Status parse_entry(const std::string& source, const std::string& name, const jso
     const auto off_it = value.find("data_offsets");
     if (off_it == value.end() || !off_it->is_array() || off_it->size() != 2 ||
         !(*off_it)[0].is_number_unsigned() || !(*off_it)[1].is_number_unsigned()) {
-        return error(StatusCode::kParseError,
-                     "{}: tensor '{}': field 'data_offsets' must be two non-negative integers, got {}",
-                     source, name, off_it == value.end() ? "nothing" : json_excerpt(*off_it));
+        return error(
+            StatusCode::kParseError,
+            "{}: tensor '{}': field 'data_offsets' must be two non-negative integers, got {}",
+            source, name, off_it == value.end() ? "nothing" : json_excerpt(*off_it));
     }
     entry->begin = (*off_it)[0].get<uint64_t>();
     entry->end = (*off_it)[1].get<uint64_t>();
     if (entry->begin > entry->end || entry->end > data_bytes) {
-        return error(StatusCode::kParseError,
-                     "{}: tensor '{}': field 'data_offsets' [{}, {}) outside the data section of {} "
-                     "bytes",
-                     source, name, entry->begin, entry->end, data_bytes);
+        return error(
+            StatusCode::kParseError,
+            "{}: tensor '{}': field 'data_offsets' [{}, {}) outside the data section of {} "
+            "bytes",
+            source, name, entry->begin, entry->end, data_bytes);
     }
     const uint64_t numel = static_cast<uint64_t>(entry->numel);
     if (numel > std::numeric_limits<uint64_t>::max() / entry->element_bytes ||
@@ -140,9 +153,10 @@ Result<SafetensorsFile> SafetensorsFile::parse(std::span<const uint8_t> bytes,
                      source, header_bytes, kSafetensorsMaxHeaderBytes);
     }
     if (header_bytes > bytes.size() - 8) {
-        return error(StatusCode::kParseError,
-                     "{}: header length {} runs past the end of the file ({} bytes after the length)",
-                     source, header_bytes, bytes.size() - 8);
+        return error(
+            StatusCode::kParseError,
+            "{}: header length {} runs past the end of the file ({} bytes after the length)",
+            source, header_bytes, bytes.size() - 8);
     }
     const char* header_text = reinterpret_cast<const char*>(bytes.data() + 8);
     const uint64_t data_bytes = bytes.size() - 8 - header_bytes;
@@ -226,12 +240,13 @@ Result<Tensor> SafetensorsFile::tensor(std::string_view name) const {
     DType dtype;
     if (!dtype_from_safetensors(entry->dtype_name, &dtype)) {
         return error(StatusCode::kUnsupported,
-                     "{}: tensor '{}': dtype {} is not supported (F32, F16, BF16, I32 are)", source_,
-                     name, entry->dtype_name);
+                     "{}: tensor '{}': dtype {} is not supported (F32, F16, BF16, I32 are)",
+                     source_, name, entry->dtype_name);
     }
     if (entry->shape.size() > static_cast<size_t>(kMaxDims)) {
-        return error(StatusCode::kUnsupported, "{}: tensor '{}': {} dimensions, at most {} supported",
-                     source_, name, entry->shape.size(), kMaxDims);
+        return error(StatusCode::kUnsupported,
+                     "{}: tensor '{}': {} dimensions, at most {} supported", source_, name,
+                     entry->shape.size(), kMaxDims);
     }
     // The view is const in spirit: the mapping is read-only (MAP_PRIVATE, PROT_READ).
     void* data = const_cast<uint8_t*>(data_section_ + entry->begin);
@@ -254,21 +269,24 @@ Status safetensors_write(const std::string& path,
     for (const auto& [name, t] : tensors) {
         const char* dtype = dtype_to_safetensors(t.dtype);
         if (name.empty() || name == "__metadata__" || header.contains(name)) {
-            return error(StatusCode::kInvalidArgument, "{}: tensor name '{}' is empty, reserved or "
-                         "repeated", path, name);
+            return error(StatusCode::kInvalidArgument,
+                         "{}: tensor name '{}' is empty, reserved or "
+                         "repeated",
+                         path, name);
         }
         if (dtype == nullptr) {
             return error(StatusCode::kUnsupported, "{}: tensor '{}': dtype {} cannot be written",
                          path, name, dtype_name(t.dtype));
         }
         if (t.device != Device::kCpu || (t.data == nullptr && t.numel() != 0)) {
-            return error(StatusCode::kInvalidArgument, "{}: tensor '{}' is not a CPU tensor with data",
-                         path, name);
+            return error(StatusCode::kInvalidArgument,
+                         "{}: tensor '{}' is not a CPU tensor with data", path, name);
         }
         const size_t nbytes = t.ndim == 0 ? dtype_row_bytes(t.dtype, 1) : t.nbytes();
         json shape = json::array();
         for (int i = 0; i < t.ndim; ++i) shape.push_back(t.shape[static_cast<size_t>(i)]);
-        header[name] = {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {offset, offset + nbytes}}};
+        header[name] = {
+            {"dtype", dtype}, {"shape", shape}, {"data_offsets", {offset, offset + nbytes}}};
         offset += nbytes;
         sizes.push_back(nbytes);
     }

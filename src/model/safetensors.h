@@ -35,7 +35,7 @@ struct SafetensorsEntry {
 };
 
 class SafetensorsFile {
-public:
+  public:
     // Maps and parses `path`; tensors keep the mapping alive.
     static Result<std::shared_ptr<SafetensorsFile>> open(const std::string& path);
     // Parses bytes owned by the caller (they must outlive the returned tensors);
@@ -53,7 +53,7 @@ public:
     // other dtypes or more than kMaxDims dimensions.
     Result<Tensor> tensor(std::string_view name) const;
 
-private:
+  private:
     std::string source_;
     std::shared_ptr<void> keep_alive_;  // the MappedFile when opened from a path
     const uint8_t* data_section_ = nullptr;

@@ -72,16 +72,15 @@ Result<SplitBehavior> parse_behavior(const Ctx& c, const Json& j, const std::str
                  path, b);
 }
 
-Status parse_pre_tokenizer(const Ctx& c, const Json& j, const std::string& path,
-                           TokenizerSpec& s) {
+Status parse_pre_tokenizer(const Ctx& c, const Json& j, const std::string& path, TokenizerSpec& s) {
     if (j.is_null()) return Status::ok();
     const std::string type = type_of(j);
     if (type == "Sequence") {
         const Json& list = j.contains("pretokenizers") ? j["pretokenizers"] : Json();
         if (!list.is_array()) return bad_field(c, path + ".pretokenizers", list, "an array");
         for (size_t i = 0; i < list.size(); ++i) {
-            PURBO_TRY(parse_pre_tokenizer(c, list[i],
-                                          fmt::format("{}.pretokenizers[{}]", path, i), s));
+            PURBO_TRY(
+                parse_pre_tokenizer(c, list[i], fmt::format("{}.pretokenizers[{}]", path, i), s));
         }
         return Status::ok();
     }
@@ -94,9 +93,9 @@ Status parse_pre_tokenizer(const Ctx& c, const Json& j, const std::string& path,
         PURBO_ASSIGN_OR_RETURN(bool individual, get_bool(c, j, path, "individual_digits", false));
         // tokenizers splits at every char::is_numeric character (categories Nd, Nl, No).
         PURBO_ASSIGN_OR_RETURN(auto regex, Regex::compile(R"(\p{N})", false));
-        s.pre_tokenizer.add_split(std::move(regex),
-                                  individual ? SplitBehavior::kIsolated : SplitBehavior::kContiguous,
-                                  false);
+        s.pre_tokenizer.add_split(
+            std::move(regex), individual ? SplitBehavior::kIsolated : SplitBehavior::kContiguous,
+            false);
         return Status::ok();
     }
     if (type == "Split") {
@@ -112,7 +111,8 @@ Status parse_pre_tokenizer(const Ctx& c, const Json& j, const std::string& path,
             if (!r.is_ok()) return r.status().with_context(c.source + ": " + path + ".pattern");
             regex = r.value();
         } else {
-            return bad_field(c, path + ".pattern", pattern, "{\"Regex\": ...} or {\"String\": ...}");
+            return bad_field(c, path + ".pattern", pattern,
+                             "{\"Regex\": ...} or {\"String\": ...}");
         }
         const Json& behavior_json = j.contains("behavior") ? j["behavior"] : Json();
         PURBO_ASSIGN_OR_RETURN(SplitBehavior behavior,
@@ -161,8 +161,8 @@ Status parse_post_processor(const Ctx& c, const Json& j, const std::string& path
         const Json& list = j.contains("processors") ? j["processors"] : Json();
         if (!list.is_array()) return bad_field(c, path + ".processors", list, "an array");
         for (size_t i = 0; i < list.size(); ++i) {
-            PURBO_TRY(parse_post_processor(c, list[i],
-                                           fmt::format("{}.processors[{}]", path, i), s));
+            PURBO_TRY(
+                parse_post_processor(c, list[i], fmt::format("{}.processors[{}]", path, i), s));
         }
         return Status::ok();
     }
@@ -204,8 +204,8 @@ Status parse_model(const Ctx& c, const Json& m, TokenizerSpec& s) {
     if (!m.is_object()) return bad_field(c, "model", m, "an object");
     const std::string type = type_of(m);
     if (type != "BPE") {
-        return error(StatusCode::kUnsupported,
-                     "{}: model.type '{}' is not supported (only BPE)", c.source, type);
+        return error(StatusCode::kUnsupported, "{}: model.type '{}' is not supported (only BPE)",
+                     c.source, type);
     }
     PURBO_ASSIGN_OR_RETURN(bool byte_fallback, get_bool(c, m, "model", "byte_fallback", false));
     if (byte_fallback) {

@@ -11,10 +11,10 @@ struct Tokenizer::State {
     std::unique_ptr<BpeModel> bpe;
     bool normalize_nfc = false;
     PreTokenizer pre_tokenizer;
-    std::vector<AddedToken> added;               // longest content first
+    std::vector<AddedToken> added;                              // longest content first
     std::array<std::vector<int32_t>, 256> added_by_first_byte;  // indices into `added`
-    std::vector<std::string> pieces;             // id -> bytes it stands for
-    std::vector<uint8_t> special;                // id -> 1 when special
+    std::vector<std::string> pieces;                            // id -> bytes it stands for
+    std::vector<uint8_t> special;                               // id -> 1 when special
     std::vector<int32_t> stop_ids;
     int32_t n_vocab = 0;
     int32_t bos_id = -1, eos_id = -1;
@@ -163,15 +163,15 @@ Result<Tokenizer> Tokenizer::from_spec(TokenizerSpec spec) {
     Tokenizer tok;
     tok.state_ = st;
     const auto add_stop = [&](int32_t id) {
-        if (id >= 0 && std::find(st->stop_ids.begin(), st->stop_ids.end(), id) ==
-                           st->stop_ids.end()) {
+        if (id >= 0 &&
+            std::find(st->stop_ids.begin(), st->stop_ids.end(), id) == st->stop_ids.end()) {
             st->stop_ids.push_back(id);
         }
     };
     add_stop(spec.eos_id);
     add_stop(spec.eot_id);
-    for (const char* name : {"<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>",
-                             "<|end_of_text|>"}) {
+    for (const char* name :
+         {"<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>", "<|end_of_text|>"}) {
         if (auto id = tok.token_id(name)) add_stop(*id);
     }
     return tok;
@@ -231,16 +231,30 @@ std::string Tokenizer::token_to_piece(int32_t id) const {
     return state_->pieces[id];
 }
 
-int32_t Tokenizer::n_vocab() const { return state_->n_vocab; }
-int32_t Tokenizer::bos_id() const { return state_->bos_id; }
-int32_t Tokenizer::eos_id() const { return state_->eos_id; }
-bool Tokenizer::add_bos() const { return state_->add_bos; }
-std::span<const int32_t> Tokenizer::stop_ids() const { return state_->stop_ids; }
+int32_t Tokenizer::n_vocab() const {
+    return state_->n_vocab;
+}
+int32_t Tokenizer::bos_id() const {
+    return state_->bos_id;
+}
+int32_t Tokenizer::eos_id() const {
+    return state_->eos_id;
+}
+bool Tokenizer::add_bos() const {
+    return state_->add_bos;
+}
+std::span<const int32_t> Tokenizer::stop_ids() const {
+    return state_->stop_ids;
+}
 bool Tokenizer::is_special(int32_t id) const {
     return id >= 0 && id < state_->n_vocab && state_->special[id];
 }
-std::string_view Tokenizer::chat_template_text() const { return state_->chat_template; }
-const std::string& Tokenizer::source() const { return state_->source; }
+std::string_view Tokenizer::chat_template_text() const {
+    return state_->chat_template;
+}
+const std::string& Tokenizer::source() const {
+    return state_->source;
+}
 
 std::optional<int32_t> Tokenizer::token_id(std::string_view text) const {
     for (const AddedToken& t : state_->added) {
@@ -277,7 +291,8 @@ Result<Tokenizer> Tokenizer::from_vocab(const TokenizerVocab& v) {
         if (space == std::string::npos || space + 1 >= m.size()) {
             return error(StatusCode::kParseError,
                          "{}: tokenizer.ggml.merges[{}] '{}' is not two tokens separated by a "
-                         "space", v.source, i, m);
+                         "space",
+                         v.source, i, m);
         }
         spec.merges.emplace_back(m.substr(0, space), m.substr(space + 1));
     }

@@ -1,6 +1,14 @@
 // Byte-level BPE tokenizer (GPT-2 / Llama-3 / Qwen2 / SmolLM2 families), loaded from a GGUF
 // vocabulary (tokenizer.ggml.*) or from Hugging Face tokenizer.json (+ tokenizer_config.json).
 // Its ids match the Hugging Face `tokenizers` library exactly.
+//
+// Choices where the two references differ or are silent:
+//  - GGUF route: control tokens (type 3) are matched in text only with parse_special;
+//    user-defined tokens (type 4) always, and decode(skip_special) keeps them (llama.cpp).
+//  - GGUF route with pre "qwen2": text is NFC-normalised as Qwen2's tokenizer.json says
+//    (llama.cpp does not normalise).
+//  - Added tokens are matched on the text before normalisation; single_word is ignored.
+//  - A text that already starts with the bos token gets no second bos from add_special.
 #pragma once
 
 #include <cstdint>
@@ -63,7 +71,7 @@ struct TokenizerSpec {
 };
 
 class Tokenizer {
-public:
+  public:
     static Result<Tokenizer> from_vocab(const TokenizerVocab& vocab);
     // tokenizer.json plus, when the path is not empty, tokenizer_config.json (add_bos_token,
     // add_eos_token, bos_token, eos_token, chat_template).
@@ -98,7 +106,8 @@ public:
 
     struct State;  // defined in tokenizer.cpp
 
-private:
+  private:
+    Tokenizer() = default;  // only the loaders make one, so state_ is never null
     std::shared_ptr<const State> state_;
 };
 

@@ -91,8 +91,8 @@ const ByteTables& byte_tables() {
         t.from_cp.fill(-1);
         int next_extra = 0;
         for (int b = 0; b < 256; ++b) {
-            const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) ||
-                                   (b >= 0xAE && b <= 0xFF);
+            const bool printable =
+                (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
             const uint32_t cp = printable ? b : 256 + next_extra++;
             utf8_append(t.to_utf8[b], cp);
             t.from_cp[cp] = b;
@@ -104,7 +104,9 @@ const ByteTables& byte_tables() {
 
 }  // namespace
 
-const std::array<std::string, 256>& byte_to_unicode_utf8() { return byte_tables().to_utf8; }
+const std::array<std::string, 256>& byte_to_unicode_utf8() {
+    return byte_tables().to_utf8;
+}
 
 int byte_from_unicode(uint32_t cp) {
     const auto& t = byte_tables();
@@ -120,9 +122,9 @@ std::string bytes_to_byte_level(std::string_view bytes) {
 }
 
 bool is_whitespace(uint32_t cp) {
-    return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 ||
-           cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
-           cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+           cp == 0x205F || cp == 0x3000;
 }
 
 Result<std::string> nfc(std::string_view text) {
@@ -141,8 +143,8 @@ Result<std::string> nfc(std::string_view text) {
     if (U_FAILURE(err)) return error(StatusCode::kInvalidArgument, "NFC: text is not UTF-8");
     // NFC of a string is at most 3x as long in UTF-16 (Unicode UAX #15 expansion bound).
     std::vector<UChar> dst(static_cast<size_t>(n16) * 3 + 16);
-    const int32_t n_dst = unorm2_normalize(norm, src.data(), n16, dst.data(),
-                                           static_cast<int32_t>(dst.size()), &err);
+    const int32_t n_dst =
+        unorm2_normalize(norm, src.data(), n16, dst.data(), static_cast<int32_t>(dst.size()), &err);
     if (U_FAILURE(err)) return error(StatusCode::kInternal, "ICU NFC: {}", u_errorName(err));
     std::string out(static_cast<size_t>(n_dst) * 3 + 4, '\0');
     int32_t n8 = 0;

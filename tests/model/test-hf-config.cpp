@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numbers>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <numbers>
 #include <sstream>
 #include <string>
 
@@ -113,7 +113,8 @@ TEST(HfConfig, Llama3RopeScaling) {
 }
 
 TEST(HfConfig, LinearWithOldTypeKey) {
-    const ModelConfig c = parse_ok(patched(kSmolLM2, R"({"rope_scaling": {"type": "linear", "factor": 2}})"));
+    const ModelConfig c =
+        parse_ok(patched(kSmolLM2, R"({"rope_scaling": {"type": "linear", "factor": 2}})"));
     EXPECT_EQ(c.rope.scaling, RopeScaling::kLinear);
     EXPECT_EQ(c.rope.factor, 2.0f);
 }
@@ -188,6 +189,10 @@ TEST(HfConfig, YarnAndBothSpellingsAgree) {
     EXPECT_EQ(d.rope.beta_fast, 16.0f);
     EXPECT_FALSE(d.rope.truncate);
     EXPECT_EQ(d.rope.attention_factor, 1.5f);
+    // Without factor, YaRN takes max_position_embeddings / original (transformers 5).
+    const ModelConfig f = parse_ok(patched(kQwen3, R"({"rope_scaling": {"rope_type": "yarn",
+        "original_max_position_embeddings": 10240}})"));
+    EXPECT_EQ(f.rope.factor, 4.0f);  // 40960 / 10240
     // rope_parameters with rope_type default.
     const ModelConfig e = parse_ok(patched(kSmolLM2, R"({"rope_theta": null, "rope_parameters":
         {"rope_type": "default", "rope_theta": 100000.0}})"));
@@ -215,68 +220,95 @@ struct BadCase {
 TEST(HfConfig, BadValuesNameFieldAndValue) {
     const std::vector<BadCase> cases = {
         {R"({"model_type": "gpt2"})", StatusCode::kUnsupported, {"model_type", "gpt2"}},
-        {R"({"model_type": null, "architectures": ["GPT2LMHeadModel"]})", StatusCode::kUnsupported,
+        {R"({"model_type": null, "architectures": ["GPT2LMHeadModel"]})",
+         StatusCode::kUnsupported,
          {"architectures", "GPT2LMHeadModel"}},
-        {R"({"model_type": null, "architectures": null})", StatusCode::kInvalidArgument,
+        {R"({"model_type": null, "architectures": null})",
+         StatusCode::kInvalidArgument,
          {"model_type"}},
         {R"({"model_type": 3})", StatusCode::kInvalidArgument, {"model_type", "3"}},
         {R"({"hidden_size": -576})", StatusCode::kInvalidArgument, {"hidden_size", "-576"}},
         {R"({"hidden_size": 0})", StatusCode::kInvalidArgument, {"hidden_size", "0"}},
         {R"({"hidden_size": "576"})", StatusCode::kInvalidArgument, {"hidden_size", "\"576\""}},
         {R"({"hidden_size": 576.5})", StatusCode::kInvalidArgument, {"hidden_size", "576.5"}},
-        {R"({"hidden_size": 99999999999})", StatusCode::kInvalidArgument,
+        {R"({"hidden_size": 99999999999})",
+         StatusCode::kInvalidArgument,
          {"hidden_size", "99999999999"}},
         {R"({"hidden_size": null})", StatusCode::kInvalidArgument, {"hidden_size", "missing"}},
         {R"({"num_hidden_layers": -1})", StatusCode::kInvalidArgument, {"num_hidden_layers", "-1"}},
-        {R"({"num_attention_heads": 0})", StatusCode::kInvalidArgument,
+        {R"({"num_attention_heads": 0})",
+         StatusCode::kInvalidArgument,
          {"num_attention_heads", "0"}},
-        {R"({"num_attention_heads": 7})", StatusCode::kInvalidArgument,
+        {R"({"num_attention_heads": 7})",
+         StatusCode::kInvalidArgument,
          {"num_key_value_heads", "3", "7"}},
-        {R"({"num_attention_heads": 10, "num_key_value_heads": 5})", StatusCode::kInvalidArgument,
+        {R"({"num_attention_heads": 10, "num_key_value_heads": 5})",
+         StatusCode::kInvalidArgument,
          {"num_attention_heads", "10", "576"}},
         {R"({"head_dim": 63})", StatusCode::kInvalidArgument, {"head_dim", "63"}},
         {R"({"head_dim": true})", StatusCode::kInvalidArgument, {"head_dim", "true"}},
         {R"({"intermediate_size": 0})", StatusCode::kInvalidArgument, {"intermediate_size", "0"}},
         {R"({"vocab_size": -5})", StatusCode::kInvalidArgument, {"vocab_size", "-5"}},
-        {R"({"max_position_embeddings": 0})", StatusCode::kInvalidArgument,
+        {R"({"max_position_embeddings": 0})",
+         StatusCode::kInvalidArgument,
          {"max_position_embeddings", "0"}},
         {R"({"rms_norm_eps": 0})", StatusCode::kInvalidArgument, {"rms_norm_eps", "0"}},
         {R"({"rms_norm_eps": "tiny"})", StatusCode::kInvalidArgument, {"rms_norm_eps", "tiny"}},
         {R"({"rope_theta": -10000})", StatusCode::kInvalidArgument, {"rope_theta", "-10000"}},
-        {R"({"tie_word_embeddings": 1})", StatusCode::kInvalidArgument,
+        {R"({"tie_word_embeddings": 1})",
+         StatusCode::kInvalidArgument,
          {"tie_word_embeddings", "1"}},
         {R"({"hidden_act": "gelu"})", StatusCode::kUnsupported, {"hidden_act", "gelu"}},
         {R"({"mlp_bias": true})", StatusCode::kUnsupported, {"mlp_bias"}},
-        {R"({"partial_rotary_factor": 1.5})", StatusCode::kInvalidArgument,
+        {R"({"partial_rotary_factor": 1.5})",
+         StatusCode::kInvalidArgument,
          {"partial_rotary_factor", "1.5"}},
-        {R"({"partial_rotary_factor": 0.01})", StatusCode::kInvalidArgument,
+        {R"({"partial_rotary_factor": 0.01})",
+         StatusCode::kInvalidArgument,
          {"partial_rotary_factor", "0.01"}},
-        {R"({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}})", StatusCode::kUnsupported,
+        {R"({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}})",
+         StatusCode::kUnsupported,
          {"rope_scaling.rope_type", "dynamic"}},
-        {R"({"rope_scaling": {"type": "su"}})", StatusCode::kUnsupported,
+        {R"({"rope_scaling": {"type": "su"}})",
+         StatusCode::kUnsupported,
          {"rope_scaling.type", "su"}},
-        {R"({"rope_scaling": {"factor": 2.0}})", StatusCode::kInvalidArgument,
+        {R"({"rope_scaling": {"factor": 2.0}})",
+         StatusCode::kInvalidArgument,
          {"rope_scaling.rope_type", "missing"}},
         {R"({"rope_scaling": "linear"})", StatusCode::kInvalidArgument, {"rope_scaling", "linear"}},
-        {R"({"rope_scaling": {"rope_type": "linear"}})", StatusCode::kInvalidArgument,
+        {R"({"rope_scaling": {"rope_type": "linear"}})",
+         StatusCode::kInvalidArgument,
          {"rope_scaling.factor", "missing"}},
-        {R"({"rope_scaling": {"rope_type": "linear", "factor": -2}})", StatusCode::kInvalidArgument,
+        {R"({"rope_scaling": {"rope_type": "linear", "factor": -2}})",
+         StatusCode::kInvalidArgument,
          {"rope_scaling.factor", "-2"}},
         {R"({"rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 1,
              "high_freq_factor": 4}})",
-         StatusCode::kInvalidArgument, {"rope_scaling.original_max_position_embeddings"}},
+         StatusCode::kInvalidArgument,
+         {"rope_scaling.original_max_position_embeddings"}},
         {R"({"rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 4,
              "high_freq_factor": 1, "original_max_position_embeddings": 8192}})",
-         StatusCode::kInvalidArgument, {"rope_scaling.high_freq_factor", "1"}},
+         StatusCode::kInvalidArgument,
+         {"rope_scaling.high_freq_factor", "1"}},
+        {R"({"rope_scaling": {"rope_type": "yarn"}})",
+         StatusCode::kInvalidArgument,
+         {"rope_scaling.factor", "missing"}},
         {R"({"rope_scaling": {"rope_type": "yarn", "factor": 4, "truncate": "yes"}})",
-         StatusCode::kInvalidArgument, {"rope_scaling.truncate", "yes"}},
+         StatusCode::kInvalidArgument,
+         {"rope_scaling.truncate", "yes"}},
         {R"({"rope_scaling": {"rope_type": "yarn", "factor": 4,
              "original_max_position_embeddings": -1}})",
-         StatusCode::kInvalidArgument, {"rope_scaling.original_max_position_embeddings", "-1"}},
+         StatusCode::kInvalidArgument,
+         {"rope_scaling.original_max_position_embeddings", "-1"}},
         {R"({"rope_parameters": {"rope_type": "yarn", "rope_theta": 0, "factor": 4}})",
-         StatusCode::kInvalidArgument, {"rope_parameters.rope_theta", "0"}},
-        {R"({"rope_parameters": {"rope_type": "longrope"}})", StatusCode::kUnsupported,
+         StatusCode::kInvalidArgument,
+         {"rope_parameters.rope_theta", "0"}},
+        {R"({"rope_parameters": {"rope_type": "longrope"}})",
+         StatusCode::kUnsupported,
          {"rope_parameters.rope_type", "longrope"}},
+        {R"({"rope_parameters": {"full_attention": {"rope_type": "default"}}})",
+         StatusCode::kUnsupported,
+         {"rope_parameters.full_attention"}},
     };
     for (const BadCase& c : cases) {
         SCOPED_TRACE(c.patch);
@@ -286,7 +318,8 @@ TEST(HfConfig, BadValuesNameFieldAndValue) {
         EXPECT_EQ(s.code(), c.code) << s.to_string();
         EXPECT_NE(s.message().find("dir/config.json"), std::string::npos) << s.message();
         for (const std::string& p : c.parts) {
-            EXPECT_NE(s.message().find(p), std::string::npos) << "'" << p << "' not in " << s.message();
+            EXPECT_NE(s.message().find(p), std::string::npos)
+                << "'" << p << "' not in " << s.message();
         }
     }
 }
@@ -409,10 +442,10 @@ TEST(RopeTables, YarnRampBetweenCorrectionBounds) {
     EXPECT_FLOAT_EQ(t.attn_factor, static_cast<float>(0.1 * std::log(4.0) + 1.0));
     // Correction bounds by hand: d(n) = 64 ln(4096 / (2 pi n)) / (2 ln 10000);
     // d(32) = 10.47 -> floor 10, d(1) = 22.5 -> ceil 23.
-    const double low = std::floor(64 * std::log(4096 / (2 * std::numbers::pi * 32)) /
-                                  (2 * std::log(10000.0)));
-    const double high = std::ceil(64 * std::log(4096 / (2 * std::numbers::pi * 1)) /
-                                  (2 * std::log(10000.0)));
+    const double low =
+        std::floor(64 * std::log(4096 / (2 * std::numbers::pi * 32)) / (2 * std::log(10000.0)));
+    const double high =
+        std::ceil(64 * std::log(4096 / (2 * std::numbers::pi * 1)) / (2 * std::log(10000.0)));
     ASSERT_EQ(low, 10.0);
     ASSERT_EQ(high, 23.0);
     for (size_t i = 0; i < t.inv_freq.size(); ++i) {

@@ -22,9 +22,10 @@ namespace fs = std::filesystem;
 
 // Letters: e = hidden, q = heads * head_dim, kv = kv heads * head_dim, f = ffn, v = vocab.
 struct TinyModel {
-    json config = {{"model_type", "llama"}, {"hidden_size", 16}, {"num_hidden_layers", 2},
-                   {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-                   {"intermediate_size", 24}, {"vocab_size", 32}, {"tie_word_embeddings", false}};
+    json config = {{"model_type", "llama"},    {"hidden_size", 16},
+                   {"num_hidden_layers", 2},   {"num_attention_heads", 4},
+                   {"num_key_value_heads", 2}, {"intermediate_size", 24},
+                   {"vocab_size", 32},         {"tie_word_embeddings", false}};
     DType dtype = DType::kF32;  // of every tensor written
     std::map<std::string, Tensor> tensors;
 
@@ -75,9 +76,12 @@ struct TinyModel {
         Tensor t = tensor_cpu(dtype, shape);
         for (int64_t i = 0; i < t.numel(); ++i) {
             const float x = zero ? 0.0f : value_of(name, i);
-            if (dtype == DType::kF32) t.f32()[i] = x;
-            else if (dtype == DType::kF16) t.ptr<uint16_t>()[i] = f32_to_f16(x);
-            else t.ptr<uint16_t>()[i] = f32_to_bf16(x);
+            if (dtype == DType::kF32)
+                t.f32()[i] = x;
+            else if (dtype == DType::kF16)
+                t.ptr<uint16_t>()[i] = f32_to_f16(x);
+            else
+                t.ptr<uint16_t>()[i] = f32_to_bf16(x);
         }
         tensors[name] = t;
     }
@@ -86,7 +90,8 @@ struct TinyModel {
     std::string write(const std::string& test_name, int n_shards = 1) const {
         const std::string dir = test::temp_dir(test_name);
         std::ofstream(dir + "/config.json") << config.dump(2);
-        std::vector<std::vector<std::pair<std::string, Tensor>>> shards(static_cast<size_t>(n_shards));
+        std::vector<std::vector<std::pair<std::string, Tensor>>> shards(
+            static_cast<size_t>(n_shards));
         size_t i = 0;
         for (const auto& [name, t] : tensors) shards[i++ % shards.size()].emplace_back(name, t);
         if (n_shards == 1) {
@@ -108,7 +113,8 @@ void expect_error(const Status& s, StatusCode code, std::initializer_list<std::s
     ASSERT_FALSE(s.is_ok());
     EXPECT_EQ(s.code(), code) << s.to_string();
     for (const std::string& p : parts) {
-        EXPECT_NE(s.message().find(p), std::string::npos) << "'" << p << "' not in: " << s.message();
+        EXPECT_NE(s.message().find(p), std::string::npos)
+            << "'" << p << "' not in: " << s.message();
     }
 }
 
@@ -131,7 +137,8 @@ TEST(HfLoader, LlamaSingleFileF32) {
     EXPECT_TRUE(w.layers[0].q_norm.empty());
     EXPECT_NE(w.lm_head.data, w.tok_embd.data);
     EXPECT_EQ(w.lm_head.f32()[3], TinyModel::value_of("lm_head.weight", 3));
-    EXPECT_EQ(w.layers[1].wo.f32()[7], TinyModel::value_of("model.layers.1.self_attn.o_proj.weight", 7));
+    EXPECT_EQ(w.layers[1].wo.f32()[7],
+              TinyModel::value_of("model.layers.1.self_attn.o_proj.weight", 7));
     EXPECT_EQ(w.out_norm.f32()[2], TinyModel::value_of("model.norm.weight", 2));
     EXPECT_TRUE(model->tokenizer_json_path.empty());
     EXPECT_TRUE(model->chat_template_path.empty());
@@ -214,9 +221,9 @@ TEST(HfLoader, ShapeMismatchNamesFileTensorAndShapes) {
     m.fill();
     m.add("model.layers.0.self_attn.k_proj.weight", {16, 16});
     const std::string dir = m.write("hf_shape");
-    expect_error(hf_model_load(dir).status(), StatusCode::kInvalidArgument,
-                 {"model.safetensors", "'model.layers.0.self_attn.k_proj.weight'", "(16, 16)",
-                  "(8, 16)"});
+    expect_error(
+        hf_model_load(dir).status(), StatusCode::kInvalidArgument,
+        {"model.safetensors", "'model.layers.0.self_attn.k_proj.weight'", "(16, 16)", "(8, 16)"});
     TinyModel n;
     n.fill();
     n.add("model.norm.weight", {16, 1});

@@ -15,11 +15,11 @@ namespace {
 
 // Raw file bytes: little-endian header length, header text, data.
 std::vector<uint8_t> make_file(const std::string& header, const std::vector<uint8_t>& data = {}) {
-    std::vector<uint8_t> out(8);
+    std::vector<uint8_t> out(8 + header.size() + data.size());
     const uint64_t n = header.size();
     for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<uint8_t>(n >> (8 * i));
-    out.insert(out.end(), header.begin(), header.end());
-    out.insert(out.end(), data.begin(), data.end());
+    std::memcpy(out.data() + 8, header.data(), header.size());
+    if (!data.empty()) std::memcpy(out.data() + 8 + header.size(), data.data(), data.size());
     return out;
 }
 
@@ -32,7 +32,8 @@ void expect_error(const Status& s, StatusCode code, std::initializer_list<std::s
     ASSERT_FALSE(s.is_ok());
     EXPECT_EQ(s.code(), code) << s.to_string();
     for (const std::string& p : parts) {
-        EXPECT_NE(s.message().find(p), std::string::npos) << "'" << p << "' not in: " << s.message();
+        EXPECT_NE(s.message().find(p), std::string::npos)
+            << "'" << p << "' not in: " << s.message();
     }
 }
 
@@ -116,8 +117,8 @@ TEST(Safetensors, ReadsFileWrittenByReferenceLibrary) {
 
 TEST(Safetensors, EveryTruncationIsAnError) {
     const std::string path = test::temp_dir("st_trunc") + "/a.safetensors";
-    const std::vector<std::pair<std::string, Tensor>> tensors = {
-        {"a", f32_tensor({3}, 1.0f)}, {"b", f32_tensor({2, 2}, 0.0f)}};
+    const std::vector<std::pair<std::string, Tensor>> tensors = {{"a", f32_tensor({3}, 1.0f)},
+                                                                 {"b", f32_tensor({2, 2}, 0.0f)}};
     ASSERT_TRUE(safetensors_write(path, tensors).is_ok());
     auto mapped = MappedFile::open(path);
     ASSERT_TRUE(mapped.is_ok());
@@ -156,31 +157,43 @@ TEST(Safetensors, MalformedHeaders) {
         {"{\"a\": ", StatusCode::kParseError, {"not valid JSON"}},
         {"[1, 2]", StatusCode::kParseError, {"not a JSON object"}},
         {R"({"a": 5})", StatusCode::kParseError, {"'a'", "5"}},
-        {R"({"a": {"shape": [2], "data_offsets": [0, 8]}})", StatusCode::kParseError,
+        {R"({"a": {"shape": [2], "data_offsets": [0, 8]}})",
+         StatusCode::kParseError,
          {"'a'", "dtype"}},
         {R"({"a": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}})",
-         StatusCode::kUnsupported, {"'a'", "F99"}},
+         StatusCode::kUnsupported,
+         {"'a'", "F99"}},
         {R"({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})",
-         StatusCode::kParseError, {"'a'", "shape", "-2"}},
+         StatusCode::kParseError,
+         {"'a'", "shape", "-2"}},
         {R"({"a": {"dtype": "F32", "shape": [2.5], "data_offsets": [0, 8]}})",
-         StatusCode::kParseError, {"'a'", "shape", "2.5"}},
+         StatusCode::kParseError,
+         {"'a'", "shape", "2.5"}},
         {R"({"a": {"dtype": "F32", "shape": 2, "data_offsets": [0, 8]}})",
-         StatusCode::kParseError, {"'a'", "shape"}},
+         StatusCode::kParseError,
+         {"'a'", "shape"}},
         {R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 24]}})",
-         StatusCode::kParseError, {"'a'", "[0, 24)", "16 bytes"}},
+         StatusCode::kParseError,
+         {"'a'", "[0, 24)", "16 bytes"}},
         {R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 4]}})",
-         StatusCode::kParseError, {"'a'", "[8, 4)"}},
+         StatusCode::kParseError,
+         {"'a'", "[8, 4)"}},
         {R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0]}})",
-         StatusCode::kParseError, {"'a'", "data_offsets"}},
+         StatusCode::kParseError,
+         {"'a'", "data_offsets"}},
         {R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [-1, 7]}})",
-         StatusCode::kParseError, {"'a'", "data_offsets"}},
+         StatusCode::kParseError,
+         {"'a'", "data_offsets"}},
         {R"({"a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 8]}})",
-         StatusCode::kParseError, {"'a'", "8 bytes", "F16", "need 4"}},
+         StatusCode::kParseError,
+         {"'a'", "8 bytes", "F16", "need 4"}},
         {R"({"a": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 8]}})",
-         StatusCode::kParseError, {"'a'", "overflow"}},
+         StatusCode::kParseError,
+         {"'a'", "overflow"}},
         {R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
              "a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}})",
-         StatusCode::kParseError, {"'a'", "twice"}},
+         StatusCode::kParseError,
+         {"'a'", "twice"}},
         {R"({"__metadata__": {"k": 1}})", StatusCode::kParseError, {"__metadata__", "'k'"}},
         {R"({"__metadata__": "x"})", StatusCode::kParseError, {"__metadata__"}},
     };
@@ -191,7 +204,8 @@ TEST(Safetensors, MalformedHeaders) {
         EXPECT_EQ(s.code(), c.code) << s.to_string();
         EXPECT_NE(s.message().find("bad.safetensors"), std::string::npos) << s.message();
         for (const std::string& p : c.parts) {
-            EXPECT_NE(s.message().find(p), std::string::npos) << "'" << p << "' not in " << s.message();
+            EXPECT_NE(s.message().find(p), std::string::npos)
+                << "'" << p << "' not in " << s.message();
         }
     }
 }
