@@ -97,7 +97,7 @@ struct AttentionArgs {
     int window;              // 0 = unlimited
     int n_sink;
 };
-// d must be 64 or 128 (else cudaErrorInvalidValue); n_splits in [1, kAttnMaxSplits].
+// d must be 32, 64 or 128 (else cudaErrorInvalidValue); n_splits in [1, kAttnMaxSplits].
 constexpr int kAttnMaxSplits = 64;
 bool attention_head_dim_supported(int d);
 cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream);

@@ -194,7 +194,7 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
     // q, out (n, h, d); cache (s, g, c, d)
     const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), g = cache.k.dim(1), c = cache.k.dim(2);
     if (!cuda::attention_head_dim_supported(static_cast<int>(d)))
-        return error(StatusCode::kUnsupported, "attention: head dim {} of q '{}' {} has no CUDA kernel (64 or 128)",
+        return error(StatusCode::kUnsupported, "attention: head dim {} of q '{}' {} has no CUDA kernel (32, 64 or 128)",
                      d, q.name, q.describe());
     if (n == 0 || h == 0) return Status::ok();
     if (n > INT_MAX / 2 || n * h > INT_MAX || h > 65535)
