@@ -9,6 +9,7 @@ std::unique_ptr<Backend> backend_create_cpu_ref(const BackendOptions& options);
 std::unique_ptr<Backend> backend_create_cpu(const BackendOptions& options);
 #if defined(PURBO_HAVE_CUDA)
 Result<std::unique_ptr<Backend>> backend_create_cuda(const BackendOptions& options);
+int cuda_device_count();  // 0 without a device or a driver
 #endif
 
 Result<std::unique_ptr<Backend>> backend_create(std::string_view name, const BackendOptions& options) {
@@ -27,8 +28,9 @@ Result<std::unique_ptr<Backend>> backend_create(std::string_view name, const Bac
 std::vector<std::string> backend_available() {
     std::vector<std::string> names = {"cpu-ref", "cpu"};
 #if defined(PURBO_HAVE_CUDA)
-    // Built with CUDA but usable only where a device answers: creating the backend says.
-    if (backend_create_cuda(BackendOptions{}).is_ok()) names.push_back("cuda");
+    // Built with CUDA but usable only where the runtime sees a device: a machine without a
+    // GPU (CI) does not list it, so its test cases skip instead of failing.
+    if (cuda_device_count() > 0) names.push_back("cuda");
 #endif
     return names;
 }

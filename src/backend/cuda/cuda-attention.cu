@@ -1,0 +1,244 @@
+// Causal grouped-query attention over the KV cache, flash-attention style: one pass over key
+// tiles with an online softmax (running max m, running sum l, unnormalised accumulator), all
+// in fp32 on CUDA cores.
+//
+// Work split (the plan is built on the host by cuda-ops.cpp, the kernels only read it):
+//  - A block is up to kAttnMaxRows / heads_per_cta consecutive tokens of one sequence.
+//  - A CTA takes (block, group of heads_per_cta query heads sharing one KV head, split): its
+//    rows are the (token, head) pairs, kAttnRowsPerWarp per warp; every K/V tile it loads into
+//    shared memory serves all its rows (the GQA reuse).
+//  - Split-KV: a block's key tiles are divided over n_splits CTAs when blocks x head groups
+//    alone would leave the GPU idle (decode: one token per sequence). Each split writes its
+//    partial (m, l, acc) and attention_combine_kernel merges them. n_splits = 1 (prefill)
+//    writes the output directly.
+//  - Key tiles entirely outside every row's window (between the sinks and the window) are
+//    never visited; masking inside a tile is exact per key (attention_key_visible's rule).
+//
+// Scores are kept in the log2 domain (q pre-scaled by scale * log2(e), exp2f), which is the
+// same softmax with one multiply less per score.
+//
+// Head dims: 32, 64, 128 (one instantiation each); others are a kUnsupported Status.
+//
+// Next speed steps (not correctness): tensor cores for QK^T and PV (mma.sync m16n8k16 bf16, then
+// wgmma on sm_90a with TMA-fed K/V tiles), a bf16 KV cache (halves the bytes decode reads),
+// double-buffered tile loads (cp.async) and, for decode, warps splitting a tile's keys instead
+// of idling when a CTA holds fewer than kAttnMaxRows rows.
+#include <cmath>
+
+#include "backend/cuda/cuda-kernels.h"
+
+namespace purbo::cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr unsigned kFullMask = 0xffffffffu;
+static_assert(kAttnKeysPerTile == 32, "the score step gives each lane one key of the tile");
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+    return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+    return v;
+}
+
+// The mask of op-checks.h's attention_key_visible, on the device.
+__device__ __forceinline__ bool key_visible(int j, int p, int window, int n_sink) {
+    if (j > p) return false;
+    if (window == 0) return true;
+    return j > p - window || j < n_sink;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArgs args) {
+    constexpr int kTile = kAttnKeysPerTile;
+    constexpr int kPerLane = D / 32;  // output dims per lane: lane + 32 * i
+    constexpr int kRows = kAttnRowsPerWarp;
+    static_assert(D % 32 == 0 && D % 4 == 0, "head dim must be a multiple of the warp size");
+
+    __shared__ __align__(16) float q_s[kAttnMaxRows][D];   // pre-scaled query rows
+    __shared__ float k_s[kTile][D + 1];                     // +1: lane j reads row j conflict-free
+    __shared__ __align__(16) float v_s[kTile][D];
+    __shared__ int row_pos[kAttnMaxRows];
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int hpc = args.heads_per_cta;
+    const int head0 = blockIdx.y * hpc;
+    const int kv_head = head0 / static_cast<int>(args.h / args.g);
+    const int split = blockIdx.z;
+    const int tok0 = args.blocks[2 * blockIdx.x];
+    const int n_rows = args.blocks[2 * blockIdx.x + 1] * hpc;  // <= kAttnMaxRows (host plan)
+    const int64_t seq = args.seq[tok0];
+
+    // Row r = (token tok0 + r / hpc, query head head0 + r % hpc).
+    const float q_scale = args.scale * kLog2e;
+    for (int idx = threadIdx.x; idx < kAttnMaxRows * D; idx += blockDim.x) {
+        const int r = idx / D, e = idx % D;
+        float val = 0.0f;
+        if (r < n_rows) {
+            const int64_t row = (tok0 + r / hpc) * args.h + head0 + r % hpc;
+            val = args.q[row * D + e] * q_scale;
+        }
+        q_s[r][e] = val;
+    }
+    if (threadIdx.x < kAttnMaxRows)
+        row_pos[threadIdx.x] = threadIdx.x < n_rows ? args.pos[tok0 + threadIdx.x / hpc] : -1;
+    __syncthreads();
+
+    int min_p = row_pos[0], max_p = row_pos[0];
+    for (int r = 1; r < n_rows; ++r) {
+        min_p = min(min_p, row_pos[r]);
+        max_p = max(max_p, row_pos[r]);
+    }
+
+    // The block's key tiles: [0, sink_tiles) then [window_first, last_tile]; with no window
+    // (or sinks that reach the window) simply [0, last_tile].
+    const int last_tile = max_p / kTile;
+    int sink_tiles = 0, window_first = 0;
+    if (args.window > 0) {
+        const int64_t lowest = int64_t{min_p} - args.window + 1;  // lowest window key of any row
+        const int64_t first = lowest > 0 ? lowest / kTile : 0;
+        const int64_t sinks = (int64_t{args.n_sink} + kTile - 1) / kTile;
+        if (first > sinks) {
+            sink_tiles = static_cast<int>(sinks);
+            window_first = static_cast<int>(first);
+        }
+    }
+    const int64_t n_tiles = sink_tiles + (last_tile - window_first + 1);
+    const int t_begin = static_cast<int>(split * n_tiles / args.n_splits);
+    const int t_end = static_cast<int>((split + 1) * n_tiles / args.n_splits);
+
+    float m[kRows], l[kRows], acc[kRows][kPerLane];
+#pragma unroll
+    for (int rr = 0; rr < kRows; ++rr) {
+        m[rr] = -INFINITY;
+        l[rr] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) acc[rr][i] = 0.0f;
+    }
+
+    const int64_t cache_base = (seq * args.g + kv_head) * args.c;  // row index of key 0
+    for (int t = t_begin; t < t_end; ++t) {
+        const int tile = t < sink_tiles ? t : window_first + (t - sink_tiles);
+        const int key0 = tile * kTile;
+        __syncthreads();  // every warp is done with the previous tile
+        for (int idx = threadIdx.x; idx < kTile * D / 4; idx += blockDim.x) {
+            const int j = idx / (D / 4), e = (idx % (D / 4)) * 4;
+            float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
+            if (key0 + j <= max_p) {  // beyond every row's position: masked, and maybe >= c
+                const int64_t off = (cache_base + key0 + j) * D + e;
+                kv = *reinterpret_cast<const float4*>(args.cache_k + off);
+                vv = *reinterpret_cast<const float4*>(args.cache_v + off);
+            }
+            k_s[j][e + 0] = kv.x;
+            k_s[j][e + 1] = kv.y;
+            k_s[j][e + 2] = kv.z;
+            k_s[j][e + 3] = kv.w;
+            *reinterpret_cast<float4*>(&v_s[j][e]) = vv;
+        }
+        __syncthreads();
+
+#pragma unroll
+        for (int rr = 0; rr < kRows; ++rr) {
+            const int r = warp + rr * kAttnWarps;
+            if (r >= n_rows) continue;  // warp-uniform
+            const int key = key0 + lane;
+            float s = -INFINITY;
+            if (key_visible(key, row_pos[r], args.window, args.n_sink)) {
+                float dot = 0.0f;
+#pragma unroll 16
+                for (int e = 0; e < D; ++e) dot += q_s[r][e] * k_s[lane][e];
+                s = dot;
+            }
+            const float tile_max = warp_max(s);
+            if (tile_max == -INFINITY) continue;  // no visible key for this row in this tile
+            const float m_new = fmaxf(m[rr], tile_max);
+            const float correction = exp2f(m[rr] - m_new);  // 0 on the first visible tile
+            const float p = exp2f(s - m_new);               // 0 for masked keys
+            l[rr] = l[rr] * correction + warp_sum(p);
+#pragma unroll
+            for (int i = 0; i < kPerLane; ++i) acc[rr][i] *= correction;
+#pragma unroll 8
+            for (int j = 0; j < kTile; ++j) {
+                const float pj = __shfl_sync(kFullMask, p, j);
+#pragma unroll
+                for (int i = 0; i < kPerLane; ++i) acc[rr][i] += pj * v_s[j][lane + 32 * i];
+            }
+            m[rr] = m_new;
+        }
+    }
+
+#pragma unroll
+    for (int rr = 0; rr < kRows; ++rr) {
+        const int r = warp + rr * kAttnWarps;
+        if (r >= n_rows) continue;
+        const int64_t row = (tok0 + r / hpc) * args.h + head0 + r % hpc;  // token * h + head
+        if (args.n_splits == 1) {
+            // Every row sees at least its own key (j = p), so l > 0 here.
+            const float inv_l = l[rr] > 0.0f ? 1.0f / l[rr] : 0.0f;
+#pragma unroll
+            for (int i = 0; i < kPerLane; ++i) args.out[row * D + lane + 32 * i] = acc[rr][i] * inv_l;
+        } else {
+            const int64_t part = row * args.n_splits + split;
+#pragma unroll
+            for (int i = 0; i < kPerLane; ++i) args.partial_acc[part * D + lane + 32 * i] = acc[rr][i];
+            if (lane == 0) {
+                args.partial_ml[part * 2 + 0] = m[rr];
+                args.partial_ml[part * 2 + 1] = l[rr];
+            }
+        }
+    }
+}
+
+// One CTA of d threads per (token, head): out = sum_z 2^(m_z - M) acc_z / sum_z 2^(m_z - M) l_z
+// over the splits that saw a visible key (l_z > 0), M their largest running max.
+__global__ void attention_combine_kernel(AttentionArgs args) {
+    const int64_t row = blockIdx.x;  // token * h + head
+    const int e = threadIdx.x;
+    const float* ml = args.partial_ml + row * args.n_splits * 2;
+    float max_m = -INFINITY;
+    for (int z = 0; z < args.n_splits; ++z) {
+        if (ml[2 * z + 1] > 0.0f) max_m = fmaxf(max_m, ml[2 * z]);
+    }
+    float sum = 0.0f, value = 0.0f;
+    for (int z = 0; z < args.n_splits; ++z) {
+        const float l = ml[2 * z + 1];
+        if (!(l > 0.0f)) continue;
+        const float w = exp2f(ml[2 * z] - max_m);
+        sum += w * l;
+        value += w * args.partial_acc[(row * args.n_splits + z) * args.d + e];
+    }
+    args.out[row * args.d + e] = sum > 0.0f ? value / sum : 0.0f;
+}
+
+}  // namespace
+
+// 64 and 128 are the models' head dims; 32 keeps small test configurations on the GPU path.
+bool attention_head_dim_supported(int d) { return d == 32 || d == 64 || d == 128; }
+
+cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream) {
+    if (args.n == 0) return cudaSuccess;
+    if (args.g <= 0 || args.h % args.g != 0 || args.heads_per_cta < 1 ||
+        (args.h / args.g) % args.heads_per_cta != 0 || args.heads_per_cta > kAttnMaxRows ||
+        args.n_blocks < 1 || args.n_splits < 1 || args.n_splits > kAttnMaxSplits ||
+        args.h / args.heads_per_cta > 65535 || args.n * args.h > INT32_MAX)
+        return cudaErrorInvalidValue;
+    const dim3 grid(static_cast<unsigned>(args.n_blocks), static_cast<unsigned>(args.h / args.heads_per_cta),
+                    static_cast<unsigned>(args.n_splits));
+    constexpr int kThreads = kAttnWarps * 32;
+    // DISPATCH on the head dim: the only template parameter, three instantiations.
+    switch (args.d) {
+        case 32: attention_kernel<32><<<grid, kThreads, 0, stream>>>(args); break;
+        case 64: attention_kernel<64><<<grid, kThreads, 0, stream>>>(args); break;
+        case 128: attention_kernel<128><<<grid, kThreads, 0, stream>>>(args); break;
+        default: return cudaErrorInvalidValue;
+    }
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess || args.n_splits == 1) return err;
+    attention_combine_kernel<<<static_cast<unsigned>(args.n * args.h), args.d, 0, stream>>>(args);
+    return cudaGetLastError();
+}
+
+}  // namespace purbo::cuda

@@ -1,0 +1,89 @@
+// cuda: the GPU backend. One device (the current one), one stream owned by the backend, one
+// cuBLAS handle bound to it; every op is enqueued on that stream and returns at once, so
+// results are visible to the host after to_host (which waits) or synchronize().
+//
+// Dtypes and layouts:
+//  - Activations, norm weights, biases and the KV cache: f32 device tensors, row-major,
+//    shapes as in backend.h. Cache k, v (s, g, c, d).
+//  - Matrices from prepare_weight: bf16 device tensors (any host dtype dequantised with
+//    dequantize_row, then rounded to nearest even). matmul and embedding also take f32
+//    device matrices (alloc + from_host), used for tiny test models.
+//  - Host spans (ids, positions, placements, rope frequencies) are copied on the stream into
+//    device scratch buffers that grow on demand.
+//
+// Every op validates with op-checks.h first (the same Status as cpu-ref for a wrong call),
+// then requires device tensors; every CUDA/cuBLAS call and launch is checked (cuda-check.h).
+#pragma once
+
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+
+#include <span>
+
+#include "backend/backend.h"
+
+namespace purbo {
+
+// Devices the CUDA runtime sees; 0 when there is no device or no driver.
+int cuda_device_count();
+
+class CudaBackend final : public Backend {
+public:
+    static Result<std::unique_ptr<CudaBackend>> create(const BackendOptions& options);
+    ~CudaBackend() override;
+    CudaBackend(const CudaBackend&) = delete;
+    CudaBackend& operator=(const CudaBackend&) = delete;
+
+    BackendKind kind() const override { return BackendKind::kCuda; }
+    std::string_view name() const override { return "cuda"; }
+
+    Tensor alloc(DType dtype, std::initializer_list<int64_t> shape, std::string name = {}) override;
+    // 1-D tensors (norm weights, biases) become f32; every other tensor a bf16 matrix.
+    Result<Tensor> prepare_weight(const Tensor& host_weight) override;
+    // Device f32 or bf16 <-> host f32 of the same shape.
+    Status to_host(const Tensor& src, const Tensor& host_dst) override;
+    Status from_host(const Tensor& host_src, const Tensor& dst) override;
+    void synchronize() override;
+
+    Status embedding(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) override;
+    Status rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override;
+    Status matmul(const Tensor& x, const Tensor& w, const Tensor& out) override;
+    Status add_bias(const Tensor& x, const Tensor& bias) override;
+    Status rope(const Tensor& x, std::span<const int32_t> pos, const RopeParams& params) override;
+    Status kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
+                    const KvCacheView& cache) override;
+    Status attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
+                     const AttentionParams& params, const Tensor& out) override;
+    Status swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) override;
+    Status add(const Tensor& a, const Tensor& b, const Tensor& out) override;
+
+    cudaStream_t stream() const { return stream_; }
+
+private:
+    CudaBackend() = default;
+
+    // A device buffer that only grows; its contents belong to the op that staged them.
+    struct Scratch {
+        void* ptr = nullptr;
+        size_t bytes = 0;
+    };
+    Result<void*> reserve(Scratch& scratch, size_t bytes);
+    // Copies host bytes into the scratch on the stream (pageable source: the runtime stages
+    // it before the call returns, so the host buffer may go away afterwards).
+    Result<void*> stage(Scratch& scratch, const void* host, size_t bytes);
+    // A zero-filled device tensor of the given shape; empty on failure (logged).
+    Result<Tensor> alloc_shape(DType dtype, std::span<const int64_t> shape, std::string name);
+
+    int device_ = 0;
+    int n_sms_ = 0;
+    cudaStream_t stream_ = nullptr;
+    cublasHandle_t cublas_ = nullptr;
+    Scratch x_bf16_;       // matmul: x rounded to bf16, (n, k)
+    Scratch indices_;      // ids, positions, placements, plans and rope tables of one op
+    Scratch attn_partial_; // split-KV partial results
+};
+
+// Shared by the op files: a Status unless t lives on the device.
+Status require_device(std::string_view op, const Tensor& t, std::string_view role);
+
+}  // namespace purbo

@@ -1,0 +1,105 @@
+// Launchers of the CUDA kernels: raw device pointers and a params struct in, a cudaError_t
+// out (the launch's own error, from cudaGetLastError). Shapes and dtypes are validated by the
+// entry points in cuda-ops.cpp before a launcher runs; a launcher only checks what its kernel
+// needs (divisibility, supported head dims) and returns cudaErrorInvalidValue otherwise.
+// Includes nothing from core/ or above, so the device compiler stays lean.
+//
+// Letters as in backend.h: n tokens, k inputs, m outputs, h query heads, g KV heads,
+// d head dim, c cache capacity, s sequence slots. bf16 buffers are passed as uint16_t bits.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace purbo::cuda {
+
+// ---- conversions and copies (cuda-elementwise.cu) ---------------------------------------
+
+// dst[i] = bf16(src[i]), round to nearest even; count elements.
+cudaError_t launch_f32_to_bf16(const float* src, uint16_t* dst, int64_t count, cudaStream_t stream);
+
+// out[i, :] = table[ids[i], :]; table (v, k) bf16 or f32, out (n, k) f32; ids on the device.
+cudaError_t launch_embedding_bf16(const uint16_t* table, const int32_t* ids, float* out, int64_t n,
+                                  int64_t k, cudaStream_t stream);
+cudaError_t launch_embedding_f32(const float* table, const int32_t* ids, float* out, int64_t n,
+                                 int64_t k, cudaStream_t stream);
+
+// out = x / sqrt(mean(x^2) + eps) * weight, per row of k; out may alias x.
+cudaError_t launch_rms_norm(const float* x, const float* weight, float* out, int64_t rows, int64_t k,
+                            float eps, cudaStream_t stream);
+
+// x[r, j] += bias[j]; x (rows, m).
+cudaError_t launch_add_bias(float* x, const float* bias, int64_t rows, int64_t m, cudaStream_t stream);
+
+// out = silu(gate) * up; count elements.
+cudaError_t launch_swiglu(const float* gate, const float* up, float* out, int64_t count,
+                          cudaStream_t stream);
+
+// out = a + b; count elements; out may alias a or b.
+cudaError_t launch_add(const float* a, const float* b, float* out, int64_t count, cudaStream_t stream);
+
+struct RopeArgs {
+    float* x;                // (n, heads, d), rotated in place
+    const int32_t* pos;      // (n,) on the device
+    const float* inv_freq;   // (rotary_dim / 2,) on the device
+    int64_t n;
+    int64_t heads;
+    int64_t d;
+    int rotary_dim;
+    float attn_factor;
+};
+cudaError_t launch_rope(const RopeArgs& args, cudaStream_t stream);
+
+struct KvStoreArgs {
+    const float* k;          // (n, g, d)
+    const float* v;          // (n, g, d)
+    const int32_t* seq;      // (n,) on the device
+    const int32_t* pos;      // (n,) on the device
+    float* cache_k;          // (s, g, c, d)
+    float* cache_v;          // (s, g, c, d)
+    int64_t n;
+    int64_t g;
+    int64_t c;
+    int64_t d;
+};
+cudaError_t launch_kv_store(const KvStoreArgs& args, cudaStream_t stream);
+
+// ---- attention (cuda-attention.cu) ------------------------------------------------------
+
+// Query rows a CTA holds: kAttnWarps warps x kAttnRowsPerWarp rows. A row is one (token,
+// query head) pair; a CTA's rows are up to kAttnMaxRows / heads_per_cta consecutive tokens of
+// one sequence times heads_per_cta query heads that share one KV head.
+constexpr int kAttnWarps = 4;
+constexpr int kAttnRowsPerWarp = 4;
+constexpr int kAttnMaxRows = kAttnWarps * kAttnRowsPerWarp;
+constexpr int kAttnKeysPerTile = 32;  // one key per lane in the score step
+
+struct AttentionArgs {
+    const float* q;          // (n, h, d)
+    const float* cache_k;    // (s, g, c, d)
+    const float* cache_v;    // (s, g, c, d)
+    const int32_t* seq;      // (n,) on the device
+    const int32_t* pos;      // (n,) on the device
+    const int32_t* blocks;   // (n_blocks, 2): first token, token count; one sequence each
+    float* out;              // (n, h, d)
+    float* partial_acc;      // (n, h, n_splits, d) when n_splits > 1, else unused
+    float* partial_ml;       // (n, h, n_splits, 2): running max (log2 domain) and sum
+    int64_t n;
+    int64_t h;
+    int64_t g;
+    int64_t c;
+    int d;
+    int n_blocks;
+    int heads_per_cta;       // divides h / g; tokens per block <= kAttnMaxRows / heads_per_cta
+    int n_splits;            // key tiles of a block are divided over this many CTAs
+    float scale;             // applied to q.k
+    int window;              // 0 = unlimited
+    int n_sink;
+};
+// d must be 32, 64 or 128 (else cudaErrorInvalidValue); n_splits in [1, kAttnMaxSplits].
+constexpr int kAttnMaxSplits = 64;
+bool attention_head_dim_supported(int d);
+cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream);
+
+}  // namespace purbo::cuda

@@ -1,0 +1,280 @@
+// CUDA-specific cases beyond the shared op harness (test-backend-ops.cpp): long-context decode
+// through the split-KV path, windows with sinks at long context, several sequences in one
+// batch, prefill chunks, the bf16 weight conversion, aliasing and the errors of the device
+// boundary. Every case compares with cpu-ref; every case skips where no CUDA device is visible.
+//
+// Letters: n tokens, k inputs, m outputs, h query heads, g KV heads, d head dim,
+// c cache capacity, s sequence slots.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/fp16.h"
+#include "core/quants.h"
+#include "test-util.h"
+
+namespace purbo {
+namespace {
+
+constexpr double kEps = std::numeric_limits<float>::epsilon();
+
+// As in test-backend-ops.cpp: a length-L f32 reduction against cpu-ref's double has
+// nmse <= (lambda L eps)^2 with lambda = 4 (Higham & Mary's probabilistic bound plus margin).
+double tol_f32_reduction(int64_t length) {
+    const double v = 4.0 * static_cast<double>(length) * kEps;
+    return v * v;
+}
+
+bool cuda_available() {
+    const auto names = backend_available();
+    return std::find(names.begin(), names.end(), "cuda") != names.end();
+}
+
+#define SKIP_WITHOUT_CUDA() \
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device visible: the cuda backend is not available"
+
+std::unique_ptr<Backend> make(const std::string& name) {
+    auto b = backend_create(name);
+    PURBO_ASSERT(b.is_ok(), "{}", b.status().to_string());
+    return std::move(b).value();
+}
+
+std::vector<float> random_floats(std::mt19937& rng, int64_t count, float amplitude = 1.0f) {
+    std::uniform_real_distribution<float> dist(-amplitude, amplitude);
+    std::vector<float> v(static_cast<size_t>(count));
+    for (float& x : v) x = dist(rng);
+    return v;
+}
+
+Tensor host_f32(std::initializer_list<int64_t> shape, const std::vector<float>& values) {
+    Tensor t = tensor_cpu(DType::kF32, shape);
+    PURBO_ASSERT(static_cast<size_t>(t.numel()) == values.size());
+    std::memcpy(t.data, values.data(), values.size() * 4);
+    return t;
+}
+
+Tensor upload(Backend& b, const Tensor& host) {
+    const auto& s = host.shape;
+    Tensor t;
+    switch (host.ndim) {
+        case 1: t = b.alloc(DType::kF32, {s[0]}, host.name); break;
+        case 2: t = b.alloc(DType::kF32, {s[0], s[1]}, host.name); break;
+        case 3: t = b.alloc(DType::kF32, {s[0], s[1], s[2]}, host.name); break;
+        default: t = b.alloc(DType::kF32, {s[0], s[1], s[2], s[3]}, host.name); break;
+    }
+    EXPECT_TRUE(b.from_host(host, t).is_ok());
+    return t;
+}
+
+std::vector<float> download(Backend& b, const Tensor& t) {
+    Tensor host = tensor_cpu(DType::kF32, std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim)));
+    const Status st = b.to_host(t, host);
+    EXPECT_TRUE(st.is_ok()) << st.to_string();
+    return std::vector<float>(host.f32(), host.f32() + host.numel());
+}
+
+// One attention call on cpu-ref and on cuda with the same random cache and queries.
+struct AttentionSetup {
+    int64_t h, g, d, c, s;
+    std::vector<int32_t> seq, pos;
+    AttentionParams params;
+};
+
+void check_attention_matches(const AttentionSetup& a, uint32_t seed) {
+    std::mt19937 rng(seed);
+    const int64_t n = static_cast<int64_t>(a.seq.size());
+    const Tensor kc = host_f32({a.s, a.g, a.c, a.d}, random_floats(rng, a.s * a.g * a.c * a.d));
+    const Tensor vc = host_f32({a.s, a.g, a.c, a.d}, random_floats(rng, a.s * a.g * a.c * a.d));
+    // Amplitude 3: q.k / sqrt(d) spreads over a few units, a peaked softmax (as the harness).
+    const Tensor q = host_f32({n, a.h, a.d}, random_floats(rng, n * a.h * a.d, 3.0f));
+    const TokenPlacement place{a.seq, a.pos};
+
+    auto ref = make("cpu-ref");
+    Tensor expected = tensor_cpu(DType::kF32, {n, a.h, a.d});
+    ASSERT_TRUE(ref->attention(q, {kc, vc}, place, a.params, expected).is_ok());
+
+    auto cuda = make("cuda");
+    Tensor out = cuda->alloc(DType::kF32, {n, a.h, a.d}, "out");
+    const Status st = cuda->attention(upload(*cuda, q), {upload(*cuda, kc), upload(*cuda, vc)}, place, a.params, out);
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+    const std::vector<float> actual = download(*cuda, out);
+    const std::span<const float> want(expected.f32(), static_cast<size_t>(expected.numel()));
+    for (float v : actual) ASSERT_TRUE(std::isfinite(v));
+    // Scores are length-d dot products, the output a length-(visible keys) weighted sum, split
+    // or not: the same bound as the harness's attention cases.
+    EXPECT_LE(test::nmse(actual, want), tol_f32_reduction(a.d) + tol_f32_reduction(a.c));
+}
+
+TEST(Cuda, DecodeAt8KKeysUsesSplitsAndMatchesReference) {
+    SKIP_WITHOUT_CUDA();
+    // One sequence, one query at the last position: 8192 visible keys over split CTAs.
+    for (int64_t d : {64, 128}) {
+        SCOPED_TRACE(d);
+        AttentionSetup a{d == 64 ? 9 : 32, d == 64 ? 3 : 8, d, 8192, 1, {0}, {8191}, {}};
+        a.params.scale = 1.0f / std::sqrt(static_cast<float>(d));
+        check_attention_matches(a, 11);
+    }
+}
+
+TEST(Cuda, DecodeWithWindowAndSinksAtLongContext) {
+    SKIP_WITHOUT_CUDA();
+    // Keys [0, 4) and (p - 1024, p]: the tiles in between are skipped, the sinks are not.
+    AttentionSetup a{9, 3, 64, 8192, 1, {0}, {8000}, {}};
+    a.params = AttentionParams{0.125f, 1024, 4};
+    check_attention_matches(a, 12);
+    // A window that does not start on a tile boundary and sinks that do not fill a tile.
+    a.pos = {5001};
+    a.params = AttentionParams{0.125f, 77, 5};
+    check_attention_matches(a, 13);
+}
+
+TEST(Cuda, SeveralSequencesDecodeTogether) {
+    SKIP_WITHOUT_CUDA();
+    // Four sequences at very different lengths in one decode batch (one token each).
+    AttentionSetup a{32, 8, 128, 4096, 4, {0, 1, 2, 3}, {100, 4095, 3000, 0}, {}};
+    a.params.scale = 1.0f / std::sqrt(128.0f);
+    check_attention_matches(a, 14);
+    a.params.window = 256;
+    a.params.n_sink = 4;
+    check_attention_matches(a, 15);
+}
+
+TEST(Cuda, PrefillChunkAndMixedBatch) {
+    SKIP_WITHOUT_CUDA();
+    // A 64-token chunk of one sequence continuing at position 2000 (blocks of 5 tokens for
+    // 3 query heads per KV head), then the same with two sequences interleaved.
+    AttentionSetup a{9, 3, 64, 2112, 2, {}, {}, {}};
+    for (int i = 0; i < 64; ++i) {
+        a.seq.push_back(0);
+        a.pos.push_back(2000 + i);
+    }
+    a.params.scale = 0.125f;
+    check_attention_matches(a, 16);
+    a.seq.clear();
+    a.pos.clear();
+    for (int i = 0; i < 64; ++i) {
+        a.seq.push_back(i % 2);
+        a.pos.push_back(i % 2 == 0 ? 1000 + i / 2 : 2047 + i / 2);
+    }
+    a.params = AttentionParams{0.125f, 100, 3};
+    check_attention_matches(a, 17);
+}
+
+TEST(Cuda, PrepareWeightRoundsMatricesToBf16AndKeepsVectorsF32) {
+    SKIP_WITHOUT_CUDA();
+    auto cuda = make("cuda");
+    std::mt19937 rng(3);
+    // A q8_0 matrix: on the device, every element is bf16(dequantize_row(...)).
+    const int64_t rows = 5, k = 64;
+    Tensor w = tensor_cpu(DType::kQ8_0, {rows, k}, "w");
+    const std::vector<float> values = random_floats(rng, rows * k);
+    for (int64_t r = 0; r < rows; ++r) quantize_row_q8_0(values.data() + r * k, w.row_ptr(r), k);
+    auto dev = cuda->prepare_weight(w);
+    ASSERT_TRUE(dev.is_ok()) << dev.status().to_string();
+    EXPECT_EQ(dev->dtype, DType::kBF16);
+    EXPECT_EQ(dev->device, Device::kCuda);
+    const std::vector<float> got = download(*cuda, *dev);
+    std::vector<float> row(static_cast<size_t>(k));
+    for (int64_t r = 0; r < rows; ++r) {
+        dequantize_row(DType::kQ8_0, w.row_ptr(r), row.data(), k);
+        for (int64_t i = 0; i < k; ++i)
+            ASSERT_EQ(got[static_cast<size_t>(r * k + i)], bf16_to_f32(f32_to_bf16(row[static_cast<size_t>(i)])));
+    }
+    // A norm weight: f32, bit for bit.
+    const Tensor norm = host_f32({7}, random_floats(rng, 7));
+    auto dev_norm = cuda->prepare_weight(norm);
+    ASSERT_TRUE(dev_norm.is_ok());
+    EXPECT_EQ(dev_norm->dtype, DType::kF32);
+    const std::vector<float> got_norm = download(*cuda, *dev_norm);
+    for (int i = 0; i < 7; ++i) EXPECT_EQ(got_norm[static_cast<size_t>(i)], norm.f32()[i]);
+}
+
+TEST(Cuda, F32WeightsTakeTheF32Path) {
+    SKIP_WITHOUT_CUDA();
+    // A matrix uploaded as f32 (alloc + from_host) multiplies without bf16 rounding: the f32
+    // reduction bound alone.
+    auto cuda = make("cuda");
+    auto ref = make("cpu-ref");
+    std::mt19937 rng(4);
+    const int64_t n = 3, k = 96, m = 40;
+    const Tensor x = host_f32({n, k}, random_floats(rng, n * k));
+    const Tensor w = host_f32({m, k}, random_floats(rng, m * k));
+    Tensor expected = tensor_cpu(DType::kF32, {n, m});
+    ASSERT_TRUE(ref->matmul(x, w, expected).is_ok());
+    Tensor out = cuda->alloc(DType::kF32, {n, m});
+    ASSERT_TRUE(cuda->matmul(upload(*cuda, x), upload(*cuda, w), out).is_ok());
+    const std::vector<float> actual = download(*cuda, out);
+    EXPECT_LE(test::nmse(actual, {expected.f32(), static_cast<size_t>(n * m)}), tol_f32_reduction(k));
+}
+
+TEST(Cuda, OutputsMayAliasInputs) {
+    SKIP_WITHOUT_CUDA();
+    auto cuda = make("cuda");
+    auto ref = make("cpu-ref");
+    std::mt19937 rng(5);
+    const Tensor x = host_f32({3, 576}, random_floats(rng, 3 * 576, 3.0f));
+    const Tensor w = host_f32({576}, random_floats(rng, 576));
+    Tensor expected = tensor_cpu(DType::kF32, {3, 576});
+    ASSERT_TRUE(ref->rms_norm(x, w, 1e-5f, expected).is_ok());
+    Tensor xd = upload(*cuda, x);
+    ASSERT_TRUE(cuda->rms_norm(xd, upload(*cuda, w), 1e-5f, xd).is_ok());  // in place
+    EXPECT_LE(test::nmse(download(*cuda, xd), {expected.f32(), 3 * 576}), tol_f32_reduction(576));
+    Tensor yd = upload(*cuda, x);
+    ASSERT_TRUE(cuda->add(yd, yd, yd).is_ok());  // y = y + y, exact
+    const std::vector<float> doubled = download(*cuda, yd);
+    for (size_t i = 0; i < doubled.size(); ++i) ASSERT_EQ(doubled[i], 2.0f * x.f32()[i]);
+}
+
+TEST(Cuda, HostTensorsAndUnsupportedHeadDimsAreStatuses) {
+    SKIP_WITHOUT_CUDA();
+    auto cuda = make("cuda");
+    // Well-shaped host tensors: rejected at the device boundary, not dereferenced.
+    Tensor a = tensor_cpu(DType::kF32, {2, 8}), b = tensor_cpu(DType::kF32, {2, 8});
+    EXPECT_EQ(cuda->add(a, b, a).code(), StatusCode::kInvalidArgument);
+    Tensor w = tensor_cpu(DType::kF32, {4, 8}), out = cuda->alloc(DType::kF32, {2, 4});
+    Tensor xd = cuda->alloc(DType::kF32, {2, 8});
+    EXPECT_EQ(cuda->matmul(xd, w, out).code(), StatusCode::kInvalidArgument);
+    // A device matrix of a dtype the GEMM does not take.
+    Tensor w_f16 = cuda->alloc(DType::kF16, {4, 8});
+    EXPECT_EQ(cuda->matmul(xd, w_f16, out).code(), StatusCode::kUnsupported);
+    // Head dim 96 is valid input but has no kernel.
+    Tensor q = cuda->alloc(DType::kF32, {1, 2, 96}), o = cuda->alloc(DType::kF32, {1, 2, 96});
+    Tensor kc = cuda->alloc(DType::kF32, {1, 1, 4, 96}), vc = cuda->alloc(DType::kF32, {1, 1, 4, 96});
+    const int32_t seq[] = {0}, pos[] = {0};
+    EXPECT_EQ(cuda->attention(q, {kc, vc}, {seq, pos}, {}, o).code(), StatusCode::kUnsupported);
+    // Copies check shapes.
+    Tensor host = tensor_cpu(DType::kF32, {3, 8});
+    EXPECT_EQ(cuda->to_host(xd, host).code(), StatusCode::kInvalidArgument);
+}
+
+TEST(Cuda, Bf16DeviceTensorsRoundTripThroughF32) {
+    SKIP_WITHOUT_CUDA();
+    auto cuda = make("cuda");
+    std::mt19937 rng(6);
+    const Tensor x = host_f32({4, 33}, random_floats(rng, 4 * 33, 100.0f));
+    Tensor dev = cuda->alloc(DType::kBF16, {4, 33});
+    ASSERT_TRUE(cuda->from_host(x, dev).is_ok());
+    const std::vector<float> back = download(*cuda, dev);
+    for (size_t i = 0; i < back.size(); ++i) ASSERT_EQ(back[i], bf16_to_f32(f32_to_bf16(x.f32()[i])));
+}
+
+TEST(Cuda, NotListedWithoutADevice) {
+    // Where no device is visible, "cuda" must not be listed (tests skip instead of failing),
+    // and creating it says why.
+    if (cuda_available()) {
+        EXPECT_TRUE(backend_create("cuda").is_ok());
+    } else {
+        auto b = backend_create("cuda");
+        EXPECT_FALSE(b.is_ok());
+    }
+}
+
+}  // namespace
+}  // namespace purbo
