@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import zlib
 
 import torch
 import transformers
@@ -119,7 +120,7 @@ def gen_tiny(out_dir):
         path = os.path.join(out_dir, "hf", name)
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path)
-        torch.manual_seed(hash(name) % 1000)
+        torch.manual_seed(zlib.crc32(name.encode()) % 1000)  # stable across runs, unlike hash()
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         # Random init scaled up so that every layer matters (default init is tiny).
         with torch.no_grad():

@@ -53,8 +53,15 @@ struct KvCacheView {
 
 enum class BackendKind { kCpuRef, kCpu, kCuda };
 
+// How the quantised decode GEMV of the cpu backend treats activations.
+enum class ActivationPrecision {
+    kF32,  // exact: fp32 products with the dequantised weights (matches transformers)
+    kQ8,   // activations quantised to 8 bits, integer dot products (llama.cpp's numerics)
+};
+
 struct BackendOptions {
     int n_threads = 0;  // 0 = all cores
+    ActivationPrecision gemv_activations = ActivationPrecision::kF32;
 };
 
 class Backend {

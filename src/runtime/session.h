@@ -20,6 +20,8 @@ struct SessionOptions {
     int n_ctx = 4096;             // tokens per sequence slot
     int n_batch = 512;            // micro-batch size for prefill
     int n_seq = 1;                // sequence slots
+    // cpu backend decode GEMV: exact fp32 (default) or q8 activations (llama.cpp's numerics).
+    ActivationPrecision gemv_activations = ActivationPrecision::kF32;
 };
 
 struct SessionTimings {

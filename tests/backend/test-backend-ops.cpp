@@ -24,6 +24,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu-backend.h"
+#include "backend/cpu/vec-dot-f32.h"
 #include "backend/cpu/vec-dot.h"
 #include "core/fp16.h"
 #include "core/quants.h"
@@ -886,7 +887,10 @@ TEST(CpuMatmul, BothPathsMatchReferenceOnAnyN) {
             cpu_matmul_gemm(x, w, out, 2);
             EXPECT_LE(test::nmse({out.f32(), ref.size()}, ref),
                       tol_f32_reduction(k));  // f32 throughout
-            cpu_matmul_gemv(x, w, out, 2);
+            // f32 activations (the default): the same fp32 sums as cpu-ref in another order.
+            cpu_matmul_gemv(x, w, out, 2, ActivationPrecision::kF32);
+            EXPECT_LE(test::nmse({out.f32(), ref.size()}, ref), tol_f32_reduction(k)) << "f32 activations";
+            cpu_matmul_gemv(x, w, out, 2, ActivationPrecision::kQ8);
             // q8 activations: the same derivation as the matmul cases (3x the predicted error).
             std::vector<float> w_f32(static_cast<size_t>(m * k));
             for (int64_t j = 0; j < m; ++j)
@@ -902,6 +906,38 @@ TEST(CpuMatmul, BothPathsMatchReferenceOnAnyN) {
 }
 
 // ---- SIMD dot products against their scalar bodies -------------------------------------------
+
+// The f32-activation block dots (the default decode path) against plain loops over
+// dequantize_row: fp32 sums in another order (fused multiply-adds, 16 lanes), so equal to
+// within the f32 reduction bound of a k-long dot product.
+TEST(VecDotF32, SimdMatchesScalar) {
+    std::mt19937 rng(11);
+    for (DType dtype : {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
+        for (int64_t nb : {1, 3, 18, 48}) {
+            for (int rows = 1; rows <= kVecDotF32MaxRows; ++rows) {
+                SCOPED_TRACE(fmt::format("{} nb={} rows={}", dtype_name(dtype), nb, rows));
+                const int64_t k = nb * 32;
+                Tensor w = random_weight(rng, dtype, 1, k);
+                const std::vector<float> x = random_floats(rng, rows * k);
+                float got[kVecDotF32MaxRows], want[kVecDotF32MaxRows];
+                vec_dot_rows_f32act_scalar(dtype, nb, w.data, x.data(), k, rows, want);
+                switch (dtype) {
+                    case DType::kQ4_0:
+                        vec_dot_rows_q4_0_f32(nb, w.ptr<BlockQ4_0>(), x.data(), k, rows, got);
+                        break;
+                    case DType::kQ4_1:
+                        vec_dot_rows_q4_1_f32(nb, w.ptr<BlockQ4_1>(), x.data(), k, rows, got);
+                        break;
+                    default:
+                        vec_dot_rows_q8_0_f32(nb, w.ptr<BlockQ8_0>(), x.data(), k, rows, got);
+                        break;
+                }
+                EXPECT_LE(test::nmse({got, static_cast<size_t>(rows)}, {want, static_cast<size_t>(rows)}),
+                          tol_f32_reduction(k));
+            }
+        }
+    }
+}
 
 TEST(VecDot, SimdMatchesScalar) {
     std::mt19937 rng(7);

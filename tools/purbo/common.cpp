@@ -25,6 +25,9 @@ void add_model_flags(OptionSet& set, ModelFlags& flags) {
     set.options.push_back({"--threads", "-t", "N", "CPU threads (default: all cores)", &flags.threads});
     set.options.push_back({"--ctx-size", "-c", "N", "context size in tokens (default 4096)", &flags.ctx});
     set.options.push_back({"--batch-size", "-b", "N", "prompt tokens per forward pass (default 512)", &flags.batch});
+    set.options.push_back({"--q8-activations", "", "",
+                           "cpu decode: quantise activations to 8 bits (faster, llama.cpp's numerics; "
+                           "default: exact fp32)", &flags.q8_activations});
     set.options.push_back({"--verbose", "-v", "", "log loading and timing details", &flags.verbose});
 }
 
@@ -34,6 +37,7 @@ SessionOptions session_options(const ModelFlags& flags) {
     o.n_threads = flags.threads;
     o.n_ctx = flags.ctx;
     o.n_batch = flags.batch;
+    o.gemv_activations = flags.q8_activations ? ActivationPrecision::kQ8 : ActivationPrecision::kF32;
     return o;
 }
 

@@ -20,6 +20,7 @@ struct ModelFlags {
     int ctx = 4096;
     int batch = 512;
     bool verbose = false;
+    bool q8_activations = false;
 };
 
 // Adds -m, --device, -t, -c, -b, --verbose to an option table.

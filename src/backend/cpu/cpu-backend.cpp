@@ -13,7 +13,8 @@ namespace purbo {
 
 CpuBackend::CpuBackend(const BackendOptions& options)
     : CpuRefBackend(options),
-      n_threads_(options.n_threads > 0 ? options.n_threads : omp_get_num_procs()) {}
+      n_threads_(options.n_threads > 0 ? options.n_threads : omp_get_num_procs()),
+      gemv_activations_(options.gemv_activations) {}
 
 std::unique_ptr<Backend> backend_create_cpu(const BackendOptions& options) {
     return std::make_unique<CpuBackend>(options);

@@ -38,11 +38,13 @@ class CpuBackend final : public CpuRefBackend {
 
   private:
     int n_threads_;
+    ActivationPrecision gemv_activations_;
 };
 
 // The two matmul paths, exposed so that tests and benchmarks can run each one on any n.
 // x (n, k) f32, w (m, k), out (n, m) f32; arguments already checked.
-void cpu_matmul_gemv(const Tensor& x, const Tensor& w, const Tensor& out, int n_threads);
+void cpu_matmul_gemv(const Tensor& x, const Tensor& w, const Tensor& out, int n_threads,
+                     ActivationPrecision activations = ActivationPrecision::kF32);
 void cpu_matmul_gemm(const Tensor& x, const Tensor& w, const Tensor& out, int n_threads);
 
 }  // namespace purbo

@@ -1,10 +1,12 @@
 // cpu backend matmul: out (n, m) = x (n, k) @ w (m, k)^T.
 //
 // Two paths, chosen by the number of tokens n (kGemmMinRows, speed only, not correctness):
-//  - GEMV (decode, n small): the weight is read once, straight from its blocks. For q4_0 /
-//    q8_0 weights the activation rows are quantised to q8_0 once per call, for q4_1 to q8_1,
-//    and each output is an integer block dot product (vec-dot.h); f32/f16/bf16 weights are
-//    dotted directly against the f32 activations. Parallel over output rows; the n tokens
+//  - GEMV (decode, n small): the weight is read once, straight from its blocks. By default
+//    q4_0 / q4_1 / q8_0 blocks are dequantised in registers and dotted with the f32
+//    activations (vec-dot-f32.h: exact fp32, as transformers computes). With
+//    ActivationPrecision::kQ8 the activation rows are quantised to q8_0 (q8_1 for q4_1) once
+//    per call and each output is an integer block dot product (vec-dot.h, llama.cpp's
+//    numerics). f32/f16/bf16 weights are dotted directly against the f32 activations. Parallel over output rows; the n tokens
 //    are the inner loop so each weight row is loaded from memory once, and for quantised
 //    weights each block is unpacked once per group of kVecDotMaxRows tokens.
 //  - GEMM (prefill, n large): f32 weights go to one multithreaded cblas_sgemm. Other dtypes
@@ -19,6 +21,7 @@
 
 #include "backend/cpu/blas-threads.h"
 #include "backend/cpu/cpu-backend.h"
+#include "backend/cpu/vec-dot-f32.h"
 #include "backend/cpu/vec-dot.h"
 #include "backend/op-checks.h"
 #include "core/quants.h"
@@ -61,6 +64,23 @@ void gemv_rows_quantized(int64_t n, int64_t m, const Tensor& w, const std::vecto
     }
 }
 
+// The same with f32 activations: kVecDotF32MaxRows tokens per call of `dot_rows`.
+template <class Block, class DotRows>
+void gemv_rows_f32act(int64_t n, int64_t m, int64_t k, const Tensor& w, const float* x, float* out,
+                      int n_threads, DotRows dot_rows) {
+    const int64_t nb = k / 32;
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
+    for (int64_t j = 0; j < m; ++j) {
+        const Block* w_row = reinterpret_cast<const Block*>(w.row_ptr(j));
+        for (int64_t i0 = 0; i0 < n; i0 += kVecDotF32MaxRows) {
+            const int rows = static_cast<int>(std::min<int64_t>(kVecDotF32MaxRows, n - i0));
+            float result[kVecDotF32MaxRows];
+            dot_rows(nb, w_row, x + i0 * k, k, rows, result);
+            for (int r = 0; r < rows; ++r) out[(i0 + r) * m + j] = result[r];
+        }
+    }
+}
+
 // Activation rows quantised once per call: (n, k / 32) blocks.
 std::vector<ActBlockQ8> quantize_activations(const float* x, int64_t n, int64_t k,
                                              void (*quantize)(const float*, ActBlockQ8*, int64_t)) {
@@ -71,11 +91,27 @@ std::vector<ActBlockQ8> quantize_activations(const float* x, int64_t n, int64_t 
 
 }  // namespace
 
-void cpu_matmul_gemv(const Tensor& x, const Tensor& w, const Tensor& out, int n_threads) {
+void cpu_matmul_gemv(const Tensor& x, const Tensor& w, const Tensor& out, int n_threads,
+                     ActivationPrecision activations) {
     // x (n, k), w (m, k), out (n, m)
     const int64_t n = x.dim(0), k = x.dim(1), m = w.dim(0);
     const float* xf = x.f32();
     float* y = out.f32();
+    if (activations == ActivationPrecision::kF32) {
+        switch (w.dtype) {
+            case DType::kQ4_0:
+                gemv_rows_f32act<BlockQ4_0>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q4_0_f32);
+                return;
+            case DType::kQ4_1:
+                gemv_rows_f32act<BlockQ4_1>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q4_1_f32);
+                return;
+            case DType::kQ8_0:
+                gemv_rows_f32act<BlockQ8_0>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q8_0_f32);
+                return;
+            default:
+                break;
+        }
+    }
     switch (w.dtype) {
         case DType::kQ4_0:
             gemv_rows_quantized<BlockQ4_0>(n, m, w,
@@ -154,7 +190,7 @@ void cpu_matmul_gemm(const Tensor& x, const Tensor& w, const Tensor& out, int n_
 Status CpuBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& out) {
     PURBO_TRY(check_matmul(x, w, out));
     if (x.dim(0) < kGemmMinRows) {
-        cpu_matmul_gemv(x, w, out, n_threads_);
+        cpu_matmul_gemv(x, w, out, n_threads_, gemv_activations_);
     } else {
         cpu_matmul_gemm(x, w, out, n_threads_);
     }

@@ -1,0 +1,30 @@
+// Dot products of quantised weight rows with f32 activation rows, the default decode GEMV.
+// Each weight block is dequantised in registers (w_i = d * q_i + m, exactly what
+// dequantize_row produces up to the rounding of one fused multiply-add) and multiplied with
+// the f32 activations in fp32. The result is what an fp32 matmul on the dequantised weights
+// gives (as Hugging Face computes on a dequantised GGUF), at the memory cost of the quantised
+// weights. The integer path of vec-dot.h (q8 activations, llama.cpp's numerics) is faster
+// per block but moves logits by ~0.1, enough to flip close greedy choices.
+#pragma once
+
+#include <cstdint>
+
+#include "core/quants.h"
+
+namespace purbo {
+
+// One weight row of nb 32-element blocks against n_rows (1..kVecDotF32MaxRows) activation rows,
+// row r at x + r * x_stride: out[r] = sum_i w_i * x_r[i]. Each block is unpacked once for all rows.
+constexpr int kVecDotF32MaxRows = 4;
+void vec_dot_rows_q4_0_f32(int64_t nb, const BlockQ4_0* w, const float* x, int64_t x_stride, int n_rows,
+                           float* out);
+void vec_dot_rows_q4_1_f32(int64_t nb, const BlockQ4_1* w, const float* x, int64_t x_stride, int n_rows,
+                           float* out);
+void vec_dot_rows_q8_0_f32(int64_t nb, const BlockQ8_0* w, const float* x, int64_t x_stride, int n_rows,
+                           float* out);
+
+// Plain loops over dequantize_row's values: the reference the SIMD versions are tested against.
+void vec_dot_rows_f32act_scalar(DType dtype, int64_t nb, const void* w, const float* x, int64_t x_stride,
+                                int n_rows, float* out);
+
+}  // namespace purbo
