@@ -24,6 +24,14 @@ namespace {
 // and the LM head this stays below 1e-5 relative, i.e. NMSE < 1e-10. The bound 1e-9 leaves
 // a margin of 10 and still fails on any real bug (a wrong RoPE pair is NMSE ~ 1e-2).
 constexpr double kMaxNmse = 1e-9;
+// The cuda backend stores weights in bf16 and rounds activations to bf16 before each GEMM:
+// each operand carries a uniform relative rounding error of at most 2^-9, variance
+// 2^-18 / 3 ~ 1.3e-6, so one matmul's output has NMSE ~ 2.6e-6. A layer chains 4 GEMMs on
+// the residual path and 3 layers plus the LM head compound to ~1e-4 at most; 1e-3 leaves a
+// margin of 10 and still fails on a real defect (NMSE > 1e-2).
+constexpr double kMaxNmseBf16 = 1e-3;
+
+double max_nmse_for(const std::string& backend) { return backend == "cuda" ? kMaxNmseBf16 : kMaxNmse; }
 
 struct Reference {
     std::vector<int32_t> ids;
@@ -80,9 +88,9 @@ TEST_P(HfReference, LogitsAndHiddenStatesMatchTransformers) {
         std::vector<float> logits;
         ASSERT_TRUE(s.evaluate_all(0, ref.ids, logits).is_ok());
         s.forward().set_tap({});
-        EXPECT_LT(test::nmse(logits, ref_span(ref, "logits")), kMaxNmse);
+        EXPECT_LT(test::nmse(logits, ref_span(ref, "logits")), max_nmse_for(backend));
         for (const auto& [key, values] : seen) {
-            EXPECT_LT(test::nmse(values, ref_span(ref, key)), kMaxNmse) << key;
+            EXPECT_LT(test::nmse(values, ref_span(ref, key)), max_nmse_for(backend)) << key;
         }
         EXPECT_EQ(seen.size(), static_cast<size_t>(c.n_layer + 2));
 
@@ -93,11 +101,11 @@ TEST_P(HfReference, LogitsAndHiddenStatesMatchTransformers) {
         ASSERT_TRUE(s.prefill(0, ids.subspan(0, 7), step).is_ok());
         const std::span<const float> ref_logits = ref_span(ref, "logits");
         const size_t v = static_cast<size_t>(c.n_vocab);
-        EXPECT_LT(test::nmse(step, ref_logits.subspan(6 * v, v)), kMaxNmse) << "after prefill";
+        EXPECT_LT(test::nmse(step, ref_logits.subspan(6 * v, v)), max_nmse_for(backend)) << "after prefill";
         for (int i = 7; i < n; ++i) {
             const DecodeItem item{0, ids[static_cast<size_t>(i)]};
             ASSERT_TRUE(s.decode({&item, 1}, step).is_ok());
-            EXPECT_LT(test::nmse(step, ref_logits.subspan(static_cast<size_t>(i) * v, v)), kMaxNmse) << "position " << i;
+            EXPECT_LT(test::nmse(step, ref_logits.subspan(static_cast<size_t>(i) * v, v)), max_nmse_for(backend)) << "position " << i;
         }
     }
 }

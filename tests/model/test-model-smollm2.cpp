@@ -23,6 +23,23 @@ namespace {
 // still catches any real defect (a wrong RoPE convention gives NMSE > 1e-2).
 constexpr double kMaxNmse = 1e-6;
 
+// The cuda backend computes with bf16 weights and bf16-rounded GEMM inputs: NMSE ~2.6e-6 per
+// GEMM (see test-model-hf-reference.cpp), compounded over 30 layers of 7 GEMMs to ~1e-3.
+// Its logits then move by about sqrt(1e-3) ~ 3% of their spread (~0.3 on this model), so a
+// greedy choice is only determined where transformers' top-2 margin exceeds kBf16Margin.
+constexpr double kMaxNmseBf16 = 5e-3;
+constexpr float kBf16Margin = 1.0f;
+
+double max_nmse_for(const std::string& backend) { return backend == "cuda" ? kMaxNmseBf16 : kMaxNmse; }
+// Steps whose greedy choice a backend must reproduce: all for fp32 backends; for bf16 ones,
+// those up to the first step whose margin is too close to call.
+size_t decided_steps(const std::string& backend, const std::vector<float>& margins) {
+    if (backend != "cuda") return margins.size();
+    size_t n = 0;
+    while (n < margins.size() && margins[n] > kBf16Margin) ++n;
+    return n;
+}
+
 struct GreedyCase {
     std::vector<int32_t> prompt;
     std::vector<int32_t> generated;
@@ -82,8 +99,8 @@ TEST_F(SmolLM2, TeacherForcedMatchesTransformersOnEveryBackend) {
             auto want = (*ref)->tensor("prompt" + std::to_string(ci) + ".logits");
             ASSERT_TRUE(want.is_ok());
             const std::span<const float> after_prompt(logits.data() + (c.prompt.size() - 1) * v, v);
-            EXPECT_LT(test::nmse(after_prompt, {want->f32(), v}), kMaxNmse) << "case " << ci;
-            for (size_t i = 0; i < c.generated.size(); ++i) {
+            EXPECT_LT(test::nmse(after_prompt, {want->f32(), v}), max_nmse_for(backend)) << "case " << ci;
+            for (size_t i = 0; i < decided_steps(backend, c.margins); ++i) {
                 const size_t row = c.prompt.size() - 1 + i;
                 const std::span<const float> l(logits.data() + row * v, v);
                 EXPECT_EQ(std::max_element(l.begin(), l.end()) - l.begin(), c.generated[i])
@@ -115,7 +132,12 @@ TEST_F(SmolLM2, GreedyGenerationMatchesTransformers) {
             gp.ignore_eos = true;
             auto r = generate(**session, 0, *model_->tokenizer, c.prompt, gp);
             ASSERT_TRUE(r.is_ok()) << r.status().to_string();
-            EXPECT_EQ(r->tokens, c.generated) << "case " << ci;
+            const size_t n = decided_steps(backend, c.margins);
+            ASSERT_GE(r->tokens.size(), n);
+            EXPECT_EQ(std::vector<int32_t>(r->tokens.begin(), r->tokens.begin() + static_cast<std::ptrdiff_t>(n)),
+                      std::vector<int32_t>(c.generated.begin(), c.generated.begin() + static_cast<std::ptrdiff_t>(n)))
+                << "case " << ci << " (first " << n << " steps)";
+            if (backend == "cuda") std::printf("[ cuda     ] case %zu: %zu of %zu greedy steps decided\n", ci, n, c.generated.size());
         }
     }
 }
