@@ -32,6 +32,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -f "$model" ]] || { echo "bench: no model at $model (run scripts/fetch-model.sh)" >&2; exit 1; }
 mkdir -p "$out"
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Two invocations per engine: the plain tests, then decode at depth 4096 (prefilled first,
 # not timed). Both engines get exactly the same arguments.
@@ -74,7 +75,15 @@ else
     echo "bench: no $purbo; purbo column left empty" >&2
 fi
 
-python3 - "$out" "$threads" > "$out/report.md" <<'PY'
+# Context for the figures: machine, date, commit, and how busy the machine was.
+{
+    echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs;" \
+        "load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); purbo commit:" \
+        "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo
+} > "$out/report.md"
+python3 - "$out" "$threads" >> "$out/report.md" <<'PY'
 import json, os, subprocess, sys
 
 out, threads = sys.argv[1], sys.argv[2]
@@ -112,10 +121,12 @@ for label, rows in engines.items():
         extra = f", build {first.get('build_commit', '?')} ({first.get('build_number', '?')})"
     print(f"### {label}: {os.path.basename(str(first.get('model_filename', first.get('model', '?'))))}"
           f", {first.get('cpu_info', '')}{extra}\n")
-    print("| test | threads | t/s | stddev |\n|---|---:|---:|---:|")
+    # best = the fastest repetition: on a shared machine it is the least disturbed one.
+    print("| test | threads | mean t/s | stddev | best t/s |\n|---|---:|---:|---:|---:|")
     for r in rows:
+        best = max(r.get("samples_ts") or [r["avg_ts"]])
         print(f"| {test_name(r)} | {r.get('n_threads', threads)} | {float(r['avg_ts']):.2f}"
-              f" | {float(r.get('stddev_ts', 0)):.2f} |")
+              f" | {float(r.get('stddev_ts', 0)):.2f} | {float(best):.2f} |")
     print()
 
 llama, purbo = engines["llama.cpp"], engines["purbo"]
@@ -130,6 +141,7 @@ if llama and purbo:
             continue
         a, b = float(r["avg_ts"]), float(p["avg_ts"])
         print(f"| {test_name(r)} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
+    print("\n(ratio of mean t/s; compare only runs made on the same machine at the same time)")
     print()
 PY
 cat "$out/report.md"

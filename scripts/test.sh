@@ -63,7 +63,8 @@ if [[ $fuzz == 1 ]]; then
         echo "test: clang++ not found; fuzzing skipped (scripts/setup.sh installs it)"
     else
         stage "fuzz ($fuzz_seconds s per target, ASan)"
-        PURBO_FUZZ_SECONDS="$fuzz_seconds" PURBO_FUZZ_JOBS="$jobs" bash scripts/fuzz.sh
+        # scripts/fuzz.sh [seconds] [target...]: builds build-fuzz/ (clang, ASan+UBSan), runs all.
+        PURBO_JOBS="$jobs" bash scripts/fuzz.sh "$fuzz_seconds"
     fi
 fi
 
