@@ -229,7 +229,7 @@ Result<Model> model_from_gguf(const GgufFile& f) {
     if (auto t = f.get_string("tokenizer.chat_template"); t.is_ok()) m.chat_template_text = *t;
     m.facts.emplace_back("format", "GGUF v" + std::to_string(f.version()));
     m.facts.emplace_back("tensors", std::to_string(f.tensors().size()));
-    m.facts.emplace_back("tokenizer", vocab.model + " (pre: " + vocab.pre + ")");
+    m.facts.emplace_back("tokenizer model", vocab.model + " (pre: " + vocab.pre + ")");
     return m;
 }
 
