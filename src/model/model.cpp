@@ -57,6 +57,10 @@ Result<Model> model_load(const std::string& path) {
     }();
     if (!loaded.is_ok()) return loaded.status();
     Model& m = loaded.value();
+    if (m.tokenizer->n_vocab() > m.config.n_vocab) {
+        return error(StatusCode::kParseError, "{}: the tokenizer has {} tokens but the model's vocabulary has {} rows",
+                     path, m.tokenizer->n_vocab(), m.config.n_vocab);
+    }
     if (m.chat_template_text.empty()) {
         m.chat_template_status = error(StatusCode::kNotFound, "{}: the model has no chat template", path);
     } else if (auto t = ChatTemplate::from_text(m.chat_template_text, path); t.is_ok()) {
