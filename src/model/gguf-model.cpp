@@ -1,5 +1,6 @@
 // A model from a GGUF file: llama.cpp's metadata keys and tensor names mapped onto
 // ModelConfig and ModelWeights.
+#include <cmath>
 #include <cstring>
 
 #include "model/gguf.h"
@@ -76,9 +77,19 @@ Result<ModelConfig> config_from_gguf(const GgufFile& f) {
         }
     }
     if (f.find_tensor("rope_freqs.weight") != nullptr) {
-        // Llama 3.1-style scaling is stored as per-pair divisors; not read yet.
-        return error(StatusCode::kUnsupported, "{}: tensor rope_freqs.weight (Llama-3 RoPE scaling) is not supported yet",
-                     f.source_name());
+        // Llama-3.1-style scaling, stored by llama.cpp's converter as per-pair divisors.
+        PURBO_ASSIGN_OR_RETURN(Tensor factors, f.tensor("rope_freqs.weight"));
+        if (factors.dtype != DType::kF32 || factors.numel() != c.rope.rotary_dim / 2) {
+            return error(StatusCode::kParseError, "{}: tensor rope_freqs.weight is {}, expected ({}) f32",
+                         f.source_name(), factors.describe(), c.rope.rotary_dim / 2);
+        }
+        c.rope.freq_factors.assign(factors.f32(), factors.f32() + factors.numel());
+        for (float x : c.rope.freq_factors) {
+            if (!(x > 0.0f) || !std::isfinite(x)) {
+                return error(StatusCode::kParseError, "{}: tensor rope_freqs.weight holds {}, not a positive factor",
+                             f.source_name(), x);
+            }
+        }
     }
     c.attn_qkv_bias = c.arch == Arch::kQwen2;
     c.attn_qk_norm = c.arch == Arch::kQwen3;
@@ -182,7 +193,9 @@ Result<ModelWeights> weights_from_gguf(const GgufFile& f, const ModelConfig& c) 
     return w;
 }
 
-Result<TokenizerVocab> vocab_from_gguf(const GgufFile& f) {
+}  // namespace
+
+Result<TokenizerVocab> tokenizer_vocab_from_gguf(const GgufFile& f) {
     TokenizerVocab v;
     v.source = f.source_name();
     PURBO_ASSIGN_OR_RETURN(v.model, f.get_string("tokenizer.ggml.model"));
@@ -215,15 +228,13 @@ Result<TokenizerVocab> vocab_from_gguf(const GgufFile& f) {
     return v;
 }
 
-}  // namespace
-
 Result<Model> model_from_gguf(const GgufFile& f) {
     Model m;
     m.path = f.source_name();
     m.format = "gguf";
     PURBO_ASSIGN_OR_RETURN(m.config, config_from_gguf(f));
     PURBO_ASSIGN_OR_RETURN(m.weights, weights_from_gguf(f, m.config));
-    PURBO_ASSIGN_OR_RETURN(TokenizerVocab vocab, vocab_from_gguf(f));
+    PURBO_ASSIGN_OR_RETURN(TokenizerVocab vocab, tokenizer_vocab_from_gguf(f));
     PURBO_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::from_vocab(vocab));
     m.tokenizer = std::make_shared<Tokenizer>(std::move(tok));
     if (auto t = f.get_string("tokenizer.chat_template"); t.is_ok()) m.chat_template_text = *t;

@@ -224,6 +224,11 @@ RopeTables rope_tables(const RopeConfig& rope) {
             tables = rope_yarn(rope);
             break;
     }
+    if (!rope.freq_factors.empty()) {
+        PURBO_ASSERT(rope.freq_factors.size() == tables.inv_freq.size(), "{} freq factors for {} pairs",
+                     rope.freq_factors.size(), tables.inv_freq.size());
+        for (size_t i = 0; i < tables.inv_freq.size(); ++i) tables.inv_freq[i] /= rope.freq_factors[i];
+    }
     return tables;
 }
 

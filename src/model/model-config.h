@@ -31,6 +31,9 @@ struct RopeConfig {
     float mscale = 0.0f;                    // yarn (DeepSeek spelling); 0 = unset
     float mscale_all_dim = 0.0f;            // yarn (DeepSeek spelling); 0 = unset
     bool truncate = true;                   // yarn: round the correction range to integers
+    // Per-pair divisors of the frequencies (rotary_dim / 2,), as llama.cpp's converter stores
+    // Llama-3.1 scaling in GGUF (tensor rope_freqs.weight); empty = none.
+    std::vector<float> freq_factors;
 };
 
 struct ModelConfig {

@@ -37,5 +37,7 @@ Result<Model> model_load(const std::string& path);
 // GGUF-specific part (exposed for tests): the model from an opened GGUF file.
 class GgufFile;
 Result<Model> model_from_gguf(const GgufFile& file);
+// The tokenizer.ggml.* keys of a GGUF file.
+Result<TokenizerVocab> tokenizer_vocab_from_gguf(const GgufFile& file);
 
 }  // namespace purbo

@@ -12,6 +12,8 @@
 
 #include "core/mapped-file.h"
 #include "model/bpe.h"
+#include "model/gguf.h"
+#include "model/model.h"
 #include "model/tokenizer.h"
 #include "model/unicode.h"
 #include "test-util.h"
@@ -481,150 +483,17 @@ TEST(Tokenizer, ConcurrentEncode) {
     EXPECT_EQ(mismatches.load(), 0);
 }
 
-// Just enough GGUF to read the tokenizer.ggml.* keys of the default model (the key/value
-// section precedes the tensor infos). Every read is checked against the bytes that remain.
-class GgufKeyReader {
-  public:
-    explicit GgufKeyReader(std::span<const uint8_t> bytes) : bytes_(bytes) {}
-
-    bool read_vocab(TokenizerVocab& v) {
-        uint32_t magic = 0, version = 0;
-        uint64_t n_tensors = 0, n_kv = 0;
-        if (!get(magic) || magic != 0x46554747u || !get(version) || !get(n_tensors) || !get(n_kv)) {
-            return false;
-        }
-        for (uint64_t i = 0; i < n_kv; ++i) {
-            std::string key;
-            uint32_t type = 0;
-            if (!get_string(key) || !get(type)) return false;
-            if (!read_value(key, type, v)) return false;
-        }
-        return true;
-    }
-
-  private:
-    template <class T>
-    bool get(T& out) {
-        if (bytes_.size() - pos_ < sizeof(T)) return false;
-        std::memcpy(&out, bytes_.data() + pos_, sizeof(T));
-        pos_ += sizeof(T);
-        return true;
-    }
-    bool get_string(std::string& out) {
-        uint64_t n = 0;
-        if (!get(n) || n > bytes_.size() - pos_) return false;
-        out.assign(reinterpret_cast<const char*>(bytes_.data() + pos_), n);
-        pos_ += n;
-        return true;
-    }
-    static size_t scalar_size(uint32_t type) {
-        switch (type) {
-            case 0:
-            case 1:
-            case 7:
-                return 1;
-            case 2:
-            case 3:
-                return 2;
-            case 4:
-            case 5:
-            case 6:
-                return 4;
-            case 10:
-            case 11:
-            case 12:
-                return 8;
-            default:
-                return 0;
-        }
-    }
-    bool get_int(uint32_t type, int64_t& out) {
-        if (type == 4) {
-            uint32_t x;
-            if (!get(x)) return false;
-            out = x;
-            return true;
-        }
-        if (type == 5) {
-            int32_t x;
-            if (!get(x)) return false;
-            out = x;
-            return true;
-        }
-        if (type == 7) {
-            uint8_t x;
-            if (!get(x)) return false;
-            out = x;
-            return true;
-        }
-        if (type == 10) {
-            uint64_t x;
-            if (!get(x)) return false;
-            out = static_cast<int64_t>(x);
-            return true;
-        }
-        return skip_scalar(type);
-    }
-    bool skip_scalar(uint32_t type) {
-        const size_t n = scalar_size(type);
-        if (n == 0 || bytes_.size() - pos_ < n) return false;
-        pos_ += n;
-        return true;
-    }
-    bool read_value(const std::string& key, uint32_t type, TokenizerVocab& v) {
-        if (type == 8) {
-            std::string s;
-            if (!get_string(s)) return false;
-            if (key == "tokenizer.ggml.model") v.model = s;
-            if (key == "tokenizer.ggml.pre") v.pre = s;
-            return true;
-        }
-        if (type == 9) {
-            uint32_t elem = 0;
-            uint64_t n = 0;
-            if (!get(elem) || !get(n) || n > bytes_.size() - pos_) return false;
-            for (uint64_t i = 0; i < n; ++i) {
-                if (elem == 8) {
-                    std::string s;
-                    if (!get_string(s)) return false;
-                    if (key == "tokenizer.ggml.tokens") v.tokens.push_back(std::move(s));
-                    if (key == "tokenizer.ggml.merges") v.merges.push_back(std::move(s));
-                } else {
-                    int64_t x = 0;
-                    if (!get_int(elem, x)) return false;
-                    if (key == "tokenizer.ggml.token_type") {
-                        v.token_types.push_back(static_cast<int32_t>(x));
-                    }
-                }
-            }
-            return true;
-        }
-        int64_t x = 0;
-        if (!get_int(type, x)) return false;
-        if (key == "tokenizer.ggml.bos_token_id") v.bos_id = static_cast<int32_t>(x);
-        if (key == "tokenizer.ggml.eos_token_id") v.eos_id = static_cast<int32_t>(x);
-        if (key == "tokenizer.ggml.eot_token_id") v.eot_id = static_cast<int32_t>(x);
-        if (key == "tokenizer.ggml.padding_token_id") v.pad_id = static_cast<int32_t>(x);
-        if (key == "tokenizer.ggml.unknown_token_id") v.unk_id = static_cast<int32_t>(x);
-        if (key == "tokenizer.ggml.add_bos_token") v.add_bos = x != 0;
-        if (key == "tokenizer.ggml.add_eos_token") v.add_eos = x != 0;
-        return true;
-    }
-
-    std::span<const uint8_t> bytes_;
-    size_t pos_ = 0;
-};
-
 // The real SmolLM2 vocabulary through from_vocab, against expectations from `tokenizers`
-// (smollm2-gguf-tokenizers.json, built from the same GGUF arrays by the fixture script) and,
-// when present, from transformers' AutoTokenizer (smollm2-gguf-expected.json).
+// (smollm2-gguf-tokenizers.json, built from the same GGUF arrays by the fixture script) and
+// from transformers' tokenizer loaded from the GGUF (smollm2-gguf-transformers.json, written
+// by scripts/gen_fixtures.py on the GPU machine).
 TEST(Tokenizer, DefaultModelGgufVocab) {
     PURBO_REQUIRE_DEFAULT_MODEL(model_path);
-    auto file = MappedFile::open(model_path);
+    auto file = GgufFile::open(model_path);
     ASSERT_TRUE(file.is_ok()) << file.status().to_string();
-    TokenizerVocab v;
-    v.source = model_path;
-    ASSERT_TRUE(GgufKeyReader(file.value()->bytes()).read_vocab(v)) << "GGUF header";
+    auto vocab = tokenizer_vocab_from_gguf(*file);
+    ASSERT_TRUE(vocab.is_ok()) << vocab.status().to_string();
+    const TokenizerVocab& v = *vocab;
     EXPECT_EQ(v.pre, "smollm");
     const auto t_load = std::chrono::steady_clock::now();
     auto tok = Tokenizer::from_vocab(v);
@@ -643,7 +512,7 @@ TEST(Tokenizer, DefaultModelGgufVocab) {
 
     int checked = 0;
     for (const char* name :
-         {"tokenizer/smollm2-gguf-tokenizers.json", "tokenizer/smollm2-gguf-expected.json"}) {
+         {"tokenizer/smollm2-gguf-tokenizers.json", "tokenizer/smollm2-gguf-transformers.json"}) {
         std::ifstream probe(test::fixture_path(name));
         if (!probe) continue;
         check_against_expected(tok.value(), load_json(test::fixture_path(name)), name);
