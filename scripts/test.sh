@@ -39,6 +39,10 @@ if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then
     export PATH="/usr/local/cuda/bin:$PATH"
 fi
 
+stage "dependencies"
+# Installs the Debian packages only when some are missing (a fresh machine); fast otherwise.
+bash scripts/setup.sh --no-build --no-model
+
 stage "configure + build (preset $preset, -j $jobs)"
 cmake --preset "$preset"
 cmake --build --preset "$preset" -j "$jobs"
