@@ -142,5 +142,27 @@ TEST_F(SmolLM2, GreedyGenerationMatchesTransformers) {
     }
 }
 
+// transformers' continuation of the first prompt ends with <|im_end|> (the eos): generation
+// must stop there, with that token last and the text free of it.
+TEST_F(SmolLM2, StopsAtEndOfTurn) {
+    if (model_ == nullptr) GTEST_SKIP() << "default model not present (run scripts/fetch-model.sh)";
+    const GreedyCase c = load_cases()[0];
+    const int32_t eos = model_->tokenizer->eos_id();
+    const auto at = std::find(c.generated.begin(), c.generated.end(), eos);
+    ASSERT_NE(at, c.generated.end()) << "the fixture's first case ends with the eos";
+    SessionOptions so;
+    so.n_ctx = 256;
+    auto session = Session::create(model_->config, model_->weights, so);
+    ASSERT_TRUE(session.is_ok());
+    GenerateParams gp;
+    gp.n_predict = 64;
+    gp.sampler.temperature = 0.0f;
+    auto r = generate(**session, 0, *model_->tokenizer, c.prompt, gp);
+    ASSERT_TRUE(r.is_ok());
+    EXPECT_EQ(r->stop_reason, StopReason::kEndOfGeneration);
+    EXPECT_EQ(r->tokens, std::vector<int32_t>(c.generated.begin(), at + 1));
+    EXPECT_EQ(r->text.find("<|im_end|>"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace purbo
