@@ -166,8 +166,11 @@ class Runner:
 
         if self.block_mask is None:
             t0 = time.perf_counter()
-            self.block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=self.q.shape[2], KV_LEN=self.n,
-                                                device="cuda", _compile=True)
+            size = dict(B=None, H=None, Q_LEN=self.q.shape[2], KV_LEN=self.n, device="cuda")
+            try:  # compiled: builds the block mask without materialising the (q, kv) grid
+                self.block_mask = create_block_mask(mask_mod, **size, _compile=True)
+            except TypeError:  # a torch without the _compile argument
+                self.block_mask = create_block_mask(mask_mod, **size)
             log(f"  flex block mask in {time.perf_counter() - t0:.1f} s")
         flex = compiled_flex()
         q, bm = self.q, self.block_mask
