@@ -2,13 +2,11 @@
 // over the mask) and the program on tiny CPU sizes (JSON fields, rates consistent with the
 // times, the time budget, bad flags).
 #include <gtest/gtest.h>
-
 #include <sys/wait.h>
 
 #include <cstdio>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "../../tools/purbo/attention-cost.h"
 #include "test-util.h"
@@ -35,10 +33,13 @@ TEST(AttentionCost, PairsMatchTheMask) {
     for (int64_t n : {1, 2, 7, 64, 300}) {
         for (int64_t window : {0, 1, 5, 64, 299, 300, 1000}) {
             for (int64_t sinks : {0, 1, 4, 70}) {
-                SCOPED_TRACE(testing::Message() << "n " << n << " window " << window << " sinks " << sinks);
-                EXPECT_EQ(cli::attention_prefill_pairs(n, window, sinks), brute_pairs(n, window, sinks));
+                SCOPED_TRACE(testing::Message()
+                             << "n " << n << " window " << window << " sinks " << sinks);
+                EXPECT_EQ(cli::attention_prefill_pairs(n, window, sinks),
+                          brute_pairs(n, window, sinks));
                 int64_t last_row = 0;
-                for (int64_t j = 0; j < n; ++j) last_row += visible(j, n - 1, window, sinks) ? 1 : 0;
+                for (int64_t j = 0; j < n; ++j)
+                    last_row += visible(j, n - 1, window, sinks) ? 1 : 0;
                 EXPECT_EQ(cli::attention_visible_keys(n - 1, window, sinks), last_row);
             }
         }
@@ -64,8 +65,8 @@ struct RunResult {
 };
 
 RunResult run_purbo(const std::string& args, bool with_stderr) {
-    const std::string cmd =
-        std::string(PURBO_BINARY_DIR) + "/bin/purbo " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
+    const std::string cmd = std::string(PURBO_BINARY_DIR) + "/bin/purbo " + args +
+                            (with_stderr ? " 2>&1" : " 2>/dev/null");
     RunResult r;
     FILE* pipe = popen(cmd.c_str(), "r");
     if (pipe == nullptr) return r;
@@ -77,12 +78,14 @@ RunResult run_purbo(const std::string& args, bool with_stderr) {
     return r;
 }
 
-const char* kTiny = "bench --attention --device cpu --threads 2 --heads 4 --kv-heads 2 --head-dim 64 -r 2 -o json ";
+const char* kTiny =
+    "bench --attention --device cpu --threads 2 --heads 4 --kv-heads 2 --head-dim 64 -r 2 -o json ";
 
 TEST(BenchAttention, CpuJson) {
     for (const char* mask : {"", "--window 64 --sinks 4"}) {
         SCOPED_TRACE(mask);
-        const RunResult r = run_purbo(std::string(kTiny) + "--prefill 256 --decode 512 " + mask, false);
+        const RunResult r =
+            run_purbo(std::string(kTiny) + "--prefill 256 --decode 512 " + mask, false);
         ASSERT_EQ(r.status, 0) << r.output;
         const nlohmann::json j = nlohmann::json::parse(r.output);
         ASSERT_EQ(j.size(), 2u);
@@ -97,8 +100,9 @@ TEST(BenchAttention, CpuJson) {
             EXPECT_EQ(row["window"], window);
             EXPECT_EQ(row["sinks"], sinks);
             ASSERT_TRUE(row["skipped"].is_null()) << row.dump();
-            const cli::AttentionWork w = prefill ? cli::attention_prefill_work(s, n, window, sinks, 4, 4)
-                                                 : cli::attention_decode_work(s, n, window, sinks, 4, 4);
+            const cli::AttentionWork w =
+                prefill ? cli::attention_prefill_work(s, n, window, sinks, 4, 4)
+                        : cli::attention_decode_work(s, n, window, sinks, 4, 4);
             EXPECT_EQ(row["pairs"], prefill ? brute_pairs(n, window, sinks) : w.pairs);
             const double ms = row["ms"];
             ASSERT_GT(ms, 0);
@@ -112,8 +116,8 @@ TEST(BenchAttention, CpuJson) {
 TEST(BenchAttention, BudgetSkipsPredictedCases) {
     // The first case always runs (nothing to predict from); the second, 256x the pairs, cannot
     // fit a budget of a microsecond.
-    const RunResult r =
-        run_purbo(std::string(kTiny) + "--prefill 256,4K --decode none --max-seconds 0.000001", false);
+    const RunResult r = run_purbo(
+        std::string(kTiny) + "--prefill 256,4K --decode none --max-seconds 0.000001", false);
     ASSERT_EQ(r.status, 0) << r.output;
     const nlohmann::json j = nlohmann::json::parse(r.output);
     ASSERT_EQ(j.size(), 2u);

@@ -46,8 +46,8 @@ struct AttentionWork {
 
 // Prefill: n queries at positions 0..n-1 over n cached keys (each key is seen by its own query,
 // so all n are read). kv_bytes / q_bytes: bytes per element of the cache and of q and out.
-inline AttentionWork attention_prefill_work(const AttentionShape& s, int64_t n, int64_t window, int64_t n_sink,
-                                            int64_t kv_bytes, int64_t q_bytes) {
+inline AttentionWork attention_prefill_work(const AttentionShape& s, int64_t n, int64_t window,
+                                            int64_t n_sink, int64_t kv_bytes, int64_t q_bytes) {
     AttentionWork w;
     w.pairs = attention_prefill_pairs(n, window, n_sink);
     w.flops = 4.0 * static_cast<double>(s.head_dim * s.heads) * static_cast<double>(w.pairs);
@@ -57,8 +57,8 @@ inline AttentionWork attention_prefill_work(const AttentionShape& s, int64_t n, 
 }
 
 // Decode: one query at position n - 1 over n cached keys; only its visible keys are read.
-inline AttentionWork attention_decode_work(const AttentionShape& s, int64_t n, int64_t window, int64_t n_sink,
-                                           int64_t kv_bytes, int64_t q_bytes) {
+inline AttentionWork attention_decode_work(const AttentionShape& s, int64_t n, int64_t window,
+                                           int64_t n_sink, int64_t kv_bytes, int64_t q_bytes) {
     AttentionWork w;
     w.pairs = attention_visible_keys(n - 1, window, n_sink);
     w.flops = 4.0 * static_cast<double>(s.head_dim * s.heads) * static_cast<double>(w.pairs);

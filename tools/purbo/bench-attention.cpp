@@ -6,10 +6,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "attention-cost.h"
 #include "backend/backend.h"
@@ -25,8 +24,8 @@ struct ShapePreset {
 };
 constexpr ShapePreset kShapes[] = {{"qwen3-30b-a3b", 32, 4, 128}, {"llama3-8b", 32, 8, 128}};
 
-constexpr int64_t kFillRows = 65536;   // rows of each random host block copied over device buffers
-constexpr int64_t kElemBytes = 4;      // q, out and the KV cache are f32 on every backend
+constexpr int64_t kFillRows = 65536;    // rows of each random host block copied over device buffers
+constexpr int64_t kElemBytes = 4;       // q, out and the KV cache are f32 on every backend
 constexpr double kLongCallSeconds = 2;  // longer calls run once, with no warm-up
 constexpr double kMinSampleMs = 20;     // short calls repeat within a sample to reach this
 
@@ -58,7 +57,8 @@ Result<std::vector<int64_t>> parse_sizes(const std::string& flag, const std::str
         const long long v = std::strtoll(digits.c_str(), &end, 10);
         if (digits.empty() || *end != '\0' || v <= 0 || v * mult > (int64_t{1} << 24)) {
             return error(StatusCode::kInvalidArgument,
-                         "{}: '{}' in '{}' is not a token count (1..16M, K and M suffixes)", flag, item, text);
+                         "{}: '{}' in '{}' is not a token count (1..16M, K and M suffixes)", flag,
+                         item, text);
         }
         out.push_back(v * mult);
     }
@@ -104,8 +104,8 @@ struct CaseBuffers {
     std::vector<int32_t> pos;  // (queries,): 0..n-1 for prefill, n-1 for decode
 };
 
-Result<CaseBuffers> make_buffers(Backend& be, const AttentionShape& s, Mode mode, int64_t n, int64_t chunk,
-                                 const Tensor& block_k, const Tensor& block_v) {
+Result<CaseBuffers> make_buffers(Backend& be, const AttentionShape& s, Mode mode, int64_t n,
+                                 int64_t chunk, const Tensor& block_k, const Tensor& block_v) {
     CaseBuffers b;
     const int64_t m = mode == Mode::kDecode ? 1 : std::min(n, chunk);
     b.cache.k = be.alloc(DType::kF32, {1, s.kv_heads, n, s.head_dim}, "cache k");
@@ -113,7 +113,8 @@ Result<CaseBuffers> make_buffers(Backend& be, const AttentionShape& s, Mode mode
     b.q = be.alloc(DType::kF32, {m, s.heads, s.head_dim}, "q");
     b.out = be.alloc(DType::kF32, {m, s.heads, s.head_dim}, "out");
     for (const Tensor* t : {&b.cache.k, &b.cache.v, &b.q, &b.out}) {
-        if (t->empty()) return error(StatusCode::kOutOfMemory, "cannot allocate the buffers for n = {}", n);
+        if (t->empty())
+            return error(StatusCode::kOutOfMemory, "cannot allocate the buffers for n = {}", n);
     }
     PURBO_TRY(fill_rows(be, b.cache.k, block_k));
     PURBO_TRY(fill_rows(be, b.cache.v, block_v));
@@ -133,16 +134,18 @@ Status run_once(Backend& be, const CaseBuffers& b, const AttentionParams& params
     const int64_t n = static_cast<int64_t>(b.pos.size()), m = b.q.dim(0);
     for (int64_t begin = 0; begin < n; begin += m) {
         const int64_t count = std::min(m, n - begin);
-        const TokenPlacement place{std::span<const int32_t>(b.seq).first(static_cast<size_t>(count)),
-                                   std::span<const int32_t>(b.pos).subspan(static_cast<size_t>(begin),
-                                                                           static_cast<size_t>(count))};
+        const TokenPlacement place{
+            std::span<const int32_t>(b.seq).first(static_cast<size_t>(count)),
+            std::span<const int32_t>(b.pos).subspan(static_cast<size_t>(begin),
+                                                    static_cast<size_t>(count))};
         PURBO_TRY(be.attention(leading(b.q, count), b.cache, place, params, leading(b.out, count)));
     }
     return Status::ok();
 }
 
 // Milliseconds per op sequence, over `calls` back-to-back sequences.
-Result<double> time_calls(Backend& be, const CaseBuffers& b, const AttentionParams& params, int calls) {
+Result<double> time_calls(Backend& be, const CaseBuffers& b, const AttentionParams& params,
+                          int calls) {
     be.synchronize();
     const double t0 = time_now_ms();
     for (int i = 0; i < calls; ++i) PURBO_TRY(run_once(be, b, params));
@@ -157,7 +160,8 @@ Status check_output(Backend& be, const CaseBuffers& b) {
     PURBO_TRY(be.to_host(leading(b.out, 1), host));
     for (int64_t i = 0; i < host.numel(); ++i) {
         if (!std::isfinite(host.f32()[i]))
-            return error(StatusCode::kInternal, "attention output element {} is {}", i, host.f32()[i]);
+            return error(StatusCode::kInternal, "attention output element {} is {}", i,
+                         host.f32()[i]);
     }
     return Status::ok();
 }
@@ -175,7 +179,8 @@ Result<Measured> measure(Backend& be, const CaseBuffers& b, const AttentionParam
         r.reps = 1;
     } else {
         PURBO_ASSIGN_OR_RETURN(const double warm_ms, time_calls(be, b, params, 1));
-        r.inner = static_cast<int>(std::clamp(std::ceil(kMinSampleMs / std::max(warm_ms, 1e-3)), 1.0, 1000.0));
+        r.inner = static_cast<int>(
+            std::clamp(std::ceil(kMinSampleMs / std::max(warm_ms, 1e-3)), 1.0, 1000.0));
         std::vector<double> samples;
         for (int i = 0; i < reps; ++i) {
             PURBO_ASSIGN_OR_RETURN(const double ms, time_calls(be, b, params, r.inner));
@@ -200,28 +205,36 @@ Result<AttentionShape> resolve_shape(const Flags& f) {
         }
     }
     if (!found) {
-        return error(StatusCode::kInvalidArgument, "--shape: '{}' (expected qwen3-30b-a3b or llama3-8b)", f.shape);
+        return error(StatusCode::kInvalidArgument,
+                     "--shape: '{}' (expected qwen3-30b-a3b or llama3-8b)", f.shape);
     }
     if (f.heads > 0) s.heads = f.heads;
     if (f.kv_heads > 0) s.kv_heads = f.kv_heads;
     if (f.head_dim > 0) s.head_dim = f.head_dim;
     if (s.heads % s.kv_heads != 0) {
-        return error(StatusCode::kInvalidArgument, "--heads {} is not a multiple of --kv-heads {}", s.heads,
-                     s.kv_heads);
+        return error(StatusCode::kInvalidArgument, "--heads {} is not a multiple of --kv-heads {}",
+                     s.heads, s.kv_heads);
     }
     return s;
 }
 
 Status check_flags(const Flags& f) {
     if (f.output != "md" && f.output != "json")
-        return error(StatusCode::kInvalidArgument, "--output: '{}' (expected md or json)", f.output);
-    if (f.reps <= 0) return error(StatusCode::kInvalidArgument, "--repetitions: {} must be positive", f.reps);
-    if (f.chunk <= 0) return error(StatusCode::kInvalidArgument, "--chunk: {} must be positive", f.chunk);
+        return error(StatusCode::kInvalidArgument, "--output: '{}' (expected md or json)",
+                     f.output);
+    if (f.reps <= 0)
+        return error(StatusCode::kInvalidArgument, "--repetitions: {} must be positive", f.reps);
+    if (f.chunk <= 0)
+        return error(StatusCode::kInvalidArgument, "--chunk: {} must be positive", f.chunk);
     if (f.window < 0 || f.sinks < 0)
-        return error(StatusCode::kInvalidArgument, "--window {} and --sinks {} must be >= 0", f.window, f.sinks);
+        return error(StatusCode::kInvalidArgument, "--window {} and --sinks {} must be >= 0",
+                     f.window, f.sinks);
     if (f.heads < 0 || f.kv_heads < 0 || f.head_dim < 0)
-        return error(StatusCode::kInvalidArgument, "--heads, --kv-heads and --head-dim must be positive");
-    if (!(f.max_seconds > 0)) return error(StatusCode::kInvalidArgument, "--max-seconds: {} must be positive", f.max_seconds);
+        return error(StatusCode::kInvalidArgument,
+                     "--heads, --kv-heads and --head-dim must be positive");
+    if (!(f.max_seconds > 0))
+        return error(StatusCode::kInvalidArgument, "--max-seconds: {} must be positive",
+                     f.max_seconds);
     return Status::ok();
 }
 
@@ -232,30 +245,44 @@ int cmd_bench_attention(int argc, char** argv) {
     OptionSet set;
     set.usage = "purbo bench --attention [options]";
     set.description =
-        "Times one layer's attention op alone (the cache is filled beforehand; storing keys is not timed). "
-        "prefill: n queries at positions 0..n-1 attend causally to the same n keys, in chunks of --chunk "
-        "queries per op call. decode: one query at position n-1 over n keys. Reports the median ms per "
-        "case, TFLOP/s (4 * d * h per visible query-key pair) and GB/s (K and V of the keys read, q and "
-        "out). A case whose predicted time (from the previous case's rate; warm-up plus repetitions, or "
-        "one call when a call takes over 2 s) exceeds --max-seconds is skipped.";
-    set.options.push_back({"--attention", "", "", "this benchmark (instead of the whole-model one)", &f.attention});
+        "Times one layer's attention op alone (the cache is filled beforehand; storing keys is "
+        "not timed). prefill: n queries at positions 0..n-1 attend causally to the same n keys, "
+        "in chunks of --chunk queries per op call. decode: one query at position n-1 over n "
+        "keys. Reports the median ms per case, TFLOP/s (4 * d * h per visible query-key pair) "
+        "and GB/s (K and V of the keys read, q and out). A case whose predicted time (from the "
+        "previous case's rate; warm-up plus repetitions, or one call when a call takes over "
+        "2 s) exceeds --max-seconds is skipped.";
+    set.options.push_back(
+        {"--attention", "", "", "this benchmark (instead of the whole-model one)", &f.attention});
     set.options.push_back({"--device", "", "NAME", "cuda (default), cpu or cpu-ref", &f.device});
     set.options.push_back({"--threads", "-t", "N", "CPU threads (default: all cores)", &f.threads});
-    set.options.push_back({"--shape", "", "NAME", "qwen3-30b-a3b (32/4/128, default) or llama3-8b (32/8/128)", &f.shape});
+    set.options.push_back({"--shape", "", "NAME",
+                           "qwen3-30b-a3b (32/4/128, default) or llama3-8b (32/8/128)", &f.shape});
     set.options.push_back({"--heads", "", "H", "query heads (overrides the shape)", &f.heads});
     set.options.push_back({"--kv-heads", "", "G", "KV heads (overrides the shape)", &f.kv_heads});
     set.options.push_back({"--head-dim", "", "D", "head dim (overrides the shape)", &f.head_dim});
-    set.options.push_back({"--prefill", "", "LIST", "prefill sizes, K/M suffixes (default 8K,32K,128K,512K,1M; none)", &f.prefill});
-    set.options.push_back({"--decode", "", "LIST", "decode context sizes (default 32K,128K,512K,1M; none)", &f.decode});
-    set.options.push_back({"--window", "", "W", "sliding window in tokens (default 0: full causal)", &f.window});
-    set.options.push_back({"--sinks", "", "S", "sink tokens kept visible below the window (default 0)", &f.sinks});
-    set.options.push_back({"--chunk", "", "N", "prefill queries per op call (default 65536)", &f.chunk});
-    set.options.push_back({"--repetitions", "-r", "N", "timed samples per case, median reported (default 3)", &f.reps});
-    set.options.push_back({"--max-seconds", "", "S", "skip a case predicted to take longer (default 60)", &f.max_seconds});
-    set.options.push_back({"--deadline", "", "S", "skip cases that would end after S s from the start (default: none)", &f.deadline});
+    set.options.push_back({"--prefill", "", "LIST",
+                           "prefill sizes, K/M suffixes (default 8K,32K,128K,512K,1M; none)",
+                           &f.prefill});
+    set.options.push_back({"--decode", "", "LIST",
+                           "decode context sizes (default 32K,128K,512K,1M; none)", &f.decode});
+    set.options.push_back(
+        {"--window", "", "W", "sliding window in tokens (default 0: full causal)", &f.window});
+    set.options.push_back(
+        {"--sinks", "", "S", "sink tokens kept visible below the window (default 0)", &f.sinks});
+    set.options.push_back(
+        {"--chunk", "", "N", "prefill queries per op call (default 65536)", &f.chunk});
+    set.options.push_back({"--repetitions", "-r", "N",
+                           "timed samples per case, median reported (default 3)", &f.reps});
+    set.options.push_back({"--max-seconds", "", "S",
+                           "skip a case predicted to take longer (default 60)", &f.max_seconds});
+    set.options.push_back({"--deadline", "", "S",
+                           "skip cases that would end after S s from the start (default: none)",
+                           &f.deadline});
     set.options.push_back({"--output", "-o", "FMT", "md (default) or json", &f.output});
     bool help = false;
-    if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok()) return report_error("bench", st);
+    if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok())
+        return report_error("bench", st);
     if (help) return 0;
     if (Status st = check_flags(f); !st.is_ok()) return report_error("bench", st);
     Result<AttentionShape> shape = resolve_shape(f);
@@ -282,10 +309,12 @@ int cmd_bench_attention(int argc, char** argv) {
     const double start_ms = time_now_ms();
     std::mt19937 rng(42);
     const Tensor block_k = random_block(s.head_dim, rng), block_v = random_block(s.head_dim, rng);
-    std::fprintf(stderr, "bench-attention: %s on %s (h %lld, g %lld, d %lld), window %d, sinks %d, budget %.0f s\n",
-                 f.shape.c_str(), f.device.c_str(), static_cast<long long>(s.heads),
-                 static_cast<long long>(s.kv_heads), static_cast<long long>(s.head_dim), f.window, f.sinks,
-                 static_cast<double>(f.max_seconds));
+    std::fprintf(
+        stderr,
+        "bench-attention: %s on %s (h %lld, g %lld, d %lld), window %d, sinks %d, budget %.0f s\n",
+        f.shape.c_str(), f.device.c_str(), static_cast<long long>(s.heads),
+        static_cast<long long>(s.kv_heads), static_cast<long long>(s.head_dim), f.window, f.sinks,
+        static_cast<double>(f.max_seconds));
     if (f.output == "md") {
         std::printf("| shape | device | mode | n | window | sinks | ms | TFLOP/s | GB/s |\n");
         std::printf("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
@@ -294,13 +323,15 @@ int cmd_bench_attention(int argc, char** argv) {
     }
     std::fflush(stdout);
 
-    double seconds_per_unit[2] = {0, 0};  // last measured rate per mode: per pair (prefill), per byte (decode)
+    double seconds_per_unit[2] = {
+        0, 0};  // last measured rate per mode: per pair (prefill), per byte (decode)
     for (size_t ci = 0; ci < cases.size(); ++ci) {
         const auto [mode, n] = cases[ci];
         const bool is_prefill = mode == Mode::kPrefill;
         const char* mode_name = is_prefill ? "prefill" : "decode";
-        const AttentionWork work = is_prefill ? attention_prefill_work(s, n, f.window, f.sinks, kElemBytes, kElemBytes)
-                                              : attention_decode_work(s, n, f.window, f.sinks, kElemBytes, kElemBytes);
+        const AttentionWork work =
+            is_prefill ? attention_prefill_work(s, n, f.window, f.sinks, kElemBytes, kElemBytes)
+                       : attention_decode_work(s, n, f.window, f.sinks, kElemBytes, kElemBytes);
         const double units = is_prefill ? static_cast<double>(work.pairs) : work.bytes;
         const double rate = seconds_per_unit[is_prefill ? 0 : 1];
         const double predicted_call = rate > 0 ? rate * units : 0;
@@ -311,16 +342,20 @@ int cmd_bench_attention(int argc, char** argv) {
         std::string skipped;
         Measured m;
         if (predicted > f.max_seconds) {
-            skipped = fmt::format("skipped: predicted {:.1f} s > budget {:.0f} s", predicted, f.max_seconds);
+            skipped = fmt::format("skipped: predicted {:.1f} s > budget {:.0f} s", predicted,
+                                  f.max_seconds);
         } else if (f.deadline > 0 && elapsed + predicted > f.deadline) {
-            skipped = fmt::format("skipped: predicted {:.1f} s would pass the deadline ({:.0f} s of {:.0f} s used)",
-                                  predicted, elapsed, f.deadline);
+            skipped = fmt::format(
+                "skipped: predicted {:.1f} s would pass the deadline ({:.0f} s of {:.0f} s used)",
+                predicted, elapsed, f.deadline);
         } else {
-            std::fprintf(stderr, "bench-attention: %s n=%s: filling %.2f GiB of cache%s\n", mode_name,
-                         size_label(n).c_str(), 2.0 * n * s.kv_heads * s.head_dim * kElemBytes / 1073741824.0,
+            std::fprintf(stderr, "bench-attention: %s n=%s: filling %.2f GiB of cache%s\n",
+                         mode_name, size_label(n).c_str(),
+                         2.0 * n * s.kv_heads * s.head_dim * kElemBytes / 1073741824.0,
                          rate > 0 ? fmt::format(", predicted {:.2f} s", predicted).c_str() : "");
             Result<CaseBuffers> b = make_buffers(be, s, mode, n, f.chunk, block_k, block_v);
-            Result<Measured> r = b.is_ok() ? measure(be, *b, params, f.reps, long_call) : Result<Measured>(b.status());
+            Result<Measured> r = b.is_ok() ? measure(be, *b, params, f.reps, long_call)
+                                           : Result<Measured>(b.status());
             if (r.is_ok()) {
                 m = *r;
                 seconds_per_unit[is_prefill ? 0 : 1] = m.ms / 1e3 / units;
@@ -330,20 +365,25 @@ int cmd_bench_attention(int argc, char** argv) {
         }
         const double tflops = skipped.empty() ? work.flops / (m.ms * 1e-3) / 1e12 : 0;
         const double gbps = skipped.empty() ? work.bytes / (m.ms * 1e-3) / 1e9 : 0;
-        std::fprintf(stderr, "bench-attention: %s n=%s: %s\n", mode_name, size_label(n).c_str(),
-                     skipped.empty() ? fmt::format("{:.3f} ms, {:.2f} TFLOP/s, {:.1f} GB/s", m.ms, tflops, gbps).c_str()
-                                     : skipped.c_str());
+        std::fprintf(
+            stderr, "bench-attention: %s n=%s: %s\n", mode_name, size_label(n).c_str(),
+            skipped.empty()
+                ? fmt::format("{:.3f} ms, {:.2f} TFLOP/s, {:.1f} GB/s", m.ms, tflops, gbps).c_str()
+                : skipped.c_str());
         if (f.output == "md") {
-            const std::string cells = skipped.empty() ? fmt::format("{:.3f} | {:.2f} | {:.1f}", m.ms, tflops, gbps)
-                                                      : skipped + " | - | -";
-            std::printf("| %s | %s | %s | %s | %d | %d | %s |\n", f.shape.c_str(), f.device.c_str(), mode_name,
-                        size_label(n).c_str(), f.window, f.sinks, cells.c_str());
+            const std::string cells =
+                skipped.empty() ? fmt::format("{:.3f} | {:.2f} | {:.1f}", m.ms, tflops, gbps)
+                                : skipped + " | - | -";
+            std::printf("| %s | %s | %s | %s | %d | %d | %s |\n", f.shape.c_str(), f.device.c_str(),
+                        mode_name, size_label(n).c_str(), f.window, f.sinks, cells.c_str());
         } else {
-            nlohmann::ordered_json j = {{"shape", f.shape}, {"heads", s.heads}, {"kv_heads", s.kv_heads},
-                                {"head_dim", s.head_dim}, {"mode", mode_name}, {"n", n}, {"window", f.window},
-                                {"sinks", f.sinks}, {"ms", nullptr}, {"tflops", nullptr}, {"gbps", nullptr},
-                                {"device", f.device}, {"pairs", work.pairs}, {"reps", m.reps},
-                                {"inner", m.inner}, {"skipped", nullptr}};
+            nlohmann::ordered_json j = {
+                {"shape", f.shape},       {"heads", s.heads},  {"kv_heads", s.kv_heads},
+                {"head_dim", s.head_dim}, {"mode", mode_name}, {"n", n},
+                {"window", f.window},     {"sinks", f.sinks},  {"ms", nullptr},
+                {"tflops", nullptr},      {"gbps", nullptr},   {"device", f.device},
+                {"pairs", work.pairs},    {"reps", m.reps},    {"inner", m.inner},
+                {"skipped", nullptr}};
             if (skipped.empty()) {
                 j["ms"] = m.ms;
                 j["tflops"] = tflops;
