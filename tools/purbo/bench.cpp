@@ -6,6 +6,7 @@
 #include <numeric>
 #include <random>
 #include <sstream>
+#include <string_view>
 #include <thread>
 
 #include "common.h"
@@ -73,6 +74,9 @@ Result<double> run_once(Session& s, const BenchTest& t, int n_vocab, std::mt1993
 }  // namespace
 
 int cmd_bench(int argc, char** argv) {
+    for (int i = 2; i < argc; ++i) {
+        if (std::string_view(argv[i]) == "--attention") return cmd_bench_attention(argc, argv);
+    }
     ModelFlags mf;
     std::string prompts = "512,4096", gens = "128", depths = "0,4096", output = "md";
     int reps = 3;
@@ -87,6 +91,8 @@ int cmd_bench(int argc, char** argv) {
     set.options.push_back({"--n-depth", "-d", "LIST", "depths for generation tests (default 0,4096)", &depths});
     set.options.push_back({"--repetitions", "-r", "N", "repetitions per test (default 3)", &reps});
     set.options.push_back({"--output", "-o", "FMT", "md (default) or json", &output});
+    bool attention = false;  // handled above; listed so that --help shows it
+    set.options.push_back({"--attention", "", "", "one attention layer's op alone (see bench --attention --help)", &attention});
     bool help = false;
     if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok()) return report_error("bench", st);
     if (help) return 0;

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# One attention layer on a GPU machine: `purbo bench --attention` (CUDA backend) against PyTorch
+# (FlashAttention-2 and cuDNN through SDPA; FlexAttention for the sliding-window + sinks cases)
+# on the same shapes, sizes and time budget, then one combined table. Builds purbo with CUDA
+# first when the build folder has no purbo binary. The whole run aims to end within
+# --total-seconds (default 480), build included: each phase gets a share of the time left and
+# skips the cases it predicts would pass it.
+#
+# usage: scripts/bench-gpu.sh [--quick] [--shape qwen3-30b-a3b|llama3-8b] [--window W] [--sinks S]
+#                             [--max-seconds S] [--total-seconds S] [--build-dir DIR] [--out DIR]
+#   --quick          prefill 8K,32K and decode 32K,128K only
+#   --window W       also the sliding-window + sinks cases (default 4096; 0: none), --sinks S (default 4)
+#   --max-seconds S  skip a case predicted to take longer (default 30)
+#   --out DIR        the JSON and logs (default <build-dir>/attention-bench)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+start=$(date +%s)
+
+shape="qwen3-30b-a3b"
+prefill="8K,32K,128K,512K,1M"
+decode="32K,128K,512K,1M"
+window=4096
+sinks=4
+max_seconds=30
+total=480
+build="build-gpu"
+out=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) prefill="8K,32K"; decode="32K,128K"; shift ;;
+        --shape) shape="$2"; shift 2 ;;
+        --window) window="$2"; shift 2 ;;
+        --sinks) sinks="$2"; shift 2 ;;
+        --max-seconds) max_seconds="$2"; shift 2 ;;
+        --total-seconds) total="$2"; shift 2 ;;
+        --build-dir) build="$2"; shift 2 ;;
+        --out) out="$2"; shift 2 ;;
+        -h|--help) sed -n 2,15p "$0"; exit 0 ;;
+        *) echo "bench-gpu: unknown flag '$1'" >&2; exit 2 ;;
+    esac
+done
+out="${out:-$build/attention-bench}"
+mkdir -p "$out"
+
+if ! command -v nvcc >/dev/null 2>&1 && [[ -x /usr/local/cuda/bin/nvcc ]]; then
+    export PATH="/usr/local/cuda/bin:$PATH"
+fi
+# The GPU image may lack the build's libraries; they also have to be found when purbo runs.
+if [[ -d .gpu-deps ]]; then
+    # shellcheck disable=SC1091
+    source scripts/gpu-deps.sh install .gpu-deps /tmp/purbo-deps
+fi
+nvidia-smi -L || echo "bench-gpu: nvidia-smi failed"
+
+bin="$build/bin/purbo"
+if [[ ! -x "$bin" ]]; then
+    echo "== building purbo with CUDA in $build"
+    generator=()
+    command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
+    cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DPURBO_CUDA=ON \
+        -DCMAKE_CUDA_ARCHITECTURES=90a -DPURBO_TESTS=OFF -DPURBO_BENCH=OFF
+    cmake --build "$build" -j 16 --target purbo-cli
+fi
+echo "== build ready after $(( $(date +%s) - start )) s"
+
+# Seconds for the next phase: its share (percent) of the time left, less a margin for the table.
+phase_seconds() {
+    local left=$(( total - ($(date +%s) - start) - 15 ))
+    (( left < 10 )) && left=10
+    echo $(( left * $1 / 100 ))
+}
+
+# run_phase NAME SECONDS CMD...: the command's stdout to $out/NAME.json, stderr shown and logged.
+# A hard stop (timeout) 60 s past its deadline keeps the lines it already wrote.
+run_phase() {
+    local name="$1" seconds="$2"
+    shift 2
+    echo "== $name (deadline ${seconds} s)"
+    timeout $(( seconds + 60 )) "$@" > "$out/$name.json" 2> >(tee "$out/$name.log" >&2) ||
+        echo "bench-gpu: $name exited with status $? (its finished cases still count)"
+}
+
+common=(--shape "$shape" --prefill "$prefill" --decode "$decode" --max-seconds "$max_seconds")
+export PYTHONUNBUFFERED=1
+s=$(phase_seconds 25)
+run_phase purbo "$s" "$bin" bench --attention --device cuda "${common[@]}" --deadline "$s" -o json
+s=$(phase_seconds 45)
+run_phase torch "$s" python3 scripts/bench_torch_attention.py "${common[@]}" --deadline "$s"
+files=("$out/purbo.json" "$out/torch.json")
+if [[ "$window" != 0 ]]; then
+    win=(--window "$window" --sinks "$sinks")
+    s=$(phase_seconds 30)
+    run_phase purbo-window "$s" "$bin" bench --attention --device cuda "${common[@]}" "${win[@]}" \
+        --deadline "$s" -o json
+    s=$(phase_seconds 100)
+    run_phase torch-window "$s" python3 scripts/bench_torch_attention.py "${common[@]}" "${win[@]}" \
+        --no-machine --deadline "$s"
+    files+=("$out/purbo-window.json" "$out/torch-window.json")
+fi
+
+python3 scripts/attention_bench_table.py "${files[@]}" | tee "$out/table.md"
+echo "bench-gpu: done in $(( $(date +%s) - start )) s; JSON and logs in $out"

@@ -1,0 +1,143 @@
+// purbo bench --attention: the work counts behind its rates (checked against a brute-force walk
+// over the mask) and the program on tiny CPU sizes (JSON fields, rates consistent with the
+// times, the time budget, bad flags).
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "../../tools/purbo/attention-cost.h"
+#include "test-util.h"
+
+namespace purbo {
+namespace {
+
+// The mask of AttentionParams, written out per key: j is visible to the query at p when it is
+// causal and inside the window or among the sinks.
+bool visible(int64_t j, int64_t p, int64_t window, int64_t n_sink) {
+    if (j > p) return false;
+    return window == 0 || j > p - window || j < n_sink;
+}
+
+int64_t brute_pairs(int64_t n, int64_t window, int64_t n_sink) {
+    int64_t count = 0;
+    for (int64_t p = 0; p < n; ++p) {
+        for (int64_t j = 0; j < n; ++j) count += visible(j, p, window, n_sink) ? 1 : 0;
+    }
+    return count;
+}
+
+TEST(AttentionCost, PairsMatchTheMask) {
+    for (int64_t n : {1, 2, 7, 64, 300}) {
+        for (int64_t window : {0, 1, 5, 64, 299, 300, 1000}) {
+            for (int64_t sinks : {0, 1, 4, 70}) {
+                SCOPED_TRACE(testing::Message()
+                             << "n " << n << " window " << window << " sinks " << sinks);
+                EXPECT_EQ(cli::attention_prefill_pairs(n, window, sinks),
+                          brute_pairs(n, window, sinks));
+                int64_t last_row = 0;
+                for (int64_t j = 0; j < n; ++j)
+                    last_row += visible(j, n - 1, window, sinks) ? 1 : 0;
+                EXPECT_EQ(cli::attention_visible_keys(n - 1, window, sinks), last_row);
+            }
+        }
+    }
+    // Causal: n (n + 1) / 2 pairs, also where the brute force is too slow (1M tokens).
+    EXPECT_EQ(cli::attention_prefill_pairs(1 << 20, 0, 0), int64_t{1 << 20} * ((1 << 20) + 1) / 2);
+}
+
+TEST(AttentionCost, FlopsAndBytes) {
+    const cli::AttentionShape s{32, 4, 128};
+    const cli::AttentionWork p = cli::attention_prefill_work(s, 1024, 0, 0, 4, 4);
+    // q.k and p.v: 2 d multiply-adds each per pair and query head.
+    EXPECT_DOUBLE_EQ(p.flops, 4.0 * 128 * 32 * (1024.0 * 1025 / 2));
+    const cli::AttentionWork d = cli::attention_decode_work(s, 1024, 256, 4, 2, 2);
+    EXPECT_EQ(d.pairs, 256 + 4);
+    // K and V rows of the 260 visible keys per KV head, plus q and out of one token.
+    EXPECT_DOUBLE_EQ(d.bytes, 2.0 * 260 * 4 * 128 * 2 + 2.0 * 32 * 128 * 2);
+}
+
+struct RunResult {
+    int status = -1;
+    std::string output;
+};
+
+RunResult run_purbo(const std::string& args, bool with_stderr) {
+    const std::string cmd = std::string(PURBO_BINARY_DIR) + "/bin/purbo " + args +
+                            (with_stderr ? " 2>&1" : " 2>/dev/null");
+    RunResult r;
+    FILE* pipe = popen(cmd.c_str(), "r");
+    if (pipe == nullptr) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) r.output.append(buf, n);
+    const int raw = pclose(pipe);
+    r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+    return r;
+}
+
+const char* kTiny =
+    "bench --attention --device cpu --threads 2 --heads 4 --kv-heads 2 --head-dim 64 -r 2 -o json ";
+
+TEST(BenchAttention, CpuJson) {
+    for (const char* mask : {"", "--window 64 --sinks 4"}) {
+        SCOPED_TRACE(mask);
+        const RunResult r =
+            run_purbo(std::string(kTiny) + "--prefill 256 --decode 512 " + mask, false);
+        ASSERT_EQ(r.status, 0) << r.output;
+        const nlohmann::json j = nlohmann::json::parse(r.output);
+        ASSERT_EQ(j.size(), 2u);
+        const int64_t window = mask[0] ? 64 : 0, sinks = mask[0] ? 4 : 0;
+        const cli::AttentionShape s{4, 2, 64};
+        for (const auto& row : j) {
+            const bool prefill = row["mode"] == "prefill";
+            const int64_t n = row["n"];
+            EXPECT_EQ(n, prefill ? 256 : 512);
+            EXPECT_EQ(row["shape"], "qwen3-30b-a3b");
+            EXPECT_EQ(row["device"], "cpu");
+            EXPECT_EQ(row["window"], window);
+            EXPECT_EQ(row["sinks"], sinks);
+            ASSERT_TRUE(row["skipped"].is_null()) << row.dump();
+            const cli::AttentionWork w =
+                prefill ? cli::attention_prefill_work(s, n, window, sinks, 4, 4)
+                        : cli::attention_decode_work(s, n, window, sinks, 4, 4);
+            EXPECT_EQ(row["pairs"], prefill ? brute_pairs(n, window, sinks) : w.pairs);
+            const double ms = row["ms"];
+            ASSERT_GT(ms, 0);
+            // The rates are the counts over the printed time (rounding: the JSON keeps ~17 digits).
+            EXPECT_NEAR(double(row["tflops"]) * 1e12 * ms * 1e-3 / w.flops, 1.0, 1e-9);
+            EXPECT_NEAR(double(row["gbps"]) * 1e9 * ms * 1e-3 / w.bytes, 1.0, 1e-9);
+        }
+    }
+}
+
+TEST(BenchAttention, BudgetSkipsPredictedCases) {
+    // The first case always runs (nothing to predict from); the second, 256x the pairs, cannot
+    // fit a budget of a microsecond.
+    const RunResult r = run_purbo(
+        std::string(kTiny) + "--prefill 256,4K --decode none --max-seconds 0.000001", false);
+    ASSERT_EQ(r.status, 0) << r.output;
+    const nlohmann::json j = nlohmann::json::parse(r.output);
+    ASSERT_EQ(j.size(), 2u);
+    EXPECT_TRUE(j[0]["skipped"].is_null());
+    EXPECT_EQ(j[1]["n"], 4096);
+    EXPECT_TRUE(j[1]["ms"].is_null());
+    EXPECT_EQ(std::string(j[1]["skipped"]).rfind("skipped: predicted", 0), 0u) << j[1].dump();
+}
+
+TEST(BenchAttention, BadFlags) {
+    RunResult r = run_purbo(std::string(kTiny) + "--prefill 12X", true);
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.output.find("--prefill: '12X'"), std::string::npos) << r.output;
+    r = run_purbo(std::string(kTiny) + "--shape gpt2", true);
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.output.find("--shape: 'gpt2'"), std::string::npos) << r.output;
+    r = run_purbo("bench --attention --device cpu --heads 6 --kv-heads 4", true);
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.output.find("--heads 6"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace purbo
