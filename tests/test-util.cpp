@@ -1,6 +1,9 @@
 #include "test-util.h"
 
+#include <sys/wait.h>
+
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 
@@ -40,6 +43,20 @@ double max_abs_diff(std::span<const float> a, std::span<const float> b) {
     double m = 0;
     for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
     return m;
+}
+
+ProgramResult run_purbo(const std::string& args, bool with_stderr) {
+    const std::string cmd =
+        std::string(PURBO_BINARY_DIR) + "/bin/purbo " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
+    ProgramResult r;
+    FILE* pipe = popen(cmd.c_str(), "r");
+    if (pipe == nullptr) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) r.output.append(buf, n);
+    const int raw = pclose(pipe);
+    r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+    return r;
 }
 
 }  // namespace purbo::test

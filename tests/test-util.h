@@ -20,6 +20,13 @@ std::optional<std::string> default_model_path();
 double nmse(std::span<const float> a, std::span<const float> reference);
 double max_abs_diff(std::span<const float> a, std::span<const float> b);
 
+// Runs the built purbo program with `args` (shell syntax) and collects what it prints.
+struct ProgramResult {
+    int status = -1;     // exit code; 128 + signal when killed by one
+    std::string output;  // stdout, and stderr too when asked
+};
+ProgramResult run_purbo(const std::string& args, bool with_stderr = true);
+
 }  // namespace purbo::test
 
 // Skips the current test (reported as skipped by ctest) when the default model is absent.

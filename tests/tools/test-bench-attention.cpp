@@ -59,24 +59,8 @@ TEST(AttentionCost, FlopsAndBytes) {
     EXPECT_DOUBLE_EQ(d.bytes, 2.0 * 260 * 4 * 128 * 2 + 2.0 * 32 * 128 * 2);
 }
 
-struct RunResult {
-    int status = -1;
-    std::string output;
-};
-
-RunResult run_purbo(const std::string& args, bool with_stderr) {
-    const std::string cmd = std::string(PURBO_BINARY_DIR) + "/bin/purbo " + args +
-                            (with_stderr ? " 2>&1" : " 2>/dev/null");
-    RunResult r;
-    FILE* pipe = popen(cmd.c_str(), "r");
-    if (pipe == nullptr) return r;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) r.output.append(buf, n);
-    const int raw = pclose(pipe);
-    r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-    return r;
-}
+using test::run_purbo;
+using RunResult = test::ProgramResult;
 
 const char* kTiny =
     "bench --attention --device cpu --threads 2 --heads 4 --kv-heads 2 --head-dim 64 -r 2 -o json ";

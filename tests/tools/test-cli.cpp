@@ -19,23 +19,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct RunResult {
-    int status = -1;     // exit code; 128 + signal when killed by one
-    std::string output;  // stdout and stderr together
-};
-
-RunResult run_purbo(const std::string& args) {
-    const std::string cmd = std::string(PURBO_BINARY_DIR) + "/bin/purbo " + args + " 2>&1";
-    RunResult r;
-    FILE* pipe = popen(cmd.c_str(), "r");
-    if (pipe == nullptr) return r;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) r.output.append(buf, n);
-    const int raw = pclose(pipe);
-    r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-    return r;
-}
+using test::run_purbo;
+using RunResult = test::ProgramResult;
 
 void write_file(const fs::path& p, const std::string& bytes) {
     std::ofstream out(p, std::ios::binary);
