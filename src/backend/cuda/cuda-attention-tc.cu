@@ -8,10 +8,15 @@
 //  - Work: 4 d h flops per visible (query, key) pair (2 d for q.k, 2 d for p v).
 //  - Peak: ~990 TFLOP/s dense bf16; FA2-style mma.sync kernels reach 60-70% of it at best
 //    (FA2 measures ~330 TFLOP/s on H100-class parts, cuDNN's wgmma kernels 550-680).
-//  - This kernel: no cp.async pipeline (tiles are loaded as f32 and converted in registers,
-//    the other CTAs on the SM hide the latency: 2-3 CTAs of 4 warps each), K/V read from L2
-//    once per 64-row query block. Expected 150-250 TFLOP/s at 8K-32K (15-25x the fp32
-//    kernel's 10), lower at d = 64 (the f32 tile loads weigh twice as much per flop).
+//  - This kernel: no cp.async pipeline (tiles are loaded as f32 and converted in registers;
+//    only the other CTAs on the SM hide that latency: 2 CTAs of 4 warps at d = 128 with 171
+//    registers a thread, 3 at d = 64), K/V read from L2 once per 64-row query block (64 KB of
+//    f32 per 2 MFLOP of tile work at d = 128). Predicted 100-200 TFLOP/s at 8K-32K (10-20x the
+//    fp32 kernel's 10; below FA2's ~330), lower at d = 64 (the loads weigh twice as much per
+//    flop). Window + sinks prefill: the same rate over the visible pairs.
+//  - Next steps (speed only): a bf16 KV cache (or a bf16 copy of the chunk's keys) so tiles
+//    arrive by cp.async into a double buffer while the previous tile computes; 128-row blocks
+//    (K/V traffic halved); then wgmma with TMA on sm_90a.
 //
 // Work split: a CTA = (block of kAttnTcBlockM = 64 consecutive query tokens, one query head),
 // 4 warps of 16 query rows each. It walks the key tiles of kAttnTcBlockN = 64 keys that any
