@@ -547,15 +547,20 @@ OpCase attention_case(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, int
                 const bool tensor_core = (d == 64 || d == 128) && n_seq == 1 && n >= 64;
                 if (backend != "cuda" || !tensor_core) return std::nullopt;
                 auto rounded = [](const Tensor& t) {
-                    Tensor r = tensor_cpu(DType::kF32, std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim)));
-                    for (int64_t i = 0; i < t.numel(); ++i) r.f32()[i] = static_cast<float>(bf16_round(t.f32()[i]));
+                    Tensor r = tensor_cpu(
+                        DType::kF32,
+                        std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim)));
+                    for (int64_t i = 0; i < t.numel(); ++i)
+                        r.f32()[i] = static_cast<float>(bf16_round(t.f32()[i]));
                     return r;
                 };
                 Tensor out = tensor_cpu(DType::kF32, {n, h, d});
                 const Status st = reference_backend().attention(
-                    rounded(*q), {rounded(*k_cache), rounded(*v_cache)}, {batch.seq, batch.pos}, params, out);
+                    rounded(*q), {rounded(*k_cache), rounded(*v_cache)}, {batch.seq, batch.pos},
+                    params, out);
                 EXPECT_TRUE(st.is_ok()) << st.to_string();
-                const double qkv = test::nmse({out.f32(), static_cast<size_t>(out.numel())}, expected);
+                const double qkv =
+                    test::nmse({out.f32(), static_cast<size_t>(out.numel())}, expected);
                 return tol_cuda_attention(qkv, fp32_nmse);
             };
             return pc;

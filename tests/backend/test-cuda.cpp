@@ -95,7 +95,8 @@ enum class AttentionPath { kFp32, kTensorCore };
 
 // A copy with every element rounded to bf16 and back (nearest even).
 Tensor bf16_rounded(const Tensor& t) {
-    Tensor r = tensor_cpu(DType::kF32, std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim)));
+    Tensor r = tensor_cpu(DType::kF32,
+                          std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim)));
     for (int64_t i = 0; i < t.numel(); ++i) r.f32()[i] = bf16_to_f32(f32_to_bf16(t.f32()[i]));
     return r;
 }
@@ -132,18 +133,20 @@ void check_attention_matches(const AttentionSetup& a, uint32_t seed,
         // values); x2 for the device's other draw of q's rounding (it rounds q after scaling)
         // and the spread of the estimates; plus the fp32 bound.
         Tensor rounded_out = tensor_cpu(DType::kF32, {n, a.h, a.d});
-        ASSERT_TRUE(ref->attention(bf16_rounded(q), {bf16_rounded(kc), bf16_rounded(vc)}, place, a.params,
-                                   rounded_out)
+        ASSERT_TRUE(ref->attention(bf16_rounded(q), {bf16_rounded(kc), bf16_rounded(vc)}, place,
+                                   a.params, rounded_out)
                         .is_ok());
-        const double qkv = test::nmse({rounded_out.f32(), static_cast<size_t>(rounded_out.numel())}, want);
+        const double qkv =
+            test::nmse({rounded_out.f32(), static_cast<size_t>(rounded_out.numel())}, want);
         constexpr double kU = 1.0 / 256.0;
         max_nmse = 2.0 * (qkv + kU * kU / 3.0) + fp32_nmse;
     }
     const double error = test::nmse(actual, want);
     EXPECT_LE(error, max_nmse);
     if (std::getenv("PURBO_PRINT_NMSE") != nullptr)
-        std::fprintf(stderr, "attention n %lld h %lld d %lld: nmse %.3g tol %.3g\n", static_cast<long long>(n),
-                     static_cast<long long>(a.h), static_cast<long long>(a.d), error, max_nmse);
+        std::fprintf(stderr, "attention n %lld h %lld d %lld: nmse %.3g tol %.3g\n",
+                     static_cast<long long>(n), static_cast<long long>(a.h),
+                     static_cast<long long>(a.d), error, max_nmse);
 }
 
 // A prefill chunk: n consecutive tokens of sequence slot `slot` starting at position `first`.
@@ -242,15 +245,16 @@ TEST(Cuda, TensorCorePrefillWindowAndSinks) {
         int window, n_sink;
     };
     const Mask masks[] = {
-        {100, 5},  // window + sinks inside the first tile
-        {256, 0},  // window only
-        {1, 0},    // only the key itself
-        {64, 70},  // sinks spanning two tiles
+        {100, 5},    // window + sinks inside the first tile
+        {256, 0},    // window only
+        {1, 0},      // only the key itself
+        {64, 70},    // sinks spanning two tiles
         {40, 1100},  // sinks reaching into the chunk: they overlap every row's window
     };
     for (int64_t d : {64, 128}) {
         for (const Mask& m : masks) {
-            SCOPED_TRACE(::testing::Message() << "d " << d << " window " << m.window << " sinks " << m.n_sink);
+            SCOPED_TRACE(::testing::Message()
+                         << "d " << d << " window " << m.window << " sinks " << m.n_sink);
             AttentionSetup a{d == 64 ? 9 : 8, d == 64 ? 3 : 2, d, 1200, 1, {}, {}, {}};
             a.params = AttentionParams{1.0f / std::sqrt(static_cast<float>(d)), m.window, m.n_sink};
             set_chunk(a, 0, 900, 300);

@@ -38,9 +38,9 @@
 // B fragment of K^T (n = key, k = dim); V ([key][dim]) read with .trans is a B fragment of V
 // (k = key, n = dim); the C fragments of S for keys 16 kk .. 16 kk + 15 (n-tiles 2 kk and
 // 2 kk + 1) are, packed to bf16 pairwise, exactly the A fragment of P for k-step kk.
-#include <cmath>
-
 #include <cuda_bf16.h>
+
+#include <cmath>
 
 #include "backend/cuda/cuda-kernels.h"
 
@@ -59,7 +59,8 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 }
 
 // d (16 x 8 f32) += a (16 x 16 bf16) b (16 x 8 bf16).
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
         "{%8, %9}, {%0, %1, %2, %3};\n"
@@ -93,10 +94,10 @@ __device__ __forceinline__ bool key_visible(int j, int p, int window, int n_sink
 template <int D, bool kWindowed>
 __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs args) {
     constexpr int kN = kAttnTcBlockN;
-    constexpr int kStride = D + 8;      // bf16 per shared row: rows 16 bytes apart in banks
-    constexpr int kKSteps = D / 16;     // k-steps of Q K^T
-    constexpr int kDimTiles = D / 8;    // n-tiles of P V (8 output dims each)
-    constexpr int kKeyTiles = kN / 8;   // n-tiles of Q K^T (8 keys each)
+    constexpr int kStride = D + 8;     // bf16 per shared row: rows 16 bytes apart in banks
+    constexpr int kKSteps = D / 16;    // k-steps of Q K^T
+    constexpr int kDimTiles = D / 8;   // n-tiles of P V (8 output dims each)
+    constexpr int kKeyTiles = kN / 8;  // n-tiles of Q K^T (8 keys each)
     constexpr int kLoadSteps = kN * D / 4 / kThreads;  // float4 loads per thread per tile
     static_assert(D % 16 == 0 && (kStride * 2) % 16 == 0, "ldmatrix rows must be 16-byte aligned");
     static_assert(kN * D / 4 % kThreads == 0, "the tile load has no tail");
@@ -113,8 +114,8 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     const int block = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
     const int head = blockIdx.y;
     const int kv_head = head / (h / static_cast<int>(args.g));
-    const int row0 = block * kAttnTcBlockM;                   // the CTA's first token
-    const int p_lo = args.pos0 + row0;                        // its rows' lowest position
+    const int row0 = block * kAttnTcBlockM;                         // the CTA's first token
+    const int p_lo = args.pos0 + row0;                              // its rows' lowest position
     const int p_hi = args.pos0 + min(row0 + kAttnTcBlockM, n) - 1;  // and highest
     const int window = kWindowed ? args.window : 0;
     const int n_sink = args.n_sink;
@@ -172,7 +173,8 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     // is shared by the row's quad, the sums are reduced over the quad at the end.
     float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
 
-    const int64_t cache_row0 = (static_cast<int64_t>(args.seq) * args.g + kv_head) * args.c;  // key 0
+    const int64_t cache_row0 =
+        (static_cast<int64_t>(args.seq) * args.g + kv_head) * args.c;  // key 0
     for (int t = 0; t < n_tiles; ++t) {
         const int tile = t < sink_tiles ? t : window_first + (t - sink_tiles);
         const int key0 = tile * kN;
@@ -190,8 +192,10 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
                 kv = *reinterpret_cast<const float4*>(args.cache_k + off);
                 vv = *reinterpret_cast<const float4*>(args.cache_v + off);
             }
-            *reinterpret_cast<uint2*>(&k_s[j * kStride + e]) = make_uint2(pack_bf16(kv.x, kv.y), pack_bf16(kv.z, kv.w));
-            *reinterpret_cast<uint2*>(&v_s[j * kStride + e]) = make_uint2(pack_bf16(vv.x, vv.y), pack_bf16(vv.z, vv.w));
+            *reinterpret_cast<uint2*>(&k_s[j * kStride + e]) =
+                make_uint2(pack_bf16(kv.x, kv.y), pack_bf16(kv.z, kv.w));
+            *reinterpret_cast<uint2*>(&v_s[j * kStride + e]) =
+                make_uint2(pack_bf16(vv.x, vv.y), pack_bf16(vv.z, vv.w));
         }
         __syncthreads();
 
@@ -273,7 +277,8 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
         // O += P V over the tile's keys, 16 per k-step.
 #pragma unroll
         for (int kk = 0; kk < kN / 16; ++kk) {
-            const uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+            const uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                                   pack_bf16(s[2 * kk][2], s[2 * kk][3]),
                                    pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                                    pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
@@ -303,8 +308,12 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
 #pragma unroll
     for (int dt = 0; dt < kDimTiles; ++dt) {
         const int col = dt * 8 + 2 * tig;
-        if (ra < n) *reinterpret_cast<float2*>(out_a + col) = make_float2(o[dt][0] * inv_a, o[dt][1] * inv_a);
-        if (rb < n) *reinterpret_cast<float2*>(out_b + col) = make_float2(o[dt][2] * inv_b, o[dt][3] * inv_b);
+        if (ra < n)
+            *reinterpret_cast<float2*>(out_a + col) =
+                make_float2(o[dt][0] * inv_a, o[dt][1] * inv_a);
+        if (rb < n)
+            *reinterpret_cast<float2*>(out_b + col) =
+                make_float2(o[dt][2] * inv_b, o[dt][3] * inv_b);
     }
 }
 
@@ -320,7 +329,9 @@ cudaError_t launch_d(const AttentionTcArgs& args, dim3 grid, cudaStream_t stream
 
 }  // namespace
 
-bool attention_tc_head_dim_supported(int d) { return d == 64 || d == 128; }
+bool attention_tc_head_dim_supported(int d) {
+    return d == 64 || d == 128;
+}
 
 cudaError_t launch_attention_tc(const AttentionTcArgs& args, cudaStream_t stream) {
     if (args.n == 0) return cudaSuccess;
@@ -331,9 +342,12 @@ cudaError_t launch_attention_tc(const AttentionTcArgs& args, cudaStream_t stream
                     static_cast<unsigned>(args.h));
     // DISPATCH on the head dim and on whether a window applies: four instantiations.
     switch (args.d) {
-        case 64: return launch_d<64>(args, grid, stream);
-        case 128: return launch_d<128>(args, grid, stream);
-        default: return cudaErrorInvalidValue;
+        case 64:
+            return launch_d<64>(args, grid, stream);
+        case 128:
+            return launch_d<128>(args, grid, stream);
+        default:
+            return cudaErrorInvalidValue;
     }
 }
 

@@ -122,10 +122,10 @@ struct AttentionTcArgs {
     int64_t g;
     int64_t c;
     int d;
-    int seq;               // the chunk's sequence slot
-    int pos0;              // position of token 0; token i is at pos0 + i
-    float scale;           // applied to q.k
-    int window;            // 0 = unlimited
+    int seq;      // the chunk's sequence slot
+    int pos0;     // position of token 0; token i is at pos0 + i
+    float scale;  // applied to q.k
+    int window;   // 0 = unlimited
     int n_sink;
 };
 // d must be 64 or 128 (else cudaErrorInvalidValue).

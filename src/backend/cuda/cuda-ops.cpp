@@ -192,7 +192,8 @@ bool takes_tensor_core_path(const TokenPlacement& place, int64_t d) {
         n < static_cast<size_t>(cuda::kAttnTcMinTokens))
         return false;
     for (size_t i = 1; i < n; ++i) {
-        if (place.seq[i] != place.seq[0] || int64_t{place.pos[i]} != int64_t{place.pos[0]} + static_cast<int64_t>(i))
+        if (place.seq[i] != place.seq[0] ||
+            int64_t{place.pos[i]} != int64_t{place.pos[0]} + static_cast<int64_t>(i))
             return false;
     }
     return true;
