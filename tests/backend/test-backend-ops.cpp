@@ -98,6 +98,21 @@ double tol_cuda_matmul(double rounding_nmse, int64_t k) {
     return total * total;
 }
 
+// cuda's tensor-core attention (prefill chunks: n >= 64 consecutive positions of one sequence,
+// d 64 or 128) rounds q (pre-scaled), k, v and the softmax weights p to bf16, unit roundoff
+// u = 2^-8 (relative error variance <= u^2 / 3 per operand), and accumulates in fp32:
+//  - q, k, v: the nmse their rounding causes is measured from the data (cpu-ref run again on
+//    bf16-rounded copies); the device rounds q after scaling, another draw of the same size.
+//  - p: out = sum_j p_j (1 + e_j) v_j / l with independent e_j has, for zero-mean values, an
+//    nmse of E[e^2] <= u^2 / 3 (about 5e-6).
+// Independent errors add in nmse; x2 covers q's other draw and the spread of both estimates
+// over a few thousand output rows. Plus the fp32 reductions' own bound. A wrong fragment
+// layout or mask gives an nmse of order 1, five orders above this (about 1e-5 here).
+double tol_cuda_attention(double qkv_rounding_nmse, double fp32_nmse) {
+    constexpr double kU = 1.0 / 256.0;
+    return 2.0 * (qkv_rounding_nmse + kU * kU / 3.0) + fp32_nmse;
+}
+
 // ---- guarded buffers -----------------------------------------------------------------------
 
 constexpr int64_t kGuardElements = 64;
@@ -524,6 +539,30 @@ OpCase attention_case(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, int
             };
             // Scores are length-d dot products, the output a length-c weighted sum.
             pc.max_nmse = tol_f32_reduction(d) + tol_f32_reduction(c);
+            const double fp32_nmse = pc.max_nmse;
+            pc.backend_max_nmse = [=](const std::string& backend,
+                                      const std::vector<float>& expected) -> std::optional<double> {
+                // The cases cuda-ops.cpp sends to the tensor-core kernel (make_batch gives one
+                // sequence consecutive positions); the others keep the fp32 bound.
+                const bool tensor_core = (d == 64 || d == 128) && n_seq == 1 && n >= 64;
+                if (backend != "cuda" || !tensor_core) return std::nullopt;
+                auto rounded = [](const Tensor& t) {
+                    Tensor r = tensor_cpu(
+                        DType::kF32,
+                        std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim)));
+                    for (int64_t i = 0; i < t.numel(); ++i)
+                        r.f32()[i] = static_cast<float>(bf16_round(t.f32()[i]));
+                    return r;
+                };
+                Tensor out = tensor_cpu(DType::kF32, {n, h, d});
+                const Status st = reference_backend().attention(
+                    rounded(*q), {rounded(*k_cache), rounded(*v_cache)}, {batch.seq, batch.pos},
+                    params, out);
+                EXPECT_TRUE(st.is_ok()) << st.to_string();
+                const double qkv =
+                    test::nmse({out.f32(), static_cast<size_t>(out.numel())}, expected);
+                return tol_cuda_attention(qkv, fp32_nmse);
+            };
             return pc;
         }};
 }
@@ -622,6 +661,10 @@ std::vector<OpCase> all_cases() {
         cases.push_back(attention_case(n, 9, 3, 64, 300, 1, 16, 250));  // sinks overlap the window
     }
     cases.push_back(attention_case(1, 9, 3, 64, 1, 1, 0, 0));  // a single key
+    // Chunks the cuda backend computes on tensor cores: 2 query blocks + a ragged tail of 2
+    // rows, key tiles cut by the chunk's start (position c - 130), window + sinks.
+    cases.push_back(attention_case(130, 32, 8, 128, 500, 1, 0, 0));
+    cases.push_back(attention_case(130, 9, 3, 64, 500, 1, 100, 4));
     for (int64_t n : {1, 7}) {
         cases.push_back(rope_case(n, 9, 64, 64, 1.0f));
         cases.push_back(rope_case(n, 8, 128, 32, 1.0f));  // rotary_dim < d: the rest passes through

@@ -19,8 +19,11 @@
 //
 // Head dims: 32, 64, 128 (one instantiation each); others are a kUnsupported Status.
 //
-// Next speed steps (not correctness): tensor cores for QK^T and PV (mma.sync m16n8k16 bf16, then
-// wgmma on sm_90a with TMA-fed K/V tiles), a bf16 KV cache (halves the bytes decode reads),
+// Prefill chunks (>= kAttnTcMinTokens consecutive positions of one sequence, d 64 or 128) take
+// the tensor-core kernel of cuda-attention-tc.cu instead; this kernel serves decode, mixed
+// batches, short chunks and d 32.
+//
+// Next speed steps (not correctness): a bf16 KV cache (halves the bytes decode reads),
 // double-buffered tile loads (cp.async) and, for decode, warps splitting a tile's keys instead
 // of idling when a CTA holds fewer than kAttnMaxRows rows.
 #include <cmath>

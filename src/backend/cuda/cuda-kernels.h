@@ -102,4 +102,34 @@ constexpr int kAttnMaxSplits = 64;
 bool attention_head_dim_supported(int d);
 cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream);
 
+// ---- tensor-core prefill attention (cuda-attention-tc.cu) --------------------------------
+
+// A prefill chunk: n consecutive tokens of one sequence at positions pos0, pos0 + 1, ... The
+// cache must already hold their keys (as for launch_attention). Same mask and output as
+// launch_attention, computed with bf16 operands on tensor cores (fp32 accumulation and
+// softmax). A CTA takes kAttnTcBlockM tokens of one query head.
+constexpr int kAttnTcBlockM = 64;     // query rows per CTA: 4 warps x 16 rows
+constexpr int kAttnTcBlockN = 64;     // keys per tile
+constexpr int kAttnTcMinTokens = 64;  // dispatch threshold (speed only): one full CTA of rows
+
+struct AttentionTcArgs {
+    const float* q;        // (n, h, d)
+    const float* cache_k;  // (s, g, c, d)
+    const float* cache_v;  // (s, g, c, d)
+    float* out;            // (n, h, d)
+    int64_t n;
+    int64_t h;
+    int64_t g;
+    int64_t c;
+    int d;
+    int seq;      // the chunk's sequence slot
+    int pos0;     // position of token 0; token i is at pos0 + i
+    float scale;  // applied to q.k
+    int window;   // 0 = unlimited
+    int n_sink;
+};
+// d must be 64 or 128 (else cudaErrorInvalidValue).
+bool attention_tc_head_dim_supported(int d);
+cudaError_t launch_attention_tc(const AttentionTcArgs& args, cudaStream_t stream);
+
 }  // namespace purbo::cuda

@@ -182,6 +182,23 @@ AttentionPlan plan_attention(const TokenPlacement& place, int64_t h, int64_t g, 
     return plan;
 }
 
+// The tensor-core kernel (bf16 operands) or the fp32 one: speed only, both compute the same
+// mask and softmax. The tensor-core kernel takes prefill chunks: at least a full CTA of
+// consecutive positions of one sequence, head dim 64 or 128. Decode, short chunks and mixed
+// batches keep the fp32 kernel (with split-KV where the grid would be small).
+bool takes_tensor_core_path(const TokenPlacement& place, int64_t d) {
+    const size_t n = place.seq.size();
+    if (!cuda::attention_tc_head_dim_supported(static_cast<int>(d)) ||
+        n < static_cast<size_t>(cuda::kAttnTcMinTokens))
+        return false;
+    for (size_t i = 1; i < n; ++i) {
+        if (place.seq[i] != place.seq[0] ||
+            int64_t{place.pos[i]} != int64_t{place.pos[0]} + static_cast<int64_t>(i))
+            return false;
+    }
+    return true;
+}
+
 }  // namespace
 
 Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
@@ -199,6 +216,26 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
     if (n == 0 || h == 0) return Status::ok();
     if (n > INT_MAX / 2 || n * h > INT_MAX || h > 65535)
         return error(StatusCode::kUnsupported, "attention: q {} exceeds the kernel's grid", q.describe());
+
+    if (takes_tensor_core_path(place, d)) {
+        cuda::AttentionTcArgs tc{};
+        tc.q = q.ptr<float>();
+        tc.cache_k = cache.k.ptr<float>();
+        tc.cache_v = cache.v.ptr<float>();
+        tc.out = out.ptr<float>();
+        tc.n = n;
+        tc.h = h;
+        tc.g = g;
+        tc.c = c;
+        tc.d = static_cast<int>(d);
+        tc.seq = place.seq[0];
+        tc.pos0 = place.pos[0];
+        tc.scale = params.scale;
+        tc.window = params.window;
+        tc.n_sink = params.n_sink;
+        PURBO_CUDA_TRY(cuda::launch_attention_tc(tc, stream_));
+        return Status::ok();
+    }
 
     const AttentionPlan plan = plan_attention(place, h, g, params, n_sms_);
     // Staging: seq (n,), pos (n,), blocks (n_blocks, 2), all int32.

@@ -1,0 +1,354 @@
+// Prefill attention on tensor cores, FlashAttention-2 style: mma.sync m16n8k16 with bf16
+// operands and fp32 accumulators for S = Q K^T and O += P V, the online softmax in fp32
+// registers. Same mask and output as cuda-attention.cu's fp32 kernel (which stays the path for
+// decode, mixed batches and short chunks); the result differs from it by the bf16 rounding of
+// q, k, v and p only.
+//
+// Floor and prediction (H200, d = 128, causal prefill 8K-32K tokens, h = 32 heads):
+//  - Work: 4 d h flops per visible (query, key) pair (2 d for q.k, 2 d for p v).
+//  - Peak: ~990 TFLOP/s dense bf16; FA2-style mma.sync kernels reach 60-70% of it at best
+//    (FA2 measures ~330 TFLOP/s on H100-class parts, cuDNN's wgmma kernels 550-680).
+//  - This kernel: no cp.async pipeline (tiles are loaded as f32 and converted in registers;
+//    only the other CTAs on the SM hide that latency: 2 CTAs of 4 warps at d = 128 with 171
+//    registers a thread, 3 at d = 64), K/V read from L2 once per 64-row query block (64 KB of
+//    f32 per 2 MFLOP of tile work at d = 128). Predicted 100-200 TFLOP/s at 8K-32K (10-20x the
+//    fp32 kernel's 10; below FA2's ~330), lower at d = 64 (the loads weigh twice as much per
+//    flop). Window + sinks prefill: the same rate over the visible pairs.
+//  - Next steps (speed only): a bf16 KV cache (or a bf16 copy of the chunk's keys) so tiles
+//    arrive by cp.async into a double buffer while the previous tile computes; 128-row blocks
+//    (K/V traffic halved); then wgmma with TMA on sm_90a.
+//
+// Work split: a CTA = (block of kAttnTcBlockM = 64 consecutive query tokens, one query head),
+// 4 warps of 16 query rows each. It walks the key tiles of kAttnTcBlockN = 64 keys that any
+// of its rows can see (the fp32 kernel's enumeration: sink tiles, then the window's tiles up
+// to the last row's diagonal); a warp skips a tile none of its rows sees, and builds the
+// per-element mask only on tiles some key of which is hidden from some of its rows.
+//
+// Fragment layouts (PTX ISA, "Matrix fragments for mma.m16n8k16", bf16): with lane = 4 gid +
+// tig,
+//  - A (16 x 16, row-major): reg0 = (row gid, cols 2 tig, 2 tig + 1), reg1 = (row gid + 8,
+//    same cols), reg2 = (row gid, cols + 8), reg3 = (row gid + 8, cols + 8); the lower column
+//    in the low half of each register.
+//  - B (16 x 8, "col"): reg0 = (k rows 2 tig, 2 tig + 1; n col gid), reg1 = (k rows + 8).
+//  - C (16 x 8, f32): c0, c1 = (row gid, cols 2 tig, 2 tig + 1), c2, c3 = (row gid + 8).
+//  - ldmatrix.x4: lane L gives the address of row L % 8 of matrix L / 8; register i receives
+//    matrix i with lane holding (row gid, cols 2 tig, 2 tig + 1), or with .trans (rows
+//    2 tig, 2 tig + 1; col gid).
+// Consequences used below: a row of K in shared memory ([key][dim]) read without .trans is a
+// B fragment of K^T (n = key, k = dim); V ([key][dim]) read with .trans is a B fragment of V
+// (k = key, n = dim); the C fragments of S for keys 16 kk .. 16 kk + 15 (n-tiles 2 kk and
+// 2 kk + 1) are, packed to bf16 pairwise, exactly the A fragment of P for k-step kk.
+#include <cuda_bf16.h>
+
+#include <cmath>
+
+#include "backend/cuda/cuda-kernels.h"
+
+namespace purbo::cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kWarps = kAttnTcBlockM / 16;
+constexpr int kThreads = kWarps * 32;
+static_assert(kAttnTcBlockN % 16 == 0, "key tiles are whole k-steps of P V");
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low 16 bits
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// d (16 x 8 f32) += a (16 x 16 bf16) b (16 x 8 bf16).
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* row) {
+    const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* row) {
+    const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// The mask of op-checks.h's attention_key_visible, on the device.
+__device__ __forceinline__ bool key_visible(int j, int p, int window, int n_sink) {
+    if (j > p) return false;
+    if (window == 0) return true;
+    return j > p - window || j < n_sink;
+}
+
+// kWindowed: window > 0 (window and sinks); otherwise causal only, and the window tests
+// compile away.
+template <int D, bool kWindowed>
+__global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs args) {
+    constexpr int kN = kAttnTcBlockN;
+    constexpr int kStride = D + 8;     // bf16 per shared row: rows 16 bytes apart in banks
+    constexpr int kKSteps = D / 16;    // k-steps of Q K^T
+    constexpr int kDimTiles = D / 8;   // n-tiles of P V (8 output dims each)
+    constexpr int kKeyTiles = kN / 8;  // n-tiles of Q K^T (8 keys each)
+    constexpr int kLoadSteps = kN * D / 4 / kThreads;  // float4 loads per thread per tile
+    static_assert(D % 16 == 0 && (kStride * 2) % 16 == 0, "ldmatrix rows must be 16-byte aligned");
+    static_assert(kN * D / 4 % kThreads == 0, "the tile load has no tail");
+
+    // (kN, kStride) each: the tile's keys and values in bf16, row = key.
+    __shared__ __align__(16) __nv_bfloat16 k_s[kN * kStride];
+    __shared__ __align__(16) __nv_bfloat16 v_s[kN * kStride];
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int gid = lane / 4, tig = lane % 4;
+    const int n = static_cast<int>(args.n);
+    const int h = static_cast<int>(args.h);
+    // Blocks in reverse: the last query blocks see the most keys and start first.
+    const int block = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
+    const int head = blockIdx.y;
+    const int kv_head = head / (h / static_cast<int>(args.g));
+    const int row0 = block * kAttnTcBlockM;                         // the CTA's first token
+    const int p_lo = args.pos0 + row0;                              // its rows' lowest position
+    const int p_hi = args.pos0 + min(row0 + kAttnTcBlockM, n) - 1;  // and highest
+    const int window = kWindowed ? args.window : 0;
+    const int n_sink = args.n_sink;
+
+    // The warp's rows: tokens wrow0 .. wrow0 + 15 (those >= n are padding: computed on zero
+    // queries, never written). This thread holds rows ra = wrow0 + gid and rb = ra + 8.
+    const int wrow0 = row0 + warp * 16;
+    const bool warp_active = wrow0 < n;
+    const int w_p_lo = args.pos0 + wrow0;
+    const int w_p_hi = min(w_p_lo + 15, p_hi);
+    const int ra = wrow0 + gid, rb = ra + 8;
+    const int pa = args.pos0 + ra, pb = args.pos0 + rb;
+
+    // Q as A fragments, pre-scaled into the log2 domain (scores feed exp2f) and rounded to
+    // bf16 once: qf[kk] covers dims 16 kk .. 16 kk + 15.
+    uint32_t qf[kKSteps][4];
+    {
+        const float qscale = args.scale * kLog2e;
+        const float* qa = args.q + (static_cast<int64_t>(min(ra, n - 1)) * h + head) * D;
+        const float* qb = args.q + (static_cast<int64_t>(min(rb, n - 1)) * h + head) * D;
+#pragma unroll
+        for (int kk = 0; kk < kKSteps; ++kk) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int col = kk * 16 + half * 8 + 2 * tig;
+                float2 xa = make_float2(0.0f, 0.0f), xb = xa;
+                if (ra < n) xa = *reinterpret_cast<const float2*>(qa + col);
+                if (rb < n) xb = *reinterpret_cast<const float2*>(qb + col);
+                qf[kk][2 * half] = pack_bf16(xa.x * qscale, xa.y * qscale);
+                qf[kk][2 * half + 1] = pack_bf16(xb.x * qscale, xb.y * qscale);
+            }
+        }
+    }
+
+    // The block's key tiles: [0, sink_tiles) then [window_first, last_tile]; with no window
+    // (or sinks that reach the window) simply [0, last_tile]. Tiles in between hold keys
+    // >= n_sink and <= p_lo - window: hidden from every row.
+    const int last_tile = p_hi / kN;
+    int sink_tiles = 0, window_first = 0;
+    if (kWindowed) {
+        const int64_t lowest = int64_t{p_lo} - window + 1;  // lowest window key of any row
+        const int64_t first = lowest > 0 ? lowest / kN : 0;
+        const int64_t sinks = (int64_t{n_sink} + kN - 1) / kN;
+        if (first > sinks) {
+            sink_tiles = static_cast<int>(sinks);
+            window_first = static_cast<int>(first);
+        }
+    }
+    const int n_tiles = sink_tiles + (last_tile - window_first + 1);
+
+    float o[kDimTiles][4];
+#pragma unroll
+    for (int t = 0; t < kDimTiles; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+    // Running max (log2 domain) and this thread's partial row sums of rows ra and rb; the max
+    // is shared by the row's quad, the sums are reduced over the quad at the end.
+    float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
+
+    const int64_t cache_row0 =
+        (static_cast<int64_t>(args.seq) * args.g + kv_head) * args.c;  // key 0
+    for (int t = 0; t < n_tiles; ++t) {
+        const int tile = t < sink_tiles ? t : window_first + (t - sink_tiles);
+        const int key0 = tile * kN;
+
+        __syncthreads();  // every warp is done with the previous tile
+        // f32 cache rows -> bf16 shared rows, 4 elements per thread and step. Keys beyond
+        // every row's position are zero (masked anyway, and they may lie past the capacity).
+#pragma unroll 4
+        for (int step = 0; step < kLoadSteps; ++step) {
+            const int idx = static_cast<int>(threadIdx.x) + step * kThreads;
+            const int j = idx / (D / 4), e = (idx % (D / 4)) * 4;
+            float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
+            if (key0 + j <= p_hi) {
+                const int64_t off = (cache_row0 + key0 + j) * D + e;
+                kv = *reinterpret_cast<const float4*>(args.cache_k + off);
+                vv = *reinterpret_cast<const float4*>(args.cache_v + off);
+            }
+            *reinterpret_cast<uint2*>(&k_s[j * kStride + e]) =
+                make_uint2(pack_bf16(kv.x, kv.y), pack_bf16(kv.z, kv.w));
+            *reinterpret_cast<uint2*>(&v_s[j * kStride + e]) =
+                make_uint2(pack_bf16(vv.x, vv.y), pack_bf16(vv.z, vv.w));
+        }
+        __syncthreads();
+
+        // Warp-uniform: does the warp see nothing of this tile, or all of it?
+        if (!warp_active || key0 > w_p_hi) continue;  // causal: every key after every row
+        if (kWindowed && key0 + kN - 1 <= w_p_lo - window && key0 >= n_sink) continue;
+        const bool all_visible = key0 + kN - 1 <= w_p_lo &&
+                                 (!kWindowed || key0 > w_p_hi - window || key0 + kN - 1 < n_sink);
+
+        // S = Q K^T: s[j] is the C fragment of keys key0 + 8 j .. + 7.
+        float s[kKeyTiles][4];
+#pragma unroll
+        for (int j = 0; j < kKeyTiles; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < kKSteps; ++kk) {
+#pragma unroll
+            for (int jp = 0; jp < kKeyTiles / 2; ++jp) {
+                // Matrices: (keys 16 jp + 0..7, dims 16 kk + 0..7), (same keys, dims + 8),
+                // (keys + 8, dims + 0), (keys + 8, dims + 8) = B of n-tile 2 jp (reg0, reg1)
+                // and of n-tile 2 jp + 1 (reg2, reg3).
+                const int key = jp * 16 + (lane / 16) * 8 + lane % 8;
+                const int dim = kk * 16 + ((lane / 8) % 2) * 8;
+                uint32_t b[4];
+                ldmatrix_x4(b, &k_s[key * kStride + dim]);
+                mma_bf16(s[2 * jp], qf[kk], b[0], b[1]);
+                mma_bf16(s[2 * jp + 1], qf[kk], b[2], b[3]);
+            }
+        }
+
+        if (!all_visible) {
+#pragma unroll
+            for (int j = 0; j < kKeyTiles; ++j) {
+                const int key = key0 + j * 8 + 2 * tig;
+                if (!key_visible(key, pa, window, n_sink)) s[j][0] = -INFINITY;
+                if (!key_visible(key + 1, pa, window, n_sink)) s[j][1] = -INFINITY;
+                if (!key_visible(key, pb, window, n_sink)) s[j][2] = -INFINITY;
+                if (!key_visible(key + 1, pb, window, n_sink)) s[j][3] = -INFINITY;
+            }
+        }
+
+        // Online softmax: the tile's row max over the quad, the correction of the running sum
+        // and accumulator, then p = 2^(s - m).
+        float ta = ma, tb = mb;
+#pragma unroll
+        for (int j = 0; j < kKeyTiles; ++j) {
+            ta = fmaxf(ta, fmaxf(s[j][0], s[j][1]));
+            tb = fmaxf(tb, fmaxf(s[j][2], s[j][3]));
+        }
+        ta = fmaxf(ta, __shfl_xor_sync(kFullMask, ta, 1));
+        ta = fmaxf(ta, __shfl_xor_sync(kFullMask, ta, 2));
+        tb = fmaxf(tb, __shfl_xor_sync(kFullMask, tb, 1));
+        tb = fmaxf(tb, __shfl_xor_sync(kFullMask, tb, 2));
+        // A row with no visible key so far keeps m = -inf: subtract 0 instead, so that its
+        // p and correction are 2^-inf = 0, never NaN.
+        const float base_a = ta == -INFINITY ? 0.0f : ta;
+        const float base_b = tb == -INFINITY ? 0.0f : tb;
+        const float corr_a = exp2f(ma - base_a), corr_b = exp2f(mb - base_b);
+        ma = ta;
+        mb = tb;
+        la *= corr_a;
+        lb *= corr_b;
+#pragma unroll
+        for (int dt = 0; dt < kDimTiles; ++dt) {
+            o[dt][0] *= corr_a;
+            o[dt][1] *= corr_a;
+            o[dt][2] *= corr_b;
+            o[dt][3] *= corr_b;
+        }
+#pragma unroll
+        for (int j = 0; j < kKeyTiles; ++j) {
+            s[j][0] = exp2f(s[j][0] - base_a);
+            s[j][1] = exp2f(s[j][1] - base_a);
+            s[j][2] = exp2f(s[j][2] - base_b);
+            s[j][3] = exp2f(s[j][3] - base_b);
+            la += s[j][0] + s[j][1];
+            lb += s[j][2] + s[j][3];
+        }
+
+        // O += P V over the tile's keys, 16 per k-step.
+#pragma unroll
+        for (int kk = 0; kk < kN / 16; ++kk) {
+            const uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                                   pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                                   pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                   pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < kDimTiles / 2; ++dp) {
+                // Matrices (transposed on load): (keys 16 kk + 0..7, dims 16 dp + 0..7),
+                // (keys + 8, same dims), (keys + 0, dims + 8), (keys + 8, dims + 8) = B of
+                // dim tile 2 dp (reg0, reg1) and of dim tile 2 dp + 1 (reg2, reg3).
+                const int key = kk * 16 + ((lane / 8) % 2) * 8 + lane % 8;
+                const int dim = dp * 16 + (lane / 16) * 8;
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, &v_s[key * kStride + dim]);
+                mma_bf16(o[2 * dp], a, b[0], b[1]);
+                mma_bf16(o[2 * dp + 1], a, b[2], b[3]);
+            }
+        }
+    }
+
+    if (!warp_active) return;
+    la += __shfl_xor_sync(kFullMask, la, 1);
+    la += __shfl_xor_sync(kFullMask, la, 2);
+    lb += __shfl_xor_sync(kFullMask, lb, 1);
+    lb += __shfl_xor_sync(kFullMask, lb, 2);
+    // Every real row sees at least its own key (j = p), so l > 0 there.
+    const float inv_a = la > 0.0f ? 1.0f / la : 0.0f, inv_b = lb > 0.0f ? 1.0f / lb : 0.0f;
+    float* out_a = args.out + (static_cast<int64_t>(ra) * h + head) * D;
+    float* out_b = args.out + (static_cast<int64_t>(rb) * h + head) * D;
+#pragma unroll
+    for (int dt = 0; dt < kDimTiles; ++dt) {
+        const int col = dt * 8 + 2 * tig;
+        if (ra < n)
+            *reinterpret_cast<float2*>(out_a + col) =
+                make_float2(o[dt][0] * inv_a, o[dt][1] * inv_a);
+        if (rb < n)
+            *reinterpret_cast<float2*>(out_b + col) =
+                make_float2(o[dt][2] * inv_b, o[dt][3] * inv_b);
+    }
+}
+
+template <int D>
+cudaError_t launch_d(const AttentionTcArgs& args, dim3 grid, cudaStream_t stream) {
+    if (args.window > 0) {
+        attention_tc_kernel<D, true><<<grid, kThreads, 0, stream>>>(args);
+    } else {
+        attention_tc_kernel<D, false><<<grid, kThreads, 0, stream>>>(args);
+    }
+    return cudaGetLastError();
+}
+
+}  // namespace
+
+bool attention_tc_head_dim_supported(int d) {
+    return d == 64 || d == 128;
+}
+
+cudaError_t launch_attention_tc(const AttentionTcArgs& args, cudaStream_t stream) {
+    if (args.n == 0) return cudaSuccess;
+    if (args.g <= 0 || args.h % args.g != 0 || args.h > 65535 || args.n * args.h > INT32_MAX ||
+        args.pos0 < 0 || int64_t{args.pos0} + args.n > args.c || args.window < 0 || args.n_sink < 0)
+        return cudaErrorInvalidValue;
+    const dim3 grid(static_cast<unsigned>((args.n + kAttnTcBlockM - 1) / kAttnTcBlockM),
+                    static_cast<unsigned>(args.h));
+    // DISPATCH on the head dim and on whether a window applies: four instantiations.
+    switch (args.d) {
+        case 64:
+            return launch_d<64>(args, grid, stream);
+        case 128:
+            return launch_d<128>(args, grid, stream);
+        default:
+            return cudaErrorInvalidValue;
+    }
+}
+
+}  // namespace purbo::cuda
