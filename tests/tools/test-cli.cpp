@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/safetensors.h"
 #include "model/unicode.h"
 #include "test-util.h"
 
@@ -156,6 +157,16 @@ TEST(Cli, RunsAHuggingFaceFolder) {
     EXPECT_EQ(r.status, 0) << r.output;
     EXPECT_NE(r.output.find("prompt eval time"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("eval time ="), std::string::npos) << r.output;
+    // Every named intermediate of the prompt's forward pass, for comparison with other engines.
+    const std::string dump = (dir / "dump.safetensors").string();
+    const RunResult d = run_purbo("run -m " + dir.string() + " -p abc -n 2 --temp 0 --dump-tensors " + dump);
+    ASSERT_EQ(d.status, 0) << d.output;
+    auto file = SafetensorsFile::open(dump);
+    ASSERT_TRUE(file.is_ok()) << file.status().to_string();
+    for (const char* name : {"embedding", "layer.0.attn_norm", "layer.0.q", "layer.2.layer", "final_norm"}) {
+        EXPECT_NE((*file)->find(name), nullptr) << name;
+    }
+    EXPECT_EQ((*file)->find("layer.0.q")->shape, (std::vector<int64_t>{3, 4, 16}));  // (tokens, heads, head_dim)
     const RunResult i = run_purbo("inspect " + dir.string());
     EXPECT_EQ(i.status, 0) << i.output;
     EXPECT_NE(i.output.find("architecture:     llama"), std::string::npos) << i.output;

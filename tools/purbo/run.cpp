@@ -1,10 +1,12 @@
 // purbo run: generate from a prompt, printing llama.cpp-style timings.
 #include <cstdio>
 #include <random>
+#include <set>
 
 #include "common.h"
 #include "core/mapped-file.h"
 #include "core/timer.h"
+#include "model/safetensors.h"
 #include "runtime/generate.h"
 
 namespace purbo::cli {
@@ -25,6 +27,28 @@ struct RunFlags {
     bool ignore_eos = false;
     bool no_display_prompt = false;
     std::vector<std::string> stop;
+    std::string dump_tensors;
+};
+
+// Records every named intermediate of the first forward pass (the prompt) as host copies,
+// "layer.<il>.<name>" or "<name>", for comparison with another implementation.
+class TensorDump {
+public:
+    void record(Backend& backend, std::string_view name, int layer, const Tensor& t) {
+        const std::string key = layer < 0 ? std::string(name) : "layer." + std::to_string(layer) + "." + std::string(name);
+        if (seen_.count(key) != 0) return;  // later passes (decode steps) are not recorded
+        const Tensor host = tensor_cpu(DType::kF32, std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim)), key);
+        if (backend.to_host(t, host).is_ok()) {
+            seen_.insert(key);
+            tensors_.emplace_back(key, host);
+        }
+    }
+    Status write(const std::string& path) const { return safetensors_write(path, tensors_); }
+    size_t size() const { return tensors_.size(); }
+
+private:
+    std::set<std::string> seen_;
+    std::vector<std::pair<std::string, Tensor>> tensors_;
 };
 
 void print_timings(double load_ms, const SessionTimings& t) {
@@ -62,6 +86,9 @@ int cmd_run(int argc, char** argv) {
     set.options.push_back({"--stop", "", "TEXT", "stop before this text (repeatable)", &f.stop});
     set.options.push_back({"--ignore-eos", "", "", "keep generating after end-of-generation tokens", &f.ignore_eos});
     set.options.push_back({"--no-display-prompt", "", "", "print only the generated text", &f.no_display_prompt});
+    set.options.push_back({"--dump-tensors", "", "FILE",
+                           "write every named intermediate of the prompt's forward pass to a safetensors file",
+                           &f.dump_tensors});
     bool help = false;
     if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok()) return report_error("run", st);
     if (help) return 0;
@@ -117,6 +144,13 @@ int cmd_run(int argc, char** argv) {
         std::fprintf(stderr, "purbo: %s, %d prompt tokens, seed %llu\n", model->config.name.c_str(),
                      static_cast<int>(prompt.size()), static_cast<unsigned long long>(gp.sampler.seed));
     }
+    TensorDump dump;
+    if (!f.dump_tensors.empty()) {
+        Session& s = **session;
+        s.forward().set_tap([&dump, &s](std::string_view name, int layer, const Tensor& t) {
+            dump.record(s.backend(), name, layer, t);
+        });
+    }
     if (!f.no_display_prompt) {
         std::fputs(text.c_str(), stdout);
         std::fflush(stdout);
@@ -128,6 +162,10 @@ int cmd_run(int argc, char** argv) {
     });
     std::fputs("\n", stdout);
     if (!r.is_ok()) return report_error("run", r.status());
+    if (!f.dump_tensors.empty()) {
+        if (Status st = dump.write(f.dump_tensors); !st.is_ok()) return report_error("run", st);
+        std::fprintf(stderr, "purbo: wrote %zu tensors to %s\n", dump.size(), f.dump_tensors.c_str());
+    }
     print_timings(load_ms, (*session)->timings());
     return 0;
 }
