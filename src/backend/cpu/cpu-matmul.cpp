@@ -64,11 +64,23 @@ void gemv_rows_quantized(int64_t n, int64_t m, const Tensor& w, const std::vecto
     }
 }
 
-// The same with f32 activations: kVecDotF32MaxRows tokens per call of `dot_rows`.
-template <class Block, class DotRows>
+// The same with f32 activations: kVecDotF32MaxRows tokens per call of `dot_rows`. One token
+// (decode) goes through `dot_wrows` instead, kVecDotF32WeightRows weight rows per call.
+template <class Block, class DotRows, class DotWRows>
 void gemv_rows_f32act(int64_t n, int64_t m, int64_t k, const Tensor& w, const float* x, float* out,
-                      int n_threads, DotRows dot_rows) {
+                      int n_threads, DotRows dot_rows, DotWRows dot_wrows) {
     const int64_t nb = k / 32;
+    if (n == 1) {
+        const Block* w0 = reinterpret_cast<const Block*>(w.data);  // rows are contiguous
+        const int64_t groups = (m + kVecDotF32WeightRows - 1) / kVecDotF32WeightRows;
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
+        for (int64_t g = 0; g < groups; ++g) {
+            const int64_t j = g * kVecDotF32WeightRows;
+            const int rows = static_cast<int>(std::min<int64_t>(kVecDotF32WeightRows, m - j));
+            dot_wrows(nb, w0 + j * nb, rows, x, out + j);
+        }
+        return;
+    }
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
     for (int64_t j = 0; j < m; ++j) {
         const Block* w_row = reinterpret_cast<const Block*>(w.row_ptr(j));
@@ -100,13 +112,16 @@ void cpu_matmul_gemv(const Tensor& x, const Tensor& w, const Tensor& out, int n_
     if (activations == ActivationPrecision::kF32) {
         switch (w.dtype) {
             case DType::kQ4_0:
-                gemv_rows_f32act<BlockQ4_0>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q4_0_f32);
+                gemv_rows_f32act<BlockQ4_0>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q4_0_f32,
+                                            vec_dot_wrows_q4_0_f32);
                 return;
             case DType::kQ4_1:
-                gemv_rows_f32act<BlockQ4_1>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q4_1_f32);
+                gemv_rows_f32act<BlockQ4_1>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q4_1_f32,
+                                            vec_dot_wrows_q4_1_f32);
                 return;
             case DType::kQ8_0:
-                gemv_rows_f32act<BlockQ8_0>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q8_0_f32);
+                gemv_rows_f32act<BlockQ8_0>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q8_0_f32,
+                                            vec_dot_wrows_q8_0_f32);
                 return;
             default:
                 break;
