@@ -73,11 +73,13 @@ void gemv_rows_f32act(int64_t n, int64_t m, int64_t k, const Tensor& w, const fl
     if (n == 1) {
         const Block* w0 = reinterpret_cast<const Block*>(w.data);  // rows are contiguous
         const int64_t groups = (m + kVecDotF32WeightRows - 1) / kVecDotF32WeightRows;
+        std::vector<float> x_sums(static_cast<size_t>(nb));  // (nb,)
+        block_sums_f32(nb, x, x_sums.data());
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
         for (int64_t g = 0; g < groups; ++g) {
             const int64_t j = g * kVecDotF32WeightRows;
             const int rows = static_cast<int>(std::min<int64_t>(kVecDotF32WeightRows, m - j));
-            dot_wrows(nb, w0 + j * nb, rows, x, out + j);
+            dot_wrows(nb, w0 + j * nb, rows, x, x_sums.data(), out + j);
         }
         return;
     }

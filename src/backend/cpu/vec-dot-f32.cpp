@@ -8,6 +8,14 @@
 
 namespace purbo {
 
+void block_sums_f32(int64_t nb, const float* x, float* x_sums) {
+    for (int64_t b = 0; b < nb; ++b) {
+        float sum = 0;
+        for (int i = 0; i < 32; ++i) sum += x[b * 32 + i];
+        x_sums[b] = sum;
+    }
+}
+
 void vec_dot_rows_f32act_scalar(DType dtype, int64_t nb, const void* w, const float* x, int64_t x_stride,
                                 int n_rows, float* out) {
     float block[32];
@@ -105,7 +113,7 @@ void dispatch(int64_t nb, const Block* w, const float* x, int64_t x_stride, int 
 constexpr int64_t kUnroll = 4;
 
 template <class Block>
-float dot_row(int64_t nb, const Block* w, const float* x) {
+float dot_row(int64_t nb, const Block* w, const float* x, const float*) {
     __m512 acc[2 * kUnroll];
     for (__m512& a : acc) a = _mm512_setzero_ps();
     int64_t b = 0;
@@ -126,21 +134,55 @@ float dot_row(int64_t nb, const Block* w, const float* x) {
     return _mm512_reduce_add_ps(acc[0]);
 }
 
+// q4_1 with its scales factored out of the block sums:
+//   sum_b sum_i (d_b q_i + m_b) x_i = sum_b d_b (sum_i q_i x_i) + sum_b m_b sx_b,
+// sx_b = sum of block b of x (x_sums, once per activation row and matmul call). fp32
+// throughout; against dequantise-then-dot only the rounding order changes (the products
+// q_i x_i are summed before d_b multiplies them). Per block the table becomes the constant
+// 0..15, so the per-block broadcast of d and m, the conversion of both and the fused
+// multiply-add that built the table shrink to one scalar conversion and broadcast of d and one
+// scalar fused multiply-add for m.
+template <>
+float dot_row(int64_t nb, const BlockQ4_1* w, const float* x, const float* x_sums) {
+    __m512 acc[kUnroll];
+    for (__m512& a : acc) a = _mm512_setzero_ps();
+    float acc_m[kUnroll] = {};  // one chain each: a single scalar chain capped the kernel at 4 cycles per block
+    const __m512 table = nibble_values();
+    auto step = [&](int64_t b, int u) {
+        const Block32 q = lookup_nibbles(w[b].qs, table);
+        const __m512 t = _mm512_fmadd_ps(q.hi, _mm512_loadu_ps(x + b * 32 + 16),
+                                         _mm512_mul_ps(q.lo, _mm512_loadu_ps(x + b * 32)));
+        acc[u] = _mm512_fmadd_ps(t, _mm512_set1_ps(f16_to_f32(w[b].d)), acc[u]);
+        acc_m[u] += f16_to_f32(w[b].m) * x_sums[b];
+    };
+    int64_t b = 0;
+    for (; b + kUnroll <= nb; b += kUnroll) {
+        for (int u = 0; u < kUnroll; ++u) step(b + u, u);
+    }
+    for (; b < nb; ++b) step(b, 0);
+    for (int u = 1; u < kUnroll; ++u) acc[0] = _mm512_add_ps(acc[0], acc[u]);
+    return _mm512_reduce_add_ps(acc[0]) + ((acc_m[0] + acc_m[1]) + (acc_m[2] + acc_m[3]));
+}
+
 template <class Block>
-void dispatch_wrows(int64_t nb, const Block* w, int n_w, const float* x, float* out) {
-    for (int r = 0; r < n_w; ++r) out[r] = dot_row(nb, w + r * nb, x);
+void dispatch_wrows(int64_t nb, const Block* w, int n_w, const float* x, const float* x_sums,
+                    float* out) {
+    for (int r = 0; r < n_w; ++r) out[r] = dot_row(nb, w + r * nb, x, x_sums);
 }
 
 }  // namespace
 
-void vec_dot_wrows_q4_0_f32(int64_t nb, const BlockQ4_0* w, int n_w, const float* x, float* out) {
-    dispatch_wrows(nb, w, n_w, x, out);
+void vec_dot_wrows_q4_0_f32(int64_t nb, const BlockQ4_0* w, int n_w, const float* x,
+                            const float* x_sums, float* out) {
+    dispatch_wrows(nb, w, n_w, x, x_sums, out);
 }
-void vec_dot_wrows_q4_1_f32(int64_t nb, const BlockQ4_1* w, int n_w, const float* x, float* out) {
-    dispatch_wrows(nb, w, n_w, x, out);
+void vec_dot_wrows_q4_1_f32(int64_t nb, const BlockQ4_1* w, int n_w, const float* x,
+                            const float* x_sums, float* out) {
+    dispatch_wrows(nb, w, n_w, x, x_sums, out);
 }
-void vec_dot_wrows_q8_0_f32(int64_t nb, const BlockQ8_0* w, int n_w, const float* x, float* out) {
-    dispatch_wrows(nb, w, n_w, x, out);
+void vec_dot_wrows_q8_0_f32(int64_t nb, const BlockQ8_0* w, int n_w, const float* x,
+                            const float* x_sums, float* out) {
+    dispatch_wrows(nb, w, n_w, x, x_sums, out);
 }
 
 void vec_dot_rows_q4_0_f32(int64_t nb, const BlockQ4_0* w, const float* x, int64_t x_stride, int n_rows,
@@ -172,13 +214,16 @@ void vec_dot_rows_q8_0_f32(int64_t nb, const BlockQ8_0* w, const float* x, int64
 }
 
 // Weight rows one at a time through the scalar loop.
-void vec_dot_wrows_q4_0_f32(int64_t nb, const BlockQ4_0* w, int n_w, const float* x, float* out) {
+void vec_dot_wrows_q4_0_f32(int64_t nb, const BlockQ4_0* w, int n_w, const float* x,
+                            const float*, float* out) {
     for (int r = 0; r < n_w; ++r) vec_dot_rows_f32act_scalar(DType::kQ4_0, nb, w + r * nb, x, 0, 1, out + r);
 }
-void vec_dot_wrows_q4_1_f32(int64_t nb, const BlockQ4_1* w, int n_w, const float* x, float* out) {
+void vec_dot_wrows_q4_1_f32(int64_t nb, const BlockQ4_1* w, int n_w, const float* x,
+                            const float*, float* out) {
     for (int r = 0; r < n_w; ++r) vec_dot_rows_f32act_scalar(DType::kQ4_1, nb, w + r * nb, x, 0, 1, out + r);
 }
-void vec_dot_wrows_q8_0_f32(int64_t nb, const BlockQ8_0* w, int n_w, const float* x, float* out) {
+void vec_dot_wrows_q8_0_f32(int64_t nb, const BlockQ8_0* w, int n_w, const float* x,
+                            const float*, float* out) {
     for (int r = 0; r < n_w; ++r) vec_dot_rows_f32act_scalar(DType::kQ8_0, nb, w + r * nb, x, 0, 1, out + r);
 }
 
