@@ -3,7 +3,8 @@
 // Two paths, chosen by the number of tokens n (kGemmMinRows, speed only, not correctness):
 //  - GEMV (decode, n small): the weight is read once, straight from its blocks. By default
 //    q4_0 / q4_1 / q8_0 blocks are dequantised in registers and dotted with the f32
-//    activations (vec-dot-f32.h: exact fp32, as transformers computes). With
+//    activations (vec-dot-f32.h: exact fp32, as transformers computes; one token takes the
+//    decode kernels, which apply the block scales to the block sums). With
 //    ActivationPrecision::kQ8 the activation rows are quantised to q8_0 (q8_1 for q4_1) once
 //    per call and each output is an integer block dot product (vec-dot.h, llama.cpp's
 //    numerics). f32/f16/bf16 weights are dotted directly against the f32 activations. Parallel over output rows; the n tokens
