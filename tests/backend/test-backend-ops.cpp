@@ -982,6 +982,45 @@ TEST(VecDotF32, SimdMatchesScalar) {
     }
 }
 
+// The decode kernels (several weight rows, one activation row) against the same plain loops,
+// on row counts and block counts that exercise the unrolled steps and their tails.
+TEST(VecDotF32, WeightRowsMatchScalar) {
+    std::mt19937 rng(12);
+    for (DType dtype : {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
+        for (int64_t nb : {1, 3, 4, 5, 18, 48}) {
+            for (int n_w = 1; n_w <= kVecDotF32WeightRows; ++n_w) {
+                SCOPED_TRACE(fmt::format("{} nb={} n_w={}", dtype_name(dtype), nb, n_w));
+                const int64_t k = nb * 32;
+                Tensor w = random_weight(rng, dtype, n_w, k);
+                const std::vector<float> x = random_floats(rng, k);
+                std::vector<float> x_sums(static_cast<size_t>(nb));
+                block_sums_f32(nb, x.data(), x_sums.data());
+                float got[kVecDotF32WeightRows], want[kVecDotF32WeightRows];
+                for (int r = 0; r < n_w; ++r)
+                    vec_dot_rows_f32act_scalar(dtype, nb, w.row_ptr(r), x.data(), k, 1, want + r);
+                switch (dtype) {
+                    case DType::kQ4_0:
+                        vec_dot_wrows_q4_0_f32(nb, w.ptr<BlockQ4_0>(), n_w, x.data(),
+                                               x_sums.data(), got);
+                        break;
+                    case DType::kQ4_1:
+                        vec_dot_wrows_q4_1_f32(nb, w.ptr<BlockQ4_1>(), n_w, x.data(),
+                                               x_sums.data(), got);
+                        break;
+                    default:
+                        vec_dot_wrows_q8_0_f32(nb, w.ptr<BlockQ8_0>(), n_w, x.data(),
+                                               x_sums.data(), got);
+                        break;
+                }
+                // The k-long fp32 dots in another order (as SimdMatchesScalar).
+                EXPECT_LE(test::nmse({got, static_cast<size_t>(n_w)},
+                                     {want, static_cast<size_t>(n_w)}),
+                          tol_f32_reduction(k));
+            }
+        }
+    }
+}
+
 TEST(VecDot, SimdMatchesScalar) {
     std::mt19937 rng(7);
     for (int64_t nb : {1, 2, 3, 18, 48}) {

@@ -4,6 +4,8 @@
 //    keys, the scores and the weighted sums as sgemm calls;
 //  - decode (each token in its own sequence): loops per (token, KV head, key slice), the
 //    slices merged at the end so few tokens over a long context still use every core.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -21,6 +23,8 @@ namespace {
 // Keys scored per step of the online softmax: scores live in a (kKeyChunk,) buffer, so memory
 // per task is O(kKeyChunk + heads_per_kv * d) whatever the context length.
 constexpr int64_t kKeyChunk = 64;
+// Accumulator elements kept in registers while a chunk's values are summed (2 zmm of floats).
+constexpr int64_t kTile = 32;
 
 // The visible keys of a query at position p as two disjoint ranges [begin, end): the sinks
 // below the window, then the window (everything up to p without a window, the sink range
@@ -47,6 +51,87 @@ struct SoftmaxState {
     float* acc;  // (heads_per_kv, d)
 };
 
+// scores[t] = scale * dot(q, k_t) for the nj keys k_t at keys + t * d.
+void key_scores_plain(const float* q, const float* keys, int64_t d, int64_t nj, float scale,
+                      float* scores) {
+    for (int64_t t = 0; t < nj; ++t) {
+        const float* kt = keys + t * d;
+        float dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t e = 0; e < d; ++e) dot += q[e] * kt[e];
+        scores[t] = dot * scale;
+    }
+}
+
+#if defined(__AVX512F__)
+// hsum(v[i]) in lane i: pairs of vectors folded with unpacks, then 128-bit lanes with
+// shuffle_f32x4, 15 adds and 30 shuffles for 16 sums instead of a reduction tree per key.
+inline __m512 transpose_sums16(const __m512* v) {
+    __m512 t[8];
+    for (int i = 0; i < 8; ++i)
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                             _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    __m512 u[4];
+    for (int i = 0; i < 4; ++i) {
+        const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
+        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    // u[k], 128-bit lane L: lane L's partial sums of v[4k .. 4k + 3].
+    const __m512 x01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512 x23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(x01, x23, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(x01, x23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+#endif
+
+// The same, 16 keys at a time where d is a multiple of 16 (head dims 64, 128): each key's
+// products go into one vector and the 16 vectors are summed together (transpose_sums16). A
+// horizontal reduction per key and query head was most of the decode attention time at depth
+// 4096. fp32 sums in another order.
+void key_scores(const float* q, const float* keys, int64_t d, int64_t nj, float scale,
+                float* scores) {
+#if defined(__AVX512F__)
+    if (d % 16 == 0) {
+        int64_t t0 = 0;
+        for (; t0 + 16 <= nj; t0 += 16) {
+            __m512 p[16];
+            for (int i = 0; i < 16; ++i) {
+                const float* kt = keys + (t0 + i) * d;
+                p[i] = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(kt));
+                for (int64_t e = 16; e < d; e += 16)
+                    p[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + e), _mm512_loadu_ps(kt + e), p[i]);
+            }
+            _mm512_storeu_ps(scores + t0, _mm512_mul_ps(transpose_sums16(p), _mm512_set1_ps(scale)));
+        }
+        key_scores_plain(q, keys + t0 * d, d, nj - t0, scale, scores + t0);
+        return;
+    }
+#endif
+    key_scores_plain(q, keys, d, nj, scale, scores);
+}
+
+// acc (kN,) = acc * correction + sum_t weight[t] v_t, v_t at values + t * d: the kN elements
+// stay in registers across the nj keys (updating acc in memory once per key made every key
+// wait on the previous key's stores). Per element the same operations in the same order.
+template <int64_t kN>
+void add_weighted_values(const float* weight, int64_t nj, const float* values, int64_t d,
+                         float correction, float* acc) {
+    float tile[kN];
+#pragma omp simd
+    for (int64_t e = 0; e < kN; ++e) tile[e] = acc[e] * correction;
+    for (int64_t t = 0; t < nj; ++t) {
+        const float w = weight[t];
+        const float* vt = values + t * d;
+#pragma omp simd
+        for (int64_t e = 0; e < kN; ++e) tile[e] += w * vt[e];
+    }
+#pragma omp simd
+    for (int64_t e = 0; e < kN; ++e) acc[e] = tile[e];
+}
+
 // Adds the visible keys in [lo, hi) to the states of the heads_per_kv query heads of one KV
 // head, rescaling once per chunk of kKeyChunk keys.
 void attend_partial(const float* q, int64_t heads_per_kv, int64_t d, const float* keys,
@@ -62,27 +147,21 @@ void attend_partial(const float* q, int64_t heads_per_kv, int64_t d, const float
                 const float* qh = q + hq * d;
                 float* sh = scores + hq * kKeyChunk;
                 float chunk_max = -std::numeric_limits<float>::infinity();
-                for (int64_t t = 0; t < nj; ++t) {
-                    const float* kj = keys + (j0 + t) * d;
-                    float dot = 0;
-#pragma omp simd reduction(+ : dot)
-                    for (int64_t e = 0; e < d; ++e) dot += qh[e] * kj[e];
-                    sh[t] = dot * scale;
-                    chunk_max = std::max(chunk_max, sh[t]);
-                }
+                key_scores(qh, keys + j0 * d, d, nj, scale, sh);
+                for (int64_t t = 0; t < nj; ++t) chunk_max = std::max(chunk_max, sh[t]);
                 const float new_m = std::max(state.m[hq], chunk_max);
                 const float correction = std::exp(state.m[hq] - new_m);  // 0 on the first chunk
-                float* ah = state.acc + hq * d;
                 float sum = state.l[hq] * correction;
-#pragma omp simd
-                for (int64_t e = 0; e < d; ++e) ah[e] *= correction;
                 for (int64_t t = 0; t < nj; ++t) {
-                    const float weight = std::exp(sh[t] - new_m);
-                    sum += weight;
-                    const float* vj = values + (j0 + t) * d;
-#pragma omp simd
-                    for (int64_t e = 0; e < d; ++e) ah[e] += weight * vj[e];
+                    sh[t] = std::exp(sh[t] - new_m);
+                    sum += sh[t];
                 }
+                float* ah = state.acc + hq * d;
+                int64_t e0 = 0;
+                for (; e0 + kTile <= d; e0 += kTile)
+                    add_weighted_values<kTile>(sh, nj, values + j0 * d + e0, d, correction, ah + e0);
+                for (; e0 < d; ++e0)
+                    add_weighted_values<1>(sh, nj, values + j0 * d + e0, d, correction, ah + e0);
                 state.l[hq] = sum;
                 state.m[hq] = new_m;
             }

@@ -3,7 +3,8 @@
 // Two paths, chosen by the number of tokens n (kGemmMinRows, speed only, not correctness):
 //  - GEMV (decode, n small): the weight is read once, straight from its blocks. By default
 //    q4_0 / q4_1 / q8_0 blocks are dequantised in registers and dotted with the f32
-//    activations (vec-dot-f32.h: exact fp32, as transformers computes). With
+//    activations (vec-dot-f32.h: exact fp32, as transformers computes; one token takes the
+//    decode kernels, which apply the block scales to the block sums). With
 //    ActivationPrecision::kQ8 the activation rows are quantised to q8_0 (q8_1 for q4_1) once
 //    per call and each output is an integer block dot product (vec-dot.h, llama.cpp's
 //    numerics). f32/f16/bf16 weights are dotted directly against the f32 activations. Parallel over output rows; the n tokens
@@ -64,11 +65,25 @@ void gemv_rows_quantized(int64_t n, int64_t m, const Tensor& w, const std::vecto
     }
 }
 
-// The same with f32 activations: kVecDotF32MaxRows tokens per call of `dot_rows`.
-template <class Block, class DotRows>
+// The same with f32 activations: kVecDotF32MaxRows tokens per call of `dot_rows`. One token
+// (decode) goes through `dot_wrows` instead, kVecDotF32WeightRows weight rows per call.
+template <class Block, class DotRows, class DotWRows>
 void gemv_rows_f32act(int64_t n, int64_t m, int64_t k, const Tensor& w, const float* x, float* out,
-                      int n_threads, DotRows dot_rows) {
+                      int n_threads, DotRows dot_rows, DotWRows dot_wrows) {
     const int64_t nb = k / 32;
+    if (n == 1) {
+        const Block* w0 = reinterpret_cast<const Block*>(w.data);  // rows are contiguous
+        const int64_t groups = (m + kVecDotF32WeightRows - 1) / kVecDotF32WeightRows;
+        std::vector<float> x_sums(static_cast<size_t>(nb));  // (nb,)
+        block_sums_f32(nb, x, x_sums.data());
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
+        for (int64_t g = 0; g < groups; ++g) {
+            const int64_t j = g * kVecDotF32WeightRows;
+            const int rows = static_cast<int>(std::min<int64_t>(kVecDotF32WeightRows, m - j));
+            dot_wrows(nb, w0 + j * nb, rows, x, x_sums.data(), out + j);
+        }
+        return;
+    }
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
     for (int64_t j = 0; j < m; ++j) {
         const Block* w_row = reinterpret_cast<const Block*>(w.row_ptr(j));
@@ -100,13 +115,16 @@ void cpu_matmul_gemv(const Tensor& x, const Tensor& w, const Tensor& out, int n_
     if (activations == ActivationPrecision::kF32) {
         switch (w.dtype) {
             case DType::kQ4_0:
-                gemv_rows_f32act<BlockQ4_0>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q4_0_f32);
+                gemv_rows_f32act<BlockQ4_0>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q4_0_f32,
+                                            vec_dot_wrows_q4_0_f32);
                 return;
             case DType::kQ4_1:
-                gemv_rows_f32act<BlockQ4_1>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q4_1_f32);
+                gemv_rows_f32act<BlockQ4_1>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q4_1_f32,
+                                            vec_dot_wrows_q4_1_f32);
                 return;
             case DType::kQ8_0:
-                gemv_rows_f32act<BlockQ8_0>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q8_0_f32);
+                gemv_rows_f32act<BlockQ8_0>(n, m, k, w, xf, y, n_threads, vec_dot_rows_q8_0_f32,
+                                            vec_dot_wrows_q8_0_f32);
                 return;
             default:
                 break;
