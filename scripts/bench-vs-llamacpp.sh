@@ -36,7 +36,7 @@ load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Two invocations per engine: the plain tests, then decode at depth 4096 (prefilled first,
 # not timed). Both engines get exactly the same arguments.
-args_plain=(-m "$model" -p 512,4096 -n 128 -t "$threads" -r "$reps" -o json)
+args_plain=(-m "$model" -p 512,4096 -n 128 -d 0 -t "$threads" -r "$reps" -o json)
 args_depth=(-m "$model" -p 0 -n 128 -d 4096 -t "$threads" -r "$reps" -o json)
 
 # Runs one engine twice and merges both JSON arrays into one file.
