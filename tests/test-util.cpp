@@ -1,5 +1,9 @@
 #include "test-util.h"
 
+#include <cstring>
+
+#include "core/mapped-file.h"
+
 #include <sys/wait.h>
 
 #include <cmath>
@@ -43,6 +47,29 @@ double max_abs_diff(std::span<const float> a, std::span<const float> b) {
     double m = 0;
     for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
     return m;
+}
+
+std::vector<float> random_floats(std::mt19937& rng, int64_t count, float amplitude) {
+    std::uniform_real_distribution<float> dist(-amplitude, amplitude);
+    std::vector<float> v(static_cast<size_t>(count));
+    for (float& x : v) x = dist(rng);
+    return v;
+}
+
+Tensor host_f32(std::initializer_list<int64_t> shape, const std::vector<float>& values) {
+    Tensor t = tensor_cpu(DType::kF32, shape);
+    EXPECT_EQ(static_cast<size_t>(t.numel()), values.size());
+    std::memcpy(t.data, values.data(), std::min(values.size(), static_cast<size_t>(t.numel())) * 4);
+    return t;
+}
+
+nlohmann::json load_json(const std::string& path) {
+    auto text = read_text_file(path);
+    EXPECT_TRUE(text.is_ok()) << text.status().to_string();
+    if (!text.is_ok()) return nullptr;
+    nlohmann::json j = nlohmann::json::parse(text.value(), nullptr, /*allow_exceptions=*/false);
+    EXPECT_FALSE(j.is_discarded()) << path << ": not valid JSON";
+    return j;
 }
 
 ProgramResult run_purbo(const std::string& args, bool with_stderr) {

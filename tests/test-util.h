@@ -3,9 +3,15 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <optional>
+#include <random>
 #include <span>
 #include <string>
+#include <vector>
+
+#include "core/tensor.h"
 
 namespace purbo::test {
 
@@ -19,6 +25,13 @@ std::optional<std::string> default_model_path();
 // Normalised mean squared error: sum((a-b)^2) / sum(b^2), b = reference.
 double nmse(std::span<const float> a, std::span<const float> reference);
 double max_abs_diff(std::span<const float> a, std::span<const float> b);
+
+// Uniform random floats in [-amplitude, amplitude].
+std::vector<float> random_floats(std::mt19937& rng, int64_t count, float amplitude = 1.0f);
+// A host f32 tensor holding `values` (their count must match the shape).
+Tensor host_f32(std::initializer_list<int64_t> shape, const std::vector<float>& values);
+// A JSON file; a failed read or parse is a test failure and gives null.
+nlohmann::json load_json(const std::string& path);
 
 // Runs the built purbo program with `args` (shell syntax) and collects what it prints.
 struct ProgramResult {

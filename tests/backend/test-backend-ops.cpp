@@ -33,6 +33,9 @@
 namespace purbo {
 namespace {
 
+using test::host_f32;
+using test::random_floats;
+
 // ---- tolerances ----------------------------------------------------------------------------
 
 constexpr double kEps = std::numeric_limits<float>::epsilon();  // 2^-23, f32 unit roundoff x 2
@@ -161,20 +164,6 @@ struct GuardedOutput {
 };
 
 // ---- random inputs -------------------------------------------------------------------------
-
-std::vector<float> random_floats(std::mt19937& rng, int64_t count, float amplitude = 1.0f) {
-    std::uniform_real_distribution<float> dist(-amplitude, amplitude);
-    std::vector<float> v(static_cast<size_t>(count));
-    for (float& x : v) x = dist(rng);
-    return v;
-}
-
-Tensor host_f32(std::initializer_list<int64_t> shape, const std::vector<float>& values) {
-    Tensor t = tensor_cpu(DType::kF32, shape);
-    PURBO_ASSERT(static_cast<size_t>(t.numel()) == values.size());
-    std::memcpy(t.data, values.data(), values.size() * 4);
-    return t;
-}
 
 // Writes an f16 of value v at byte offset `at` of a block.
 void put_f16(uint8_t* block, size_t at, float v) {

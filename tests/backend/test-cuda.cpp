@@ -25,6 +25,9 @@
 namespace purbo {
 namespace {
 
+using test::host_f32;
+using test::random_floats;
+
 constexpr double kEps = std::numeric_limits<float>::epsilon();
 
 // As in test-backend-ops.cpp: a length-L f32 reduction against cpu-ref's double has
@@ -46,20 +49,6 @@ std::unique_ptr<Backend> make(const std::string& name) {
     auto b = backend_create(name);
     PURBO_ASSERT(b.is_ok(), "{}", b.status().to_string());
     return std::move(b).value();
-}
-
-std::vector<float> random_floats(std::mt19937& rng, int64_t count, float amplitude = 1.0f) {
-    std::uniform_real_distribution<float> dist(-amplitude, amplitude);
-    std::vector<float> v(static_cast<size_t>(count));
-    for (float& x : v) x = dist(rng);
-    return v;
-}
-
-Tensor host_f32(std::initializer_list<int64_t> shape, const std::vector<float>& values) {
-    Tensor t = tensor_cpu(DType::kF32, shape);
-    PURBO_ASSERT(static_cast<size_t>(t.numel()) == values.size());
-    std::memcpy(t.data, values.data(), values.size() * 4);
-    return t;
 }
 
 Tensor upload(Backend& b, const Tensor& host) {

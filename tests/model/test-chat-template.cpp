@@ -11,12 +11,7 @@ namespace purbo {
 namespace {
 
 using Json = nlohmann::json;
-
-Json load_json(const std::string& path) {
-    auto text = read_text_file(path);
-    EXPECT_TRUE(text.is_ok()) << text.status().to_string();
-    return text.is_ok() ? Json::parse(text.value()) : Json();
-}
+using test::load_json;
 
 TEST(ChatTemplate, MatchesJinjaRenderings) {
     const Json entries = load_json(test::fixture_path("tokenizer/chat-templates.json"));

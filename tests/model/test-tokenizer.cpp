@@ -22,13 +22,7 @@ namespace purbo {
 namespace {
 
 using Json = nlohmann::json;
-
-Json load_json(const std::string& path) {
-    auto text = read_text_file(path);
-    EXPECT_TRUE(text.is_ok()) << text.status().to_string();
-    if (!text.is_ok()) return Json();
-    return Json::parse(text.value());
-}
+using test::load_json;
 
 std::string ids_str(const std::vector<int32_t>& ids) {
     std::string s;
