@@ -113,8 +113,10 @@ Status Forward::prepare_layer(const LayerWeights& h, LayerWeights& d, FusedWeigh
         for (const Tensor* t : srcs) rows += t->n_rows();
         const Tensor host_stack = stack_rows(srcs);
         PURBO_ASSIGN_OR_RETURN(stacked, backend_.prepare_weight(host_stack));
-        if (stacked.ndim != 2 || stacked.n_rows() != rows || stacked.row_size() != srcs[0]->row_size()) {
-            return error(StatusCode::kInternal, "forward: prepared stack '{}' is {}, expected ({}, {})",
+        if (stacked.ndim != 2 || stacked.n_rows() != rows ||
+            stacked.row_size() != srcs[0]->row_size()) {
+            return error(StatusCode::kInternal,
+                         "forward: prepared stack '{}' is {}, expected ({}, {})",
                          host_stack.name, stacked.describe(), rows, srcs[0]->row_size());
         }
         int64_t r = 0;
@@ -128,7 +130,8 @@ Status Forward::prepare_layer(const LayerWeights& h, LayerWeights& d, FusedWeigh
     PURBO_TRY(stack({{&h.wq, &d.wq}, {&h.wk, &d.wk}, {&h.wv, &d.wv}}, fused.wqkv));
     PURBO_TRY(stack({{&h.w_gate, &d.w_gate}, {&h.w_up, &d.w_up}}, fused.w_gate_up));
     for (auto [src, dst] : {std::pair{&h.attn_norm, &d.attn_norm}, {&h.wo, &d.wo}, {&h.bq, &d.bq},
-                            {&h.bk, &d.bk}, {&h.bv, &d.bv}, {&h.q_norm, &d.q_norm}, {&h.k_norm, &d.k_norm},
+                            {&h.bk, &d.bk}, {&h.bv, &d.bv}, {&h.q_norm, &d.q_norm},
+                            {&h.k_norm, &d.k_norm},
                             {&h.ffn_norm, &d.ffn_norm}, {&h.w_down, &d.w_down}}) {
         PURBO_TRY(convert(*src, *dst));
     }
@@ -173,8 +176,8 @@ Status Forward::prepare(const ModelWeights& host) {
     gate_up_ = backend_.alloc(DType::kF32, {1, 2 * f}, "gate_up");
     picked_ = backend_.alloc(DType::kF32, {std::min(b, kLogitChunk), e}, "picked");
     logits_ = backend_.alloc(DType::kF32, {std::min(b, kLogitChunk), c.n_vocab}, "logits");
-    for (const Tensor* t : {&x_, &xn_, &q_, &k_, &v_, &attn_, &proj_, &gate_, &up_, &act_, &qkv_, &gate_up_,
-                            &picked_, &logits_}) {
+    for (const Tensor* t : {&x_, &xn_, &q_, &k_, &v_, &attn_, &proj_, &gate_, &up_, &act_, &qkv_,
+                            &gate_up_, &picked_, &logits_}) {
         if (t->empty()) return error(StatusCode::kOutOfMemory, "forward: cannot allocate scratch '{}'", t->name);
     }
     return Status::ok();
@@ -192,7 +195,8 @@ Status Forward::run_layer(int il, int n, const ForwardBatch& batch, const KvCach
     const int64_t qd = c.n_head * c.head_dim, kvd = c.n_head_kv * c.head_dim;
     const Tensor x = x_.rows(0, n);
     const Tensor xn = xn_.rows(0, n);
-    const Tensor q = fuse_qkv ? row_slice(qkv_, 0, qd, c.head_dim) : q_.rows(0, n * c.n_head).reshaped({n, qd});
+    const Tensor q = fuse_qkv ? row_slice(qkv_, 0, qd, c.head_dim)
+                              : q_.rows(0, n * c.n_head).reshaped({n, qd});
     const Tensor k = fuse_qkv ? row_slice(qkv_, qd, qd + kvd, c.head_dim)
                               : k_.rows(0, n * c.n_head_kv).reshaped({n, kvd});
     const Tensor v = fuse_qkv ? row_slice(qkv_, qd + kvd, qd + 2 * kvd, c.head_dim)
@@ -200,7 +204,8 @@ Status Forward::run_layer(int il, int n, const ForwardBatch& batch, const KvCach
     const Tensor attn = attn_.rows(0, n * c.n_head).reshaped({n, qd});
     const Tensor proj = proj_.rows(0, n);
     const Tensor gate = fuse_gate_up ? row_slice(gate_up_, 0, c.n_ff, c.n_ff) : gate_.rows(0, n);
-    const Tensor up = fuse_gate_up ? row_slice(gate_up_, c.n_ff, 2 * c.n_ff, c.n_ff) : up_.rows(0, n);
+    const Tensor up =
+        fuse_gate_up ? row_slice(gate_up_, c.n_ff, 2 * c.n_ff, c.n_ff) : up_.rows(0, n);
     const Tensor act = act_.rows(0, n);
     const Tensor q3 = q.reshaped({n, c.n_head, c.head_dim});
     const Tensor k3 = k.reshaped({n, c.n_head_kv, c.head_dim});
