@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace purbo {
@@ -40,6 +41,45 @@ Status check_batch(const ForwardBatch& batch, const KvCache& cache, int max_batc
     return Status::ok();
 }
 
+// Whether `parts` can be stacked row-wise into one matrix: 2-d host matrices of one dtype and
+// one row length.
+bool stackable(std::span<const Tensor* const> parts) {
+    const Tensor& first = *parts.front();
+    for (const Tensor* t : parts) {
+        if (t->empty() || t->ndim != 2 || t->device != Device::kCpu || t->dtype != first.dtype ||
+            t->row_size() != first.row_size()) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// A host matrix whose rows are the rows of `parts`, in order. Rows are whole blocks for the
+// quantised types, so the bytes move unchanged.
+Tensor stack_rows(std::span<const Tensor* const> parts) {
+    const Tensor& first = *parts.front();
+    int64_t rows = 0;
+    std::string name;
+    for (const Tensor* t : parts) {
+        rows += t->n_rows();
+        name += (name.empty() ? "" : "|") + t->name;
+    }
+    Tensor stack = tensor_cpu(first.dtype, {rows, first.row_size()}, std::move(name));
+    uint8_t* dst = stack.ptr<uint8_t>();
+    for (const Tensor* t : parts) {
+        std::memcpy(dst, t->data, t->nbytes());
+        dst += t->nbytes();
+    }
+    return stack;
+}
+
+// Contiguous columns [begin, end) of the single row of `row` (1, m): a view, no copy.
+// `unit` divides begin, end and m (views come from rows() of a (m / unit, unit) reshape).
+Tensor row_slice(const Tensor& row, int64_t begin, int64_t end, int64_t unit) {
+    const int64_t m = row.row_size();
+    return row.reshaped({m / unit, unit}).rows(begin / unit, end / unit).reshaped({1, end - begin});
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Forward>> Forward::create(Backend& backend, const ModelConfig& config,
@@ -50,6 +90,52 @@ Result<std::unique_ptr<Forward>> Forward::create(Backend& backend, const ModelCo
     std::unique_ptr<Forward> f(new Forward(backend, config, options));
     PURBO_TRY(f->prepare(host_weights));
     return f;
+}
+
+Status Forward::prepare_layer(const LayerWeights& h, LayerWeights& d, FusedWeights& fused) {
+    auto convert = [&](const Tensor& t, Tensor& dst) -> Status {
+        if (t.empty()) return Status::ok();
+        PURBO_ASSIGN_OR_RETURN(dst, backend_.prepare_weight(t));
+        return Status::ok();
+    };
+    // Prepares the stack of `parts` as one weight and makes each part a row view of it
+    // (prepare_weight keeps a matrix's rows contiguous and in order on every backend), so the
+    // stack costs no memory beyond the parts. Parts that cannot be stacked stay separate.
+    using Part = std::pair<const Tensor*, Tensor*>;
+    auto stack = [&](std::initializer_list<Part> parts, Tensor& stacked) -> Status {
+        std::vector<const Tensor*> srcs;
+        for (const Part& p : parts) srcs.push_back(p.first);
+        if (!stackable(srcs)) {
+            for (const Part& p : parts) PURBO_TRY(convert(*p.first, *p.second));
+            return Status::ok();
+        }
+        int64_t rows = 0;
+        for (const Tensor* t : srcs) rows += t->n_rows();
+        const Tensor host_stack = stack_rows(srcs);
+        PURBO_ASSIGN_OR_RETURN(stacked, backend_.prepare_weight(host_stack));
+        if (stacked.ndim != 2 || stacked.n_rows() != rows ||
+            stacked.row_size() != srcs[0]->row_size()) {
+            return error(StatusCode::kInternal,
+                         "forward: prepared stack '{}' is {}, expected ({}, {})",
+                         host_stack.name, stacked.describe(), rows, srcs[0]->row_size());
+        }
+        int64_t r = 0;
+        for (const Part& p : parts) {
+            *p.second = stacked.rows(r, r + p.first->n_rows());
+            p.second->name = p.first->name;
+            r += p.first->n_rows();
+        }
+        return Status::ok();
+    };
+    PURBO_TRY(stack({{&h.wq, &d.wq}, {&h.wk, &d.wk}, {&h.wv, &d.wv}}, fused.wqkv));
+    PURBO_TRY(stack({{&h.w_gate, &d.w_gate}, {&h.w_up, &d.w_up}}, fused.w_gate_up));
+    for (auto [src, dst] : {std::pair{&h.attn_norm, &d.attn_norm}, {&h.wo, &d.wo}, {&h.bq, &d.bq},
+                            {&h.bk, &d.bk}, {&h.bv, &d.bv}, {&h.q_norm, &d.q_norm},
+                            {&h.k_norm, &d.k_norm},
+                            {&h.ffn_norm, &d.ffn_norm}, {&h.w_down, &d.w_down}}) {
+        PURBO_TRY(convert(*src, *dst));
+    }
+    return Status::ok();
 }
 
 Status Forward::prepare(const ModelWeights& host) {
@@ -68,16 +154,9 @@ Status Forward::prepare(const ModelWeights& host) {
         PURBO_TRY(convert(host.lm_head, weights_.lm_head));
     }
     weights_.layers.resize(host.layers.size());
+    fused_.resize(host.layers.size());
     for (size_t il = 0; il < host.layers.size(); ++il) {
-        const LayerWeights& h = host.layers[il];
-        LayerWeights& d = weights_.layers[il];
-        for (auto [src, dst] : {std::pair{&h.attn_norm, &d.attn_norm}, {&h.wq, &d.wq}, {&h.wk, &d.wk},
-                                {&h.wv, &d.wv}, {&h.wo, &d.wo}, {&h.bq, &d.bq}, {&h.bk, &d.bk},
-                                {&h.bv, &d.bv}, {&h.q_norm, &d.q_norm}, {&h.k_norm, &d.k_norm},
-                                {&h.ffn_norm, &d.ffn_norm}, {&h.w_gate, &d.w_gate}, {&h.w_up, &d.w_up},
-                                {&h.w_down, &d.w_down}}) {
-            PURBO_TRY(convert(*src, *dst));
-        }
+        PURBO_TRY(prepare_layer(host.layers[il], weights_.layers[il], fused_[il]));
     }
     rope_ = rope_tables(c.rope);
 
@@ -93,9 +172,12 @@ Status Forward::prepare(const ModelWeights& host) {
     gate_ = backend_.alloc(DType::kF32, {b, f}, "gate");
     up_ = backend_.alloc(DType::kF32, {b, f}, "up");
     act_ = backend_.alloc(DType::kF32, {b, f}, "act");
+    qkv_ = backend_.alloc(DType::kF32, {1, (h + 2 * g) * d}, "qkv");
+    gate_up_ = backend_.alloc(DType::kF32, {1, 2 * f}, "gate_up");
     picked_ = backend_.alloc(DType::kF32, {std::min(b, kLogitChunk), e}, "picked");
     logits_ = backend_.alloc(DType::kF32, {std::min(b, kLogitChunk), c.n_vocab}, "logits");
-    for (const Tensor* t : {&x_, &xn_, &q_, &k_, &v_, &attn_, &proj_, &gate_, &up_, &act_, &picked_, &logits_}) {
+    for (const Tensor* t : {&x_, &xn_, &q_, &k_, &v_, &attn_, &proj_, &gate_, &up_, &act_, &qkv_,
+                            &gate_up_, &picked_, &logits_}) {
         if (t->empty()) return error(StatusCode::kOutOfMemory, "forward: cannot allocate scratch '{}'", t->name);
     }
     return Status::ok();
@@ -104,17 +186,26 @@ Status Forward::prepare(const ModelWeights& host) {
 Status Forward::run_layer(int il, int n, const ForwardBatch& batch, const KvCacheView& cache) {
     const ModelConfig& c = config_;
     const LayerWeights& w = weights_.layers[static_cast<size_t>(il)];
+    const FusedWeights& fw = fused_[static_cast<size_t>(il)];
     Backend& be = backend_;
-    // Views of the scratch for the n tokens of this batch.
+    // Views of the scratch for the n tokens of this batch. One token with stacked weights: q, k,
+    // v (and gate, up) are the consecutive parts of the single row of one matmul's output.
+    const bool fuse_qkv = n == 1 && !fw.wqkv.empty();
+    const bool fuse_gate_up = n == 1 && !fw.w_gate_up.empty();
+    const int64_t qd = c.n_head * c.head_dim, kvd = c.n_head_kv * c.head_dim;
     const Tensor x = x_.rows(0, n);
     const Tensor xn = xn_.rows(0, n);
-    const Tensor q = q_.rows(0, n * c.n_head).reshaped({n, c.n_head * c.head_dim});
-    const Tensor k = k_.rows(0, n * c.n_head_kv).reshaped({n, c.n_head_kv * c.head_dim});
-    const Tensor v = v_.rows(0, n * c.n_head_kv).reshaped({n, c.n_head_kv * c.head_dim});
-    const Tensor attn = attn_.rows(0, n * c.n_head).reshaped({n, c.n_head * c.head_dim});
+    const Tensor q = fuse_qkv ? row_slice(qkv_, 0, qd, c.head_dim)
+                              : q_.rows(0, n * c.n_head).reshaped({n, qd});
+    const Tensor k = fuse_qkv ? row_slice(qkv_, qd, qd + kvd, c.head_dim)
+                              : k_.rows(0, n * c.n_head_kv).reshaped({n, kvd});
+    const Tensor v = fuse_qkv ? row_slice(qkv_, qd + kvd, qd + 2 * kvd, c.head_dim)
+                              : v_.rows(0, n * c.n_head_kv).reshaped({n, kvd});
+    const Tensor attn = attn_.rows(0, n * c.n_head).reshaped({n, qd});
     const Tensor proj = proj_.rows(0, n);
-    const Tensor gate = gate_.rows(0, n);
-    const Tensor up = up_.rows(0, n);
+    const Tensor gate = fuse_gate_up ? row_slice(gate_up_, 0, c.n_ff, c.n_ff) : gate_.rows(0, n);
+    const Tensor up =
+        fuse_gate_up ? row_slice(gate_up_, c.n_ff, 2 * c.n_ff, c.n_ff) : up_.rows(0, n);
     const Tensor act = act_.rows(0, n);
     const Tensor q3 = q.reshaped({n, c.n_head, c.head_dim});
     const Tensor k3 = k.reshaped({n, c.n_head_kv, c.head_dim});
@@ -124,9 +215,13 @@ Status Forward::run_layer(int il, int n, const ForwardBatch& batch, const KvCach
     // Attention sublayer: x += wo(attention(rope(q), rope(k), v)).
     PURBO_TRY(be.rms_norm(x, w.attn_norm, c.rms_eps, xn));
     tap("attn_norm", il, xn);
-    PURBO_TRY(be.matmul(xn, w.wq, q));
-    PURBO_TRY(be.matmul(xn, w.wk, k));
-    PURBO_TRY(be.matmul(xn, w.wv, v));
+    if (fuse_qkv) {
+        PURBO_TRY(be.matmul(xn, fw.wqkv, qkv_));
+    } else {
+        PURBO_TRY(be.matmul(xn, w.wq, q));
+        PURBO_TRY(be.matmul(xn, w.wk, k));
+        PURBO_TRY(be.matmul(xn, w.wv, v));
+    }
     if (c.attn_qkv_bias) {
         PURBO_TRY(be.add_bias(q, w.bq));
         PURBO_TRY(be.add_bias(k, w.bk));
@@ -159,8 +254,12 @@ Status Forward::run_layer(int il, int n, const ForwardBatch& batch, const KvCach
     // MLP sublayer: x += down(silu(gate(xn)) * up(xn)).
     PURBO_TRY(be.rms_norm(x, w.ffn_norm, c.rms_eps, xn));
     tap("ffn_norm", il, xn);
-    PURBO_TRY(be.matmul(xn, w.w_gate, gate));
-    PURBO_TRY(be.matmul(xn, w.w_up, up));
+    if (fuse_gate_up) {
+        PURBO_TRY(be.matmul(xn, fw.w_gate_up, gate_up_));
+    } else {
+        PURBO_TRY(be.matmul(xn, w.w_gate, gate));
+        PURBO_TRY(be.matmul(xn, w.w_up, up));
+    }
     PURBO_TRY(be.swiglu(gate, up, act));
     PURBO_TRY(be.matmul(act, w.w_down, proj));
     tap("ffn_out", il, proj);

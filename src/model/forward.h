@@ -7,6 +7,7 @@
 #include <memory>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include "backend/backend.h"
 #include "model/kv-cache.h"
@@ -14,6 +15,12 @@
 #include "model/weights.h"
 
 namespace purbo {
+
+// Row-wise stacks of the projections that read the same input (see Forward::fused_).
+struct FusedWeights {
+    Tensor wqkv;       // (q + 2 kv, e)
+    Tensor w_gate_up;  // (2 f, e)
+};
 
 // A batch of tokens from one or more sequences (a micro-batch: at most max_batch tokens).
 struct ForwardBatch {
@@ -51,6 +58,7 @@ private:
     Forward(Backend& backend, const ModelConfig& config, const ForwardOptions& options)
         : backend_(backend), config_(config), options_(options) {}
     Status prepare(const ModelWeights& host_weights);
+    Status prepare_layer(const LayerWeights& host, LayerWeights& dst, FusedWeights& fused);
     Status run_layer(int il, int n, const ForwardBatch& batch, const KvCacheView& cache);
     void tap(std::string_view name, int layer, const Tensor& t) const {
         if (tap_) tap_(name, layer, t);
@@ -60,6 +68,11 @@ private:
     ModelConfig config_;
     ForwardOptions options_;
     ModelWeights weights_;  // on the backend
+    // Per layer: wq|wk|wv and w_gate|w_up stacked row-wise into one matrix each (empty when
+    // the parts differ in dtype or row length). weights_'s wq, wk, ... are then row views of
+    // them. A decode step (n = 1) runs one matmul per stack instead of one per part: fewer
+    // parallel regions, more rows for each thread.
+    std::vector<FusedWeights> fused_;
     RopeTables rope_;
     ForwardTap tap_;
 
@@ -74,6 +87,8 @@ private:
     Tensor gate_;      // (b, f)
     Tensor up_;        // (b, f)
     Tensor act_;       // (b, f)
+    Tensor qkv_;       // (1, q + 2 kv) fused q|k|v of one token
+    Tensor gate_up_;   // (1, 2 f) fused gate|up of one token
     Tensor picked_;    // (b, e) final-norm rows whose logits are wanted
     Tensor logits_;    // (b, n_vocab) on the backend
 };
