@@ -1,6 +1,7 @@
 // GGUF header, metadata and tensor-info parsing (format summary in gguf.h).
 #include "model/gguf.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <limits>
@@ -19,6 +20,7 @@ static_assert(kMaxTensorDims == kMaxDims);
 constexpr uint64_t kMinStringBytes = 8;
 constexpr uint64_t kMinKvBytes = kMinStringBytes + 4 + 1;
 constexpr uint64_t kMinTensorInfoBytes = kMinStringBytes + 4 + 4 + 8;
+constexpr size_t kMaxArrayReserve = size_t{1} << 18;
 
 // Size of a scalar value of this type; 0 for string, array and unknown ids.
 size_t scalar_size(GgufValueType type) {
@@ -180,23 +182,28 @@ Status read_array(Reader& r, GgufValue* v, const std::string& source, const std:
     PURBO_TRY(r.check_count(count, min_item, what + ": array length"));
     v->array_type = elem;
     const size_t n = static_cast<size_t>(count);
+    // The count already fits the remaining bytes, but an item in memory is up to 8x its encoding
+    // (a u8 kept as u64, a string header of 8 bytes as a 32-byte std::string): reserve at most
+    // kMaxArrayReserve items up front (a vocabulary fits) and let a longer array grow as it is
+    // read.
+    const size_t reserve = std::min(n, kMaxArrayReserve);
     GgufValue item;
     switch (elem) {
         case GgufValueType::kString:
-            v->string_items.reserve(n);
+            v->string_items.reserve(reserve);
             break;
         case GgufValueType::kI8:
         case GgufValueType::kI16:
         case GgufValueType::kI32:
         case GgufValueType::kI64:
-            v->int_items.reserve(n);
+            v->int_items.reserve(reserve);
             break;
         case GgufValueType::kF32:
         case GgufValueType::kF64:
-            v->float_items.reserve(n);
+            v->float_items.reserve(reserve);
             break;
         default:
-            v->uint_items.reserve(n);
+            v->uint_items.reserve(reserve);
             break;
     }
     for (size_t i = 0; i < n; ++i) {
@@ -281,8 +288,8 @@ Status GgufFile::parse_header() {
     PURBO_TRY(r.check_count(n_kv, kMinKvBytes, "n_kv"));
     PURBO_TRY(r.check_count(n_tensors, kMinTensorInfoBytes, "n_tensors"));
 
-    // Metadata.
-    metadata_.reserve(static_cast<size_t>(n_kv));
+    // Metadata. No reserve(n_kv): an entry in memory is ~15x its smallest encoding, so a
+    // bogus count would allocate far more than the file holds; growth follows what is read.
     for (uint64_t i = 0; i < n_kv; ++i) {
         std::string key;
         PURBO_TRY(r.read_string(&key, fmt::format("key of metadata entry {}", i)));
@@ -319,7 +326,6 @@ Status GgufFile::parse_header() {
     }
 
     // Tensor infos.
-    tensors_.reserve(static_cast<size_t>(n_tensors));
     for (uint64_t i = 0; i < n_tensors; ++i) {
         GgufTensorInfo info;
         PURBO_TRY(r.read_string(&info.name, fmt::format("name of tensor {}", i)));
