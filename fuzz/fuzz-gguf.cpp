@@ -14,7 +14,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     purbo::Result<purbo::GgufFile> file = purbo::GgufFile::parse(bytes, "fuzz.gguf");
     if (!file.is_ok()) return 0;
     size_t chars = 0;
-    for (const auto& [key, value] : file->metadata()) chars += key.size() + value.to_string().size();
+    for (const auto& [key, value] : file->metadata())
+        chars += key.size() + value.to_string().size();
     (void)chars;
     constexpr int64_t kMaxRows = 4;
     constexpr int64_t kMaxRowElements = 1 << 16;  // keeps each run fast; longer rows are skipped

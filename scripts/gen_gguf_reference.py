@@ -21,7 +21,8 @@ OUT = ROOT / "tests" / "fixtures" / "gguf" / "smollm2-dequant-reference.json"
 
 
 def main():
-    default = os.environ.get("PURBO_MODEL", str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    default = os.environ.get(
+        "PURBO_MODEL", str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     path = sys.argv[1] if len(sys.argv) > 1 else default
     reader = gguf.GGUFReader(path)
     tensors = []

@@ -25,7 +25,9 @@ inline int nibble_32(const uint8_t* qs, int e) {
 }
 
 // The fifth bit of element e in q5_0 / q5_1: bit e of the little-endian u32 qh.
-inline int high_bit_32(const uint8_t* qh, int e) { return (qh[e / 8] >> (e % 8)) & 1; }
+inline int high_bit_32(const uint8_t* qh, int e) {
+    return (qh[e / 8] >> (e % 8)) & 1;
+}
 
 void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t n_blocks) {
     for (int64_t i = 0; i < n_blocks; ++i) {
@@ -232,7 +234,9 @@ inline int nearest_int(float x) {
 
 }  // namespace
 
-bool dequantize_supported(DType dtype) { return dtype != DType::kI32; }
+bool dequantize_supported(DType dtype) {
+    return dtype != DType::kI32;
+}
 
 void dequantize_row(DType dtype, const void* src, float* dst, int64_t n) {
     const int64_t block = dtype_traits(dtype).block_size;
@@ -253,19 +257,32 @@ void dequantize_row(DType dtype, const void* src, float* dst, int64_t n) {
             for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(h[i]);
             return;
         }
-        case DType::kQ4_0: return dequantize_q4_0(static_cast<const BlockQ4_0*>(src), dst, n_blocks);
-        case DType::kQ4_1: return dequantize_q4_1(static_cast<const BlockQ4_1*>(src), dst, n_blocks);
-        case DType::kQ5_0: return dequantize_q5_0(static_cast<const BlockQ5_0*>(src), dst, n_blocks);
-        case DType::kQ5_1: return dequantize_q5_1(static_cast<const BlockQ5_1*>(src), dst, n_blocks);
-        case DType::kQ8_0: return dequantize_q8_0(static_cast<const BlockQ8_0*>(src), dst, n_blocks);
-        case DType::kQ8_1: return dequantize_q8_1(static_cast<const BlockQ8_1*>(src), dst, n_blocks);
-        case DType::kQ2_K: return dequantize_q2_k(static_cast<const BlockQ2_K*>(src), dst, n_blocks);
-        case DType::kQ3_K: return dequantize_q3_k(static_cast<const BlockQ3_K*>(src), dst, n_blocks);
-        case DType::kQ4_K: return dequantize_q4_k(static_cast<const BlockQ4_K*>(src), dst, n_blocks);
-        case DType::kQ5_K: return dequantize_q5_k(static_cast<const BlockQ5_K*>(src), dst, n_blocks);
-        case DType::kQ6_K: return dequantize_q6_k(static_cast<const BlockQ6_K*>(src), dst, n_blocks);
-        case DType::kQ8_K: return dequantize_q8_k(static_cast<const BlockQ8_K*>(src), dst, n_blocks);
-        case DType::kI32: break;
+        case DType::kQ4_0:
+            return dequantize_q4_0(static_cast<const BlockQ4_0*>(src), dst, n_blocks);
+        case DType::kQ4_1:
+            return dequantize_q4_1(static_cast<const BlockQ4_1*>(src), dst, n_blocks);
+        case DType::kQ5_0:
+            return dequantize_q5_0(static_cast<const BlockQ5_0*>(src), dst, n_blocks);
+        case DType::kQ5_1:
+            return dequantize_q5_1(static_cast<const BlockQ5_1*>(src), dst, n_blocks);
+        case DType::kQ8_0:
+            return dequantize_q8_0(static_cast<const BlockQ8_0*>(src), dst, n_blocks);
+        case DType::kQ8_1:
+            return dequantize_q8_1(static_cast<const BlockQ8_1*>(src), dst, n_blocks);
+        case DType::kQ2_K:
+            return dequantize_q2_k(static_cast<const BlockQ2_K*>(src), dst, n_blocks);
+        case DType::kQ3_K:
+            return dequantize_q3_k(static_cast<const BlockQ3_K*>(src), dst, n_blocks);
+        case DType::kQ4_K:
+            return dequantize_q4_k(static_cast<const BlockQ4_K*>(src), dst, n_blocks);
+        case DType::kQ5_K:
+            return dequantize_q5_k(static_cast<const BlockQ5_K*>(src), dst, n_blocks);
+        case DType::kQ6_K:
+            return dequantize_q6_k(static_cast<const BlockQ6_K*>(src), dst, n_blocks);
+        case DType::kQ8_K:
+            return dequantize_q8_k(static_cast<const BlockQ8_K*>(src), dst, n_blocks);
+        case DType::kI32:
+            break;
     }
     PURBO_ASSERT(false, "dequantize_row: {} is not a floating-point format", dtype_name(dtype));
 }

@@ -1,6 +1,7 @@
 // GGUF header, metadata and tensor-info parsing (format summary in gguf.h).
 #include "model/gguf.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <limits>
@@ -19,33 +20,42 @@ static_assert(kMaxTensorDims == kMaxDims);
 constexpr uint64_t kMinStringBytes = 8;
 constexpr uint64_t kMinKvBytes = kMinStringBytes + 4 + 1;
 constexpr uint64_t kMinTensorInfoBytes = kMinStringBytes + 4 + 4 + 8;
+constexpr size_t kMaxArrayReserve = size_t{1} << 18;
 
 // Size of a scalar value of this type; 0 for string, array and unknown ids.
 size_t scalar_size(GgufValueType type) {
     switch (type) {
         case GgufValueType::kU8:
         case GgufValueType::kI8:
-        case GgufValueType::kBool: return 1;
+        case GgufValueType::kBool:
+            return 1;
         case GgufValueType::kU16:
-        case GgufValueType::kI16: return 2;
+        case GgufValueType::kI16:
+            return 2;
         case GgufValueType::kU32:
         case GgufValueType::kI32:
-        case GgufValueType::kF32: return 4;
+        case GgufValueType::kF32:
+            return 4;
         case GgufValueType::kU64:
         case GgufValueType::kI64:
-        case GgufValueType::kF64: return 8;
+        case GgufValueType::kF64:
+            return 8;
         case GgufValueType::kString:
-        case GgufValueType::kArray: return 0;
+        case GgufValueType::kArray:
+            return 0;
     }
     return 0;
 }
 
-bool known_value_type(uint32_t id) { return id <= static_cast<uint32_t>(GgufValueType::kF64); }
+bool known_value_type(uint32_t id) {
+    return id <= static_cast<uint32_t>(GgufValueType::kF64);
+}
 
 // Little-endian cursor over the file bytes; every read checks the bytes that remain.
 class Reader {
-public:
-    Reader(std::span<const uint8_t> bytes, const std::string& source) : bytes_(bytes), source_(source) {}
+  public:
+    Reader(std::span<const uint8_t> bytes, const std::string& source)
+        : bytes_(bytes), source_(source) {}
 
     size_t pos() const { return pos_; }
     void seek(size_t pos) { pos_ = pos; }
@@ -91,7 +101,7 @@ public:
         return Status::ok();
     }
 
-private:
+  private:
     std::span<const uint8_t> bytes_;
     const std::string& source_;
     size_t pos_ = 0;
@@ -115,16 +125,26 @@ Status read_scalar_as(Reader& r, GgufValue* v, std::string_view what) {
 Status read_scalar(Reader& r, GgufValueType type, GgufValue* v, const std::string& source,
                    std::string_view what) {
     switch (type) {
-        case GgufValueType::kU8: return read_scalar_as<uint8_t>(r, v, what);
-        case GgufValueType::kI8: return read_scalar_as<int8_t>(r, v, what);
-        case GgufValueType::kU16: return read_scalar_as<uint16_t>(r, v, what);
-        case GgufValueType::kI16: return read_scalar_as<int16_t>(r, v, what);
-        case GgufValueType::kU32: return read_scalar_as<uint32_t>(r, v, what);
-        case GgufValueType::kI32: return read_scalar_as<int32_t>(r, v, what);
-        case GgufValueType::kU64: return read_scalar_as<uint64_t>(r, v, what);
-        case GgufValueType::kI64: return read_scalar_as<int64_t>(r, v, what);
-        case GgufValueType::kF32: return read_scalar_as<float>(r, v, what);
-        case GgufValueType::kF64: return read_scalar_as<double>(r, v, what);
+        case GgufValueType::kU8:
+            return read_scalar_as<uint8_t>(r, v, what);
+        case GgufValueType::kI8:
+            return read_scalar_as<int8_t>(r, v, what);
+        case GgufValueType::kU16:
+            return read_scalar_as<uint16_t>(r, v, what);
+        case GgufValueType::kI16:
+            return read_scalar_as<int16_t>(r, v, what);
+        case GgufValueType::kU32:
+            return read_scalar_as<uint32_t>(r, v, what);
+        case GgufValueType::kI32:
+            return read_scalar_as<int32_t>(r, v, what);
+        case GgufValueType::kU64:
+            return read_scalar_as<uint64_t>(r, v, what);
+        case GgufValueType::kI64:
+            return read_scalar_as<int64_t>(r, v, what);
+        case GgufValueType::kF32:
+            return read_scalar_as<float>(r, v, what);
+        case GgufValueType::kF64:
+            return read_scalar_as<double>(r, v, what);
         case GgufValueType::kBool: {
             uint8_t b = 0;
             PURBO_TRY(r.read(&b, what));
@@ -135,8 +155,10 @@ Status read_scalar(Reader& r, GgufValueType type, GgufValue* v, const std::strin
             v->uint_value = b;
             return Status::ok();
         }
-        case GgufValueType::kString: return r.read_string(&v->string_value, what);
-        case GgufValueType::kArray: break;
+        case GgufValueType::kString:
+            return r.read_string(&v->string_value, what);
+        case GgufValueType::kArray:
+            break;
     }
     return error(StatusCode::kInternal, "{}: {}: read_scalar of type {}", source, what,
                  static_cast<uint32_t>(type));
@@ -160,16 +182,29 @@ Status read_array(Reader& r, GgufValue* v, const std::string& source, const std:
     PURBO_TRY(r.check_count(count, min_item, what + ": array length"));
     v->array_type = elem;
     const size_t n = static_cast<size_t>(count);
+    // The count already fits the remaining bytes, but an item in memory is up to 8x its encoding
+    // (a u8 kept as u64, a string header of 8 bytes as a 32-byte std::string): reserve at most
+    // kMaxArrayReserve items up front (a vocabulary fits) and let a longer array grow as it is
+    // read.
+    const size_t reserve = std::min(n, kMaxArrayReserve);
     GgufValue item;
     switch (elem) {
-        case GgufValueType::kString: v->string_items.reserve(n); break;
+        case GgufValueType::kString:
+            v->string_items.reserve(reserve);
+            break;
         case GgufValueType::kI8:
         case GgufValueType::kI16:
         case GgufValueType::kI32:
-        case GgufValueType::kI64: v->int_items.reserve(n); break;
+        case GgufValueType::kI64:
+            v->int_items.reserve(reserve);
+            break;
         case GgufValueType::kF32:
-        case GgufValueType::kF64: v->float_items.reserve(n); break;
-        default: v->uint_items.reserve(n); break;
+        case GgufValueType::kF64:
+            v->float_items.reserve(reserve);
+            break;
+        default:
+            v->uint_items.reserve(reserve);
+            break;
     }
     for (size_t i = 0; i < n; ++i) {
         const size_t item_pos = r.pos();
@@ -177,24 +212,37 @@ Status read_array(Reader& r, GgufValue* v, const std::string& source, const std:
             // Read again with the item index in the message (kept off the hot path: a vocabulary
             // has 10^5 items).
             r.seek(item_pos);
-            return read_scalar(r, elem, &item, source, fmt::format("{}: item {} of {}", what, i, n));
+            return read_scalar(r, elem, &item, source,
+                               fmt::format("{}: item {} of {}", what, i, n));
         }
         switch (elem) {
-            case GgufValueType::kString: v->string_items.push_back(std::move(item.string_value)); break;
+            case GgufValueType::kString:
+                v->string_items.push_back(std::move(item.string_value));
+                break;
             case GgufValueType::kI8:
             case GgufValueType::kI16:
             case GgufValueType::kI32:
-            case GgufValueType::kI64: v->int_items.push_back(item.int_value); break;
+            case GgufValueType::kI64:
+                v->int_items.push_back(item.int_value);
+                break;
             case GgufValueType::kF32:
-            case GgufValueType::kF64: v->float_items.push_back(item.float_value); break;
-            default: v->uint_items.push_back(item.uint_value); break;
+            case GgufValueType::kF64:
+                v->float_items.push_back(item.float_value);
+                break;
+            default:
+                v->uint_items.push_back(item.uint_value);
+                break;
         }
     }
     return Status::ok();
 }
 
-bool mul_overflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
-bool add_overflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_add_overflow(a, b, out); }
+bool mul_overflows(uint64_t a, uint64_t b, uint64_t* out) {
+    return __builtin_mul_overflow(a, b, out);
+}
+bool add_overflows(uint64_t a, uint64_t b, uint64_t* out) {
+    return __builtin_add_overflow(a, b, out);
+}
 
 }  // namespace
 
@@ -240,8 +288,8 @@ Status GgufFile::parse_header() {
     PURBO_TRY(r.check_count(n_kv, kMinKvBytes, "n_kv"));
     PURBO_TRY(r.check_count(n_tensors, kMinTensorInfoBytes, "n_tensors"));
 
-    // Metadata.
-    metadata_.reserve(static_cast<size_t>(n_kv));
+    // Metadata. No reserve(n_kv): an entry in memory is ~15x its smallest encoding, so a
+    // bogus count would allocate far more than the file holds; growth follows what is read.
     for (uint64_t i = 0; i < n_kv; ++i) {
         std::string key;
         PURBO_TRY(r.read_string(&key, fmt::format("key of metadata entry {}", i)));
@@ -252,7 +300,8 @@ Status GgufFile::parse_header() {
         uint32_t type_id = 0;
         PURBO_TRY(r.read(&type_id, what + ": value type"));
         if (!known_value_type(type_id)) {
-            return error(StatusCode::kParseError, "{}: {}: unknown value type {}", src, what, type_id);
+            return error(StatusCode::kParseError, "{}: {}: unknown value type {}", src, what,
+                         type_id);
         }
         GgufValue value;
         value.type = static_cast<GgufValueType>(type_id);
@@ -277,7 +326,6 @@ Status GgufFile::parse_header() {
     }
 
     // Tensor infos.
-    tensors_.reserve(static_cast<size_t>(n_tensors));
     for (uint64_t i = 0; i < n_tensors; ++i) {
         GgufTensorInfo info;
         PURBO_TRY(r.read_string(&info.name, fmt::format("name of tensor {}", i)));
@@ -345,9 +393,10 @@ Status GgufFile::parse_header() {
         uint64_t end = 0;
         if (add_overflows(data_offset_, t.offset, &begin) || add_overflows(begin, t.nbytes, &end) ||
             end > bytes_.size()) {
-            return error(StatusCode::kParseError,
-                         "{}: tensor '{}': data [{} + {}, + {} bytes) extends beyond the file size {}",
-                         src, t.name, data_offset_, t.offset, t.nbytes, bytes_.size());
+            return error(
+                StatusCode::kParseError,
+                "{}: tensor '{}': data [{} + {}, + {} bytes) extends beyond the file size {}", src,
+                t.name, data_offset_, t.offset, t.nbytes, bytes_.size());
         }
     }
     return Status::ok();

@@ -51,10 +51,10 @@ std::string_view gguf_type_name(GgufValueType type);
 // their element type in array_type and their items in the vector of that kind.
 struct GgufValue {
     GgufValueType type = GgufValueType::kU8;
-    uint64_t uint_value = 0;    // kU8, kU16, kU32, kU64, kBool (0 or 1)
-    int64_t int_value = 0;      // kI8, kI16, kI32, kI64
-    double float_value = 0.0;   // kF32 (widened exactly), kF64
-    std::string string_value;   // kString
+    uint64_t uint_value = 0;   // kU8, kU16, kU32, kU64, kBool (0 or 1)
+    int64_t int_value = 0;     // kI8, kI16, kI32, kI64
+    double float_value = 0.0;  // kF32 (widened exactly), kF64
+    std::string string_value;  // kString
 
     GgufValueType array_type = GgufValueType::kU8;  // element type when type == kArray
     std::vector<uint64_t> uint_items;
@@ -71,9 +71,9 @@ struct GgufValue {
 struct GgufTensorInfo {
     std::string name;
     DType dtype = DType::kF32;
-    uint32_t ggml_type = 0;       // the id as stored
-    std::vector<int64_t> shape;   // outermost first (reversed GGUF ne)
-    uint64_t offset = 0;          // from the start of the data section
+    uint32_t ggml_type = 0;      // the id as stored
+    std::vector<int64_t> shape;  // outermost first (reversed GGUF ne)
+    uint64_t offset = 0;         // from the start of the data section
     size_t nbytes = 0;
     int64_t numel() const;
 };
@@ -84,7 +84,7 @@ Result<DType> gguf_dtype_from_ggml_type(uint32_t ggml_type);
 std::string gguf_ggml_type_name(uint32_t ggml_type);
 
 class GgufFile {
-public:
+  public:
     // Maps the file; tensors are views into the mapping, which they keep alive.
     static Result<GgufFile> open(const std::string& path);
     // Parses bytes the caller keeps alive for as long as the file and its tensors are used
@@ -103,8 +103,8 @@ public:
     // Typed getters: kNotFound when the key is missing, kInvalidArgument when its type does
     // not fit; both messages name the file, the key and the type found.
     Result<std::string> get_string(std::string_view key) const;
-    Result<int64_t> get_int(std::string_view key) const;      // any integer type whose value fits
-    Result<double> get_float(std::string_view key) const;     // f32 or f64
+    Result<int64_t> get_int(std::string_view key) const;   // any integer type whose value fits
+    Result<double> get_float(std::string_view key) const;  // f32 or f64
     Result<bool> get_bool(std::string_view key) const;
     Result<std::vector<std::string>> get_string_array(std::string_view key) const;
     Result<std::vector<int64_t>> get_int_array(std::string_view key) const;
@@ -117,7 +117,7 @@ public:
     Result<Tensor> tensor(std::string_view name) const;
     Tensor tensor(const GgufTensorInfo& info) const;
 
-private:
+  private:
     GgufFile() = default;
     Status parse_header();
     Status check_value_type(std::string_view key, const GgufValue*& value, GgufValueType want,

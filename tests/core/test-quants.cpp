@@ -20,7 +20,8 @@ using nlohmann::json;
 
 std::vector<uint8_t> from_hex(const std::string& hex) {
     std::vector<uint8_t> out(hex.size() / 2);
-    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<uint8_t>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+    for (size_t i = 0; i < out.size(); ++i)
+        out[i] = static_cast<uint8_t>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
     return out;
 }
 
@@ -40,13 +41,15 @@ const json& quant_fixtures() {
 }
 
 // Bitwise equality (so -0.0 vs 0.0 and last-ulp differences count), reporting the first diff.
-void expect_bits_equal(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+void expect_bits_equal(const std::vector<float>& got, const std::vector<float>& want,
+                       const std::string& what) {
     ASSERT_EQ(got.size(), want.size()) << what;
     for (size_t i = 0; i < got.size(); ++i) {
         uint32_t a, b;
         std::memcpy(&a, &got[i], 4);
         std::memcpy(&b, &want[i], 4);
-        ASSERT_EQ(a, b) << what << ": element " << i << ": got " << got[i] << ", gguf-py " << want[i];
+        ASSERT_EQ(a, b) << what << ": element " << i << ": got " << got[i] << ", gguf-py "
+                        << want[i];
     }
 }
 
@@ -116,7 +119,8 @@ TEST(Quants, Q6_KKnownValues) {
     b.d = f32_to_f16(0.5f);
     float y[256];
     dequantize_row(DType::kQ6_K, &b, y, 256);
-    for (int e = 0; e < 256; ++e) EXPECT_EQ(y[e], 0.5f * static_cast<float>(e / 16 - 8) * 5.0f) << e;
+    for (int e = 0; e < 256; ++e)
+        EXPECT_EQ(y[e], 0.5f * static_cast<float>(e / 16 - 8) * 5.0f) << e;
 }
 
 TEST(Quants, Q4_KKnownValues) {
@@ -144,8 +148,8 @@ TEST(Quants, Q4_KKnownValues) {
 
 TEST(Quants, DequantizeSupported) {
     EXPECT_FALSE(dequantize_supported(DType::kI32));
-    for (DType d : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ8_0, DType::kQ2_K,
-                    DType::kQ6_K, DType::kQ8_K}) {
+    for (DType d : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ8_0,
+                    DType::kQ2_K, DType::kQ6_K, DType::kQ8_K}) {
         EXPECT_TRUE(dequantize_supported(d)) << dtype_name(d);
     }
 }
@@ -163,7 +167,8 @@ TEST(Quants, DequantizeMatchesGgufPy) {
         const json& f = quant_fixtures().at(c.key);
         const std::vector<uint8_t> blocks = from_hex(f.at("blocks_hex").get<std::string>());
         const std::vector<float> want = floats(f.at("dequant"));
-        ASSERT_EQ(blocks.size(), dtype_row_bytes(c.dtype, static_cast<int64_t>(want.size()))) << c.key;
+        ASSERT_EQ(blocks.size(), dtype_row_bytes(c.dtype, static_cast<int64_t>(want.size())))
+            << c.key;
         std::vector<float> got(want.size());
         dequantize_row(c.dtype, blocks.data(), got.data(), static_cast<int64_t>(got.size()));
         expect_bits_equal(got, want, c.key);
@@ -187,7 +192,8 @@ TEST(Quants, QuantizeMatchesGgufPy) {
         ASSERT_EQ(got.size(), want.size()) << c.key;
         c.quantize(input.data(), got.data(), static_cast<int64_t>(input.size()));
         for (size_t i = 0; i < got.size(); ++i) {
-            ASSERT_EQ(got[i], want[i]) << c.key << ": byte " << i << " (block " << i / dtype_traits(c.dtype).block_bytes << ")";
+            ASSERT_EQ(got[i], want[i]) << c.key << ": byte " << i << " (block "
+                                       << i / dtype_traits(c.dtype).block_bytes << ")";
         }
     }
 }
@@ -205,7 +211,9 @@ std::vector<float> random_row(int64_t n, uint32_t seed) {
 
 // Slack for the float32 arithmetic of x * (1 / d) and the dequantising product: a few ulps of
 // the block's largest magnitude.
-float float_slack(float amax) { return 4.0f * amax * std::numeric_limits<float>::epsilon(); }
+float float_slack(float amax) {
+    return 4.0f * amax * std::numeric_limits<float>::epsilon();
+}
 
 TEST(Quants, Q8_0RoundTripError) {
     const int64_t n = 32 * 64;
@@ -216,7 +224,8 @@ TEST(Quants, Q8_0RoundTripError) {
     dequantize_row(DType::kQ8_0, q.data(), y.data(), n);
     for (int64_t b = 0; b < n / 32; ++b) {
         float amax = 0.0f;
-        for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[static_cast<size_t>(b * 32 + i)]));
+        for (int i = 0; i < 32; ++i)
+            amax = std::max(amax, std::fabs(x[static_cast<size_t>(b * 32 + i)]));
         const float d = amax / 127.0f;
         const float dh = f16_to_f32(q[static_cast<size_t>(b)].d);
         // Rounding to the nearest q costs d / 2; storing d as f16 moves each of up to 127
@@ -267,7 +276,10 @@ TEST(Quants, Q4_0RoundTripError) {
         float amax = 0.0f, max = 0.0f;
         for (int i = 0; i < 32; ++i) {
             const float v = x[static_cast<size_t>(b * 32 + i)];
-            if (std::fabs(v) > amax) { amax = std::fabs(v); max = v; }
+            if (std::fabs(v) > amax) {
+                amax = std::fabs(v);
+                max = v;
+            }
         }
         const float d = std::fabs(max / -8.0f);
         const float dh = std::fabs(f16_to_f32(q[static_cast<size_t>(b)].d));
@@ -300,7 +312,8 @@ TEST(Quants, Q4_1RoundTripError) {
         // (x - min) / d in [0, 15] rounds to the nearest q: d / 2; f16 storage of d moves up to
         // 15 steps by |d - dh| and the offset by |min - mh|.
         const float amax = std::max(std::fabs(lo), std::fabs(hi));
-        const float bound = d / 2 + 15.0f * std::fabs(d - dh) + std::fabs(lo - mh) + float_slack(amax);
+        const float bound =
+            d / 2 + 15.0f * std::fabs(d - dh) + std::fabs(lo - mh) + float_slack(amax);
         for (int i = 0; i < 32; ++i) {
             const size_t k = static_cast<size_t>(b * 32 + i);
             ASSERT_LE(std::fabs(y[k] - x[k]), bound) << "block " << b << " element " << i;
@@ -311,7 +324,8 @@ TEST(Quants, Q4_1RoundTripError) {
 TEST(Quants, Q8_KRoundTripErrorAndBsums) {
     const int64_t n = 256 * 8;
     std::vector<float> x = random_row(n, 5);
-    for (int i = 0; i < 256; ++i) x[static_cast<size_t>(256 + i)] = 0.0f;  // an all-zero super-block
+    for (int i = 0; i < 256; ++i)
+        x[static_cast<size_t>(256 + i)] = 0.0f;  // an all-zero super-block
     std::vector<BlockQ8_K> q(static_cast<size_t>(n / 256));
     std::vector<float> y(static_cast<size_t>(n));
     quantize_row_q8_k(x.data(), q.data(), n);
@@ -319,7 +333,8 @@ TEST(Quants, Q8_KRoundTripErrorAndBsums) {
     for (int64_t b = 0; b < n / 256; ++b) {
         const BlockQ8_K& blk = q[static_cast<size_t>(b)];
         float amax = 0.0f;
-        for (int i = 0; i < 256; ++i) amax = std::max(amax, std::fabs(x[static_cast<size_t>(b * 256 + i)]));
+        for (int i = 0; i < 256; ++i)
+            amax = std::max(amax, std::fabs(x[static_cast<size_t>(b * 256 + i)]));
         // d is kept in f32: only the rounding to the nearest q, |d| / 2, plus float slack.
         const float bound = std::fabs(blk.d) / 2 + float_slack(amax);
         for (int i = 0; i < 256; ++i) {
@@ -339,7 +354,7 @@ TEST(Quants, Q8_KRoundTripErrorAndBsums) {
 
 TEST(Quants, HalfFormatsRoundTrip) {
     const std::vector<uint16_t> h = {0x0000, 0x8000, 0x3C00, 0xC000, 0x7BFF, 0x0001, 0x7C00};
-    const std::vector<float> want = {0.0f, -0.0f, 1.0f, -2.0f, 65504.0f, 5.9604644775390625e-08f,
+    const std::vector<float> want = {0.0f,    -0.0f, 1.0f, -2.0f, 65504.0f, 5.9604644775390625e-08f,
                                      INFINITY};
     std::vector<float> y(h.size());
     dequantize_row(DType::kF16, h.data(), y.data(), static_cast<int64_t>(h.size()));

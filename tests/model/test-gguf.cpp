@@ -22,7 +22,9 @@ json load_json(const std::string& relative) {
     return json::parse(*text);
 }
 
-std::string small_path() { return test::fixture_path("gguf/small.gguf"); }
+std::string small_path() {
+    return test::fixture_path("gguf/small.gguf");
+}
 
 std::vector<float> dequantize_all(const Tensor& t) {
     std::vector<float> out(static_cast<size_t>(t.numel()));
@@ -111,13 +113,18 @@ TEST(Gguf, TypedGetters) {
     auto expect_error = [&](const Status& s, StatusCode code, std::vector<std::string> parts) {
         EXPECT_EQ(s.code(), code) << s.to_string();
         parts.push_back(small_path());
-        for (const std::string& p : parts) EXPECT_NE(s.message().find(p), std::string::npos) << s.message() << " lacks " << p;
+        for (const std::string& p : parts)
+            EXPECT_NE(s.message().find(p), std::string::npos) << s.message() << " lacks " << p;
     };
     expect_error(f->get_int("test.missing").status(), StatusCode::kNotFound, {"test.missing"});
-    expect_error(f->get_string("test.u32").status(), StatusCode::kInvalidArgument, {"test.u32", "u32"});
-    expect_error(f->get_int("test.u64").status(), StatusCode::kInvalidArgument, {"test.u64", "9223372036854775813"});
-    expect_error(f->get_int("test.f32").status(), StatusCode::kInvalidArgument, {"test.f32", "f32"});
-    expect_error(f->get_float("test.i32").status(), StatusCode::kInvalidArgument, {"test.i32", "i32"});
+    expect_error(f->get_string("test.u32").status(), StatusCode::kInvalidArgument,
+                 {"test.u32", "u32"});
+    expect_error(f->get_int("test.u64").status(), StatusCode::kInvalidArgument,
+                 {"test.u64", "9223372036854775813"});
+    expect_error(f->get_int("test.f32").status(), StatusCode::kInvalidArgument,
+                 {"test.f32", "f32"});
+    expect_error(f->get_float("test.i32").status(), StatusCode::kInvalidArgument,
+                 {"test.i32", "i32"});
     expect_error(f->get_bool("test.u8").status(), StatusCode::kInvalidArgument, {"test.u8", "u8"});
     expect_error(f->get_string_array("test.array.i32").status(), StatusCode::kInvalidArgument,
                  {"test.array.i32", "array of i32"});
@@ -219,7 +226,8 @@ struct Builder {
         return u32(0x46554747).u32(version).u64(n_tensors).u64(n_kv);
     }
     // A tensor info: name, dims innermost first, ggml type, offset.
-    Builder& tensor(const std::string& name, std::vector<uint64_t> ne, uint32_t type, uint64_t offset) {
+    Builder& tensor(const std::string& name, std::vector<uint64_t> ne, uint32_t type,
+                    uint64_t offset) {
         str(name).u32(static_cast<uint32_t>(ne.size()));
         for (uint64_t d : ne) u64(d);
         return u32(type).u64(offset);
@@ -246,54 +254,94 @@ std::vector<BadCase> bad_cases() {
     c.push_back({"big endian", Builder().header(0, 0, 0x03000000).b, {"version", "big-endian"}});
     c.push_back({"huge n_kv", Builder().header(0, 1ULL << 60).b, {"n_kv", "1152921504606846976"}});
     c.push_back({"huge n_tensors", Builder().header(1ULL << 60, 0).b, {"n_tensors"}});
-    c.push_back({"huge key length", Builder().header(0, 1).u64(1ULL << 60).u32(0).u8(0).b,
+    c.push_back({"huge key length",
+                 Builder().header(0, 1).u64(1ULL << 60).u32(0).u8(0).b,
                  {"key of metadata entry 0", "1152921504606846976"}});
-    c.push_back({"unknown value type", Builder().header(0, 1).str("k").u32(13).u8(0).b,
+    c.push_back({"unknown value type",
+                 Builder().header(0, 1).str("k").u32(13).u8(0).b,
                  {"key 'k'", "value type 13"}});
-    c.push_back({"huge array", Builder().header(0, 1).str("arr").u32(9).u32(0).u64(1ULL << 60).b,
+    c.push_back({"huge array",
+                 Builder().header(0, 1).str("arr").u32(9).u32(0).u64(1ULL << 60).b,
                  {"key 'arr'", "array length", "1152921504606846976"}});
-    c.push_back({"huge string array", Builder().header(0, 1).str("arr").u32(9).u32(8).u64(1ULL << 40).u64(0).b,
+    c.push_back({"huge string array",
+                 Builder().header(0, 1).str("arr").u32(9).u32(8).u64(1ULL << 40).u64(0).b,
                  {"key 'arr'", "1099511627776"}});
-    c.push_back({"nested array", Builder().header(0, 1).str("arr").u32(9).u32(9).u64(1).u32(0).u64(0).b,
+    c.push_back({"nested array",
+                 Builder().header(0, 1).str("arr").u32(9).u32(9).u64(1).u32(0).u64(0).b,
                  {"key 'arr'", "arrays of arrays"}});
-    c.push_back({"bad array item", Builder().header(0, 1).str("arr").u32(9).u32(8).u64(2).str("ok").u64(99).b,
+    c.push_back({"bad array item",
+                 Builder().header(0, 1).str("arr").u32(9).u32(8).u64(2).str("ok").u64(99).b,
                  {"key 'arr'", "item 1 of 2", "99"}});
-    c.push_back({"bool 2", Builder().header(0, 1).str("flag").u32(7).u8(2).b, {"key 'flag'", "bool value 2"}});
-    c.push_back({"duplicate key", Builder().header(0, 2).str("k").u32(0).u8(1).str("k").u32(0).u8(2).b,
+    c.push_back({"bool 2",
+                 Builder().header(0, 1).str("flag").u32(7).u8(2).b,
+                 {"key 'flag'", "bool value 2"}});
+    c.push_back({"duplicate key",
+                 Builder().header(0, 2).str("k").u32(0).u8(1).str("k").u32(0).u8(2).b,
                  {"key 'k'", "duplicate"}});
-    c.push_back({"alignment 48", Builder().header(0, 1).str("general.alignment").u32(4).u32(48).b,
+    c.push_back({"alignment 48",
+                 Builder().header(0, 1).str("general.alignment").u32(4).u32(48).b,
                  {"general.alignment", "48"}});
-    c.push_back({"alignment 0", Builder().header(0, 1).str("general.alignment").u32(4).u32(0).b,
+    c.push_back({"alignment 0",
+                 Builder().header(0, 1).str("general.alignment").u32(4).u32(0).b,
                  {"general.alignment", "0"}});
-    c.push_back({"alignment string", Builder().header(0, 1).str("general.alignment").u32(8).str("32").b,
+    c.push_back({"alignment string",
+                 Builder().header(0, 1).str("general.alignment").u32(8).str("32").b,
                  {"general.alignment", "string"}});
-    c.push_back({"n_dims 5", Builder().header(1, 0).tensor("t", {32, 1, 1, 1, 1}, kF32, 0).pad_and_data(32, 128).b,
-                 {"tensor 't'", "n_dims 5"}});
-    c.push_back({"n_dims 0", Builder().header(1, 0).tensor("t", {}, kF32, 0).pad_and_data(32, 128).b,
+    c.push_back(
+        {"n_dims 5",
+         Builder().header(1, 0).tensor("t", {32, 1, 1, 1, 1}, kF32, 0).pad_and_data(32, 128).b,
+         {"tensor 't'", "n_dims 5"}});
+    c.push_back({"n_dims 0",
+                 Builder().header(1, 0).tensor("t", {}, kF32, 0).pad_and_data(32, 128).b,
                  {"tensor 't'", "n_dims 0"}});
-    c.push_back({"zero dim", Builder().header(1, 0).tensor("t", {32, 0}, kF32, 0).pad_and_data(32, 128).b,
+    c.push_back({"zero dim",
+                 Builder().header(1, 0).tensor("t", {32, 0}, kF32, 0).pad_and_data(32, 128).b,
                  {"tensor 't'", "ne[1] = 0"}});
-    c.push_back({"negative dim", Builder().header(1, 0).tensor("t", {~0ULL}, kF32, 0).pad_and_data(32, 128).b,
+    c.push_back({"negative dim",
+                 Builder().header(1, 0).tensor("t", {~0ULL}, kF32, 0).pad_and_data(32, 128).b,
                  {"tensor 't'", "ne[0] = -1"}});
-    c.push_back({"overflowing dims", Builder().header(1, 0).tensor("t", {1ULL << 32, 1ULL << 32}, kF32, 0).pad_and_data(32, 128).b,
+    c.push_back({"overflowing dims",
+                 Builder()
+                     .header(1, 0)
+                     .tensor("t", {1ULL << 32, 1ULL << 32}, kF32, 0)
+                     .pad_and_data(32, 128)
+                     .b,
                  {"tensor 't'", "overflows"}});
-    c.push_back({"overflowing bytes", Builder().header(1, 0).tensor("t", {1ULL << 31, 1ULL << 31}, kF32, 0).pad_and_data(32, 128).b,
+    c.push_back({"overflowing bytes",
+                 Builder()
+                     .header(1, 0)
+                     .tensor("t", {1ULL << 31, 1ULL << 31}, kF32, 0)
+                     .pad_and_data(32, 128)
+                     .b,
                  {"tensor 't'", "overflows"}});
-    c.push_back({"unknown dtype", Builder().header(1, 0).tensor("t", {32}, 4, 0).pad_and_data(32, 128).b,
+    c.push_back({"unknown dtype",
+                 Builder().header(1, 0).tensor("t", {32}, 4, 0).pad_and_data(32, 128).b,
                  {"tensor 't'", "unknown ggml type id 4"}});
-    c.push_back({"unsupported dtype", Builder().header(1, 0).tensor("t", {256}, 16, 0).pad_and_data(32, 128).b,
+    c.push_back({"unsupported dtype",
+                 Builder().header(1, 0).tensor("t", {256}, 16, 0).pad_and_data(32, 128).b,
                  {"tensor 't'", "iq2_xxs"}});
-    c.push_back({"row not a block multiple", Builder().header(1, 0).tensor("t", {33}, kQ4_0, 0).pad_and_data(32, 128).b,
+    c.push_back({"row not a block multiple",
+                 Builder().header(1, 0).tensor("t", {33}, kQ4_0, 0).pad_and_data(32, 128).b,
                  {"tensor 't'", "33", "q4_0"}});
-    c.push_back({"misaligned offset", Builder().header(1, 0).tensor("t", {4}, kF32, 16).pad_and_data(32, 128).b,
+    c.push_back({"misaligned offset",
+                 Builder().header(1, 0).tensor("t", {4}, kF32, 16).pad_and_data(32, 128).b,
                  {"tensor 't'", "offset 16", "alignment 32"}});
-    c.push_back({"offset beyond end", Builder().header(1, 0).tensor("t", {4}, kF32, 1024).pad_and_data(32, 128).b,
+    c.push_back({"offset beyond end",
+                 Builder().header(1, 0).tensor("t", {4}, kF32, 1024).pad_and_data(32, 128).b,
                  {"tensor 't'", "1024", "beyond the file size"}});
-    c.push_back({"offset overflow", Builder().header(1, 0).tensor("t", {4}, kF32, ~0ULL - 31).pad_and_data(32, 128).b,
+    c.push_back({"offset overflow",
+                 Builder().header(1, 0).tensor("t", {4}, kF32, ~0ULL - 31).pad_and_data(32, 128).b,
                  {"tensor 't'", "beyond the file size"}});
-    c.push_back({"data past end", Builder().header(1, 0).tensor("t", {64}, kF32, 0).pad_and_data(32, 100).b,
+    c.push_back({"data past end",
+                 Builder().header(1, 0).tensor("t", {64}, kF32, 0).pad_and_data(32, 100).b,
                  {"tensor 't'", "256 bytes"}});
-    c.push_back({"duplicate tensor", Builder().header(2, 0).tensor("t", {8}, kF32, 0).tensor("t", {8}, kF32, 32).pad_and_data(32, 64).b,
+    c.push_back({"duplicate tensor",
+                 Builder()
+                     .header(2, 0)
+                     .tensor("t", {8}, kF32, 0)
+                     .tensor("t", {8}, kF32, 32)
+                     .pad_and_data(32, 64)
+                     .b,
                  {"tensor 't'", "duplicate"}});
     return c;
 }
@@ -306,7 +354,8 @@ TEST(Gguf, MalformedFilesGiveNamedErrors) {
         const std::string& msg = f.status().message();
         EXPECT_EQ(msg.rfind("bad.gguf: ", 0), 0u) << msg;
         for (const std::string& part : c.must_mention) {
-            EXPECT_NE(msg.find(part), std::string::npos) << "'" << msg << "' lacks '" << part << "'";
+            EXPECT_NE(msg.find(part), std::string::npos)
+                << "'" << msg << "' lacks '" << part << "'";
         }
     }
 }
@@ -315,7 +364,9 @@ TEST(Gguf, MinimalFilesParse) {
     // Sanity check of the builder: the same shapes with valid values parse.
     const std::vector<uint8_t> ok = Builder()
                                         .header(2, 1, 2)
-                                        .str("general.alignment").u32(4).u32(16)
+                                        .str("general.alignment")
+                                        .u32(4)
+                                        .u32(16)
                                         .tensor("a", {32, 2}, 2, 0)
                                         .tensor("b", {3}, 0, 48)
                                         .pad_and_data(16, 64)
@@ -340,7 +391,7 @@ TEST(Gguf, OpenMissingFile) {
 
 // SHA-256 (FIPS 180-4), to compare with the hashes in the reference file.
 class Sha256 {
-public:
+  public:
     void update(const uint8_t* p, size_t n) {
         total_ += n;
         while (n > 0) {
@@ -368,36 +419,57 @@ public:
         return out;
     }
 
-private:
+  private:
     static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
     void block(const uint8_t* p) {
         static constexpr uint32_t k[64] = {
-            0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-            0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-            0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-            0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-            0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-            0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-            0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-            0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+            0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+            0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+            0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+            0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+            0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+            0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+            0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+            0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+            0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+            0xc67178f2};
         uint32_t w[64];
         for (int i = 0; i < 16; ++i) {
-            w[i] = uint32_t(p[4 * i]) << 24 | uint32_t(p[4 * i + 1]) << 16 | uint32_t(p[4 * i + 2]) << 8 | p[4 * i + 3];
+            w[i] = uint32_t(p[4 * i]) << 24 | uint32_t(p[4 * i + 1]) << 16 |
+                   uint32_t(p[4 * i + 2]) << 8 | p[4 * i + 3];
         }
         for (int i = 16; i < 64; ++i) {
             const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
             const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
             w[i] = w[i - 16] + s0 + w[i - 7] + s1;
         }
-        uint32_t a = h_[0], b = h_[1], c = h_[2], d = h_[3], e = h_[4], f = h_[5], g = h_[6], h = h_[7];
+        uint32_t a = h_[0], b = h_[1], c = h_[2], d = h_[3], e = h_[4], f = h_[5], g = h_[6],
+                 h = h_[7];
         for (int i = 0; i < 64; ++i) {
-            const uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
-            const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-            h = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+            const uint32_t t1 =
+                h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
+            const uint32_t t2 =
+                (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+            h = g;
+            g = f;
+            f = e;
+            e = d + t1;
+            d = c;
+            c = b;
+            b = a;
+            a = t1 + t2;
         }
-        h_[0] += a; h_[1] += b; h_[2] += c; h_[3] += d; h_[4] += e; h_[5] += f; h_[6] += g; h_[7] += h;
+        h_[0] += a;
+        h_[1] += b;
+        h_[2] += c;
+        h_[3] += d;
+        h_[4] += e;
+        h_[5] += f;
+        h_[6] += g;
+        h_[7] += h;
     }
-    uint32_t h_[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    uint32_t h_[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                      0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
     uint8_t buf_[64] = {};
     size_t fill_ = 0;
     uint64_t total_ = 0;
@@ -424,7 +496,8 @@ TEST(Gguf, DefaultModelMatchesGgufPy) {
         EXPECT_EQ(info.shape, want.at("shape").get<std::vector<int64_t>>());
         const std::vector<float> values = dequantize_all(f->tensor(info));
         const auto first = want.at("first").get<std::vector<double>>();
-        for (size_t k = 0; k < first.size(); ++k) EXPECT_EQ(values[k], static_cast<float>(first[k])) << k;
+        for (size_t k = 0; k < first.size(); ++k)
+            EXPECT_EQ(values[k], static_cast<float>(first[k])) << k;
         Sha256 sha;
         sha.update(reinterpret_cast<const uint8_t*>(values.data()), values.size() * sizeof(float));
         EXPECT_EQ(sha.hex(), want.at("sha256").get<std::string>());  // bit-exact, every element
