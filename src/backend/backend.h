@@ -31,12 +31,41 @@ struct RopeParams {
     float attn_factor = 1.0f;         // scales cos and sin (YaRN's mscale); 1 otherwise
 };
 
+// The blocks of keys a retrieval head attends to in one step (method.md section 4): written
+// by select_blocks (the plan), read by attention (the run). Keys [b * block_size,
+// (b + 1) * block_size) form block b.
+struct BlockSelection {
+    int block_size = 64;
+    // (h,) row of each query head in `blocks` and `counts`, or -1: the head is not restricted.
+    std::span<const int32_t> head_row;
+    Tensor blocks;  // (n, hr, max_blocks) i32 on the backend: selected block ids, ascending
+    Tensor counts;  // (n, hr) i32 on the backend: how many entries of `blocks` are used
+};
+
 // Which keys a query at position p of its sequence may see: causal, optionally restricted to
 // the first n_sink positions plus the last `window` positions (p - window < j <= p).
+// With head classes (the method's local and retrieval heads) the window applies only to the
+// local heads; retrieval heads see every causal key, or only the blocks selected for them.
 struct AttentionParams {
     float scale = 1.0f;  // applied to q.k, usually 1 / sqrt(d)
     int window = 0;      // 0 = unlimited
     int n_sink = 0;      // only meaningful with a window
+    // (h,) nonzero = local head (window + sinks), zero = retrieval head (no window).
+    // Empty: the window applies to every head.
+    std::span<const uint8_t> local_heads;
+    // Block selection of the retrieval heads; null = they attend densely.
+    const BlockSelection* selection = nullptr;
+};
+
+// Top-p block selection (method.md section 4): for query token i and retrieval head j, the
+// index scores scale * iq[i, j] . ik[seq_i, j, t] over the keys t <= pos[i] form a softmax
+// distribution. Block 0 (the sinks) and the block holding pos[i] are always kept; the other
+// blocks are added by decreasing share of the distribution (ties: lower block id first) until
+// the kept share reaches top_p.
+struct BlockSelectParams {
+    int block_size = 64;  // B
+    float top_p = 0.9f;   // p in (0, 1]; 1 keeps every block
+    float scale = 1.0f;   // multiplies the index scores before the softmax
 };
 
 // Per-token placement in the KV cache: token i belongs to sequence slot seq[i] at position pos[i].
@@ -45,11 +74,27 @@ struct TokenPlacement {
     std::span<const int32_t> pos;  // (n,)
 };
 
-// One layer's cache: k and v are (s, g, c, d) f32 on CPU backends.
+// One layer's cache, or the part of it that holds some of its KV heads.
+// k and v are (s, gc, c, d) f32 on CPU backends: gc cache heads of c rows each.
 struct KvCacheView {
     Tensor k;
     Tensor v;
+    // Model KV head held by each of the gc cache heads, ascending; empty = every KV head in
+    // order (gc = g). Attention through a view computes only the query heads of its KV heads.
+    std::vector<int32_t> heads;
+    int n_head_kv = 0;  // g of the model when `heads` is set (query head j reads KV head j / (h / g))
+    // >= 0: the rows are a ring buffer for local heads (method.md section 2). Position p lives
+    // in row p while p < ring_sinks, else in row ring_sinks + (p - ring_sinks) % (c - ring_sinks):
+    // only the sinks and the last c - ring_sinks positions are kept. -1: row p holds position p.
+    int ring_sinks = -1;
 };
+
+// The cache row that holds position `pos` of a sequence.
+inline int64_t kv_cache_row(const KvCacheView& cache, int64_t pos) {
+    if (cache.ring_sinks < 0 || pos < cache.ring_sinks) return pos;
+    const int64_t span = cache.k.dim(2) - cache.ring_sinks;
+    return cache.ring_sinks + (pos - cache.ring_sinks) % span;
+}
 
 enum class BackendKind { kCpuRef, kCpu, kCuda };
 
@@ -92,13 +137,21 @@ public:
     virtual Status add_bias(const Tensor& x, const Tensor& bias) = 0;
     // In place on x (n, heads, d): rotates the first rotary_dim dims of every head by pos[i].
     virtual Status rope(const Tensor& x, std::span<const int32_t> pos, const RopeParams& params) = 0;
-    // Writes k, v (n, g, d) into the cache at (seq[i], :, pos[i], :).
+    // Writes k, v (n, g, d) into the cache at (seq[i], :, kv_cache_row(pos[i]), :): the KV
+    // heads the view holds, each in its cache head.
     virtual Status kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
                             const KvCacheView& cache) = 0;
     // Grouped-query attention over the cache (which must already hold the batch's own keys).
-    // q (n, h, d); query head j reads KV head j / (h / g); out (n, h, d).
+    // q (n, h, d); query head j reads KV head j / (h / g); out (n, h, d). Only the query heads
+    // whose KV head is in the view are written.
     virtual Status attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                              const AttentionParams& params, const Tensor& out) = 0;
+    // Top-p block selection (BlockSelectParams). iq (n, hr, r) f32; index_keys (s, hr, c, r)
+    // f32, the cached index keys of each sequence; blocks (n, hr, max_blocks) i32 receives the
+    // kept block ids ascending, counts (n, hr) i32 their number; max_blocks >= the blocks of c.
+    virtual Status select_blocks(const Tensor& iq, const Tensor& index_keys, const TokenPlacement& place,
+                                 const BlockSelectParams& params, const Tensor& blocks,
+                                 const Tensor& counts) = 0;
     // out = silu(gate) * up; all (n, f).
     virtual Status swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
     // out = a + b; same shapes (out may alias a).

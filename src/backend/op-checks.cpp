@@ -1,5 +1,8 @@
 #include "backend/op-checks.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "core/quants.h"
 
 namespace purbo {
@@ -37,6 +40,7 @@ Status check_weight(std::string_view op, const Tensor& w) {
     return Status::ok();
 }
 
+// c < 0: the cache is a ring buffer and accepts any position.
 Status check_placement(std::string_view op, const TokenPlacement& place, int64_t n, int64_t s,
                        int64_t c) {
     if (static_cast<int64_t>(place.seq.size()) != n || static_cast<int64_t>(place.pos.size()) != n)
@@ -48,7 +52,7 @@ Status check_placement(std::string_view op, const TokenPlacement& place, int64_t
             return error(StatusCode::kInvalidArgument,
                          "{}: token {}: seq {} outside the cache's {} slots", op, i, place.seq[i],
                          s);
-        if (place.pos[i] < 0 || place.pos[i] >= c)
+        if (place.pos[i] < 0 || (c >= 0 && place.pos[i] >= c))
             return error(StatusCode::kInvalidArgument,
                          "{}: token {}: pos {} outside the cache capacity {}", op, i, place.pos[i],
                          c);
@@ -62,7 +66,34 @@ Status check_cache(std::string_view op, const KvCacheView& cache) {
     if (!same_shape(cache.k, cache.v))
         return error(StatusCode::kInvalidArgument, "{}: cache k {} and v {} differ in shape", op,
                      cache.k.describe(), cache.v.describe());
+    if (!cache.heads.empty()) {
+        if (static_cast<int64_t>(cache.heads.size()) != cache.k.dim(1))
+            return error(StatusCode::kInvalidArgument,
+                         "{}: cache {} lists {} KV heads for its {} cache heads", op,
+                         cache.k.describe(), cache.heads.size(), cache.k.dim(1));
+        for (size_t i = 0; i < cache.heads.size(); ++i) {
+            if (cache.heads[i] < 0 || cache.heads[i] >= cache.n_head_kv ||
+                (i > 0 && cache.heads[i] <= cache.heads[i - 1]))
+                return error(StatusCode::kInvalidArgument,
+                             "{}: cache head {} holds KV head {}: heads must ascend within [0, {})",
+                             op, i, cache.heads[i], cache.n_head_kv);
+        }
+    }
+    if (cache.ring_sinks >= 0 && cache.ring_sinks >= cache.k.dim(2))
+        return error(StatusCode::kInvalidArgument,
+                     "{}: ring of {} rows cannot keep {} sinks and a window", op, cache.k.dim(2),
+                     cache.ring_sinks);
     return Status::ok();
+}
+
+// KV heads of the model (g) as the view sees them.
+int64_t model_kv_heads(const KvCacheView& cache) {
+    return cache.heads.empty() ? cache.k.dim(1) : cache.n_head_kv;
+}
+
+// Cache capacity for check_placement: -1 (any position) for a ring.
+int64_t placement_capacity(const KvCacheView& cache) {
+    return cache.ring_sinks >= 0 ? -1 : cache.k.dim(2);
 }
 
 }  // namespace
@@ -134,10 +165,10 @@ Status check_kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& pl
     PURBO_TRY(check_f32("kv_store", k, "k", 3));
     PURBO_TRY(check_f32("kv_store", v, "v", 3));
     PURBO_TRY(check_cache("kv_store", cache));
-    if (!same_shape(k, v) || k.dim(1) != cache.k.dim(1) || k.dim(2) != cache.k.dim(3))
+    if (!same_shape(k, v) || k.dim(1) != model_kv_heads(cache) || k.dim(2) != cache.k.dim(3))
         return error(StatusCode::kInvalidArgument, "kv_store: {} and {} do not fit the cache {}",
                      label(k, "k"), label(v, "v"), cache.k.describe());
-    return check_placement("kv_store", place, k.dim(0), cache.k.dim(0), cache.k.dim(2));
+    return check_placement("kv_store", place, k.dim(0), cache.k.dim(0), placement_capacity(cache));
 }
 
 Status check_attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
@@ -145,7 +176,7 @@ Status check_attention(const Tensor& q, const KvCacheView& cache, const TokenPla
     PURBO_TRY(check_f32("attention", q, "q", 3));
     PURBO_TRY(check_f32("attention", out, "out", 3));
     PURBO_TRY(check_cache("attention", cache));
-    const int64_t h = q.dim(1), g = cache.k.dim(1);
+    const int64_t n = q.dim(0), h = q.dim(1), g = model_kv_heads(cache);
     if (!same_shape(q, out) || q.dim(2) != cache.k.dim(3) || g <= 0 || h % g != 0)
         return error(StatusCode::kInvalidArgument,
                      "attention: {} (heads a multiple of the KV heads), {} and cache {} disagree",
@@ -154,7 +185,87 @@ Status check_attention(const Tensor& q, const KvCacheView& cache, const TokenPla
         return error(StatusCode::kInvalidArgument,
                      "attention: window {} and n_sink {} must be >= 0", params.window,
                      params.n_sink);
-    return check_placement("attention", place, q.dim(0), cache.k.dim(0), cache.k.dim(2));
+    if (!params.local_heads.empty() && static_cast<int64_t>(params.local_heads.size()) != h)
+        return error(StatusCode::kInvalidArgument, "attention: {} head classes for {} query heads",
+                     params.local_heads.size(), h);
+    PURBO_TRY(check_placement("attention", place, n, cache.k.dim(0), placement_capacity(cache)));
+    if (const BlockSelection* sel = params.selection) {
+        if (sel->block_size <= 0 || static_cast<int64_t>(sel->head_row.size()) != h)
+            return error(StatusCode::kInvalidArgument,
+                         "attention: block selection of block size {} maps {} of {} query heads",
+                         sel->block_size, sel->head_row.size(), h);
+        const Tensor& b = sel->blocks;
+        const Tensor& cnt = sel->counts;
+        if (b.empty() || b.dtype != DType::kI32 || b.ndim != 3 || b.dim(0) != n || cnt.empty() ||
+            cnt.dtype != DType::kI32 || cnt.ndim != 2 || cnt.dim(0) != n || cnt.dim(1) != b.dim(1))
+            return error(StatusCode::kInvalidArgument,
+                         "attention: block selection {} and counts {} must be i32 (n, hr, max_blocks) and (n, hr) for {} tokens",
+                         b.describe(), cnt.describe(), n);
+        for (int64_t j = 0; j < h; ++j) {
+            const int32_t row = sel->head_row[static_cast<size_t>(j)];
+            if (row < -1 || row >= b.dim(1))
+                return error(StatusCode::kInvalidArgument,
+                             "attention: query head {} maps to selection row {} of {}", j, row,
+                             b.dim(1));
+            if (row >= 0 && !params.local_heads.empty() && params.local_heads[static_cast<size_t>(j)])
+                return error(StatusCode::kInvalidArgument,
+                             "attention: query head {} is local and also has a block selection", j);
+        }
+    }
+    if (cache.ring_sinks >= 0) {
+        // Every key a query may see must still be in the ring: the sinks, and the window of
+        // the earliest query of a sequence after the batch's latest key overwrote the oldest rows.
+        if (params.window == 0 || params.n_sink > cache.ring_sinks || params.selection)
+            return error(StatusCode::kInvalidArgument,
+                         "attention: a ring cache ({} sinks) needs local heads with a window and at most {} sinks (window {}, sinks {})",
+                         cache.ring_sinks, cache.ring_sinks, params.window, params.n_sink);
+        const int64_t hpk = h / g;
+        for (int64_t j = 0; j < h && !params.local_heads.empty(); ++j) {
+            const bool held = cache.heads.empty() ||
+                              std::binary_search(cache.heads.begin(), cache.heads.end(), j / hpk);
+            if (held && !params.local_heads[static_cast<size_t>(j)])
+                return error(StatusCode::kInvalidArgument,
+                             "attention: query head {} reads a ring cache but is not local", j);
+        }
+        const int64_t span = cache.k.dim(2) - cache.ring_sinks;
+        for (int64_t i = 0; i < n; ++i) {
+            for (int64_t other = 0; other < n; ++other) {
+                if (place.seq[other] != place.seq[i]) continue;
+                if (place.pos[other] - place.pos[i] + params.window > span)
+                    return error(StatusCode::kInvalidArgument,
+                                 "attention: ring of {} window rows is too small for window {} and a batch spanning positions {}..{}",
+                                 span, params.window, place.pos[i], place.pos[other]);
+            }
+        }
+    }
+    return Status::ok();
+}
+
+Status check_select_blocks(const Tensor& iq, const Tensor& index_keys, const TokenPlacement& place,
+                           const BlockSelectParams& params, const Tensor& blocks, const Tensor& counts) {
+    PURBO_TRY(check_f32("select_blocks", iq, "iq", 3));
+    PURBO_TRY(check_f32("select_blocks", index_keys, "index_keys", 4));
+    const int64_t n = iq.dim(0), hr = iq.dim(1), r = iq.dim(2);
+    const int64_t s = index_keys.dim(0), c = index_keys.dim(2);
+    if (index_keys.dim(1) != hr || index_keys.dim(3) != r)
+        return error(StatusCode::kInvalidArgument, "select_blocks: {} and {} disagree",
+                     label(iq, "iq"), label(index_keys, "index_keys"));
+    if (params.block_size <= 0 || !(params.top_p > 0.0f && params.top_p <= 1.0f) ||
+        !std::isfinite(params.scale))
+        return error(StatusCode::kInvalidArgument,
+                     "select_blocks: block size {} must be positive, top_p {} in (0, 1], scale {} finite",
+                     params.block_size, params.top_p, params.scale);
+    const int64_t n_blocks = (c + params.block_size - 1) / params.block_size;
+    if (blocks.empty() || blocks.dtype != DType::kI32 || blocks.ndim != 3 || blocks.dim(0) != n ||
+        blocks.dim(1) != hr || blocks.dim(2) < n_blocks)
+        return error(StatusCode::kInvalidArgument,
+                     "select_blocks: {} must be i32 ({}, {}, >= {})", label(blocks, "blocks"), n, hr,
+                     n_blocks);
+    if (counts.empty() || counts.dtype != DType::kI32 || counts.ndim != 2 || counts.dim(0) != n ||
+        counts.dim(1) != hr)
+        return error(StatusCode::kInvalidArgument, "select_blocks: {} must be i32 ({}, {})",
+                     label(counts, "counts"), n, hr);
+    return check_placement("select_blocks", place, n, s, c);
 }
 
 Status check_same_shape_f32(std::string_view op, std::span<const Tensor* const> tensors) {

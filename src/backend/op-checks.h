@@ -19,6 +19,8 @@ Status check_kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& pl
                       const KvCacheView& cache);
 Status check_attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                        const AttentionParams& params, const Tensor& out);
+Status check_select_blocks(const Tensor& iq, const Tensor& index_keys, const TokenPlacement& place,
+                           const BlockSelectParams& params, const Tensor& blocks, const Tensor& counts);
 Status check_same_shape_f32(std::string_view op, std::span<const Tensor* const> tensors);
 
 }  // namespace purbo

@@ -31,6 +31,9 @@ class CpuBackend final : public CpuRefBackend {
                     const KvCacheView& cache) override;
     Status attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                      const AttentionParams& params, const Tensor& out) override;
+    Status select_blocks(const Tensor& iq, const Tensor& index_keys, const TokenPlacement& place,
+                         const BlockSelectParams& params, const Tensor& blocks,
+                         const Tensor& counts) override;
     Status swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) override;
     Status add(const Tensor& a, const Tensor& b, const Tensor& out) override;
 
