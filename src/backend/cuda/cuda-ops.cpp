@@ -100,6 +100,9 @@ Status CudaBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacem
     PURBO_TRY(require_device("kv_store", v, "v"));
     PURBO_TRY(require_device("kv_store", cache.k, "cache k"));
     PURBO_TRY(require_device("kv_store", cache.v, "cache v"));
+    if (!cache.heads.empty() || cache.ring_sinks >= 0)
+        return error(StatusCode::kUnsupported,
+                     "kv_store: the cuda backend has no partial or ring caches yet (cache {})", cache.k.describe());
     // k, v (n, g, d); cache (s, g, c, d). Staging: seq (n,), pos (n,).
     const int64_t n = k.dim(0);
     if (n == 0) return Status::ok();
@@ -208,6 +211,9 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
     PURBO_TRY(require_device("attention", cache.k, "cache k"));
     PURBO_TRY(require_device("attention", cache.v, "cache v"));
     PURBO_TRY(require_device("attention", out, "out"));
+    if (!cache.heads.empty() || cache.ring_sinks >= 0 || !params.local_heads.empty() || params.selection)
+        return error(StatusCode::kUnsupported,
+                     "attention: the cuda backend has no head classes, block selections, partial or ring caches yet");
     // q, out (n, h, d); cache (s, g, c, d)
     const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), g = cache.k.dim(1), c = cache.k.dim(2);
     if (!cuda::attention_head_dim_supported(static_cast<int>(d)))
