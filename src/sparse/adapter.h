@@ -62,6 +62,9 @@ struct Adapter {
     int retrieval_index(int layer, int head) const;
     // Checks internal consistency (sizes, ranges, ordering); `source` names the file.
     Status validate(const std::string& source) const;
+    // The part of validate() that needs no tensors: settings, shape, fingerprint, provenance and
+    // the retrieval list (what a file's metadata holds, checked before its tensors are read).
+    Status validate_fields(const std::string& source) const;
     // Checks that the adapter was made for a model of this shape and fingerprint.
     Status check_model(const ModelConfig& config, const std::string& fingerprint,
                        const std::string& source) const;
