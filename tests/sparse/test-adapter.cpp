@@ -225,6 +225,7 @@ TEST(AdapterValidate, EveryBrokenFieldIsNamed) {
          {"'retrieval_heads'", "entry 1 [0, 1]", "after [1, 0]", "ascend"}},
         {"wq shape", [](Adapter& a) { a.wq = a.wq.rows(0, 2 * kRank).reshaped({2, kRank, kHeadDim}); },
          {"'indexer.wq'", "(2, 4, 8)", "(3, 4, 8)"}},
+        {"wq 4-d", [](Adapter& a) { a.wq = a.wq.reshaped({3, kRank, kHeadDim, 1}); }, {"'indexer.wq'", "(3, 4, 8, 1)"}},
         {"wk missing", [](Adapter& a) { a.wk = Tensor{}; }, {"'indexer.wk'", "missing"}},
         {"wq dtype", [](Adapter& a) { a.wq = tensor_cpu(DType::kF16, {3, kRank, kHeadDim}); }, {"'indexer.wq'", "f16"}},
         {"wk inf", [&](Adapter& a) { a.wk.f32()[1 * kRank * kHeadDim + 3] = inf; },
