@@ -204,7 +204,8 @@ Result<Adapter> adapter_load(const std::string& path) {
     }
 
     const int64_t score_shape[] = {a.n_layer, a.n_head};
-    PURBO_ASSIGN_OR_RETURN(Tensor scores, read_f32(*file, kTensorScores, score_shape, "(n_layer, n_head)"));
+    PURBO_ASSIGN_OR_RETURN(Tensor scores,
+                           read_f32(*file, kTensorScores, score_shape, "(n_layer, n_head)"));
     a.scores.assign(scores.f32(), scores.f32() + scores.numel());
 
     const bool has_wq = file->contains(kTensorWq), has_wk = file->contains(kTensorWk);

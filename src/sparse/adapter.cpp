@@ -28,7 +28,8 @@ Status check_at_least(const std::string& source, std::string_view field, int val
 
 // The first non-finite element of `values` as an error, read as an array of `shape`.
 Status check_finite(const std::string& source, std::string_view tensor, const float* values,
-                    std::span<const int64_t> shape, const std::function<std::string(int64_t)>& what) {
+                    std::span<const int64_t> shape,
+                    const std::function<std::string(int64_t)>& what) {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
     for (int64_t i = 0; i < n; ++i) {
@@ -93,7 +94,8 @@ class Fnv1a64 {
     }
     void add_int(int64_t v) {
         uint8_t le[8];  // little-endian, so the hash does not depend on the host's byte order
-        for (int i = 0; i < 8; ++i) le[i] = static_cast<uint8_t>(static_cast<uint64_t>(v) >> (8 * i));
+        for (int i = 0; i < 8; ++i)
+            le[i] = static_cast<uint8_t>(static_cast<uint64_t>(v) >> (8 * i));
         add(le, sizeof(le));
     }
     void add_string(std::string_view s) {
@@ -112,7 +114,8 @@ class Fnv1a64 {
 void hash_rows(Fnv1a64& h, const Tensor& t, int64_t begin, int64_t end) {
     h.add_string(t.empty() ? "absent" : dtype_name(t.dtype));
     if (t.empty()) return;
-    PURBO_ASSERT(t.device == Device::kCpu, "model_fingerprint needs host weights, '{}' is not", t.name);
+    PURBO_ASSERT(t.device == Device::kCpu, "model_fingerprint needs host weights, '{}' is not",
+                 t.name);
     h.add_int(t.ndim);
     for (int i = 0; i < t.ndim; ++i) h.add_int(t.dim(i));
     for (int64_t r = begin; r < end; ++r) h.add(t.row_ptr(r), t.row_bytes());
@@ -131,7 +134,9 @@ Status SparseSettings::validate(const std::string& source) const {
     return Status::ok();
 }
 
-bool Adapter::is_retrieval(int layer, int head) const { return retrieval_index(layer, head) >= 0; }
+bool Adapter::is_retrieval(int layer, int head) const {
+    return retrieval_index(layer, head) >= 0;
+}
 
 int Adapter::retrieval_index(int layer, int head) const {
     // `retrieval` is sorted by (layer, head): binary search.

@@ -68,11 +68,12 @@ std::optional<int> layer_key(const std::string& key) {
 }
 
 // The flags of one layer into the adapter's scores and retrieval list.
-Status read_layer(const std::string& source, const std::string& field, const json& flags,
-                  int layer, Adapter* a) {
+Status read_layer(const std::string& source, const std::string& field, const json& flags, int layer,
+                  Adapter* a) {
     if (!flags.is_array()) {
-        return error(StatusCode::kInvalidArgument, "{}: field '{}': value {} is not a list of 0/1 flags",
-                     source, field, excerpt(flags));
+        return error(StatusCode::kInvalidArgument,
+                     "{}: field '{}': value {} is not a list of 0/1 flags", source, field,
+                     excerpt(flags));
     }
     if (flags.size() != static_cast<size_t>(a->n_head)) {
         return error(StatusCode::kInvalidArgument,
@@ -158,7 +159,8 @@ std::string format_config(const ordered_json& root) {
             out += "{\n";
             size_t j = 0;
             for (const auto& [k, v] : value.items()) {
-                out += "    " + ordered_json(k).dump() + ": " + v.dump(-1, ' ', false, ordered_json::error_handler_t::replace);
+                out += "    " + ordered_json(k).dump() + ": " +
+                       v.dump(-1, ' ', false, ordered_json::error_handler_t::replace);
                 out += ++j < value.size() ? ",\n" : "\n";
             }
             out += "  }";
@@ -218,7 +220,8 @@ Result<Adapter> adapter_from_headwise_config(const std::string& config_json_path
                          hw.size(), a.n_layer);
         }
         for (int l = 0; l < a.n_layer; ++l) {
-            PURBO_TRY(read_layer(source, fmt::format("{}[{}]", kKey, l), hw[static_cast<size_t>(l)], l, &a));
+            PURBO_TRY(read_layer(source, fmt::format("{}[{}]", kKey, l), hw[static_cast<size_t>(l)],
+                                 l, &a));
         }
     } else {
         return error(StatusCode::kInvalidArgument,
@@ -236,7 +239,8 @@ Status adapter_export_headwise_config(const Adapter& adapter, const std::string&
     hw["swa_token_num"] = adapter.settings.window;
     for (int l = 0; l < adapter.n_layer; ++l) {
         ordered_json flags = ordered_json::array();
-        for (int h = 0; h < adapter.n_head; ++h) flags.push_back(adapter.is_retrieval(l, h) ? 1 : 0);
+        for (int h = 0; h < adapter.n_head; ++h)
+            flags.push_back(adapter.is_retrieval(l, h) ? 1 : 0);
         hw[std::to_string(l)] = std::move(flags);
     }
 
@@ -255,7 +259,8 @@ Status adapter_export_headwise_config(const Adapter& adapter, const std::string&
     }
     root[kKey] = std::move(hw);
     const std::string text = format_config(root);
-    return write_file_atomic(path, std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+    return write_file_atomic(path,
+                             std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
 }
 
 }  // namespace purbo

@@ -43,7 +43,8 @@ std::string read_text(const std::string& path) {
 void expect_error(const Status& s, std::initializer_list<std::string> parts) {
     ASSERT_FALSE(s.is_ok()) << "expected an error with '" << *parts.begin() << "'";
     for (const std::string& p : parts) {
-        EXPECT_NE(s.message().find(p), std::string::npos) << "'" << p << "' not in: " << s.message();
+        EXPECT_NE(s.message().find(p), std::string::npos)
+            << "'" << p << "' not in: " << s.message();
     }
 }
 
@@ -74,7 +75,8 @@ TEST(AdapterHeadwise, ImportsRtpLlmObject) {
     EXPECT_NE(a->calibration_info.find("headwise_config"), std::string::npos);
     EXPECT_TRUE(a->validate("x").is_ok());
     // What rtp-llm assumes when the settings are absent: 4 sinks, a window of 8192.
-    const std::string bare = write_text(dir, "bare.json", R"({"headwise_config": {"0": [0,0,0,0], "1": [0,0,0,0]}})");
+    const std::string bare =
+        write_text(dir, "bare.json", R"({"headwise_config": {"0": [0,0,0,0], "1": [0,0,0,0]}})");
     Result<Adapter> b = adapter_from_headwise_config(bare, tiny_config());
     ASSERT_TRUE(b.is_ok()) << b.status().to_string();
     EXPECT_EQ(b->settings.n_sink, 4);
@@ -84,7 +86,8 @@ TEST(AdapterHeadwise, ImportsRtpLlmObject) {
 
 TEST(AdapterHeadwise, ImportsPlainList) {
     const std::string dir = test::temp_dir("adapter_headwise_list");
-    const std::string path = write_text(dir, "c.json", R"({"headwise_config": [[1,1,0,0], [0,0,0,1]]})");
+    const std::string path =
+        write_text(dir, "c.json", R"({"headwise_config": [[1,1,0,0], [0,0,0,1]]})");
     Result<Adapter> a = adapter_from_headwise_config(path, tiny_config());
     ASSERT_TRUE(a.is_ok()) << a.status().to_string();
     EXPECT_EQ(a->retrieval, (std::vector<HeadId>{{0, 0}, {0, 1}, {1, 3}}));
@@ -107,7 +110,8 @@ TEST(AdapterHeadwise, ExportImportRoundTrip) {
     EXPECT_FALSE(fs::exists(path + ".tmp"));
     const std::string text = read_text(path);
     // rtp-llm's keys and order, one line per layer.
-    EXPECT_NE(text.find("\"sink_token_num\": 2,\n    \"swa_token_num\": 512,\n    \"0\": [0,1,0,0],\n    \"1\": [1,0,1,0]\n"),
+    EXPECT_NE(text.find("\"sink_token_num\": 2,\n    \"swa_token_num\": 512,\n    \"0\": "
+                        "[0,1,0,0],\n    \"1\": [1,0,1,0]\n"),
               std::string::npos)
         << text;
     const json j = test::load_json(path);
@@ -161,23 +165,33 @@ TEST(AdapterHeadwise, MalformedFilesNameFieldAndValue) {
         std::vector<std::string> expect;
     };
     const std::vector<Case> cases = {
-        {R"({"headwise_config": {"0": [0,1,0,0]}})", {"'headwise_config'", "1 layers", "has 2", "layer 1 is missing"}},
+        {R"({"headwise_config": {"0": [0,1,0,0]}})",
+         {"'headwise_config'", "1 layers", "has 2", "layer 1 is missing"}},
         {R"({"headwise_config": {"0": [0,1,0,0], "1": [0,0,0,0], "2": [0,0,0,0]}})",
          {"'headwise_config.2'", "layer 2", "2 layers"}},
-        {R"({"headwise_config": {"0": [0,1,0], "1": [0,0,0,0]}})", {"'headwise_config.0'", "3 head flags", "4 query heads"}},
-        {R"({"headwise_config": {"0": [0,1,0,0,1], "1": [0,0,0,0]}})", {"'headwise_config.0'", "5 head flags"}},
-        {R"({"headwise_config": {"0": [0,1,0,0], "1": [0,0,2,0]}})", {"'headwise_config.1'", "head 2", "is 2", "not 0 or 1"}},
-        {R"({"headwise_config": {"0": [0,1,0,0], "1": [0,-1,0,0]}})", {"'headwise_config.1'", "head 1", "is -1"}},
-        {R"({"headwise_config": {"0": [true,1,0,0], "1": [0,0,0,0]}})", {"'headwise_config.0'", "head 0", "is true"}},
-        {R"({"headwise_config": {"0": [0,0.5,0,0], "1": [0,0,0,0]}})", {"'headwise_config.0'", "head 1", "is 0.5"}},
-        {R"({"headwise_config": {"0": "0100", "1": [0,0,0,0]}})", {"'headwise_config.0'", "\"0100\"", "not a list"}},
-        {R"({"headwise_config": {"00": [0,1,0,0], "1": [0,0,0,0]}})", {"'headwise_config.00'", "not a layer key"}},
+        {R"({"headwise_config": {"0": [0,1,0], "1": [0,0,0,0]}})",
+         {"'headwise_config.0'", "3 head flags", "4 query heads"}},
+        {R"({"headwise_config": {"0": [0,1,0,0,1], "1": [0,0,0,0]}})",
+         {"'headwise_config.0'", "5 head flags"}},
+        {R"({"headwise_config": {"0": [0,1,0,0], "1": [0,0,2,0]}})",
+         {"'headwise_config.1'", "head 2", "is 2", "not 0 or 1"}},
+        {R"({"headwise_config": {"0": [0,1,0,0], "1": [0,-1,0,0]}})",
+         {"'headwise_config.1'", "head 1", "is -1"}},
+        {R"({"headwise_config": {"0": [true,1,0,0], "1": [0,0,0,0]}})",
+         {"'headwise_config.0'", "head 0", "is true"}},
+        {R"({"headwise_config": {"0": [0,0.5,0,0], "1": [0,0,0,0]}})",
+         {"'headwise_config.0'", "head 1", "is 0.5"}},
+        {R"({"headwise_config": {"0": "0100", "1": [0,0,0,0]}})",
+         {"'headwise_config.0'", "\"0100\"", "not a list"}},
+        {R"({"headwise_config": {"00": [0,1,0,0], "1": [0,0,0,0]}})",
+         {"'headwise_config.00'", "not a layer key"}},
         {R"({"headwise_config": {"0": [0,1,0,0], "1": [0,0,0,0], "sink_token_num": -1}})",
          {"'headwise_config.sink_token_num'", "-1"}},
         {R"({"headwise_config": {"0": [0,1,0,0], "1": [0,0,0,0], "swa_token_num": "8192"}})",
          {"'headwise_config.swa_token_num'", "\"8192\""}},
         {R"({"headwise_config": [[0,1,0,0]]})", {"'headwise_config'", "1 layers", "has 2"}},
-        {R"({"headwise_config": [[0,1,0,0], [0,0,3,0]]})", {"'headwise_config[1]'", "head 2", "is 3"}},
+        {R"({"headwise_config": [[0,1,0,0], [0,0,3,0]]})",
+         {"'headwise_config[1]'", "head 2", "is 3"}},
         {R"({"headwise_config": "all"})", {"'headwise_config'", "\"all\""}},
         {R"({"headwise_config": null})", {"'headwise_config'", "missing"}},
         {R"({"model_type": "llama"})", {"'headwise_config'", "missing"}},
@@ -191,7 +205,8 @@ TEST(AdapterHeadwise, MalformedFilesNameFieldAndValue) {
         const Result<Adapter> a = adapter_from_headwise_config(path, tiny_config());
         expect_error(a.status(), {path});
         for (const std::string& p : cases[i].expect) {
-            EXPECT_NE(a.status().message().find(p), std::string::npos) << p << " | " << a.status().message();
+            EXPECT_NE(a.status().message().find(p), std::string::npos)
+                << p << " | " << a.status().message();
         }
     }
     const Result<Adapter> missing = adapter_from_headwise_config(dir + "/none.json", tiny_config());
@@ -204,7 +219,8 @@ TEST(AdapterHeadwise, ModelWithTinyHeadsStillImports) {
     const std::string dir = test::temp_dir("adapter_headwise_small");
     ModelConfig c = tiny_config();
     c.head_dim = 4;
-    const std::string path = write_text(dir, "c.json", R"({"headwise_config": {"0": [0,1,0,0], "1": [0,0,0,0]}})");
+    const std::string path =
+        write_text(dir, "c.json", R"({"headwise_config": {"0": [0,1,0,0], "1": [0,0,0,0]}})");
     Result<Adapter> a = adapter_from_headwise_config(path, c);
     ASSERT_TRUE(a.is_ok()) << a.status().to_string();
     EXPECT_EQ(a->settings.rank, 4);

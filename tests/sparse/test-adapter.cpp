@@ -6,9 +6,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <functional>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <random>
@@ -48,15 +48,17 @@ ModelConfig tiny_config() {
 ModelWeights tiny_weights(const ModelConfig& c) {
     const auto filled = [](std::initializer_list<int64_t> shape, float scale) {
         Tensor t = tensor_cpu(DType::kF32, shape);
-        for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = static_cast<float>(i % 17) * scale - 1.0f;
+        for (int64_t i = 0; i < t.numel(); ++i)
+            t.f32()[i] = static_cast<float>(i % 17) * scale - 1.0f;
         return t;
     };
     ModelWeights w;
     w.tok_embd = filled({c.n_vocab, c.n_embd}, 0.125f);  // (vocab, e)
     for (int l = 0; l < c.n_layer; ++l) {
         LayerWeights lw;
-        lw.wq = filled({c.n_head * c.head_dim, c.n_embd}, 0.0625f * static_cast<float>(l + 1));  // (q, e)
-        lw.wk = filled({c.n_head_kv * c.head_dim, c.n_embd}, 0.25f);                          // (kv, e)
+        lw.wq = filled({c.n_head * c.head_dim, c.n_embd},
+                       0.0625f * static_cast<float>(l + 1));          // (q, e)
+        lw.wk = filled({c.n_head_kv * c.head_dim, c.n_embd}, 0.25f);  // (kv, e)
         w.layers.push_back(lw);
     }
     w.lm_head = w.tok_embd;
@@ -96,7 +98,8 @@ Adapter tiny_adapter(bool with_indexer) {
 void expect_error(const Status& s, std::initializer_list<std::string> parts) {
     ASSERT_FALSE(s.is_ok()) << "expected an error with '" << *parts.begin() << "'";
     for (const std::string& p : parts) {
-        EXPECT_NE(s.message().find(p), std::string::npos) << "'" << p << "' not in: " << s.message();
+        EXPECT_NE(s.message().find(p), std::string::npos)
+            << "'" << p << "' not in: " << s.message();
     }
 }
 
@@ -110,7 +113,9 @@ void write_bytes(const std::string& path, const std::string& bytes) {
     out << bytes;
 }
 
-bool same_floats(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
+bool same_floats(const float* a, const float* b, size_t n) {
+    return std::memcmp(a, b, n * sizeof(float)) == 0;
+}
 
 void expect_same_adapter(const Adapter& got, const Adapter& want) {
     EXPECT_EQ(got.settings.window, want.settings.window);
@@ -168,7 +173,7 @@ TEST(AdapterFile, RoundTripWithIndexer) {
 TEST(AdapterFile, RoundTripWithoutIndexer) {
     const std::string path = test::temp_dir("adapter_roundtrip_noidx") + "/a.safetensors";
     Adapter want = tiny_adapter(false);
-    want.retrieval.clear();  // no retrieval heads at all is a valid (fully local) adapter
+    want.retrieval.clear();         // no retrieval heads at all is a valid (fully local) adapter
     want.base_fingerprint.clear();  // unknown base model
     ASSERT_TRUE(adapter_save(path, want).is_ok());
     Result<Adapter> got = adapter_load(path);
@@ -211,26 +216,58 @@ TEST(AdapterValidate, EveryBrokenFieldIsNamed) {
         {"rank", [](Adapter& a) { a.settings.rank = 16; }, {"'rank'", "16", "head_dim 8"}},
         {"layers", [](Adapter& a) { a.n_layer = 0; }, {"'n_layer'", "0"}},
         {"gqa", [](Adapter& a) { a.n_head_kv = 3; }, {"'n_head_kv'", "3", "n_head 4"}},
-        {"fingerprint", [](Adapter& a) { a.base_fingerprint = "ABCDEF0123456789"; },
+        {"fingerprint",
+         [](Adapter& a) { a.base_fingerprint = "ABCDEF0123456789"; },
          {"'base_fingerprint'", "ABCDEF0123456789"}},
-        {"info utf8", [](Adapter& a) { a.training_info = "bad \xff byte"; }, {"'training_info'", "UTF-8"}},
-        {"scores size", [](Adapter& a) { a.scores.pop_back(); }, {"'head_scores'", "7 values", "8 heads"}},
-        {"score nan", [&](Adapter& a) { a.scores[6] = nan; }, {"'head_scores'", "[1, 2]", "layer 1 head 2", "nan"}},
+        {"info utf8",
+         [](Adapter& a) { a.training_info = "bad \xff byte"; },
+         {"'training_info'", "UTF-8"}},
+        {"scores size",
+         [](Adapter& a) { a.scores.pop_back(); },
+         {"'head_scores'", "7 values", "8 heads"}},
+        {"score nan",
+         [&](Adapter& a) { a.scores[6] = nan; },
+         {"'head_scores'", "[1, 2]", "layer 1 head 2", "nan"}},
         {"score inf", [&](Adapter& a) { a.scores[0] = -inf; }, {"'head_scores'", "[0, 0]", "-inf"}},
-        {"head range", [](Adapter& a) { a.retrieval.push_back({2, 0}); }, {"'retrieval_heads'", "[2, 0]", "2 layers"}},
-        {"head negative", [](Adapter& a) { a.retrieval[0] = {0, -1}; }, {"'retrieval_heads'", "[0, -1]"}},
-        {"duplicate", [](Adapter& a) { a.retrieval.insert(a.retrieval.begin() + 1, {0, 1}); },
+        {"head range",
+         [](Adapter& a) {
+             a.retrieval.push_back({2, 0});
+         },
+         {"'retrieval_heads'", "[2, 0]", "2 layers"}},
+        {"head negative",
+         [](Adapter& a) {
+             a.retrieval[0] = {0, -1};
+         },
+         {"'retrieval_heads'", "[0, -1]"}},
+        {"duplicate",
+         [](Adapter& a) {
+             a.retrieval.insert(a.retrieval.begin() + 1, {0, 1});
+         },
          {"'retrieval_heads'", "entry 1 [0, 1]", "twice"}},
-        {"unsorted", [](Adapter& a) { std::swap(a.retrieval[0], a.retrieval[1]); },
+        {"unsorted",
+         [](Adapter& a) { std::swap(a.retrieval[0], a.retrieval[1]); },
          {"'retrieval_heads'", "entry 1 [0, 1]", "after [1, 0]", "ascend"}},
-        {"wq shape", [](Adapter& a) { a.wq = a.wq.rows(0, 2 * kRank).reshaped({2, kRank, kHeadDim}); },
+        {"wq shape",
+         [](Adapter& a) {
+             a.wq = a.wq.rows(0, 2 * kRank).reshaped({2, kRank, kHeadDim});
+         },
          {"'indexer.wq'", "(2, 4, 8)", "(3, 4, 8)"}},
-        {"wq 4-d", [](Adapter& a) { a.wq = a.wq.reshaped({3, kRank, kHeadDim, 1}); }, {"'indexer.wq'", "(3, 4, 8, 1)"}},
+        {"wq 4-d",
+         [](Adapter& a) {
+             a.wq = a.wq.reshaped({3, kRank, kHeadDim, 1});
+         },
+         {"'indexer.wq'", "(3, 4, 8, 1)"}},
         {"wk missing", [](Adapter& a) { a.wk = Tensor{}; }, {"'indexer.wk'", "missing"}},
-        {"wq dtype", [](Adapter& a) { a.wq = tensor_cpu(DType::kF16, {3, kRank, kHeadDim}); }, {"'indexer.wq'", "f16"}},
-        {"wk inf", [&](Adapter& a) { a.wk.f32()[1 * kRank * kHeadDim + 3] = inf; },
+        {"wq dtype",
+         [](Adapter& a) {
+             a.wq = tensor_cpu(DType::kF16, {3, kRank, kHeadDim});
+         },
+         {"'indexer.wq'", "f16"}},
+        {"wk inf",
+         [&](Adapter& a) { a.wk.f32()[1 * kRank * kHeadDim + 3] = inf; },
          {"'indexer.wk'", "[1, 0, 3]", "layer 1 head 0", "inf"}},
-        {"indexer after retrieval change", [](Adapter& a) { a.retrieval.pop_back(); },
+        {"indexer after retrieval change",
+         [](Adapter& a) { a.retrieval.pop_back(); },
          {"'indexer.wq'", "(3, 4, 8)", "(2, 4, 8)"}},
     };
     const std::string dir = test::temp_dir("adapter_validate");
@@ -241,7 +278,8 @@ TEST(AdapterValidate, EveryBrokenFieldIsNamed) {
         const Status s = a.validate("mem");
         ASSERT_FALSE(s.is_ok());
         EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
-        for (const std::string& p : c.expect) EXPECT_NE(s.message().find(p), std::string::npos) << p << " | " << s.message();
+        for (const std::string& p : c.expect)
+            EXPECT_NE(s.message().find(p), std::string::npos) << p << " | " << s.message();
         // An invalid adapter is never written.
         const std::string path = dir + "/x.safetensors";
         expect_error(adapter_save(path, a), {path});
@@ -269,7 +307,8 @@ TEST(AdapterFingerprint, StableAndSensitive) {
         return model_fingerprint(c, v);
     };
     EXPECT_NE(changed([](ModelWeights& v) { v.tok_embd.row_ptr(0)[5] ^= 1; }), fp);
-    EXPECT_NE(changed([](ModelWeights& v) { v.tok_embd.row_ptr(v.tok_embd.n_rows() - 1)[0] ^= 1; }), fp);
+    EXPECT_NE(changed([](ModelWeights& v) { v.tok_embd.row_ptr(v.tok_embd.n_rows() - 1)[0] ^= 1; }),
+              fp);
     EXPECT_NE(changed([](ModelWeights& v) { v.layers[0].wq.row_ptr(17)[3] ^= 0x80; }), fp);
     // Bytes outside those ranges are not read (the fingerprint stays cheap on big models).
     EXPECT_EQ(changed([](ModelWeights& v) { v.tok_embd.row_ptr(1)[0] ^= 1; }), fp);
@@ -291,7 +330,8 @@ TEST(AdapterFingerprint, QuantisedWeightsHashTheirStoredBytes) {
     ModelWeights w = tiny_weights(c);
     // (q, e) Q8_0: one 34-byte block per row of 32 elements, used as stored.
     w.layers[0].wq = tensor_cpu(DType::kQ8_0, {c.n_head * c.head_dim, c.n_embd});
-    for (size_t i = 0; i < w.layers[0].wq.nbytes(); ++i) w.layers[0].wq.ptr<uint8_t>()[i] = static_cast<uint8_t>(i * 7);
+    for (size_t i = 0; i < w.layers[0].wq.nbytes(); ++i)
+        w.layers[0].wq.ptr<uint8_t>()[i] = static_cast<uint8_t>(i * 7);
     const std::string fp = model_fingerprint(c, w);
     EXPECT_NE(fp, model_fingerprint(c, tiny_weights(c)));  // the dtype and bytes differ
     w.layers[0].wq.row_ptr(31)[33] ^= 1;                   // last byte of the last row
@@ -306,7 +346,8 @@ TEST(AdapterCheckModel, ShapeAndFingerprint) {
 
     ModelConfig deeper = c;
     deeper.n_layer = 3;
-    expect_error(a.check_model(deeper, fp, "a.safetensors"), {"a.safetensors", "'n_layer'", "made for 2", "has 3"});
+    expect_error(a.check_model(deeper, fp, "a.safetensors"),
+                 {"a.safetensors", "'n_layer'", "made for 2", "has 3"});
     ModelConfig wider = c;
     wider.head_dim = 16;
     expect_error(a.check_model(wider, fp, "a.safetensors"), {"'head_dim'", "8", "16"});
@@ -332,7 +373,8 @@ class AdapterMalformed : public ::testing::Test {
         ASSERT_TRUE(file.is_ok());
         file_ = *file;
         metadata_ = file_->metadata();
-        for (const SafetensorsEntry& e : file_->entries()) tensors_[e.name] = file_->tensor(e.name).value();
+        for (const SafetensorsEntry& e : file_->entries())
+            tensors_[e.name] = file_->tensor(e.name).value();
     }
 
     // Writes the (edited) parts to a new file and loads it.
@@ -355,7 +397,8 @@ class AdapterMalformed : public ::testing::Test {
     // A copy of tensor `name` with element `index` set to `value`.
     Tensor poisoned(const std::string& name, int64_t index, float value) {
         const Tensor& t = tensors_.at(name);
-        Tensor copy = tensor_cpu(DType::kF32, std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim)));
+        Tensor copy = tensor_cpu(
+            DType::kF32, std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim)));
         std::memcpy(copy.data, t.data, t.nbytes());
         copy.f32()[index] = value;
         return copy;
@@ -368,8 +411,9 @@ class AdapterMalformed : public ::testing::Test {
 };
 
 TEST_F(AdapterMalformed, MissingMetadataFields) {
-    for (const char* key : {"purbo.version", "window", "n_sink", "top_p", "block_size", "rank", "n_layer",
-                            "n_head", "n_head_kv", "head_dim", "base_fingerprint", "retrieval_heads"}) {
+    for (const char* key :
+         {"purbo.version", "window", "n_sink", "top_p", "block_size", "rank", "n_layer", "n_head",
+          "n_head_kv", "head_dim", "base_fingerprint", "retrieval_heads"}) {
         SCOPED_TRACE(key);
         const Status s = with_metadata(key, nullptr);
         expect_error(s, {"meta.safetensors", std::string("'") + key + "'", "missing"});
@@ -417,10 +461,17 @@ TEST_F(AdapterMalformed, GarbledAndOutOfRangeValues) {
         {"retrieval_heads", "[[0,1],[1,\"a\"]]", {"'retrieval_heads'", "entry 1", "[1,\"a\"]"}},
         {"retrieval_heads", "[[0,1],[1,0.5]]", {"'retrieval_heads'", "entry 1", "0.5"}},
         {"retrieval_heads", "[[0,4294967297]]", {"'retrieval_heads'", "entry 0", "4294967297"}},
-        // Shapes then disagree with the indexer; order and range are checked first when sizes agree.
-        {"retrieval_heads", "[[0,1],[0,1],[1,3]]", {"'retrieval_heads'", "entry 1 [0, 1]", "twice"}},
-        {"retrieval_heads", "[[1,0],[0,1],[1,3]]", {"'retrieval_heads'", "entry 1 [0, 1]", "after [1, 0]"}},
-        {"retrieval_heads", "[[0,1],[1,0],[2,3]]", {"'retrieval_heads'", "[2, 3]", "2 layers x 4 heads"}},
+        // Shapes then disagree with the indexer; order and range are checked first when sizes
+        // agree.
+        {"retrieval_heads",
+         "[[0,1],[0,1],[1,3]]",
+         {"'retrieval_heads'", "entry 1 [0, 1]", "twice"}},
+        {"retrieval_heads",
+         "[[1,0],[0,1],[1,3]]",
+         {"'retrieval_heads'", "entry 1 [0, 1]", "after [1, 0]"}},
+        {"retrieval_heads",
+         "[[0,1],[1,0],[2,3]]",
+         {"'retrieval_heads'", "[2, 3]", "2 layers x 4 heads"}},
         {"retrieval_heads", "[[0,1],[1,0]]", {"'indexer.wq'", "(3, 4, 8)", "(2, 4, 8)"}},
         {"n_layer", "3", {"'head_scores'", "(2, 4)", "(3, 4)"}},
         {"head_dim", "16", {"'indexer.wq'", "(3, 4, 8)", "(3, 4, 16)"}},
@@ -429,7 +480,8 @@ TEST_F(AdapterMalformed, GarbledAndOutOfRangeValues) {
         SCOPED_TRACE(c.key + " = " + c.value);
         const Status s = with_metadata(c.key, &c.value);
         expect_error(s, {"meta.safetensors"});
-        for (const std::string& p : c.expect) EXPECT_NE(s.message().find(p), std::string::npos) << p << " | " << s.message();
+        for (const std::string& p : c.expect)
+            EXPECT_NE(s.message().find(p), std::string::npos) << p << " | " << s.message();
     }
 }
 
@@ -440,19 +492,31 @@ TEST_F(AdapterMalformed, BadTensors) {
         edit(t);
         return load_edited("tensors", metadata_, t);
     };
-    expect_error(edited([](auto& t) { t.erase("head_scores"); }), {"tensors.safetensors", "'head_scores'", "missing"});
-    expect_error(edited([](auto& t) { t["head_scores"] = tensor_cpu(DType::kF32, {kLayers + 1, kHeads}); }),
+    expect_error(edited([](auto& t) { t.erase("head_scores"); }),
+                 {"tensors.safetensors", "'head_scores'", "missing"});
+    expect_error(edited([](auto& t) {
+                     t["head_scores"] = tensor_cpu(DType::kF32, {kLayers + 1, kHeads});
+                 }),
                  {"'head_scores'", "(3, 4)", "(2, 4)"});
-    expect_error(edited([](auto& t) { t["head_scores"] = tensor_cpu(DType::kF16, {kLayers, kHeads}); }),
+    expect_error(edited([](auto& t) {
+                     t["head_scores"] = tensor_cpu(DType::kF16, {kLayers, kHeads});
+                 }),
                  {"'head_scores'", "F16", "F32"});
     expect_error(edited([&](auto& t) { t["head_scores"] = poisoned("head_scores", 5, nan); }),
                  {"'head_scores'", "[1, 1]", "layer 1 head 1", "nan"});
-    expect_error(edited([&](auto& t) { t["indexer.wq"] = poisoned("indexer.wq", 2 * kRank * kHeadDim + 1, -INFINITY); }),
+    expect_error(edited([&](auto& t) {
+                     t["indexer.wq"] = poisoned("indexer.wq", 2 * kRank * kHeadDim + 1, -INFINITY);
+                 }),
                  {"'indexer.wq'", "[2, 0, 1]", "layer 1 head 3", "-inf"});
-    expect_error(edited([](auto& t) { t.erase("indexer.wk"); }), {"'indexer.wk'", "missing", "'indexer.wq'"});
-    expect_error(edited([](auto& t) { t.erase("indexer.wq"); }), {"'indexer.wq'", "missing", "'indexer.wk'"});
-    expect_error(edited([](auto& t) { t["indexer.wv"] = t["indexer.wk"]; }), {"'indexer.wv'", "not part of an adapter"});
-    expect_error(edited([](auto& t) { t["indexer.wk"] = tensor_cpu(DType::kF32, {3, kRank * kHeadDim}); }),
+    expect_error(edited([](auto& t) { t.erase("indexer.wk"); }),
+                 {"'indexer.wk'", "missing", "'indexer.wq'"});
+    expect_error(edited([](auto& t) { t.erase("indexer.wq"); }),
+                 {"'indexer.wq'", "missing", "'indexer.wk'"});
+    expect_error(edited([](auto& t) { t["indexer.wv"] = t["indexer.wk"]; }),
+                 {"'indexer.wv'", "not part of an adapter"});
+    expect_error(edited([](auto& t) {
+                     t["indexer.wk"] = tensor_cpu(DType::kF32, {3, kRank * kHeadDim});
+                 }),
                  {"'indexer.wk'", "(3, 32)", "(3, 4, 8)"});
 }
 
@@ -485,7 +549,8 @@ TEST_F(AdapterMalformed, ByteEdits) {
     const uint32_t nan_bits = 0x7fc00000u;
     std::memcpy(poisoned.data() + 8 + header_len + scores->begin, &nan_bits, 4);
     write_bytes(path, poisoned);
-    expect_error(adapter_load(path).status(), {"bytes.safetensors", "'head_scores'", "[0, 0]", "nan"});
+    expect_error(adapter_load(path).status(),
+                 {"bytes.safetensors", "'head_scores'", "[0, 0]", "nan"});
 }
 
 // Every single-byte change of the header gives an adapter or an error naming the file, never a
@@ -505,7 +570,8 @@ TEST_F(AdapterMalformed, HeaderByteFlipsNeverCrash) {
             const Result<Adapter> r = adapter_load(path);
             if (r.is_ok()) continue;
             ++n_errors;
-            ASSERT_NE(r.status().message().find("flip.safetensors"), std::string::npos) << i << ": " << r.status().message();
+            ASSERT_NE(r.status().message().find("flip.safetensors"), std::string::npos)
+                << i << ": " << r.status().message();
         }
     }
     EXPECT_GT(n_errors, static_cast<int>(header_len));  // most edits must be caught
@@ -528,31 +594,43 @@ TEST(AdapterInspect, PrintsSettingsClassesAndScores) {
     ASSERT_EQ(r.status, 0) << r.output;
     for (const std::string& line : {
              "adapter:          " + path + "\n",
-             std::string("base model:       2 layers, 4 query heads, 2 key/value (group of 2), head dim 8\n"),
+             std::string("base model:       2 layers, 4 query heads, 2 key/value (group of 2), "
+                         "head dim 8\n"),
              "fingerprint:      " + a.base_fingerprint + "\n",
-             std::string("settings:         window 16, sinks 2, top-p 0.9, block 8, indexer rank 4\n"),
+             std::string(
+                 "settings:         window 16, sinks 2, top-p 0.9, block 8, indexer rank 4\n"),
              std::string("retrieval heads:  3 of 8 (37.5%)\n"),
              std::string("local kv heads:   1 of 4 (25.0%) keep only 2 sink + 16 window tokens\n"),
              std::string("indexer:          3 heads x wq, wk (4, 8) f32, 768 bytes\n"),
-             std::string("calibration:      needle calibration, 4 documents \xc3\x97 3 depths, 8192 tokens\n"),
+             std::string("calibration:      needle calibration, 4 documents \xc3\x97 3 depths, "
+                         "8192 tokens\n"),
              std::string("training:         stage 1, 600 steps, lr 1e-3\n"),
-             std::string("top scores:       L0.H1 0.9500 L1.H0 0.9000 L1.H3 0.8500 L1.H2 0.4000 L0.H3 0.3000\n"),
-             std::string("bottom scores:    L1.H1 0.0500 L0.H0 0.1000 L0.H2 0.2000 L0.H3 0.3000 L1.H2 0.4000\n"),
+             std::string("top scores:       L0.H1 0.9500 L1.H0 0.9000 L1.H3 0.8500 L1.H2 0.4000 "
+                         "L0.H3 0.3000\n"),
+             std::string("bottom scores:    L1.H1 0.0500 L0.H0 0.1000 L0.H2 0.2000 L0.H3 0.3000 "
+                         "L1.H2 0.4000\n"),
              std::string("  layer  0:  1   | local kv 1\n"),
              std::string("  layer  1:  0 3 | local kv -\n"),
          }) {
-        EXPECT_NE(r.output.find(line), std::string::npos) << "missing: " << line << "\n" << r.output;
+        EXPECT_NE(r.output.find(line), std::string::npos) << "missing: " << line << "\n"
+                                                          << r.output;
     }
     EXPECT_EQ(r.output.find("heads:\n  layer  head"), std::string::npos) << "--heads not asked for";
 
     const test::ProgramResult h = test::run_purbo("inspect --heads " + path);
     ASSERT_EQ(h.status, 0) << h.output;
-    EXPECT_NE(h.output.find("      0     1   0  0.950000  retrieval\n"), std::string::npos) << h.output;
+    EXPECT_NE(h.output.find("      0     1   0  0.950000  retrieval\n"), std::string::npos)
+        << h.output;
     EXPECT_NE(h.output.find("      1     1   0  0.050000  local\n"), std::string::npos) << h.output;
-    EXPECT_NE(h.output.find("      1     3   1  0.850000  retrieval\n"), std::string::npos) << h.output;
+    EXPECT_NE(h.output.find("      1     3   1  0.850000  retrieval\n"), std::string::npos)
+        << h.output;
     size_t n_rows = 0;
-    for (size_t p = h.output.find("retrieval\n"); p != std::string::npos; p = h.output.find("retrieval\n", p + 1)) ++n_rows;
-    for (size_t p = h.output.find("  local\n"); p != std::string::npos; p = h.output.find("  local\n", p + 1)) ++n_rows;
+    for (size_t p = h.output.find("retrieval\n"); p != std::string::npos;
+         p = h.output.find("retrieval\n", p + 1))
+        ++n_rows;
+    for (size_t p = h.output.find("  local\n"); p != std::string::npos;
+         p = h.output.find("  local\n", p + 1))
+        ++n_rows;
     EXPECT_EQ(n_rows, 8u);
 
     // Without an indexer and without a known base model.
@@ -577,7 +655,8 @@ TEST(AdapterInspect, BrokenAdapterGivesOneClearLine) {
     write_bytes(path, bytes);
     const test::ProgramResult r = test::run_purbo("inspect " + path);
     EXPECT_EQ(r.status, 1) << r.output;  // an error exit, not a crash
-    EXPECT_EQ(r.output, "purbo inspect: invalid argument: " + path + ": field 'top_p': value 7.9 must be in (0, 1]\n");
+    EXPECT_EQ(r.output, "purbo inspect: invalid argument: " + path +
+                            ": field 'top_p': value 7.9 must be in (0, 1]\n");
 
     write_bytes(path, bytes.substr(0, 20));
     const test::ProgramResult t = test::run_purbo("inspect -m " + path);
