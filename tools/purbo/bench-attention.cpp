@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "attention-cost.h"
+#include "bench-attention-sparse.h"
 #include "bench-attention-util.h"
 #include "backend/backend.h"
 #include "common.h"
@@ -32,6 +33,11 @@ struct Flags {
     int threads = 0, heads = 0, kv_heads = 0, head_dim = 0, window = 0, sinks = 0, reps = 3;
     int chunk = 65536;
     float max_seconds = 60, deadline = 0;
+    // The sparse layer (bench-attention-sparse.h): retrieval share, block, fractions, rank.
+    float retrieval = 0;
+    int block = 64, rank = 16;
+    float index_top_p = 0.9f;
+    std::string fractions = "1,0.2,0.1,0.05,0.02";
 };
 
 Result<AttentionShape> resolve_shape(const Flags& f) {
@@ -119,6 +125,15 @@ int cmd_bench_attention(int argc, char** argv) {
                            "skip cases that would end after S s from the start (default: none)",
                            &f.deadline});
     set.options.push_back({"--output", "-o", "FMT", "md (default) or json", &f.output});
+    set.options.push_back({"--retrieval", "", "R",
+                           "the sparse layer: share R of the heads are retrieval heads, the rest local "
+                           "(needs --window; default 0: the dense op)", &f.retrieval});
+    set.options.push_back({"--block", "", "B", "sparse layer: selection block in tokens (default 64)", &f.block});
+    set.options.push_back({"--fractions", "", "LIST",
+                           "sparse decode: shares of blocks kept (default 1,0.2,0.1,0.05,0.02)", &f.fractions});
+    set.options.push_back({"--rank", "", "R", "sparse layer: indexer dimension (default 16)", &f.rank});
+    set.options.push_back({"--index-top-p", "", "P", "sparse decode: top-p of the timed selection (default 0.9)",
+                           &f.index_top_p});
     bool help = false;
     if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok())
         return report_error("bench", st);
@@ -140,6 +155,40 @@ int cmd_bench_attention(int argc, char** argv) {
     Result<std::unique_ptr<Backend>> backend = backend_create(f.device, bo);
     if (!backend.is_ok()) return report_error("bench", backend.status());
     Backend& be = **backend;
+    if (f.retrieval > 0) {
+        if (!(f.retrieval <= 1) || f.window <= 0 || f.block <= 0 || f.rank <= 0 ||
+            !(f.index_top_p > 0 && f.index_top_p <= 1))
+            return report_error("bench", error(StatusCode::kInvalidArgument,
+                                               "--retrieval {} must be in (0, 1] with --window > 0 (got {}), --block {} "
+                                               "and --rank {} positive, --index-top-p {} in (0, 1]",
+                                               f.retrieval, f.window, f.block, f.rank, f.index_top_p));
+        SparseBenchConfig c;
+        c.shape_name = f.shape;
+        c.device = f.device;
+        c.output = f.output;
+        c.shape = s;
+        c.prefill = *prefill;
+        c.decode = *decode;
+        std::stringstream ss(f.fractions);
+        for (std::string item; std::getline(ss, item, ',');) {
+            char* end = nullptr;
+            const double v = std::strtod(item.c_str(), &end);
+            if (item.empty() || *end != '\0' || !(v > 0 && v <= 1))
+                return report_error("bench", error(StatusCode::kInvalidArgument,
+                                                   "--fractions: '{}' in '{}' is not in (0, 1]", item, f.fractions));
+            c.fractions.push_back(v);
+        }
+        c.retrieval = f.retrieval;
+        c.window = f.window;
+        c.sinks = f.sinks;
+        c.block = f.block;
+        c.rank = f.rank;
+        c.top_p = f.index_top_p;
+        c.reps = f.reps;
+        c.chunk = f.chunk;
+        c.max_seconds = f.max_seconds;
+        return run_sparse_attention_bench(be, c);
+    }
     AttentionParams params;
     params.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
     params.window = f.window;
