@@ -84,6 +84,7 @@ private:
     Scratch x_bf16_;       // matmul: x rounded to bf16, (n, k)
     Scratch indices_;      // ids, positions, placements, plans and rope tables of one op
     Scratch attn_partial_; // split-KV partial results
+    Scratch select_;       // select_blocks: per-block log2 masses, boundary candidates, ranks
 };
 
 // Shared by the op files: a Status unless t lives on the device.
