@@ -1,0 +1,275 @@
+// Top-p block selection (method.md section 4) with the histogram of block masses of
+// select-bins.h, in two kernels:
+//  1. block_mass_kernel, one CTA per (token, retrieval head, key block): the block's scores
+//     z_t = scale * log2(e) * iq . k_t (one key per thread, fp32), reduced to the running max
+//     m_b and sum l_b = sum 2^(z - m_b) (merged across threads as in an online softmax), stored
+//     as the block's log2 mass a_b = m_b + log2(l_b).
+//  2. select_row_kernel, one CTA per (token, retrieval head): the heaviest block A = max a_b,
+//     the 256-bin histogram of the masses 2^(a_b - A) (double atomics in shared memory), the
+//     scan for the boundary bin, its exact resolution, and the ascending list of kept blocks.
+//
+// A second kernel rather than the paper's last-CTA-done counter: the per-row pass needs every
+// block's (m_b, l_b) of that row, and a kernel boundary is the simplest correct barrier. The
+// counter needs a zeroed counter per row (a memset, or a reset that must itself be ordered),
+// a __threadfence before each CTA's increment, and the last CTA of a row, sized for one
+// block's keys, doing the row's work; it saves one launch, which a CUDA graph makes cheap.
+//
+// Exact resolution of the boundary bin without a sort: its blocks are listed in ascending id
+// order (an ordered compaction, so the result does not depend on scheduling), and each one
+// counts the blocks of the list that come before it in the selection order (heavier, or as
+// heavy with a lower id) and sums their masses. Block x is taken when the kept mass plus that
+// sum is still below the target, exactly the sequential rule of cpu-select.cpp; the number of
+// taken blocks then keeps the blocks of ranks below it. Quadratic in the blocks of the bin,
+// which is few unless the masses are flat over a long context (speed only: a block-wide radix
+// sort would make it n log n).
+//
+// Sums that decide the boundary are in double (one value per block: cheap) so that they round
+// far below the fp32 error of the block masses; the histogram's atomics add in any order, which
+// moves a bin's sum by a few double ulps at most.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include "backend/cuda/cuda-kernels.h"
+#include "backend/select-bins.h"
+
+namespace purbo::cuda {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kMassMaxThreads = 256;  // a block's keys, one per thread, up to 8 warps
+constexpr int kMassMaxWarps = kMassMaxThreads / 32;
+constexpr int kSelectThreads = 256;  // per row of select_row_kernel
+constexpr int kSelectWarps = kSelectThreads / 32;
+static_assert(kSelectThreads % 32 == 0 && kMassMaxThreads % 32 == 0, "whole warps");
+
+// Merges the softmax state (m2, l2) into (m, l): l = sum 2^(z - m) over the union of the keys.
+// An empty state has m = -inf and l = 0.
+__device__ __forceinline__ void merge_state(float& m, float& l, float m2, float l2) {
+    if (m2 == -INFINITY) return;
+    if (m == -INFINITY) {
+        m = m2;
+        l = l2;
+        return;
+    }
+    const float m_new = fmaxf(m, m2);
+    l = l * exp2f(m - m_new) + l2 * exp2f(m2 - m_new);
+    m = m_new;
+}
+
+__global__ void __launch_bounds__(kMassMaxThreads) block_mass_kernel(SelectBlocksArgs args) {
+    const int64_t row = blockIdx.x / args.n_used_max;  // token * hr + head
+    const int b = static_cast<int>(blockIdx.x % args.n_used_max);
+    const int64_t i = row / args.hr, j = row % args.hr;
+    const int p = args.pos[i];
+    if (b > p / args.block_size) return;  // past the token's position: the whole CTA leaves
+
+    const float* q = args.iq + row * args.r;  // (r,)
+    const float* keys =
+        args.index_keys + (int64_t{args.seq[i]} * args.hr + j) * args.c * args.r;  // (c, r)
+    const float q_scale = args.scale * kSelectLog2e;
+    const int t_begin = b * args.block_size;
+    const int t_end = min(t_begin + args.block_size, p + 1);
+
+    float m = -INFINITY, l = 0.0f;
+    for (int t = t_begin + threadIdx.x; t < t_end; t += blockDim.x) {
+        const float* k = keys + int64_t{t} * args.r;
+        float z = 0.0f;
+        for (int64_t e = 0; e < args.r; ++e) z += (q[e] * q_scale) * k[e];
+        if (z > m) {
+            l = l * exp2f(m - z) + 1.0f;  // exp2f(-inf) = 0 on the thread's first key
+            m = z;
+        } else {
+            l += exp2f(z - m);
+        }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float m2 = __shfl_xor_sync(kFullMask, m, offset);
+        const float l2 = __shfl_xor_sync(kFullMask, l, offset);
+        merge_state(m, l, m2, l2);
+    }
+    __shared__ float warp_m[kMassMaxWarps], warp_l[kMassMaxWarps];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) {
+        warp_m[warp] = m;
+        warp_l[warp] = l;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w)
+            merge_state(m, l, warp_m[w], warp_l[w]);
+        args.log2_mass[row * args.n_used_max + b] = m + log2f(l);  // l >= 1: the max key gives 2^0
+    }
+}
+
+// ---- block-wide helpers of select_row_kernel (every thread of the CTA must call them) -----
+
+// op-reduction of v over the CTA, the same value in every thread; `shared` has kSelectWarps
+// entries. Warps combine in a fixed order, so the result does not depend on scheduling.
+template <class T, class Op>
+__device__ T block_reduce(T v, Op op, T* shared) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+        v = op(v, __shfl_xor_sync(kFullMask, v, offset));
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    T result = shared[0];
+    for (int w = 1; w < kSelectWarps; ++w) result = op(result, shared[w]);
+    __syncthreads();  // `shared` may be reused right away
+    return result;
+}
+
+// Calls emit(x, index) for every x in [0, count) with flag(x), index = the number of flagged
+// x' < x (an ordered compaction); returns the number flagged, the same in every thread.
+// `warp_counts` has kSelectWarps entries.
+template <class Flag, class Emit>
+__device__ int block_compact(int count, Flag flag, Emit emit, int* warp_counts) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int base = 0;
+    for (int start = 0; start < count; start += kSelectThreads) {
+        const int x = start + static_cast<int>(threadIdx.x);
+        const bool flagged = x < count && flag(x);
+        const unsigned ballot = __ballot_sync(kFullMask, flagged);
+        if (lane == 0) warp_counts[warp] = __popc(ballot);
+        __syncthreads();
+        int before = 0, tile_total = 0;
+        for (int w = 0; w < kSelectWarps; ++w) {
+            before += w < warp ? warp_counts[w] : 0;
+            tile_total += warp_counts[w];
+        }
+        if (flagged) emit(x, base + before + __popc(ballot & ((1u << lane) - 1u)));
+        base += tile_total;
+        __syncthreads();  // warp_counts is rewritten by the next tile
+    }
+    return base;
+}
+
+__global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocksArgs args) {
+    const int64_t row = blockIdx.x;  // token * hr + head
+    const int p = args.pos[row / args.hr];
+    const int n_used = p / args.block_size + 1, last = n_used - 1;
+    int32_t* out = args.blocks + row * args.max_blocks;  // (max_blocks,)
+    const int tid = threadIdx.x;
+
+    __shared__ double hist[kSelectBins];
+    __shared__ double reduce_d[kSelectWarps];
+    __shared__ float reduce_f[kSelectWarps];
+    __shared__ int reduce_i[kSelectWarps];
+    __shared__ int s_boundary;
+    __shared__ double s_kept, s_target;
+
+    if (args.top_p >= 1.0f) {  // every block, whatever the masses
+        for (int b = tid; b < args.max_blocks; b += kSelectThreads) out[b] = b < n_used ? b : -1;
+        if (tid == 0) args.counts[row] = n_used;
+        return;
+    }
+
+    const float* a = args.log2_mass + row * args.n_used_max;  // (n_used,)
+    int32_t* candidates = args.candidates + row * args.n_used_max;
+    int32_t* ranks = args.ranks + row * args.n_used_max;
+    auto always_kept = [last](int b) { return b == 0 || b == last; };
+
+    // The heaviest block; the masses relative to it, their histogram, total and always-kept part.
+    float heaviest = -INFINITY;
+    for (int b = tid; b < n_used; b += kSelectThreads) heaviest = fmaxf(heaviest, a[b]);
+    heaviest = block_reduce(
+        heaviest, [](float x, float y) { return fmaxf(x, y); }, reduce_f);
+    for (int k = tid; k < kSelectBins; k += kSelectThreads) hist[k] = 0.0;
+    __syncthreads();
+    double total = 0.0, kept = 0.0;
+    for (int b = tid; b < n_used; b += kSelectThreads) {
+        const double w = exp2(static_cast<double>(a[b]) - heaviest);
+        total += w;
+        if (always_kept(b)) {
+            kept += w;
+        } else {
+            atomicAdd(&hist[select_mass_bin(heaviest - a[b])], w);
+        }
+    }
+    auto add_d = [](double x, double y) { return x + y; };
+    total = block_reduce(total, add_d, reduce_d);
+    kept = block_reduce(kept, add_d, reduce_d);  // its barriers also publish the histogram
+
+    // The boundary bin: the first whose mass reaches the target (256 steps, one thread). None
+    // (kSelectBins) when rounding leaves the whole histogram just short of it: every block kept.
+    if (tid == 0) {
+        const double target = static_cast<double>(args.top_p) * total;
+        int boundary = kSelectBins;
+        for (int k = 0; k < kSelectBins; ++k) {
+            if (kept + hist[k] >= target) {
+                boundary = k;
+                break;
+            }
+            kept += hist[k];
+        }
+        s_boundary = boundary;
+        s_kept = kept;
+        s_target = target;
+    }
+    __syncthreads();
+    const int boundary = s_boundary;
+    const double kept_before = s_kept, target = s_target;
+    auto bin_of = [&](int b) { return always_kept(b) ? -1 : select_mass_bin(heaviest - a[b]); };
+
+    // The boundary bin's blocks, ascending; then each one's rank in the selection order
+    // (heavier first, ties lower id first) and whether the sequential rule takes it.
+    const int n_candidates = block_compact(
+        n_used, [&](int b) { return bin_of(b) == boundary; },
+        [&](int b, int index) { candidates[index] = b; }, reduce_i);
+    int taken = 0;
+    for (int x_index = tid; x_index < n_candidates; x_index += kSelectThreads) {
+        const int x = candidates[x_index];
+        const float ax = a[x];
+        double before_mass = 0.0;  // the masses of the blocks that come before x
+        int rank = 0;
+        for (int y_index = 0; y_index < n_candidates; ++y_index) {
+            const int y = candidates[y_index];
+            const float ay = a[y];
+            if (ay > ax || (ay == ax && y < x)) {
+                before_mass += exp2(static_cast<double>(ay) - heaviest);
+                ++rank;
+            }
+        }
+        ranks[x] = rank;
+        taken += kept_before + before_mass < target ? 1 : 0;
+    }
+    // Its barriers also publish `ranks` to the whole CTA.
+    const int n_taken = block_reduce(
+        taken, [](int x, int y) { return x + y; }, reduce_i);
+
+    // Kept, ascending: the always-kept blocks, every bin before the boundary, and the boundary
+    // blocks of rank below n_taken (in exact arithmetic the taken blocks are the first n_taken
+    // of the order; counting them keeps the set a prefix of the order whatever the rounding).
+    const int count = block_compact(
+        n_used,
+        [&](int b) {
+            const int k = bin_of(b);
+            return k < boundary || (k == boundary && ranks[b] < n_taken);
+        },
+        [&](int b, int index) { out[index] = b; }, reduce_i);
+    for (int k = count + tid; k < args.max_blocks; k += kSelectThreads) out[k] = -1;
+    if (tid == 0) args.counts[row] = count;
+}
+
+}  // namespace
+
+cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream) {
+    const int64_t rows = args.n * args.hr;
+    if (rows == 0) return cudaSuccess;
+    // Key indices and block ids are ints in the kernels.
+    if (args.block_size <= 0 || args.n_used_max <= 0 || rows > INT_MAX ||
+        rows * args.n_used_max > INT_MAX || args.c + args.block_size > INT_MAX)
+        return cudaErrorInvalidValue;
+    // One thread per key of a block, whole warps, at most kMassMaxThreads (then threads loop).
+    const int mass_threads = static_cast<int>(
+        std::min<int64_t>(kMassMaxThreads, (int64_t{args.block_size} + 31) / 32 * 32));
+    block_mass_kernel<<<static_cast<unsigned>(rows * args.n_used_max), mass_threads, 0, stream>>>(
+        args);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    select_row_kernel<<<static_cast<unsigned>(rows), kSelectThreads, 0, stream>>>(args);
+    return cudaGetLastError();
+}
+
+}  // namespace purbo::cuda
