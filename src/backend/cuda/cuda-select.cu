@@ -14,14 +14,16 @@
 // a __threadfence before each CTA's increment, and the last CTA of a row, sized for one
 // block's keys, doing the row's work; it saves one launch, which a CUDA graph makes cheap.
 //
-// Exact resolution of the boundary bin without a sort: its blocks are listed in ascending id
-// order (an ordered compaction, so the result does not depend on scheduling), and each one
-// counts the blocks of the list that come before it in the selection order (heavier, or as
-// heavy with a lower id) and sums their masses. Block x is taken when the kept mass plus that
-// sum is still below the target, exactly the sequential rule of cpu-select.cpp; the number of
-// taken blocks then keeps the blocks of ranks below it. Quadratic in the blocks of the bin,
-// which is few unless the masses are flat over a long context (speed only: a block-wide radix
-// sort would make it n log n).
+// Exact resolution of the boundary bin without a sort: while it holds more than a few hundred
+// blocks (flat masses over a long context: 16K blocks of 64 keys at 1M tokens may share one
+// eighth of an octave) its range is split into 256 finer bins and the boundary found again,
+// up to three levels (1/8, 1/2048, 1/524288 octave). The remaining blocks are listed in
+// ascending id order (an ordered compaction, so the result does not depend on scheduling), and
+// each one counts the blocks of the list that come before it in the selection order (heavier,
+// or as heavy with a lower id) and sums their masses. Block x is taken when the kept mass plus
+// that sum is still below the target, exactly the sequential rule of cpu-select.cpp; the
+// number of taken blocks then keeps the blocks of ranks below it. Quadratic in the final
+// blocks only.
 //
 // Sums that decide the boundary are in double (one value per block: cheap) so that they round
 // far below the fp32 error of the block masses; the histogram's atomics add in any order, which
@@ -193,59 +195,126 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
 
     // The boundary bin: the first whose mass reaches the target (256 steps, one thread). None
     // (kSelectBins) when rounding leaves the whole histogram just short of it: every block kept.
-    if (tid == 0) {
-        const double target = static_cast<double>(args.top_p) * total;
-        int boundary = kSelectBins;
-        for (int k = 0; k < kSelectBins; ++k) {
-            if (kept + hist[k] >= target) {
-                boundary = k;
-                break;
+    auto find_boundary = [&](double kept_so_far) {
+        if (tid == 0) {
+            const double target = static_cast<double>(args.top_p) * total;
+            int boundary = kSelectBins;
+            for (int k = 0; k < kSelectBins; ++k) {
+                if (kept_so_far + hist[k] >= target) {
+                    boundary = k;
+                    break;
+                }
+                kept_so_far += hist[k];
             }
-            kept += hist[k];
+            s_boundary = boundary;
+            s_kept = kept_so_far;
+            s_target = target;
         }
-        s_boundary = boundary;
-        s_kept = kept;
-        s_target = target;
-    }
-    __syncthreads();
-    const int boundary = s_boundary;
-    const double kept_before = s_kept, target = s_target;
-    auto bin_of = [&](int b) { return always_kept(b) ? -1 : select_mass_bin(heaviest - a[b]); };
+        __syncthreads();
+    };
+    find_boundary(kept);
+    const double target = s_target;
 
-    // The boundary bin's blocks, ascending; then each one's rank in the selection order
-    // (heavier first, ties lower id first) and whether the sequential rule takes it.
-    const int n_candidates = block_compact(
-        n_used, [&](int b) { return bin_of(b) == boundary; },
-        [&](int b, int index) { candidates[index] = b; }, reduce_i);
-    int taken = 0;
-    for (int x_index = tid; x_index < n_candidates; x_index += kSelectThreads) {
-        const int x = candidates[x_index];
-        const float ax = a[x];
-        double before_mass = 0.0;  // the masses of the blocks that come before x
-        int rank = 0;
-        for (int y_index = 0; y_index < n_candidates; ++y_index) {
-            const int y = candidates[y_index];
-            const float ay = a[y];
-            if (ay > ax || (ay == ax && y < x)) {
-                before_mass += exp2(static_cast<double>(ay) - heaviest);
-                ++rank;
-            }
+    // Refinement: while the boundary bin holds many blocks (flat masses over a long context),
+    // split its range into kSelectBins finer bins (each level 256 times narrower, the same
+    // monotone mapping) and find the boundary among those, so that the exact resolution below
+    // only orders a few blocks. Level L's key of block b: the bins of levels 0..L.
+    // fine_below(b, L) = ((scaled - k0) * 256 - k1) * 256 ... with scaled = below * 8: monotone
+    // in below, so the bins still follow the mass order.
+    constexpr int kLevels = 3;
+    constexpr int kQuadraticMax = 512;  // boundary blocks ordered pairwise at most
+    int bounds[kLevels];
+    bounds[0] = s_boundary;
+    double kept_before = s_kept;
+    int levels = 1;
+    // The bins of block b at levels 0..levels-1 (-1 for the always-kept blocks).
+    auto bins_of = [&](int b, int (&out_bins)[kLevels], int n_levels) {
+        if (always_kept(b)) {
+            for (int L = 0; L < n_levels; ++L) out_bins[L] = -1;
+            return;
         }
-        ranks[x] = rank;
-        taken += kept_before + before_mass < target ? 1 : 0;
+        float scaled = (heaviest - a[b]) * static_cast<float>(kSelectBinsPerOctave);
+        for (int L = 0; L < n_levels; ++L) {
+            const int k = scaled < static_cast<float>(kSelectBins - 1) ? static_cast<int>(scaled) : kSelectBins - 1;
+            out_bins[L] = k;
+            scaled = (scaled - static_cast<float>(k)) * static_cast<float>(kSelectBins);
+        }
+    };
+    // Whether b lies in the boundary bin of every level so far.
+    auto in_boundary = [&](int b, int n_levels) {
+        int bins[kLevels];
+        bins_of(b, bins, n_levels);
+        for (int L = 0; L < n_levels; ++L)
+            if (bins[L] != bounds[L]) return false;
+        return true;
+    };
+    int n_candidates = block_compact(
+        n_used, [&](int b) { return in_boundary(b, 1); }, [&](int b, int index) { candidates[index] = b; },
+        reduce_i);
+    while (n_candidates > kQuadraticMax && levels < kLevels && bounds[levels - 1] < kSelectBins - 1) {
+        for (int k = tid; k < kSelectBins; k += kSelectThreads) hist[k] = 0.0;
+        __syncthreads();
+        for (int x = tid; x < n_candidates; x += kSelectThreads) {
+            const int b = candidates[x];
+            int bins[kLevels];
+            bins_of(b, bins, levels + 1);
+            atomicAdd(&hist[bins[levels]], exp2(static_cast<double>(a[b]) - heaviest));
+        }
+        __syncthreads();
+        find_boundary(kept_before);
+        bounds[levels] = s_boundary;
+        kept_before = s_kept;
+        ++levels;
+        if (bounds[levels - 1] == kSelectBins) break;  // rounding: every candidate kept
+        n_candidates = block_compact(
+            n_candidates, [&](int x) { return in_boundary(candidates[x], levels); },
+            [&](int x, int index) { ranks[index] = candidates[x]; }, reduce_i);
+        for (int x = tid; x < n_candidates; x += kSelectThreads) candidates[x] = ranks[x];
+        __syncthreads();
+    }
+    const int boundary_last = bounds[levels - 1];
+
+    // Exact resolution: each boundary block's rank in the selection order (heavier first, ties
+    // lower id first) and whether the sequential rule takes it.
+    int taken = 0;
+    if (boundary_last < kSelectBins) {
+        for (int x_index = tid; x_index < n_candidates; x_index += kSelectThreads) {
+            const int x = candidates[x_index];
+            const float ax = a[x];
+            double before_mass = 0.0;  // the masses of the blocks that come before x
+            int rank = 0;
+            for (int y_index = 0; y_index < n_candidates; ++y_index) {
+                const int y = candidates[y_index];
+                const float ay = a[y];
+                if (ay > ax || (ay == ax && y < x)) {
+                    before_mass += exp2(static_cast<double>(ay) - heaviest);
+                    ++rank;
+                }
+            }
+            ranks[x] = rank;
+            taken += kept_before + before_mass < target ? 1 : 0;
+        }
     }
     // Its barriers also publish `ranks` to the whole CTA.
     const int n_taken = block_reduce(
         taken, [](int x, int y) { return x + y; }, reduce_i);
 
-    // Kept, ascending: the always-kept blocks, every bin before the boundary, and the boundary
-    // blocks of rank below n_taken (in exact arithmetic the taken blocks are the first n_taken
-    // of the order; counting them keeps the set a prefix of the order whatever the rounding).
+    // Kept, ascending: the always-kept blocks, every bin before the boundary at some level
+    // (with the earlier levels on their boundary), and the final boundary blocks of rank below
+    // n_taken (in exact arithmetic the taken blocks are the first n_taken of the order;
+    // counting them keeps the set a prefix of the order whatever the rounding). A level whose
+    // boundary is kSelectBins (rounding left its histogram short) keeps all of its bins.
     const int count = block_compact(
         n_used,
         [&](int b) {
-            const int k = bin_of(b);
-            return k < boundary || (k == boundary && ranks[b] < n_taken);
+            if (always_kept(b)) return true;
+            int bins[kLevels];
+            bins_of(b, bins, levels);
+            for (int L = 0; L < levels; ++L) {
+                if (bins[L] < bounds[L]) return true;
+                if (bins[L] > bounds[L]) return false;
+            }
+            return boundary_last == kSelectBins || ranks[b] < n_taken;
         },
         [&](int b, int index) { out[index] = b; }, reduce_i);
     for (int k = count + tid; k < args.max_blocks; k += kSelectThreads) out[k] = -1;
