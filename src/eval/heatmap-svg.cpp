@@ -23,6 +23,8 @@ constexpr int kLegendBarW = 16;
 constexpr int kLegendW = 150;  // bar, tick labels and captions
 constexpr int kBottom = 44;
 constexpr int kMinLegendH = 160;
+constexpr int kTitleFont = 16;
+constexpr int kSubtitleFont = 11;
 constexpr const char* kOutlineColour = "#ff2050";  // visible on every viridis colour
 constexpr const char* kMissingColour = "#bbbbbb";  // a score that is not a number
 
@@ -93,7 +95,13 @@ std::string heatmap_svg(std::span<const float> scores, int n_layer, int n_head,
     const int grid_h = n_layer * kCellH;
     const int legend_x = kLeft + grid_w + kLegendGap;
     const int legend_h = std::max(grid_h, kMinLegendH);
-    const int width = legend_x + kLegendW;
+    // Wide enough for the title lines too: no text measurement in plain SVG, so an upper
+    // bound of the average sans-serif glyph width (0.6 em) stands in for it.
+    const auto text_w = [](const std::string& t, int font_size) {
+        return 20 + static_cast<int>(0.6 * font_size * static_cast<double>(t.size()));
+    };
+    const int width = std::max({legend_x + kLegendW, text_w(options.title, kTitleFont),
+                                text_w(options.subtitle, kSubtitleFont)});
     const int height = kTop + legend_h + kBottom;
 
     std::string svg;
@@ -111,9 +119,9 @@ std::string heatmap_svg(std::span<const float> scores, int n_layer, int n_head,
                        viridis(static_cast<double>(i) / (kViridis.size() - 1)));
     fmt::format_to(out, "</linearGradient></defs>\n");
     fmt::format_to(out, "<rect width=\"{}\" height=\"{}\" fill=\"white\"/>\n", width, height);
-    fmt::format_to(out, "<text x=\"10\" y=\"24\" font-size=\"16\" font-weight=\"bold\">{}</text>\n",
-                   xml_escape(options.title));
-    fmt::format_to(out, "<text x=\"10\" y=\"44\" font-size=\"11\">{}</text>\n",
+    fmt::format_to(out, "<text x=\"10\" y=\"24\" font-size=\"{}\" font-weight=\"bold\">{}</text>\n",
+                   kTitleFont, xml_escape(options.title));
+    fmt::format_to(out, "<text x=\"10\" y=\"44\" font-size=\"{}\">{}</text>\n", kSubtitleFont,
                    xml_escape(options.subtitle));
 
     // Axes: column (query head) and row (layer) labels.
