@@ -131,10 +131,10 @@ Result<std::vector<TextDocument>> corpus_documents(const CorpusOptions& options)
         std::string list;
         for (const std::string& m : missing) list += (list.empty() ? "" : ", ") + m;
         return error(StatusCode::kNotFound,
-                     "text corpus ({} split{}): {} documents found, {} needed; missing: {}",
+                     "text corpus ({} split{}): {} documents found, {} needed{}{}",
                      corpus_split_name(options.split),
                      options.calibration_only ? ", calibration documents" : "", docs.size(),
-                     options.min_documents, list.empty() ? "none" : list);
+                     options.min_documents, list.empty() ? "" : "; missing: ", list);
     }
     return docs;
 }
