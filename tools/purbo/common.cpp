@@ -104,29 +104,24 @@ void print_sparsity(Session& session, const Adapter& adapter) {
     for (const auto& l : layout.ring_heads) ring_heads += static_cast<int>(l.size());
     const KvCache& cache = session.cache();
     const double mib = 1024.0 * 1024.0;
-    std::fprintf(stderr, "purbo: %16s = %d retrieval heads of %d (%.1f%%), %d of %d KV heads local-only (ring)
-",
+    std::fprintf(stderr, "purbo: %16s = %d retrieval heads of %d (%.1f%%), %d of %d KV heads local-only (ring)\n",
                  "sparse heads", policy->n_retrieval(), heads, 100.0 * policy->n_retrieval() / heads, ring_heads,
                  adapter.n_layer * adapter.n_head_kv);
-    std::fprintf(stderr, "purbo: %16s = %.2f MiB (dense %.2f MiB, memory sparsity %.1f%%)
-", "KV cache",
+    std::fprintf(stderr, "purbo: %16s = %.2f MiB (dense %.2f MiB, memory sparsity %.1f%%)\n", "KV cache",
                  static_cast<double>(cache.nbytes()) / mib, static_cast<double>(cache.dense_nbytes()) / mib,
                  100.0 * (1.0 - static_cast<double>(cache.nbytes()) / static_cast<double>(cache.dense_nbytes())));
     const SparsityStats& st = policy->stats();
     if (st.decode_tokens == 0) return;
     const SparseSettings& ss = policy->settings();
-    std::fprintf(stderr, "purbo: %16s = W %d, S %d, p %.2f, B %d, r %d%s
-", "sparse settings", ss.window, ss.n_sink,
+    std::fprintf(stderr, "purbo: %16s = W %d, S %d, p %.2f, B %d, r %d%s\n", "sparse settings", ss.window, ss.n_sink,
                  ss.top_p, ss.block_size, ss.rank, policy->has_indexer() ? "" : " (no indexer: retrieval heads dense)");
     if (st.retrieval_head_steps > 0) {
-        std::fprintf(stderr, "purbo: %16s = %.1f tokens per retrieval head per step (of %.1f dense, %.1f%% kept)
-",
+        std::fprintf(stderr, "purbo: %16s = %.1f tokens per retrieval head per step (of %.1f dense, %.1f%% kept)\n",
                      "top-p selection", st.tokens_per_retrieval_head(),
                      static_cast<double>(st.retrieval_dense) / static_cast<double>(st.retrieval_head_steps),
                      100.0 * static_cast<double>(st.retrieval_attended) / static_cast<double>(st.retrieval_dense));
     }
-    std::fprintf(stderr, "purbo: %16s = %.1f%% of the keys dense decode reads were skipped
-", "compute sparsity",
+    std::fprintf(stderr, "purbo: %16s = %.1f%% of the keys dense decode reads were skipped\n", "compute sparsity",
                  100.0 * st.compute_sparsity());
 }
 
