@@ -153,7 +153,8 @@ int cmd_calibrate(int argc, char** argv) {
     if (f.depths < 1) return bad(error(kBad, "--depths: {} (at least 1)", f.depths));
     if (f.model.ctx < kMinCalibrationTokens)
         return bad(error(kBad, "--ctx-size: {} (at least {})", f.model.ctx, kMinCalibrationTokens));
-    if (Status st = f.settings.validate("command line"); !st.is_ok())
+    if (Status st = f.settings.validate("settings (--window, --sinks, --top-p, --block, --rank)");
+        !st.is_ok())
         return report_error("calibrate", st);
 
     double load_ms = 0;
@@ -162,6 +163,10 @@ int cmd_calibrate(int argc, char** argv) {
     const ModelConfig& c = model->config;
     if (!model->tokenizer) return bad(error(kBad, "{}: the model has no tokenizer", model->path));
     const Tokenizer& tok = *model->tokenizer;
+    // Checked now, not when the adapter is saved after the whole calibration.
+    if (f.settings.rank > c.head_dim)
+        return bad(
+            error(kBad, "--rank: {} exceeds the model's head_dim {}", f.settings.rank, c.head_dim));
     int n_tokens = f.model.ctx;
     if (c.n_ctx_train > 0 && n_tokens > c.n_ctx_train) {
         std::fprintf(stderr,
