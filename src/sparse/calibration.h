@@ -21,7 +21,7 @@
 namespace purbo {
 
 // The needle of the calibrate command: distinctive, out of place in any licence text, and a
-// few dozen tokens long (38 with SmolLM2's tokenizer). Starts and ends with a line break so
+// few dozen tokens long (44 with SmolLM2's tokenizer). Starts and ends with a line break so
 // it reads as a paragraph of its own.
 inline constexpr const char* kCalibrationNeedle =
     "\nThe lighthouse keeper of Marrow Island hides the spare key under the blue ceramic "
