@@ -7,6 +7,8 @@
 //  2. select_row_kernel, one CTA per (token, retrieval head): the heaviest block A = max a_b,
 //     the 256-bin histogram of the masses 2^(a_b - A) (double atomics in shared memory), the
 //     scan for the boundary bin, its exact resolution, and the ascending list of kept blocks.
+//     The bins are summed per warp and then merged in a fixed order, so the result does not
+//     depend on scheduling and warps do not contend for a bin.
 //
 // A second kernel rather than the paper's last-CTA-done counter: the per-row pass needs every
 // block's (m_b, l_b) of that row, and a kernel boundary is the simplest correct barrier. The
@@ -60,6 +62,9 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float m2, float 
     m = m_new;
 }
 
+// kR: the indexer dimension when it is 8 or 16 (keys read as float4, q held in registers),
+// 0 for any other r (a plain loop).
+template <int kR>
 __global__ void __launch_bounds__(kMassMaxThreads) block_mass_kernel(SelectBlocksArgs args) {
     const int64_t row = blockIdx.x / args.n_used_max;  // token * hr + head
     const int b = static_cast<int>(blockIdx.x % args.n_used_max);
@@ -74,11 +79,24 @@ __global__ void __launch_bounds__(kMassMaxThreads) block_mass_kernel(SelectBlock
     const int t_begin = b * args.block_size;
     const int t_end = min(t_begin + args.block_size, p + 1);
 
+    float qr[kR > 0 ? kR : 1];
+    if constexpr (kR > 0) {
+#pragma unroll
+        for (int e = 0; e < kR; ++e) qr[e] = q[e] * q_scale;
+    }
     float m = -INFINITY, l = 0.0f;
     for (int t = t_begin + threadIdx.x; t < t_end; t += blockDim.x) {
         const float* k = keys + int64_t{t} * args.r;
         float z = 0.0f;
-        for (int64_t e = 0; e < args.r; ++e) z += (q[e] * q_scale) * k[e];
+        if constexpr (kR > 0) {
+#pragma unroll
+            for (int e = 0; e < kR; e += 4) {
+                const float4 kv = *reinterpret_cast<const float4*>(k + e);
+                z += qr[e] * kv.x + qr[e + 1] * kv.y + qr[e + 2] * kv.z + qr[e + 3] * kv.w;
+            }
+        } else {
+            for (int64_t e = 0; e < args.r; ++e) z += (q[e] * q_scale) * k[e];
+        }
         if (z > m) {
             l = l * exp2f(m - z) + 1.0f;  // exp2f(-inf) = 0 on the thread's first key
             m = z;
@@ -155,6 +173,9 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
     const int tid = threadIdx.x;
 
     __shared__ double hist[kSelectBins];
+    // Per-warp histograms: lanes of one warp contend for a bin, warps do not (with flat masses
+    // thousands of blocks fall into a handful of bins).
+    __shared__ double warp_hist[kSelectWarps][kSelectBins];
     __shared__ double reduce_d[kSelectWarps];
     __shared__ float reduce_f[kSelectWarps];
     __shared__ int reduce_i[kSelectWarps];
@@ -177,8 +198,22 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
     for (int b = tid; b < n_used; b += kSelectThreads) heaviest = fmaxf(heaviest, a[b]);
     heaviest = block_reduce(
         heaviest, [](float x, float y) { return fmaxf(x, y); }, reduce_f);
-    for (int k = tid; k < kSelectBins; k += kSelectThreads) hist[k] = 0.0;
-    __syncthreads();
+    const int warp_id = tid / 32;
+    auto clear_warp_hists = [&] {
+        for (int k = tid; k < kSelectWarps * kSelectBins; k += kSelectThreads) (&warp_hist[0][0])[k] = 0.0;
+        __syncthreads();
+    };
+    // hist = the sum of the warps' histograms (a fixed order: no scheduling dependence).
+    auto merge_warp_hists = [&] {
+        __syncthreads();
+        for (int k = tid; k < kSelectBins; k += kSelectThreads) {
+            double sum = 0.0;
+            for (int w = 0; w < kSelectWarps; ++w) sum += warp_hist[w][k];
+            hist[k] = sum;
+        }
+        __syncthreads();
+    };
+    clear_warp_hists();
     double total = 0.0, kept = 0.0;
     for (int b = tid; b < n_used; b += kSelectThreads) {
         const double w = exp2(static_cast<double>(a[b]) - heaviest);
@@ -186,9 +221,10 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
         if (always_kept(b)) {
             kept += w;
         } else {
-            atomicAdd(&hist[select_mass_bin(heaviest - a[b])], w);
+            atomicAdd(&warp_hist[warp_id][select_mass_bin(heaviest - a[b])], w);
         }
     }
+    merge_warp_hists();
     auto add_d = [](double x, double y) { return x + y; };
     total = block_reduce(total, add_d, reduce_d);
     kept = block_reduce(kept, add_d, reduce_d);  // its barriers also publish the histogram
@@ -252,15 +288,14 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
         n_used, [&](int b) { return in_boundary(b, 1); }, [&](int b, int index) { candidates[index] = b; },
         reduce_i);
     while (n_candidates > kQuadraticMax && levels < kLevels && bounds[levels - 1] < kSelectBins - 1) {
-        for (int k = tid; k < kSelectBins; k += kSelectThreads) hist[k] = 0.0;
-        __syncthreads();
+        clear_warp_hists();
         for (int x = tid; x < n_candidates; x += kSelectThreads) {
             const int b = candidates[x];
             int bins[kLevels];
             bins_of(b, bins, levels + 1);
-            atomicAdd(&hist[bins[levels]], exp2(static_cast<double>(a[b]) - heaviest));
+            atomicAdd(&warp_hist[warp_id][bins[levels]], exp2(static_cast<double>(a[b]) - heaviest));
         }
-        __syncthreads();
+        merge_warp_hists();
         find_boundary(kept_before);
         bounds[levels] = s_boundary;
         kept_before = s_kept;
@@ -333,8 +368,16 @@ cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stre
     // One thread per key of a block, whole warps, at most kMassMaxThreads (then threads loop).
     const int mass_threads = static_cast<int>(
         std::min<int64_t>(kMassMaxThreads, (int64_t{args.block_size} + 31) / 32 * 32));
-    block_mass_kernel<<<static_cast<unsigned>(rows * args.n_used_max), mass_threads, 0, stream>>>(
-        args);
+    const unsigned mass_ctas = static_cast<unsigned>(rows * args.n_used_max);
+    // float4 loads need 16-byte aligned rows: r a multiple of 4 and aligned pointers.
+    const bool aligned = reinterpret_cast<uintptr_t>(args.index_keys) % 16 == 0;
+    if (args.r == 16 && aligned) {
+        block_mass_kernel<16><<<mass_ctas, mass_threads, 0, stream>>>(args);
+    } else if (args.r == 8 && aligned) {
+        block_mass_kernel<8><<<mass_ctas, mass_threads, 0, stream>>>(args);
+    } else {
+        block_mass_kernel<0><<<mass_ctas, mass_threads, 0, stream>>>(args);
+    }
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     select_row_kernel<<<static_cast<unsigned>(rows), kSelectThreads, 0, stream>>>(args);
