@@ -55,6 +55,7 @@ import os
 import struct
 import sys
 import time
+import warnings
 
 import torch
 
@@ -694,6 +695,7 @@ def self_test():
     # reads only mask_mod; the block lists the compiled kernel reads are checked apart).
     from torch.nn.attention.flex_attention import flex_attention
 
+    warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
     torch.manual_seed(0)
     tol = 1e-4  # fp32 throughout: only the summation order differs from the reference
     for hh, gg, hr, n, window, sinks, block in ((8, 2, 3, 300, 64, 4, 16), (8, 4, 5, 256, 100, 3, 32),
@@ -787,8 +789,6 @@ def dry_run(argv):
 
 def dry_runs():
     """(rows, what is wrong or "") of a few dry runs."""
-    import warnings
-
     base = ["--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--retrieval", "0.3", "--window", "64",
             "--block", "16", "--fractions", "1,0.1", "-r", "1"]
     with warnings.catch_warnings():

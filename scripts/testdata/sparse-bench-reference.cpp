@@ -29,7 +29,8 @@ int64_t kv_heads_with_local(const AttentionShape& s, const std::vector<uint8_t>&
     int64_t count = 0;
     for (int64_t kv = 0; kv < s.kv_heads; ++kv) {
         bool any = false;
-        for (int64_t j = kv * per; j < (kv + 1) * per; ++j) any |= mask[static_cast<size_t>(j)] != 0;
+        for (int64_t j = kv * per; j < (kv + 1) * per; ++j)
+            any |= mask[static_cast<size_t>(j)] != 0;
         count += any ? 1 : 0;
     }
     return count;
@@ -46,7 +47,8 @@ std::vector<int32_t> spread_blocks(int64_t n_blocks, int64_t kept) {
 }
 
 int main() {
-    // S n_blocks fraction kept count sum(ids) sum((i+1)*ids[i]): the blocks a decode-sparse row keeps.
+    // S n_blocks fraction kept count sum(ids) sum((i+1)*ids[i]): the blocks a decode-sparse row
+    // keeps.
     const int64_t blocks[] = {1, 2, 3, 7, 16, 100, 512, 2048, 16384};
     const double fractions[] = {1, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.001};
     for (int64_t nb : blocks) {
@@ -58,7 +60,8 @@ int main() {
                 sum += ids[i];
                 weighted += static_cast<long long>(i + 1) * ids[i];
             }
-            std::printf("S %lld %.17g %zu %lld %lld\n", static_cast<long long>(nb), f, ids.size(), sum, weighted);
+            std::printf("S %lld %.17g %zu %lld %lld\n", static_cast<long long>(nb), f, ids.size(),
+                        sum, weighted);
         }
     }
     // R share heads kv_heads retrieval_heads kv_heads_with_local: the share as typed on the command
@@ -67,11 +70,15 @@ int main() {
         const char* text;
         float value;
     };
-#define SHARE(x) Share{#x, x##f}
-    const Share shares[] = {SHARE(0.15), SHARE(0.7), SHARE(0.3), SHARE(0.1), SHARE(1.0), SHARE(0.01),
-                            SHARE(0.25), SHARE(0.5)};
+#define SHARE(x) \
+    Share {      \
+#x, x##f \
+    }
+    const Share shares[] = {SHARE(0.15), SHARE(0.7),  SHARE(0.3),  SHARE(0.1),
+                            SHARE(1.0),  SHARE(0.01), SHARE(0.25), SHARE(0.5)};
 #undef SHARE
-    const AttentionShape shapes[] = {{32, 4, 128}, {32, 8, 128}, {9, 3, 64}, {5, 1, 64}, {10, 2, 64}, {2, 1, 64}};
+    const AttentionShape shapes[] = {{32, 4, 128}, {32, 8, 128}, {9, 3, 64},
+                                     {5, 1, 64},   {10, 2, 64},  {2, 1, 64}};
     for (const Share& r : shares) {
         for (const AttentionShape& s : shapes) {
             const std::vector<uint8_t> mask = local_mask(s, r.value);
@@ -86,8 +93,9 @@ int main() {
     const int64_t masks[][2] = {{0, 0}, {8192, 4}, {64, 4}, {4096, 0}, {3, 7}};
     for (int64_t n : sizes) {
         for (const auto& m : masks) {
-            std::printf("P %lld %lld %lld %lld %lld\n", static_cast<long long>(n), static_cast<long long>(m[0]),
-                        static_cast<long long>(m[1]), static_cast<long long>(attention_prefill_pairs(n, m[0], m[1])),
+            std::printf("P %lld %lld %lld %lld %lld\n", static_cast<long long>(n),
+                        static_cast<long long>(m[0]), static_cast<long long>(m[1]),
+                        static_cast<long long>(attention_prefill_pairs(n, m[0], m[1])),
                         static_cast<long long>(attention_visible_keys(n - 1, m[0], m[1])));
         }
     }
@@ -102,19 +110,28 @@ int main() {
                 const float r = 0.15f;  // printed as typed: 0.15
                 const int window = 8192, sinks = 4, block = 64;
                 const std::vector<uint8_t> mask = local_mask(s, r);
-                const int64_t hr = std::count(mask.begin(), mask.end(), uint8_t{0}), hl = s.heads - hr;
-                const double pairs = static_cast<double>(hr) * static_cast<double>(attention_prefill_pairs(n, 0, 0)) +
-                                     static_cast<double>(hl) * static_cast<double>(attention_prefill_pairs(n, window, sinks));
+                const int64_t hr = std::count(mask.begin(), mask.end(), uint8_t{0}),
+                              hl = s.heads - hr;
+                const double pairs =
+                    static_cast<double>(hr) *
+                        static_cast<double>(attention_prefill_pairs(n, 0, 0)) +
+                    static_cast<double>(hl) *
+                        static_cast<double>(attention_prefill_pairs(n, window, sinks));
                 const double prefill_flops = 4.0 * static_cast<double>(s.head_dim) * pairs;
                 const int64_t n_blocks = (n + block - 1) / block;
-                const std::vector<int32_t> ids = spread_blocks(n_blocks, std::llround(f * static_cast<double>(n_blocks)));
-                const double kept_keys = std::min<double>(static_cast<double>(n), static_cast<double>(ids.size()) * block);
-                const double local_keys = static_cast<double>(attention_visible_keys(n - 1, window, sinks));
-                const double flops = 4.0 * static_cast<double>(s.head_dim) *
-                                     (static_cast<double>(hr) * kept_keys + static_cast<double>(hl) * local_keys);
-                const double bytes = 2.0 * static_cast<double>(s.head_dim * elem) *
-                                     (static_cast<double>(hr) * kept_keys +
-                                      static_cast<double>(kv_heads_with_local(s, mask)) * local_keys);
+                const std::vector<int32_t> ids =
+                    spread_blocks(n_blocks, std::llround(f * static_cast<double>(n_blocks)));
+                const double kept_keys = std::min<double>(static_cast<double>(n),
+                                                          static_cast<double>(ids.size()) * block);
+                const double local_keys =
+                    static_cast<double>(attention_visible_keys(n - 1, window, sinks));
+                const double flops =
+                    4.0 * static_cast<double>(s.head_dim) *
+                    (static_cast<double>(hr) * kept_keys + static_cast<double>(hl) * local_keys);
+                const double bytes =
+                    2.0 * static_cast<double>(s.head_dim * elem) *
+                    (static_cast<double>(hr) * kept_keys +
+                     static_cast<double>(kv_heads_with_local(s, mask)) * local_keys);
                 std::printf("W %lld %lld %lld %g %lld %d %d %d %.17g %.17g %.17g %.17g\n",
                             static_cast<long long>(s.heads), static_cast<long long>(s.kv_heads),
                             static_cast<long long>(s.head_dim), 0.15, static_cast<long long>(n),
