@@ -215,15 +215,15 @@ Status check_attention(const Tensor& q, const KvCacheView& cache, const TokenPla
     if (cache.ring_sinks >= 0) {
         // Every key a query may see must still be in the ring: the sinks, and the window of
         // the earliest query of a sequence after the batch's latest key overwrote the oldest rows.
-        if (params.window == 0 || params.n_sink > cache.ring_sinks || params.selection)
+        if (params.window == 0 || params.n_sink > cache.ring_sinks)
             return error(StatusCode::kInvalidArgument,
                          "attention: a ring cache ({} sinks) needs local heads with a window and at most {} sinks (window {}, sinks {})",
                          cache.ring_sinks, cache.ring_sinks, params.window, params.n_sink);
         const int64_t hpk = h / g;
-        for (int64_t j = 0; j < h && !params.local_heads.empty(); ++j) {
+        for (int64_t j = 0; j < h; ++j) {
             const bool held = cache.heads.empty() ||
                               std::binary_search(cache.heads.begin(), cache.heads.end(), j / hpk);
-            if (held && !params.local_heads[static_cast<size_t>(j)])
+            if (held && !attention_head_is_local(params, j))
                 return error(StatusCode::kInvalidArgument,
                              "attention: query head {} reads a ring cache but is not local", j);
         }

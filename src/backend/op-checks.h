@@ -2,6 +2,7 @@
 // first, so a wrong call is the same Status on cpu-ref, cpu and cuda.
 #pragma once
 
+#include <algorithm>
 #include <span>
 
 #include "backend/backend.h"
@@ -33,6 +34,40 @@ inline bool attention_key_visible(int64_t j, int64_t p, const AttentionParams& p
     if (j > p) return false;
     if (params.window == 0) return true;
     return j > p - params.window || j < params.n_sink;
+}
+
+// Whether the window and sinks of `params` apply to query head `head` (a local head).
+inline bool attention_head_is_local(const AttentionParams& params, int64_t head) {
+    return params.window > 0 &&
+           (params.local_heads.empty() || params.local_heads[static_cast<size_t>(head)] != 0);
+}
+
+// The model's KV head count as a cache view sees it (g).
+inline int64_t kv_view_model_heads(const KvCacheView& cache) {
+    return cache.heads.empty() ? cache.k.dim(1) : cache.n_head_kv;
+}
+
+// The cache head that holds model KV head `kv`, or -1 when the view does not hold it.
+inline int64_t kv_view_index(const KvCacheView& cache, int64_t kv) {
+    if (cache.heads.empty()) return kv;
+    for (size_t i = 0; i < cache.heads.size(); ++i) {
+        if (cache.heads[i] == kv) return static_cast<int64_t>(i);
+    }
+    return -1;
+}
+
+// The block ids selected for (token i, query head `head`), ascending; empty when the head is
+// not restricted. Host-readable selections only (CPU backends).
+inline std::span<const int32_t> attention_selected_blocks(const AttentionParams& params, int64_t i,
+                                                          int64_t head) {
+    const BlockSelection* sel = params.selection;
+    if (sel == nullptr) return {};
+    const int32_t row = sel->head_row[static_cast<size_t>(head)];
+    if (row < 0) return {};
+    const int64_t hr = sel->blocks.dim(1), max_blocks = sel->blocks.dim(2);
+    const int32_t count = std::clamp<int32_t>(sel->counts.ptr<int32_t>()[i * hr + row], 0,
+                                              static_cast<int32_t>(max_blocks));
+    return {sel->blocks.ptr<int32_t>() + (i * hr + row) * max_blocks, static_cast<size_t>(count)};
 }
 
 }  // namespace purbo

@@ -183,7 +183,7 @@ Status Forward::prepare(const ModelWeights& host) {
     return Status::ok();
 }
 
-Status Forward::run_layer(int il, int n, const ForwardBatch& batch, const KvCacheView& cache) {
+Status Forward::run_layer(int il, int n, const ForwardBatch& batch, const KvCache& cache) {
     const ModelConfig& c = config_;
     const LayerWeights& w = weights_.layers[static_cast<size_t>(il)];
     const FusedWeights& fw = fused_[static_cast<size_t>(il)];
@@ -235,16 +235,22 @@ Status Forward::run_layer(int il, int n, const ForwardBatch& batch, const KvCach
     }
     tap("q_pre_rope", il, q3);
     tap("k_pre_rope", il, k3);
+    AttentionParams params;
+    params.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    if (policy_) PURBO_TRY(policy_->plan_layer(il, q3, k3, batch.place, params));
     const RopeParams rope{rope_.inv_freq, c.rope.rotary_dim, rope_.attn_factor};
     PURBO_TRY(be.rope(q3, batch.place.pos, rope));
     PURBO_TRY(be.rope(k3, batch.place.pos, rope));
     tap("q", il, q3);
     tap("k", il, k3);
     tap("v", il, v3);
-    PURBO_TRY(be.kv_store(k3, v3, batch.place, cache));
-    AttentionParams params;
-    params.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-    PURBO_TRY(be.attention(q3, cache, batch.place, params, attn3));
+    // The layer's KV heads kept whole, then those in a ring (local heads only); each view's
+    // attention writes the query heads of its KV heads.
+    for (const KvCacheView* view : {&cache.layers[static_cast<size_t>(il)], &cache.rings[static_cast<size_t>(il)]}) {
+        if (view->k.empty()) continue;
+        PURBO_TRY(be.kv_store(k3, v3, batch.place, *view));
+        PURBO_TRY(be.attention(q3, *view, batch.place, params, attn3));
+    }
     tap("attn_out", il, attn3);
     PURBO_TRY(be.matmul(attn, w.wo, proj));
     tap("attn_proj", il, proj);
@@ -287,7 +293,7 @@ Status Forward::run(const ForwardBatch& batch, const KvCache& cache, const Tenso
     PURBO_TRY(backend_.embedding(weights_.tok_embd, batch.tokens, x));
     tap("embedding", -1, x);
     for (int il = 0; il < c.n_layer; ++il) {
-        PURBO_TRY(run_layer(il, n, batch, cache.layers[static_cast<size_t>(il)]));
+        PURBO_TRY(run_layer(il, n, batch, cache));
     }
     const Tensor xn = xn_.rows(0, n);
     PURBO_TRY(backend_.rms_norm(x, weights_.out_norm, c.rms_eps, xn));

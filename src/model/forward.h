@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "model/attention-policy.h"
 #include "model/kv-cache.h"
 #include "model/model-config.h"
 #include "model/weights.h"
@@ -50,6 +51,9 @@ public:
     Status run(const ForwardBatch& batch, const KvCache& cache, const Tensor& logits);
 
     void set_tap(ForwardTap tap) { tap_ = std::move(tap); }
+    // Head classes and block selection of a sparse model (not owned); null = dense.
+    void set_policy(AttentionPolicy* policy) { policy_ = policy; }
+    AttentionPolicy* policy() const { return policy_; }
     const ModelConfig& config() const { return config_; }
     Backend& backend() { return backend_; }
     int max_batch() const { return options_.max_batch; }
@@ -59,7 +63,7 @@ private:
         : backend_(backend), config_(config), options_(options) {}
     Status prepare(const ModelWeights& host_weights);
     Status prepare_layer(const LayerWeights& host, LayerWeights& dst, FusedWeights& fused);
-    Status run_layer(int il, int n, const ForwardBatch& batch, const KvCacheView& cache);
+    Status run_layer(int il, int n, const ForwardBatch& batch, const KvCache& cache);
     void tap(std::string_view name, int layer, const Tensor& t) const {
         if (tap_) tap_(name, layer, t);
     }
@@ -75,6 +79,7 @@ private:
     std::vector<FusedWeights> fused_;
     RopeTables rope_;
     ForwardTap tap_;
+    AttentionPolicy* policy_ = nullptr;
 
     // Scratch for one micro-batch of up to max_batch tokens (b), backend tensors:
     Tensor x_;         // (b, e) residual stream

@@ -7,7 +7,8 @@
 namespace purbo {
 
 Result<std::unique_ptr<Session>> Session::create(const ModelConfig& config, const ModelWeights& weights,
-                                                 const SessionOptions& options) {
+                                                 const SessionOptions& options,
+                                                 const AttentionPolicyFactory& policy) {
     if (options.n_ctx <= 0 || options.n_batch <= 0 || options.n_seq <= 0) {
         return error(StatusCode::kInvalidArgument, "session: n_ctx {}, n_batch {} and n_seq {} must be positive",
                      options.n_ctx, options.n_batch, options.n_seq);
@@ -21,7 +22,14 @@ Result<std::unique_ptr<Session>> Session::create(const ModelConfig& config, cons
     ForwardOptions forward_options;
     forward_options.max_batch = std::max(options.n_batch, options.n_seq);
     PURBO_ASSIGN_OR_RETURN(s->forward_, Forward::create(*s->backend_, config, weights, forward_options));
-    PURBO_ASSIGN_OR_RETURN(s->cache_, kv_cache_create(*s->backend_, config, options.n_seq, options.n_ctx));
+    KvLayout layout;
+    if (policy) {
+        PURBO_ASSIGN_OR_RETURN(s->policy_, policy(*s->backend_, config, options, forward_options.max_batch));
+        s->forward_->set_policy(s->policy_.get());
+        layout = s->policy_->kv_layout();
+    }
+    PURBO_ASSIGN_OR_RETURN(s->cache_, kv_cache_create(*s->backend_, config, options.n_seq, options.n_ctx, layout,
+                                                      forward_options.max_batch));
     s->lengths_.assign(static_cast<size_t>(options.n_seq), 0);
     return s;
 }

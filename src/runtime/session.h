@@ -3,6 +3,7 @@
 // and keeps llama.cpp-style timings.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -38,10 +39,17 @@ struct DecodeItem {
     int32_t token;
 };
 
+// Makes the attention policy of a sparse model once the session's backend exists (the
+// policy keeps state on it: indexer weights and cached index keys).
+using AttentionPolicyFactory = std::function<Result<std::unique_ptr<AttentionPolicy>>(
+    Backend& backend, const ModelConfig& config, const SessionOptions& options, int max_batch)>;
+
 class Session {
 public:
+    // Without a policy factory every head attends densely.
     static Result<std::unique_ptr<Session>> create(const ModelConfig& config, const ModelWeights& weights,
-                                                   const SessionOptions& options);
+                                                   const SessionOptions& options,
+                                                   const AttentionPolicyFactory& policy = {});
 
     // Appends `tokens` to slot `seq` and returns the logits after the last one (n_vocab,).
     Status prefill(int seq, std::span<const int32_t> tokens, std::vector<float>& last_logits);
@@ -58,6 +66,8 @@ public:
     Forward& forward() { return *forward_; }
     Backend& backend() { return *backend_; }
     SessionTimings& timings() { return timings_; }
+    AttentionPolicy* policy() { return policy_.get(); }
+    const KvCache& cache() const { return cache_; }
     const SessionOptions& options() const { return options_; }
 
 private:
@@ -69,6 +79,7 @@ private:
     SessionOptions options_;
     std::unique_ptr<Backend> backend_;
     std::unique_ptr<Forward> forward_;
+    std::unique_ptr<AttentionPolicy> policy_;
     KvCache cache_;
     std::vector<int> lengths_;
     SessionTimings timings_;

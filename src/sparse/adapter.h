@@ -62,6 +62,9 @@ struct Adapter {
     int retrieval_index(int layer, int head) const;
     // Checks internal consistency (sizes, ranges, ordering); `source` names the file.
     Status validate(const std::string& source) const;
+    // The part of validate() that needs no tensors: settings, shape, fingerprint, provenance and
+    // the retrieval list (what a file's metadata holds, checked before its tensors are read).
+    Status validate_fields(const std::string& source) const;
     // Checks that the adapter was made for a model of this shape and fingerprint.
     Status check_model(const ModelConfig& config, const std::string& fingerprint,
                        const std::string& source) const;
@@ -77,9 +80,11 @@ Result<Adapter> adapter_load(const std::string& path);
 // Writes an adapter to `path` atomically (temporary name, then rename).
 Status adapter_save(const std::string& path, const Adapter& adapter);
 
-// rtp-llm's `headwise_config` (per-layer lists of 0/1 head flags inside a model's
-// config.json, 1 = retrieval head). Import gives an adapter with head classes and no indexer;
-// export writes a JSON object holding `headwise_config` (and the settings it has names for).
+// rtp-llm's `headwise_config` (inside a model's config.json: one list of 0/1 head flags per
+// layer key "0", "1", ..., 1 = retrieval head, plus sink_token_num and swa_token_num; a plain
+// list of per-layer lists is read too). Import gives an adapter with head classes and no indexer;
+// export writes a JSON object holding `headwise_config` (and the settings it has names for),
+// into an existing config.json without touching its other keys.
 Result<Adapter> adapter_from_headwise_config(const std::string& config_json_path,
                                              const ModelConfig& config);
 Status adapter_export_headwise_config(const Adapter& adapter, const std::string& path);

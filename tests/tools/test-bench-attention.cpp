@@ -125,3 +125,43 @@ TEST(BenchAttention, BadFlags) {
 
 }  // namespace
 }  // namespace purbo
+
+namespace purbo {
+namespace {
+
+// The sparse layer on the CPU: one row per prefill size, then per decode size the dense row
+// and one row per fraction, with select + attention = total and the ratio to dense.
+TEST(BenchAttention, SparseLayerJson) {
+    const auto r = test::run_purbo(
+        "bench --attention --device cpu --heads 8 --kv-heads 2 --head-dim 64 --retrieval 0.25 --window 128 "
+        "--sinks 4 --block 64 --prefill 512 --decode 2048 --fractions 1,0.1 -r 1 -o json",
+        false);
+    ASSERT_EQ(r.status, 0) << r.output;
+    const auto j = nlohmann::json::parse(r.output);
+    ASSERT_EQ(j.size(), 4u);
+    EXPECT_EQ(j[0]["mode"], "prefill-sparse");
+    EXPECT_EQ(j[0]["retrieval_heads"], 2);
+    EXPECT_EQ(j[1]["mode"], "decode");
+    for (int i : {2, 3}) {
+        SCOPED_TRACE(j[static_cast<size_t>(i)].dump());
+        ASSERT_TRUE(j[static_cast<size_t>(i)]["skipped"].is_null());
+        const double ms = j[static_cast<size_t>(i)]["ms"], sel = j[static_cast<size_t>(i)]["select_ms"],
+                     att = j[static_cast<size_t>(i)]["attention_ms"];
+        EXPECT_GT(sel, 0);
+        EXPECT_GT(att, 0);
+        EXPECT_NEAR(ms, sel + att, 1e-9);
+        EXPECT_EQ(j[static_cast<size_t>(i)]["dense_ms"], j[1]["ms"]);
+    }
+    EXPECT_EQ(j[3]["fraction"], 0.1);
+}
+
+TEST(BenchAttention, SparseLayerBadFlags) {
+    for (const char* args : {"--retrieval 0.2 --window 0", "--retrieval 1.5 --window 64",
+                             "--retrieval 0.2 --window 64 --fractions 0,1", "--retrieval 0.2 --window 64 --block 0"}) {
+        const auto r = test::run_purbo(std::string("bench --attention --device cpu ") + args);
+        EXPECT_EQ(r.status, 1) << args << ": " << r.output;
+    }
+}
+
+}  // namespace
+}  // namespace purbo

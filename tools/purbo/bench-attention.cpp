@@ -11,6 +11,8 @@
 #include <sstream>
 
 #include "attention-cost.h"
+#include "bench-attention-sparse.h"
+#include "bench-attention-util.h"
 #include "backend/backend.h"
 #include "common.h"
 #include "core/timer.h"
@@ -24,11 +26,6 @@ struct ShapePreset {
 };
 constexpr ShapePreset kShapes[] = {{"qwen3-30b-a3b", 32, 4, 128}, {"llama3-8b", 32, 8, 128}};
 
-constexpr int64_t kFillRows = 65536;    // rows of each random host block copied over device buffers
-constexpr int64_t kElemBytes = 4;       // q, out and the KV cache are f32 on every backend
-constexpr double kLongCallSeconds = 2;  // longer calls run once, with no warm-up
-constexpr double kMinSampleMs = 20;     // short calls repeat within a sample to reach this
-
 struct Flags {
     bool attention = false;
     std::string device = "cuda", shape = "qwen3-30b-a3b", output = "md";
@@ -36,164 +33,12 @@ struct Flags {
     int threads = 0, heads = 0, kv_heads = 0, head_dim = 0, window = 0, sinks = 0, reps = 3;
     int chunk = 65536;
     float max_seconds = 60, deadline = 0;
+    // The sparse layer (bench-attention-sparse.h): retrieval share, block, fractions, rank.
+    float retrieval = 0;
+    int block = 64, rank = 16;
+    float index_top_p = 0.9f;
+    std::string fractions = "1,0.2,0.1,0.05,0.02";
 };
-
-enum class Mode { kPrefill, kDecode };
-
-// Comma-separated token counts with optional K (x1024) or M (x1024^2) suffixes; "" or "none"
-// is an empty list.
-Result<std::vector<int64_t>> parse_sizes(const std::string& flag, const std::string& text) {
-    std::vector<int64_t> out;
-    if (text.empty() || text == "none") return out;
-    std::stringstream ss(text);
-    std::string item;
-    while (std::getline(ss, item, ',')) {
-        int64_t mult = 1;
-        std::string digits = item;
-        if (!digits.empty() && (digits.back() == 'K' || digits.back() == 'k')) mult = 1024;
-        if (!digits.empty() && (digits.back() == 'M' || digits.back() == 'm')) mult = 1024 * 1024;
-        if (mult > 1) digits.pop_back();
-        char* end = nullptr;
-        const long long v = std::strtoll(digits.c_str(), &end, 10);
-        if (digits.empty() || *end != '\0' || v <= 0 || v * mult > (int64_t{1} << 24)) {
-            return error(StatusCode::kInvalidArgument,
-                         "{}: '{}' in '{}' is not a token count (1..16M, K and M suffixes)", flag,
-                         item, text);
-        }
-        out.push_back(v * mult);
-    }
-    return out;
-}
-
-std::string size_label(int64_t n) {
-    if (n % (1024 * 1024) == 0) return std::to_string(n / (1024 * 1024)) + "M";
-    if (n % 1024 == 0) return std::to_string(n / 1024) + "K";
-    return std::to_string(n);
-}
-
-// The first m rows of t's outermost dim; shares storage.
-Tensor leading(const Tensor& t, int64_t m) {
-    Tensor v = t;
-    v.shape[0] = m;
-    return v;
-}
-
-// Copies the host block (rows, d) over dev, viewed as (numel / d, d), again and again.
-Status fill_rows(Backend& be, const Tensor& dev, const Tensor& block) {
-    const int64_t d = block.dim(1);
-    const Tensor flat = dev.reshaped({dev.numel() / d, d});
-    for (int64_t r = 0; r < flat.dim(0); r += block.dim(0)) {
-        const int64_t m = std::min(block.dim(0), flat.dim(0) - r);
-        PURBO_TRY(be.from_host(block.rows(0, m), flat.rows(r, r + m)));
-    }
-    return Status::ok();
-}
-
-Tensor random_block(int64_t d, std::mt19937& rng) {
-    Tensor t = tensor_cpu(DType::kF32, {kFillRows, d}, "random block");
-    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
-    return t;
-}
-
-// One case's device buffers: the cache holds n keys; q and out hold one chunk of queries.
-struct CaseBuffers {
-    KvCacheView cache;
-    Tensor q, out;             // (m, h, d)
-    std::vector<int32_t> seq;  // (m,) all slot 0
-    std::vector<int32_t> pos;  // (queries,): 0..n-1 for prefill, n-1 for decode
-};
-
-Result<CaseBuffers> make_buffers(Backend& be, const AttentionShape& s, Mode mode, int64_t n,
-                                 int64_t chunk, const Tensor& block_k, const Tensor& block_v) {
-    CaseBuffers b;
-    const int64_t m = mode == Mode::kDecode ? 1 : std::min(n, chunk);
-    b.cache.k = be.alloc(DType::kF32, {1, s.kv_heads, n, s.head_dim}, "cache k");
-    b.cache.v = be.alloc(DType::kF32, {1, s.kv_heads, n, s.head_dim}, "cache v");
-    b.q = be.alloc(DType::kF32, {m, s.heads, s.head_dim}, "q");
-    b.out = be.alloc(DType::kF32, {m, s.heads, s.head_dim}, "out");
-    for (const Tensor* t : {&b.cache.k, &b.cache.v, &b.q, &b.out}) {
-        if (t->empty())
-            return error(StatusCode::kOutOfMemory, "cannot allocate the buffers for n = {}", n);
-    }
-    PURBO_TRY(fill_rows(be, b.cache.k, block_k));
-    PURBO_TRY(fill_rows(be, b.cache.v, block_v));
-    PURBO_TRY(fill_rows(be, b.q, block_k));
-    b.seq.assign(static_cast<size_t>(m), 0);
-    if (mode == Mode::kDecode) {
-        b.pos = {static_cast<int32_t>(n - 1)};
-    } else {
-        b.pos.resize(static_cast<size_t>(n));
-        for (int64_t i = 0; i < n; ++i) b.pos[static_cast<size_t>(i)] = static_cast<int32_t>(i);
-    }
-    return b;
-}
-
-// The case's op sequence once: the queries in chunks of q's rows, each at its own positions.
-Status run_once(Backend& be, const CaseBuffers& b, const AttentionParams& params) {
-    const int64_t n = static_cast<int64_t>(b.pos.size()), m = b.q.dim(0);
-    for (int64_t begin = 0; begin < n; begin += m) {
-        const int64_t count = std::min(m, n - begin);
-        const TokenPlacement place{
-            std::span<const int32_t>(b.seq).first(static_cast<size_t>(count)),
-            std::span<const int32_t>(b.pos).subspan(static_cast<size_t>(begin),
-                                                    static_cast<size_t>(count))};
-        PURBO_TRY(be.attention(leading(b.q, count), b.cache, place, params, leading(b.out, count)));
-    }
-    return Status::ok();
-}
-
-// Milliseconds per op sequence, over `calls` back-to-back sequences.
-Result<double> time_calls(Backend& be, const CaseBuffers& b, const AttentionParams& params,
-                          int calls) {
-    be.synchronize();
-    const double t0 = time_now_ms();
-    for (int i = 0; i < calls; ++i) PURBO_TRY(run_once(be, b, params));
-    be.synchronize();
-    return (time_now_ms() - t0) / calls;
-}
-
-// Reads a row of the output back: surfaces a kernel failure (which synchronize only logs) and
-// an output that is not finite.
-Status check_output(Backend& be, const CaseBuffers& b) {
-    Tensor host = tensor_cpu(DType::kF32, {1, b.out.dim(1), b.out.dim(2)}, "out row");
-    PURBO_TRY(be.to_host(leading(b.out, 1), host));
-    for (int64_t i = 0; i < host.numel(); ++i) {
-        if (!std::isfinite(host.f32()[i]))
-            return error(StatusCode::kInternal, "attention output element {} is {}", i,
-                         host.f32()[i]);
-    }
-    return Status::ok();
-}
-
-struct Measured {
-    double ms = 0;  // median per op sequence
-    int reps = 0, inner = 1;
-};
-
-Result<Measured> measure(Backend& be, const CaseBuffers& b, const AttentionParams& params, int reps,
-                         bool long_call) {
-    Measured r;
-    if (long_call) {  // one-time costs are small next to the call: no warm-up, one sample
-        PURBO_ASSIGN_OR_RETURN(r.ms, time_calls(be, b, params, 1));
-        r.reps = 1;
-    } else {
-        PURBO_ASSIGN_OR_RETURN(const double warm_ms, time_calls(be, b, params, 1));
-        r.inner = static_cast<int>(
-            std::clamp(std::ceil(kMinSampleMs / std::max(warm_ms, 1e-3)), 1.0, 1000.0));
-        std::vector<double> samples;
-        for (int i = 0; i < reps; ++i) {
-            PURBO_ASSIGN_OR_RETURN(const double ms, time_calls(be, b, params, r.inner));
-            samples.push_back(ms);
-        }
-        std::sort(samples.begin(), samples.end());
-        const size_t mid = samples.size() / 2;
-        r.ms = samples.size() % 2 ? samples[mid] : 0.5 * (samples[mid - 1] + samples[mid]);
-        r.reps = reps;
-    }
-    PURBO_TRY(check_output(be, b));
-    return r;
-}
 
 Result<AttentionShape> resolve_shape(const Flags& f) {
     AttentionShape s;
@@ -280,6 +125,15 @@ int cmd_bench_attention(int argc, char** argv) {
                            "skip cases that would end after S s from the start (default: none)",
                            &f.deadline});
     set.options.push_back({"--output", "-o", "FMT", "md (default) or json", &f.output});
+    set.options.push_back({"--retrieval", "", "R",
+                           "the sparse layer: share R of the heads are retrieval heads, the rest local "
+                           "(needs --window; default 0: the dense op)", &f.retrieval});
+    set.options.push_back({"--block", "", "B", "sparse layer: selection block in tokens (default 64)", &f.block});
+    set.options.push_back({"--fractions", "", "LIST",
+                           "sparse decode: shares of blocks kept (default 1,0.2,0.1,0.05,0.02)", &f.fractions});
+    set.options.push_back({"--rank", "", "R", "sparse layer: indexer dimension (default 16)", &f.rank});
+    set.options.push_back({"--index-top-p", "", "P", "sparse decode: top-p of the timed selection (default 0.9)",
+                           &f.index_top_p});
     bool help = false;
     if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok())
         return report_error("bench", st);
@@ -301,6 +155,40 @@ int cmd_bench_attention(int argc, char** argv) {
     Result<std::unique_ptr<Backend>> backend = backend_create(f.device, bo);
     if (!backend.is_ok()) return report_error("bench", backend.status());
     Backend& be = **backend;
+    if (f.retrieval > 0) {
+        if (!(f.retrieval <= 1) || f.window <= 0 || f.block <= 0 || f.rank <= 0 ||
+            !(f.index_top_p > 0 && f.index_top_p <= 1))
+            return report_error("bench", error(StatusCode::kInvalidArgument,
+                                               "--retrieval {} must be in (0, 1] with --window > 0 (got {}), --block {} "
+                                               "and --rank {} positive, --index-top-p {} in (0, 1]",
+                                               f.retrieval, f.window, f.block, f.rank, f.index_top_p));
+        SparseBenchConfig c;
+        c.shape_name = f.shape;
+        c.device = f.device;
+        c.output = f.output;
+        c.shape = s;
+        c.prefill = *prefill;
+        c.decode = *decode;
+        std::stringstream ss(f.fractions);
+        for (std::string item; std::getline(ss, item, ',');) {
+            char* end = nullptr;
+            const double v = std::strtod(item.c_str(), &end);
+            if (item.empty() || *end != '\0' || !(v > 0 && v <= 1))
+                return report_error("bench", error(StatusCode::kInvalidArgument,
+                                                   "--fractions: '{}' in '{}' is not in (0, 1]", item, f.fractions));
+            c.fractions.push_back(v);
+        }
+        c.retrieval = f.retrieval;
+        c.window = f.window;
+        c.sinks = f.sinks;
+        c.block = f.block;
+        c.rank = f.rank;
+        c.top_p = f.index_top_p;
+        c.reps = f.reps;
+        c.chunk = f.chunk;
+        c.max_seconds = f.max_seconds;
+        return run_sparse_attention_bench(be, c);
+    }
     AttentionParams params;
     params.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
     params.window = f.window;
@@ -354,7 +242,7 @@ int cmd_bench_attention(int argc, char** argv) {
                          2.0 * n * s.kv_heads * s.head_dim * kElemBytes / 1073741824.0,
                          rate > 0 ? fmt::format(", predicted {:.2f} s", predicted).c_str() : "");
             Result<CaseBuffers> b = make_buffers(be, s, mode, n, f.chunk, block_k, block_v);
-            Result<Measured> r = b.is_ok() ? measure(be, *b, params, f.reps, long_call)
+            Result<Measured> r = b.is_ok() ? measure(be, [&] { return run_once(be, *b, params); }, b->out, f.reps, long_call)
                                            : Result<Measured>(b.status());
             if (r.is_ok()) {
                 m = *r;

@@ -54,6 +54,77 @@ Result<Model> load_model(ModelFlags& flags, double* load_ms) {
     return m;
 }
 
+std::string default_adapter_path() {
+    namespace fs = std::filesystem;
+    const fs::path name = fs::path("adapters") / "SmolLM2-135M-Instruct.adapter.safetensors";
+    const fs::path in_source = fs::path(PURBO_SOURCE_DIR) / name;
+    std::error_code ec;
+    if (fs::exists(in_source, ec)) return in_source.string();
+    return name.string();
+}
+
+void add_sparse_flags(OptionSet& set, SparseFlags& flags) {
+    set.options.push_back({"--adapter", "", "FILE", "run the sparse model of this adapter (purbo calibrate / train-indexer)",
+                           &flags.adapter});
+    set.options.push_back({"--sparse", "", "", "run the sparse model with the default model's committed adapter",
+                           &flags.sparse});
+    set.options.push_back({"--sparse-top-p", "", "P", "index mass retrieval heads keep in decode (default: the adapter's)",
+                           &flags.sparse_top_p});
+    set.options.push_back({"--block-sparse-prefill", "", "",
+                           "retrieval heads attend to indexer-selected blocks in prefill too (default: dense)",
+                           &flags.block_sparse_prefill});
+    set.options.push_back({"--no-rings", "", "", "keep every KV head for the whole context (no ring buffers)",
+                           &flags.no_rings});
+}
+
+Result<AttentionPolicyFactory> sparse_policy_from_flags(const SparseFlags& flags, const Model& model,
+                                                        Adapter* adapter_out) {
+    if (!flags.enabled()) return AttentionPolicyFactory{};
+    if (flags.sparse && !flags.adapter.empty())
+        return error(StatusCode::kInvalidArgument, "give --sparse or --adapter, not both");
+    if (flags.sparse_top_p != 0 && !(flags.sparse_top_p > 0 && flags.sparse_top_p <= 1))
+        return error(StatusCode::kInvalidArgument, "--sparse-top-p: {} is not in (0, 1]", flags.sparse_top_p);
+    const std::string path = flags.sparse ? default_adapter_path() : flags.adapter;
+    PURBO_ASSIGN_OR_RETURN(Adapter adapter, adapter_load(path));
+    PURBO_TRY(adapter.check_model(model.config, model_fingerprint(model.config, model.weights), path));
+    SparseRunOptions options;
+    options.block_sparse_prefill = flags.block_sparse_prefill;
+    options.rings = !flags.no_rings;
+    options.top_p = flags.sparse_top_p;
+    if (adapter_out != nullptr) *adapter_out = adapter;
+    return sparse_policy_factory(adapter, options);
+}
+
+void print_sparsity(Session& session, const Adapter& adapter) {
+    auto* policy = dynamic_cast<SparsePolicy*>(session.policy());
+    if (policy == nullptr) return;
+    const int heads = adapter.n_layer * adapter.n_head;
+    const KvLayout layout = policy->kv_layout();
+    int ring_heads = 0;
+    for (const auto& l : layout.ring_heads) ring_heads += static_cast<int>(l.size());
+    const KvCache& cache = session.cache();
+    const double mib = 1024.0 * 1024.0;
+    std::fprintf(stderr, "purbo: %16s = %d retrieval heads of %d (%.1f%%), %d of %d KV heads local-only (ring)\n",
+                 "sparse heads", policy->n_retrieval(), heads, 100.0 * policy->n_retrieval() / heads, ring_heads,
+                 adapter.n_layer * adapter.n_head_kv);
+    std::fprintf(stderr, "purbo: %16s = %.2f MiB (dense %.2f MiB, memory sparsity %.1f%%)\n", "KV cache",
+                 static_cast<double>(cache.nbytes()) / mib, static_cast<double>(cache.dense_nbytes()) / mib,
+                 100.0 * (1.0 - static_cast<double>(cache.nbytes()) / static_cast<double>(cache.dense_nbytes())));
+    const SparsityStats& st = policy->stats();
+    if (st.decode_tokens == 0) return;
+    const SparseSettings& ss = policy->settings();
+    std::fprintf(stderr, "purbo: %16s = W %d, S %d, p %.2f, B %d, r %d%s\n", "sparse settings", ss.window, ss.n_sink,
+                 ss.top_p, ss.block_size, ss.rank, policy->has_indexer() ? "" : " (no indexer: retrieval heads dense)");
+    if (st.retrieval_head_steps > 0) {
+        std::fprintf(stderr, "purbo: %16s = %.1f tokens per retrieval head per step (of %.1f dense, %.1f%% kept)\n",
+                     "top-p selection", st.tokens_per_retrieval_head(),
+                     static_cast<double>(st.retrieval_dense) / static_cast<double>(st.retrieval_head_steps),
+                     100.0 * static_cast<double>(st.retrieval_attended) / static_cast<double>(st.retrieval_dense));
+    }
+    std::fprintf(stderr, "purbo: %16s = %.1f%% of the keys dense decode reads were skipped\n", "compute sparsity",
+                 100.0 * st.compute_sparsity());
+}
+
 int report_error(const char* command, const Status& status) {
     std::fprintf(stderr, "purbo %s: %s\n", command, status.to_string().c_str());
     return 1;

@@ -6,6 +6,8 @@
 #include "model/model.h"
 #include "options.h"
 #include "runtime/session.h"
+#include "sparse/adapter.h"
+#include "sparse/sparse-policy.h"
 
 namespace purbo::cli {
 
@@ -22,6 +24,27 @@ struct ModelFlags {
     bool verbose = false;
     bool q8_activations = false;
 };
+
+// The sparse model: an adapter (head classes and indexer) on top of the dense one.
+struct SparseFlags {
+    std::string adapter;          // --adapter FILE
+    bool sparse = false;          // --sparse: the default adapter of the default model
+    bool block_sparse_prefill = false;
+    float sparse_top_p = 0;       // 0 = the adapter's
+    bool no_rings = false;
+
+    bool enabled() const { return sparse || !adapter.empty(); }
+};
+
+// The committed adapter for the default model (adapters/ next to the source tree).
+std::string default_adapter_path();
+void add_sparse_flags(OptionSet& set, SparseFlags& flags);
+// Loads the adapter the flags name and checks it against the model; the policy factory for
+// Session::create (empty when the flags ask for the dense model). `adapter` receives it.
+Result<AttentionPolicyFactory> sparse_policy_from_flags(const SparseFlags& flags, const Model& model,
+                                                        Adapter* adapter = nullptr);
+// Prints the sparse model's figures (head classes, KV bytes, decode sparsity) to stderr.
+void print_sparsity(Session& session, const Adapter& adapter);
 
 // Adds -m, --device, -t, -c, -b, --verbose to an option table.
 void add_model_flags(OptionSet& set, ModelFlags& flags);

@@ -12,7 +12,7 @@ void print_usage() {
         "\n"
         "commands:\n"
         "  run       generate text from a prompt\n"
-        "  inspect   print a model's architecture, tensors, tokenizer and template\n"
+        "  inspect   print a model's architecture, tensors, tokenizer and template, or an adapter\n"
         "  bench     prompt-processing and generation speed (llama-bench style)\n"
         "\n"
         "`purbo <command> --help` lists a command's options.");

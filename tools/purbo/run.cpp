@@ -14,6 +14,7 @@ namespace {
 
 struct RunFlags {
     ModelFlags model;
+    SparseFlags sparse;
     std::string prompt;
     std::string prompt_file;
     std::string system;
@@ -73,6 +74,7 @@ int cmd_run(int argc, char** argv) {
     set.usage = "purbo run [options] [-p PROMPT | -f FILE]";
     set.description = "Generates text from a prompt with the given model (default: SmolLM2-135M-Instruct).";
     add_model_flags(set, f.model);
+    add_sparse_flags(set, f.sparse);
     set.options.push_back({"--prompt", "-p", "TEXT", "prompt text", &f.prompt});
     set.options.push_back({"--file", "-f", "FILE", "read the prompt from a file", &f.prompt_file});
     set.options.push_back({"--n-predict", "-n", "N", "tokens to generate (default 128; -1 = until the context is full)", &f.n_predict});
@@ -127,7 +129,10 @@ int cmd_run(int argc, char** argv) {
     SessionOptions so = session_options(f.model);
     so.n_ctx = std::min(so.n_ctx, std::max(model->config.n_ctx_train, 1));
     const double t0 = time_now_ms();
-    Result<std::unique_ptr<Session>> session = Session::create(model->config, model->weights, so);
+    Adapter adapter;
+    Result<AttentionPolicyFactory> policy = sparse_policy_from_flags(f.sparse, *model, &adapter);
+    if (!policy.is_ok()) return report_error("run", policy.status());
+    Result<std::unique_ptr<Session>> session = Session::create(model->config, model->weights, so, *policy);
     if (!session.is_ok()) return report_error("run", session.status());
     load_ms += time_now_ms() - t0;
 
@@ -167,6 +172,7 @@ int cmd_run(int argc, char** argv) {
         std::fprintf(stderr, "purbo: wrote %zu tensors to %s\n", dump.size(), f.dump_tensors.c_str());
     }
     print_timings(load_ms, (*session)->timings());
+    if (f.sparse.enabled()) print_sparsity(**session, adapter);
     return 0;
 }
 

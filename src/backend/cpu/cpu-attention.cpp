@@ -26,19 +26,83 @@ constexpr int64_t kKeyChunk = 64;
 // Accumulator elements kept in registers while a chunk's values are summed (2 zmm of floats).
 constexpr int64_t kTile = 32;
 
-// The visible keys of a query at position p as two disjoint ranges [begin, end): the sinks
-// below the window, then the window (everything up to p without a window, the sink range
-// then being empty). Same set as attention_key_visible.
-struct KeyRanges {
-    int64_t begin[2];
-    int64_t end[2];
+// Keys at positions [begin, end) of a sequence.
+struct KeyRange {
+    int64_t begin;
+    int64_t end;
 };
 
-KeyRanges visible_ranges(int64_t p, const AttentionParams& params) {
-    const int64_t window_begin =
-        params.window == 0 ? 0 : std::max<int64_t>(0, p - params.window + 1);
-    const int64_t sink_end = std::min<int64_t>(params.n_sink, window_begin);
-    return {{0, window_begin}, {sink_end, p + 1}};
+// The query heads of one KV head that see the same keys, attended together so that each key
+// and value row is read once per group: the local heads (window + sinks), the dense retrieval
+// heads, and each retrieval head with a block selection on its own.
+struct HeadGroup {
+    enum Kind { kLocal, kDense, kSelected };
+    Kind kind;
+    int64_t slot;                // cache head of the group's KV head in the view
+    std::vector<int64_t> heads;  // query heads, ascending
+};
+
+std::vector<HeadGroup> head_groups(int64_t h, const KvCacheView& cache, const AttentionParams& params) {
+    const int64_t g = kv_view_model_heads(cache), heads_per_kv = h / g;
+    std::vector<HeadGroup> groups;
+    for (int64_t kv = 0; kv < g; ++kv) {
+        const int64_t slot = kv_view_index(cache, kv);
+        if (slot < 0) continue;
+        HeadGroup local{HeadGroup::kLocal, slot, {}}, dense{HeadGroup::kDense, slot, {}};
+        for (int64_t hd = kv * heads_per_kv; hd < (kv + 1) * heads_per_kv; ++hd) {
+            if (attention_head_is_local(params, hd)) {
+                local.heads.push_back(hd);
+            } else if (params.selection && params.selection->head_row[static_cast<size_t>(hd)] >= 0) {
+                groups.push_back({HeadGroup::kSelected, slot, {hd}});
+            } else {
+                dense.heads.push_back(hd);
+            }
+        }
+        if (!local.heads.empty()) groups.push_back(std::move(local));
+        if (!dense.heads.empty()) groups.push_back(std::move(dense));
+    }
+    return groups;
+}
+
+// The keys a group's query heads see from token i at position p, as ascending disjoint
+// ranges (the mask of key_visible in cpu-ref).
+void group_key_ranges(const HeadGroup& group, int64_t i, int64_t p, const AttentionParams& params,
+                      std::vector<KeyRange>& ranges) {
+    ranges.clear();
+    switch (group.kind) {
+    case HeadGroup::kLocal: {
+        const int64_t window_begin = std::max<int64_t>(0, p - params.window + 1);
+        const int64_t sink_end = std::min<int64_t>(params.n_sink, window_begin);
+        if (sink_end > 0) ranges.push_back({0, sink_end});
+        ranges.push_back({window_begin, p + 1});
+        break;
+    }
+    case HeadGroup::kDense:
+        ranges.push_back({0, p + 1});
+        break;
+    case HeadGroup::kSelected: {
+        const int64_t block = params.selection->block_size;
+        for (int32_t b : attention_selected_blocks(params, i, group.heads[0])) {
+            const int64_t begin = int64_t{b} * block, end = std::min(begin + block, p + 1);
+            if (b < 0 || begin >= end || (!ranges.empty() && begin < ranges.back().end)) continue;
+            if (!ranges.empty() && ranges.back().end == begin) {
+                ranges.back().end = end;
+            } else {
+                ranges.push_back({begin, end});
+            }
+        }
+        break;
+    }
+    }
+}
+
+// How many positions from j on lie in consecutive cache rows (at most `limit`): all of them,
+// except in a ring, which wraps.
+int64_t contiguous_positions(const KvCacheView& cache, int64_t j, int64_t limit) {
+    if (cache.ring_sinks < 0) return limit;
+    if (j < cache.ring_sinks) return std::min(limit, cache.ring_sinks - j);
+    const int64_t span = cache.k.dim(2) - cache.ring_sinks;
+    return std::min(limit, span - (j - cache.ring_sinks) % span);
 }
 
 // Softmax state of one query head over a set of keys (Milakov & Gimelshein 2018): running max
@@ -132,22 +196,23 @@ void add_weighted_values(const float* weight, int64_t nj, const float* values, i
     for (int64_t e = 0; e < kN; ++e) acc[e] = tile[e];
 }
 
-// Adds the visible keys in [lo, hi) to the states of the heads_per_kv query heads of one KV
-// head, rescaling once per chunk of kKeyChunk keys.
-void attend_partial(const float* q, int64_t heads_per_kv, int64_t d, const float* keys,
-                    const float* values, const KeyRanges& ranges, int64_t lo, int64_t hi,
-                    float scale, float* scores, const SoftmaxState& state) {
-    // q (heads_per_kv, d); keys, values (c, d); scores (heads_per_kv, kKeyChunk)
-    for (int range = 0; range < 2; ++range) {
-        const int64_t begin = std::max(lo, ranges.begin[range]);
-        const int64_t end = std::min(hi, ranges.end[range]);
-        for (int64_t j0 = begin; j0 < end; j0 += kKeyChunk) {
-            const int64_t nj = std::min(kKeyChunk, end - j0);
-            for (int64_t hq = 0; hq < heads_per_kv; ++hq) {
+// Adds the keys of `ranges` within positions [lo, hi) to the states of the nh query heads of
+// one group, rescaling once per chunk of at most kKeyChunk keys in consecutive cache rows.
+void attend_partial(const float* q, int64_t nh, int64_t d, const float* keys, const float* values,
+                    const KvCacheView& cache, std::span<const KeyRange> ranges, int64_t lo,
+                    int64_t hi, float scale, float* scores, const SoftmaxState& state) {
+    // q (nh, d); keys, values (c, d) of one cache head; scores (nh, kKeyChunk)
+    for (const KeyRange& range : ranges) {
+        const int64_t begin = std::max(lo, range.begin);
+        const int64_t end = std::min(hi, range.end);
+        for (int64_t j0 = begin; j0 < end;) {
+            const int64_t nj = contiguous_positions(cache, j0, std::min(kKeyChunk, end - j0));
+            const int64_t row = kv_cache_row(cache, j0);
+            for (int64_t hq = 0; hq < nh; ++hq) {
                 const float* qh = q + hq * d;
                 float* sh = scores + hq * kKeyChunk;
                 float chunk_max = -std::numeric_limits<float>::infinity();
-                key_scores(qh, keys + j0 * d, d, nj, scale, sh);
+                key_scores(qh, keys + row * d, d, nj, scale, sh);
                 for (int64_t t = 0; t < nj; ++t) chunk_max = std::max(chunk_max, sh[t]);
                 const float new_m = std::max(state.m[hq], chunk_max);
                 const float correction = std::exp(state.m[hq] - new_m);  // 0 on the first chunk
@@ -159,12 +224,13 @@ void attend_partial(const float* q, int64_t heads_per_kv, int64_t d, const float
                 float* ah = state.acc + hq * d;
                 int64_t e0 = 0;
                 for (; e0 + kTile <= d; e0 += kTile)
-                    add_weighted_values<kTile>(sh, nj, values + j0 * d + e0, d, correction, ah + e0);
+                    add_weighted_values<kTile>(sh, nj, values + row * d + e0, d, correction, ah + e0);
                 for (; e0 < d; ++e0)
-                    add_weighted_values<1>(sh, nj, values + j0 * d + e0, d, correction, ah + e0);
+                    add_weighted_values<1>(sh, nj, values + row * d + e0, d, correction, ah + e0);
                 state.l[hq] = sum;
                 state.m[hq] = new_m;
             }
+            j0 += nj;
         }
     }
 }
@@ -202,11 +268,14 @@ std::vector<TokenRun> token_runs(const TokenPlacement& place) {
     return runs;
 }
 
-// One (run, KV head) task. q, out (n, h, d) of the whole batch; keys, values (c, d).
-void attend_block(const float* q, float* out, int64_t h, int64_t heads_per_kv, int64_t d,
-                  int64_t kv, const TokenRun& run, std::span<const int32_t> pos, const float* keys,
-                  const float* values, const AttentionParams& params, std::vector<float>& buffer) {
-    const int64_t rows = run.count * heads_per_kv;  // row r: token r / heads_per_kv
+// One (run, head group) task. q, out (n, h, d) of the whole batch; keys, values (c, d) of the
+// group's cache head.
+void attend_block(const float* q, float* out, int64_t h, int64_t d, const HeadGroup& group,
+                  const TokenRun& run, std::span<const int32_t> pos, const KvCacheView& cache,
+                  const float* keys, const float* values, const AttentionParams& params,
+                  std::vector<float>& buffer) {
+    const int64_t nh = static_cast<int64_t>(group.heads.size());
+    const int64_t rows = run.count * nh;  // row r: token r / nh, query head group.heads[r % nh]
     buffer.resize(static_cast<size_t>(rows * (2 * d + kKeyBlock + 2)));
     float* qb = buffer.data();          // (rows, d)
     float* ob = qb + rows * d;          // (rows, d)
@@ -214,40 +283,50 @@ void attend_block(const float* q, float* out, int64_t h, int64_t heads_per_kv, i
     float* mb = sb + rows * kKeyBlock;  // (rows,)
     float* lb = mb + rows;              // (rows,)
     for (int64_t t = 0; t < run.count; ++t) {
-        const float* src = q + ((run.begin + t) * h + kv * heads_per_kv) * d;
-        std::copy(src, src + heads_per_kv * d, qb + t * heads_per_kv * d);
+        for (int64_t hq = 0; hq < nh; ++hq) {
+            const float* src = q + ((run.begin + t) * h + group.heads[static_cast<size_t>(hq)]) * d;
+            std::copy(src, src + d, qb + (t * nh + hq) * d);
+        }
     }
     std::fill(ob, ob + rows * d, 0.0f);
     std::fill(mb, mb + rows, -std::numeric_limits<float>::infinity());
     std::fill(lb, lb + rows, 0.0f);
-    std::vector<KeyRanges> ranges(static_cast<size_t>(run.count));
+    // Per token: its ranges, and a cursor to the first range not yet behind the chunk (keys
+    // are visited in ascending positions).
+    std::vector<std::vector<KeyRange>> ranges(static_cast<size_t>(run.count));
+    std::vector<size_t> cursor(static_cast<size_t>(run.count), 0);
     int64_t max_pos = 0;
     for (int64_t t = 0; t < run.count; ++t) {
-        ranges[static_cast<size_t>(t)] = visible_ranges(pos[run.begin + t], params);
+        group_key_ranges(group, run.begin + t, pos[run.begin + t], params, ranges[static_cast<size_t>(t)]);
         max_pos = std::max<int64_t>(max_pos, pos[run.begin + t]);
     }
-    for (int64_t j0 = 0; j0 <= max_pos; j0 += kKeyBlock) {
-        const int64_t nj = std::min(kKeyBlock, max_pos + 1 - j0);
+    for (int64_t j0 = 0; j0 <= max_pos;) {
+        const int64_t nj = contiguous_positions(cache, j0, std::min(kKeyBlock, max_pos + 1 - j0));
+        const int64_t row0 = kv_cache_row(cache, j0);
         bool any_visible = false;  // skip chunks no query of the block sees (window, causal)
-        for (const KeyRanges& r : ranges) {
-            for (int k = 0; k < 2; ++k)
-                any_visible |= std::max(j0, r.begin[k]) < std::min(j0 + nj, r.end[k]);
+        for (size_t t = 0; t < ranges.size(); ++t) {
+            while (cursor[t] < ranges[t].size() && ranges[t][cursor[t]].end <= j0) ++cursor[t];
+            any_visible |= cursor[t] < ranges[t].size() && ranges[t][cursor[t]].begin < j0 + nj;
         }
-        if (!any_visible) continue;
+        if (!any_visible) {
+            j0 += nj;
+            continue;
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
                     static_cast<int>(nj), static_cast<int>(d), params.scale, qb,
-                    static_cast<int>(d), keys + j0 * d, static_cast<int>(d), 0.0f, sb,
+                    static_cast<int>(d), keys + row0 * d, static_cast<int>(d), 0.0f, sb,
                     static_cast<int>(kKeyBlock));
         for (int64_t r = 0; r < rows; ++r) {
-            const KeyRanges& kr = ranges[static_cast<size_t>(r / heads_per_kv)];
+            const size_t t = static_cast<size_t>(r / nh);
             float* sr = sb + r * kKeyBlock;
             float chunk_max = -std::numeric_limits<float>::infinity();
-            for (int64_t t = 0; t < nj; ++t) {
-                const int64_t j = j0 + t;
-                const bool visible =
-                    (j >= kr.begin[0] && j < kr.end[0]) || (j >= kr.begin[1] && j < kr.end[1]);
-                if (!visible) sr[t] = -std::numeric_limits<float>::infinity();
-                chunk_max = std::max(chunk_max, sr[t]);
+            size_t k = cursor[t];
+            for (int64_t u = 0; u < nj; ++u) {
+                const int64_t j = j0 + u;
+                while (k < ranges[t].size() && ranges[t][k].end <= j) ++k;
+                const bool visible = k < ranges[t].size() && ranges[t][k].begin <= j;
+                if (!visible) sr[u] = -std::numeric_limits<float>::infinity();
+                chunk_max = std::max(chunk_max, sr[u]);
             }
             if (chunk_max == -std::numeric_limits<float>::infinity()) {
                 std::fill(sr, sr + nj, 0.0f);  // this row sees none of the chunk: P row = 0
@@ -256,9 +335,9 @@ void attend_block(const float* q, float* out, int64_t h, int64_t heads_per_kv, i
             const float new_m = std::max(mb[r], chunk_max);
             const float correction = std::exp(mb[r] - new_m);  // 0 on the row's first chunk
             float sum = 0;
-            for (int64_t t = 0; t < nj; ++t) {
-                sr[t] = std::exp(sr[t] - new_m);  // exp(-inf) = 0 for masked keys
-                sum += sr[t];
+            for (int64_t u = 0; u < nj; ++u) {
+                sr[u] = std::exp(sr[u] - new_m);  // exp(-inf) = 0 for masked keys
+                sum += sr[u];
             }
             lb[r] = lb[r] * correction + sum;
             mb[r] = new_m;
@@ -268,28 +347,32 @@ void attend_block(const float* q, float* out, int64_t h, int64_t heads_per_kv, i
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows),
                     static_cast<int>(d), static_cast<int>(nj), 1.0f, sb,
-                    static_cast<int>(kKeyBlock), values + j0 * d, static_cast<int>(d), 1.0f, ob,
+                    static_cast<int>(kKeyBlock), values + row0 * d, static_cast<int>(d), 1.0f, ob,
                     static_cast<int>(d));
+        j0 += nj;
     }
     for (int64_t r = 0; r < rows; ++r) {
-        const int64_t t = r / heads_per_kv, hq = r % heads_per_kv;
-        float* dst = out + ((run.begin + t) * h + kv * heads_per_kv + hq) * d;
-        const float inv = 1.0f / lb[r];  // l >= 1: the query's own position is always visible
+        const int64_t t = r / nh, hd = group.heads[static_cast<size_t>(r % nh)];
+        float* dst = out + ((run.begin + t) * h + hd) * d;
+        // l = 0 only when a selection leaves a query nothing to see: zeros, as in cpu-ref.
+        const float inv = lb[r] > 0 ? 1.0f / lb[r] : 0.0f;
         for (int64_t e = 0; e < d; ++e) dst[e] = ob[r * d + e] * inv;
     }
 }
 
 }  // namespace
 
-// Parallel over (token, KV head, key slice); the query heads sharing a KV head are processed
-// together so each key and value row is read once per group. Then the slices' states merge:
+// Parallel over (token, head group, key slice) in decode and (token run, head group) in
+// prefill. The slices' states merge exactly:
 // M = max_s m_s, l = sum_s l_s exp(m_s - M), acc = sum_s acc_s exp(m_s - M), out = acc / l.
 Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                              const AttentionParams& params, const Tensor& out) {
     PURBO_TRY(check_attention(q, cache, place, params, out));
-    // q, out (n, h, d); cache (s, g, c, d)
-    const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), g = cache.k.dim(1), c = cache.k.dim(2);
-    const int64_t heads_per_kv = h / g;
+    // q, out (n, h, d); cache (s, gc, c, d)
+    const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
+    const std::vector<HeadGroup> groups = head_groups(h, cache, params);
+    const int64_t n_groups = static_cast<int64_t>(groups.size());
+    auto cache_base = [&](int64_t seq, const HeadGroup& group) { return (seq * gc + group.slot) * c * d; };
     const std::vector<TokenRun> runs = token_runs(place);
     if (static_cast<int64_t>(runs.size()) < n) {  // some tokens share a sequence: prefill
         const int64_t n_runs = static_cast<int64_t>(runs.size());
@@ -299,9 +382,10 @@ Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const To
             std::vector<float> buffer;
 #pragma omp for collapse(2) schedule(dynamic)
             for (int64_t r = 0; r < n_runs; ++r) {
-                for (int64_t kv = 0; kv < g; ++kv) {
-                    const int64_t base = (place.seq[runs[r].begin] * g + kv) * c * d;
-                    attend_block(q.f32(), out.f32(), h, heads_per_kv, d, kv, runs[r], place.pos,
+                for (int64_t gi = 0; gi < n_groups; ++gi) {
+                    const HeadGroup& group = groups[static_cast<size_t>(gi)];
+                    const int64_t base = cache_base(place.seq[runs[r].begin], group);
+                    attend_block(q.f32(), out.f32(), h, d, group, runs[r], place.pos, cache,
                                  cache.k.f32() + base, cache.v.f32() + base, params, buffer);
                 }
             }
@@ -312,46 +396,61 @@ Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const To
     int64_t max_pos = 0;
     for (int32_t p : place.pos) max_pos = std::max<int64_t>(max_pos, p);
     const int64_t n_splits =
-        n * g >= kMinTasksWithoutSplit ? 1 : (max_pos + kSplitKeys) / kSplitKeys;
+        n * n_groups >= kMinTasksWithoutSplit ? 1 : (max_pos + kSplitKeys) / kSplitKeys;
     const int64_t split_keys = n_splits == 1 ? max_pos + 1 : kSplitKeys;
-    // Per (token, KV head, slice): m (heads_per_kv,), l (heads_per_kv,), acc (heads_per_kv, d).
-    const int64_t state_floats = heads_per_kv * (d + 2);
-    std::vector<float> states(static_cast<size_t>(n * g * n_splits * state_floats));
-    auto state_at = [&](int64_t i, int64_t kv, int64_t split) {
-        float* base = states.data() + ((i * g + kv) * n_splits + split) * state_floats;
-        return SoftmaxState{base, base + heads_per_kv, base + 2 * heads_per_kv};
+    // States of one (token, slice): per group, m (nh,), l (nh,), acc (nh, d).
+    std::vector<int64_t> group_offset(static_cast<size_t>(n_groups) + 1, 0);
+    for (int64_t gi = 0; gi < n_groups; ++gi)
+        group_offset[static_cast<size_t>(gi) + 1] =
+            group_offset[static_cast<size_t>(gi)] +
+            static_cast<int64_t>(groups[static_cast<size_t>(gi)].heads.size()) * (d + 2);
+    const int64_t stride = group_offset.back();
+    std::vector<float> states(static_cast<size_t>(n * n_splits * stride));
+    auto state_at = [&](int64_t i, int64_t gi, int64_t split) {
+        const int64_t nh = static_cast<int64_t>(groups[static_cast<size_t>(gi)].heads.size());
+        float* base = states.data() + (i * n_splits + split) * stride + group_offset[static_cast<size_t>(gi)];
+        return SoftmaxState{base, base + nh, base + 2 * nh};
     };
-#pragma omp parallel num_threads(n_threads_) if (n * g * n_splits > 1)
+#pragma omp parallel num_threads(n_threads_) if (n * n_groups * n_splits > 1)
     {
-        std::vector<float> scores(static_cast<size_t>(heads_per_kv * kKeyChunk));
+        std::vector<float> scores, qbuf;
+        std::vector<KeyRange> ranges;
 #pragma omp for collapse(3) schedule(dynamic)
         for (int64_t i = 0; i < n; ++i) {
-            for (int64_t kv = 0; kv < g; ++kv) {
+            for (int64_t gi = 0; gi < n_groups; ++gi) {
                 for (int64_t split = 0; split < n_splits; ++split) {
-                    const SoftmaxState state = state_at(i, kv, split);
-                    std::fill(state.m, state.m + heads_per_kv,
-                              -std::numeric_limits<float>::infinity());
-                    std::fill(state.l, state.acc + heads_per_kv * d, 0.0f);
-                    const int64_t base = (place.seq[i] * g + kv) * c * d;
-                    attend_partial(q.f32() + (i * h + kv * heads_per_kv) * d, heads_per_kv, d,
-                                   cache.k.f32() + base, cache.v.f32() + base,
-                                   visible_ranges(place.pos[i], params), split * split_keys,
-                                   (split + 1) * split_keys, params.scale, scores.data(), state);
+                    const HeadGroup& group = groups[static_cast<size_t>(gi)];
+                    const int64_t nh = static_cast<int64_t>(group.heads.size());
+                    const SoftmaxState state = state_at(i, gi, split);
+                    std::fill(state.m, state.m + nh, -std::numeric_limits<float>::infinity());
+                    std::fill(state.l, state.acc + nh * d, 0.0f);
+                    scores.resize(static_cast<size_t>(nh * kKeyChunk));
+                    qbuf.resize(static_cast<size_t>(nh * d));
+                    for (int64_t hq = 0; hq < nh; ++hq) {
+                        const float* src = q.f32() + (i * h + group.heads[static_cast<size_t>(hq)]) * d;
+                        std::copy(src, src + d, qbuf.data() + hq * d);
+                    }
+                    group_key_ranges(group, i, place.pos[i], params, ranges);
+                    const int64_t base = cache_base(place.seq[i], group);
+                    attend_partial(qbuf.data(), nh, d, cache.k.f32() + base, cache.v.f32() + base, cache,
+                                   ranges, split * split_keys, (split + 1) * split_keys, params.scale,
+                                   scores.data(), state);
                 }
             }
         }
 #pragma omp for collapse(2) schedule(static)
         for (int64_t i = 0; i < n; ++i) {
-            for (int64_t kv = 0; kv < g; ++kv) {
-                for (int64_t hq = 0; hq < heads_per_kv; ++hq) {
+            for (int64_t gi = 0; gi < n_groups; ++gi) {
+                const HeadGroup& group = groups[static_cast<size_t>(gi)];
+                for (size_t hq = 0; hq < group.heads.size(); ++hq) {
                     float max_m = -std::numeric_limits<float>::infinity();
                     for (int64_t split = 0; split < n_splits; ++split)
-                        max_m = std::max(max_m, state_at(i, kv, split).m[hq]);
-                    float* o = out.f32() + (i * h + kv * heads_per_kv + hq) * d;
+                        max_m = std::max(max_m, state_at(i, gi, split).m[hq]);
+                    float* o = out.f32() + (i * h + group.heads[hq]) * d;
                     std::fill(o, o + d, 0.0f);
                     float l = 0;
                     for (int64_t split = 0; split < n_splits; ++split) {
-                        const SoftmaxState st = state_at(i, kv, split);
+                        const SoftmaxState st = state_at(i, gi, split);
                         if (st.l[hq] == 0) continue;  // a slice without visible keys
                         const float w = std::exp(st.m[hq] - max_m);
                         l += st.l[hq] * w;
@@ -359,8 +458,8 @@ Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const To
 #pragma omp simd
                         for (int64_t e = 0; e < d; ++e) o[e] += a[e] * w;
                     }
-                    // l >= 1: the query's own position is always visible.
-                    const float inv = 1.0f / l;
+                    // l = 0 only when a selection leaves a query nothing to see: zeros.
+                    const float inv = l > 0 ? 1.0f / l : 0.0f;
 #pragma omp simd
                     for (int64_t e = 0; e < d; ++e) o[e] *= inv;
                 }

@@ -42,12 +42,14 @@ Status CpuBackend::rope(const Tensor& x, std::span<const int32_t> pos, const Rop
 Status CpuBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
                             const KvCacheView& cache) {
     PURBO_TRY(check_kv_store(k, v, place, cache));
-    // k, v (n, g, d); cache (s, g, c, d)
-    const int64_t n = k.dim(0), g = k.dim(1), d = k.dim(2), c = cache.k.dim(2);
+    // k, v (n, g, d); cache (s, gc, c, d)
+    const int64_t n = k.dim(0), g = k.dim(1), d = k.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
     const size_t row_bytes = static_cast<size_t>(d) * sizeof(float);
     for (int64_t i = 0; i < n; ++i) {
         for (int64_t kv = 0; kv < g; ++kv) {
-            const int64_t dst = ((place.seq[i] * g + kv) * c + place.pos[i]) * d;
+            const int64_t slot = kv_view_index(cache, kv);
+            if (slot < 0) continue;
+            const int64_t dst = ((place.seq[i] * gc + slot) * c + kv_cache_row(cache, place.pos[i])) * d;
             const int64_t src = (i * g + kv) * d;
             std::memcpy(cache.k.f32() + dst, k.f32() + src, row_bytes);
             std::memcpy(cache.v.f32() + dst, v.f32() + src, row_bytes);

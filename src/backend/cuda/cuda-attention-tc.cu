@@ -89,8 +89,9 @@ __device__ __forceinline__ bool key_visible(int j, int p, int window, int n_sink
     return j > p - window || j < n_sink;
 }
 
-// kWindowed: window > 0 (window and sinks); otherwise causal only, and the window tests
-// compile away.
+// kWindowed: window > 0, and the window and sinks apply to the heads marked local in
+// head_info; otherwise causal only, and the window tests compile away. Heads whose KV head is
+// not in the view (head_info slot -1) exit at once.
 template <int D, bool kWindowed>
 __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs args) {
     constexpr int kN = kAttnTcBlockN;
@@ -113,12 +114,14 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     // Blocks in reverse: the last query blocks see the most keys and start first.
     const int block = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
     const int head = blockIdx.y;
-    const int kv_head = head / (h / static_cast<int>(args.g));
+    const int slot = args.head_info[2 * head];
+    if (slot < 0) return;  // the head's KV head is not in this view: CTA-uniform exit
+    const bool windowed = kWindowed && args.head_info[2 * head + 1] != 0;
     const int row0 = block * kAttnTcBlockM;                         // the CTA's first token
     const int p_lo = args.pos0 + row0;                              // its rows' lowest position
     const int p_hi = args.pos0 + min(row0 + kAttnTcBlockM, n) - 1;  // and highest
-    const int window = kWindowed ? args.window : 0;
-    const int n_sink = args.n_sink;
+    const int window = windowed ? args.window : 0;
+    const int n_sink = windowed ? args.n_sink : 0;
 
     // The warp's rows: tokens wrow0 .. wrow0 + 15 (those >= n are padding: computed on zero
     // queries, never written). This thread holds rows ra = wrow0 + gid and rb = ra + 8.
@@ -155,7 +158,7 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     // >= n_sink and <= p_lo - window: hidden from every row.
     const int last_tile = p_hi / kN;
     int sink_tiles = 0, window_first = 0;
-    if (kWindowed) {
+    if (windowed) {
         const int64_t lowest = int64_t{p_lo} - window + 1;  // lowest window key of any row
         const int64_t first = lowest > 0 ? lowest / kN : 0;
         const int64_t sinks = (int64_t{n_sink} + kN - 1) / kN;
@@ -173,8 +176,7 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     // is shared by the row's quad, the sums are reduced over the quad at the end.
     float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
 
-    const int64_t cache_row0 =
-        (static_cast<int64_t>(args.seq) * args.g + kv_head) * args.c;  // key 0
+    const int64_t cache_row0 = (static_cast<int64_t>(args.seq) * args.gc + slot) * args.c;  // cache row 0
     for (int t = 0; t < n_tiles; ++t) {
         const int tile = t < sink_tiles ? t : window_first + (t - sink_tiles);
         const int key0 = tile * kN;
@@ -188,7 +190,7 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
             const int j = idx / (D / 4), e = (idx % (D / 4)) * 4;
             float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
             if (key0 + j <= p_hi) {
-                const int64_t off = (cache_row0 + key0 + j) * D + e;
+                const int64_t off = (cache_row0 + cache_row(key0 + j, args.ring_sinks, args.c)) * D + e;
                 kv = *reinterpret_cast<const float4*>(args.cache_k + off);
                 vv = *reinterpret_cast<const float4*>(args.cache_v + off);
             }
@@ -201,9 +203,9 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
 
         // Warp-uniform: does the warp see nothing of this tile, or all of it?
         if (!warp_active || key0 > w_p_hi) continue;  // causal: every key after every row
-        if (kWindowed && key0 + kN - 1 <= w_p_lo - window && key0 >= n_sink) continue;
+        if (windowed && key0 + kN - 1 <= w_p_lo - window && key0 >= n_sink) continue;
         const bool all_visible = key0 + kN - 1 <= w_p_lo &&
-                                 (!kWindowed || key0 > w_p_hi - window || key0 + kN - 1 < n_sink);
+                                 (!windowed || key0 > w_p_hi - window || key0 + kN - 1 < n_sink);
 
         // S = Q K^T: s[j] is the C fragment of keys key0 + 8 j .. + 7.
         float s[kKeyTiles][4];
@@ -335,8 +337,8 @@ bool attention_tc_head_dim_supported(int d) {
 
 cudaError_t launch_attention_tc(const AttentionTcArgs& args, cudaStream_t stream) {
     if (args.n == 0) return cudaSuccess;
-    if (args.g <= 0 || args.h % args.g != 0 || args.h > 65535 || args.n * args.h > INT32_MAX ||
-        args.pos0 < 0 || int64_t{args.pos0} + args.n > args.c || args.window < 0 || args.n_sink < 0)
+    if (args.h > 65535 || args.n * args.h > INT32_MAX || args.pos0 < 0 ||
+        (args.ring_sinks < 0 && int64_t{args.pos0} + args.n > args.c) || args.window < 0 || args.n_sink < 0)
         return cudaErrorInvalidValue;
     const dim3 grid(static_cast<unsigned>((args.n + kAttnTcBlockM - 1) / kAttnTcBlockM),
                     static_cast<unsigned>(args.h));

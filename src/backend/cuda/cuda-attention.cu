@@ -3,10 +3,13 @@
 // in fp32 on CUDA cores.
 //
 // Work split (the plan is built on the host by cuda-ops.cpp, the kernels only read it):
-//  - A block is up to kAttnMaxRows / heads_per_cta consecutive tokens of one sequence.
-//  - A CTA takes (block, group of heads_per_cta query heads sharing one KV head, split): its
-//    rows are the (token, head) pairs, kAttnRowsPerWarp per warp; every K/V tile it loads into
-//    shared memory serves all its rows (the GQA reuse).
+//  - A block is up to kAttnMaxRows / (heads per group) consecutive tokens of one sequence.
+//  - A CTA takes (block, head group, split). A head group is up to kAttnMaxRows / tokens query
+//    heads of one KV head that see the same keys: local heads (window + sinks), dense heads,
+//    or one head with a block selection (its tiles are those of its selected blocks; blocks
+//    then hold one token). Its rows are the (token, head) pairs, kAttnRowsPerWarp per warp;
+//    every K/V tile it loads into shared memory serves all its rows (the GQA reuse).
+//  - The cache view may hold some KV heads only, and may be a ring (rows by cache_row).
 //  - Split-KV: a block's key tiles are divided over n_splits CTAs when blocks x head groups
 //    alone would leave the GPU idle (decode: one token per sequence). Each split writes its
 //    partial (m, l, acc) and attention_combine_kernel merges them. n_splits = 1 (prefill)
@@ -67,21 +70,26 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArg
     __shared__ int row_pos[kAttnMaxRows];
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int hpc = args.heads_per_cta;
-    const int head0 = blockIdx.y * hpc;
-    const int kv_head = head0 / static_cast<int>(args.h / args.g);
+    // The CTA's head group: [cache head, local, selection row, head count, heads...].
+    const int32_t* group = args.groups + blockIdx.y * kAttnGroupInts;
+    const int slot = group[0];
+    const int window = group[1] ? args.window : 0;
+    const int n_sink = group[1] ? args.n_sink : 0;
+    const int sel_row = group[2];
+    const int hpc = group[3];
+    const int32_t* heads = group + 4;
     const int split = blockIdx.z;
     const int tok0 = args.blocks[2 * blockIdx.x];
     const int n_rows = args.blocks[2 * blockIdx.x + 1] * hpc;  // <= kAttnMaxRows (host plan)
     const int64_t seq = args.seq[tok0];
 
-    // Row r = (token tok0 + r / hpc, query head head0 + r % hpc).
+    // Row r = (token tok0 + r / hpc, query head heads[r % hpc]).
     const float q_scale = args.scale * kLog2e;
     for (int idx = threadIdx.x; idx < kAttnMaxRows * D; idx += blockDim.x) {
         const int r = idx / D, e = idx % D;
         float val = 0.0f;
         if (r < n_rows) {
-            const int64_t row = (tok0 + r / hpc) * args.h + head0 + r % hpc;
+            const int64_t row = (tok0 + r / hpc) * args.h + heads[r % hpc];
             val = args.q[row * D + e] * q_scale;
         }
         q_s[r][e] = val;
@@ -96,20 +104,29 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArg
         max_p = max(max_p, row_pos[r]);
     }
 
-    // The block's key tiles: [0, sink_tiles) then [window_first, last_tile]; with no window
-    // (or sinks that reach the window) simply [0, last_tile].
+    // The block's key tiles. A selection (one token per block, host plan): the tiles of the
+    // selected blocks. Otherwise [0, sink_tiles) then [window_first, last_tile]; with no
+    // window (or sinks that reach the window) simply [0, last_tile].
     const int last_tile = max_p / kTile;
     int sink_tiles = 0, window_first = 0;
-    if (args.window > 0) {
-        const int64_t lowest = int64_t{min_p} - args.window + 1;  // lowest window key of any row
+    if (window > 0) {
+        const int64_t lowest = int64_t{min_p} - window + 1;  // lowest window key of any row
         const int64_t first = lowest > 0 ? lowest / kTile : 0;
-        const int64_t sinks = (int64_t{args.n_sink} + kTile - 1) / kTile;
+        const int64_t sinks = (int64_t{n_sink} + kTile - 1) / kTile;
         if (first > sinks) {
             sink_tiles = static_cast<int>(sinks);
             window_first = static_cast<int>(first);
         }
     }
-    const int64_t n_tiles = sink_tiles + (last_tile - window_first + 1);
+    const int32_t* sel_ids = nullptr;
+    const int tiles_per_block = args.sel_block_size / kTile;
+    int64_t n_tiles = sink_tiles + (last_tile - window_first + 1);
+    if (sel_row >= 0) {
+        const int64_t at = int64_t{tok0} * args.sel_hr + sel_row;
+        const int count = min(max(args.sel_counts[at], 0), args.sel_max_blocks);
+        sel_ids = args.sel_blocks + at * args.sel_max_blocks;
+        n_tiles = int64_t{count} * tiles_per_block;
+    }
     const int t_begin = static_cast<int>(split * n_tiles / args.n_splits);
     const int t_end = static_cast<int>((split + 1) * n_tiles / args.n_splits);
 
@@ -122,16 +139,17 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArg
         for (int i = 0; i < kPerLane; ++i) acc[rr][i] = 0.0f;
     }
 
-    const int64_t cache_base = (seq * args.g + kv_head) * args.c;  // row index of key 0
+    const int64_t cache_base = (seq * args.gc + slot) * args.c;  // row index of cache row 0
     for (int t = t_begin; t < t_end; ++t) {
-        const int tile = t < sink_tiles ? t : window_first + (t - sink_tiles);
+        const int tile = sel_ids ? sel_ids[t / tiles_per_block] * tiles_per_block + t % tiles_per_block
+                                 : (t < sink_tiles ? t : window_first + (t - sink_tiles));
         const int key0 = tile * kTile;
         __syncthreads();  // every warp is done with the previous tile
         for (int idx = threadIdx.x; idx < kTile * D / 4; idx += blockDim.x) {
             const int j = idx / (D / 4), e = (idx % (D / 4)) * 4;
             float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
-            if (key0 + j <= max_p) {  // beyond every row's position: masked, and maybe >= c
-                const int64_t off = (cache_base + key0 + j) * D + e;
+            if (key0 >= 0 && key0 + j <= max_p) {  // beyond every row's position: masked, and maybe >= c
+                const int64_t off = (cache_base + cache_row(key0 + j, args.ring_sinks, args.c)) * D + e;
                 kv = *reinterpret_cast<const float4*>(args.cache_k + off);
                 vv = *reinterpret_cast<const float4*>(args.cache_v + off);
             }
@@ -149,7 +167,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArg
             if (r >= n_rows) continue;  // warp-uniform
             const int key = key0 + lane;
             float s = -INFINITY;
-            if (key_visible(key, row_pos[r], args.window, args.n_sink)) {
+            if (key0 >= 0 && key_visible(key, row_pos[r], window, n_sink)) {
                 float dot = 0.0f;
 #pragma unroll 16
                 for (int e = 0; e < D; ++e) dot += q_s[r][e] * k_s[lane][e];
@@ -177,7 +195,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArg
     for (int rr = 0; rr < kRows; ++rr) {
         const int r = warp + rr * kAttnWarps;
         if (r >= n_rows) continue;
-        const int64_t row = (tok0 + r / hpc) * args.h + head0 + r % hpc;  // token * h + head
+        const int64_t row = (tok0 + r / hpc) * args.h + heads[r % hpc];  // token * h + head
         if (args.n_splits == 1) {
             // Every row sees at least its own key (j = p), so l > 0 here.
             const float inv_l = l[rr] > 0.0f ? 1.0f / l[rr] : 0.0f;
@@ -195,25 +213,29 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArg
     }
 }
 
-// One CTA of d threads per (token, head): out = sum_z 2^(m_z - M) acc_z / sum_z 2^(m_z - M) l_z
-// over the splits that saw a visible key (l_z > 0), M their largest running max.
+// One CTA of d threads per (token, head group), one head of the group after the other:
+// out = sum_z 2^(m_z - M) acc_z / sum_z 2^(m_z - M) l_z over the splits that saw a visible
+// key (l_z > 0), M their largest running max. Heads outside the call's groups are untouched.
 __global__ void attention_combine_kernel(AttentionArgs args) {
-    const int64_t row = blockIdx.x;  // token * h + head
+    const int32_t* group = args.groups + blockIdx.y * kAttnGroupInts;
     const int e = threadIdx.x;
-    const float* ml = args.partial_ml + row * args.n_splits * 2;
-    float max_m = -INFINITY;
-    for (int z = 0; z < args.n_splits; ++z) {
-        if (ml[2 * z + 1] > 0.0f) max_m = fmaxf(max_m, ml[2 * z]);
+    for (int hq = 0; hq < group[3]; ++hq) {
+        const int64_t row = blockIdx.x * args.h + group[4 + hq];  // token * h + head
+        const float* ml = args.partial_ml + row * args.n_splits * 2;
+        float max_m = -INFINITY;
+        for (int z = 0; z < args.n_splits; ++z) {
+            if (ml[2 * z + 1] > 0.0f) max_m = fmaxf(max_m, ml[2 * z]);
+        }
+        float sum = 0.0f, value = 0.0f;
+        for (int z = 0; z < args.n_splits; ++z) {
+            const float l = ml[2 * z + 1];
+            if (!(l > 0.0f)) continue;
+            const float w = exp2f(ml[2 * z] - max_m);
+            sum += w * l;
+            value += w * args.partial_acc[(row * args.n_splits + z) * args.d + e];
+        }
+        args.out[row * args.d + e] = sum > 0.0f ? value / sum : 0.0f;
     }
-    float sum = 0.0f, value = 0.0f;
-    for (int z = 0; z < args.n_splits; ++z) {
-        const float l = ml[2 * z + 1];
-        if (!(l > 0.0f)) continue;
-        const float w = exp2f(ml[2 * z] - max_m);
-        sum += w * l;
-        value += w * args.partial_acc[(row * args.n_splits + z) * args.d + e];
-    }
-    args.out[row * args.d + e] = sum > 0.0f ? value / sum : 0.0f;
 }
 
 }  // namespace
@@ -223,12 +245,11 @@ bool attention_head_dim_supported(int d) { return d == 32 || d == 64 || d == 128
 
 cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream) {
     if (args.n == 0) return cudaSuccess;
-    if (args.g <= 0 || args.h % args.g != 0 || args.heads_per_cta < 1 ||
-        (args.h / args.g) % args.heads_per_cta != 0 || args.heads_per_cta > kAttnMaxRows ||
-        args.n_blocks < 1 || args.n_splits < 1 || args.n_splits > kAttnMaxSplits ||
-        args.h / args.heads_per_cta > 65535 || args.n * args.h > INT32_MAX)
+    if (args.n_groups < 1 || args.n_groups > 65535 || args.n_blocks < 1 || args.n_splits < 1 ||
+        args.n_splits > kAttnMaxSplits || args.n * args.h > INT32_MAX ||
+        (args.sel_blocks != nullptr && (args.sel_block_size <= 0 || args.sel_block_size % kAttnKeysPerTile != 0)))
         return cudaErrorInvalidValue;
-    const dim3 grid(static_cast<unsigned>(args.n_blocks), static_cast<unsigned>(args.h / args.heads_per_cta),
+    const dim3 grid(static_cast<unsigned>(args.n_blocks), static_cast<unsigned>(args.n_groups),
                     static_cast<unsigned>(args.n_splits));
     constexpr int kThreads = kAttnWarps * 32;
     // DISPATCH on the head dim: the only template parameter, three instantiations.
@@ -240,7 +261,8 @@ cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream) {
     }
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || args.n_splits == 1) return err;
-    attention_combine_kernel<<<static_cast<unsigned>(args.n * args.h), args.d, 0, stream>>>(args);
+    attention_combine_kernel<<<dim3(static_cast<unsigned>(args.n), static_cast<unsigned>(args.n_groups)), args.d, 0,
+                               stream>>>(args);
     return cudaGetLastError();
 }
 

@@ -117,7 +117,10 @@ __global__ void rope_kernel(RopeArgs args) {
 __global__ void kv_store_kernel(KvStoreArgs args) {
     const int64_t row = blockIdx.x;  // token * g + kv head
     const int64_t i = row / args.g, kv = row % args.g;
-    const int64_t dst = ((args.seq[i] * args.g + kv) * args.c + args.pos[i]) * args.d;
+    const int64_t slot = args.slot[kv];
+    if (slot < 0) return;  // a KV head the view does not hold
+    const int64_t dst =
+        ((args.seq[i] * args.gc + slot) * args.c + cache_row(args.pos[i], args.ring_sinks, args.c)) * args.d;
     const int64_t src = row * args.d;
     for (int64_t e = threadIdx.x; e < args.d; e += blockDim.x) {
         args.cache_k[dst + e] = args.k[src + e];

@@ -56,12 +56,15 @@ struct KvStoreArgs {
     const float* v;          // (n, g, d)
     const int32_t* seq;      // (n,) on the device
     const int32_t* pos;      // (n,) on the device
-    float* cache_k;          // (s, g, c, d)
-    float* cache_v;          // (s, g, c, d)
+    const int32_t* slot;     // (g,) on the device: cache head of each KV head, -1 = not held
+    float* cache_k;          // (s, gc, c, d)
+    float* cache_v;          // (s, gc, c, d)
     int64_t n;
     int64_t g;
+    int64_t gc;
     int64_t c;
     int64_t d;
+    int ring_sinks;          // -1: row = position; else the ring rule of backend.h
 };
 cudaError_t launch_kv_store(const KvStoreArgs& args, cudaStream_t stream);
 
@@ -75,27 +78,45 @@ constexpr int kAttnRowsPerWarp = 4;
 constexpr int kAttnMaxRows = kAttnWarps * kAttnRowsPerWarp;
 constexpr int kAttnKeysPerTile = 32;  // one key per lane in the score step
 
+// A head group: query heads of one KV head that see the same keys (all local, all dense, or
+// one head with a block selection), kAttnGroupInts int32 each: [cache head, local (0/1),
+// selection row (-1 = none), head count, heads...].
+constexpr int kAttnGroupInts = 4 + kAttnMaxRows;
+
+// Cache row of position p: the ring rule of backend.h's kv_cache_row.
+__host__ __device__ inline int64_t cache_row(int64_t p, int ring_sinks, int64_t c) {
+    if (ring_sinks < 0 || p < ring_sinks) return p;
+    return ring_sinks + (p - ring_sinks) % (c - ring_sinks);
+}
+
 struct AttentionArgs {
     const float* q;          // (n, h, d)
-    const float* cache_k;    // (s, g, c, d)
-    const float* cache_v;    // (s, g, c, d)
+    const float* cache_k;    // (s, gc, c, d)
+    const float* cache_v;    // (s, gc, c, d)
     const int32_t* seq;      // (n,) on the device
     const int32_t* pos;      // (n,) on the device
     const int32_t* blocks;   // (n_blocks, 2): first token, token count; one sequence each
+    const int32_t* groups;   // (n_groups, kAttnGroupInts) head groups
+    const int32_t* sel_blocks;  // (n, sel_hr, sel_max_blocks) selected block ids, or null
+    const int32_t* sel_counts;  // (n, sel_hr)
     float* out;              // (n, h, d)
     float* partial_acc;      // (n, h, n_splits, d) when n_splits > 1, else unused
     float* partial_ml;       // (n, h, n_splits, 2): running max (log2 domain) and sum
     int64_t n;
     int64_t h;
-    int64_t g;
-    int64_t c;
+    int64_t gc;              // cache heads of the view
+    int64_t c;               // cache rows
     int d;
     int n_blocks;
-    int heads_per_cta;       // divides h / g; tokens per block <= kAttnMaxRows / heads_per_cta
+    int n_groups;
     int n_splits;            // key tiles of a block are divided over this many CTAs
     float scale;             // applied to q.k
-    int window;              // 0 = unlimited
+    int window;              // local heads: 0 = unlimited
     int n_sink;
+    int ring_sinks;          // -1: row = position; else the ring rule of backend.h
+    int sel_hr;
+    int sel_max_blocks;
+    int sel_block_size;      // a multiple of kAttnKeysPerTile
 };
 // d must be 32, 64 or 128 (else cudaErrorInvalidValue); n_splits in [1, kAttnMaxSplits].
 constexpr int kAttnMaxSplits = 64;
@@ -114,19 +135,21 @@ constexpr int kAttnTcMinTokens = 64;  // dispatch threshold (speed only): one fu
 
 struct AttentionTcArgs {
     const float* q;        // (n, h, d)
-    const float* cache_k;  // (s, g, c, d)
-    const float* cache_v;  // (s, g, c, d)
+    const float* cache_k;  // (s, gc, c, d)
+    const float* cache_v;  // (s, gc, c, d)
+    const int32_t* head_info;  // (h, 2) on the device: cache head (-1 = not in the view), local (0/1)
     float* out;            // (n, h, d)
     int64_t n;
     int64_t h;
-    int64_t g;
+    int64_t gc;
     int64_t c;
     int d;
     int seq;      // the chunk's sequence slot
     int pos0;     // position of token 0; token i is at pos0 + i
     float scale;  // applied to q.k
-    int window;   // 0 = unlimited
+    int window;   // local heads: 0 = unlimited
     int n_sink;
+    int ring_sinks;  // -1: row = position; else the ring rule of backend.h
 };
 // d must be 64 or 128 (else cudaErrorInvalidValue).
 bool attention_tc_head_dim_supported(int d);

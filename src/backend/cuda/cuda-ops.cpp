@@ -100,23 +100,27 @@ Status CudaBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacem
     PURBO_TRY(require_device("kv_store", v, "v"));
     PURBO_TRY(require_device("kv_store", cache.k, "cache k"));
     PURBO_TRY(require_device("kv_store", cache.v, "cache v"));
-    // k, v (n, g, d); cache (s, g, c, d). Staging: seq (n,), pos (n,).
-    const int64_t n = k.dim(0);
+    // k, v (n, g, d); cache (s, gc, c, d). Staging: seq (n,), pos (n,), slot (g,).
+    const int64_t n = k.dim(0), g = k.dim(1);
     if (n == 0) return Status::ok();
     std::vector<int32_t> staging(place.seq.begin(), place.seq.end());
     staging.insert(staging.end(), place.pos.begin(), place.pos.end());
+    for (int64_t kv = 0; kv < g; ++kv) staging.push_back(static_cast<int32_t>(kv_view_index(cache, kv)));
     PURBO_ASSIGN_OR_RETURN(void* dev, stage(indices_, staging.data(), staging.size() * 4));
     cuda::KvStoreArgs args{};
     args.k = k.ptr<float>();
     args.v = v.ptr<float>();
     args.seq = static_cast<const int32_t*>(dev);
     args.pos = static_cast<const int32_t*>(dev) + n;
+    args.slot = static_cast<const int32_t*>(dev) + 2 * n;
     args.cache_k = cache.k.ptr<float>();
     args.cache_v = cache.v.ptr<float>();
     args.n = n;
-    args.g = k.dim(1);
+    args.g = g;
+    args.gc = cache.k.dim(1);
     args.c = cache.k.dim(2);
     args.d = k.dim(2);
+    args.ring_sinks = cache.ring_sinks;
     PURBO_CUDA_TRY(cuda::launch_kv_store(args, stream_));
     return Status::ok();
 }
@@ -126,7 +130,7 @@ namespace {
 // How the attention kernel's work is cut (speed only, not correctness: any plan that keeps
 // one sequence per block and at most kAttnMaxRows rows per CTA gives the same result).
 struct AttentionPlan {
-    int heads_per_cta = 1;
+    std::vector<int32_t> groups;  // (n_groups, kAttnGroupInts), see cuda-kernels.h
     std::vector<int32_t> blocks;  // (n_blocks, 2): first token, token count
     int n_splits = 1;
 };
@@ -135,19 +139,50 @@ struct AttentionPlan {
 // traffic stay small next to the tiles themselves.
 constexpr int64_t kMinTilesPerSplit = 4;
 
-AttentionPlan plan_attention(const TokenPlacement& place, int64_t h, int64_t g, const AttentionParams& params,
-                             int n_sms) {
+AttentionPlan plan_attention(const TokenPlacement& place, int64_t h, const KvCacheView& cache,
+                             const AttentionParams& params, int n_sms) {
     AttentionPlan plan;
-    const int64_t heads_per_kv = h / g;
-    // The largest divisor of heads_per_kv that fits a CTA's rows: every head of a CTA shares
-    // its KV head.
-    for (int64_t hpc = std::min<int64_t>(heads_per_kv, cuda::kAttnMaxRows); hpc >= 1; --hpc) {
-        if (heads_per_kv % hpc == 0) {
-            plan.heads_per_cta = static_cast<int>(hpc);
+    const int64_t g = kv_view_model_heads(cache), heads_per_kv = h / g;
+    // Heads per group: the largest divisor of heads_per_kv that fits a CTA's rows, so that the
+    // heads of one class split into equal groups where they can.
+    int64_t hpc = 1;
+    for (int64_t c = std::min<int64_t>(heads_per_kv, cuda::kAttnMaxRows); c >= 1; --c) {
+        if (heads_per_kv % c == 0) {
+            hpc = c;
             break;
         }
     }
-    const int64_t tokens_per_block = cuda::kAttnMaxRows / plan.heads_per_cta;
+    auto add_group = [&](int64_t slot, bool local, int32_t sel_row, const std::vector<int32_t>& heads) {
+        for (size_t begin = 0; begin < heads.size(); begin += static_cast<size_t>(hpc)) {
+            const size_t count = std::min(heads.size() - begin, static_cast<size_t>(hpc));
+            std::vector<int32_t> entry(cuda::kAttnGroupInts, 0);
+            entry[0] = static_cast<int32_t>(slot);
+            entry[1] = local ? 1 : 0;
+            entry[2] = sel_row;
+            entry[3] = static_cast<int32_t>(count);
+            std::copy_n(heads.begin() + static_cast<std::ptrdiff_t>(begin), count, entry.begin() + 4);
+            plan.groups.insert(plan.groups.end(), entry.begin(), entry.end());
+        }
+    };
+    for (int64_t kv = 0; kv < g; ++kv) {
+        const int64_t slot = kv_view_index(cache, kv);
+        if (slot < 0) continue;
+        std::vector<int32_t> local, dense;
+        for (int64_t hd = kv * heads_per_kv; hd < (kv + 1) * heads_per_kv; ++hd) {
+            const int32_t row = params.selection ? params.selection->head_row[static_cast<size_t>(hd)] : -1;
+            if (attention_head_is_local(params, hd)) {
+                local.push_back(static_cast<int32_t>(hd));
+            } else if (row >= 0) {
+                add_group(slot, false, row, {static_cast<int32_t>(hd)});
+            } else {
+                dense.push_back(static_cast<int32_t>(hd));
+            }
+        }
+        add_group(slot, true, -1, local);
+        add_group(slot, false, -1, dense);
+    }
+    // A selection is per token: its blocks hold one token each.
+    const int64_t tokens_per_block = params.selection ? 1 : cuda::kAttnMaxRows / hpc;
     const int64_t n = static_cast<int64_t>(place.seq.size());
     int64_t max_tiles = 0;
     for (int64_t begin = 0; begin < n;) {
@@ -159,20 +194,13 @@ AttentionPlan plan_attention(const TokenPlacement& place, int64_t h, int64_t g, 
         }
         plan.blocks.push_back(static_cast<int32_t>(begin));
         plan.blocks.push_back(static_cast<int32_t>(end - begin));
-        int64_t tiles = max_p / cuda::kAttnKeysPerTile + 1;
-        if (params.window > 0) {  // an upper bound: sink tiles plus the window's tiles
-            const int64_t window_tiles = (int64_t{params.window} + 2 * cuda::kAttnKeysPerTile - 1) /
-                                             cuda::kAttnKeysPerTile +
-                                         (int64_t{params.n_sink} + cuda::kAttnKeysPerTile - 1) /
-                                             cuda::kAttnKeysPerTile;
-            tiles = std::min(tiles, window_tiles);
-        }
-        max_tiles = std::max(max_tiles, tiles);
+        max_tiles = std::max<int64_t>(max_tiles, max_p / cuda::kAttnKeysPerTile + 1);
         begin = end;
     }
     // Split the keys only when blocks x head groups leave SMs idle (decode, small batches).
     const int64_t n_blocks = static_cast<int64_t>(plan.blocks.size() / 2);
-    const int64_t ctas = n_blocks * (h / plan.heads_per_cta);
+    const int64_t n_groups = static_cast<int64_t>(plan.groups.size()) / cuda::kAttnGroupInts;
+    const int64_t ctas = std::max<int64_t>(1, n_blocks * n_groups);
     const int64_t target = 2 * static_cast<int64_t>(n_sms);
     if (ctas < target) {
         const int64_t wanted = (target + ctas - 1) / ctas;
@@ -208,8 +236,16 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
     PURBO_TRY(require_device("attention", cache.k, "cache k"));
     PURBO_TRY(require_device("attention", cache.v, "cache v"));
     PURBO_TRY(require_device("attention", out, "out"));
-    // q, out (n, h, d); cache (s, g, c, d)
-    const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), g = cache.k.dim(1), c = cache.k.dim(2);
+    // q, out (n, h, d); cache (s, gc, c, d)
+    const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
+    const BlockSelection* sel = params.selection;
+    if (sel) {
+        PURBO_TRY(require_device("attention", sel->blocks, "selected blocks"));
+        PURBO_TRY(require_device("attention", sel->counts, "selected block counts"));
+        if (sel->block_size % cuda::kAttnKeysPerTile != 0)
+            return error(StatusCode::kUnsupported, "attention: block size {} of the selection is not a multiple of {}",
+                         sel->block_size, cuda::kAttnKeysPerTile);
+    }
     if (!cuda::attention_head_dim_supported(static_cast<int>(d)))
         return error(StatusCode::kUnsupported, "attention: head dim {} of q '{}' {} has no CUDA kernel (32, 64 or 128)",
                      d, q.name, q.describe());
@@ -217,15 +253,24 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
     if (n > INT_MAX / 2 || n * h > INT_MAX || h > 65535)
         return error(StatusCode::kUnsupported, "attention: q {} exceeds the kernel's grid", q.describe());
 
-    if (takes_tensor_core_path(place, d)) {
+    if (!sel && takes_tensor_core_path(place, d)) {
+        // head_info (h, 2): cache head of each query head's KV head (-1 = not held), local.
+        const int64_t heads_per_kv = h / kv_view_model_heads(cache);
+        std::vector<int32_t> head_info;
+        for (int64_t hd = 0; hd < h; ++hd) {
+            head_info.push_back(static_cast<int32_t>(kv_view_index(cache, hd / heads_per_kv)));
+            head_info.push_back(attention_head_is_local(params, hd) ? 1 : 0);
+        }
+        PURBO_ASSIGN_OR_RETURN(void* dev_info, stage(indices_, head_info.data(), head_info.size() * 4));
         cuda::AttentionTcArgs tc{};
         tc.q = q.ptr<float>();
         tc.cache_k = cache.k.ptr<float>();
         tc.cache_v = cache.v.ptr<float>();
+        tc.head_info = static_cast<const int32_t*>(dev_info);
         tc.out = out.ptr<float>();
         tc.n = n;
         tc.h = h;
-        tc.g = g;
+        tc.gc = gc;
         tc.c = c;
         tc.d = static_cast<int>(d);
         tc.seq = place.seq[0];
@@ -233,15 +278,18 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
         tc.scale = params.scale;
         tc.window = params.window;
         tc.n_sink = params.n_sink;
+        tc.ring_sinks = cache.ring_sinks;
         PURBO_CUDA_TRY(cuda::launch_attention_tc(tc, stream_));
         return Status::ok();
     }
 
-    const AttentionPlan plan = plan_attention(place, h, g, params, n_sms_);
-    // Staging: seq (n,), pos (n,), blocks (n_blocks, 2), all int32.
+    const AttentionPlan plan = plan_attention(place, h, cache, params, n_sms_);
+    if (plan.groups.empty()) return Status::ok();  // the view holds none of the heads' KV heads
+    // Staging: seq (n,), pos (n,), blocks (n_blocks, 2), groups, all int32.
     std::vector<int32_t> staging(place.seq.begin(), place.seq.end());
     staging.insert(staging.end(), place.pos.begin(), place.pos.end());
     staging.insert(staging.end(), plan.blocks.begin(), plan.blocks.end());
+    staging.insert(staging.end(), plan.groups.begin(), plan.groups.end());
     PURBO_ASSIGN_OR_RETURN(void* dev, stage(indices_, staging.data(), staging.size() * 4));
     const auto* dev_ints = static_cast<const int32_t*>(dev);
 
@@ -252,18 +300,27 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
     args.seq = dev_ints;
     args.pos = dev_ints + n;
     args.blocks = dev_ints + 2 * n;
+    args.groups = dev_ints + 2 * n + static_cast<int64_t>(plan.blocks.size());
     args.out = out.ptr<float>();
     args.n = n;
     args.h = h;
-    args.g = g;
+    args.gc = gc;
     args.c = c;
     args.d = static_cast<int>(d);
     args.n_blocks = static_cast<int>(plan.blocks.size() / 2);
-    args.heads_per_cta = plan.heads_per_cta;
+    args.n_groups = static_cast<int>(plan.groups.size() / cuda::kAttnGroupInts);
     args.n_splits = plan.n_splits;
     args.scale = params.scale;
     args.window = params.window;
     args.n_sink = params.n_sink;
+    args.ring_sinks = cache.ring_sinks;
+    if (sel) {
+        args.sel_blocks = sel->blocks.ptr<int32_t>();
+        args.sel_counts = sel->counts.ptr<int32_t>();
+        args.sel_hr = static_cast<int>(sel->blocks.dim(1));
+        args.sel_max_blocks = static_cast<int>(sel->blocks.dim(2));
+        args.sel_block_size = sel->block_size;
+    }
     if (plan.n_splits > 1) {
         // (n, h, n_splits, d) accumulators, then (n, h, n_splits, 2) max and sum.
         const size_t acc_floats = static_cast<size_t>(n * h * plan.n_splits * d);

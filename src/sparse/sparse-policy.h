@@ -1,0 +1,99 @@
+// The sparse model at run time (method.md sections 2 to 5): an AttentionPolicy built from an
+// adapter. Local heads attend to sinks + window, and KV heads whose query heads are all local
+// keep only those rows (a ring). Retrieval heads attend densely in prefill (the paper) or,
+// with block_sparse_prefill, to their indexer-selected blocks (ours); in decode they attend to
+// the top-p blocks their indexer selects.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "model/attention-policy.h"
+#include "model/model-config.h"
+#include "runtime/session.h"
+#include "sparse/adapter.h"
+
+namespace purbo {
+
+struct SparseRunOptions {
+    bool block_sparse_prefill = false;  // indexer selection for prefill tokens too (method.md section 5)
+    bool rings = true;                  // all-local KV heads in a ring of sinks + window rows
+    float top_p = 0;                    // 0 = the adapter's
+    // Count attended tokens (SparsityStats); reads the selection counts back every layer,
+    // which costs a device synchronisation per layer on a GPU.
+    bool collect_stats = true;
+};
+
+// What the sparse model did, summed over the steps since the last reset.
+struct SparsityStats {
+    int64_t decode_tokens = 0;
+    // Key tokens attended by retrieval heads in decode with a selection, and what dense
+    // attention would have read for them (the query's position + 1 each).
+    int64_t retrieval_attended = 0;
+    int64_t retrieval_dense = 0;
+    int64_t retrieval_head_steps = 0;  // (token, retrieval head) pairs behind the sums
+    // All heads of all layers in decode: keys attended and keys dense attention reads.
+    int64_t all_attended = 0;
+    int64_t all_dense = 0;
+
+    // Mean key tokens a retrieval head attends per decode step.
+    double tokens_per_retrieval_head() const {
+        return retrieval_head_steps ? static_cast<double>(retrieval_attended) / retrieval_head_steps : 0;
+    }
+    // 1 - attended / dense over every head in decode (method.md's compute sparsity).
+    double compute_sparsity() const {
+        return all_dense ? 1.0 - static_cast<double>(all_attended) / static_cast<double>(all_dense) : 0;
+    }
+};
+
+class SparsePolicy : public AttentionPolicy {
+public:
+    static Result<std::unique_ptr<SparsePolicy>> create(Backend& backend, const ModelConfig& config,
+                                                        const Adapter& adapter, int n_seq, int n_ctx,
+                                                        int max_batch, const SparseRunOptions& options);
+
+    KvLayout kv_layout() const override;
+    Status plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre, const TokenPlacement& place,
+                      AttentionParams& params) override;
+
+    const SparsityStats& stats() const { return stats_; }
+    void reset_stats() { stats_ = {}; }
+    const SparseSettings& settings() const { return settings_; }
+    int n_retrieval() const { return n_retrieval_; }
+    bool has_indexer() const { return has_indexer_; }
+
+private:
+    SparsePolicy(Backend& backend, const ModelConfig& config) : backend_(backend), config_(config) {}
+    Status prepare(const Adapter& adapter, int n_seq, int n_ctx, int max_batch);
+    Status count(int il, const TokenPlacement& place, const Tensor& counts, bool selected);
+
+    // One layer's head classes and indexer state.
+    struct Layer {
+        std::vector<uint8_t> local;      // (h,) 1 = local head
+        std::vector<int32_t> retrieval;  // query heads, ascending (hr,)
+        std::vector<int32_t> head_row;   // (h,) row in the selection, or -1
+        Tensor wq;                       // (hr * r, h * d) indexer query projections, block rows
+        Tensor wk;                       // (hr * r, g * d) indexer key projections
+        Tensor index_keys;               // (s, hr, c, r) cached Wk k of every position
+        Tensor blocks;                   // (max_batch, hr, max_blocks) i32
+        Tensor counts;                   // (max_batch, hr) i32
+        BlockSelection selection;
+    };
+
+    Backend& backend_;
+    ModelConfig config_;
+    SparseSettings settings_;
+    SparseRunOptions options_;
+    bool has_indexer_ = false;
+    int n_retrieval_ = 0;
+    int max_blocks_ = 0;
+    std::vector<Layer> layers_;
+    Tensor iq_;  // (max_batch, max hr * r) scratch
+    Tensor ik_;  // (max_batch, max hr * r) scratch
+    SparsityStats stats_;
+};
+
+// A factory for Session::create that builds a SparsePolicy from `adapter` (copied).
+AttentionPolicyFactory sparse_policy_factory(const Adapter& adapter, const SparseRunOptions& options = {});
+
+}  // namespace purbo

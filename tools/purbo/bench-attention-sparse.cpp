@@ -1,0 +1,257 @@
+#include "bench-attention-sparse.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "bench-attention-util.h"
+#include "core/timer.h"
+
+namespace purbo::cli {
+namespace {
+
+// Retrieval heads are the first round(R h) query heads (whole KV groups first, as the
+// KV-group-aware calibration prefers); the rest are local. (h,) 1 = local.
+std::vector<uint8_t> local_mask(const AttentionShape& s, double retrieval) {
+    const int64_t hr = std::llround(retrieval * static_cast<double>(s.heads));
+    std::vector<uint8_t> mask(static_cast<size_t>(s.heads), 1);
+    for (int64_t j = 0; j < hr; ++j) mask[static_cast<size_t>(j)] = 0;
+    return mask;
+}
+
+int64_t count_retrieval(const std::vector<uint8_t>& mask) {
+    return std::count(mask.begin(), mask.end(), uint8_t{0});
+}
+
+// KV heads that some local head reads (they serve the window to it).
+int64_t kv_heads_with_local(const AttentionShape& s, const std::vector<uint8_t>& mask) {
+    const int64_t per = s.heads / s.kv_heads;
+    int64_t count = 0;
+    for (int64_t kv = 0; kv < s.kv_heads; ++kv) {
+        bool any = false;
+        for (int64_t j = kv * per; j < (kv + 1) * per; ++j) any |= mask[static_cast<size_t>(j)] != 0;
+        count += any ? 1 : 0;
+    }
+    return count;
+}
+
+// Block ids of a synthetic selection keeping `kept` of `n_blocks` blocks: the sink block,
+// the current block and the others evenly spaced (which blocks does not change the work).
+std::vector<int32_t> spread_blocks(int64_t n_blocks, int64_t kept) {
+    kept = std::clamp<int64_t>(kept, std::min<int64_t>(2, n_blocks), n_blocks);
+    std::vector<int32_t> ids;
+    for (int64_t i = 0; i < kept; ++i) {
+        const int64_t b = kept == 1 ? 0 : i * (n_blocks - 1) / (kept - 1);
+        if (ids.empty() || ids.back() != b) ids.push_back(static_cast<int32_t>(b));
+    }
+    return ids;
+}
+
+struct Row {
+    std::string mode;
+    int64_t n = 0;
+    double fraction = 1;  // decode-sparse: blocks kept
+    double ms = 0, select_ms = 0, attn_ms = 0, dense_ms = 0;
+    double flops = 0, bytes = 0;
+    std::string skipped;
+};
+
+void print_header(const SparseBenchConfig& c) {
+    if (c.output != "md") {
+        std::printf("[\n");
+        return;
+    }
+    std::printf("| shape | device | mode | n | window | sinks | retrieval | blocks kept | ms | select ms | attention ms | vs dense | TFLOP/s | GB/s |\n");
+    std::printf("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+}
+
+void print_row(const SparseBenchConfig& c, int64_t hr, const Row& r, bool last) {
+    const bool ok = r.skipped.empty();
+    const double tflops = ok && r.ms > 0 ? r.flops / (r.ms * 1e-3) / 1e12 : 0;
+    const double gbps = ok && r.attn_ms > 0 ? r.bytes / (r.attn_ms * 1e-3) / 1e9 : 0;
+    const double ratio = ok && r.dense_ms > 0 ? r.dense_ms / r.ms : 0;
+    if (c.output == "md") {
+        const std::string kept = r.mode == "decode-sparse" ? fmt::format("{:.0f}%", 100 * r.fraction) : "-";
+        const std::string cells =
+            ok ? fmt::format("{:.3f} | {} | {:.3f} | {} | {:.2f} | {:.1f}", r.ms,
+                             r.select_ms > 0 ? fmt::format("{:.3f}", r.select_ms) : "-", r.attn_ms,
+                             ratio > 0 ? fmt::format("{:.2f}x", ratio) : "-", tflops, gbps)
+               : r.skipped + " | - | - | - | - | -";
+        std::printf("| %s | %s | %s | %s | %d | %d | %lld/%lld | %s | %s |\n", c.shape_name.c_str(), c.device.c_str(),
+                    r.mode.c_str(), size_label(r.n).c_str(), c.window, c.sinks, static_cast<long long>(hr),
+                    static_cast<long long>(c.shape.heads), kept.c_str(), cells.c_str());
+    } else {
+        nlohmann::ordered_json j = {{"shape", c.shape_name}, {"device", c.device}, {"mode", r.mode},
+                                    {"n", r.n}, {"window", c.window}, {"sinks", c.sinks},
+                                    {"retrieval_heads", hr}, {"heads", c.shape.heads},
+                                    {"kv_heads", c.shape.kv_heads}, {"head_dim", c.shape.head_dim},
+                                    {"block", c.block}, {"fraction", r.fraction}, {"ms", nullptr},
+                                    {"select_ms", nullptr}, {"attention_ms", nullptr}, {"dense_ms", nullptr},
+                                    {"tflops", nullptr}, {"gbps", nullptr}, {"skipped", nullptr}};
+        if (ok) {
+            j["ms"] = r.ms;
+            j["select_ms"] = r.select_ms;
+            j["attention_ms"] = r.attn_ms;
+            if (r.dense_ms > 0) j["dense_ms"] = r.dense_ms;
+            j["tflops"] = tflops;
+            j["gbps"] = gbps;
+        } else {
+            j["skipped"] = r.skipped;
+        }
+        std::printf("  %s%s\n", j.dump().c_str(), last ? "" : ",");
+    }
+    std::fflush(stdout);
+}
+
+}  // namespace
+
+int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
+    const AttentionShape& s = c.shape;
+    const std::vector<uint8_t> mask = local_mask(s, c.retrieval);
+    const int64_t hr = count_retrieval(mask), hl = s.heads - hr;
+    AttentionParams local_params;
+    local_params.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+    local_params.window = c.window;
+    local_params.n_sink = c.sinks;
+    local_params.local_heads = mask;
+    AttentionParams dense_params;
+    dense_params.scale = local_params.scale;
+
+    std::mt19937 rng(42);
+    const Tensor block_k = random_block(s.head_dim, rng), block_v = random_block(s.head_dim, rng);
+    const Tensor block_index = random_block(c.rank, rng);
+    std::fprintf(stderr, "bench-attention: sparse layer %s on %s: %lld of %lld heads retrieval, W %d, S %d, B %d, r %d\n",
+                 c.shape_name.c_str(), c.device.c_str(), static_cast<long long>(hr),
+                 static_cast<long long>(s.heads), c.window, c.sinks, c.block, c.rank);
+    print_header(c);
+    const size_t total_rows = c.prefill.size() + c.decode.size() * (1 + c.fractions.size());
+    size_t printed = 0;
+    auto emit = [&](const Row& r) { print_row(c, hr, r, ++printed == total_rows); };
+
+    double prefill_s_per_pair = 0;
+    for (int64_t n : c.prefill) {
+        Row r{"prefill-sparse", n};
+        const double pairs = static_cast<double>(hr) * static_cast<double>(attention_prefill_pairs(n, 0, 0)) +
+                             static_cast<double>(hl) * static_cast<double>(attention_prefill_pairs(n, c.window, c.sinks));
+        r.flops = 4.0 * static_cast<double>(s.head_dim) * pairs;
+        r.bytes = 2.0 * static_cast<double>(n * s.kv_heads * s.head_dim * kElemBytes);
+        const double predicted = prefill_s_per_pair * pairs;
+        if (predicted * (predicted > kLongCallSeconds ? 1 : c.reps + 1) > c.max_seconds) {
+            r.skipped = fmt::format("skipped: predicted {:.1f} s > budget {:.0f} s", predicted, c.max_seconds);
+            emit(r);
+            continue;
+        }
+        Result<CaseBuffers> b = make_buffers(be, s, Mode::kPrefill, n, c.chunk, block_k, block_v);
+        Result<Measured> m = b.is_ok() ? measure(be, [&] { return run_once(be, *b, local_params); }, b->out, c.reps,
+                                                 predicted > kLongCallSeconds)
+                                       : Result<Measured>(b.status());
+        if (!m.is_ok()) {
+            r.skipped = "failed: " + m.status().to_string();
+        } else {
+            r.ms = r.attn_ms = m->ms;
+            prefill_s_per_pair = m->ms / 1e3 / pairs;
+        }
+        std::fprintf(stderr, "bench-attention: prefill-sparse n=%s: %s\n", size_label(n).c_str(),
+                     r.skipped.empty() ? fmt::format("{:.3f} ms", r.ms).c_str() : r.skipped.c_str());
+        emit(r);
+    }
+
+    for (int64_t n : c.decode) {
+        // Dense decode on the same cache: the baseline of the ratios.
+        Row dense{"decode", n};
+        const AttentionWork w = attention_decode_work(s, n, 0, 0, kElemBytes, kElemBytes);
+        dense.flops = w.flops;
+        dense.bytes = w.bytes;
+        Result<CaseBuffers> b = make_buffers(be, s, Mode::kDecode, n, c.chunk, block_k, block_v);
+        if (!b.is_ok()) {
+            dense.skipped = "failed: " + b.status().to_string();
+            emit(dense);
+            for (double f : c.fractions) {
+                Row r{"decode-sparse", n, f};
+                r.skipped = dense.skipped;
+                emit(r);
+            }
+            continue;
+        }
+        Result<Measured> dm = measure(be, [&] { return run_once(be, *b, dense_params); }, b->out, c.reps, false);
+        if (dm.is_ok()) dense.ms = dense.attn_ms = dm->ms;
+        else dense.skipped = "failed: " + dm.status().to_string();
+        emit(dense);
+
+        // The index keys of the retrieval heads (s = 1, hr, n, r), one query's iq (1, hr, r),
+        // and the selection the op writes.
+        const int64_t n_blocks = (n + c.block - 1) / c.block;
+        Tensor index_keys = be.alloc(DType::kF32, {1, hr, n, c.rank}, "index keys");
+        Tensor iq = be.alloc(DType::kF32, {1, hr, c.rank}, "iq");
+        Tensor sel_blocks = be.alloc(DType::kI32, {1, hr, n_blocks}, "selected blocks");
+        Tensor sel_counts = be.alloc(DType::kI32, {1, hr}, "selected counts");
+        Status filled = index_keys.empty() || iq.empty() || sel_blocks.empty() || sel_counts.empty()
+                            ? error(StatusCode::kOutOfMemory, "cannot allocate the index keys for n = {}", n)
+                            : fill_rows(be, index_keys, block_index);
+        if (filled.is_ok()) filled = fill_rows(be, iq, block_index);
+        const TokenPlacement place{std::span<const int32_t>(b->seq), std::span<const int32_t>(b->pos)};
+        BlockSelectParams sp;
+        sp.block_size = c.block;
+        sp.top_p = c.top_p;
+        sp.scale = 1.0f / std::sqrt(static_cast<float>(c.rank));
+        auto select = [&] { return be.select_blocks(iq, index_keys, place, sp, sel_blocks, sel_counts); };
+        Result<Measured> sm = filled.is_ok() ? measure(be, select, b->out, c.reps, false) : Result<Measured>(filled);
+
+        for (double f : c.fractions) {
+            Row r{"decode-sparse", n, f};
+            r.dense_ms = dense.ms;
+            // A synthetic selection keeping round(f x blocks) blocks per retrieval head.
+            const std::vector<int32_t> ids = spread_blocks(n_blocks, std::llround(f * static_cast<double>(n_blocks)));
+            Tensor host_blocks = tensor_cpu(DType::kI32, {1, hr, n_blocks});
+            Tensor host_counts = tensor_cpu(DType::kI32, {1, hr});
+            for (int64_t j = 0; j < hr; ++j) {
+                std::copy(ids.begin(), ids.end(), host_blocks.ptr<int32_t>() + j * n_blocks);
+                host_counts.ptr<int32_t>()[j] = static_cast<int32_t>(ids.size());
+            }
+            BlockSelection sel;
+            sel.block_size = c.block;
+            std::vector<int32_t> head_row(static_cast<size_t>(s.heads), -1);
+            for (int64_t j = 0; j < hr; ++j) head_row[static_cast<size_t>(j)] = static_cast<int32_t>(j);
+            sel.head_row = head_row;
+            sel.blocks = be.alloc(DType::kI32, {1, hr, n_blocks}, "synthetic blocks");
+            sel.counts = be.alloc(DType::kI32, {1, hr}, "synthetic counts");
+            Status st = sel.blocks.empty() || sel.counts.empty()
+                            ? error(StatusCode::kOutOfMemory, "cannot allocate a selection")
+                            : be.from_host(host_blocks, sel.blocks);
+            if (st.is_ok()) st = be.from_host(host_counts, sel.counts);
+            AttentionParams params = local_params;
+            params.selection = &sel;
+            Result<Measured> am = st.is_ok() ? measure(be, [&] { return run_once(be, *b, params); }, b->out, c.reps, false)
+                                             : Result<Measured>(st);
+            if (!am.is_ok() || !sm.is_ok()) {
+                r.skipped = "failed: " + (am.is_ok() ? sm.status() : am.status()).to_string();
+            } else {
+                r.attn_ms = am->ms;
+                r.select_ms = sm->ms;
+                r.ms = r.attn_ms + r.select_ms;
+                const double kept_keys =
+                    std::min<double>(static_cast<double>(n), static_cast<double>(ids.size()) * c.block);
+                const double local_keys = static_cast<double>(attention_visible_keys(n - 1, c.window, c.sinks));
+                r.flops = 4.0 * static_cast<double>(s.head_dim) *
+                          (static_cast<double>(hr) * kept_keys + static_cast<double>(hl) * local_keys);
+                // K and V rows each retrieval head reads (no sharing assumed between heads), and
+                // the window of every KV head some local head reads.
+                r.bytes = 2.0 * static_cast<double>(s.head_dim * kElemBytes) *
+                          (static_cast<double>(hr) * kept_keys +
+                           static_cast<double>(kv_heads_with_local(s, mask)) * local_keys);
+            }
+            std::fprintf(stderr, "bench-attention: decode-sparse n=%s kept %.0f%%: %s\n", size_label(n).c_str(),
+                         100 * f,
+                         r.skipped.empty() ? fmt::format("{:.3f} ms (select {:.3f}, attention {:.3f}), dense {:.3f} ms",
+                                                         r.ms, r.select_ms, r.attn_ms, r.dense_ms)
+                                                 .c_str()
+                                           : r.skipped.c_str());
+            emit(r);
+        }
+    }
+    if (c.output == "json") std::printf("]\n");
+    return 0;
+}
+
+}  // namespace purbo::cli

@@ -1,0 +1,55 @@
+// Pieces shared by the attention benchmarks (bench-attention.cpp, bench-attention-sparse.cpp):
+// size lists, device buffers filled with random values, and median timing of an op sequence.
+#pragma once
+
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "attention-cost.h"
+#include "backend/backend.h"
+
+namespace purbo::cli {
+
+constexpr int64_t kElemBytes = 4;       // q, out and the KV cache are f32 on every backend
+constexpr double kLongCallSeconds = 2;  // longer calls run once, with no warm-up
+
+enum class Mode { kPrefill, kDecode };
+
+// Comma-separated token counts with optional K (x1024) or M (x1024^2) suffixes; "" or "none"
+// is an empty list.
+Result<std::vector<int64_t>> parse_sizes(const std::string& flag, const std::string& text);
+std::string size_label(int64_t n);
+// The first m rows of t's outermost dim; shares storage.
+Tensor leading(const Tensor& t, int64_t m);
+// Copies the host block (rows, d) over dev, viewed as (numel / d, d), again and again.
+Status fill_rows(Backend& be, const Tensor& dev, const Tensor& block);
+// (65536, d) uniform random values in [-1, 1].
+Tensor random_block(int64_t d, std::mt19937& rng);
+
+// One case's device buffers: the cache holds n keys; q and out hold one chunk of queries.
+struct CaseBuffers {
+    KvCacheView cache;
+    Tensor q, out;             // (m, h, d)
+    std::vector<int32_t> seq;  // (m,) all slot 0
+    std::vector<int32_t> pos;  // (queries,): 0..n-1 for prefill, n-1 for decode
+};
+
+Result<CaseBuffers> make_buffers(Backend& be, const AttentionShape& s, Mode mode, int64_t n, int64_t chunk,
+                                 const Tensor& block_k, const Tensor& block_v);
+// The case's attention op sequence once: the queries in chunks of q's rows, each at its own
+// positions.
+Status run_once(Backend& be, const CaseBuffers& b, const AttentionParams& params);
+
+struct Measured {
+    double ms = 0;  // median per op sequence
+    int reps = 0, inner = 1;
+};
+
+// Median milliseconds of `op` (short calls repeat within a sample); then reads a row of
+// `out` back, which surfaces a kernel failure and a non-finite output.
+Result<Measured> measure(Backend& be, const std::function<Status()>& op, const Tensor& out, int reps,
+                         bool long_call);
+
+}  // namespace purbo::cli
