@@ -1,10 +1,10 @@
 #include "core/progress.h"
 
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
-#include <fmt/format.h>
 
 #include "core/timer.h"
 
@@ -18,7 +18,8 @@ std::string format_duration(double seconds) {
     return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
 }
 
-ProgressLine::ProgressLine(std::string label, int64_t total, int64_t done, FILE* out, double plain_interval_s)
+ProgressLine::ProgressLine(std::string label, int64_t total, int64_t done, FILE* out,
+                           double plain_interval_s)
     : label_(std::move(label)),
       total_(total),
       first_(done),
@@ -37,13 +38,16 @@ void ProgressLine::update(int64_t done, std::string_view detail) {
     const int64_t run = done - first_;
     const double per_item = run > 0 ? elapsed_s / static_cast<double>(run) : 0.0;
     constexpr int kBarWidth = 20;
-    const int filled = total_ > 0 ? static_cast<int>(kBarWidth * std::min<int64_t>(done, total_) / total_) : 0;
-    std::string line = fmt::format("{} {}/{} [{}{}]", label_, done, total_, std::string(static_cast<size_t>(filled), '#'),
+    const int filled =
+        total_ > 0 ? static_cast<int>(kBarWidth * std::min<int64_t>(done, total_) / total_) : 0;
+    std::string line = fmt::format("{} {}/{} [{}{}]", label_, done, total_,
+                                   std::string(static_cast<size_t>(filled), '#'),
                                    std::string(static_cast<size_t>(kBarWidth - filled), '.'));
     if (run > 0) {
         line += fmt::format(" {:.2f} s/it", per_item);
         line += last ? fmt::format(" in {}", format_duration(elapsed_s))
-                     : fmt::format(" ETA {}", format_duration(per_item * static_cast<double>(total_ - done)));
+                     : fmt::format(" ETA {}",
+                                   format_duration(per_item * static_cast<double>(total_ - done)));
     }
     if (!detail.empty()) line += fmt::format(" | {}", detail);
     if (tty_) {

@@ -39,8 +39,8 @@ struct HeadIndexerInit {
 
 // The SVD initialisation of one head from its pre-RoPE queries q (nq, d) and the pre-RoPE keys
 // of its KV group k (N, d).
-Result<HeadIndexerInit> indexer_init_svd(const RowsView& q, const RowsView& k, int rank, float scale,
-                                         const IndexerInitOptions& options = {});
+Result<HeadIndexerInit> indexer_init_svd(const RowsView& q, const RowsView& k, int rank,
+                                         float scale, const IndexerInitOptions& options = {});
 
 // A baseline without data: one shared Johnson-Lindenstrauss projection P (r, d) with entries
 // N(0, 1/r), Wq = Wk = sqrt(scale) P, so E[(Wq q) . (Wk k)] = scale q . k.

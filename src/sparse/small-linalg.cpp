@@ -66,12 +66,14 @@ Svd svd_jacobi(const std::vector<double>& a, int n) {
                     beta += wq * wq;
                     gamma += wp * wq;
                 }
-                if (alpha == 0.0 || beta == 0.0 || std::abs(gamma) <= kTol * std::sqrt(alpha * beta))
+                if (alpha == 0.0 || beta == 0.0 ||
+                    std::abs(gamma) <= kTol * std::sqrt(alpha * beta))
                     continue;
                 rotated = true;
                 // The rotation that zeroes the (p, q) entry of the Gram matrix W^T W.
                 const double zeta = (beta - alpha) / (2.0 * gamma);
-                const double t = std::copysign(1.0, zeta) / (std::abs(zeta) + std::sqrt(1.0 + zeta * zeta));
+                const double t =
+                    std::copysign(1.0, zeta) / (std::abs(zeta) + std::sqrt(1.0 + zeta * zeta));
                 const double c = 1.0 / std::sqrt(1.0 + t * t);
                 const double s = c * t;
                 for (int i = 0; i < n; ++i) {
@@ -95,8 +97,9 @@ Svd svd_jacobi(const std::vector<double>& a, int n) {
     }
     std::vector<int> order(static_cast<size_t>(n));
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int x, int y) { return norms[static_cast<size_t>(x)] > norms[static_cast<size_t>(y)]; });
+    std::stable_sort(order.begin(), order.end(), [&](int x, int y) {
+        return norms[static_cast<size_t>(x)] > norms[static_cast<size_t>(y)];
+    });
     const double s_max = n > 0 ? norms[static_cast<size_t>(order[0])] : 0.0;
     // Below this a column is rounding noise of the rotations, not a direction of A.
     const double s_zero = s_max * n * std::numeric_limits<double>::epsilon();

@@ -6,10 +6,10 @@
 
 namespace purbo {
 
-void adamw_update(std::span<float> params, std::span<const float> grads, AdamWMoments& moments, int64_t t,
-                  float lr, const AdamWOptions& o) {
-    PURBO_ASSERT(params.size() == grads.size() && t >= 1, "{} params, {} grads, step {}", params.size(),
-                 grads.size(), t);
+void adamw_update(std::span<float> params, std::span<const float> grads, AdamWMoments& moments,
+                  int64_t t, float lr, const AdamWOptions& o) {
+    PURBO_ASSERT(params.size() == grads.size() && t >= 1, "{} params, {} grads, step {}",
+                 params.size(), grads.size(), t);
     if (moments.m.size() != params.size()) moments.reset(params.size());
     // Bias corrections in double: 1 - 0.999^t is 1e-3 at t = 1 and must not lose digits.
     const double c1 = 1.0 - std::pow(static_cast<double>(o.beta1), static_cast<double>(t));

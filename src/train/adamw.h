@@ -31,7 +31,7 @@ struct AdamWMoments {
 
 // One update of `params` with gradient `grads` as the t-th step (t >= 1, for the bias
 // corrections); moments are sized on first use.
-void adamw_update(std::span<float> params, std::span<const float> grads, AdamWMoments& moments, int64_t t,
-                  float lr, const AdamWOptions& options);
+void adamw_update(std::span<float> params, std::span<const float> grads, AdamWMoments& moments,
+                  int64_t t, float lr, const AdamWOptions& options);
 
 }  // namespace purbo

@@ -23,10 +23,10 @@ namespace purbo {
 
 // What the loss reads of one query head: its queries and the keys of its KV group.
 struct HeadInputs {
-    RowsView q_pre;   // (nq, d)
-    RowsView q_post;  // (nq, d)
-    RowsView k_pre;   // (N, d)
-    RowsView k_post;  // (N, d)
+    RowsView q_pre;                      // (nq, d)
+    RowsView q_post;                     // (nq, d)
+    RowsView k_pre;                      // (N, d)
+    RowsView k_post;                     // (N, d)
     std::span<const int32_t> positions;  // (nq,) position of each query row, ascending
 };
 

@@ -47,7 +47,9 @@ TopPRecall top_p_recall(std::span<const float> teacher, std::span<const float> s
     r.student_size = static_cast<int64_t>(scratch.student_set.size());
     // An all-zero teacher has an empty set, which any set covers.
     r.mass_recall = set_mass > 0 ? covered_mass / set_mass : 1.0;
-    r.set_recall = r.teacher_size > 0 ? static_cast<double>(covered) / static_cast<double>(r.teacher_size) : 1.0;
+    r.set_recall = r.teacher_size > 0
+                       ? static_cast<double>(covered) / static_cast<double>(r.teacher_size)
+                       : 1.0;
     return r;
 }
 
@@ -55,7 +57,9 @@ void IndexerMetrics::add_recall(const TopPRecall& r) {
     mass_recall_sum += r.mass_recall;
     set_recall_sum += r.set_recall;
     teacher_mass_sum += r.teacher_mass;
-    set_size_ratio_sum += r.teacher_size > 0 ? static_cast<double>(r.student_size) / static_cast<double>(r.teacher_size) : 1.0;
+    set_size_ratio_sum += r.teacher_size > 0 ? static_cast<double>(r.student_size) /
+                                                   static_cast<double>(r.teacher_size)
+                                             : 1.0;
     ++n_recall;
 }
 

@@ -16,9 +16,9 @@ void top_p_set(std::span<const float> probs, float p, std::vector<int32_t>& set)
 
 // One query's comparison of the teacher's top-p set T and the student's top-p set S.
 struct TopPRecall {
-    double mass_recall = 0;   // teacher mass of T that S covers: sum_{T and S} t / sum_T t
-    double set_recall = 0;    // |T and S| / |T|
-    double teacher_mass = 0;  // teacher mass that S keeps: sum_S t (what sparse attention sees)
+    double mass_recall = 0;    // teacher mass of T that S covers: sum_{T and S} t / sum_T t
+    double set_recall = 0;     // |T and S| / |T|
+    double teacher_mass = 0;   // teacher mass that S keeps: sum_S t (what sparse attention sees)
     int64_t teacher_size = 0;  // |T|
     int64_t student_size = 0;  // |S|
 };
@@ -53,7 +53,9 @@ struct IndexerMetrics {
     double set_size_ratio() const { return mean(set_size_ratio_sum); }
 
   private:
-    double mean(double sum) const { return n_recall == 0 ? 0.0 : sum / static_cast<double>(n_recall); }
+    double mean(double sum) const {
+        return n_recall == 0 ? 0.0 : sum / static_cast<double>(n_recall);
+    }
 };
 
 }  // namespace purbo

@@ -7,7 +7,8 @@
 namespace purbo {
 
 float LrSchedule::at(int step) const {
-    if (step < warmup_steps) return lr * static_cast<float>(step + 1) / static_cast<float>(warmup_steps);
+    if (step < warmup_steps)
+        return lr * static_cast<float>(step + 1) / static_cast<float>(warmup_steps);
     const int decay_steps = total_steps - warmup_steps;
     if (decay_steps <= 0) return lr;
     const double progress = std::min(1.0, static_cast<double>(step - warmup_steps) / decay_steps);

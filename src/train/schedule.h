@@ -5,7 +5,7 @@
 namespace purbo {
 
 struct LrSchedule {
-    float lr = 1e-3f;       // peak, reached at the end of warmup
+    float lr = 1e-3f;  // peak, reached at the end of warmup
     int warmup_steps = 100;
     int total_steps = 600;
     float min_ratio = 0.0f;  // floor of the cosine, as a fraction of lr

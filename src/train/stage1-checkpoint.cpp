@@ -13,21 +13,26 @@ namespace {
 constexpr const char* kFormat = "purbo.stage1-checkpoint.v1";
 
 // Doubles as the shortest text that reads back to the same value.
-std::string exact(double x) { return fmt::format("{}", x); }
+std::string exact(double x) {
+    return fmt::format("{}", x);
+}
 
 Tensor moment_tensor(const std::vector<float>& values, const Tensor& like) {
-    Tensor t = tensor_cpu(DType::kF32, std::span<const int64_t>(like.shape.data(), static_cast<size_t>(like.ndim)));
+    Tensor t = tensor_cpu(
+        DType::kF32, std::span<const int64_t>(like.shape.data(), static_cast<size_t>(like.ndim)));
     std::copy(values.begin(), values.end(), t.f32());
     return t;
 }
 
 class MetadataReader {
   public:
-    MetadataReader(const std::map<std::string, std::string>& m, std::string source) : m_(m), source_(std::move(source)) {}
+    MetadataReader(const std::map<std::string, std::string>& m, std::string source)
+        : m_(m), source_(std::move(source)) {}
 
     Result<std::string> text(const std::string& key) const {
         const auto it = m_.find(key);
-        if (it == m_.end()) return error(StatusCode::kParseError, "{}: metadata '{}' missing", source_, key);
+        if (it == m_.end())
+            return error(StatusCode::kParseError, "{}: metadata '{}' missing", source_, key);
         return it->second;
     }
     template <class T>
@@ -35,7 +40,8 @@ class MetadataReader {
         PURBO_ASSIGN_OR_RETURN(const std::string s, text(key));
         const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
         if (ec != std::errc() || end != s.data() + s.size())
-            return error(StatusCode::kParseError, "{}: metadata '{}': '{}' is not a number", source_, key, s);
+            return error(StatusCode::kParseError, "{}: metadata '{}': '{}' is not a number",
+                         source_, key, s);
         return Status::ok();
     }
 
@@ -57,7 +63,8 @@ Result<std::vector<HeadId>> parse_heads(const std::string& s, const std::string&
         const char* e = b + item.size();
         if (colon == std::string::npos || std::from_chars(b, b + colon, h.layer).ptr != b + colon ||
             std::from_chars(b + colon + 1, e, h.head).ptr != e)
-            return error(StatusCode::kParseError, "{}: metadata 'retrieval': '{}' is not layer:head", source, item);
+            return error(StatusCode::kParseError,
+                         "{}: metadata 'retrieval': '{}' is not layer:head", source, item);
         heads.push_back(h);
         pos = end + 1;
     }
@@ -67,9 +74,12 @@ Result<std::vector<HeadId>> parse_heads(const std::string& s, const std::string&
 Result<Tensor> owned_f32(const SafetensorsFile& file, const char* name, const Tensor& like) {
     PURBO_ASSIGN_OR_RETURN(Tensor view, file.tensor(name));
     if (view.dtype != DType::kF32 || (!like.empty() && !same_shape(view, like)))
-        return error(StatusCode::kParseError, "{}: tensor '{}' is {}, expected f32 {}", file.source(), name,
-                     view.describe(), like.empty() ? std::string("(n_retrieval, r, d)") : like.describe());
-    Tensor t = tensor_cpu(DType::kF32, std::span<const int64_t>(view.shape.data(), static_cast<size_t>(view.ndim)), name);
+        return error(StatusCode::kParseError, "{}: tensor '{}' is {}, expected f32 {}",
+                     file.source(), name, view.describe(),
+                     like.empty() ? std::string("(n_retrieval, r, d)") : like.describe());
+    Tensor t = tensor_cpu(
+        DType::kF32, std::span<const int64_t>(view.shape.data(), static_cast<size_t>(view.ndim)),
+        name);
     std::memcpy(t.data, view.data, view.nbytes());
     return t;
 }
@@ -78,8 +88,9 @@ Result<Tensor> owned_f32(const SafetensorsFile& file, const char* name, const Te
 
 Status stage1_checkpoint_save(const std::string& path, const Stage1Checkpoint& c) {
     const size_t n = static_cast<size_t>(c.wq.numel());
-    PURBO_ASSERT(c.wk.numel() == c.wq.numel() && c.wq_moments.m.size() == n && c.wq_moments.v.size() == n &&
-                 c.wk_moments.m.size() == n && c.wk_moments.v.size() == n);
+    PURBO_ASSERT(c.wk.numel() == c.wq.numel() && c.wq_moments.m.size() == n &&
+                 c.wq_moments.v.size() == n && c.wk_moments.m.size() == n &&
+                 c.wk_moments.v.size() == n);
     const std::vector<std::pair<std::string, Tensor>> tensors = {
         {"wq", c.wq},
         {"wk", c.wk},
@@ -89,7 +100,8 @@ Status stage1_checkpoint_save(const std::string& path, const Stage1Checkpoint& c
         {"adamw.v.wk", moment_tensor(c.wk_moments.v, c.wk)},
     };
     std::string heads;
-    for (const HeadId& h : c.retrieval) heads += fmt::format("{}{}:{}", heads.empty() ? "" : ",", h.layer, h.head);
+    for (const HeadId& h : c.retrieval)
+        heads += fmt::format("{}{}:{}", heads.empty() ? "" : ",", h.layer, h.head);
     const IndexerMetrics& i = c.initial;
     const std::map<std::string, std::string> meta = {
         {"format", kFormat},
@@ -114,7 +126,8 @@ Result<Stage1Checkpoint> stage1_checkpoint_load(const std::string& path) {
     const MetadataReader meta(file->metadata(), path);
     PURBO_ASSIGN_OR_RETURN(const std::string format, meta.text("format"));
     if (format != kFormat)
-        return error(StatusCode::kParseError, "{}: metadata 'format' is '{}', expected '{}'", path, format, kFormat);
+        return error(StatusCode::kParseError, "{}: metadata 'format' is '{}', expected '{}'", path,
+                     format, kFormat);
     Stage1Checkpoint c;
     PURBO_TRY(meta.number("step", c.step));
     PURBO_TRY(meta.number("total_steps", c.total_steps));
@@ -132,8 +145,8 @@ Result<Stage1Checkpoint> stage1_checkpoint_load(const std::string& path) {
 
     PURBO_ASSIGN_OR_RETURN(c.wq, owned_f32(*file, "wq", Tensor{}));
     if (c.wq.ndim != 3 || c.wq.dim(0) != static_cast<int64_t>(c.retrieval.size()))
-        return error(StatusCode::kParseError, "{}: tensor 'wq' is {}, expected ({}, r, d)", path, c.wq.describe(),
-                     c.retrieval.size());
+        return error(StatusCode::kParseError, "{}: tensor 'wq' is {}, expected ({}, r, d)", path,
+                     c.wq.describe(), c.retrieval.size());
     PURBO_ASSIGN_OR_RETURN(c.wk, owned_f32(*file, "wk", c.wq));
     const auto moment = [&](const char* name, std::vector<float>& out) -> Status {
         PURBO_ASSIGN_OR_RETURN(Tensor t, owned_f32(*file, name, c.wq));

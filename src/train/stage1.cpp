@@ -26,28 +26,37 @@ namespace purbo {
 namespace {
 
 Status check_adapter(const Adapter& a, const ModelConfig& c) {
-    if (a.n_layer != c.n_layer || a.n_head != c.n_head || a.n_head_kv != c.n_head_kv || a.head_dim != c.head_dim)
+    if (a.n_layer != c.n_layer || a.n_head != c.n_head || a.n_head_kv != c.n_head_kv ||
+        a.head_dim != c.head_dim)
         return error(StatusCode::kInvalidArgument,
-                     "stage 1: the adapter is for {} layers x {} heads ({} KV, dim {}), the model has {} x {} ({} KV, dim {})",
-                     a.n_layer, a.n_head, a.n_head_kv, a.head_dim, c.n_layer, c.n_head, c.n_head_kv, c.head_dim);
-    if (a.retrieval.empty()) return error(StatusCode::kInvalidArgument, "stage 1: the adapter has no retrieval heads");
+                     "stage 1: the adapter is for {} layers x {} heads ({} KV, dim {}), the model "
+                     "has {} x {} ({} KV, dim {})",
+                     a.n_layer, a.n_head, a.n_head_kv, a.head_dim, c.n_layer, c.n_head, c.n_head_kv,
+                     c.head_dim);
+    if (a.retrieval.empty())
+        return error(StatusCode::kInvalidArgument, "stage 1: the adapter has no retrieval heads");
     for (size_t i = 0; i < a.retrieval.size(); ++i) {
         const HeadId h = a.retrieval[i];
-        const bool ascending = i == 0 || a.retrieval[i - 1].layer < h.layer ||
-                               (a.retrieval[i - 1].layer == h.layer && a.retrieval[i - 1].head < h.head);
+        const bool ascending =
+            i == 0 || a.retrieval[i - 1].layer < h.layer ||
+            (a.retrieval[i - 1].layer == h.layer && a.retrieval[i - 1].head < h.head);
         if (h.layer < 0 || h.layer >= c.n_layer || h.head < 0 || h.head >= c.n_head || !ascending)
-            return error(StatusCode::kInvalidArgument,
-                         "stage 1: retrieval head {} (layer {}, head {}) is out of range or out of order", i, h.layer,
-                         h.head);
+            return error(
+                StatusCode::kInvalidArgument,
+                "stage 1: retrieval head {} (layer {}, head {}) is out of range or out of order", i,
+                h.layer, h.head);
     }
     const int r = a.settings.rank;
     if (r < 1 || r > c.head_dim)
-        return error(StatusCode::kInvalidArgument, "stage 1: rank {} is not in [1, {}]", r, c.head_dim);
+        return error(StatusCode::kInvalidArgument, "stage 1: rank {} is not in [1, {}]", r,
+                     c.head_dim);
     if (a.has_indexer()) {
         const int64_t n = static_cast<int64_t>(a.retrieval.size());
         for (const Tensor* t : {&a.wq, &a.wk}) {
-            if (t->dtype != DType::kF32 || t->ndim != 3 || t->dim(0) != n || t->dim(1) != r || t->dim(2) != c.head_dim)
-                return error(StatusCode::kInvalidArgument, "stage 1: indexer tensor is {}, expected f32 ({}, {}, {})",
+            if (t->dtype != DType::kF32 || t->ndim != 3 || t->dim(0) != n || t->dim(1) != r ||
+                t->dim(2) != c.head_dim)
+                return error(StatusCode::kInvalidArgument,
+                             "stage 1: indexer tensor is {}, expected f32 ({}, {}, {})",
                              t->describe(), n, r, c.head_dim);
         }
     }
@@ -56,24 +65,29 @@ Status check_adapter(const Adapter& a, const ModelConfig& c) {
 
 // A writable copy (the adapter's tensors may be views of a read-only mapping).
 Tensor owned_copy(const Tensor& t, const char* name) {
-    Tensor c = tensor_cpu(DType::kF32, std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim)), name);
+    Tensor c = tensor_cpu(
+        DType::kF32, std::span<const int64_t>(t.shape.data(), static_cast<size_t>(t.ndim)), name);
     std::copy_n(t.f32(), t.numel(), c.f32());
     return c;
 }
 
-Result<std::vector<int32_t>> step_tokens(const TokenProvider& provider, int step, const Stage1Options& o,
-                                         const Session& session) {
+Result<std::vector<int32_t>> step_tokens(const TokenProvider& provider, int step,
+                                         const Stage1Options& o, const Session& session) {
     Result<std::vector<int32_t>> tokens = provider(step);
-    if (!tokens.is_ok()) return tokens.status().with_context(fmt::format("stage 1: sequence of step {}", step));
-    if (o.seq_len > 0 && tokens->size() > static_cast<size_t>(o.seq_len)) tokens->resize(static_cast<size_t>(o.seq_len));
+    if (!tokens.is_ok())
+        return tokens.status().with_context(fmt::format("stage 1: sequence of step {}", step));
+    if (o.seq_len > 0 && tokens->size() > static_cast<size_t>(o.seq_len))
+        tokens->resize(static_cast<size_t>(o.seq_len));
     const size_t min_tokens = static_cast<size_t>(std::max(o.min_position, 1)) + 1;
     if (tokens->size() < min_tokens)
-        return error(StatusCode::kInvalidArgument, "stage 1: the sequence of step {} has {} tokens, at least {} needed", step,
+        return error(StatusCode::kInvalidArgument,
+                     "stage 1: the sequence of step {} has {} tokens, at least {} needed", step,
                      tokens->size(), min_tokens);
     if (tokens->size() > static_cast<size_t>(session.n_ctx()))
-        return error(StatusCode::kInvalidArgument,
-                     "stage 1: the sequence of step {} has {} tokens, more than the session's context of {}", step,
-                     tokens->size(), session.n_ctx());
+        return error(
+            StatusCode::kInvalidArgument,
+            "stage 1: the sequence of step {} has {} tokens, more than the session's context of {}",
+            step, tokens->size(), session.n_ctx());
     return tokens;
 }
 
@@ -85,7 +99,8 @@ Status initialise(Adapter& adapter, const AttentionRecord& first_record, const S
     adapter.wk = tensor_cpu(DType::kF32, {n, r, d}, "wk");
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
     for (int64_t i = 0; i < n; ++i) {
-        const HeadIndexerInit init = indexer_init_random(r, d, scale, o.seed + static_cast<uint64_t>(i));
+        const HeadIndexerInit init =
+            indexer_init_random(r, d, scale, o.seed + static_cast<uint64_t>(i));
         std::copy(init.wq.begin(), init.wq.end(), adapter.wq.f32() + i * r * d);
         std::copy(init.wk.begin(), init.wk.end(), adapter.wk.f32() + i * r * d);
     }
@@ -101,8 +116,8 @@ class RecordCache {
                                                        const std::vector<int32_t>& tokens) {
         for (size_t i = 0; i < entries_.size(); ++i) {
             if (entries_[i].first == tokens) {
-                std::rotate(entries_.begin() + static_cast<int64_t>(i), entries_.begin() + static_cast<int64_t>(i) + 1,
-                            entries_.end());
+                std::rotate(entries_.begin() + static_cast<int64_t>(i),
+                            entries_.begin() + static_cast<int64_t>(i) + 1, entries_.end());
                 return entries_.back().second;
             }
         }
@@ -123,7 +138,8 @@ class RecordCache {
 // The CSV log: a fresh file with a header, or on resume the existing rows of steps before
 // `first_step` (rows a crashed run wrote after its last checkpoint are dropped).
 Result<FILE*> open_log(const std::string& path, int first_step) {
-    static constexpr const char* kHeader = "step,lr,loss,grad_norm,recall,set_recall,teacher_mass,seconds\n";
+    static constexpr const char* kHeader =
+        "step,lr,loss,grad_norm,recall,set_recall,teacher_mass,seconds\n";
     std::string kept = kHeader;
     if (first_step > 0) {
         std::ifstream in(path);
@@ -135,7 +151,8 @@ Result<FILE*> open_log(const std::string& path, int first_step) {
                 continue;
             }
             int step = -1;
-            if (std::sscanf(line.c_str(), "%d,", &step) == 1 && step < first_step) kept += line + "\n";
+            if (std::sscanf(line.c_str(), "%d,", &step) == 1 && step < first_step)
+                kept += line + "\n";
         }
     }
     FILE* f = std::fopen(path.c_str(), "w");
@@ -147,16 +164,20 @@ Result<FILE*> open_log(const std::string& path, int first_step) {
 
 void log_row(FILE* f, const Stage1StepStats& s) {
     if (f == nullptr) return;
-    std::fprintf(f, "%d,%.6g,%.6f,%.6f,%.5f,%.5f,%.5f,%.3f\n", s.step, static_cast<double>(s.lr), s.loss, s.grad_norm,
-                 s.metrics.mass_recall(), s.metrics.set_recall(), s.metrics.teacher_mass(), s.seconds);
+    std::fprintf(f, "%d,%.6g,%.6f,%.6f,%.5f,%.5f,%.5f,%.3f\n", s.step, static_cast<double>(s.lr),
+                 s.loss, s.grad_norm, s.metrics.mass_recall(), s.metrics.set_recall(),
+                 s.metrics.teacher_mass(), s.seconds);
     std::fflush(f);
 }
 
-std::span<float> span_of(const Tensor& t) { return {t.f32(), static_cast<size_t>(t.numel())}; }
+std::span<float> span_of(const Tensor& t) {
+    return {t.f32(), static_cast<size_t>(t.numel())};
+}
 
 }  // namespace
 
-Result<AttentionRecord> stage1_record(Session& session, const Adapter& adapter, std::span<const int32_t> tokens) {
+Result<AttentionRecord> stage1_record(Session& session, const Adapter& adapter,
+                                      std::span<const int32_t> tokens) {
     PURBO_TRY(check_adapter(adapter, session.forward().config()));
     PURBO_ASSIGN_OR_RETURN(AttentionRecord record, record_attention(session, tokens));
     std::vector<bool> wanted(static_cast<size_t>(adapter.n_layer), false);
@@ -168,22 +189,28 @@ Result<AttentionRecord> stage1_record(Session& session, const Adapter& adapter, 
     return record;
 }
 
-Result<Stage1StepStats> stage1_evaluate(Session& session, const Adapter& adapter, std::span<const int32_t> tokens,
+Result<Stage1StepStats> stage1_evaluate(Session& session, const Adapter& adapter,
+                                        std::span<const int32_t> tokens,
                                         const Stage1Options& options) {
     PURBO_ASSIGN_OR_RETURN(const AttentionRecord record, stage1_record(session, adapter, tokens));
     return stage1_evaluate(record, adapter, options);
 }
 
-Result<Stage1StepStats> stage1_evaluate(const AttentionRecord& record, const Adapter& adapter, const Stage1Options& o,
-                                        std::vector<float>* grad_wq, std::vector<float>* grad_wk) {
-    if (!adapter.has_indexer()) return error(StatusCode::kInvalidArgument, "stage 1: the adapter has no indexer");
+Result<Stage1StepStats> stage1_evaluate(const AttentionRecord& record, const Adapter& adapter,
+                                        const Stage1Options& o, std::vector<float>* grad_wq,
+                                        std::vector<float>* grad_wk) {
+    if (!adapter.has_indexer())
+        return error(StatusCode::kInvalidArgument, "stage 1: the adapter has no indexer");
     if (record.q_pre.size() != static_cast<size_t>(adapter.n_layer))
-        return error(StatusCode::kInvalidArgument, "stage 1: the record has {} layers, the adapter {}", record.q_pre.size(),
+        return error(StatusCode::kInvalidArgument,
+                     "stage 1: the record has {} layers, the adapter {}", record.q_pre.size(),
                      adapter.n_layer);
     for (const HeadId& h : adapter.retrieval) {
         const size_t il = static_cast<size_t>(h.layer);
-        if (record.q_pre[il].empty() || record.k_pre[il].empty() || record.q_post[il].empty() || record.k_post[il].empty())
-            return error(StatusCode::kInvalidArgument, "stage 1: the record lacks layer {}", h.layer);
+        if (record.q_pre[il].empty() || record.k_pre[il].empty() || record.q_post[il].empty() ||
+            record.k_post[il].empty())
+            return error(StatusCode::kInvalidArgument, "stage 1: the record lacks layer {}",
+                         h.layer);
     }
     const int r = adapter.settings.rank, d = adapter.head_dim;
     const int n_ret = static_cast<int>(adapter.retrieval.size());
@@ -200,7 +227,8 @@ Result<Stage1StepStats> stage1_evaluate(const AttentionRecord& record, const Ada
         const std::span<const float> wq(adapter.wq.f32() + i * head_size, head_size);
         const std::span<const float> wk(adapter.wk.f32() + i * head_size, head_size);
         results[static_cast<size_t>(i)] =
-            indexer_loss(head_inputs(record, h.layer, h.head, adapter.n_head / adapter.n_head_kv), wq, wk, r, lo);
+            indexer_loss(head_inputs(record, h.layer, h.head, adapter.n_head / adapter.n_head_kv),
+                         wq, wk, r, lo);
     };
     // Heads in parallel (one BLAS thread each) when there are enough of them to fill the
     // cores; otherwise one at a time, each using every core. Either way the result only
@@ -219,35 +247,48 @@ Result<Stage1StepStats> stage1_evaluate(const AttentionRecord& record, const Ada
     for (int i = 0; i < n_ret; ++i) {
         const Result<IndexerLossResult>& res = *results[static_cast<size_t>(i)];
         const HeadId h = adapter.retrieval[static_cast<size_t>(i)];
-        if (!res.is_ok()) return res.status().with_context(fmt::format("layer {} head {}", h.layer, h.head));
+        if (!res.is_ok())
+            return res.status().with_context(fmt::format("layer {} head {}", h.layer, h.head));
         stats.loss += res->loss / n_ret;
         stats.metrics.merge(res->metrics);
-        if (grad_wq != nullptr) std::copy(res->dwq.begin(), res->dwq.end(), grad_wq->begin() + static_cast<int64_t>(i * head_size));
-        if (grad_wk != nullptr) std::copy(res->dwk.begin(), res->dwk.end(), grad_wk->begin() + static_cast<int64_t>(i * head_size));
+        if (grad_wq != nullptr)
+            std::copy(res->dwq.begin(), res->dwq.end(),
+                      grad_wq->begin() + static_cast<int64_t>(i * head_size));
+        if (grad_wk != nullptr)
+            std::copy(res->dwk.begin(), res->dwk.end(),
+                      grad_wk->begin() + static_cast<int64_t>(i * head_size));
     }
     return stats;
 }
 
-Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter, const TokenProvider& provider,
-                                   const Stage1Options& o) {
+Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter,
+                                   const TokenProvider& provider, const Stage1Options& o) {
     const double start_ms = time_now_ms();
     PURBO_TRY(check_adapter(adapter, session.forward().config()));
     if (o.steps < 1) return error(StatusCode::kInvalidArgument, "stage 1: {} steps", o.steps);
-    if (o.checkpoint_every < 1) return error(StatusCode::kInvalidArgument, "stage 1: checkpoint every {} steps", o.checkpoint_every);
+    if (o.checkpoint_every < 1)
+        return error(StatusCode::kInvalidArgument, "stage 1: checkpoint every {} steps",
+                     o.checkpoint_every);
 
     Stage1Summary summary;
     summary.steps = o.steps;
     AdamWMoments wq_moments, wk_moments;
     int first_step = 0;
-    const bool resuming = o.resume && !o.checkpoint.empty() && std::filesystem::exists(o.checkpoint);
+    const bool resuming =
+        o.resume && !o.checkpoint.empty() && std::filesystem::exists(o.checkpoint);
     if (resuming) {
         PURBO_ASSIGN_OR_RETURN(Stage1Checkpoint c, stage1_checkpoint_load(o.checkpoint));
-        if (c.retrieval != adapter.retrieval || c.wq.dim(1) != adapter.settings.rank || c.wq.dim(2) != adapter.head_dim)
-            return error(StatusCode::kInvalidArgument,
-                         "stage 1: checkpoint {} has other retrieval heads or rank than the adapter", o.checkpoint);
+        if (c.retrieval != adapter.retrieval || c.wq.dim(1) != adapter.settings.rank ||
+            c.wq.dim(2) != adapter.head_dim)
+            return error(
+                StatusCode::kInvalidArgument,
+                "stage 1: checkpoint {} has other retrieval heads or rank than the adapter",
+                o.checkpoint);
         if (c.total_steps != o.steps || c.warmup_steps != o.warmup || c.lr != o.lr)
-            PURBO_LOG_WARN("stage 1: checkpoint {} was written with {} steps, warmup {}, lr {}; resuming with {}, {}, {}",
-                           o.checkpoint, c.total_steps, c.warmup_steps, c.lr, o.steps, o.warmup, o.lr);
+            PURBO_LOG_WARN(
+                "stage 1: checkpoint {} was written with {} steps, warmup {}, lr {}; resuming with "
+                "{}, {}, {}",
+                o.checkpoint, c.total_steps, c.warmup_steps, c.lr, o.steps, o.warmup, o.lr);
         first_step = static_cast<int>(c.step);
         adapter.wq = std::move(c.wq);
         adapter.wk = std::move(c.wk);
@@ -263,7 +304,8 @@ Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter, const Tok
     // Step 0's sequence initialises the indexer and measures it before and after training;
     // its record stays cached when the cache has room.
     RecordCache records(o.record_cache);
-    PURBO_ASSIGN_OR_RETURN(const std::vector<int32_t> first_tokens, step_tokens(provider, 0, o, session));
+    PURBO_ASSIGN_OR_RETURN(const std::vector<int32_t> first_tokens,
+                           step_tokens(provider, 0, o, session));
     std::shared_ptr<const AttentionRecord> first_record;
     if (!adapter.has_indexer()) {
         PURBO_ASSIGN_OR_RETURN(first_record, records.get(session, adapter, first_tokens));
@@ -316,18 +358,24 @@ Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter, const Tok
             record = std::move(first_record);  // the init's record, not kept beyond the cache
         } else {
             PURBO_ASSIGN_OR_RETURN(const std::vector<int32_t> tokens,
-                                   step == 0 ? Result<std::vector<int32_t>>(first_tokens) : step_tokens(provider, step, o, session));
+                                   step == 0 ? Result<std::vector<int32_t>>(first_tokens)
+                                             : step_tokens(provider, step, o, session));
             PURBO_ASSIGN_OR_RETURN(record, records.get(session, adapter, tokens));
         }
         Result<Stage1StepStats> stats = stage1_evaluate(*record, adapter, o, &grad_wq, &grad_wk);
         record.reset();
-        if (!stats.is_ok()) return stats.status().with_context(fmt::format("stage 1 step {}", step));
+        if (!stats.is_ok())
+            return stats.status().with_context(fmt::format("stage 1 step {}", step));
         if (step == 0) summary.initial = stats->metrics;
 
+        // Heads share no parameters: each head's gradient is that of its own mean KL, i.e. the
+        // objective is the sum over heads (a mean would shrink every head's step as heads are
+        // added); the logged loss is the mean over heads, comparable across head counts.
         const std::span<float> grads[] = {grad_wq, grad_wk};
         stats->grad_norm = grad_clip_global_norm(grads, o.clip);
         if (!std::isfinite(stats->grad_norm) || !std::isfinite(stats->loss))
-            return error(StatusCode::kInternal, "stage 1 step {}: loss {} and gradient norm {} are not finite", step,
+            return error(StatusCode::kInternal,
+                         "stage 1 step {}: loss {} and gradient norm {} are not finite", step,
                          stats->loss, stats->grad_norm);
         stats->step = step;
         stats->lr = schedule.at(step);
@@ -337,10 +385,12 @@ Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter, const Tok
         log_row(log_file, *stats);
         summary.last = *stats;
         if (progress)
-            progress->update(step + 1, fmt::format("loss {:.4f} recall {:.3f} |g| {:.3g} lr {:.2e}", stats->loss,
-                                                   stats->metrics.mass_recall(), stats->grad_norm, stats->lr));
+            progress->update(
+                step + 1, fmt::format("loss {:.4f} recall {:.3f} |g| {:.3g} lr {:.2e}", stats->loss,
+                                      stats->metrics.mass_recall(), stats->grad_norm, stats->lr));
         const int done = step + 1;
-        if (!o.checkpoint.empty() && (done % o.checkpoint_every == 0 || done == end_step)) PURBO_TRY(save_checkpoint(done));
+        if (!o.checkpoint.empty() && (done % o.checkpoint_every == 0 || done == end_step))
+            PURBO_TRY(save_checkpoint(done));
     }
     if (progress) progress->finish();
 
@@ -348,7 +398,8 @@ Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter, const Tok
         PURBO_ASSIGN_OR_RETURN(const std::shared_ptr<const AttentionRecord> record,
                                records.get(session, adapter, first_tokens));
         Result<Stage1StepStats> final_stats = stage1_evaluate(*record, adapter, o);
-        if (!final_stats.is_ok()) return final_stats.status().with_context("stage 1: final evaluation");
+        if (!final_stats.is_ok())
+            return final_stats.status().with_context("stage 1: final evaluation");
         summary.final = final_stats->metrics;
     }
     summary.seconds = (time_now_ms() - start_ms) * 1e-3;
@@ -356,8 +407,8 @@ Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter, const Tok
     adapter.training_info = fmt::format(
         "stage 1: {} steps x {} tokens, lr {} (warmup {}, cosine), weight decay {}, clip {}; "
         "KL {:.4f} -> {:.4f}, top-{} recall {:.3f} -> {:.3f}",
-        o.steps, first_tokens.size(), o.lr, o.warmup, o.weight_decay, o.clip, summary.initial.kl(), shown.kl(),
-        adapter.settings.top_p, summary.initial.mass_recall(), shown.mass_recall());
+        o.steps, first_tokens.size(), o.lr, o.warmup, o.weight_decay, o.clip, summary.initial.kl(),
+        shown.kl(), adapter.settings.top_p, summary.initial.mass_recall(), shown.mass_recall());
     return summary;
 }
 

@@ -39,13 +39,15 @@ struct Stage1Options {
     int seq_len = 8192;
     int query_chunk = 256;  // IndexerLossOptions::query_chunk
     int min_position = 1;   // IndexerLossOptions::min_position
-    int metric_stride = 16;  // recall on every 16th query: the sort per query costs more than the loss
+    int metric_stride =
+        16;  // recall on every 16th query: the sort per query costs more than the loss
     IndexerInit init = IndexerInit::kSvd;  // when the adapter has no indexer yet
     uint64_t seed = 0;                     // of IndexerInit::kRandom
-    std::string log_csv;  // a row per step: step,lr,loss,grad_norm,recall,set_recall,teacher_mass,seconds
-    std::string checkpoint;  // stage1-checkpoint file; empty = none
+    std::string
+        log_csv;  // a row per step: step,lr,loss,grad_norm,recall,set_recall,teacher_mass,seconds
+    std::string checkpoint;      // stage1-checkpoint file; empty = none
     int checkpoint_every = 100;  // and after the last step
-    bool resume = false;  // continue from `checkpoint` when it exists
+    bool resume = false;         // continue from `checkpoint` when it exists
     // Stop after this many steps of this run (0 = run to the end of the schedule), writing a
     // checkpoint there: a job split over several time-limited runs.
     int stop_after = 0;
@@ -72,8 +74,8 @@ struct Stage1StepStats {
 };
 
 struct Stage1Summary {
-    int first_step = 0;  // > 0 when resumed
-    int steps = 0;       // total steps of the schedule
+    int first_step = 0;      // > 0 when resumed
+    int steps = 0;           // total steps of the schedule
     IndexerMetrics initial;  // untrained indexer on step 0's sequence
     IndexerMetrics final;    // trained indexer on step 0's sequence (empty without final_eval)
     Stage1StepStats last;    // the last step run
@@ -82,21 +84,24 @@ struct Stage1Summary {
 
 // Trains adapter.wq and adapter.wk in place (initialising them first when the adapter has
 // none) and sets adapter.training_info. The session must run the adapter's base model.
-Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter, const TokenProvider& provider,
-                                   const Stage1Options& options);
+Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter,
+                                   const TokenProvider& provider, const Stage1Options& options);
 
 // The dense run of one sequence that stage 1 reads: record_attention, keeping only the
 // layers that have retrieval heads (the others' tensors are left empty).
-Result<AttentionRecord> stage1_record(Session& session, const Adapter& adapter, std::span<const int32_t> tokens);
+Result<AttentionRecord> stage1_record(Session& session, const Adapter& adapter,
+                                      std::span<const int32_t> tokens);
 
 // Loss, gradient and metrics of every retrieval head on one recorded sequence, without
 // updating anything: the step's inner part, also used for evaluation. grad_wq, grad_wk
 // (n_retrieval, r, d) are filled when non-null.
 Result<Stage1StepStats> stage1_evaluate(const AttentionRecord& record, const Adapter& adapter,
-                                        const Stage1Options& options, std::vector<float>* grad_wq = nullptr,
+                                        const Stage1Options& options,
+                                        std::vector<float>* grad_wq = nullptr,
                                         std::vector<float>* grad_wk = nullptr);
 // stage1_record, then stage1_evaluate.
-Result<Stage1StepStats> stage1_evaluate(Session& session, const Adapter& adapter, std::span<const int32_t> tokens,
+Result<Stage1StepStats> stage1_evaluate(Session& session, const Adapter& adapter,
+                                        std::span<const int32_t> tokens,
                                         const Stage1Options& options);
 
 }  // namespace purbo

@@ -23,14 +23,17 @@ Matrix multiply(const Matrix& a, const Matrix& b, int n) {
     Matrix c(a.size(), 0.0);
     for (int i = 0; i < n; ++i)
         for (int k = 0; k < n; ++k)
-            for (int j = 0; j < n; ++j) c[static_cast<size_t>(i * n + j)] += a[static_cast<size_t>(i * n + k)] * b[static_cast<size_t>(k * n + j)];
+            for (int j = 0; j < n; ++j)
+                c[static_cast<size_t>(i * n + j)] +=
+                    a[static_cast<size_t>(i * n + k)] * b[static_cast<size_t>(k * n + j)];
     return c;
 }
 
 Matrix transpose(const Matrix& a, int n) {
     Matrix t(a.size());
     for (int i = 0; i < n; ++i)
-        for (int j = 0; j < n; ++j) t[static_cast<size_t>(j * n + i)] = a[static_cast<size_t>(i * n + j)];
+        for (int j = 0; j < n; ++j)
+            t[static_cast<size_t>(j * n + i)] = a[static_cast<size_t>(i * n + j)];
     return t;
 }
 
@@ -57,7 +60,8 @@ TEST(SmallLinalg, CholeskyAndSolve) {
     const std::vector<double> x = solve_lower_transposed(*l, n, b);
     for (int i = 0; i < n; ++i) {
         double lt_x = 0;  // (L^T x)_i
-        for (int k = 0; k < n; ++k) lt_x += (*l)[static_cast<size_t>(k * n + i)] * x[static_cast<size_t>(k)];
+        for (int k = 0; k < n; ++k)
+            lt_x += (*l)[static_cast<size_t>(k * n + i)] * x[static_cast<size_t>(k)];
         EXPECT_NEAR(lt_x, b[static_cast<size_t>(i)], 1e-9);
     }
     Matrix not_pd = a;
@@ -70,10 +74,13 @@ TEST(SmallLinalg, JacobiSvd) {
     const int n = 64;
     const Matrix a = random_matrix(rng, n);
     const Svd svd = svd_jacobi(a, n);
-    for (int i = 1; i < n; ++i) EXPECT_GE(svd.s[static_cast<size_t>(i - 1)], svd.s[static_cast<size_t>(i)]);
+    for (int i = 1; i < n; ++i)
+        EXPECT_GE(svd.s[static_cast<size_t>(i - 1)], svd.s[static_cast<size_t>(i)]);
     Matrix us(a.size());
     for (int i = 0; i < n; ++i)
-        for (int j = 0; j < n; ++j) us[static_cast<size_t>(i * n + j)] = svd.u[static_cast<size_t>(i * n + j)] * svd.s[static_cast<size_t>(j)];
+        for (int j = 0; j < n; ++j)
+            us[static_cast<size_t>(i * n + j)] =
+                svd.u[static_cast<size_t>(i * n + j)] * svd.s[static_cast<size_t>(j)];
     // Jacobi reaches working precision: entries O(1), n = 64 -> errors ~ n * eps ~ 1e-14.
     EXPECT_LT(max_abs_diff(multiply(us, transpose(svd.v, n), n), a), 1e-11);
     Matrix identity(a.size(), 0.0);
@@ -86,7 +93,9 @@ TEST(SmallLinalg, JacobiSvd) {
     for (int t = 0; t < 3; ++t) {
         const Matrix x = random_matrix(rng, n);
         for (int i = 0; i < n; ++i)
-            for (int j = 0; j < n; ++j) low[static_cast<size_t>(i * n + j)] += x[static_cast<size_t>(i)] * x[static_cast<size_t>(n + j)];
+            for (int j = 0; j < n; ++j)
+                low[static_cast<size_t>(i * n + j)] +=
+                    x[static_cast<size_t>(i)] * x[static_cast<size_t>(n + j)];
     }
     const Svd low_svd = svd_jacobi(low, n);
     EXPECT_GT(low_svd.s[2], 1.0);
@@ -99,7 +108,8 @@ struct Data {
     RowsView view(int64_t rows, int d) const { return {values.data(), rows, d, d}; }
 };
 
-Data synthetic(std::mt19937& rng, int64_t rows, int d, const std::vector<double>& basis, int k, double noise) {
+Data synthetic(std::mt19937& rng, int64_t rows, int d, const std::vector<double>& basis, int k,
+               double noise) {
     std::normal_distribution<double> normal;
     Data data;
     data.values.resize(static_cast<size_t>(rows * d));
@@ -108,7 +118,8 @@ Data synthetic(std::mt19937& rng, int64_t rows, int d, const std::vector<double>
         for (int j = 0; j < k; ++j) z[static_cast<size_t>(j)] = normal(rng) * (1.0 + j);
         for (int i = 0; i < d; ++i) {
             double x = noise * normal(rng);
-            for (int j = 0; j < k; ++j) x += basis[static_cast<size_t>(i * k + j)] * z[static_cast<size_t>(j)];
+            for (int j = 0; j < k; ++j)
+                x += basis[static_cast<size_t>(i * k + j)] * z[static_cast<size_t>(j)];
             data.values[static_cast<size_t>(t * d + i)] = static_cast<float>(x);
         }
     }
@@ -121,7 +132,9 @@ Matrix bilinear(const HeadIndexerInit& init, int r, int d) {
     for (int t = 0; t < r; ++t)
         for (int i = 0; i < d; ++i)
             for (int j = 0; j < d; ++j)
-                m[static_cast<size_t>(i * d + j)] += static_cast<double>(init.wq[static_cast<size_t>(t * d + i)]) * init.wk[static_cast<size_t>(t * d + j)];
+                m[static_cast<size_t>(i * d + j)] +=
+                    static_cast<double>(init.wq[static_cast<size_t>(t * d + i)]) *
+                    init.wk[static_cast<size_t>(t * d + j)];
     return m;
 }
 
@@ -176,7 +189,8 @@ TEST(IndexerInit, CapturesLowRankStructure) {
     EXPECT_LT(svd_error.relative, 1e-6);
 
     const HeadIndexerInit random = indexer_init_random(r, d, scale, 7);
-    const FormError random_error = form_error(q.view(300, d), k.view(400, d), bilinear(random, r, d), scale);
+    const FormError random_error =
+        form_error(q.view(300, d), k.view(400, d), bilinear(random, r, d), scale);
     EXPECT_GT(random_error.relative, 100 * svd_error.relative);
 
     // Wq^T Wk has rank r exactly (a product through r dims).
@@ -203,8 +217,11 @@ TEST(IndexerInit, ErrorIsTheDiscardedSpectrum) {
         auto init = indexer_init_svd(q.view(200, d), k.view(150, d), r, scale, opt);
         ASSERT_TRUE(init.is_ok()) << init.status().message();
         double discarded = 0;
-        for (int i = r; i < d; ++i) discarded += init->singular_values[static_cast<size_t>(i)] * init->singular_values[static_cast<size_t>(i)];
-        const FormError e = form_error(q.view(200, d), k.view(150, d), bilinear(*init, r, d), scale);
+        for (int i = r; i < d; ++i)
+            discarded += init->singular_values[static_cast<size_t>(i)] *
+                         init->singular_values[static_cast<size_t>(i)];
+        const FormError e =
+            form_error(q.view(200, d), k.view(150, d), bilinear(*init, r, d), scale);
         // Rounding Wq, Wk to f32 (relative 6e-8) moves M = Wq^T Wk within the tangent space of
         // the rank-r matrices, where the error's gradient vanishes at the optimum: the error
         // changes at second order, ~(6e-8)^2 of the total energy (measured 1e-14 relative).
@@ -216,7 +233,8 @@ TEST(IndexerInit, ErrorIsTheDiscardedSpectrum) {
             // Full rank reproduces scale * I.
             const Matrix m = bilinear(*init, r, d);
             for (int i = 0; i < d; ++i)
-                for (int j = 0; j < d; ++j) EXPECT_NEAR(m[static_cast<size_t>(i * d + j)], i == j ? scale : 0.0, 1e-5);
+                for (int j = 0; j < d; ++j)
+                    EXPECT_NEAR(m[static_cast<size_t>(i * d + j)], i == j ? scale : 0.0, 1e-5);
         }
     }
 }

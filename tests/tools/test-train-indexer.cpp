@@ -4,7 +4,6 @@
 
 #include <filesystem>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "model/hf-loader.h"
@@ -28,15 +27,28 @@ std::string byte_tokenizer_json() {
     nlohmann::json vocab = nlohmann::json::object();
     const auto& table = unicode::byte_to_unicode_utf8();
     for (int b = 0; b < 256; ++b) vocab[table[static_cast<size_t>(b)]] = b;
-    nlohmann::json j = {
-        {"version", "1.0"},
-        {"added_tokens", nlohmann::json::array()},
-        {"normalizer", nullptr},
-        {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
-        {"post_processor", nullptr},
-        {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
-        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}, {"dropout", nullptr},
-                   {"unk_token", nullptr}, {"byte_fallback", false}, {"ignore_merges", false}}}};
+    nlohmann::json j = {{"version", "1.0"},
+                        {"added_tokens", nlohmann::json::array()},
+                        {"normalizer", nullptr},
+                        {"pre_tokenizer",
+                         {{"type", "ByteLevel"},
+                          {"add_prefix_space", false},
+                          {"trim_offsets", true},
+                          {"use_regex", true}}},
+                        {"post_processor", nullptr},
+                        {"decoder",
+                         {{"type", "ByteLevel"},
+                          {"add_prefix_space", true},
+                          {"trim_offsets", true},
+                          {"use_regex", true}}},
+                        {"model",
+                         {{"type", "BPE"},
+                          {"vocab", vocab},
+                          {"merges", nlohmann::json::array()},
+                          {"dropout", nullptr},
+                          {"unk_token", nullptr},
+                          {"byte_fallback", false},
+                          {"ignore_merges", false}}}};
     return j.dump();
 }
 
@@ -72,7 +84,9 @@ TrainSetup make_setup(const std::string& name) {
     EXPECT_TRUE(adapter_save(s.adapter.string(), a).is_ok());
 
     std::string text;
-    for (int i = 0; i < 40; ++i) text += "The quick brown fox " + std::to_string(i * 7919 % 1000) + " jumps over the lazy dog. ";
+    for (int i = 0; i < 40; ++i)
+        text +=
+            "The quick brown fox " + std::to_string(i * 7919 % 1000) + " jumps over the lazy dog. ";
     s.data = s.dir / "text.txt";
     write_file(s.data, text);
     return s;
@@ -80,20 +94,24 @@ TrainSetup make_setup(const std::string& name) {
 
 TEST(TrainIndexer, TrainsAnAdapterWithoutIndexer) {
     const TrainSetup s = make_setup("cli_train_indexer");
-    const fs::path out = s.dir / "out.adapter.safetensors", log_path = s.dir / "loss.csv", ckpt = s.dir / "ckpt";
-    const std::string args = "train-indexer -m " + s.model.string() + " --adapter " + s.adapter.string() + " -o " +
-                             out.string() + " --data " + s.data.string() +
-                             " -c 128 --steps 6 --warmup 2 --lr 1e-2 --log " + log_path.string() + " --checkpoint " +
-                             ckpt.string() + " --checkpoint-every 3";
+    const fs::path out = s.dir / "out.adapter.safetensors", log_path = s.dir / "loss.csv",
+                   ckpt = s.dir / "ckpt";
+    const std::string args = "train-indexer -m " + s.model.string() + " --adapter " +
+                             s.adapter.string() + " -o " + out.string() + " --data " +
+                             s.data.string() + " -c 128 --steps 6 --warmup 2 --lr 1e-2 --log " +
+                             log_path.string() + " --checkpoint " + ckpt.string() +
+                             " --checkpoint-every 3";
     const test::ProgramResult r = test::run_purbo(args);
     ASSERT_EQ(r.status, 0) << r.output;
-    EXPECT_NE(r.output.find("stage 1 6/6"), std::string::npos) << r.output;  // the progress line (not a tty)
+    EXPECT_NE(r.output.find("stage 1 6/6"), std::string::npos)
+        << r.output;  // the progress line (not a tty)
     EXPECT_NE(r.output.find("KL"), std::string::npos) << r.output;
     auto trained = adapter_load(out.string());
     ASSERT_TRUE(trained.is_ok()) << trained.status().message();
     EXPECT_TRUE(trained->has_indexer());
     EXPECT_EQ(trained->wq.dim(0), 2);
-    EXPECT_NE(trained->training_info.find("stage 1: 6 steps x 128 tokens"), std::string::npos) << trained->training_info;
+    EXPECT_NE(trained->training_info.find("stage 1: 6 steps x 128 tokens"), std::string::npos)
+        << trained->training_info;
     EXPECT_TRUE(fs::exists(ckpt));
     std::ifstream in(log_path);
     int lines = 0;
@@ -102,8 +120,9 @@ TEST(TrainIndexer, TrainsAnAdapterWithoutIndexer) {
 
     // Resuming a finished run trains nothing more and writes the same indexer.
     const fs::path again = s.dir / "again.adapter.safetensors";
-    const std::string resume = "train-indexer -m " + s.model.string() + " --adapter " + s.adapter.string() + " -o " +
-                               again.string() + " --data " + s.data.string() + " -c 128 --steps 6 --warmup 2 --lr 1e-2 " +
+    const std::string resume = "train-indexer -m " + s.model.string() + " --adapter " +
+                               s.adapter.string() + " -o " + again.string() + " --data " +
+                               s.data.string() + " -c 128 --steps 6 --warmup 2 --lr 1e-2 " +
                                "--checkpoint " + ckpt.string() + " --resume --no-progress";
     const test::ProgramResult r2 = test::run_purbo(resume);
     ASSERT_EQ(r2.status, 0) << r2.output;
@@ -121,10 +140,18 @@ TEST(TrainIndexer, BadFlagsNameTheFlag) {
         {base + " -o x --data " + s.data.string(), "--adapter"},
         {base + " --adapter " + s.adapter.string() + " --data " + s.data.string(), "-o"},
         {base + " --adapter " + s.adapter.string() + " -o x", "--data"},
-        {base + " --adapter " + s.adapter.string() + " -o x --data " + s.data.string() + " --init pca", "--init: 'pca'"},
-        {base + " --adapter " + s.adapter.string() + " -o x --data " + s.data.string() + " --resume", "--resume"},
-        {base + " --adapter " + s.adapter.string() + " -o x --data " + s.data.string() + " --rank 99", "rank"},
-        {base + " --adapter " + s.adapter.string() + " -o x --data " + (s.dir / "none.txt").string(), "none.txt"},
+        {base + " --adapter " + s.adapter.string() + " -o x --data " + s.data.string() +
+             " --init pca",
+         "--init: 'pca'"},
+        {base + " --adapter " + s.adapter.string() + " -o x --data " + s.data.string() +
+             " --resume",
+         "--resume"},
+        {base + " --adapter " + s.adapter.string() + " -o x --data " + s.data.string() +
+             " --rank 99",
+         "rank"},
+        {base + " --adapter " + s.adapter.string() + " -o x --data " +
+             (s.dir / "none.txt").string(),
+         "none.txt"},
     };
     for (const Case& c : cases) {
         const test::ProgramResult r = test::run_purbo(c.args);

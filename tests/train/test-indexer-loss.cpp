@@ -3,8 +3,8 @@
 #include <cmath>
 #include <random>
 
-#include "train/indexer-loss.h"
 #include "test-util.h"
+#include "train/indexer-loss.h"
 
 namespace purbo {
 namespace {
@@ -18,8 +18,11 @@ struct Head {
     HeadInputs inputs() const {
         const int64_t nq = static_cast<int64_t>(positions.size());
         const int64_t n = static_cast<int64_t>(k_pre.size()) / d;
-        return {{q_pre.data(), nq, d, d}, {q_post.data(), nq, d, d}, {k_pre.data(), n, d, d},
-                {k_post.data(), n, d, d}, positions};
+        return {{q_pre.data(), nq, d, d},
+                {q_post.data(), nq, d, d},
+                {k_pre.data(), n, d, d},
+                {k_post.data(), n, d, d},
+                positions};
     }
 };
 
@@ -35,7 +38,9 @@ Head random_head(std::mt19937& rng, int n, int d, float amplitude) {
     return h;
 }
 
-std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+std::vector<double> to_double(const std::vector<float>& v) {
+    return {v.begin(), v.end()};
+}
 
 double max_abs(std::span<const double> v) {
     double m = 0;
@@ -56,7 +61,8 @@ TEST(IndexerLoss, FastMatchesReference) {
     // Amplitude 2: teacher logits have std ~1.3 and a max of ~5 over a row, like a real head's;
     // the student's (weights 0.1) have std ~2.5: a loss of a few nats.
     const Head h = random_head(rng, n, d, 2.0f);
-    const std::vector<float> wq = test::random_floats(rng, r * d, 0.1f), wk = test::random_floats(rng, r * d, 0.1f);
+    const std::vector<float> wq = test::random_floats(rng, r * d, 0.1f),
+                             wk = test::random_floats(rng, r * d, 0.1f);
     IndexerLossOptions opt;
     opt.metric_stride = 3;
     auto ref = indexer_loss_ref(h.inputs(), to_double(wq), to_double(wk), r, opt);
@@ -90,8 +96,8 @@ TEST(IndexerLoss, FastMatchesReference) {
 }
 
 // L(w) of the oracle as a function of one weight entry.
-double loss_at(const Head& h, std::vector<double> wq, std::vector<double> wk, int r, const IndexerLossOptions& opt,
-               bool of_wq, size_t index, double delta) {
+double loss_at(const Head& h, std::vector<double> wq, std::vector<double> wk, int r,
+               const IndexerLossOptions& opt, bool of_wq, size_t index, double delta) {
     (of_wq ? wq : wk)[index] += delta;
     auto res = indexer_loss_ref(h.inputs(), wq, wk, r, opt);
     EXPECT_TRUE(res.is_ok());
@@ -114,8 +120,10 @@ TEST(IndexerLoss, ReferenceGradientMatchesFiniteDifferences) {
             sub.q_pre.clear();
             sub.q_post.clear();
             for (int32_t p : sub.positions) {
-                sub.q_pre.insert(sub.q_pre.end(), h.q_pre.begin() + p * d, h.q_pre.begin() + (p + 1) * d);
-                sub.q_post.insert(sub.q_post.end(), h.q_post.begin() + p * d, h.q_post.begin() + (p + 1) * d);
+                sub.q_pre.insert(sub.q_pre.end(), h.q_pre.begin() + p * d,
+                                 h.q_pre.begin() + (p + 1) * d);
+                sub.q_post.insert(sub.q_post.end(), h.q_post.begin() + p * d,
+                                  h.q_post.begin() + (p + 1) * d);
             }
             h = sub;
             opt.min_position = 3;
@@ -131,8 +139,10 @@ TEST(IndexerLoss, ReferenceGradientMatchesFiniteDifferences) {
             const std::vector<double>& grad = of_wq ? ref->dwq : ref->dwk;
             for (size_t i = 0; i < grad.size(); ++i) {
                 const double fd = (loss_at(h, wq, wk, r, opt, of_wq, i, kStep) -
-                                   loss_at(h, wq, wk, r, opt, of_wq, i, -kStep)) / (2 * kStep);
-                EXPECT_NEAR(grad[i], fd, 1e-6 * max_abs(grad)) << (of_wq ? "wq" : "wk") << "[" << i << "] variant " << variant;
+                                   loss_at(h, wq, wk, r, opt, of_wq, i, -kStep)) /
+                                  (2 * kStep);
+                EXPECT_NEAR(grad[i], fd, 1e-6 * max_abs(grad))
+                    << (of_wq ? "wq" : "wk") << "[" << i << "] variant " << variant;
             }
         }
     }

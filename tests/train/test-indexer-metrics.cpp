@@ -1,6 +1,6 @@
 // Top-p sets and recall on hand-made distributions.
-#include "train/indexer-metrics.h"
 #include "test-util.h"
+#include "train/indexer-metrics.h"
 
 namespace purbo {
 namespace {

@@ -3,10 +3,10 @@
 #include <cmath>
 #include <numbers>
 
+#include "test-util.h"
 #include "train/adamw.h"
 #include "train/grad-clip.h"
 #include "train/schedule.h"
-#include "test-util.h"
 
 namespace purbo {
 namespace {
@@ -26,7 +26,8 @@ struct HandAdamW {
 TEST(AdamW, MatchesHandComputation) {
     std::vector<float> params = {1.0f, -2.0f, 0.5f};
     std::vector<HandAdamW> hand = {{1.0}, {-2.0}, {0.5}};
-    const std::vector<std::vector<float>> grads = {{0.5f, 0.1f, 0.0f}, {-0.2f, 0.3f, 1e-3f}, {0.05f, -4.0f, 0.0f}};
+    const std::vector<std::vector<float>> grads = {
+        {0.5f, 0.1f, 0.0f}, {-0.2f, 0.3f, 1e-3f}, {0.05f, -4.0f, 0.0f}};
     AdamWMoments moments;
     const AdamWOptions opt;  // 0.9, 0.999, 1e-8, weight decay 0.01
     for (int t = 1; t <= 3; ++t) {
@@ -35,7 +36,8 @@ TEST(AdamW, MatchesHandComputation) {
         for (size_t i = 0; i < params.size(); ++i) {
             hand[i].step(grads[static_cast<size_t>(t - 1)][i], t, static_cast<double>(lr), 0.01);
             // f32 state: a few ulps of |p| (~1e-7 relative) per step.
-            EXPECT_NEAR(params[i], hand[i].p, 1e-6 * std::abs(hand[i].p)) << "step " << t << " param " << i;
+            EXPECT_NEAR(params[i], hand[i].p, 1e-6 * std::abs(hand[i].p))
+                << "step " << t << " param " << i;
         }
     }
     // Step 1 moves every parameter with a non-zero gradient by ~lr (Adam's normalised step)

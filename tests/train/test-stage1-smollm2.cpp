@@ -7,8 +7,8 @@
 
 #include "model/model.h"
 #include "sparse/indexer-init.h"
-#include "train/stage1.h"
 #include "test-util.h"
+#include "train/stage1.h"
 
 namespace purbo {
 namespace {
@@ -85,18 +85,22 @@ TEST(Stage1Smollm2, SvdInitBeatsRandomProjection) {
     random.wq = tensor_cpu(DType::kF32, {4, 8, 64});
     random.wk = tensor_cpu(DType::kF32, {4, 8, 64});
     for (int64_t i = 0; i < 4; ++i) {
-        const HeadIndexerInit init = indexer_init_random(8, 64, 0.125f, 100 + static_cast<uint64_t>(i));
+        const HeadIndexerInit init =
+            indexer_init_random(8, 64, 0.125f, 100 + static_cast<uint64_t>(i));
         std::copy(init.wq.begin(), init.wq.end(), random.wq.f32() + i * 8 * 64);
         std::copy(init.wk.begin(), init.wk.end(), random.wk.f32() + i * 8 * 64);
     }
     auto with_svd = stage1_evaluate(*record, svd, o);
     auto with_random = stage1_evaluate(*record, random, o);
     ASSERT_TRUE(with_svd.is_ok() && with_random.is_ok());
-    std::printf("SmolLM2, 4 heads, r = 8, 512 tokens: SVD init KL %.3f recall %.3f (set %.3f, |S|/|T| %.2f); "
-                "random KL %.3f recall %.3f (set %.3f, |S|/|T| %.2f)\n",
-                with_svd->metrics.kl(), with_svd->metrics.mass_recall(), with_svd->metrics.set_recall(),
-                with_svd->metrics.set_size_ratio(), with_random->metrics.kl(), with_random->metrics.mass_recall(),
-                with_random->metrics.set_recall(), with_random->metrics.set_size_ratio());
+    std::printf(
+        "SmolLM2, 4 heads, r = 8, 512 tokens: SVD init KL %.3f recall %.3f (set %.3f, |S|/|T| "
+        "%.2f); "
+        "random KL %.3f recall %.3f (set %.3f, |S|/|T| %.2f)\n",
+        with_svd->metrics.kl(), with_svd->metrics.mass_recall(), with_svd->metrics.set_recall(),
+        with_svd->metrics.set_size_ratio(), with_random->metrics.kl(),
+        with_random->metrics.mass_recall(), with_random->metrics.set_recall(),
+        with_random->metrics.set_size_ratio());
     EXPECT_LT(with_svd->metrics.kl(), 0.7 * with_random->metrics.kl());
     EXPECT_GT(with_svd->metrics.mass_recall(), with_random->metrics.mass_recall() + 0.1);
 }
@@ -141,11 +145,14 @@ TEST(Stage1Smollm2, ShortRunLowersKlAndRaisesRecall) {
     ASSERT_TRUE(summary.is_ok()) << summary.status().message();
     auto after = stage1_evaluate(*held_out_record, adapter, o);
     ASSERT_TRUE(after.is_ok()) << after.status().message();
-    std::printf("SmolLM2 stage 1, 20 steps x 512 tokens, 4 heads, r = 8: held-out KL %.4f -> %.4f, recall %.3f -> %.3f "
-                "(set %.3f -> %.3f, |S|/|T| %.2f -> %.2f); train KL step 0 %.4f, step 19 %.4f; %.1f s\n",
-                before->metrics.kl(), after->metrics.kl(), before->metrics.mass_recall(), after->metrics.mass_recall(),
-                before->metrics.set_recall(), after->metrics.set_recall(), before->metrics.set_size_ratio(),
-                after->metrics.set_size_ratio(), summary->initial.kl(), summary->last.metrics.kl(), summary->seconds);
+    std::printf(
+        "SmolLM2 stage 1, 20 steps x 512 tokens, 4 heads, r = 8: held-out KL %.4f -> %.4f, recall "
+        "%.3f -> %.3f "
+        "(set %.3f -> %.3f, |S|/|T| %.2f -> %.2f); train KL step 0 %.4f, step 19 %.4f; %.1f s\n",
+        before->metrics.kl(), after->metrics.kl(), before->metrics.mass_recall(),
+        after->metrics.mass_recall(), before->metrics.set_recall(), after->metrics.set_recall(),
+        before->metrics.set_size_ratio(), after->metrics.set_size_ratio(), summary->initial.kl(),
+        summary->last.metrics.kl(), summary->seconds);
     EXPECT_LT(after->metrics.kl(), 0.9 * before->metrics.kl());
     EXPECT_GT(after->metrics.mass_recall(), before->metrics.mass_recall());
 }

@@ -5,9 +5,9 @@
 #include <random>
 
 #include "model/hf-loader.h"
+#include "test-util.h"
 #include "train/stage1-checkpoint.h"
 #include "train/stage1.h"
-#include "test-util.h"
 
 namespace purbo {
 namespace {
@@ -92,7 +92,8 @@ TEST(Stage1, LossFallsOnAFixtureModel) {
     o.metric_stride = 4;
     o.progress = false;
     o.log_csv = dir + "/loss.csv";
-    auto summary = stage1_train(*f->session, adapter, random_tokens(96, f->model.config.n_vocab), o);
+    auto summary =
+        stage1_train(*f->session, adapter, random_tokens(96, f->model.config.n_vocab), o);
     ASSERT_TRUE(summary.is_ok()) << summary.status().message();
     ASSERT_TRUE(adapter.has_indexer());
     EXPECT_EQ(adapter.wq.dim(0), 4);
@@ -103,10 +104,12 @@ TEST(Stage1, LossFallsOnAFixtureModel) {
     ASSERT_EQ(lines.size(), 31u);
     EXPECT_EQ(lines[0], "step,lr,loss,grad_norm,recall,set_recall,teacher_mass,seconds");
     const double first = column_mean(lines, 1, 6, 2), last = column_mean(lines, 26, 31, 2);
-    std::printf("stage 1 fixture: loss %.4f (first 5 steps) -> %.4f (last 5); KL on step 0's sequence %.4f -> %.4f, "
-                "recall %.3f -> %.3f, %.2f s\n",
-                first, last, summary->initial.kl(), summary->final.kl(), summary->initial.mass_recall(),
-                summary->final.mass_recall(), summary->seconds);
+    std::printf(
+        "stage 1 fixture: loss %.4f (first 5 steps) -> %.4f (last 5); KL on step 0's sequence %.4f "
+        "-> %.4f, "
+        "recall %.3f -> %.3f, %.2f s\n",
+        first, last, summary->initial.kl(), summary->final.kl(), summary->initial.mass_recall(),
+        summary->final.mass_recall(), summary->seconds);
     // Each step sees a new random sequence, so single steps are noisy; 5-step means are not.
     // Measured: 1.53 -> 0.59, KL 1.76 -> 0.63, recall 0.52 -> 0.85.
     EXPECT_LT(last, 0.6 * first);
@@ -185,11 +188,13 @@ TEST(Stage1, ResumeRepeatsAStraightRunBitForBit) {
     EXPECT_EQ(a->retrieval, b->retrieval);
     EXPECT_EQ(a->initial.kl_sum, b->initial.kl_sum);  // carried through the checkpoint exactly
     // The logs agree on every column but the timing.
-    const auto straight_rows = read_lines(dir + "/straight.csv"), split_rows = read_lines(dir + "/split.csv");
+    const auto straight_rows = read_lines(dir + "/straight.csv"),
+               split_rows = read_lines(dir + "/split.csv");
     ASSERT_EQ(straight_rows.size(), 7u);
     ASSERT_EQ(split_rows.size(), 7u);
     for (size_t i = 0; i < 7; ++i)
-        EXPECT_EQ(straight_rows[i].substr(0, straight_rows[i].rfind(',')), split_rows[i].substr(0, split_rows[i].rfind(',')));
+        EXPECT_EQ(straight_rows[i].substr(0, straight_rows[i].rfind(',')),
+                  split_rows[i].substr(0, split_rows[i].rfind(',')));
 }
 
 TEST(Stage1, RecordCacheChangesNothingButTime) {
@@ -200,7 +205,8 @@ TEST(Stage1, RecordCacheChangesNothingButTime) {
     Stage1Options o;
     o.steps = 7;
     o.progress = false;
-    Adapter plain = fixture_adapter(f->model.config, 4), cached = fixture_adapter(f->model.config, 4);
+    Adapter plain = fixture_adapter(f->model.config, 4),
+            cached = fixture_adapter(f->model.config, 4);
     auto a = stage1_train(*f->session, plain, cycled, o);
     o.record_cache = 3;
     auto b = stage1_train(*f->session, cached, cycled, o);
@@ -237,7 +243,8 @@ TEST(Stage1, RejectsMismatchedAdaptersAndShortSequences) {
     ASSERT_FALSE(too_long.is_ok());
     EXPECT_NE(too_long.status().message().find("context"), std::string::npos);
     o.seq_len = 200;  // cropping makes it fit
-    EXPECT_TRUE(stage1_train(*f->session, ok, random_tokens(300, f->model.config.n_vocab), o).is_ok());
+    EXPECT_TRUE(
+        stage1_train(*f->session, ok, random_tokens(300, f->model.config.n_vocab), o).is_ok());
 
     const TokenProvider failing = [](int step) -> Result<std::vector<int32_t>> {
         return error(StatusCode::kIoError, "shard {} unreadable", step);
@@ -280,7 +287,8 @@ TEST(Stage1Checkpoint, RoundTripAndErrors) {
     EXPECT_FALSE(stage1_checkpoint_load(dir + "/missing.safetensors").is_ok());
     // Any other safetensors file is not a checkpoint.
     const std::vector<std::pair<std::string, Tensor>> other = {{"wq", c.wq}};
-    ASSERT_TRUE(safetensors_write(dir + "/other.safetensors", other, {{"format", "something"}}).is_ok());
+    ASSERT_TRUE(
+        safetensors_write(dir + "/other.safetensors", other, {{"format", "something"}}).is_ok());
     auto wrong = stage1_checkpoint_load(dir + "/other.safetensors");
     ASSERT_FALSE(wrong.is_ok());
     EXPECT_NE(wrong.status().message().find("format"), std::string::npos);

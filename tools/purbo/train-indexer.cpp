@@ -40,7 +40,8 @@ struct TrainFlags {
 
 // The text cut into consecutive sequences of seq_len tokens, each led by the model's BOS
 // token when it uses one (as in normal use, where that token is the attention sink).
-std::vector<std::vector<int32_t>> text_sequences(const Tokenizer& tok, const std::string& text, int seq_len) {
+std::vector<std::vector<int32_t>> text_sequences(const Tokenizer& tok, const std::string& text,
+                                                 int seq_len) {
     const std::vector<int32_t> ids = tok.encode(text, false, false);
     const bool bos = tok.add_bos() && tok.bos_id() >= 0;
     const size_t body = static_cast<size_t>(seq_len - (bos ? 1 : 0));
@@ -51,42 +52,57 @@ std::vector<std::vector<int32_t>> text_sequences(const Tokenizer& tok, const std
         if (end - begin < body && !seqs.empty()) break;
         std::vector<int32_t> s;
         if (bos) s.push_back(tok.bos_id());
-        s.insert(s.end(), ids.begin() + static_cast<int64_t>(begin), ids.begin() + static_cast<int64_t>(end));
+        s.insert(s.end(), ids.begin() + static_cast<int64_t>(begin),
+                 ids.begin() + static_cast<int64_t>(end));
         seqs.push_back(std::move(s));
     }
     return seqs;
 }
 
 Status check_flags(const TrainFlags& f) {
-    if (f.adapter_in.empty()) return error(StatusCode::kInvalidArgument, "--adapter: the adapter to train is required");
-    if (f.out.empty()) return error(StatusCode::kInvalidArgument, "-o: the output adapter path is required");
-    if (f.data.empty()) return error(StatusCode::kInvalidArgument, "--data: a text file to train on is required");
-    if (f.steps < 1) return error(StatusCode::kInvalidArgument, "--steps: {} is not positive", f.steps);
+    if (f.adapter_in.empty())
+        return error(StatusCode::kInvalidArgument, "--adapter: the adapter to train is required");
+    if (f.out.empty())
+        return error(StatusCode::kInvalidArgument, "-o: the output adapter path is required");
+    if (f.data.empty())
+        return error(StatusCode::kInvalidArgument, "--data: a text file to train on is required");
+    if (f.steps < 1)
+        return error(StatusCode::kInvalidArgument, "--steps: {} is not positive", f.steps);
     if (!(f.lr > 0)) return error(StatusCode::kInvalidArgument, "--lr: {} is not positive", f.lr);
-    if (f.warmup < 0) return error(StatusCode::kInvalidArgument, "--warmup: {} is negative", f.warmup);
+    if (f.warmup < 0)
+        return error(StatusCode::kInvalidArgument, "--warmup: {} is negative", f.warmup);
     if (f.min_lr_ratio < 0 || f.min_lr_ratio > 1)
-        return error(StatusCode::kInvalidArgument, "--min-lr-ratio: {} is not in [0, 1]", f.min_lr_ratio);
+        return error(StatusCode::kInvalidArgument, "--min-lr-ratio: {} is not in [0, 1]",
+                     f.min_lr_ratio);
     if (f.init != "svd" && f.init != "random")
         return error(StatusCode::kInvalidArgument, "--init: '{}' is not svd or random", f.init);
-    if (f.model.ctx < 16) return error(StatusCode::kInvalidArgument, "--ctx-size: {} tokens is too short", f.model.ctx);
+    if (f.model.ctx < 16)
+        return error(StatusCode::kInvalidArgument, "--ctx-size: {} tokens is too short",
+                     f.model.ctx);
     if (f.checkpoint_every < 1)
-        return error(StatusCode::kInvalidArgument, "--checkpoint-every: {} is not positive", f.checkpoint_every);
+        return error(StatusCode::kInvalidArgument, "--checkpoint-every: {} is not positive",
+                     f.checkpoint_every);
     if (f.resume && f.checkpoint.empty())
         return error(StatusCode::kInvalidArgument, "--resume needs --checkpoint FILE");
-    if (f.query_chunk < 1) return error(StatusCode::kInvalidArgument, "--query-chunk: {} is not positive", f.query_chunk);
+    if (f.query_chunk < 1)
+        return error(StatusCode::kInvalidArgument, "--query-chunk: {} is not positive",
+                     f.query_chunk);
     return Status::ok();
 }
 
 void print_summary(const Stage1Summary& s, bool final_eval) {
     const IndexerMetrics& end = final_eval ? s.final : s.last.metrics;
-    std::fprintf(stderr, "purbo: %16s = %d steps (from step %d) in %.1f s\n", "stage 1", s.steps, s.first_step,
-                 s.seconds);
-    std::fprintf(stderr, "purbo: %16s = %.4f -> %.4f nats (first sequence, untrained -> trained)\n", "KL", s.initial.kl(),
-                 end.kl());
-    std::fprintf(stderr, "purbo: %16s = %.3f -> %.3f (teacher top-p mass covered; set recall %.3f -> %.3f)\n", "recall",
-                 s.initial.mass_recall(), end.mass_recall(), s.initial.set_recall(), end.set_recall());
-    std::fprintf(stderr, "purbo: %16s = %.2f -> %.2f (student / teacher top-p set size)\n", "set size",
-                 s.initial.set_size_ratio(), end.set_size_ratio());
+    std::fprintf(stderr, "purbo: %16s = %d steps (from step %d) in %.1f s\n", "stage 1", s.steps,
+                 s.first_step, s.seconds);
+    std::fprintf(stderr, "purbo: %16s = %.4f -> %.4f nats (first sequence, untrained -> trained)\n",
+                 "KL", s.initial.kl(), end.kl());
+    std::fprintf(
+        stderr,
+        "purbo: %16s = %.3f -> %.3f (teacher top-p mass covered; set recall %.3f -> %.3f)\n",
+        "recall", s.initial.mass_recall(), end.mass_recall(), s.initial.set_recall(),
+        end.set_recall());
+    std::fprintf(stderr, "purbo: %16s = %.2f -> %.2f (student / teacher top-p set size)\n",
+                 "set size", s.initial.set_size_ratio(), end.set_size_ratio());
 }
 
 }  // namespace
@@ -96,34 +112,62 @@ int cmd_train_indexer(int argc, char** argv) {
     OptionSet set;
     set.usage = "purbo train-indexer --adapter IN -o OUT --data FILE [options]";
     set.description =
-        "Stage 1: trains the token indexer of every retrieval head of an adapter to match the model's own dense "
-        "attention (KL), backbone frozen, and writes the adapter with the trained indexer. Sequences of -c tokens "
+        "Stage 1: trains the token indexer of every retrieval head of an adapter to match the "
+        "model's own dense "
+        "attention (KL), backbone frozen, and writes the adapter with the trained indexer. "
+        "Sequences of -c tokens "
         "are cut from the text of --data.";
     add_model_flags(set, f.model);
-    set.options.push_back({"--adapter", "", "FILE", "adapter to train (from purbo calibrate)", &f.adapter_in});
+    set.options.push_back(
+        {"--adapter", "", "FILE", "adapter to train (from purbo calibrate)", &f.adapter_in});
     set.options.push_back({"--output", "-o", "FILE", "where to write the trained adapter", &f.out});
-    set.options.push_back({"--data", "", "FILE", "training text (UTF-8), tokenised and cut into sequences", &f.data});
-    set.options.push_back({"--steps", "", "N", "training steps, one sequence each (default 600)", &f.steps});
+    set.options.push_back(
+        {"--data", "", "FILE", "training text (UTF-8), tokenised and cut into sequences", &f.data});
+    set.options.push_back(
+        {"--steps", "", "N", "training steps, one sequence each (default 600)", &f.steps});
     set.options.push_back({"--lr", "", "LR", "peak learning rate (default 1e-3)", &f.lr});
-    set.options.push_back({"--warmup", "", "N", "linear warmup steps before the cosine decay (default 100)", &f.warmup});
-    set.options.push_back({"--min-lr-ratio", "", "R", "floor of the cosine as a fraction of --lr (default 0)", &f.min_lr_ratio});
-    set.options.push_back({"--weight-decay", "", "W", "AdamW decoupled weight decay (default 0.01)", &f.weight_decay});
-    set.options.push_back({"--clip", "", "NORM", "global gradient-norm clip (default 1; 0 = off)", &f.clip});
-    set.options.push_back({"--rank", "", "R", "indexer rank when the adapter has no indexer yet (default: the adapter's)", &f.rank});
-    set.options.push_back({"--init", "", "KIND", "svd (default) or random, when the adapter has no indexer yet", &f.init});
+    set.options.push_back({"--warmup", "", "N",
+                           "linear warmup steps before the cosine decay (default 100)", &f.warmup});
+    set.options.push_back({"--min-lr-ratio", "", "R",
+                           "floor of the cosine as a fraction of --lr (default 0)",
+                           &f.min_lr_ratio});
+    set.options.push_back({"--weight-decay", "", "W", "AdamW decoupled weight decay (default 0.01)",
+                           &f.weight_decay});
+    set.options.push_back(
+        {"--clip", "", "NORM", "global gradient-norm clip (default 1; 0 = off)", &f.clip});
+    set.options.push_back(
+        {"--rank", "", "R",
+         "indexer rank when the adapter has no indexer yet (default: the adapter's)", &f.rank});
+    set.options.push_back({"--init", "", "KIND",
+                           "svd (default) or random, when the adapter has no indexer yet",
+                           &f.init});
     set.options.push_back({"--seed", "", "N", "seed of --init random (default 0)", &f.seed});
-    set.options.push_back({"--min-position", "", "N", "leave out queries at earlier positions (default 1)", &f.min_position});
-    set.options.push_back({"--query-chunk", "", "N", "query rows per block of the loss (default 256; memory only)", &f.query_chunk});
-    set.options.push_back({"--metric-stride", "", "N", "top-p recall on every N-th query (default 16; 0 = off)", &f.metric_stride});
-    set.options.push_back({"--record-cache", "", "N", "keep the dense records of N sequences for reuse (default 0)", &f.record_cache});
-    set.options.push_back({"--log", "", "FILE", "CSV row per step: step,lr,loss,grad_norm,recall,...", &f.log_csv});
-    set.options.push_back({"--checkpoint", "", "FILE", "training state (indexer, AdamW moments, step)", &f.checkpoint});
-    set.options.push_back({"--checkpoint-every", "", "N", "write the checkpoint every N steps (default 100)", &f.checkpoint_every});
-    set.options.push_back({"--resume", "", "", "continue from --checkpoint when it exists", &f.resume});
-    set.options.push_back({"--stop-after", "", "N", "stop after N steps of this run (resume later)", &f.stop_after});
+    set.options.push_back({"--min-position", "", "N",
+                           "leave out queries at earlier positions (default 1)", &f.min_position});
+    set.options.push_back({"--query-chunk", "", "N",
+                           "query rows per block of the loss (default 256; memory only)",
+                           &f.query_chunk});
+    set.options.push_back({"--metric-stride", "", "N",
+                           "top-p recall on every N-th query (default 16; 0 = off)",
+                           &f.metric_stride});
+    set.options.push_back({"--record-cache", "", "N",
+                           "keep the dense records of N sequences for reuse (default 0)",
+                           &f.record_cache});
+    set.options.push_back(
+        {"--log", "", "FILE", "CSV row per step: step,lr,loss,grad_norm,recall,...", &f.log_csv});
+    set.options.push_back({"--checkpoint", "", "FILE",
+                           "training state (indexer, AdamW moments, step)", &f.checkpoint});
+    set.options.push_back({"--checkpoint-every", "", "N",
+                           "write the checkpoint every N steps (default 100)",
+                           &f.checkpoint_every});
+    set.options.push_back(
+        {"--resume", "", "", "continue from --checkpoint when it exists", &f.resume});
+    set.options.push_back(
+        {"--stop-after", "", "N", "stop after N steps of this run (resume later)", &f.stop_after});
     set.options.push_back({"--no-progress", "", "", "no progress line on stderr", &f.no_progress});
     bool help = false;
-    if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok()) return report_error("train-indexer", st);
+    if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok())
+        return report_error("train-indexer", st);
     if (help) return 0;
     if (Status st = check_flags(f); !st.is_ok()) return report_error("train-indexer", st);
 
@@ -131,27 +175,34 @@ int cmd_train_indexer(int argc, char** argv) {
     if (!model.is_ok()) return report_error("train-indexer", model.status());
     Result<Adapter> adapter = adapter_load(f.adapter_in);
     if (!adapter.is_ok()) return report_error("train-indexer", adapter.status());
-    if (Status st = adapter->check_model(model->config, model_fingerprint(model->config, model->weights), f.adapter_in);
+    if (Status st = adapter->check_model(
+            model->config, model_fingerprint(model->config, model->weights), f.adapter_in);
         !st.is_ok())
         return report_error("train-indexer", st);
     if (f.rank != 0 && f.rank != adapter->settings.rank) {
         if (adapter->has_indexer())
             return report_error("train-indexer",
-                                error(StatusCode::kInvalidArgument, "--rank {}: {} already has an indexer of rank {}",
-                                      f.rank, f.adapter_in, adapter->settings.rank));
+                                error(StatusCode::kInvalidArgument,
+                                      "--rank {}: {} already has an indexer of rank {}", f.rank,
+                                      f.adapter_in, adapter->settings.rank));
         adapter->settings.rank = f.rank;
-        if (Status st = adapter->validate("--rank"); !st.is_ok()) return report_error("train-indexer", st);
+        if (Status st = adapter->validate("--rank"); !st.is_ok())
+            return report_error("train-indexer", st);
     }
 
     Result<std::string> text = read_text_file(f.data);
     if (!text.is_ok()) return report_error("train-indexer", text.status());
     const int seq_len = std::min(f.model.ctx, std::max(model->config.n_ctx_train, 16));
-    const std::vector<std::vector<int32_t>> seqs = text_sequences(*model->tokenizer, *text, seq_len);
+    const std::vector<std::vector<int32_t>> seqs =
+        text_sequences(*model->tokenizer, *text, seq_len);
     if (seqs.empty() || seqs[0].size() < static_cast<size_t>(f.min_position + 2))
-        return report_error("train-indexer", error(StatusCode::kInvalidArgument, "--data {}: too little text", f.data));
-    std::fprintf(stderr, "purbo: %16s = %zu sequence%s of %zu tokens from %s; %zu retrieval heads, rank %d\n",
-                 "train-indexer", seqs.size(), seqs.size() == 1 ? "" : "s", seqs[0].size(), f.data.c_str(),
-                 adapter->retrieval.size(), adapter->settings.rank);
+        return report_error("train-indexer", error(StatusCode::kInvalidArgument,
+                                                   "--data {}: too little text", f.data));
+    std::fprintf(
+        stderr,
+        "purbo: %16s = %zu sequence%s of %zu tokens from %s; %zu retrieval heads, rank %d\n",
+        "train-indexer", seqs.size(), seqs.size() == 1 ? "" : "s", seqs[0].size(), f.data.c_str(),
+        adapter->retrieval.size(), adapter->settings.rank);
 
     // The teacher is the dense model: no adapter policy on this session.
     SessionOptions so = session_options(f.model);
@@ -184,7 +235,8 @@ int cmd_train_indexer(int argc, char** argv) {
     };
     Result<Stage1Summary> summary = stage1_train(**session, *adapter, data, o);
     if (!summary.is_ok()) return report_error("train-indexer", summary.status());
-    if (Status st = adapter_save(f.out, *adapter); !st.is_ok()) return report_error("train-indexer", st);
+    if (Status st = adapter_save(f.out, *adapter); !st.is_ok())
+        return report_error("train-indexer", st);
     print_summary(*summary, o.final_eval);
     std::fprintf(stderr, "purbo: %16s = %s\n", "wrote", f.out.c_str());
     return 0;
