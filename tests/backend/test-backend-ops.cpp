@@ -3,7 +3,8 @@
 //  - Outputs are poisoned with NaN before a run (an element the op forgets to write fails)
 //    and followed by a guard region of sentinel values (a write past the end fails).
 //  - Dense results are compared by normalised mean squared error (nmse) against a tolerance
-//    derived below; copies are compared exactly.
+//    derived below; copies are compared exactly; block selections as sets, with boundary
+//    near-ties counted (select_blocks section).
 // Then: hand-computed cases for cpu-ref itself (the oracle must be right), the cpu backend's
 // two matmul paths on every n, its SIMD dot products against their scalar bodies, and errors.
 //
@@ -11,10 +12,12 @@
 // c cache capacity, s sequence slots.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <numbers>
@@ -163,6 +166,44 @@ struct GuardedOutput {
     }
 };
 
+// The same for an i32 output: the prefix poisoned with a value no op writes (far outside any
+// index range), the guard region with another.
+constexpr int32_t kPoisonI32 = 0x7fa5a5a5;
+constexpr int32_t kSentinelI32 = 0x5a5a5a5a;
+
+struct GuardedI32 {
+    Tensor buffer;
+    Tensor view;
+    int64_t numel = 0;
+
+    GuardedI32(Backend& backend, std::initializer_list<int64_t> shape) {
+        numel = 1;
+        for (int64_t d : shape) numel *= d;
+        buffer = backend.alloc(DType::kI32, {numel + kGuardElements}, "guarded");
+        Tensor host = tensor_cpu(DType::kI32, {numel + kGuardElements});
+        std::fill(host.ptr<int32_t>(), host.ptr<int32_t>() + numel, kPoisonI32);
+        std::fill(host.ptr<int32_t>() + numel, host.ptr<int32_t>() + numel + kGuardElements,
+                  kSentinelI32);
+        EXPECT_TRUE(backend.from_host(host, buffer).is_ok());
+        view = buffer;
+        view.ndim = static_cast<int>(shape.size());
+        view.shape = {};
+        size_t i = 0;
+        for (int64_t d : shape) view.shape[i++] = d;
+        view.name = "out";
+    }
+
+    // The output values; records a failure if the guard region was touched.
+    std::vector<int32_t> read(Backend& backend) const {
+        Tensor host = tensor_cpu(DType::kI32, {numel + kGuardElements});
+        EXPECT_TRUE(backend.to_host(buffer, host).is_ok());
+        const int32_t* v = host.ptr<int32_t>();
+        for (int64_t i = numel; i < numel + kGuardElements; ++i)
+            EXPECT_EQ(v[i], kSentinelI32) << "write past the end of the output at element " << i;
+        return std::vector<int32_t>(v, v + numel);
+    }
+};
+
 // ---- random inputs -------------------------------------------------------------------------
 
 // Writes an f16 of value v at byte offset `at` of a block.
@@ -286,6 +327,12 @@ struct PreparedCase {
     // max_nmse.
     std::function<std::optional<double>(const std::string& backend, const std::vector<float>& expected)>
         backend_max_nmse;
+    // Outputs that are a selection rather than values (select_blocks): judges one backend's
+    // output against cpu-ref's in place of a tolerance; called for cpu-ref's own output too
+    // (with itself as `expected`) so that the oracle's invariants are checked as well.
+    std::function<void(const std::string& backend, const std::vector<float>& expected,
+                       const std::vector<float>& actual)>
+        compare;
 };
 
 struct OpCase {
@@ -613,6 +660,264 @@ OpCase elementwise_case(Elementwise op, int64_t n, int64_t f) {
         }};
 }
 
+// ---- select_blocks: top-p block selection -----------------------------------------------------
+//
+// Letters of this section: hr retrieval heads, r index dim, B block size, u = p / B + 1 the
+// blocks a query at position p sees. Outputs are kept sets, compared as sets: every backend's
+// must be valid on its own (ids ascending in range, block 0 and the block of p present, kept
+// mass >= top_p) and equal to cpu-ref's except at a boundary near-tie, which is counted.
+
+// How the index scores of a case are spread.
+enum class SelectScores {
+    kFlat,    // small scores: every block holds about the same mass
+    kPeaked,  // strong "needle" keys in about a quarter of the blocks: they hold most of the mass
+    kTies,    // needles in block 1, copied whole into every third block: exactly equal masses
+};
+
+// Block masses can differ between backends by their rounding: the fast backends compute the
+// scores, the block sums and the log2 masses in f32 (relative error a few u = 2^-24 per
+// operation on scores of order 1 to 10 and sums of B terms), cpu-ref in double. Kept sets may
+// then differ where two boundary blocks have masses equal to within that error, or where the
+// kept mass lands that close to top_p: 1e-6 covers a few ulps of f32 on every such quantity.
+constexpr double kSelectNearTie = 1e-6;
+// Near-ties are rare: random masses fall within 1e-6 of each other or of top_p about once in
+// 1e5 boundaries. The exact ties of kTies resolve the same way everywhere (equal f32 inputs give
+// equal masses on every backend). Allowed: at most 1 in 50 rows of a case.
+constexpr double kSelectMaxNearTieShare = 0.02;
+
+// Each block's share of the index distribution of one (token, head) row, (u,), in double from
+// the f32 inputs: the test's own computation, independent of every backend.
+std::vector<double> select_block_masses(const float* q, const float* keys, int64_t r, int64_t p,
+                                        int64_t block_size, double scale) {
+    std::vector<double> z(static_cast<size_t>(p + 1));
+    double max_z = -std::numeric_limits<double>::infinity();
+    for (int64_t t = 0; t <= p; ++t) {
+        double dot = 0;
+        for (int64_t e = 0; e < r; ++e) dot += static_cast<double>(q[e]) * keys[t * r + e];
+        z[static_cast<size_t>(t)] = dot * scale;
+        max_z = std::max(max_z, z[static_cast<size_t>(t)]);
+    }
+    std::vector<double> mass(static_cast<size_t>(p / block_size + 1), 0.0);
+    double total = 0;
+    for (int64_t t = 0; t <= p; ++t) {
+        const double w = std::exp(z[static_cast<size_t>(t)] - max_z);
+        mass[static_cast<size_t>(t / block_size)] += w;
+        total += w;
+    }
+    for (double& m : mass) m /= total;
+    return mass;
+}
+
+double select_kept_mass(const std::vector<int32_t>& ids, const std::vector<double>& mass) {
+    double kept = 0;
+    for (int32_t b : ids) kept += mass[static_cast<size_t>(b)];
+    return kept;
+}
+
+// Whether two kept sets of one row differ only by a boundary near-tie: the same number of
+// blocks, the differing ones of equal mass within kSelectNearTie (relative): an ordering flip;
+// or one set is the other plus one block, the smaller one's mass within kSelectNearTie of
+// top_p: a flip of the stopping test.
+bool select_near_tie(const std::vector<int32_t>& a, const std::vector<int32_t>& b,
+                     const std::vector<double>& mass, double top_p) {
+    std::vector<int32_t> only_a, only_b;
+    std::set_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(only_a));
+    std::set_difference(b.begin(), b.end(), a.begin(), a.end(), std::back_inserter(only_b));
+    if (only_a.size() == only_b.size()) {
+        double lo = std::numeric_limits<double>::infinity(), hi = 0;
+        for (const auto* side : {&only_a, &only_b}) {
+            for (int32_t id : *side) {
+                lo = std::min(lo, mass[static_cast<size_t>(id)]);
+                hi = std::max(hi, mass[static_cast<size_t>(id)]);
+            }
+        }
+        return hi <= lo * (1.0 + kSelectNearTie);
+    }
+    if (only_a.size() + only_b.size() != 1) return false;
+    const std::vector<int32_t>& smaller = only_a.empty() ? a : b;
+    return std::fabs(select_kept_mass(smaller, mass) - top_p) <= kSelectNearTie;
+}
+
+// Positions of one sequence's tokens: inside block 0, the end of block 0, the start of block 1
+// (a block of one key), both sides of the next block boundary, mid-context and the cache's last
+// row (a partial last block unless c is a multiple of B). Sequences after the first replace
+// the last three with random positions.
+std::vector<int32_t> select_positions(int64_t block_size, int64_t c, int seq, std::mt19937& rng) {
+    std::vector<int64_t> pos = {
+        0,         block_size / 2, block_size - 1, block_size, 2 * block_size - 1, 2 * block_size,
+        c / 2 + 3, c - 1};
+    if (seq > 0) {
+        std::uniform_int_distribution<int64_t> any(0, c - 1);
+        for (size_t k = pos.size() - 3; k < pos.size(); ++k) pos[k] = any(rng);
+    }
+    std::vector<int32_t> out;
+    for (int64_t p : pos) out.push_back(static_cast<int32_t>(std::min(p, c - 1)));
+    return out;
+}
+
+OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, SelectScores scores) {
+    const char* kinds[] = {"flat", "peaked", "ties"};
+    return {
+        safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}", r, block_size, c,
+                              kinds[static_cast<int>(scores)], top_p)),
+        [=] {
+            constexpr int64_t hr = 3;
+            constexpr int n_seq = 3;
+            const int64_t s = n_seq, n_blocks = (c + block_size - 1) / block_size;
+            const int64_t max_blocks = n_blocks + 1;  // one spare entry: it must read -1 too
+            std::mt19937 rng(static_cast<uint32_t>(r * 1009 + block_size * 97 + c +
+                                                   static_cast<int>(scores) * 7 + top_p * 1000));
+            auto batch = std::make_shared<Batch>();
+            for (int seq = 0; seq < n_seq; ++seq) {
+                for (int32_t p : select_positions(block_size, c, seq, rng)) {
+                    batch->seq.push_back(seq);
+                    batch->pos.push_back(p);
+                }
+            }
+            const int64_t n = static_cast<int64_t>(batch->seq.size());
+            std::vector<float> keys = random_floats(rng, s * hr * c * r);  // (s, hr, c, r)
+            std::vector<float> q;                                          // (n, hr, r)
+            // A direction per head (entries +-1); needles are keys along it, and the queries
+            // of the peaked cases lean towards it, so needles score about 1.5 * strength * r
+            // before the scale 1 / sqrt(r).
+            std::vector<float> dir(static_cast<size_t>(hr * r));
+            std::bernoulli_distribution coin(0.5);
+            for (float& v : dir) v = coin(rng) ? 1.0f : -1.0f;
+            auto key_at = [&](int64_t seq, int64_t j, int64_t t) {
+                return keys.data() + ((seq * hr + j) * c + t) * r;
+            };
+            if (scores == SelectScores::kFlat) {
+                q = random_floats(rng, n * hr * r, 0.5f);
+            } else {
+                q = random_floats(rng, n * hr * r);
+                for (int64_t i = 0; i < n; ++i) {
+                    for (int64_t j = 0; j < hr; ++j) {
+                        for (int64_t e = 0; e < r; ++e)
+                            q[static_cast<size_t>((i * hr + j) * r + e)] +=
+                                1.5f * dir[static_cast<size_t>(j * r + e)];
+                    }
+                }
+                std::uniform_real_distribution<float> strength(0.5f, 1.5f);
+                std::uniform_int_distribution<int64_t> offset(0, block_size - 1);
+                std::bernoulli_distribution needle(0.25);
+                for (int64_t seq = 0; seq < s; ++seq) {
+                    for (int64_t j = 0; j < hr; ++j) {
+                        for (int64_t b = 0; b < n_blocks; ++b) {
+                            const bool planted =
+                                scores == SelectScores::kPeaked ? needle(rng) : b == 1;
+                            if (!planted) continue;
+                            const float st = strength(rng);
+                            for (int k = 0; k < (scores == SelectScores::kTies ? 2 : 1); ++k) {
+                                const int64_t t = std::min(b * block_size + offset(rng), c - 1);
+                                for (int64_t e = 0; e < r; ++e)
+                                    key_at(seq, j, t)[e] = st * dir[static_cast<size_t>(j * r + e)];
+                            }
+                        }
+                        if (scores != SelectScores::kTies) continue;
+                        for (int64_t b = 3; (b + 1) * block_size <= c; b += 3)
+                            std::copy(key_at(seq, j, block_size), key_at(seq, j, 2 * block_size),
+                                      key_at(seq, j, b * block_size));
+                    }
+                }
+            }
+            const float scale = 1.0f / std::sqrt(static_cast<float>(r));
+            auto iq = std::make_shared<Tensor>(host_f32({n, hr, r}, q));
+            auto index_keys = std::make_shared<Tensor>(host_f32({s, hr, c, r}, keys));
+            // The test's own block masses of every row, (n * hr) x (u,).
+            auto masses = std::make_shared<std::vector<std::vector<double>>>();
+            for (int64_t i = 0; i < n; ++i) {
+                for (int64_t j = 0; j < hr; ++j)
+                    masses->push_back(
+                        select_block_masses(q.data() + (i * hr + j) * r,
+                                            key_at(batch->seq[static_cast<size_t>(i)], j, 0), r,
+                                            batch->pos[static_cast<size_t>(i)], block_size, scale));
+            }
+            const BlockSelectParams params{static_cast<int>(block_size), top_p, scale};
+
+            PreparedCase pc;
+            pc.run = [=](Backend& backend) {
+                Tensor iqb = upload(backend, *iq), keysb = upload(backend, *index_keys);
+                GuardedI32 blocks(backend, {n, hr, max_blocks});
+                GuardedI32 counts(backend, {n, hr});
+                const Status st = backend.select_blocks(iqb, keysb, {batch->seq, batch->pos},
+                                                        params, blocks.view, counts.view);
+                EXPECT_TRUE(st.is_ok()) << st.to_string();
+                // Ids < 2^24 and the poison survive the trip through float exactly enough.
+                const std::vector<int32_t> b = blocks.read(backend), k = counts.read(backend);
+                std::vector<float> out(b.begin(), b.end());
+                out.insert(out.end(), k.begin(), k.end());
+                return out;
+            };
+            pc.compare = [=](const std::string& backend, const std::vector<float>& expected,
+                             const std::vector<float>& actual) {
+                const int64_t rows = n * hr;
+                ASSERT_EQ(actual.size(), static_cast<size_t>(rows * (max_blocks + 1)));
+                // Row `row` of an output: its count, then its first `count` ids.
+                auto kept_ids = [&](const std::vector<float>& out, int64_t row) {
+                    const float count = out[static_cast<size_t>(rows * max_blocks + row)];
+                    std::vector<int32_t> ids;
+                    for (int64_t k = 0; k < max_blocks && k < count; ++k)
+                        ids.push_back(
+                            static_cast<int32_t>(out[static_cast<size_t>(row * max_blocks + k)]));
+                    return ids;
+                };
+                int near_ties = 0;
+                for (int64_t i = 0; i < n; ++i) {
+                    for (int64_t j = 0; j < hr; ++j) {
+                        const int64_t row = i * hr + j, p = batch->pos[static_cast<size_t>(i)];
+                        const int64_t u = p / block_size + 1;
+                        SCOPED_TRACE(fmt::format("token {} (seq {}, pos {}) head {}", i,
+                                                 batch->seq[static_cast<size_t>(i)], p, j));
+                        const float count = actual[static_cast<size_t>(rows * max_blocks + row)];
+                        if (!(count >= 1 && count <= static_cast<float>(u))) {
+                            ADD_FAILURE() << "count " << count << " outside [1, " << u << "]";
+                            continue;
+                        }
+                        const std::vector<int32_t> ids = kept_ids(actual, row);
+                        for (size_t k = 0; k < ids.size(); ++k) {
+                            EXPECT_TRUE(ids[k] >= 0 && ids[k] < u) << "block id " << ids[k];
+                            if (k > 0) {
+                                EXPECT_LT(ids[k - 1], ids[k]) << "ids not ascending and unique";
+                            }
+                        }
+                        for (int64_t k = static_cast<int64_t>(count); k < max_blocks; ++k)
+                            EXPECT_EQ(actual[static_cast<size_t>(row * max_blocks + k)], -1.0f)
+                                << "entry " << k << " past the count";
+                        EXPECT_TRUE(std::binary_search(ids.begin(), ids.end(), 0))
+                            << "block 0 missing";
+                        EXPECT_TRUE(
+                            std::binary_search(ids.begin(), ids.end(), static_cast<int32_t>(u - 1)))
+                            << "the block of pos missing";
+                        const std::vector<double>& mass = (*masses)[static_cast<size_t>(row)];
+                        if (top_p >= 1.0f) {
+                            EXPECT_EQ(static_cast<int64_t>(ids.size()), u)
+                                << "top_p 1 keeps every block";
+                        }
+                        EXPECT_GE(select_kept_mass(ids, mass), top_p - kSelectNearTie);
+                        const std::vector<int32_t> want = kept_ids(expected, row);
+                        if (ids == want) continue;
+                        if (select_near_tie(ids, want, mass, top_p)) {
+                            ++near_ties;
+                            continue;
+                        }
+                        ADD_FAILURE()
+                            << backend << " kept [" << fmt::format("{}", fmt::join(ids, " "))
+                            << "] (mass " << select_kept_mass(ids, mass) << "), cpu-ref ["
+                            << fmt::format("{}", fmt::join(want, " ")) << "] (mass "
+                            << select_kept_mass(want, mass) << ")";
+                    }
+                }
+                ::testing::Test::RecordProperty(backend + "_near_ties", near_ties);
+                if (near_ties > 0 || std::getenv("PURBO_PRINT_NMSE") != nullptr)
+                    std::fprintf(stderr, "%-50s %-8s %d near-ties in %lld rows\n",
+                                 ::testing::UnitTest::GetInstance()->current_test_info()->name(),
+                                 backend.c_str(), near_ties, static_cast<long long>(rows));
+                EXPECT_LE(near_ties, kSelectMaxNearTieShare * static_cast<double>(rows));
+            };
+            return pc;
+        }};
+}
+
 const std::vector<DType>& weight_dtypes() {
     static const std::vector<DType> kAll = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ4_0,
                                             DType::kQ4_1, DType::kQ8_0, DType::kQ5_0, DType::kQ5_1,
@@ -661,6 +966,22 @@ std::vector<OpCase> all_cases() {
     }
     cases.push_back(kv_store_case(5, 3, 64, 32, 3));
     cases.push_back(kv_store_case(1, 8, 128, 16, 1));
+    // select_blocks: r 8 and 16 (method.md section 8), B 16 and 64; c = 1000 (16 or 63 blocks,
+    // a partial last block of the cache) and 4096 (64 or 256 blocks).
+    for (int64_t r : {8, 16}) {
+        for (int64_t block_size : {16, 64}) {
+            for (SelectScores scores : {SelectScores::kFlat, SelectScores::kPeaked, SelectScores::kTies}) {
+                for (float top_p : {0.5f, 0.9f, 0.99f, 1.0f})
+                    cases.push_back(select_case(r, block_size, r == 8 ? 1000 : 4096, top_p, scores));
+            }
+        }
+    }
+    // Rows of more blocks than a CTA of the cuda backend has threads (1024), blocks of more keys
+    // (512), and an index dim without its own unrolled body on the cpu backend (12).
+    cases.push_back(select_case(16, 16, 16384, 0.9f, SelectScores::kFlat));
+    cases.push_back(select_case(16, 16, 16384, 0.99f, SelectScores::kPeaked));
+    cases.push_back(select_case(8, 512, 16384, 0.5f, SelectScores::kPeaked));
+    cases.push_back(select_case(12, 64, 1000, 0.9f, SelectScores::kPeaked));
     cases.push_back(rms_norm_case({1, 576}));
     cases.push_back(rms_norm_case({33, 576}));
     cases.push_back(rms_norm_case({7, 1536}));
@@ -697,6 +1018,7 @@ TEST_P(BackendOps, MatchesReference) {
     const std::vector<float> expected =
         prepared.reference.empty() ? prepared.run(reference_backend()) : prepared.reference;
     for (float v : expected) ASSERT_TRUE(std::isfinite(v)) << "cpu-ref produced a non-finite value";
+    if (prepared.compare) prepared.compare("cpu-ref", expected, expected);
     int compared = 0;
     for (const std::string& name : backend_available()) {
         if (name == "cpu-ref") continue;
@@ -707,6 +1029,11 @@ TEST_P(BackendOps, MatchesReference) {
         size_t not_finite = 0;
         for (float v : actual) not_finite += std::isfinite(v) ? 0 : 1;
         EXPECT_EQ(not_finite, 0u) << "elements left unwritten (NaN poison) or not finite";
+        if (prepared.compare) {
+            prepared.compare(name, expected, actual);
+            ++compared;
+            continue;
+        }
         std::optional<double> own_tolerance;
         if (prepared.backend_max_nmse) own_tolerance = prepared.backend_max_nmse(name, expected);
         const double max_nmse = own_tolerance.value_or(prepared.max_nmse);

@@ -1,7 +1,8 @@
 // CUDA-specific cases beyond the shared op harness (test-backend-ops.cpp): long-context decode
 // through the split-KV path, windows with sinks at long context, several sequences in one
-// batch, prefill chunks, the bf16 weight conversion, aliasing and the errors of the device
-// boundary. Every case compares with cpu-ref; every case skips where no CUDA device is visible.
+// batch, prefill chunks, the bf16 weight conversion, i32 copies, aliasing and the errors of
+// the device boundary. Every case compares with cpu-ref; every case skips where no CUDA device
+// is visible.
 //
 // Letters: n tokens, k inputs, m outputs, h query heads, g KV heads, d head dim,
 // c cache capacity, s sequence slots.
@@ -348,6 +349,21 @@ TEST(Cuda, Bf16DeviceTensorsRoundTripThroughF32) {
     ASSERT_TRUE(cuda->from_host(x, dev).is_ok());
     const std::vector<float> back = download(*cuda, dev);
     for (size_t i = 0; i < back.size(); ++i) ASSERT_EQ(back[i], bf16_to_f32(f32_to_bf16(x.f32()[i])));
+}
+
+// i32 tensors (block selections and their counts) copy as they are, both ways.
+TEST(Cuda, I32DeviceTensorsRoundTrip) {
+    SKIP_WITHOUT_CUDA();
+    auto cuda = make("cuda");
+    Tensor host = tensor_cpu(DType::kI32, {3, 5});
+    for (int i = 0; i < 15; ++i) host.ptr<int32_t>()[i] = i * 1000003 - 7;
+    Tensor dev = cuda->alloc(DType::kI32, {3, 5});
+    ASSERT_TRUE(cuda->from_host(host, dev).is_ok());
+    Tensor back = tensor_cpu(DType::kI32, {3, 5});
+    ASSERT_TRUE(cuda->to_host(dev, back).is_ok());
+    for (int i = 0; i < 15; ++i) EXPECT_EQ(back.ptr<int32_t>()[i], host.ptr<int32_t>()[i]);
+    // An i32 device tensor does not convert to or from f32.
+    EXPECT_FALSE(cuda->to_host(dev, tensor_cpu(DType::kF32, {3, 5})).is_ok());
 }
 
 TEST(Cuda, NotListedWithoutADevice) {

@@ -366,7 +366,9 @@ TEST(AdapterCheckModel, ShapeAndFingerprint) {
 class AdapterMalformed : public ::testing::Test {
   protected:
     void SetUp() override {
-        dir_ = test::temp_dir("adapter_malformed");
+        // One folder per test: ctest runs the fixture's tests in parallel.
+        dir_ = test::temp_dir(std::string("adapter_malformed_") +
+                              ::testing::UnitTest::GetInstance()->current_test_info()->name());
         const std::string good = dir_ + "/good.safetensors";
         ASSERT_TRUE(adapter_save(good, tiny_adapter(true)).is_ok());
         auto file = SafetensorsFile::open(good);

@@ -146,8 +146,12 @@ TEST_P(SparsePolicyTest, TopPDecodeAttendsFewerKeysAndMatchesReference) {
     SparsityStats stats;
     const auto out = run(t, GetParam(), sparse_policy_factory(a), 160, &stats);
     const auto ref = run(t, "cpu-ref", sparse_policy_factory(a), 160);
-    // Selections may differ at near-ties of block mass; the logits still agree closely.
-    EXPECT_LE(test::nmse(out, ref), GetParam() == "cuda" ? 1e-3 : 1e-6);
+    // Selections may differ at near-ties of block mass; the logits still agree closely. cuda's
+    // weights are bf16: its sparse model may differ from cpu-ref's by a few times what its
+    // dense model does.
+    double bound = 1e-6;
+    if (GetParam() == "cuda") bound = 4 * test::nmse(run(t, "cuda", {}, 160), run(t, "cpu-ref", {}, 160)) + 1e-6;
+    EXPECT_LE(test::nmse(out, ref), bound);
     EXPECT_GT(stats.retrieval_head_steps, 0);
     EXPECT_LT(stats.retrieval_attended, stats.retrieval_dense);
     EXPECT_GT(stats.compute_sparsity(), 0.3);

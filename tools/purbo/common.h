@@ -58,6 +58,7 @@ int report_error(const char* command, const Status& status);
 int cmd_run(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
+int cmd_calibrate(int argc, char** argv);
 // purbo bench --attention (bench-attention.cpp): one attention layer's op alone.
 int cmd_bench_attention(int argc, char** argv);
 int cmd_train_indexer(int argc, char** argv);

@@ -1,13 +1,78 @@
 // cpu-ref: top-p block selection, the exact reference (sort + cumulative sum).
+//
+// For query token i and retrieval head j, in double precision:
+//   z_t    = scale * iq[i, j] . index_keys[seq_i, j, t]          for t = 0 .. pos_i
+//   mass_b = sum_{t in block b, t <= pos_i} exp(z_t - max z) / sum_t exp(z_t - max z)
+// Keep block 0 and the block of pos_i, then the other blocks by decreasing mass (ties: lower
+// id first) until the kept mass reaches top_p; top_p = 1 keeps every block. The fast backends
+// must give the same set except where f32 rounding flips a comparison at the boundary.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
 #include "backend/cpu-ref/cpu-ref-backend.h"
 #include "backend/op-checks.h"
 
 namespace purbo {
 
-Status CpuRefBackend::select_blocks(const Tensor& iq, const Tensor& index_keys, const TokenPlacement& place,
-                                    const BlockSelectParams& params, const Tensor& blocks, const Tensor& counts) {
+Status CpuRefBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
+                                    const TokenPlacement& place, const BlockSelectParams& params,
+                                    const Tensor& blocks, const Tensor& counts) {
     PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts));
-    return error(StatusCode::kUnsupported, "select_blocks: not implemented yet on cpu-ref");
+    // iq (n, hr, r); index_keys (s, hr, c, r); blocks (n, hr, max_blocks); counts (n, hr)
+    const int64_t n = iq.dim(0), hr = iq.dim(1), r = iq.dim(2), c = index_keys.dim(2);
+    const int64_t max_blocks = blocks.dim(2), block_size = params.block_size;
+    const double top_p = params.top_p;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t p = place.pos[i];
+        const int64_t n_used = p / block_size + 1;  // blocks holding keys 0 .. p
+        const int64_t last = n_used - 1;            // the block of p, maybe partial
+        for (int64_t j = 0; j < hr; ++j) {
+            const float* q = iq.f32() + (i * hr + j) * r;                            // (r,)
+            const float* keys = index_keys.f32() + (place.seq[i] * hr + j) * c * r;  // (c, r)
+            std::vector<double> z(static_cast<size_t>(p + 1));
+            double max_z = -std::numeric_limits<double>::infinity();
+            for (int64_t t = 0; t <= p; ++t) {
+                double dot = 0;
+                for (int64_t e = 0; e < r; ++e) dot += static_cast<double>(q[e]) * keys[t * r + e];
+                z[static_cast<size_t>(t)] = dot * params.scale;
+                max_z = std::max(max_z, z[static_cast<size_t>(t)]);
+            }
+            std::vector<double> mass(static_cast<size_t>(n_used), 0.0);
+            double total = 0;
+            for (int64_t t = 0; t <= p; ++t) {
+                const double w = std::exp(z[static_cast<size_t>(t)] - max_z);
+                mass[static_cast<size_t>(t / block_size)] += w;
+                total += w;
+            }
+            for (double& m : mass) m /= total;
+
+            std::vector<bool> keep(static_cast<size_t>(n_used), false);
+            keep[0] = true;
+            keep[static_cast<size_t>(last)] = true;
+            double kept = mass[0] + (last != 0 ? mass[static_cast<size_t>(last)] : 0.0);
+            std::vector<int64_t> order;  // the other blocks, heaviest first, ties by lower id
+            for (int64_t b = 1; b < last; ++b) order.push_back(b);
+            std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+                return mass[static_cast<size_t>(a)] > mass[static_cast<size_t>(b)];
+            });
+            for (int64_t b : order) {
+                if (top_p < 1.0 && kept >= top_p) break;
+                keep[static_cast<size_t>(b)] = true;
+                kept += mass[static_cast<size_t>(b)];
+            }
+
+            int32_t* row = blocks.ptr<int32_t>() + (i * hr + j) * max_blocks;
+            int64_t count = 0;
+            for (int64_t b = 0; b < n_used; ++b) {
+                if (keep[static_cast<size_t>(b)]) row[count++] = static_cast<int32_t>(b);
+            }
+            for (int64_t k = count; k < max_blocks; ++k) row[k] = -1;
+            counts.ptr<int32_t>()[i * hr + j] = static_cast<int32_t>(count);
+        }
+    }
+    return Status::ok();
 }
 
 }  // namespace purbo

@@ -1,13 +1,183 @@
-// cpu: top-p block selection, one pass with a histogram of block masses.
+// cpu: top-p block selection in one pass over the keys, with a histogram of block masses
+// (method.md section 4). Same kept set as cpu-ref's sort and cumulative sum except where f32
+// rounding flips a comparison at the boundary.
+//
+// Per (token i, retrieval head j), the pairs spread over the OpenMP threads:
+//  1. One pass over the keys 0 .. pos: each block b of keys reduces its scores, in the log2
+//     domain (z_t = scale * log2(e) * iq . k_t, f32), to m_b = max z and l_b = sum 2^(z - m_b);
+//     its log2 mass is a_b = m_b + log2(l_b).
+//  2. Relative to the heaviest block, A = max_b a_b, block b has mass w_b = 2^(a_b - A) in
+//     (0, 1]; from here on double (one value per block, cheap) so that the sums that decide
+//     the boundary round far below the f32 error of the masses themselves.
+//  3. The histogram of select-bins.h (bin mapping, tie rule, and why it is keyed on the mass),
+//     the scan for the boundary bin, and the exact resolution of that bin by a sort of its
+//     blocks only.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
 #include "backend/cpu/cpu-backend.h"
 #include "backend/op-checks.h"
+#include "backend/select-bins.h"
 
 namespace purbo {
+namespace {
 
-Status CpuBackend::select_blocks(const Tensor& iq, const Tensor& index_keys, const TokenPlacement& place,
-                                    const BlockSelectParams& params, const Tensor& blocks, const Tensor& counts) {
+// q . k over kR dims (kR = 0: r dims, known at run time only). The index dims of the method
+// (8, 16) get a fully unrolled, vectorised body.
+template <int kR>
+inline float dot_r(const float* q, const float* k, int64_t r) {
+    const int64_t len = kR > 0 ? kR : r;
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t e = 0; e < len; ++e) sum += q[e] * k[e];
+    return sum;
+}
+
+// a (n_used,) receives the log2 mass a_b of each block of keys 0 .. p; q (r,) is pre-scaled by
+// scale * log2(e); keys (c, r); scores (block_size,) is scratch.
+template <int kR>
+void block_log2_masses(const float* q, const float* keys, int64_t r, int64_t p, int64_t block_size,
+                       float* scores, float* a) {
+    const int64_t n_used = p / block_size + 1;
+    for (int64_t b = 0; b < n_used; ++b) {
+        const int64_t t0 = b * block_size, nt = std::min(block_size, p + 1 - t0);
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t t = 0; t < nt; ++t) {
+            scores[t] = dot_r<kR>(q, keys + (t0 + t) * r, r);
+            m = std::max(m, scores[t]);
+        }
+        float l = 0;
+#pragma omp simd reduction(+ : l)
+        for (int64_t t = 0; t < nt; ++t) l += std::exp2(scores[t] - m);
+        a[b] = m + std::log2(l);  // l >= 1: the max key contributes 2^0
+    }
+}
+
+// Per-thread buffers, grown to the largest row.
+struct RowScratch {
+    std::vector<float> q;           // (r,) the query, pre-scaled
+    std::vector<float> scores;      // (block_size,)
+    std::vector<float> log2_mass;   // (n_used,) a_b
+    std::vector<double> mass;       // (n_used,) w_b = 2^(a_b - A)
+    std::vector<int> bin;           // (n_used,) histogram bin, -1 for the always-kept blocks
+    std::vector<int64_t> boundary;  // blocks of the boundary bin
+};
+
+// Selects the blocks of one (token, head) pair; returns their number, ids ascending in `out`.
+int64_t select_row(const float* iq_row, const float* keys, int64_t r, int64_t p,
+                   const BlockSelectParams& params, RowScratch& s, int32_t* out) {
+    const int64_t block_size = params.block_size;
+    const int64_t n_used = p / block_size + 1, last = n_used - 1;
+    if (params.top_p >= 1.0f) {  // every block, whatever the masses
+        for (int64_t b = 0; b < n_used; ++b) out[b] = static_cast<int32_t>(b);
+        return n_used;
+    }
+    s.q.resize(static_cast<size_t>(r));
+    for (int64_t e = 0; e < r; ++e)
+        s.q[static_cast<size_t>(e)] = iq_row[e] * (params.scale * kSelectLog2e);
+    s.scores.resize(static_cast<size_t>(block_size));
+    s.log2_mass.resize(static_cast<size_t>(n_used));
+    switch (r) {
+        case 8:
+            block_log2_masses<8>(s.q.data(), keys, r, p, block_size, s.scores.data(),
+                                 s.log2_mass.data());
+            break;
+        case 16:
+            block_log2_masses<16>(s.q.data(), keys, r, p, block_size, s.scores.data(),
+                                  s.log2_mass.data());
+            break;
+        default:
+            block_log2_masses<0>(s.q.data(), keys, r, p, block_size, s.scores.data(),
+                                 s.log2_mass.data());
+            break;
+    }
+    const float* a = s.log2_mass.data();
+    const float heaviest = *std::max_element(a, a + n_used);
+
+    // Masses relative to the heaviest block, the histogram, and the always-kept mass.
+    s.mass.resize(static_cast<size_t>(n_used));
+    s.bin.resize(static_cast<size_t>(n_used));
+    double hist[kSelectBins] = {};
+    double total = 0, kept = 0;
+    for (int64_t b = 0; b < n_used; ++b) {
+        const double w = std::exp2(static_cast<double>(a[b]) - heaviest);
+        s.mass[static_cast<size_t>(b)] = w;
+        total += w;
+        if (b == 0 || b == last) {
+            s.bin[static_cast<size_t>(b)] = -1;
+            kept += w;
+        } else {
+            const int k = select_mass_bin(heaviest - a[b]);
+            s.bin[static_cast<size_t>(b)] = k;
+            hist[k] += w;
+        }
+    }
+    const double target = static_cast<double>(params.top_p) * total;
+
+    // The boundary bin: the first whose mass reaches the target. None (kSelectBins) when rounding
+    // leaves the whole histogram just short of it: then every block is kept.
+    int boundary = kSelectBins;
+    for (int k = 0; k < kSelectBins; ++k) {
+        if (kept + hist[k] >= target) {
+            boundary = k;
+            break;
+        }
+        kept += hist[k];
+    }
+
+    // Resolve the boundary bin exactly: heaviest first, ties by lower id (a stable sort of
+    // ascending ids), until the kept mass reaches the target.
+    s.boundary.clear();
+    for (int64_t b = 0; b < n_used; ++b) {
+        if (s.bin[static_cast<size_t>(b)] == boundary) s.boundary.push_back(b);
+    }
+    std::stable_sort(s.boundary.begin(), s.boundary.end(),
+                     [&](int64_t x, int64_t y) { return a[x] > a[y]; });
+    for (int64_t b : s.boundary) {
+        if (kept >= target) {
+            s.bin[static_cast<size_t>(b)] = kSelectBins;  // past the boundary: dropped
+            continue;
+        }
+        kept += s.mass[static_cast<size_t>(b)];
+        s.bin[static_cast<size_t>(b)] = -1;
+    }
+
+    // Kept: the always-kept and taken boundary blocks (-1) and every bin before the boundary.
+    int64_t count = 0;
+    for (int64_t b = 0; b < n_used; ++b) {
+        if (s.bin[static_cast<size_t>(b)] < boundary) out[count++] = static_cast<int32_t>(b);
+    }
+    return count;
+}
+
+}  // namespace
+
+Status CpuBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
+                                 const TokenPlacement& place, const BlockSelectParams& params,
+                                 const Tensor& blocks, const Tensor& counts) {
     PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts));
-    return error(StatusCode::kUnsupported, "select_blocks: not implemented yet on cpu");
+    // iq (n, hr, r); index_keys (s, hr, c, r); blocks (n, hr, max_blocks); counts (n, hr)
+    const int64_t n = iq.dim(0), hr = iq.dim(1), r = iq.dim(2), c = index_keys.dim(2);
+    const int64_t max_blocks = blocks.dim(2);
+#pragma omp parallel num_threads(n_threads_) if (n * hr > 1)
+    {
+        RowScratch scratch;
+#pragma omp for collapse(2) schedule(dynamic)
+        for (int64_t i = 0; i < n; ++i) {
+            for (int64_t j = 0; j < hr; ++j) {
+                const float* keys = index_keys.f32() + (place.seq[i] * hr + j) * c * r;  // (c, r)
+                int32_t* row = blocks.ptr<int32_t>() + (i * hr + j) * max_blocks;
+                const int64_t count = select_row(iq.f32() + (i * hr + j) * r, keys, r, place.pos[i],
+                                                 params, scratch, row);
+                std::fill(row + count, row + max_blocks, -1);
+                counts.ptr<int32_t>()[i * hr + j] = static_cast<int32_t>(count);
+            }
+        }
+    }
+    return Status::ok();
 }
 
 }  // namespace purbo

@@ -36,7 +36,7 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& o
 CudaBackend::~CudaBackend() {
     // Errors on the way out cannot be returned; the process is usually ending anyway.
     if (stream_) (void)cudaStreamSynchronize(stream_);
-    for (Scratch* s : {&x_bf16_, &indices_, &attn_partial_}) {
+    for (Scratch* s : {&x_bf16_, &indices_, &attn_partial_, &select_}) {
         if (s->ptr) (void)cudaFree(s->ptr);
     }
     if (cublas_) (void)cublasDestroy(cublas_);
@@ -148,15 +148,15 @@ namespace {
 Status check_copy(std::string_view op, const Tensor& host, const Tensor& dev) {
     if (host.empty() || dev.empty())
         return error(StatusCode::kInvalidArgument, "{}: '{}' or '{}' has no data", op, host.name, dev.name);
-    // f32 host <-> f32 or bf16 device; i32 host <-> i32 device (block selections).
+    // i32 (block selections, counts) copies as it is, to and from a host i32 tensor.
     const DType host_dtype = dev.dtype == DType::kI32 ? DType::kI32 : DType::kF32;
     if (host.device != Device::kCpu || host.dtype != host_dtype)
         return error(StatusCode::kInvalidArgument, "{}: '{}' {} must be a host {} tensor", op, host.name,
                      host.describe(), dtype_name(host_dtype));
     PURBO_TRY(require_device(op, dev, "tensor"));
     if (dev.dtype != DType::kF32 && dev.dtype != DType::kBF16 && dev.dtype != DType::kI32)
-        return error(StatusCode::kUnsupported, "{}: device tensor '{}' {}: only f32, bf16 and i32 copy", op,
-                     dev.name, dev.describe());
+        return error(StatusCode::kUnsupported, "{}: device tensor '{}' {}: only f32, bf16 and i32 copy",
+                     op, dev.name, dev.describe());
     if (!same_shape(host, dev))
         return error(StatusCode::kInvalidArgument, "{}: '{}' {} and '{}' {} differ in shape", op, host.name,
                      host.describe(), dev.name, dev.describe());
@@ -168,7 +168,7 @@ Status check_copy(std::string_view op, const Tensor& host, const Tensor& dev) {
 Status CudaBackend::to_host(const Tensor& src, const Tensor& host_dst) {
     PURBO_TRY(check_copy("to_host", host_dst, src));
     const size_t count = static_cast<size_t>(src.numel());
-    if (src.dtype == DType::kF32 || src.dtype == DType::kI32) {
+    if (src.dtype == DType::kF32 || src.dtype == DType::kI32) {  // 4-byte elements, as they are
         PURBO_CUDA_TRY(cudaMemcpyAsync(host_dst.data, src.data, count * 4, cudaMemcpyDeviceToHost, stream_));
         PURBO_CUDA_TRY(cudaStreamSynchronize(stream_));
         return Status::ok();
@@ -183,7 +183,7 @@ Status CudaBackend::to_host(const Tensor& src, const Tensor& host_dst) {
 Status CudaBackend::from_host(const Tensor& host_src, const Tensor& dst) {
     PURBO_TRY(check_copy("from_host", host_src, dst));
     const size_t count = static_cast<size_t>(dst.numel());
-    if (dst.dtype == DType::kF32 || dst.dtype == DType::kI32) {
+    if (dst.dtype == DType::kF32 || dst.dtype == DType::kI32) {  // 4-byte elements, as they are
         PURBO_CUDA_TRY(cudaMemcpyAsync(dst.data, host_src.data, count * 4, cudaMemcpyHostToDevice, stream_));
         return Status::ok();
     }

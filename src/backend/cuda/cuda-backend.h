@@ -40,7 +40,7 @@ public:
     Tensor alloc(DType dtype, std::initializer_list<int64_t> shape, std::string name = {}) override;
     // 1-D tensors (norm weights, biases) become f32; every other tensor a bf16 matrix.
     Result<Tensor> prepare_weight(const Tensor& host_weight) override;
-    // Device f32 or bf16 <-> host f32 of the same shape.
+    // Device f32 or bf16 <-> host f32 of the same shape; device i32 <-> host i32.
     Status to_host(const Tensor& src, const Tensor& host_dst) override;
     Status from_host(const Tensor& host_src, const Tensor& dst) override;
     void synchronize() override;
@@ -84,6 +84,7 @@ private:
     Scratch x_bf16_;       // matmul: x rounded to bf16, (n, k)
     Scratch indices_;      // ids, positions, placements, plans and rope tables of one op
     Scratch attn_partial_; // split-KV partial results
+    Scratch select_;       // select_blocks: per-block log2 masses, boundary candidates, ranks
 };
 
 // Shared by the op files: a Status unless t lives on the device.

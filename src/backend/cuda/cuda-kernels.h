@@ -155,4 +155,31 @@ struct AttentionTcArgs {
 bool attention_tc_head_dim_supported(int d);
 cudaError_t launch_attention_tc(const AttentionTcArgs& args, cudaStream_t stream);
 
+// ---- top-p block selection (cuda-select.cu) -----------------------------------------------
+
+// Letters: hr retrieval heads, r index dim, B block size, u = blocks of the largest position
+// in the batch (max_i pos_i / B + 1), a row = one (token, retrieval head) pair.
+struct SelectBlocksArgs {
+    const float* iq;          // (n, hr, r)
+    const float* index_keys;  // (s, hr, c, r)
+    const int32_t* seq;       // (n,) on the device
+    const int32_t* pos;       // (n,) on the device
+    float* log2_mass;         // (n, hr, u) scratch: each block's unnormalised log2 mass
+    int32_t* candidates;      // (n, hr, u) scratch: the boundary bin's blocks, ascending
+    int32_t* ranks;           // (n, hr, u) scratch: a boundary block's rank in its bin, by id
+    int32_t* blocks;          // (n, hr, max_blocks) out: kept block ids ascending, then -1
+    int32_t* counts;          // (n, hr) out
+    int64_t n;
+    int64_t hr;
+    int64_t r;
+    int64_t c;
+    int block_size;           // B
+    int n_used_max;           // u
+    int max_blocks;
+    float top_p;
+    float scale;
+};
+// cudaErrorInvalidValue when n * hr * u does not fit a grid or c + B an int.
+cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream);
+
 }  // namespace purbo::cuda

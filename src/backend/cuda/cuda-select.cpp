@@ -1,13 +1,64 @@
-// cuda: top-p block selection, one pass with a histogram of block masses.
+// cuda: top-p block selection, one pass with a histogram of block masses (cuda-select.cu).
+#include <algorithm>
+#include <climits>
+#include <vector>
+
 #include "backend/cuda/cuda-backend.h"
+#include "backend/cuda/cuda-check.h"
+#include "backend/cuda/cuda-kernels.h"
 #include "backend/op-checks.h"
 
 namespace purbo {
 
-Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys, const TokenPlacement& place,
-                                    const BlockSelectParams& params, const Tensor& blocks, const Tensor& counts) {
+Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
+                                  const TokenPlacement& place, const BlockSelectParams& params,
+                                  const Tensor& blocks, const Tensor& counts) {
     PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts));
-    return error(StatusCode::kUnsupported, "select_blocks: not implemented yet on cuda");
+    PURBO_TRY(require_device("select_blocks", iq, "iq"));
+    PURBO_TRY(require_device("select_blocks", index_keys, "index_keys"));
+    PURBO_TRY(require_device("select_blocks", blocks, "blocks"));
+    PURBO_TRY(require_device("select_blocks", counts, "counts"));
+    // iq (n, hr, r); index_keys (s, hr, c, r); blocks (n, hr, max_blocks); counts (n, hr)
+    const int64_t n = iq.dim(0), hr = iq.dim(1);
+    if (n == 0 || hr == 0) return Status::ok();
+    // u: the blocks of the largest position, the per-row extent of the kernels' scratch.
+    const int64_t n_used_max =
+        *std::max_element(place.pos.begin(), place.pos.end()) / params.block_size + 1;
+    if (n * hr * n_used_max > INT_MAX || blocks.dim(2) > INT_MAX)
+        return error(
+            StatusCode::kUnsupported,
+            "select_blocks: {} rows of {} blocks (iq {}, blocks {}) exceed the kernels' grid",
+            n * hr, n_used_max, iq.describe(), blocks.describe());
+
+    // Staging: seq (n,), pos (n,), int32.
+    std::vector<int32_t> staging(place.seq.begin(), place.seq.end());
+    staging.insert(staging.end(), place.pos.begin(), place.pos.end());
+    PURBO_ASSIGN_OR_RETURN(void* dev, stage(indices_, staging.data(), staging.size() * 4));
+    // Scratch: log2 masses (f32), boundary candidates and ranks (int32), each (n, hr, u).
+    const size_t per_array = static_cast<size_t>(n * hr * n_used_max);
+    PURBO_ASSIGN_OR_RETURN(void* scratch, reserve(select_, per_array * 12));
+
+    cuda::SelectBlocksArgs args{};
+    args.iq = iq.ptr<float>();
+    args.index_keys = index_keys.ptr<float>();
+    args.seq = static_cast<const int32_t*>(dev);
+    args.pos = static_cast<const int32_t*>(dev) + n;
+    args.log2_mass = static_cast<float*>(scratch);
+    args.candidates = reinterpret_cast<int32_t*>(args.log2_mass + per_array);
+    args.ranks = args.candidates + per_array;
+    args.blocks = blocks.ptr<int32_t>();
+    args.counts = counts.ptr<int32_t>();
+    args.n = n;
+    args.hr = hr;
+    args.r = iq.dim(2);
+    args.c = index_keys.dim(2);
+    args.block_size = params.block_size;
+    args.n_used_max = static_cast<int>(n_used_max);
+    args.max_blocks = static_cast<int>(blocks.dim(2));
+    args.top_p = params.top_p;
+    args.scale = params.scale;
+    PURBO_CUDA_TRY(cuda::launch_select_blocks(args, stream_));
+    return Status::ok();
 }
 
 }  // namespace purbo

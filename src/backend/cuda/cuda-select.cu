@@ -1,0 +1,387 @@
+// Top-p block selection (method.md section 4) with the histogram of block masses of
+// select-bins.h, in two kernels:
+//  1. block_mass_kernel, one CTA per (token, retrieval head, key block): the block's scores
+//     z_t = scale * log2(e) * iq . k_t (one key per thread, fp32), reduced to the running max
+//     m_b and sum l_b = sum 2^(z - m_b) (merged across threads as in an online softmax), stored
+//     as the block's log2 mass a_b = m_b + log2(l_b).
+//  2. select_row_kernel, one CTA per (token, retrieval head): the heaviest block A = max a_b,
+//     the 256-bin histogram of the masses 2^(a_b - A) (double atomics in shared memory), the
+//     scan for the boundary bin, its exact resolution, and the ascending list of kept blocks.
+//     The bins are summed per warp and then merged in a fixed order, so the result does not
+//     depend on scheduling and warps do not contend for a bin.
+//
+// A second kernel rather than the paper's last-CTA-done counter: the per-row pass needs every
+// block's (m_b, l_b) of that row, and a kernel boundary is the simplest correct barrier. The
+// counter needs a zeroed counter per row (a memset, or a reset that must itself be ordered),
+// a __threadfence before each CTA's increment, and the last CTA of a row, sized for one
+// block's keys, doing the row's work; it saves one launch, which a CUDA graph makes cheap.
+//
+// Exact resolution of the boundary bin without a sort: while it holds more than a few hundred
+// blocks (flat masses over a long context: 16K blocks of 64 keys at 1M tokens may share one
+// eighth of an octave) its range is split into 256 finer bins and the boundary found again,
+// up to three levels (1/8, 1/2048, 1/524288 octave). The remaining blocks are listed in
+// ascending id order (an ordered compaction, so the result does not depend on scheduling), and
+// each one counts the blocks of the list that come before it in the selection order (heavier,
+// or as heavy with a lower id) and sums their masses. Block x is taken when the kept mass plus
+// that sum is still below the target, exactly the sequential rule of cpu-select.cpp; the
+// number of taken blocks then keeps the blocks of ranks below it. Quadratic in the final
+// blocks only.
+//
+// Sums that decide the boundary are in double (one value per block: cheap) so that they round
+// far below the fp32 error of the block masses; the histogram's atomics add in any order, which
+// moves a bin's sum by a few double ulps at most.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include "backend/cuda/cuda-kernels.h"
+#include "backend/select-bins.h"
+
+namespace purbo::cuda {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kMassMaxThreads = 256;  // a block's keys, one per thread, up to 8 warps
+constexpr int kMassMaxWarps = kMassMaxThreads / 32;
+constexpr int kSelectThreads = 256;  // per row of select_row_kernel
+constexpr int kSelectWarps = kSelectThreads / 32;
+static_assert(kSelectThreads % 32 == 0 && kMassMaxThreads % 32 == 0, "whole warps");
+
+// Merges the softmax state (m2, l2) into (m, l): l = sum 2^(z - m) over the union of the keys.
+// An empty state has m = -inf and l = 0.
+__device__ __forceinline__ void merge_state(float& m, float& l, float m2, float l2) {
+    if (m2 == -INFINITY) return;
+    if (m == -INFINITY) {
+        m = m2;
+        l = l2;
+        return;
+    }
+    const float m_new = fmaxf(m, m2);
+    l = l * exp2f(m - m_new) + l2 * exp2f(m2 - m_new);
+    m = m_new;
+}
+
+// kR: the indexer dimension when it is 8 or 16 (keys read as float4, q held in registers),
+// 0 for any other r (a plain loop).
+template <int kR>
+__global__ void __launch_bounds__(kMassMaxThreads) block_mass_kernel(SelectBlocksArgs args) {
+    const int64_t row = blockIdx.x / args.n_used_max;  // token * hr + head
+    const int b = static_cast<int>(blockIdx.x % args.n_used_max);
+    const int64_t i = row / args.hr, j = row % args.hr;
+    const int p = args.pos[i];
+    if (b > p / args.block_size) return;  // past the token's position: the whole CTA leaves
+
+    const float* q = args.iq + row * args.r;  // (r,)
+    const float* keys =
+        args.index_keys + (int64_t{args.seq[i]} * args.hr + j) * args.c * args.r;  // (c, r)
+    const float q_scale = args.scale * kSelectLog2e;
+    const int t_begin = b * args.block_size;
+    const int t_end = min(t_begin + args.block_size, p + 1);
+
+    float qr[kR > 0 ? kR : 1];
+    if constexpr (kR > 0) {
+#pragma unroll
+        for (int e = 0; e < kR; ++e) qr[e] = q[e] * q_scale;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int t = t_begin + threadIdx.x; t < t_end; t += blockDim.x) {
+        const float* k = keys + int64_t{t} * args.r;
+        float z = 0.0f;
+        if constexpr (kR > 0) {
+#pragma unroll
+            for (int e = 0; e < kR; e += 4) {
+                const float4 kv = *reinterpret_cast<const float4*>(k + e);
+                z += qr[e] * kv.x + qr[e + 1] * kv.y + qr[e + 2] * kv.z + qr[e + 3] * kv.w;
+            }
+        } else {
+            for (int64_t e = 0; e < args.r; ++e) z += (q[e] * q_scale) * k[e];
+        }
+        if (z > m) {
+            l = l * exp2f(m - z) + 1.0f;  // exp2f(-inf) = 0 on the thread's first key
+            m = z;
+        } else {
+            l += exp2f(z - m);
+        }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float m2 = __shfl_xor_sync(kFullMask, m, offset);
+        const float l2 = __shfl_xor_sync(kFullMask, l, offset);
+        merge_state(m, l, m2, l2);
+    }
+    __shared__ float warp_m[kMassMaxWarps], warp_l[kMassMaxWarps];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) {
+        warp_m[warp] = m;
+        warp_l[warp] = l;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w)
+            merge_state(m, l, warp_m[w], warp_l[w]);
+        args.log2_mass[row * args.n_used_max + b] = m + log2f(l);  // l >= 1: the max key gives 2^0
+    }
+}
+
+// ---- block-wide helpers of select_row_kernel (every thread of the CTA must call them) -----
+
+// op-reduction of v over the CTA, the same value in every thread; `shared` has kSelectWarps
+// entries. Warps combine in a fixed order, so the result does not depend on scheduling.
+template <class T, class Op>
+__device__ T block_reduce(T v, Op op, T* shared) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+        v = op(v, __shfl_xor_sync(kFullMask, v, offset));
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    T result = shared[0];
+    for (int w = 1; w < kSelectWarps; ++w) result = op(result, shared[w]);
+    __syncthreads();  // `shared` may be reused right away
+    return result;
+}
+
+// Calls emit(x, index) for every x in [0, count) with flag(x), index = the number of flagged
+// x' < x (an ordered compaction); returns the number flagged, the same in every thread.
+// `warp_counts` has kSelectWarps entries.
+template <class Flag, class Emit>
+__device__ int block_compact(int count, Flag flag, Emit emit, int* warp_counts) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int base = 0;
+    for (int start = 0; start < count; start += kSelectThreads) {
+        const int x = start + static_cast<int>(threadIdx.x);
+        const bool flagged = x < count && flag(x);
+        const unsigned ballot = __ballot_sync(kFullMask, flagged);
+        if (lane == 0) warp_counts[warp] = __popc(ballot);
+        __syncthreads();
+        int before = 0, tile_total = 0;
+        for (int w = 0; w < kSelectWarps; ++w) {
+            before += w < warp ? warp_counts[w] : 0;
+            tile_total += warp_counts[w];
+        }
+        if (flagged) emit(x, base + before + __popc(ballot & ((1u << lane) - 1u)));
+        base += tile_total;
+        __syncthreads();  // warp_counts is rewritten by the next tile
+    }
+    return base;
+}
+
+__global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocksArgs args) {
+    const int64_t row = blockIdx.x;  // token * hr + head
+    const int p = args.pos[row / args.hr];
+    const int n_used = p / args.block_size + 1, last = n_used - 1;
+    int32_t* out = args.blocks + row * args.max_blocks;  // (max_blocks,)
+    const int tid = threadIdx.x;
+
+    __shared__ double hist[kSelectBins];
+    // Per-warp histograms: lanes of one warp contend for a bin, warps do not (with flat masses
+    // thousands of blocks fall into a handful of bins).
+    __shared__ double warp_hist[kSelectWarps][kSelectBins];
+    __shared__ double reduce_d[kSelectWarps];
+    __shared__ float reduce_f[kSelectWarps];
+    __shared__ int reduce_i[kSelectWarps];
+    __shared__ int s_boundary;
+    __shared__ double s_kept, s_target;
+
+    if (args.top_p >= 1.0f) {  // every block, whatever the masses
+        for (int b = tid; b < args.max_blocks; b += kSelectThreads) out[b] = b < n_used ? b : -1;
+        if (tid == 0) args.counts[row] = n_used;
+        return;
+    }
+
+    const float* a = args.log2_mass + row * args.n_used_max;  // (n_used,)
+    int32_t* candidates = args.candidates + row * args.n_used_max;
+    int32_t* ranks = args.ranks + row * args.n_used_max;
+    auto always_kept = [last](int b) { return b == 0 || b == last; };
+
+    // The heaviest block; the masses relative to it, their histogram, total and always-kept part.
+    float heaviest = -INFINITY;
+    for (int b = tid; b < n_used; b += kSelectThreads) heaviest = fmaxf(heaviest, a[b]);
+    heaviest = block_reduce(
+        heaviest, [](float x, float y) { return fmaxf(x, y); }, reduce_f);
+    const int warp_id = tid / 32;
+    auto clear_warp_hists = [&] {
+        for (int k = tid; k < kSelectWarps * kSelectBins; k += kSelectThreads) (&warp_hist[0][0])[k] = 0.0;
+        __syncthreads();
+    };
+    // hist = the sum of the warps' histograms (a fixed order: no scheduling dependence).
+    auto merge_warp_hists = [&] {
+        __syncthreads();
+        for (int k = tid; k < kSelectBins; k += kSelectThreads) {
+            double sum = 0.0;
+            for (int w = 0; w < kSelectWarps; ++w) sum += warp_hist[w][k];
+            hist[k] = sum;
+        }
+        __syncthreads();
+    };
+    clear_warp_hists();
+    double total = 0.0, kept = 0.0;
+    for (int b = tid; b < n_used; b += kSelectThreads) {
+        const double w = exp2(static_cast<double>(a[b]) - heaviest);
+        total += w;
+        if (always_kept(b)) {
+            kept += w;
+        } else {
+            atomicAdd(&warp_hist[warp_id][select_mass_bin(heaviest - a[b])], w);
+        }
+    }
+    merge_warp_hists();
+    auto add_d = [](double x, double y) { return x + y; };
+    total = block_reduce(total, add_d, reduce_d);
+    kept = block_reduce(kept, add_d, reduce_d);  // its barriers also publish the histogram
+
+    // The boundary bin: the first whose mass reaches the target (256 steps, one thread). None
+    // (kSelectBins) when rounding leaves the whole histogram just short of it: every block kept.
+    auto find_boundary = [&](double kept_so_far) {
+        if (tid == 0) {
+            const double target = static_cast<double>(args.top_p) * total;
+            int boundary = kSelectBins;
+            for (int k = 0; k < kSelectBins; ++k) {
+                if (kept_so_far + hist[k] >= target) {
+                    boundary = k;
+                    break;
+                }
+                kept_so_far += hist[k];
+            }
+            s_boundary = boundary;
+            s_kept = kept_so_far;
+            s_target = target;
+        }
+        __syncthreads();
+    };
+    find_boundary(kept);
+    const double target = s_target;
+
+    // Refinement: while the boundary bin holds many blocks (flat masses over a long context),
+    // split its range into kSelectBins finer bins (each level 256 times narrower, the same
+    // monotone mapping) and find the boundary among those, so that the exact resolution below
+    // only orders a few blocks. Level L's key of block b: the bins of levels 0..L.
+    // fine_below(b, L) = ((scaled - k0) * 256 - k1) * 256 ... with scaled = below * 8: monotone
+    // in below, so the bins still follow the mass order.
+    constexpr int kLevels = 3;
+    constexpr int kQuadraticMax = 512;  // boundary blocks ordered pairwise at most
+    int bounds[kLevels];
+    bounds[0] = s_boundary;
+    double kept_before = s_kept;
+    int levels = 1;
+    // The bins of block b at levels 0..levels-1 (-1 for the always-kept blocks).
+    auto bins_of = [&](int b, int (&out_bins)[kLevels], int n_levels) {
+        if (always_kept(b)) {
+            for (int L = 0; L < n_levels; ++L) out_bins[L] = -1;
+            return;
+        }
+        float scaled = (heaviest - a[b]) * static_cast<float>(kSelectBinsPerOctave);
+        for (int L = 0; L < n_levels; ++L) {
+            const int k = scaled < static_cast<float>(kSelectBins - 1) ? static_cast<int>(scaled) : kSelectBins - 1;
+            out_bins[L] = k;
+            scaled = (scaled - static_cast<float>(k)) * static_cast<float>(kSelectBins);
+        }
+    };
+    // Whether b lies in the boundary bin of every level so far.
+    auto in_boundary = [&](int b, int n_levels) {
+        int bins[kLevels];
+        bins_of(b, bins, n_levels);
+        for (int L = 0; L < n_levels; ++L)
+            if (bins[L] != bounds[L]) return false;
+        return true;
+    };
+    int n_candidates = block_compact(
+        n_used, [&](int b) { return in_boundary(b, 1); }, [&](int b, int index) { candidates[index] = b; },
+        reduce_i);
+    while (n_candidates > kQuadraticMax && levels < kLevels && bounds[levels - 1] < kSelectBins - 1) {
+        clear_warp_hists();
+        for (int x = tid; x < n_candidates; x += kSelectThreads) {
+            const int b = candidates[x];
+            int bins[kLevels];
+            bins_of(b, bins, levels + 1);
+            atomicAdd(&warp_hist[warp_id][bins[levels]], exp2(static_cast<double>(a[b]) - heaviest));
+        }
+        merge_warp_hists();
+        find_boundary(kept_before);
+        bounds[levels] = s_boundary;
+        kept_before = s_kept;
+        ++levels;
+        if (bounds[levels - 1] == kSelectBins) break;  // rounding: every candidate kept
+        n_candidates = block_compact(
+            n_candidates, [&](int x) { return in_boundary(candidates[x], levels); },
+            [&](int x, int index) { ranks[index] = candidates[x]; }, reduce_i);
+        for (int x = tid; x < n_candidates; x += kSelectThreads) candidates[x] = ranks[x];
+        __syncthreads();
+    }
+    const int boundary_last = bounds[levels - 1];
+
+    // Exact resolution: each boundary block's rank in the selection order (heavier first, ties
+    // lower id first) and whether the sequential rule takes it.
+    int taken = 0;
+    if (boundary_last < kSelectBins) {
+        for (int x_index = tid; x_index < n_candidates; x_index += kSelectThreads) {
+            const int x = candidates[x_index];
+            const float ax = a[x];
+            double before_mass = 0.0;  // the masses of the blocks that come before x
+            int rank = 0;
+            for (int y_index = 0; y_index < n_candidates; ++y_index) {
+                const int y = candidates[y_index];
+                const float ay = a[y];
+                if (ay > ax || (ay == ax && y < x)) {
+                    before_mass += exp2(static_cast<double>(ay) - heaviest);
+                    ++rank;
+                }
+            }
+            ranks[x] = rank;
+            taken += kept_before + before_mass < target ? 1 : 0;
+        }
+    }
+    // Its barriers also publish `ranks` to the whole CTA.
+    const int n_taken = block_reduce(
+        taken, [](int x, int y) { return x + y; }, reduce_i);
+
+    // Kept, ascending: the always-kept blocks, every bin before the boundary at some level
+    // (with the earlier levels on their boundary), and the final boundary blocks of rank below
+    // n_taken (in exact arithmetic the taken blocks are the first n_taken of the order;
+    // counting them keeps the set a prefix of the order whatever the rounding). A level whose
+    // boundary is kSelectBins (rounding left its histogram short) keeps all of its bins.
+    const int count = block_compact(
+        n_used,
+        [&](int b) {
+            if (always_kept(b)) return true;
+            int bins[kLevels];
+            bins_of(b, bins, levels);
+            for (int L = 0; L < levels; ++L) {
+                if (bins[L] < bounds[L]) return true;
+                if (bins[L] > bounds[L]) return false;
+            }
+            return boundary_last == kSelectBins || ranks[b] < n_taken;
+        },
+        [&](int b, int index) { out[index] = b; }, reduce_i);
+    for (int k = count + tid; k < args.max_blocks; k += kSelectThreads) out[k] = -1;
+    if (tid == 0) args.counts[row] = count;
+}
+
+}  // namespace
+
+cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream) {
+    const int64_t rows = args.n * args.hr;
+    if (rows == 0) return cudaSuccess;
+    // Key indices and block ids are ints in the kernels.
+    if (args.block_size <= 0 || args.n_used_max <= 0 || rows > INT_MAX ||
+        rows * args.n_used_max > INT_MAX || args.c + args.block_size > INT_MAX)
+        return cudaErrorInvalidValue;
+    // One thread per key of a block, whole warps, at most kMassMaxThreads (then threads loop).
+    const int mass_threads = static_cast<int>(
+        std::min<int64_t>(kMassMaxThreads, (int64_t{args.block_size} + 31) / 32 * 32));
+    const unsigned mass_ctas = static_cast<unsigned>(rows * args.n_used_max);
+    // float4 loads need 16-byte aligned rows: r a multiple of 4 and aligned pointers.
+    const bool aligned = reinterpret_cast<uintptr_t>(args.index_keys) % 16 == 0;
+    if (args.r == 16 && aligned) {
+        block_mass_kernel<16><<<mass_ctas, mass_threads, 0, stream>>>(args);
+    } else if (args.r == 8 && aligned) {
+        block_mass_kernel<8><<<mass_ctas, mass_threads, 0, stream>>>(args);
+    } else {
+        block_mass_kernel<0><<<mass_ctas, mass_threads, 0, stream>>>(args);
+    }
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    select_row_kernel<<<static_cast<unsigned>(rows), kSelectThreads, 0, stream>>>(args);
+    return cudaGetLastError();
+}
+
+}  // namespace purbo::cuda

@@ -1,0 +1,169 @@
+// purbo calibrate as a user runs it: one clear line and exit 1 for bad flags, and a whole
+// calibration of a tiny checkpoint (with a byte-level tokenizer) that writes a loadable
+// adapter and a heat map.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/mapped-file.h"
+#include "model/hf-loader.h"
+#include "model/unicode.h"
+#include "sparse/adapter.h"
+#include "sparse/corpus.h"
+#include "test-util.h"
+
+namespace purbo {
+namespace {
+
+namespace fs = std::filesystem;
+
+using test::run_purbo;
+
+// A byte-level BPE tokenizer.json with one token per byte (ids 0..255) and no merges: small
+// enough for the tiny checkpoints' 320-row vocabulary.
+std::string byte_tokenizer_json() {
+    nlohmann::json vocab = nlohmann::json::object();
+    const auto& table = unicode::byte_to_unicode_utf8();
+    for (int b = 0; b < 256; ++b) vocab[table[static_cast<size_t>(b)]] = b;
+    nlohmann::json j = {{"version", "1.0"},
+                        {"added_tokens", nlohmann::json::array()},
+                        {"normalizer", nullptr},
+                        {"pre_tokenizer",
+                         {{"type", "ByteLevel"},
+                          {"add_prefix_space", false},
+                          {"trim_offsets", true},
+                          {"use_regex", true}}},
+                        {"post_processor", nullptr},
+                        {"decoder",
+                         {{"type", "ByteLevel"},
+                          {"add_prefix_space", true},
+                          {"trim_offsets", true},
+                          {"use_regex", true}}},
+                        {"model",
+                         {{"type", "BPE"},
+                          {"vocab", vocab},
+                          {"merges", nlohmann::json::array()},
+                          {"dropout", nullptr},
+                          {"unk_token", nullptr},
+                          {"byte_fallback", false},
+                          {"ignore_merges", false}}}};
+    return j.dump();
+}
+
+// A tiny Llama checkpoint with the byte tokenizer. Its config allows 2048 positions (RoPE
+// works at any position; the fixture says 256 only to keep its references small), since the
+// needle alone is ~150 byte tokens.
+fs::path make_model(const std::string& test_name) {
+    const fs::path dir = test::temp_dir(test_name);
+    const fs::path src = test::fixture_path("hf/llama-linear-oldspelling");
+    fs::copy_file(src / "model.safetensors", dir / "model.safetensors");
+    nlohmann::json cfg = test::load_json((src / "config.json").string());
+    cfg["max_position_embeddings"] = 2048;
+    std::ofstream(dir / "config.json") << cfg.dump();
+    std::ofstream(dir / "tokenizer.json") << byte_tokenizer_json();
+    return dir;
+}
+
+size_t count_lines(const std::string& s) {
+    return static_cast<size_t>(std::count(s.begin(), s.end(), '\n'));
+}
+
+TEST(CalibrateCli, BadFlagsGiveOneClearLine) {
+    const fs::path dir = make_model("calibrate_cli_bad_flags");
+    const std::string m = "calibrate -c 1024 -m " + dir.string();
+    const std::string out = " -o " + (dir / "out.safetensors").string();
+    struct Case {
+        std::string args, expect;
+    } cases[] = {
+        {m, "give the adapter to write with -o FILE"},
+        {m + out + " --ratio 1.5", "--ratio: 1.5 is not in [0, 1]"},
+        {m + out + " --ratio x", "--ratio: 'x' is not a number"},
+        {m + out + " --docs 0", "--docs: 0 (at least 1)"},
+        {m + out + " --depths 2x", "--depths: '2x' is not an integer"},
+        {m + out + " -c 100", "--ctx-size: 100 (at least 256)"},
+        {m + out + " --top-p 2", "'top_p': value 2 must be in (0, 1]"},
+        {m + out + " --window 0", "'window'"},
+        {m + out + " --rank 17", "--rank: 17 exceeds the model's head_dim 16"},
+        {m + out + " --docs 99", "99 needed"},
+        {m + out + " --device tpu", "unknown backend 'tpu'"},
+        {m + out + " --kv-groups=yes", "--kv-groups takes no value"},
+        {"calibrate -m " + (dir / "missing").string() + out, "missing"},
+    };
+    for (const Case& c : cases) {
+        const test::ProgramResult r = run_purbo(c.args);
+        EXPECT_EQ(r.status, 1) << c.args << "\n" << r.output;
+        EXPECT_NE(r.output.find(c.expect), std::string::npos) << c.args << "\n" << r.output;
+        EXPECT_EQ(count_lines(r.output), 1u) << c.args << "\n" << r.output;
+        EXPECT_EQ(r.output.rfind("purbo calibrate: ", 0), 0u) << r.output;
+    }
+    EXPECT_FALSE(fs::exists(dir / "out.safetensors"));
+}
+
+TEST(CalibrateCli, TinyCheckpointWritesAdapterAndHeatMap) {
+    CorpusOptions co;
+    co.calibration_only = true;
+    co.min_documents = 2;
+    if (auto texts = corpus_documents(co); !texts.is_ok())
+        GTEST_SKIP() << "no licence texts on this machine: " << texts.status().message();
+    const fs::path dir = make_model("calibrate_cli_tiny");
+    const std::string adapter_path = (dir / "a.safetensors").string();
+    const std::string svg_path = (dir / "a.svg").string();
+    const test::ProgramResult r =
+        run_purbo("calibrate -m " + dir.string() +
+                  " -c 1024 --docs 2 --depths 2 --kv-groups --window 256 -o " + adapter_path +
+                  " --svg " + svg_path);
+    ASSERT_EQ(r.status, 0) << r.output;
+    for (const char* expect : {"[ 1/4] GPL-3", "[ 4/4] MPL-1.1", "top heads",
+                               "retrieval heads:", "local KV heads:", "histogram:", "adapter:"})
+        EXPECT_NE(r.output.find(expect), std::string::npos) << expect << "\n" << r.output;
+
+    auto a = adapter_load(adapter_path);
+    ASSERT_TRUE(a.is_ok()) << a.status().message();
+    EXPECT_EQ(a->n_layer, 3);
+    EXPECT_EQ(a->n_head, 4);
+    EXPECT_EQ(a->n_head_kv, 2);
+    EXPECT_EQ(a->settings.window, 256);
+    EXPECT_EQ(a->settings.n_sink, SparseSettings{}.n_sink);
+    EXPECT_FALSE(a->has_indexer());
+    ASSERT_EQ(a->scores.size(), 12u);
+    for (float s : a->scores) {
+        EXPECT_GE(s, 0.0f);
+        EXPECT_LE(s, 1.0f);
+    }
+    // Budget round(0.15 * 12) = 2 query heads = one whole KV group of 2.
+    ASSERT_EQ(a->retrieval.size(), 2u);
+    EXPECT_EQ(a->retrieval[0].layer, a->retrieval[1].layer);
+    EXPECT_EQ(a->retrieval[0].head / 2, a->retrieval[1].head / 2);
+    EXPECT_NE(a->calibration_info.find("2 documents (GPL-3, MPL-1.1) x 2 depths, 1024 tokens"),
+              std::string::npos)
+        << a->calibration_info;
+    EXPECT_NE(a->calibration_info.find("whole KV groups"), std::string::npos)
+        << a->calibration_info;
+    auto hf = hf_model_load(dir.string());
+    ASSERT_TRUE(hf.is_ok());
+    EXPECT_TRUE(a->check_model(hf->config, model_fingerprint(hf->config, hf->weights), adapter_path)
+                    .is_ok());
+
+    auto svg = read_text_file(svg_path);
+    ASSERT_TRUE(svg.is_ok());
+    size_t cells = 0;
+    for (size_t i = svg->find("class=\"cell\""); i != std::string::npos;
+         i = svg->find("class=\"cell\"", i + 1))
+        ++cells;
+    EXPECT_EQ(cells, 12u);
+
+    // The same machine files and model give the same scores.
+    const std::string again_path = (dir / "b.safetensors").string();
+    const test::ProgramResult r2 =
+        run_purbo("calibrate -m " + dir.string() +
+                  " -c 1024 --docs 2 --depths 2 --kv-groups --window 256 -o " + again_path);
+    ASSERT_EQ(r2.status, 0) << r2.output;
+    auto b = adapter_load(again_path);
+    ASSERT_TRUE(b.is_ok());
+    EXPECT_EQ(a->scores, b->scores);
+}
+
+}  // namespace
+}  // namespace purbo
