@@ -29,6 +29,7 @@ class MetadataReader {
     MetadataReader(const std::map<std::string, std::string>& m, std::string source)
         : m_(m), source_(std::move(source)) {}
 
+    bool has(const std::string& key) const { return m_.count(key) != 0; }
     Result<std::string> text(const std::string& key) const {
         const auto it = m_.find(key);
         if (it == m_.end())
@@ -49,6 +50,28 @@ class MetadataReader {
     const std::map<std::string, std::string>& m_;
     std::string source_;
 };
+
+// IndexerMetrics as "<prefix>.<field>" entries.
+void put_metrics(std::map<std::string, std::string>& meta, const std::string& prefix,
+                 const IndexerMetrics& m) {
+    meta[prefix + ".kl_sum"] = exact(m.kl_sum);
+    meta[prefix + ".n_kl"] = std::to_string(m.n_kl);
+    meta[prefix + ".mass_recall_sum"] = exact(m.mass_recall_sum);
+    meta[prefix + ".set_recall_sum"] = exact(m.set_recall_sum);
+    meta[prefix + ".teacher_mass_sum"] = exact(m.teacher_mass_sum);
+    meta[prefix + ".set_size_ratio_sum"] = exact(m.set_size_ratio_sum);
+    meta[prefix + ".n_recall"] = std::to_string(m.n_recall);
+}
+
+Status get_metrics(const MetadataReader& meta, const std::string& prefix, IndexerMetrics& m) {
+    PURBO_TRY(meta.number(prefix + ".kl_sum", m.kl_sum));
+    PURBO_TRY(meta.number(prefix + ".n_kl", m.n_kl));
+    PURBO_TRY(meta.number(prefix + ".mass_recall_sum", m.mass_recall_sum));
+    PURBO_TRY(meta.number(prefix + ".set_recall_sum", m.set_recall_sum));
+    PURBO_TRY(meta.number(prefix + ".teacher_mass_sum", m.teacher_mass_sum));
+    PURBO_TRY(meta.number(prefix + ".set_size_ratio_sum", m.set_size_ratio_sum));
+    return meta.number(prefix + ".n_recall", m.n_recall);
+}
 
 Result<std::vector<HeadId>> parse_heads(const std::string& s, const std::string& source) {
     std::vector<HeadId> heads;
@@ -102,22 +125,16 @@ Status stage1_checkpoint_save(const std::string& path, const Stage1Checkpoint& c
     std::string heads;
     for (const HeadId& h : c.retrieval)
         heads += fmt::format("{}{}:{}", heads.empty() ? "" : ",", h.layer, h.head);
-    const IndexerMetrics& i = c.initial;
-    const std::map<std::string, std::string> meta = {
+    std::map<std::string, std::string> meta = {
         {"format", kFormat},
         {"step", std::to_string(c.step)},
         {"retrieval", heads},
         {"total_steps", std::to_string(c.total_steps)},
         {"warmup_steps", std::to_string(c.warmup_steps)},
         {"lr", exact(c.lr)},
-        {"initial.kl_sum", exact(i.kl_sum)},
-        {"initial.n_kl", std::to_string(i.n_kl)},
-        {"initial.mass_recall_sum", exact(i.mass_recall_sum)},
-        {"initial.set_recall_sum", exact(i.set_recall_sum)},
-        {"initial.teacher_mass_sum", exact(i.teacher_mass_sum)},
-        {"initial.set_size_ratio_sum", exact(i.set_size_ratio_sum)},
-        {"initial.n_recall", std::to_string(i.n_recall)},
     };
+    put_metrics(meta, "initial", c.initial);
+    if (c.has_eval_initial) put_metrics(meta, "eval_initial", c.eval_initial);
     return safetensors_write(path, tensors, meta);
 }
 
@@ -133,13 +150,9 @@ Result<Stage1Checkpoint> stage1_checkpoint_load(const std::string& path) {
     PURBO_TRY(meta.number("total_steps", c.total_steps));
     PURBO_TRY(meta.number("warmup_steps", c.warmup_steps));
     PURBO_TRY(meta.number("lr", c.lr));
-    PURBO_TRY(meta.number("initial.kl_sum", c.initial.kl_sum));
-    PURBO_TRY(meta.number("initial.n_kl", c.initial.n_kl));
-    PURBO_TRY(meta.number("initial.mass_recall_sum", c.initial.mass_recall_sum));
-    PURBO_TRY(meta.number("initial.set_recall_sum", c.initial.set_recall_sum));
-    PURBO_TRY(meta.number("initial.teacher_mass_sum", c.initial.teacher_mass_sum));
-    PURBO_TRY(meta.number("initial.set_size_ratio_sum", c.initial.set_size_ratio_sum));
-    PURBO_TRY(meta.number("initial.n_recall", c.initial.n_recall));
+    PURBO_TRY(get_metrics(meta, "initial", c.initial));
+    c.has_eval_initial = meta.has("eval_initial.n_kl");
+    if (c.has_eval_initial) PURBO_TRY(get_metrics(meta, "eval_initial", c.eval_initial));
     PURBO_ASSIGN_OR_RETURN(const std::string heads, meta.text("retrieval"));
     PURBO_ASSIGN_OR_RETURN(c.retrieval, parse_heads(heads, path));
 

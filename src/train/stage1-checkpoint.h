@@ -2,7 +2,7 @@
 // (indexer weights, AdamW moments, the step), as one safetensors file written atomically.
 //   tensors: wq, wk, adamw.m.wq, adamw.v.wq, adamw.m.wk, adamw.v.wk  all (n_retrieval, r, d) f32
 //   metadata: format, step, retrieval ("layer:head,..."), the schedule it was trained with and
-//             the metrics of the untrained indexer (for the final summary)
+//             the metrics of the untrained indexer (initial.*, eval_initial.*: for the summary)
 #pragma once
 
 #include <cstdint>
@@ -29,6 +29,9 @@ struct Stage1Checkpoint {
     int warmup_steps = 0;
     float lr = 0.0f;
     IndexerMetrics initial;  // the untrained indexer on the first sequence
+    // The untrained indexer on the held-out sequence (Stage1Options::eval_tokens), if any.
+    bool has_eval_initial = false;
+    IndexerMetrics eval_initial;
 };
 
 Status stage1_checkpoint_save(const std::string& path, const Stage1Checkpoint& checkpoint);

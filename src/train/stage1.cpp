@@ -274,6 +274,7 @@ Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter,
     summary.steps = o.steps;
     AdamWMoments wq_moments, wk_moments;
     int first_step = 0;
+    bool eval_initial_known = true;  // false when resumed from a checkpoint without it
     const bool resuming =
         o.resume && !o.checkpoint.empty() && std::filesystem::exists(o.checkpoint);
     if (resuming) {
@@ -295,6 +296,12 @@ Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter,
         wq_moments = std::move(c.wq_moments);
         wk_moments = std::move(c.wk_moments);
         summary.initial = c.initial;
+        summary.eval_initial = c.eval_initial;
+        eval_initial_known = c.has_eval_initial;
+        if (!o.eval_tokens.empty() && !c.has_eval_initial)
+            PURBO_LOG_WARN(
+                "stage 1: checkpoint {} has no held-out measure of the untrained indexer",
+                o.checkpoint);
         PURBO_LOG_INFO("stage 1: resuming from {} at step {}", o.checkpoint, first_step);
     } else if (o.resume) {
         PURBO_LOG_INFO("stage 1: no checkpoint at '{}', starting from step 0", o.checkpoint);
@@ -314,6 +321,28 @@ Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter,
         adapter.wq = owned_copy(adapter.wq, "wq");
         adapter.wk = owned_copy(adapter.wk, "wk");
     }
+    // The held-out sequence, measured now (unless resumed: the checkpoint has that measure) and
+    // after training.
+    std::vector<int32_t> eval_tokens = o.eval_tokens;
+    if (o.seq_len > 0 && eval_tokens.size() > static_cast<size_t>(o.seq_len))
+        eval_tokens.resize(static_cast<size_t>(o.seq_len));
+    const auto evaluate_held_out = [&]() -> Result<IndexerMetrics> {
+        PURBO_ASSIGN_OR_RETURN(const AttentionRecord record,
+                               stage1_record(session, adapter, eval_tokens));
+        Result<Stage1StepStats> stats = stage1_evaluate(record, adapter, o);
+        if (!stats.is_ok()) return stats.status().with_context("stage 1: held-out evaluation");
+        return stats->metrics;
+    };
+    summary.has_eval = !eval_tokens.empty();
+    if (summary.has_eval && eval_tokens.size() > static_cast<size_t>(session.n_ctx()))
+        return error(StatusCode::kInvalidArgument,
+                     "stage 1: the held-out sequence has {} tokens, more than the session's "
+                     "context of {}",
+                     eval_tokens.size(), session.n_ctx());
+    if (summary.has_eval && !resuming) {
+        PURBO_ASSIGN_OR_RETURN(summary.eval_initial, evaluate_held_out());
+    }
+
     wq_moments.m.resize(static_cast<size_t>(adapter.wq.numel()));  // no-op when resumed
     wq_moments.v.resize(static_cast<size_t>(adapter.wq.numel()));
     wk_moments.m.resize(static_cast<size_t>(adapter.wk.numel()));
@@ -346,6 +375,8 @@ Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter,
         c.warmup_steps = o.warmup;
         c.lr = o.lr;
         c.initial = summary.initial;
+        c.has_eval_initial = summary.has_eval && eval_initial_known;
+        c.eval_initial = summary.eval_initial;
         return stage1_checkpoint_save(o.checkpoint, c);
     };
 
@@ -402,13 +433,21 @@ Result<Stage1Summary> stage1_train(Session& session, Adapter& adapter,
             return final_stats.status().with_context("stage 1: final evaluation");
         summary.final = final_stats->metrics;
     }
+    if (summary.has_eval) {
+        PURBO_ASSIGN_OR_RETURN(summary.eval_final, evaluate_held_out());
+    }
     summary.seconds = (time_now_ms() - start_ms) * 1e-3;
-    const IndexerMetrics& shown = o.final_eval ? summary.final : summary.last.metrics;
+    // The provenance the adapter keeps: the held-out measure when there is one.
+    const bool held_out = summary.has_eval && eval_initial_known;
+    const IndexerMetrics& before = held_out ? summary.eval_initial : summary.initial;
+    const IndexerMetrics& after =
+        held_out ? summary.eval_final : (o.final_eval ? summary.final : summary.last.metrics);
     adapter.training_info = fmt::format(
         "stage 1: {} steps x {} tokens, lr {} (warmup {}, cosine), weight decay {}, clip {}; "
-        "KL {:.4f} -> {:.4f}, top-{} recall {:.3f} -> {:.3f}",
-        o.steps, first_tokens.size(), o.lr, o.warmup, o.weight_decay, o.clip, summary.initial.kl(),
-        shown.kl(), adapter.settings.top_p, summary.initial.mass_recall(), shown.mass_recall());
+        "{}: KL {:.4f} -> {:.4f}, top-{} recall {:.3f} -> {:.3f}",
+        o.steps, first_tokens.size(), o.lr, o.warmup, o.weight_decay, o.clip,
+        held_out ? "held-out" : "first sequence", before.kl(), after.kl(), adapter.settings.top_p,
+        before.mass_recall(), after.mass_recall());
     return summary;
 }
 

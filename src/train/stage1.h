@@ -39,12 +39,12 @@ struct Stage1Options {
     int seq_len = 8192;
     int query_chunk = 256;  // IndexerLossOptions::query_chunk
     int min_position = 1;   // IndexerLossOptions::min_position
-    int metric_stride =
-        16;  // recall on every 16th query: the sort per query costs more than the loss
+    // Recall on every metric_stride-th query: the sort per query costs more than the loss.
+    int metric_stride = 16;
     IndexerInit init = IndexerInit::kSvd;  // when the adapter has no indexer yet
     uint64_t seed = 0;                     // of IndexerInit::kRandom
-    std::string
-        log_csv;  // a row per step: step,lr,loss,grad_norm,recall,set_recall,teacher_mass,seconds
+    // A row per step: step,lr,loss,grad_norm,recall,set_recall,teacher_mass,seconds.
+    std::string log_csv;
     std::string checkpoint;      // stage1-checkpoint file; empty = none
     int checkpoint_every = 100;  // and after the last step
     bool resume = false;         // continue from `checkpoint` when it exists
@@ -61,6 +61,9 @@ struct Stage1Options {
     // retrieval heads: N x layers x (2 n_head + 2 n_head_kv) x d x 4 bytes (SmolLM2, 8K
     // tokens, 20 layers: 1 GiB).
     int record_cache = 0;
+    // A held-out sequence (cut to seq_len): the indexer is measured on it before and after
+    // training (two more dense runs). Empty = none.
+    std::vector<int32_t> eval_tokens;
 };
 
 // The measures of one step (or of an evaluation), over all retrieval heads.
@@ -74,11 +77,14 @@ struct Stage1StepStats {
 };
 
 struct Stage1Summary {
-    int first_step = 0;      // > 0 when resumed
-    int steps = 0;           // total steps of the schedule
-    IndexerMetrics initial;  // untrained indexer on step 0's sequence
-    IndexerMetrics final;    // trained indexer on step 0's sequence (empty without final_eval)
-    Stage1StepStats last;    // the last step run
+    int first_step = 0;           // > 0 when resumed
+    int steps = 0;                // total steps of the schedule
+    IndexerMetrics initial;       // untrained indexer on step 0's sequence
+    IndexerMetrics final;         // trained indexer on step 0's sequence (empty without final_eval)
+    bool has_eval = false;        // eval_tokens were given
+    IndexerMetrics eval_initial;  // untrained indexer on eval_tokens
+    IndexerMetrics eval_final;    // trained indexer on eval_tokens
+    Stage1StepStats last;         // the last step run
     double seconds = 0;
 };
 

@@ -149,6 +149,7 @@ TEST(Stage1, ResumeRepeatsAStraightRunBitForBit) {
     o.progress = false;
     o.final_eval = false;
     o.metric_stride = 2;
+    o.eval_tokens = data(999).value();  // held out: measured before and after
 
     Adapter straight = fixture_adapter(f->model.config, 4);
     o.checkpoint = dir + "/straight.ckpt";
@@ -187,6 +188,11 @@ TEST(Stage1, ResumeRepeatsAStraightRunBitForBit) {
     EXPECT_EQ(a->wk_moments.v, b->wk_moments.v);
     EXPECT_EQ(a->retrieval, b->retrieval);
     EXPECT_EQ(a->initial.kl_sum, b->initial.kl_sum);  // carried through the checkpoint exactly
+    ASSERT_TRUE(a->has_eval_initial && b->has_eval_initial);
+    EXPECT_EQ(a->eval_initial.kl_sum, b->eval_initial.kl_sum);
+    EXPECT_EQ(second_half->eval_initial.kl_sum, first_half->eval_initial.kl_sum);
+    EXPECT_TRUE(second_half->has_eval);
+    EXPECT_LT(second_half->eval_final.kl(), second_half->eval_initial.kl());
     // The logs agree on every column but the timing.
     const auto straight_rows = read_lines(dir + "/straight.csv"),
                split_rows = read_lines(dir + "/split.csv");

@@ -7,6 +7,7 @@
 #include "common.h"
 #include "core/mapped-file.h"
 #include "core/timer.h"
+#include "sparse/corpus.h"
 #include "train/stage1.h"
 
 namespace purbo::cli {
@@ -17,6 +18,8 @@ struct TrainFlags {
     std::string adapter_in;
     std::string out;
     std::string data;
+    std::string eval_data;
+    bool no_eval = false;
     int steps = 600;
     float lr = 1e-3f;
     int warmup = 100;
@@ -38,25 +41,77 @@ struct TrainFlags {
     bool no_progress = false;
 };
 
-// The text cut into consecutive sequences of seq_len tokens, each led by the model's BOS
+// Training sequences and an optional held-out one, each seq_len tokens led by the model's BOS
 // token when it uses one (as in normal use, where that token is the attention sink).
-std::vector<std::vector<int32_t>> text_sequences(const Tokenizer& tok, const std::string& text,
-                                                 int seq_len) {
-    const std::vector<int32_t> ids = tok.encode(text, false, false);
-    const bool bos = tok.add_bos() && tok.bos_id() >= 0;
-    const size_t body = static_cast<size_t>(seq_len - (bos ? 1 : 0));
-    std::vector<std::vector<int32_t>> seqs;
-    for (size_t begin = 0; begin < ids.size(); begin += body) {
-        const size_t end = std::min(ids.size(), begin + body);
-        // A short tail is kept only when it is the whole text.
-        if (end - begin < body && !seqs.empty()) break;
-        std::vector<int32_t> s;
-        if (bos) s.push_back(tok.bos_id());
-        s.insert(s.end(), ids.begin() + static_cast<int64_t>(begin),
-                 ids.begin() + static_cast<int64_t>(end));
-        seqs.push_back(std::move(s));
+struct TrainingData {
+    std::vector<std::vector<int32_t>> train;
+    std::vector<int32_t> held_out;  // empty = none
+    std::string source;             // for the log line
+};
+
+// Up to `max_count` consecutive sequences of the documents' stream (fewer when it is shorter).
+Result<std::vector<std::vector<int32_t>>> cut_sequences(const std::vector<TokenizedDocument>& docs,
+                                                        const Tokenizer& tok, int seq_len,
+                                                        int max_count) {
+    const std::vector<int32_t> separator = corpus_separator(tok);
+    const int32_t bos = tok.add_bos() ? tok.bos_id() : -1;
+    size_t stream = 0;
+    for (const TokenizedDocument& d : docs) stream += d.tokens.size();
+    if (!docs.empty()) stream += separator.size() * (docs.size() - 1);
+    const size_t body = static_cast<size_t>(seq_len - (bos >= 0 ? 1 : 0));
+    // At least 1, so a stream too short for one sequence gets corpus_sequences' error.
+    const int count = static_cast<int>(
+        std::clamp<size_t>(stream / body, 1, static_cast<size_t>(std::max(max_count, 1))));
+    PURBO_ASSIGN_OR_RETURN(std::vector<TokenSequence> seqs,
+                           corpus_sequences(docs, separator, seq_len, count, bos));
+    std::vector<std::vector<int32_t>> out;
+    for (TokenSequence& s : seqs) out.push_back(std::move(s.tokens));
+    return out;
+}
+
+Result<std::vector<TokenizedDocument>> file_document(const std::string& path,
+                                                     const Tokenizer& tok) {
+    PURBO_ASSIGN_OR_RETURN(const std::string text, read_text_file(path));
+    return std::vector<TokenizedDocument>{{path, tok.encode(text, false, false)}};
+}
+
+// --data FILE (and --eval-data FILE), or else the machine's text corpus: its training split for
+// training, the first sequence of its held-out split for the before/after measure.
+Result<TrainingData> training_data(const TrainFlags& f, const Tokenizer& tok, int seq_len) {
+    TrainingData d;
+    if (!f.data.empty()) {
+        PURBO_ASSIGN_OR_RETURN(const auto docs, file_document(f.data, tok));
+        Result<std::vector<std::vector<int32_t>>> seqs = cut_sequences(docs, tok, seq_len, f.steps);
+        if (!seqs.is_ok()) return seqs.status().with_context("--data " + f.data);
+        d.train = std::move(*seqs);
+        d.source = f.data;
+    } else {
+        CorpusOptions co;
+        co.split = CorpusSplit::kTrain;
+        PURBO_ASSIGN_OR_RETURN(const std::vector<TextDocument> texts, corpus_documents(co));
+        Result<std::vector<std::vector<int32_t>>> seqs =
+            cut_sequences(corpus_tokenize(tok, texts), tok, seq_len, f.steps);
+        if (!seqs.is_ok()) return seqs.status().with_context("text corpus (training split)");
+        d.train = std::move(*seqs);
+        d.source = fmt::format("the text corpus ({} documents)", texts.size());
+        if (!f.no_eval && f.eval_data.empty()) {
+            Result<std::vector<TokenSequence>> held =
+                corpus_token_sequences(tok, CorpusSplit::kHeldOut, seq_len, 1);
+            if (held.is_ok()) {
+                d.held_out = std::move((*held)[0].tokens);
+            } else {
+                std::fprintf(stderr, "purbo train-indexer: no held-out measure: %s\n",
+                             held.status().message().c_str());
+            }
+        }
     }
-    return seqs;
+    if (!f.eval_data.empty() && !f.no_eval) {
+        PURBO_ASSIGN_OR_RETURN(const auto docs, file_document(f.eval_data, tok));
+        Result<std::vector<std::vector<int32_t>>> seqs = cut_sequences(docs, tok, seq_len, 1);
+        if (!seqs.is_ok()) return seqs.status().with_context("--eval-data " + f.eval_data);
+        d.held_out = std::move((*seqs)[0]);
+    }
+    return d;
 }
 
 Status check_flags(const TrainFlags& f) {
@@ -64,8 +119,6 @@ Status check_flags(const TrainFlags& f) {
         return error(StatusCode::kInvalidArgument, "--adapter: the adapter to train is required");
     if (f.out.empty())
         return error(StatusCode::kInvalidArgument, "-o: the output adapter path is required");
-    if (f.data.empty())
-        return error(StatusCode::kInvalidArgument, "--data: a text file to train on is required");
     if (f.steps < 1)
         return error(StatusCode::kInvalidArgument, "--steps: {} is not positive", f.steps);
     if (!(f.lr > 0)) return error(StatusCode::kInvalidArgument, "--lr: {} is not positive", f.lr);
@@ -90,19 +143,22 @@ Status check_flags(const TrainFlags& f) {
     return Status::ok();
 }
 
+void print_measure(const char* what, const IndexerMetrics& before, const IndexerMetrics& after) {
+    std::fprintf(stderr,
+                 "purbo: %16s = KL %.4f -> %.4f nats, recall %.3f -> %.3f (set recall %.3f -> "
+                 "%.3f, set size %.2f -> %.2f)\n",
+                 what, before.kl(), after.kl(), before.mass_recall(), after.mass_recall(),
+                 before.set_recall(), after.set_recall(), before.set_size_ratio(),
+                 after.set_size_ratio());
+}
+
+// Untrained -> trained. Recall: the share of the dense attention's top-p mass that the
+// indexer's top-p set covers; set size: the indexer's top-p set over the dense one's.
 void print_summary(const Stage1Summary& s, bool final_eval) {
-    const IndexerMetrics& end = final_eval ? s.final : s.last.metrics;
     std::fprintf(stderr, "purbo: %16s = %d steps (from step %d) in %.1f s\n", "stage 1", s.steps,
                  s.first_step, s.seconds);
-    std::fprintf(stderr, "purbo: %16s = %.4f -> %.4f nats (first sequence, untrained -> trained)\n",
-                 "KL", s.initial.kl(), end.kl());
-    std::fprintf(
-        stderr,
-        "purbo: %16s = %.3f -> %.3f (teacher top-p mass covered; set recall %.3f -> %.3f)\n",
-        "recall", s.initial.mass_recall(), end.mass_recall(), s.initial.set_recall(),
-        end.set_recall());
-    std::fprintf(stderr, "purbo: %16s = %.2f -> %.2f (student / teacher top-p set size)\n",
-                 "set size", s.initial.set_size_ratio(), end.set_size_ratio());
+    print_measure("first sequence", s.initial, final_eval ? s.final : s.last.metrics);
+    if (s.has_eval) print_measure("held-out", s.eval_initial, s.eval_final);
 }
 
 }  // namespace
@@ -110,19 +166,27 @@ void print_summary(const Stage1Summary& s, bool final_eval) {
 int cmd_train_indexer(int argc, char** argv) {
     TrainFlags f;
     OptionSet set;
-    set.usage = "purbo train-indexer --adapter IN -o OUT --data FILE [options]";
+    set.usage = "purbo train-indexer --adapter IN -o OUT [--data FILE] [options]";
     set.description =
         "Stage 1: trains the token indexer of every retrieval head of an adapter to match the "
-        "model's own dense "
-        "attention (KL), backbone frozen, and writes the adapter with the trained indexer. "
-        "Sequences of -c tokens "
-        "are cut from the text of --data.";
+        "model's own dense attention (KL), backbone frozen, and writes the adapter with the "
+        "trained indexer. Sequences of -c tokens are cut from the text of --data, or else from "
+        "the machine's text corpus (licence texts), whose held-out split measures the indexer "
+        "before and after training.";
     add_model_flags(set, f.model);
     set.options.push_back(
         {"--adapter", "", "FILE", "adapter to train (from purbo calibrate)", &f.adapter_in});
     set.options.push_back({"--output", "-o", "FILE", "where to write the trained adapter", &f.out});
+    set.options.push_back({"--data", "", "FILE",
+                           "training text (UTF-8), tokenised and cut into sequences (default: "
+                           "the text corpus)",
+                           &f.data});
+    set.options.push_back({"--eval-data", "", "FILE",
+                           "held-out text measured before and after training (default with the "
+                           "corpus: its held-out split)",
+                           &f.eval_data});
     set.options.push_back(
-        {"--data", "", "FILE", "training text (UTF-8), tokenised and cut into sequences", &f.data});
+        {"--no-eval", "", "", "no held-out measure (saves two dense runs)", &f.no_eval});
     set.options.push_back(
         {"--steps", "", "N", "training steps, one sequence each (default 600)", &f.steps});
     set.options.push_back({"--lr", "", "LR", "peak learning rate (default 1e-3)", &f.lr});
@@ -190,19 +254,15 @@ int cmd_train_indexer(int argc, char** argv) {
             return report_error("train-indexer", st);
     }
 
-    Result<std::string> text = read_text_file(f.data);
-    if (!text.is_ok()) return report_error("train-indexer", text.status());
     const int seq_len = std::min(f.model.ctx, std::max(model->config.n_ctx_train, 16));
-    const std::vector<std::vector<int32_t>> seqs =
-        text_sequences(*model->tokenizer, *text, seq_len);
-    if (seqs.empty() || seqs[0].size() < static_cast<size_t>(f.min_position + 2))
-        return report_error("train-indexer", error(StatusCode::kInvalidArgument,
-                                                   "--data {}: too little text", f.data));
-    std::fprintf(
-        stderr,
-        "purbo: %16s = %zu sequence%s of %zu tokens from %s; %zu retrieval heads, rank %d\n",
-        "train-indexer", seqs.size(), seqs.size() == 1 ? "" : "s", seqs[0].size(), f.data.c_str(),
-        adapter->retrieval.size(), adapter->settings.rank);
+    Result<TrainingData> data = training_data(f, *model->tokenizer, seq_len);
+    if (!data.is_ok()) return report_error("train-indexer", data.status());
+    std::fprintf(stderr,
+                 "purbo: %16s = %zu sequence%s of %d tokens from %s%s; %zu retrieval heads, rank "
+                 "%d\n",
+                 "train-indexer", data->train.size(), data->train.size() == 1 ? "" : "s", seq_len,
+                 data->source.c_str(), data->held_out.empty() ? "" : ", one held out",
+                 adapter->retrieval.size(), adapter->settings.rank);
 
     // The teacher is the dense model: no adapter policy on this session.
     SessionOptions so = session_options(f.model);
@@ -230,10 +290,12 @@ int cmd_train_indexer(int argc, char** argv) {
     o.resume = f.resume;
     o.stop_after = f.stop_after;
     o.progress = !f.no_progress;
-    const TokenProvider data = [&seqs](int step) -> Result<std::vector<int32_t>> {
+    o.eval_tokens = data->held_out;
+    const std::vector<std::vector<int32_t>>& seqs = data->train;
+    const TokenProvider provider = [&seqs](int step) -> Result<std::vector<int32_t>> {
         return seqs[static_cast<size_t>(step) % seqs.size()];
     };
-    Result<Stage1Summary> summary = stage1_train(**session, *adapter, data, o);
+    Result<Stage1Summary> summary = stage1_train(**session, *adapter, provider, o);
     if (!summary.is_ok()) return report_error("train-indexer", summary.status());
     if (Status st = adapter_save(f.out, *adapter); !st.is_ok())
         return report_error("train-indexer", st);
