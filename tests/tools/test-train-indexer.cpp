@@ -149,8 +149,8 @@ TEST(TrainIndexer, TrainsOnTheTextCorpusAndMeasuresHeldOut) {
     EXPECT_NE(trained->training_info.find("held-out: KL"), std::string::npos);
 
     // A held-out file instead; or none.
-    const test::ProgramResult e = test::run_purbo(base + " --data " + s.data.string() +
-                                                  " --eval-data " + s.data.string());
+    const test::ProgramResult e =
+        test::run_purbo(base + " --data " + s.data.string() + " --eval-data " + s.data.string());
     ASSERT_EQ(e.status, 0) << e.output;
     EXPECT_NE(e.output.find("held-out = KL"), std::string::npos) << e.output;
     const test::ProgramResult n = test::run_purbo(base + " --no-eval");
@@ -161,21 +161,23 @@ TEST(TrainIndexer, TrainsOnTheTextCorpusAndMeasuresHeldOut) {
 TEST(TrainIndexer, BadFlagsNameTheFlag) {
     const TrainSetup s = make_setup("cli_train_indexer_flags");
     const std::string base = "train-indexer -m " + s.model.string();
+    // Written only if a case wrongly succeeds: inside the test's folder.
+    const std::string out = " -o " + (s.dir / "out.safetensors").string();
     struct Case {
         std::string args, expect;
     } cases[] = {
-        {base + " -o x --data " + s.data.string(), "--adapter"},
+        {base + out + " --data " + s.data.string(), "--adapter"},
         {base + " --adapter " + s.adapter.string() + " --data " + s.data.string(), "-o"},
-        {base + " --adapter " + s.adapter.string() + " -o x --data " + s.data.string() +
+        {base + " --adapter " + s.adapter.string() + out + " --data " + s.data.string() +
              " --init pca",
          "--init: 'pca'"},
-        {base + " --adapter " + s.adapter.string() + " -o x --data " + s.data.string() +
+        {base + " --adapter " + s.adapter.string() + out + " --data " + s.data.string() +
              " --resume",
          "--resume"},
-        {base + " --adapter " + s.adapter.string() + " -o x --data " + s.data.string() +
+        {base + " --adapter " + s.adapter.string() + out + " --data " + s.data.string() +
              " --rank 99",
          "rank"},
-        {base + " --adapter " + s.adapter.string() + " -o x --data " +
+        {base + " --adapter " + s.adapter.string() + out + " --data " +
              (s.dir / "none.txt").string(),
          "none.txt"},
     };
