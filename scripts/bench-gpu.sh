@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # One attention layer on a GPU machine: `purbo bench --attention` (CUDA backend) against PyTorch
 # (FlashAttention-2 and cuDNN through SDPA; FlexAttention for the sliding-window + sinks cases)
-# on the same shapes, sizes and time budget, then one combined table. Builds purbo with CUDA
-# first when the build folder has no purbo binary. The whole run aims to end within
+# on the same shapes, sizes and time budget, then one combined table. With --sparse, the sparse
+# layer instead (`purbo bench --attention --retrieval R`: retrieval heads dense or over selected
+# blocks, local heads window + sinks) against its PyTorch peers (bench_torch_sparse_attention.py:
+# composed SDPA + FlexAttention prefill, gather and FlexAttention decode, dense baselines). Builds
+# purbo with CUDA first when the build folder has no purbo binary. The whole run aims to end within
 # --total-seconds (default 480), build included: each phase gets a share of the time left and
 # skips the cases it predicts would pass it.
 #
-# usage: scripts/bench-gpu.sh [--quick] [--shape qwen3-30b-a3b|llama3-8b] [--window W] [--sinks S]
+# usage: scripts/bench-gpu.sh [--quick] [--sparse] [--shape qwen3-30b-a3b|llama3-8b] [--window W]
+#                             [--sinks S] [--retrieval R] [--block B] [--fractions LIST]
 #                             [--max-seconds S] [--total-seconds S] [--build-dir DIR] [--out DIR]
-#   --quick          prefill 8K,32K and decode 32K,128K only
+#   --quick          prefill 8K,32K and decode 32K,128K only (--sparse: prefill 32K,128K)
 #   --window W       also the sliding-window + sinks cases (default 4096; 0: none), --sinks S (default 4)
+#   --sparse         the sparse layer: window default 8192, prefill and decode 32K,128K,512K,1M
+#   --retrieval R    --sparse: share of retrieval heads (default 0.15); --block B (default 64);
+#                    --fractions LIST: decode block shares kept (default 1,0.2,0.1,0.05,0.02)
 #   --max-seconds S  skip a case predicted to take longer (default 30)
 #   --out DIR        the JSON and logs (default <build-dir>/attention-bench)
 set -euo pipefail
@@ -19,28 +26,50 @@ cd "$root"
 start=$(date +%s)
 
 shape="qwen3-30b-a3b"
-prefill="8K,32K,128K,512K,1M"
-decode="32K,128K,512K,1M"
-window=4096
+quick=0
+sparse=0
+window=""
 sinks=4
+retrieval=0.15
+block=64
+fractions="1,0.2,0.1,0.05,0.02"
 max_seconds=30
 total=480
 build="build-gpu"
 out=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --quick) prefill="8K,32K"; decode="32K,128K"; shift ;;
+        --quick) quick=1; shift ;;
+        --sparse) sparse=1; shift ;;
         --shape) shape="$2"; shift 2 ;;
         --window) window="$2"; shift 2 ;;
         --sinks) sinks="$2"; shift 2 ;;
+        --retrieval) retrieval="$2"; shift 2 ;;
+        --block) block="$2"; shift 2 ;;
+        --fractions) fractions="$2"; shift 2 ;;
         --max-seconds) max_seconds="$2"; shift 2 ;;
         --total-seconds) total="$2"; shift 2 ;;
         --build-dir) build="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n 2,15p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,21p "$0"; exit 0 ;;
         *) echo "bench-gpu: unknown flag '$1'" >&2; exit 2 ;;
     esac
 done
+if (( sparse )); then
+    window="${window:-8192}"
+    if [[ "$window" == 0 ]]; then
+        echo "bench-gpu: --sparse needs a window (--window > 0)" >&2
+        exit 2
+    fi
+    prefill="32K,128K,512K,1M"
+    decode="32K,128K,512K,1M"
+    (( quick )) && { prefill="32K,128K"; decode="32K,128K"; }
+else
+    window="${window:-4096}"
+    prefill="8K,32K,128K,512K,1M"
+    decode="32K,128K,512K,1M"
+    (( quick )) && { prefill="8K,32K"; decode="32K,128K"; }
+fi
 out="${out:-$build/attention-bench}"
 mkdir -p "$out"
 
@@ -84,6 +113,19 @@ run_phase() {
 
 common=(--shape "$shape" --prefill "$prefill" --decode "$decode" --max-seconds "$max_seconds")
 export PYTHONUNBUFFERED=1
+if (( sparse )); then
+    layer=(--window "$window" --sinks "$sinks" --retrieval "$retrieval" --block "$block" --fractions "$fractions")
+    s=$(phase_seconds 40)
+    run_phase purbo-sparse "$s" "$bin" bench --attention --device cuda "${common[@]}" "${layer[@]}" \
+        --deadline "$s" -o json
+    s=$(phase_seconds 100)
+    run_phase torch-sparse "$s" python3 scripts/bench_torch_sparse_attention.py "${common[@]}" "${layer[@]}" \
+        --deadline "$s"
+    python3 scripts/sparse_attention_table.py "$out/purbo-sparse.json" "$out/torch-sparse.json" |
+        tee "$out/sparse-table.md"
+    echo "bench-gpu: done in $(( $(date +%s) - start )) s; JSON and logs in $out"
+    exit 0
+fi
 s=$(phase_seconds 25)
 run_phase purbo "$s" "$bin" bench --attention --device cuda "${common[@]}" --deadline "$s" -o json
 s=$(phase_seconds 45)

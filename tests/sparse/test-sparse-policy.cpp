@@ -147,10 +147,11 @@ TEST_P(SparsePolicyTest, TopPDecodeAttendsFewerKeysAndMatchesReference) {
     const auto out = run(t, GetParam(), sparse_policy_factory(a), 160, &stats);
     const auto ref = run(t, "cpu-ref", sparse_policy_factory(a), 160);
     // Selections may differ at near-ties of block mass; the logits still agree closely. cuda's
-    // weights are bf16: its sparse model may differ from cpu-ref's by a few times what its
-    // dense model does.
+    // weights are bf16, which moves block masses enough to flip some selections at p = 0.6:
+    // there the sparse model must stay 4x closer to the sparse reference than the reference is
+    // to the dense model.
     double bound = 1e-6;
-    if (GetParam() == "cuda") bound = 4 * test::nmse(run(t, "cuda", {}, 160), run(t, "cpu-ref", {}, 160)) + 1e-6;
+    if (GetParam() == "cuda") bound = std::min(1e-2, 0.25 * test::nmse(ref, run(t, "cpu-ref", {}, 160)));
     EXPECT_LE(test::nmse(out, ref), bound);
     EXPECT_GT(stats.retrieval_head_steps, 0);
     EXPECT_LT(stats.retrieval_attended, stats.retrieval_dense);

@@ -129,6 +129,10 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
     size_t printed = 0;
     auto emit = [&](const Row& r) { print_row(c, hr, r, ++printed == total_rows); };
 
+    const double start_ms = time_now_ms();
+    auto past_deadline = [&](double predicted_s) {
+        return c.deadline > 0 && (time_now_ms() - start_ms) / 1e3 + predicted_s > c.deadline;
+    };
     double prefill_s_per_pair = 0;
     for (int64_t n : c.prefill) {
         Row r{"prefill-sparse", n};
@@ -137,8 +141,11 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         r.flops = 4.0 * static_cast<double>(s.head_dim) * pairs;
         r.bytes = 2.0 * static_cast<double>(n * s.kv_heads * s.head_dim * kElemBytes);
         const double predicted = prefill_s_per_pair * pairs;
-        if (predicted * (predicted > kLongCallSeconds ? 1 : c.reps + 1) > c.max_seconds) {
-            r.skipped = fmt::format("skipped: predicted {:.1f} s > budget {:.0f} s", predicted, c.max_seconds);
+        const double predicted_total = predicted * (predicted > kLongCallSeconds ? 1 : c.reps + 1);
+        if (predicted_total > c.max_seconds || past_deadline(predicted_total)) {
+            r.skipped = predicted_total > c.max_seconds
+                            ? fmt::format("skipped: predicted {:.1f} s > budget {:.0f} s", predicted_total, c.max_seconds)
+                            : fmt::format("skipped: predicted {:.1f} s would pass the deadline", predicted_total);
             emit(r);
             continue;
         }
@@ -163,9 +170,11 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         const AttentionWork w = attention_decode_work(s, n, 0, 0, kElemBytes, kElemBytes);
         dense.flops = w.flops;
         dense.bytes = w.bytes;
-        Result<CaseBuffers> b = make_buffers(be, s, Mode::kDecode, n, c.chunk, block_k, block_v);
+        Result<CaseBuffers> b = past_deadline(0)
+                                    ? Result<CaseBuffers>(error(StatusCode::kUnsupported, "the --deadline has passed"))
+                                    : make_buffers(be, s, Mode::kDecode, n, c.chunk, block_k, block_v);
         if (!b.is_ok()) {
-            dense.skipped = "failed: " + b.status().to_string();
+            dense.skipped = (past_deadline(0) ? "skipped: " : "failed: ") + b.status().to_string();
             emit(dense);
             for (double f : c.fractions) {
                 Row r{"decode-sparse", n, f};

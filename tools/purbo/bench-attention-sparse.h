@@ -25,6 +25,7 @@ struct SparseBenchConfig {
     int reps = 3;
     int64_t chunk = 65536;
     double max_seconds = 60;
+    double deadline = 0;  // seconds from the start after which no case starts (0: none)
 };
 
 int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& config);

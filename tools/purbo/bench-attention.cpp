@@ -187,6 +187,7 @@ int cmd_bench_attention(int argc, char** argv) {
         c.reps = f.reps;
         c.chunk = f.chunk;
         c.max_seconds = f.max_seconds;
+        c.deadline = f.deadline;
         return run_sparse_attention_bench(be, c);
     }
     AttentionParams params;

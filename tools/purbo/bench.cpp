@@ -78,14 +78,18 @@ int cmd_bench(int argc, char** argv) {
         if (std::string_view(argv[i]) == "--attention") return cmd_bench_attention(argc, argv);
     }
     ModelFlags mf;
+    SparseFlags sf;
     std::string prompts = "512,4096", gens = "128", depths = "0,4096", output = "md";
     int reps = 3;
     OptionSet set;
     set.usage = "purbo bench [options]";
     set.description =
         "Measures prompt processing (ppN: N prompt tokens in one go) and generation (tgN: N tokens one at a "
-        "time, after a depth of D cached tokens) in tokens per second, mean +- sd over repetitions.";
+        "time, after a depth of D cached tokens) in tokens per second, mean +- sd over repetitions. With "
+        "--adapter or --sparse, every test runs on the dense and on the sparse model, alternating "
+        "repetitions, and the table adds their KV cache sizes.";
     add_model_flags(set, mf);
+    add_sparse_flags(set, sf);
     set.options.push_back({"--n-prompt", "-p", "LIST", "prompt sizes (default 512,4096)", &prompts});
     set.options.push_back({"--n-gen", "-n", "LIST", "generation lengths (default 128)", &gens});
     set.options.push_back({"--n-depth", "-d", "LIST", "depths for generation tests (default 0,4096)", &depths});
@@ -120,9 +124,21 @@ int cmd_bench(int argc, char** argv) {
     if (!model.is_ok()) return report_error("bench", model.status());
     SessionOptions so = session_options(mf);
     so.n_ctx = max_ctx;
-    Result<std::unique_ptr<Session>> session = Session::create(model->config, model->weights, so);
-    if (!session.is_ok()) return report_error("bench", session.status());
-    Session& s = **session;
+    // The dense session, and the sparse one when asked for: (name, session).
+    std::vector<std::pair<std::string, std::unique_ptr<Session>>> sessions;
+    {
+        Result<std::unique_ptr<Session>> dense = Session::create(model->config, model->weights, so);
+        if (!dense.is_ok()) return report_error("bench", dense.status());
+        sessions.emplace_back("dense", std::move(*dense));
+    }
+    if (sf.enabled()) {
+        Result<AttentionPolicyFactory> policy = sparse_policy_from_flags(sf, *model);
+        if (!policy.is_ok()) return report_error("bench", policy.status());
+        // Collecting sparsity figures costs a readback per layer; not timed here.
+        Result<std::unique_ptr<Session>> sparse = Session::create(model->config, model->weights, so, *policy);
+        if (!sparse.is_ok()) return report_error("bench", sparse.status());
+        sessions.emplace_back("sparse", std::move(*sparse));
+    }
 
     int64_t n_params = 0;
     ModelWeights w = model->weights;
@@ -134,41 +150,55 @@ int cmd_bench(int argc, char** argv) {
     std::string model_name = model->config.name.empty() ? model->path : model->config.name;
 
     std::mt19937 rng(42);
+    const bool compare = sessions.size() > 1;
     if (output == "md") {
-        std::printf("| model | size | params | backend | threads | test | t/s |\n");
-        std::printf("| --- | ---: | ---: | --- | ---: | ---: | ---: |\n");
+        std::printf("| model | size | params | backend | threads |%s test | t/s |\n", compare ? " attention | KV MiB |" : "");
+        std::printf("| --- | ---: | ---: | --- | ---: |%s ---: | ---: |\n", compare ? " --- | ---: |" : "");
     } else {
         std::printf("[\n");
     }
-    for (size_t ti = 0; ti < tests.size(); ++ti) {
-        const BenchTest& t = tests[ti];
-        if (Result<double> warm = run_once(s, t, model->config.n_vocab, rng); !warm.is_ok()) {
-            return report_error("bench", warm.status());
+    size_t rows_left = tests.size() * sessions.size();
+    for (const BenchTest& t : tests) {
+        // Warm-up, then the repetitions of every session alternate: a drift of the machine's
+        // speed affects them alike.
+        std::vector<std::vector<double>> samples(sessions.size());
+        for (auto& [name, session] : sessions) {
+            if (Result<double> warm = run_once(*session, t, model->config.n_vocab, rng); !warm.is_ok())
+                return report_error("bench", warm.status());
         }
-        std::vector<double> samples;
         for (int r = 0; r < reps; ++r) {
-            Result<double> ts = run_once(s, t, model->config.n_vocab, rng);
-            if (!ts.is_ok()) return report_error("bench", ts.status());
-            samples.push_back(*ts);
+            for (size_t si = 0; si < sessions.size(); ++si) {
+                Result<double> ts = run_once(*sessions[si].second, t, model->config.n_vocab, rng);
+                if (!ts.is_ok()) return report_error("bench", ts.status());
+                samples[si].push_back(*ts);
+            }
         }
-        const double mean = std::accumulate(samples.begin(), samples.end(), 0.0) / static_cast<double>(samples.size());
-        double var = 0;
-        for (double x : samples) var += (x - mean) * (x - mean);
-        const double sd = samples.size() > 1 ? std::sqrt(var / static_cast<double>(samples.size() - 1)) : 0.0;
-        if (output == "md") {
-            std::printf("| %s | %.2f MiB | %.2f M | %s | %d | %s | %.2f ± %.2f |\n", model_name.c_str(), size_mib,
-                        static_cast<double>(n_params) / 1e6, mf.device.c_str(), threads, t.name().c_str(), mean, sd);
-        } else {
-            std::string list;
-            for (double x : samples) list += (list.empty() ? "" : ", ") + std::to_string(x);
-            std::printf(
-                "  {\"model\": \"%s\", \"model_size\": %zu, \"model_n_params\": %lld, \"backend\": \"%s\", "
-                "\"n_threads\": %d, \"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": %d, \"avg_ts\": %.4f, "
-                "\"stddev_ts\": %.4f, \"samples_ts\": [%s]}%s\n",
-                model_name.c_str(), model->weight_bytes(), static_cast<long long>(n_params), mf.device.c_str(),
-                threads, t.n_prompt, t.n_gen, t.n_depth, mean, sd, list.c_str(), ti + 1 < tests.size() ? "," : "");
+        for (size_t si = 0; si < sessions.size(); ++si) {
+            const std::vector<double>& xs = samples[si];
+            const double mean = std::accumulate(xs.begin(), xs.end(), 0.0) / static_cast<double>(xs.size());
+            double var = 0;
+            for (double x : xs) var += (x - mean) * (x - mean);
+            const double sd = xs.size() > 1 ? std::sqrt(var / static_cast<double>(xs.size() - 1)) : 0.0;
+            const double kv_mib = static_cast<double>(sessions[si].second->cache().nbytes()) / (1024.0 * 1024.0);
+            const std::string& mode = sessions[si].first;
+            if (output == "md") {
+                const std::string extra = compare ? fmt::format(" {} | {:.1f} |", mode, kv_mib) : "";
+                std::printf("| %s | %.2f MiB | %.2f M | %s | %d |%s %s | %.2f ± %.2f |\n", model_name.c_str(), size_mib,
+                            static_cast<double>(n_params) / 1e6, mf.device.c_str(), threads, extra.c_str(),
+                            t.name().c_str(), mean, sd);
+            } else {
+                std::string list;
+                for (double x : xs) list += (list.empty() ? "" : ", ") + std::to_string(x);
+                std::printf(
+                    "  {\"model\": \"%s\", \"model_size\": %zu, \"model_n_params\": %lld, \"backend\": \"%s\", "
+                    "\"n_threads\": %d, \"attention\": \"%s\", \"kv_bytes\": %zu, \"n_prompt\": %d, \"n_gen\": %d, "
+                    "\"n_depth\": %d, \"avg_ts\": %.4f, \"stddev_ts\": %.4f, \"samples_ts\": [%s]}%s\n",
+                    model_name.c_str(), model->weight_bytes(), static_cast<long long>(n_params), mf.device.c_str(),
+                    threads, mode.c_str(), sessions[si].second->cache().nbytes(), t.n_prompt, t.n_gen, t.n_depth, mean,
+                    sd, list.c_str(), --rows_left > 0 ? "," : "");
+            }
+            std::fflush(stdout);
         }
-        std::fflush(stdout);
     }
     if (output == "json") std::printf("]\n");
     return 0;

@@ -91,6 +91,7 @@ Result<AttentionPolicyFactory> sparse_policy_from_flags(const SparseFlags& flags
     options.block_sparse_prefill = flags.block_sparse_prefill;
     options.rings = !flags.no_rings;
     options.top_p = flags.sparse_top_p;
+    options.collect_stats = flags.collect_stats;
     if (adapter_out != nullptr) *adapter_out = adapter;
     return sparse_policy_factory(adapter, options);
 }

@@ -32,6 +32,7 @@ struct SparseFlags {
     bool block_sparse_prefill = false;
     float sparse_top_p = 0;       // 0 = the adapter's
     bool no_rings = false;
+    bool collect_stats = true;    // not a flag: benchmarks turn it off (a readback per layer)
 
     bool enabled() const { return sparse || !adapter.empty(); }
 };
