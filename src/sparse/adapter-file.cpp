@@ -153,8 +153,10 @@ Result<Tensor> read_f32(const SafetensorsFile& file, std::string_view name,
 
 }  // namespace
 
-Result<Adapter> adapter_load(const std::string& path) {
-    PURBO_ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsFile> file, SafetensorsFile::open(path));
+namespace {
+
+// The adapter held by a parsed safetensors file; `path` names it in errors.
+Result<Adapter> adapter_from_file(const SafetensorsFile* file, const std::string& path) {
     const MetadataReader meta(file->metadata(), path);
 
     std::string format, version;
@@ -222,6 +224,18 @@ Result<Adapter> adapter_load(const std::string& path) {
     }
     PURBO_TRY(a.validate(path));
     return a;
+}
+
+}  // namespace
+
+Result<Adapter> adapter_load(const std::string& path) {
+    PURBO_ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsFile> file, SafetensorsFile::open(path));
+    return adapter_from_file(file.get(), path);
+}
+
+Result<Adapter> adapter_parse(std::span<const uint8_t> bytes, const std::string& source) {
+    PURBO_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::parse(bytes, source));
+    return adapter_from_file(&file, source);
 }
 
 Status adapter_save(const std::string& path, const Adapter& a) {

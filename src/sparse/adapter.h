@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,8 @@ std::string model_fingerprint(const ModelConfig& config, const ModelWeights& wei
 
 // Reads and validates an adapter file; errors name the file, the field and the value.
 Result<Adapter> adapter_load(const std::string& path);
+// The same from bytes in memory (fuzzing, embedded adapters); `source` names them in errors.
+Result<Adapter> adapter_parse(std::span<const uint8_t> bytes, const std::string& source);
 // Writes an adapter to `path` atomically (temporary name, then rename).
 Status adapter_save(const std::string& path, const Adapter& adapter);
 
