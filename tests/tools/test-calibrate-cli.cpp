@@ -167,3 +167,36 @@ TEST(CalibrateCli, TinyCheckpointWritesAdapterAndHeatMap) {
 
 }  // namespace
 }  // namespace purbo
+
+namespace purbo {
+namespace {
+
+// rtp-llm's headwise_config through the program: inspect --export-headwise writes the head
+// classes of an adapter, calibrate --import-headwise makes an adapter of them for a model.
+TEST(CalibrateCli, HeadwiseConfigRoundTrip) {
+    PURBO_REQUIRE_DEFAULT_MODEL(model);
+    const std::string dir = test::temp_dir("calibrate_headwise");
+    const std::string adapter = dir + "/heads.safetensors";
+    std::filesystem::copy_file(test::fixture_path("adapter/smollm2-heads.adapter"), adapter);
+    const auto exported = test::run_purbo("inspect " + adapter + " --export-headwise " + dir + "/config.json");
+    ASSERT_EQ(exported.status, 0) << exported.output;
+    const nlohmann::json config = test::load_json(dir + "/config.json");
+    ASSERT_TRUE(config.contains("headwise_config")) << config.dump();
+    const auto imported = test::run_purbo("calibrate -m " + model + " --import-headwise " + dir + "/config.json -o " +
+                                          dir + "/imported.safetensors");
+    ASSERT_EQ(imported.status, 0) << imported.output;
+    auto original = adapter_load(adapter);
+    auto back = adapter_load(dir + "/imported.safetensors");
+    ASSERT_TRUE(original.is_ok() && back.is_ok());
+    EXPECT_EQ(back->retrieval, original->retrieval);
+    EXPECT_EQ(back->settings.window, original->settings.window);
+    EXPECT_EQ(back->settings.n_sink, original->settings.n_sink);
+    EXPECT_EQ(back->base_fingerprint, original->base_fingerprint);  // the same model
+    // Not an adapter: one clear line.
+    const auto bad = test::run_purbo("inspect " + model + " --export-headwise " + dir + "/x.json");
+    EXPECT_EQ(bad.status, 1);
+    EXPECT_NE(bad.output.find("not an adapter"), std::string::npos) << bad.output;
+}
+
+}  // namespace
+}  // namespace purbo

@@ -24,6 +24,7 @@ struct CalibrateFlags {
     int docs = 4;
     int depths = 2;
     SparseSettings settings;
+    std::string import_headwise;  // rtp-llm config.json: head classes from it, no calibration run
 };
 
 // Shortest sequence worth calibrating on: the needles sit at 10-20% and 80-95% depth and are
@@ -140,6 +141,10 @@ int cmd_calibrate(int argc, char** argv) {
                            &f.settings.block_size});
     set.options.push_back(
         {"--rank", "", "R", "stored setting: indexer dimension (default 16)", &f.settings.rank});
+    set.options.push_back({"--import-headwise", "", "CONFIG",
+                           "take the head classes from an rtp-llm config.json (headwise_config) instead of "
+                           "calibrating; writes them as an adapter for the model",
+                           &f.import_headwise});
     bool help = false;
     if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok())
         return report_error("calibrate", st);
@@ -161,6 +166,15 @@ int cmd_calibrate(int argc, char** argv) {
     Result<Model> model = load_model(f.model, &load_ms);
     if (!model.is_ok()) return report_error("calibrate", model.status());
     const ModelConfig& c = model->config;
+    if (!f.import_headwise.empty()) {
+        Result<Adapter> imported = adapter_from_headwise_config(f.import_headwise, c);
+        if (!imported.is_ok()) return report_error("calibrate", imported.status());
+        imported->base_fingerprint = model_fingerprint(c, model->weights);
+        if (Status st = adapter_save(f.output, *imported); !st.is_ok()) return report_error("calibrate", st);
+        std::printf("purbo calibrate: %zu retrieval heads of %d from %s written to %s\n", imported->retrieval.size(),
+                    c.n_layer * c.n_head, f.import_headwise.c_str(), f.output.c_str());
+        return 0;
+    }
     if (!model->tokenizer) return bad(error(kBad, "{}: the model has no tokenizer", model->path));
     const Tokenizer& tok = *model->tokenizer;
     // Checked now, not when the adapter is saved after the whole calibration.

@@ -132,6 +132,11 @@ int cmd_inspect(int argc, char** argv) {
     set.options.push_back({"--tensors", "", "", "list every tensor", &tensors});
     set.options.push_back({"--metadata", "", "", "list every GGUF metadata key", &metadata});
     set.options.push_back({"--heads", "", "", "adapter: list every head with its score and class", &heads});
+    std::string export_headwise;
+    set.options.push_back({"--export-headwise", "", "CONFIG",
+                           "adapter: write its head classes as rtp-llm's headwise_config into a config.json "
+                           "(created, or updated keeping its other keys)",
+                           &export_headwise});
     bool help = false;
     if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok()) return report_error("inspect", st);
     if (help) return 0;
@@ -140,6 +145,18 @@ int cmd_inspect(int argc, char** argv) {
     }
     if (!set.positional.empty()) mf.model = set.positional[0];
     // Models are GGUF files or folders; a lone .safetensors file is an adapter.
+    if (!export_headwise.empty()) {
+        if (!is_safetensors_file(mf.model))
+            return report_error("inspect", error(StatusCode::kInvalidArgument,
+                                                 "--export-headwise: '{}' is not an adapter (.safetensors)", mf.model));
+        Result<Adapter> a = adapter_load(mf.model);
+        if (!a.is_ok()) return report_error("inspect", a.status());
+        if (Status st = adapter_export_headwise_config(*a, export_headwise); !st.is_ok())
+            return report_error("inspect", st);
+        std::printf("wrote headwise_config of %zu retrieval heads to %s\n", a->retrieval.size(),
+                    export_headwise.c_str());
+        return 0;
+    }
     if (is_safetensors_file(mf.model)) return inspect_adapter(mf.model, heads);
     double load_ms = 0;
     Result<Model> model = load_model(mf, &load_ms);
