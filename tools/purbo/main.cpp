@@ -15,6 +15,7 @@ void print_usage() {
         "  inspect   print a model's architecture, tensors, tokenizer and template, or an adapter\n"
         "  bench     prompt-processing and generation speed (llama-bench style)\n"
         "  calibrate score every head, choose retrieval heads, write an adapter\n"
+        "  eval      passkey retrieval, perplexity and KL vs dense of the dense and sparse models\n"
         "\n"
         "`purbo <command> --help` lists a command's options.");
 }
@@ -31,6 +32,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(cmd, "inspect") == 0) return purbo::cli::cmd_inspect(argc, argv);
     if (std::strcmp(cmd, "bench") == 0) return purbo::cli::cmd_bench(argc, argv);
     if (std::strcmp(cmd, "calibrate") == 0) return purbo::cli::cmd_calibrate(argc, argv);
+    if (std::strcmp(cmd, "eval") == 0) return purbo::cli::cmd_eval(argc, argv);
     if (std::strcmp(cmd, "--version") == 0) {
         std::puts("purbo 0.1.0");
         return 0;
