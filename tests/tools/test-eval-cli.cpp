@@ -152,10 +152,16 @@ TEST(EvalCli, TinyCheckpointRunsEveryVariantAndWritesJson) {
     EXPECT_LT(v[2]["kv_bytes"].get<double>(), v[2]["dense_kv_bytes"].get<double>());
 
     // Markdown: the header, one row per variant, the notes.
-    const test::ProgramResult md = run_purbo("eval -m " + dir.string() + " --adapter " + adapter +
-                                                 " --variants local,dense --tasks passkey --lengths 512 --trials 2 -t 1",
-                                             /*with_stderr=*/false);
+    const std::string details = (dir / "details.json").string();
+    const test::ProgramResult md =
+        run_purbo("eval -m " + dir.string() + " --adapter " + adapter +
+                      " --variants local,dense --tasks passkey --lengths 512 --trials 2 -t 1 --out " + details,
+                  /*with_stderr=*/false);
     ASSERT_EQ(md.status, 0) << md.output;
+    // A .json file gets the details whatever the screen shows.
+    auto details_text = read_text_file(details);
+    ASSERT_TRUE(details_text.is_ok());
+    EXPECT_EQ(nlohmann::json::parse(*details_text)["variants"].size(), 2u);
     EXPECT_EQ(md.output.rfind("**purbo eval** ", 0), 0u) << md.output;
     EXPECT_NE(md.output.find("adapter indexer.safetensors (W 64, S 4, p 0.9, B 32, r 8; 3 retrieval heads of 12)"),
               std::string::npos)

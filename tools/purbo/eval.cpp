@@ -396,7 +396,7 @@ int cmd_eval(int argc, char** argv) {
     set.options.push_back({"--window", "", "W", "local variant without an adapter: window (default 1024)", &f.window});
     set.options.push_back({"--sinks", "", "S", "local variant without an adapter: sink tokens (default 4)", &f.sinks});
     set.options.push_back({"--output-format", "-o", "FMT", "md (default) or json", &f.format});
-    set.options.push_back({"--out", "", "FILE", "also write the results to FILE", &f.out});
+    set.options.push_back({"--out", "", "FILE", "also write the results to FILE (JSON when it ends in .json)", &f.out});
     bool help = false;
     if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok()) return report_error("eval", st);
     if (help) return 0;
@@ -455,8 +455,12 @@ int cmd_eval(int argc, char** argv) {
     const std::string text = f.format == "json" ? eval_report_json(report) : eval_report_markdown(report);
     std::fputs(text.c_str(), stdout);
     if (!f.out.empty()) {
-        const auto* bytes = reinterpret_cast<const uint8_t*>(text.data());
-        if (Status st = write_file_atomic(f.out, {bytes, text.size()}); !st.is_ok()) return report_error("eval", st);
+        // A .json file gets the JSON whatever -o says: the table on screen, the details on disk.
+        const bool json_file = f.out.size() >= 5 && f.out.ends_with(".json");
+        const std::string file_text = json_file && f.format != "json" ? eval_report_json(report) : text;
+        const auto* bytes = reinterpret_cast<const uint8_t*>(file_text.data());
+        if (Status st = write_file_atomic(f.out, {bytes, file_text.size()}); !st.is_ok())
+            return report_error("eval", st);
         std::fprintf(stderr, "purbo eval: wrote %s\n", f.out.c_str());
     }
     return 0;
