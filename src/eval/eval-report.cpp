@@ -1,8 +1,8 @@
 #include "eval/eval-report.h"
 
-#include <nlohmann/json.hpp>
-
 #include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
 
 namespace purbo {
 namespace {
@@ -32,13 +32,15 @@ SparsityStats table_sparsity(const EvalVariantResult& v, const char** source) {
 }
 
 nlohmann::json sparsity_json(const SparsityStats& s) {
-    return {{"decode_tokens", s.decode_tokens},
-            {"retrieval_head_steps", s.retrieval_head_steps},
-            {"tokens_per_retrieval_head", s.tokens_per_retrieval_head()},
-            {"dense_tokens_per_retrieval_head",
-             s.retrieval_head_steps ? static_cast<double>(s.retrieval_dense) / s.retrieval_head_steps : 0.0},
-            {"blocks_per_retrieval_head", s.blocks_per_retrieval_head()},
-            {"compute_sparsity", s.compute_sparsity()}};
+    return {
+        {"decode_tokens", s.decode_tokens},
+        {"retrieval_head_steps", s.retrieval_head_steps},
+        {"tokens_per_retrieval_head", s.tokens_per_retrieval_head()},
+        {"dense_tokens_per_retrieval_head",
+         s.retrieval_head_steps ? static_cast<double>(s.retrieval_dense) / s.retrieval_head_steps
+                                : 0.0},
+        {"blocks_per_retrieval_head", s.blocks_per_retrieval_head()},
+        {"compute_sparsity", s.compute_sparsity()}};
 }
 
 }  // namespace
@@ -48,12 +50,15 @@ std::string eval_length_label(int n_tokens) {
 }
 
 std::string eval_report_markdown(const EvalReport& r) {
-    std::string out = fmt::format("**purbo eval** {}; adapter {}", r.model, r.adapter.empty() ? "none" : r.adapter);
+    std::string out = fmt::format("**purbo eval** {}; adapter {}", r.model,
+                                  r.adapter.empty() ? "none" : r.adapter);
     if (!r.settings.empty()) out += fmt::format(" ({})", r.settings);
     if (!r.lengths.empty())
-        out += fmt::format("; passkey {} trials per length, {} prompt, seed {}", r.trials, r.passkey_format, r.seed);
+        out += fmt::format("; passkey {} trials per length, {} prompt, seed {}", r.trials,
+                           r.passkey_format, r.seed);
     if (r.ppl_seqs > 0)
-        out += fmt::format("; ppl {} x {} held-out tokens, {} prefilled", r.ppl_seqs, r.ppl_ctx, r.ppl_prefix);
+        out += fmt::format("; ppl {} x {} held-out tokens, {} prefilled", r.ppl_seqs, r.ppl_ctx,
+                           r.ppl_prefix);
     out += fmt::format("; {}, {} threads; {}\n\n", r.device, r.threads, r.date);
 
     out += "| variant |";
@@ -71,11 +76,13 @@ std::string eval_report_markdown(const EvalReport& r) {
     out += rule;
     const char* source = "ppl";
     for (const EvalVariantResult& v : r.variants) {
-        out += fmt::format("| {}{} |", v.name, v.description.empty() ? "" : fmt::format(" ({})", v.description));
+        out += fmt::format("| {}{} |", v.name,
+                           v.description.empty() ? "" : fmt::format(" ({})", v.description));
         for (size_t i = 0; i < r.lengths.size(); ++i) {
             if (i < v.passkey.size()) {
                 const PasskeyResult& p = v.passkey[i];
-                out += fmt::format(" {:.1f}% ({}/{}) |", 100.0 * p.accuracy(), p.n_correct, p.trials.size());
+                out += fmt::format(" {:.1f}% ({}/{}) |", 100.0 * p.accuracy(), p.n_correct,
+                                   p.trials.size());
             } else {
                 out += " - |";
             }
@@ -94,24 +101,29 @@ std::string eval_report_markdown(const EvalReport& r) {
                                  static_cast<double>(s.retrieval_dense) / s.retrieval_head_steps)
                    : " - |";
         out += fmt::format(" {:.1f}% |", 100.0 * s.compute_sparsity());
-        out += v.dense_kv_bytes > 0 ? fmt::format(" {:.1f} ({:.0f}%) |", v.kv_bytes / kMiB,
-                                                  100.0 * v.kv_bytes / static_cast<double>(v.dense_kv_bytes))
-                                    : " - |";
+        out += v.dense_kv_bytes > 0
+                   ? fmt::format(" {:.1f} ({:.0f}%) |", v.kv_bytes / kMiB,
+                                 100.0 * v.kv_bytes / static_cast<double>(v.dense_kv_bytes))
+                   : " - |";
         out += fmt::format(" {:.0f} |\n", v.seconds);
     }
     out += fmt::format(
-        "\nPasskey: share of answers holding the key (greedy); filler {}. Tokens / retrieval head and "
-        "compute sparsity: decode steps of the {} task (keys read of those dense decode reads). KV cache at {} "
+        "\nPasskey: share of answers holding the key (greedy); filler {}. Tokens / retrieval head "
+        "and "
+        "compute sparsity: decode steps of the {} task (keys read of those dense decode reads). KV "
+        "cache at {} "
         "tokens (share of dense).",
-        r.filler.empty() ? "-" : r.filler, source, r.variants.empty() ? 0 : r.variants.front().kv_ctx);
+        r.filler.empty() ? "-" : r.filler, source,
+        r.variants.empty() ? 0 : r.variants.front().kv_ctx);
     for (const EvalVariantResult& v : r.variants) {
         if (v.passkey_top_k.empty() && v.ppl_top_k == 0) continue;
         std::vector<std::string> ks;
         for (size_t i = 0; i < v.passkey_top_k.size() && i < r.lengths.size(); ++i)
-            ks.push_back(fmt::format("passkey {} K = {}", eval_length_label(r.lengths[i]), v.passkey_top_k[i]));
+            ks.push_back(fmt::format("passkey {} K = {}", eval_length_label(r.lengths[i]),
+                                     v.passkey_top_k[i]));
         if (v.ppl_top_k > 0) ks.push_back(fmt::format("ppl K = {}", v.ppl_top_k));
-        out += fmt::format(" {}: {} blocks, the sparse model's mean per retrieval head per step.", v.name,
-                           fmt::join(ks, ", "));
+        out += fmt::format(" {}: {} blocks, the sparse model's mean per retrieval head per step.",
+                           v.name, fmt::join(ks, ", "));
     }
     out += "\n";
     return out;
@@ -126,28 +138,31 @@ std::string eval_report_json(const EvalReport& r) {
     j["threads"] = r.threads;
     j["date"] = r.date;
     if (!r.lengths.empty()) {
-        j["passkey"] = {{"lengths", r.lengths}, {"trials", r.trials},           {"seed", r.seed},
-                        {"format", r.passkey_format}, {"filler", r.filler}};
+        j["passkey"] = {{"lengths", r.lengths},
+                        {"trials", r.trials},
+                        {"seed", r.seed},
+                        {"format", r.passkey_format},
+                        {"filler", r.filler}};
     }
-    if (r.ppl_seqs > 0) j["ppl"] = {{"ctx", r.ppl_ctx}, {"prefix", r.ppl_prefix}, {"sequences", r.ppl_seqs}};
+    if (r.ppl_seqs > 0)
+        j["ppl"] = {{"ctx", r.ppl_ctx}, {"prefix", r.ppl_prefix}, {"sequences", r.ppl_seqs}};
     nlohmann::json variants = nlohmann::json::array();
     for (const EvalVariantResult& v : r.variants) {
-        nlohmann::json jv = {{"name", v.name},
-                             {"description", v.description},
-                             {"kv_bytes", v.kv_bytes},
-                             {"dense_kv_bytes", v.dense_kv_bytes},
-                             {"kv_ctx", v.kv_ctx},
-                             {"seconds", v.seconds}};
+        nlohmann::json jv = {{"name", v.name},         {"description", v.description},
+                             {"kv_bytes", v.kv_bytes}, {"dense_kv_bytes", v.dense_kv_bytes},
+                             {"kv_ctx", v.kv_ctx},     {"seconds", v.seconds}};
         nlohmann::json passkey = nlohmann::json::array();
         for (size_t i = 0; i < v.passkey.size(); ++i) {
             const PasskeyResult& p = v.passkey[i];
             nlohmann::json buckets = nlohmann::json::array(), trials = nlohmann::json::array();
             for (const PasskeyDepthBucket& b : p.buckets)
-                buckets.push_back({{"depth_lo", b.lo},
-                                   {"depth_hi", b.hi},
-                                   {"trials", b.n_trials},
-                                   {"correct", b.n_correct},
-                                   {"accuracy", b.n_trials ? static_cast<double>(b.n_correct) / b.n_trials : 0.0}});
+                buckets.push_back(
+                    {{"depth_lo", b.lo},
+                     {"depth_hi", b.hi},
+                     {"trials", b.n_trials},
+                     {"correct", b.n_correct},
+                     {"accuracy",
+                      b.n_trials ? static_cast<double>(b.n_correct) / b.n_trials : 0.0}});
             for (const PasskeyTrialResult& t : p.trials)
                 trials.push_back({{"key", t.trial.key},
                                   {"depth", t.trial.depth},
@@ -155,9 +170,14 @@ std::string eval_report_json(const EvalReport& r) {
                                   {"answer", t.answer},
                                   {"correct", t.correct},
                                   {"seconds", t.seconds}});
-            nlohmann::json jp = {{"length", p.n_tokens},   {"accuracy", p.accuracy()}, {"correct", p.n_correct},
-                                 {"trials", p.trials.size()}, {"seconds", p.seconds},   {"depths", buckets},
-                                 {"sparsity", sparsity_json(p.sparsity)}, {"answers", trials}};
+            nlohmann::json jp = {{"length", p.n_tokens},
+                                 {"accuracy", p.accuracy()},
+                                 {"correct", p.n_correct},
+                                 {"trials", p.trials.size()},
+                                 {"seconds", p.seconds},
+                                 {"depths", buckets},
+                                 {"sparsity", sparsity_json(p.sparsity)},
+                                 {"answers", trials}};
             if (i < v.passkey_top_k.size()) jp["top_k_blocks"] = v.passkey_top_k[i];
             passkey.push_back(jp);
         }
@@ -165,7 +185,8 @@ std::string eval_report_json(const EvalReport& r) {
         if (v.ppl) {
             jv["ppl"] = {{"perplexity", v.ppl->perplexity()},
                          {"mean_nll", v.ppl->mean_nll()},
-                         {"kl_vs_dense", v.ppl->has_kl ? nlohmann::json(v.ppl->mean_kl()) : nlohmann::json()},
+                         {"kl_vs_dense",
+                          v.ppl->has_kl ? nlohmann::json(v.ppl->mean_kl()) : nlohmann::json()},
                          {"scored_tokens", v.ppl->n_scored},
                          {"seconds", v.ppl->seconds},
                          {"sparsity", sparsity_json(v.ppl->sparsity)}};

@@ -13,12 +13,12 @@
 namespace purbo {
 
 struct EvalVariantResult {
-    std::string name;         // "dense", "sparse", "local", "topk"
-    std::string description;  // its settings in a few words ("W 1024, S 4")
+    std::string name;                    // "dense", "sparse", "local", "topk"
+    std::string description;             // its settings in a few words ("W 1024, S 4")
     std::vector<PasskeyResult> passkey;  // one per EvalReport::lengths entry (empty: not run)
     std::vector<int> passkey_top_k;      // topk: the block budget K of each length
     std::optional<PerplexityResult> ppl;
-    int ppl_top_k = 0;                   // topk: K of the perplexity task
+    int ppl_top_k = 0;  // topk: K of the perplexity task
     // The KV cache of the variant's session at kv_ctx tokens, and a dense model's.
     size_t kv_bytes = 0;
     size_t dense_kv_bytes = 0;

@@ -50,14 +50,16 @@ std::vector<PasskeyTrial> passkey_trials(int n_trials, uint64_t seed) {
         PasskeyTrial t;
         t.index = i;
         // 2^64 is not a multiple of 90000: the bias is below 1e-14, far from mattering.
-        t.key = std::to_string(10000 + splitmix64(seed * 0x100000001B3ull + static_cast<uint64_t>(i)) % 90000);
+        t.key = std::to_string(
+            10000 + splitmix64(seed * 0x100000001B3ull + static_cast<uint64_t>(i)) % 90000);
         t.depth = n_trials > 1 ? static_cast<double>(i) / (n_trials - 1) : 0.5;
         trials.push_back(std::move(t));
     }
     return trials;
 }
 
-PasskeyFiller passkey_filler(const Tokenizer& tokenizer, std::string name, std::vector<int32_t> tokens) {
+PasskeyFiller passkey_filler(const Tokenizer& tokenizer, std::string name,
+                             std::vector<int32_t> tokens) {
     PasskeyFiller f;
     f.name = std::move(name);
     f.tokens = std::move(tokens);
@@ -87,18 +89,22 @@ Result<PasskeyFiller> passkey_corpus_filler(const Tokenizer& tokenizer, CorpusSp
         append(stream, d.tokens);
         names += (names.empty() ? "" : "+") + d.name;
     }
-    return passkey_filler(tokenizer, fmt::format("{}: {}", corpus_split_name(split), names), std::move(stream));
+    return passkey_filler(tokenizer, fmt::format("{}: {}", corpus_split_name(split), names),
+                          std::move(stream));
 }
 
 const char* passkey_format_name(PasskeyFormat format) {
     return format == PasskeyFormat::kChat ? "chat" : "plain";
 }
 
-Result<PasskeyPrompt> passkey_prompt(const Tokenizer& tokenizer, const ChatTemplate* chat, PasskeyFormat format,
-                                     const PasskeyFiller& filler, const PasskeyTrial& trial, int n_tokens) {
-    if (filler.tokens.empty()) return error(StatusCode::kInvalidArgument, "passkey: the filler text is empty");
+Result<PasskeyPrompt> passkey_prompt(const Tokenizer& tokenizer, const ChatTemplate* chat,
+                                     PasskeyFormat format, const PasskeyFiller& filler,
+                                     const PasskeyTrial& trial, int n_tokens) {
+    if (filler.tokens.empty())
+        return error(StatusCode::kInvalidArgument, "passkey: the filler text is empty");
     if (format == PasskeyFormat::kChat && chat == nullptr)
-        return error(StatusCode::kInvalidArgument, "passkey: the chat format needs the model's chat template");
+        return error(StatusCode::kInvalidArgument,
+                     "passkey: the chat format needs the model's chat template");
     // The fixed parts around the body (intro, filler with the needle, question).
     std::vector<int32_t> head, tail;
     if (format == PasskeyFormat::kChat) {
@@ -106,11 +112,13 @@ Result<PasskeyPrompt> passkey_prompt(const Tokenizer& tokenizer, const ChatTempl
         const std::string text = chat->apply(messages, /*add_generation_prompt=*/true);
         const size_t mark = text.find(kChatBodyMark);
         if (mark == std::string::npos)
-            return error(StatusCode::kInternal, "passkey: the chat template dropped the user message");
+            return error(StatusCode::kInternal,
+                         "passkey: the chat template dropped the user message");
         head = tokenizer.encode(text.substr(0, mark), /*add_special=*/true, /*parse_special=*/true);
         append(head, tokenizer.encode(kIntro, false, false));
         tail = tokenizer.encode(kQuestion, false, false);
-        append(tail, tokenizer.encode(text.substr(mark + std::string_view(kChatBodyMark).size()), false, true));
+        append(tail, tokenizer.encode(text.substr(mark + std::string_view(kChatBodyMark).size()),
+                                      false, true));
         append(tail, tokenizer.encode(kAnswerStart, false, false));
     } else {
         head = tokenizer.encode(kIntro, /*add_special=*/true, /*parse_special=*/false);
@@ -120,23 +128,28 @@ Result<PasskeyPrompt> passkey_prompt(const Tokenizer& tokenizer, const ChatTempl
     // The filler window of this trial: from the start of a line at its offset, cyclically.
     const int64_t n_stream = static_cast<int64_t>(filler.tokens.size());
     int64_t start = (int64_t{trial.index} * kFillerStride) % n_stream;
-    for (int64_t k = 0; k < n_stream && start != 0 && !filler.line_end[static_cast<size_t>(start - 1)]; ++k)
+    for (int64_t k = 0;
+         k < n_stream && start != 0 && !filler.line_end[static_cast<size_t>(start - 1)]; ++k)
         start = (start + 1) % n_stream;
 
     PasskeyPrompt p;
     p.key = trial.key;
     for (int attempt = 0;; ++attempt) {
         const std::vector<int32_t> needle = tokenizer.encode(needle_text(p.key), false, false);
-        const int64_t f = int64_t{n_tokens} - static_cast<int64_t>(head.size() + needle.size() + tail.size());
+        const int64_t f =
+            int64_t{n_tokens} - static_cast<int64_t>(head.size() + needle.size() + tail.size());
         if (f < 1)
             return error(StatusCode::kInvalidArgument,
-                         "passkey: {} tokens leave no room for filler ({} prompt, {} needle, {} question tokens)",
+                         "passkey: {} tokens leave no room for filler ({} prompt, {} needle, {} "
+                         "question tokens)",
                          n_tokens, head.size(), needle.size(), tail.size());
         std::vector<int32_t> window(static_cast<size_t>(f));  // (F,)
         std::vector<uint8_t> ends(static_cast<size_t>(f));
         for (int64_t k = 0; k < f; ++k) {
-            window[static_cast<size_t>(k)] = filler.tokens[static_cast<size_t>((start + k) % n_stream)];
-            ends[static_cast<size_t>(k)] = filler.line_end[static_cast<size_t>((start + k) % n_stream)];
+            window[static_cast<size_t>(k)] =
+                filler.tokens[static_cast<size_t>((start + k) % n_stream)];
+            ends[static_cast<size_t>(k)] =
+                filler.line_end[static_cast<size_t>((start + k) % n_stream)];
         }
         // A key already in the filler (a phone number, a year range) would be a second answer.
         if (tokenizer.decode(window).find(p.key) != std::string::npos && attempt < 100) {
@@ -148,7 +161,9 @@ Result<PasskeyPrompt> passkey_prompt(const Tokenizer& tokenizer, const ChatTempl
         const int64_t target = std::llround(depth * static_cast<double>(f));
         int64_t q = target;
         for (int64_t delta = 0; delta <= kPasskeySnapTokens; ++delta) {
-            auto line_start = [&](int64_t x) { return x == 0 || x == f || (x > 0 && x < f && ends[static_cast<size_t>(x - 1)]); };
+            auto line_start = [&](int64_t x) {
+                return x == 0 || x == f || (x > 0 && x < f && ends[static_cast<size_t>(x - 1)]);
+            };
             if (target - delta >= 0 && line_start(target - delta)) {
                 q = target - delta;
                 break;
@@ -187,15 +202,17 @@ bool passkey_score(std::string_view answer, std::string_view key) {
     return false;
 }
 
-Result<PasskeyResult> passkey_run(Session& session, const Tokenizer& tokenizer, const ChatTemplate* chat,
-                                  const PasskeyFiller& filler, const PasskeyOptions& options,
-                                  const PasskeyProgress& progress) {
+Result<PasskeyResult> passkey_run(Session& session, const Tokenizer& tokenizer,
+                                  const ChatTemplate* chat, const PasskeyFiller& filler,
+                                  const PasskeyOptions& options, const PasskeyProgress& progress) {
     if (options.n_trials < 1 || options.n_predict < 1 || options.n_depth_buckets < 1)
-        return error(StatusCode::kInvalidArgument, "passkey: {} trials, {} answer tokens, {} depth buckets (each >= 1)",
+        return error(StatusCode::kInvalidArgument,
+                     "passkey: {} trials, {} answer tokens, {} depth buckets (each >= 1)",
                      options.n_trials, options.n_predict, options.n_depth_buckets);
     if (options.n_tokens > session.n_ctx())
-        return error(StatusCode::kInvalidArgument, "passkey: {} tokens exceed the session's context of {}",
-                     options.n_tokens, session.n_ctx());
+        return error(StatusCode::kInvalidArgument,
+                     "passkey: {} tokens exceed the session's context of {}", options.n_tokens,
+                     session.n_ctx());
     const int n_prompt = options.n_tokens - options.n_predict;
     auto* sparse = dynamic_cast<SparsePolicy*>(session.policy());
     if (sparse != nullptr) sparse->reset_stats();
@@ -213,10 +230,11 @@ Result<PasskeyResult> passkey_run(Session& session, const Tokenizer& tokenizer, 
     const std::vector<PasskeyTrial> trials = passkey_trials(options.n_trials, options.seed);
     for (const PasskeyTrial& trial : trials) {
         const double t0 = time_now_ms();
-        PURBO_ASSIGN_OR_RETURN(PasskeyPrompt prompt,
-                               passkey_prompt(tokenizer, chat, options.format, filler, trial, n_prompt));
+        PURBO_ASSIGN_OR_RETURN(PasskeyPrompt prompt, passkey_prompt(tokenizer, chat, options.format,
+                                                                    filler, trial, n_prompt));
         session.clear(0);
-        PURBO_ASSIGN_OR_RETURN(GenerateResult gen, generate(session, 0, tokenizer, prompt.tokens, gp));
+        PURBO_ASSIGN_OR_RETURN(GenerateResult gen,
+                               generate(session, 0, tokenizer, prompt.tokens, gp));
         PasskeyTrialResult r;
         r.trial = trial;
         r.trial.key = prompt.key;
@@ -224,7 +242,8 @@ Result<PasskeyResult> passkey_run(Session& session, const Tokenizer& tokenizer, 
         r.answer = gen.text;
         r.correct = passkey_score(gen.text, prompt.key);
         r.seconds = (time_now_ms() - t0) / 1e3;
-        const int bucket = std::min(options.n_depth_buckets - 1, static_cast<int>(trial.depth * options.n_depth_buckets));
+        const int bucket = std::min(options.n_depth_buckets - 1,
+                                    static_cast<int>(trial.depth * options.n_depth_buckets));
         result.buckets[static_cast<size_t>(bucket)].n_trials += 1;
         result.buckets[static_cast<size_t>(bucket)].n_correct += r.correct ? 1 : 0;
         result.n_correct += r.correct ? 1 : 0;

@@ -39,8 +39,8 @@ constexpr int kPasskeySnapTokens = 32;
 // One trial: the key and the depth asked for.
 struct PasskeyTrial {
     int index = 0;
-    std::string key;    // five digits, 10000..99999
-    double depth = 0;   // [0, 1]: share of the filler before the needle
+    std::string key;   // five digits, 10000..99999
+    double depth = 0;  // [0, 1]: share of the filler before the needle
 };
 
 // n trials from a seed: keys uniform over 10000..99999 (splitmix64 of seed and index, the same
@@ -53,7 +53,8 @@ struct PasskeyFiller {
     std::vector<int32_t> tokens;    // (n,)
     std::vector<uint8_t> line_end;  // (n,) 1 where the token's text ends with a newline
 };
-PasskeyFiller passkey_filler(const Tokenizer& tokenizer, std::string name, std::vector<int32_t> tokens);
+PasskeyFiller passkey_filler(const Tokenizer& tokenizer, std::string name,
+                             std::vector<int32_t> tokens);
 // The documents of `split` on this machine, joined by a blank line.
 Result<PasskeyFiller> passkey_corpus_filler(const Tokenizer& tokenizer, CorpusSplit split);
 
@@ -111,14 +112,17 @@ struct PasskeyResult {
     int n_correct = 0;
     double seconds = 0;
     SparsityStats sparsity;  // decode steps of the answers (zero for a dense model)
-    double accuracy() const { return trials.empty() ? 0 : static_cast<double>(n_correct) / trials.size(); }
+    double accuracy() const {
+        return trials.empty() ? 0 : static_cast<double>(n_correct) / trials.size();
+    }
 };
 
 using PasskeyProgress = std::function<void(const PasskeyTrialResult& trial, int done, int total)>;
 
 // Runs the trials on slot 0 of `session` (cleared before each; its context must hold n_tokens).
-Result<PasskeyResult> passkey_run(Session& session, const Tokenizer& tokenizer, const ChatTemplate* chat,
-                                  const PasskeyFiller& filler, const PasskeyOptions& options,
+Result<PasskeyResult> passkey_run(Session& session, const Tokenizer& tokenizer,
+                                  const ChatTemplate* chat, const PasskeyFiller& filler,
+                                  const PasskeyOptions& options,
                                   const PasskeyProgress& progress = {});
 
 }  // namespace purbo

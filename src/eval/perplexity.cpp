@@ -30,15 +30,21 @@ double kl_divergence(std::span<const float> log_p, std::span<const float> log_q)
     return kl;
 }
 
-Result<PerplexityResult> perplexity_evaluate(Session& session, std::span<const TokenSequence> sequences,
-                                             const PerplexityOptions& options, const ReferenceLogProbs* reference,
-                                             ReferenceLogProbs* record, const PerplexityProgress& progress) {
+Result<PerplexityResult> perplexity_evaluate(Session& session,
+                                             std::span<const TokenSequence> sequences,
+                                             const PerplexityOptions& options,
+                                             const ReferenceLogProbs* reference,
+                                             ReferenceLogProbs* record,
+                                             const PerplexityProgress& progress) {
     const int n_vocab = session.n_vocab();
     if (options.n_prefix < 1)
-        return error(StatusCode::kInvalidArgument, "perplexity: prefix of {} tokens (at least 1)", options.n_prefix);
+        return error(StatusCode::kInvalidArgument, "perplexity: prefix of {} tokens (at least 1)",
+                     options.n_prefix);
     if (reference != nullptr && record != nullptr && reference == record)
-        return error(StatusCode::kInvalidArgument, "perplexity: the reference and the record are the same object");
-    if (reference != nullptr && (reference->n_vocab != n_vocab || reference->sequences.size() != sequences.size()))
+        return error(StatusCode::kInvalidArgument,
+                     "perplexity: the reference and the record are the same object");
+    if (reference != nullptr &&
+        (reference->n_vocab != n_vocab || reference->sequences.size() != sequences.size()))
         return error(StatusCode::kInvalidArgument,
                      "perplexity: reference of {} sequences x {} vocabulary, evaluating {} x {}",
                      reference->sequences.size(), reference->n_vocab, sequences.size(), n_vocab);
@@ -46,17 +52,22 @@ Result<PerplexityResult> perplexity_evaluate(Session& session, std::span<const T
         const int64_t n = static_cast<int64_t>(sequences[s].tokens.size());
         if (n <= options.n_prefix || n > session.n_ctx())
             return error(StatusCode::kInvalidArgument,
-                         "perplexity: sequence {} ({}) has {} tokens; it needs more than the prefix of {} and at "
+                         "perplexity: sequence {} ({}) has {} tokens; it needs more than the "
+                         "prefix of {} and at "
                          "most the context of {}",
                          s, sequences[s].name, n, options.n_prefix, session.n_ctx());
         for (int32_t id : sequences[s].tokens)
             if (id < 0 || id >= n_vocab)
-                return error(StatusCode::kInvalidArgument, "perplexity: sequence {} ({}) holds token {} outside the vocabulary of {}",
-                             s, sequences[s].name, id, n_vocab);
+                return error(
+                    StatusCode::kInvalidArgument,
+                    "perplexity: sequence {} ({}) holds token {} outside the vocabulary of {}", s,
+                    sequences[s].name, id, n_vocab);
         const int64_t n_scored = n - options.n_prefix;
-        if (reference != nullptr && reference->sequences[s].size() != static_cast<size_t>(n_scored * n_vocab))
-            return error(StatusCode::kInvalidArgument, "perplexity: reference of sequence {} holds {} values, not {} x {}",
-                         s, reference->sequences[s].size(), n_scored, n_vocab);
+        if (reference != nullptr &&
+            reference->sequences[s].size() != static_cast<size_t>(n_scored * n_vocab))
+            return error(StatusCode::kInvalidArgument,
+                         "perplexity: reference of sequence {} holds {} values, not {} x {}", s,
+                         reference->sequences[s].size(), n_scored, n_vocab);
     }
     if (record != nullptr) {
         record->n_vocab = n_vocab;
@@ -68,7 +79,7 @@ Result<PerplexityResult> perplexity_evaluate(Session& session, std::span<const T
     PerplexityResult result;
     result.has_kl = reference != nullptr;
     const double t0 = time_now_ms();
-    std::vector<float> logits;                                 // (n_vocab,)
+    std::vector<float> logits;                               // (n_vocab,)
     std::vector<float> log_q(static_cast<size_t>(n_vocab));  // (n_vocab,)
     for (size_t s = 0; s < sequences.size(); ++s) {
         const std::span<const int32_t> tokens(sequences[s].tokens);
@@ -89,7 +100,8 @@ Result<PerplexityResult> perplexity_evaluate(Session& session, std::span<const T
                 result.kl_sum += kl_divergence({p, static_cast<size_t>(n_vocab)}, log_q);
             }
             if (record != nullptr)
-                std::copy(log_q.begin(), log_q.end(), record->sequences[s].begin() + static_cast<size_t>(k) * n_vocab);
+                std::copy(log_q.begin(), log_q.end(),
+                          record->sequences[s].begin() + static_cast<size_t>(k) * n_vocab);
             if (progress) progress(static_cast<int>(s), k + 1, n_scored);
         }
         result.n_scored += n_scored;

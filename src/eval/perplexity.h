@@ -55,7 +55,8 @@ using PerplexityProgress = std::function<void(int sequence, int scored, int tota
 // `session`. With `reference` (from an earlier call on the same sequences and options), KL_t is
 // summed; with `record`, this model's log-probabilities are stored there to serve as a
 // reference. The two may not be the same object.
-Result<PerplexityResult> perplexity_evaluate(Session& session, std::span<const TokenSequence> sequences,
+Result<PerplexityResult> perplexity_evaluate(Session& session,
+                                             std::span<const TokenSequence> sequences,
                                              const PerplexityOptions& options,
                                              const ReferenceLogProbs* reference = nullptr,
                                              ReferenceLogProbs* record = nullptr,

@@ -19,7 +19,8 @@ size_t count_of(const std::string& text, const std::string& part) {
 }
 
 TEST(PasskeyTrials, AreDeterministicFiveDigitKeysAtEvenDepths) {
-    const std::vector<PasskeyTrial> a = passkey_trials(5, 7), b = passkey_trials(5, 7), c = passkey_trials(5, 8);
+    const std::vector<PasskeyTrial> a = passkey_trials(5, 7), b = passkey_trials(5, 7),
+                                    c = passkey_trials(5, 8);
     ASSERT_EQ(a.size(), 5u);
     std::set<std::string> keys;
     for (size_t i = 0; i < a.size(); ++i) {
@@ -50,14 +51,15 @@ TEST(PasskeyScore, FindsTheKeyInARunOfDigits) {
 }
 
 class PasskeyPromptTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         PURBO_REQUIRE_DEFAULT_MODEL(path);
         auto m = model_load(path);
         ASSERT_TRUE(m.is_ok()) << m.status().to_string();
         model_ = std::make_unique<Model>(std::move(*m));
         auto f = passkey_corpus_filler(*model_->tokenizer, CorpusSplit::kHeldOut);
-        if (!f.is_ok()) GTEST_SKIP() << "no held-out corpus on this machine: " << f.status().message();
+        if (!f.is_ok())
+            GTEST_SKIP() << "no held-out corpus on this machine: " << f.status().message();
         filler_ = std::move(*f);
     }
     const Tokenizer& tok() const { return *model_->tokenizer; }
@@ -72,17 +74,20 @@ TEST_F(PasskeyPromptTest, HasTheLengthAndTheNeedleOnceAtItsDepth) {
     for (PasskeyFormat format : {PasskeyFormat::kPlain, PasskeyFormat::kChat}) {
         for (int n_tokens : {300, 1024, 4096}) {
             for (const PasskeyTrial& trial : passkey_trials(7, 3)) {
-                SCOPED_TRACE(fmt::format("{} {} tokens, trial {} depth {}", passkey_format_name(format), n_tokens,
-                                         trial.index, trial.depth));
-                auto p = passkey_prompt(tok(), &*model_->chat_template, format, filler_, trial, n_tokens);
+                SCOPED_TRACE(fmt::format("{} {} tokens, trial {} depth {}",
+                                         passkey_format_name(format), n_tokens, trial.index,
+                                         trial.depth));
+                auto p = passkey_prompt(tok(), &*model_->chat_template, format, filler_, trial,
+                                        n_tokens);
                 ASSERT_TRUE(p.is_ok()) << p.status().to_string();
                 EXPECT_EQ(static_cast<int>(p->tokens.size()), n_tokens);
                 const std::string text = tok().decode(p->tokens);
-                const std::string needle =
-                    fmt::format("The pass key is {}. Remember it. {} is the pass key.", p->key, p->key);
+                const std::string needle = fmt::format(
+                    "The pass key is {}. Remember it. {} is the pass key.", p->key, p->key);
                 EXPECT_EQ(count_of(text, needle), 1u);
                 EXPECT_EQ(count_of(text, p->key), 2u);  // only the needle's two mentions
-                EXPECT_EQ(tok().decode(std::span(p->tokens).subspan(p->needle_begin, p->needle_end - p->needle_begin)),
+                EXPECT_EQ(tok().decode(std::span(p->tokens).subspan(
+                              p->needle_begin, p->needle_end - p->needle_begin)),
                           needle + "\n");
                 // Within the snapping distance of the requested depth (in filler tokens).
                 EXPECT_NEAR(p->depth, trial.depth, (kPasskeySnapTokens + 1.0) / p->filler_tokens);
@@ -90,10 +95,12 @@ TEST_F(PasskeyPromptTest, HasTheLengthAndTheNeedleOnceAtItsDepth) {
                 // Ends with the question, ready for the answer.
                 EXPECT_EQ(text.substr(text.size() - 15), "The pass key is");
                 if (format == PasskeyFormat::kChat) {
-                    EXPECT_NE(text.find("<|im_start|>assistant\nThe pass key is"), std::string::npos);
+                    EXPECT_NE(text.find("<|im_start|>assistant\nThe pass key is"),
+                              std::string::npos);
                 }
                 // The same trial gives the same prompt.
-                auto again = passkey_prompt(tok(), &*model_->chat_template, format, filler_, trial, n_tokens);
+                auto again = passkey_prompt(tok(), &*model_->chat_template, format, filler_, trial,
+                                            n_tokens);
                 ASSERT_TRUE(again.is_ok());
                 EXPECT_EQ(again->tokens, p->tokens);
             }
@@ -109,9 +116,11 @@ TEST_F(PasskeyPromptTest, DepthsZeroAndOneAreTheEdgesOfTheFiller) {
         EXPECT_DOUBLE_EQ(p->depth, depth);
         const std::string text = tok().decode(p->tokens);
         if (depth == 0) {
-            EXPECT_NE(text.find("important information there.\n\nThe pass key is 31415."), std::string::npos);
+            EXPECT_NE(text.find("important information there.\n\nThe pass key is 31415."),
+                      std::string::npos);
         } else {
-            EXPECT_NE(text.find("is the pass key.\n\n\nWhat is the pass key? The pass key is"), std::string::npos);
+            EXPECT_NE(text.find("is the pass key.\n\n\nWhat is the pass key? The pass key is"),
+                      std::string::npos);
         }
     }
 }
@@ -130,10 +139,12 @@ TEST_F(PasskeyPromptTest, RejectsALengthWithoutRoomOrAChatWithoutTemplate) {
     const PasskeyTrial trial{0, "12345", 0.5};
     auto p = passkey_prompt(tok(), nullptr, PasskeyFormat::kPlain, filler_, trial, 40);
     ASSERT_FALSE(p.is_ok());
-    EXPECT_NE(p.status().message().find("40 tokens leave no room"), std::string::npos) << p.status().message();
+    EXPECT_NE(p.status().message().find("40 tokens leave no room"), std::string::npos)
+        << p.status().message();
     p = passkey_prompt(tok(), nullptr, PasskeyFormat::kChat, filler_, trial, 1000);
     ASSERT_FALSE(p.is_ok());
-    EXPECT_NE(p.status().message().find("chat template"), std::string::npos) << p.status().message();
+    EXPECT_NE(p.status().message().find("chat template"), std::string::npos)
+        << p.status().message();
 }
 
 TEST_F(PasskeyPromptTest, RunsTrialsAndCountsThemPerDepth) {
@@ -147,10 +158,11 @@ TEST_F(PasskeyPromptTest, RunsTrialsAndCountsThemPerDepth) {
     o.n_trials = 3;
     o.n_depth_buckets = 2;
     int calls = 0;
-    auto r = passkey_run(**session, tok(), nullptr, filler_, o, [&](const PasskeyTrialResult&, int done, int total) {
-        EXPECT_EQ(done, ++calls);
-        EXPECT_EQ(total, 3);
-    });
+    auto r = passkey_run(**session, tok(), nullptr, filler_, o,
+                         [&](const PasskeyTrialResult&, int done, int total) {
+                             EXPECT_EQ(done, ++calls);
+                             EXPECT_EQ(total, 3);
+                         });
     ASSERT_TRUE(r.is_ok()) << r.status().to_string();
     EXPECT_EQ(calls, 3);
     ASSERT_EQ(r->trials.size(), 3u);

@@ -27,7 +27,8 @@ Tiny load_tiny(int n_tokens) {
     Tiny t{std::move(*m), {}};
     for (int s = 0; s < 2; ++s) {
         TokenSequence seq{fmt::format("seq{}", s), {}};
-        for (int i = 0; i < n_tokens; ++i) seq.tokens.push_back((i * 7919 + 11 + s * 104729) % t.model.config.n_vocab);
+        for (int i = 0; i < n_tokens; ++i)
+            seq.tokens.push_back((i * 7919 + 11 + s * 104729) % t.model.config.n_vocab);
         t.sequences.push_back(std::move(seq));
     }
     return t;
@@ -164,10 +165,13 @@ TEST(Perplexity, RejectsBadArguments) {
 
     // A reference of other sequences.
     ReferenceLogProbs reference;
-    ASSERT_TRUE(perplexity_evaluate(*session, std::span(t.sequences).first(1), o, nullptr, &reference).is_ok());
+    ASSERT_TRUE(
+        perplexity_evaluate(*session, std::span(t.sequences).first(1), o, nullptr, &reference)
+            .is_ok());
     r = perplexity_evaluate(*session, t.sequences, o, &reference);
     ASSERT_FALSE(r.is_ok());
-    EXPECT_NE(r.status().message().find("reference of 1 sequences"), std::string::npos) << r.status().message();
+    EXPECT_NE(r.status().message().find("reference of 1 sequences"), std::string::npos)
+        << r.status().message();
     EXPECT_FALSE(perplexity_evaluate(*session, t.sequences, o, &reference, &reference).is_ok());
 }
 

@@ -54,7 +54,8 @@ std::string write_adapter(const fs::path& dir, bool indexer) {
         a.wq = test::host_f32({n, r, d}, test::random_floats(rng, n * r * d, 0.5f));
         a.wk = test::host_f32({n, r, d}, test::random_floats(rng, n * r * d, 0.5f));
     }
-    const std::string path = (dir / (indexer ? "indexer.safetensors" : "classes.safetensors")).string();
+    const std::string path =
+        (dir / (indexer ? "indexer.safetensors" : "classes.safetensors")).string();
     const Status st = adapter_save(path, a);
     EXPECT_TRUE(st.is_ok()) << st.to_string();
     return path;
@@ -75,7 +76,8 @@ TEST(EvalCli, BadFlagsGiveOneClearLine) {
         {m + " --lengths 2K,4Q", "--lengths: '4Q' is not a token count"},
         {m + " --lengths 1K --trials 0", "--trials: 0 (at least 1)"},
         {m + " --trials x", "--trials: 'x' is not an integer"},
-        {m + " --ppl-ctx 512 --ppl-prefix 512", "--ppl-ctx: 512 leaves nothing to score after --ppl-prefix 512"},
+        {m + " --ppl-ctx 512 --ppl-prefix 512",
+         "--ppl-ctx: 512 leaves nothing to score after --ppl-prefix 512"},
         {m + " --ppl-prefix 0", "--ppl-prefix: 0 (at least 1)"},
         {m + " --ppl-seqs 0", "--ppl-seqs: 0 (at least 1)"},
         {m + " -o xml", "-o: 'xml' (md or json)"},
@@ -102,12 +104,12 @@ TEST(EvalCli, TinyCheckpointRunsEveryVariantAndWritesJson) {
     const fs::path dir = test::tiny_byte_model("eval_cli_tiny");
     const std::string adapter = write_adapter(dir, true);
     const std::string out = (dir / "results.json").string();
-    const test::ProgramResult r =
-        run_purbo("eval -m " + dir.string() + " --adapter " + adapter +
-                  // One thread: a model this small gains nothing from two, and on a loaded
-                  // machine each OpenMP barrier may wait for a time slice.
-                  " --lengths 512,1K --trials 3 --ppl-ctx 700 --ppl-prefix 500 -t 1 -o json --out " + out,
-                  /*with_stderr=*/false);
+    const test::ProgramResult r = run_purbo(
+        "eval -m " + dir.string() + " --adapter " + adapter +
+            // One thread: a model this small gains nothing from two, and on a loaded
+            // machine each OpenMP barrier may wait for a time slice.
+            " --lengths 512,1K --trials 3 --ppl-ctx 700 --ppl-prefix 500 -t 1 -o json --out " + out,
+        /*with_stderr=*/false);
     ASSERT_EQ(r.status, 0) << r.output;
     auto text = read_text_file(out);
     ASSERT_TRUE(text.is_ok());
@@ -144,8 +146,10 @@ TEST(EvalCli, TinyCheckpointRunsEveryVariantAndWritesJson) {
     EXPECT_EQ(k, std::max(1, static_cast<int>(std::lround(sparse_blocks))));
     EXPECT_DOUBLE_EQ(v[3]["ppl"]["sparsity"]["blocks_per_retrieval_head"].get<double>(), k);
     for (size_t i = 0; i < 2; ++i) {
-        const double mean = v[1]["passkey"][i]["sparsity"]["blocks_per_retrieval_head"].get<double>();
-        EXPECT_EQ(v[3]["passkey"][i]["top_k_blocks"], std::max(1, static_cast<int>(std::lround(mean))));
+        const double mean =
+            v[1]["passkey"][i]["sparsity"]["blocks_per_retrieval_head"].get<double>();
+        EXPECT_EQ(v[3]["passkey"][i]["top_k_blocks"],
+                  std::max(1, static_cast<int>(std::lround(mean))));
     }
     // KV heads without a retrieval head keep a ring of sinks + window + batch rows.
     EXPECT_LE(v[1]["kv_bytes"].get<double>(), v[1]["dense_kv_bytes"].get<double>());
@@ -153,20 +157,25 @@ TEST(EvalCli, TinyCheckpointRunsEveryVariantAndWritesJson) {
 
     // Markdown: the header, one row per variant, the notes.
     const std::string details = (dir / "details.json").string();
-    const test::ProgramResult md =
-        run_purbo("eval -m " + dir.string() + " --adapter " + adapter +
-                      " --variants local,dense --tasks passkey --lengths 512 --trials 2 -t 1 --out " + details,
-                  /*with_stderr=*/false);
+    const test::ProgramResult md = run_purbo(
+        "eval -m " + dir.string() + " --adapter " + adapter +
+            " --variants local,dense --tasks passkey --lengths 512 --trials 2 -t 1 --out " +
+            details,
+        /*with_stderr=*/false);
     ASSERT_EQ(md.status, 0) << md.output;
     // A .json file gets the details whatever the screen shows.
     auto details_text = read_text_file(details);
     ASSERT_TRUE(details_text.is_ok());
     EXPECT_EQ(nlohmann::json::parse(*details_text)["variants"].size(), 2u);
     EXPECT_EQ(md.output.rfind("**purbo eval** ", 0), 0u) << md.output;
-    EXPECT_NE(md.output.find("adapter indexer.safetensors (W 64, S 4, p 0.9, B 32, r 8; 3 retrieval heads of 12)"),
+    EXPECT_NE(
+        md.output.find(
+            "adapter indexer.safetensors (W 64, S 4, p 0.9, B 32, r 8; 3 retrieval heads of 12)"),
+        std::string::npos)
+        << md.output;
+    EXPECT_NE(md.output.find("| variant | passkey 512 | tokens / retrieval head |"),
               std::string::npos)
         << md.output;
-    EXPECT_NE(md.output.find("| variant | passkey 512 | tokens / retrieval head |"), std::string::npos) << md.output;
     EXPECT_NE(md.output.find("\n| dense | "), std::string::npos) << md.output;
     EXPECT_NE(md.output.find("\n| local (W 64, S 4) | "), std::string::npos) << md.output;
     EXPECT_EQ(md.output.find("| sparse"), std::string::npos) << md.output;
@@ -180,13 +189,17 @@ TEST(EvalCli, DefaultModelTinySettings) {
     if (!have_held_out_corpus()) GTEST_SKIP() << "no held-out licence texts on this machine";
     const std::string dir = test::temp_dir("eval_cli_default_model");
     const std::string out = dir + "/results.md";
-    const test::ProgramResult r =
-        run_purbo("eval -m " + model + " --lengths 1K --trials 2 --ppl-ctx 512 --ppl-prefix 448 --window 256 -t 1 --out " +
-                  out);
+    const test::ProgramResult r = run_purbo(
+        "eval -m " + model +
+        " --lengths 1K --trials 2 --ppl-ctx 512 --ppl-prefix 448 --window 256 -t 1 --out " + out);
     ASSERT_EQ(r.status, 0) << r.output;
     const std::vector<std::string> expected = {
-        "**purbo eval** SmolLM2-135M-Instruct.Q4_1.gguf; adapter none", "| variant | passkey 1K | ppl | KL vs dense |",
-        "\n| dense | ", "\n| local (W 256, S 4) | ", "dense  passkey 1K   [  2/2]", "wrote " + out};
+        "**purbo eval** SmolLM2-135M-Instruct.Q4_1.gguf; adapter none",
+        "| variant | passkey 1K | ppl | KL vs dense |",
+        "\n| dense | ",
+        "\n| local (W 256, S 4) | ",
+        "dense  passkey 1K   [  2/2]",
+        "wrote " + out};
     for (const std::string& expect : expected)
         EXPECT_NE(r.output.find(expect), std::string::npos) << expect << "\n" << r.output;
     auto text = read_text_file(out);

@@ -65,7 +65,8 @@ Result<int> parse_length(const std::string& text) {
         digits.pop_back();
         unit = 1024;
     }
-    if (digits.empty() || digits.size() > 6 || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    if (digits.empty() || digits.size() > 6 ||
+        !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
         return error(kBad, "--lengths: '{}' is not a token count (2048, 2K)", text);
     const int n = std::stoi(digits) * unit;
     if (n < 1) return error(kBad, "--lengths: '{}' is not a token count (2048, 2K)", text);
@@ -98,7 +99,9 @@ Result<Plan> check_flags(const EvalFlags& f) {
         }
     }
     const std::vector<std::string> variants =
-        split_list(!f.variants.empty() ? f.variants : f.sparse.enabled() ? "dense,sparse,local,topk" : "dense,local");
+        split_list(!f.variants.empty()  ? f.variants
+                   : f.sparse.enabled() ? "dense,sparse,local,topk"
+                                        : "dense,local");
     if (variants.empty()) return error(kBad, "--variants: empty (dense, sparse, local, topk)");
     for (const std::string& v : variants) {
         if (!contains({std::begin(kVariantOrder), std::end(kVariantOrder)}, v))
@@ -120,11 +123,14 @@ Result<Plan> check_flags(const EvalFlags& f) {
     if (plan.ppl) {
         if (f.ppl_prefix < 1) return error(kBad, "--ppl-prefix: {} (at least 1)", f.ppl_prefix);
         if (f.ppl_ctx <= f.ppl_prefix)
-            return error(kBad, "--ppl-ctx: {} leaves nothing to score after --ppl-prefix {}", f.ppl_ctx, f.ppl_prefix);
+            return error(kBad, "--ppl-ctx: {} leaves nothing to score after --ppl-prefix {}",
+                         f.ppl_ctx, f.ppl_prefix);
         if (f.ppl_seqs < 1) return error(kBad, "--ppl-seqs: {} (at least 1)", f.ppl_seqs);
     }
-    if (f.window < 1 || f.sinks < 0) return error(kBad, "--window {} / --sinks {}: window >= 1, sinks >= 0", f.window, f.sinks);
-    if (f.format != "md" && f.format != "json") return error(kBad, "-o: '{}' (md or json)", f.format);
+    if (f.window < 1 || f.sinks < 0)
+        return error(kBad, "--window {} / --sinks {}: window >= 1, sinks >= 0", f.window, f.sinks);
+    if (f.format != "md" && f.format != "json")
+        return error(kBad, "-o: '{}' (md or json)", f.format);
     return plan;
 }
 
@@ -143,7 +149,8 @@ Adapter local_adapter(const Model& model, const Adapter* base, const EvalFlags& 
     a.n_head = c.n_head;
     a.n_head_kv = c.n_head_kv;
     a.head_dim = c.head_dim;
-    a.base_fingerprint = base != nullptr ? base->base_fingerprint : model_fingerprint(c, model.weights);
+    a.base_fingerprint =
+        base != nullptr ? base->base_fingerprint : model_fingerprint(c, model.weights);
     a.scores.assign(static_cast<size_t>(c.n_layer * c.n_head), 0.0f);
     return a;
 }
@@ -160,24 +167,29 @@ std::string now_text() {
 // K for the topk variant: the sparse variant's mean blocks per retrieval head per step, rounded.
 Result<int> top_k_from(const SparsityStats& s, const std::string& what) {
     if (s.retrieval_head_steps == 0)
-        return error(kBad, "topk: the sparse variant selected no blocks in {} (an adapter without an indexer keeps "
-                           "retrieval heads dense; train one with purbo train-indexer)", what);
+        return error(kBad,
+                     "topk: the sparse variant selected no blocks in {} (an adapter without an "
+                     "indexer keeps "
+                     "retrieval heads dense; train one with purbo train-indexer)",
+                     what);
     return std::max(1, static_cast<int>(std::lround(s.blocks_per_retrieval_head())));
 }
 
 // One evaluation: the model, the inputs of both tasks and the variants run so far.
 class Evaluation {
-public:
+  public:
     Evaluation(const EvalFlags& f, const Plan& plan, const Model& model, const Adapter* adapter)
         : f_(f), plan_(plan), model_(model), adapter_(adapter) {}
 
     Status prepare_inputs(EvalReport& report);
     // Runs variant `name` (kVariantOrder order); adds its row when the plan shows it.
-    Status run_variant(const std::string& name, EvalReport& report, const AttentionPolicyFactory& sparse_factory);
+    Status run_variant(const std::string& name, EvalReport& report,
+                       const AttentionPolicyFactory& sparse_factory);
 
-private:
+  private:
     Result<std::unique_ptr<Session>> session(const AttentionPolicyFactory& factory) const;
-    Status run_passkey(Session& s, const std::string& name, size_t length_index, EvalVariantResult& v);
+    Status run_passkey(Session& s, const std::string& name, size_t length_index,
+                       EvalVariantResult& v);
     Status run_ppl(Session& s, const std::string& name, EvalVariantResult& v);
 
     const EvalFlags& f_;
@@ -204,7 +216,8 @@ Status Evaluation::prepare_inputs(EvalReport& report) {
     if (plan_.passkey) {
         for (int n : plan_.lengths) {
             if (n > max_ctx)
-                return error(kBad, "--lengths: {} exceeds the model's context of {} tokens", eval_length_label(n), max_ctx);
+                return error(kBad, "--lengths: {} exceeds the model's context of {} tokens",
+                             eval_length_label(n), max_ctx);
             n_ctx_ = std::max(n_ctx_, n);
         }
         PURBO_ASSIGN_OR_RETURN(filler_, passkey_corpus_filler(tok, CorpusSplit::kHeldOut));
@@ -213,28 +226,37 @@ Status Evaluation::prepare_inputs(EvalReport& report) {
     if (plan_.ppl) {
         int ctx = std::min(f_.ppl_ctx, max_ctx);
         if (ctx < f_.ppl_ctx)
-            std::fprintf(stderr, "purbo eval: --ppl-ctx %d exceeds the model's context; using %d\n", f_.ppl_ctx, ctx);
+            std::fprintf(stderr, "purbo eval: --ppl-ctx %d exceeds the model's context; using %d\n",
+                         f_.ppl_ctx, ctx);
         // What the split allows: the stream of its documents, cut into sequences of ctx tokens.
         const int32_t bos = tok.add_bos() ? tok.bos_id() : -1;
         int64_t stream = 0;
         for (const TokenizedDocument& d : tokenized)
-            stream += static_cast<int64_t>(d.tokens.size()) + (stream > 0 ? static_cast<int64_t>(separator.size()) : 0);
+            stream += static_cast<int64_t>(d.tokens.size()) +
+                      (stream > 0 ? static_cast<int64_t>(separator.size()) : 0);
         const int64_t per_seq_extra = bos >= 0 ? 1 : 0;
         if (stream + per_seq_extra < ctx) {
             ctx = static_cast<int>(stream + per_seq_extra);
-            std::fprintf(stderr, "purbo eval: the held-out text holds %lld tokens; --ppl-ctx lowered to %d\n",
-                         static_cast<long long>(stream), ctx);
+            std::fprintf(
+                stderr,
+                "purbo eval: the held-out text holds %lld tokens; --ppl-ctx lowered to %d\n",
+                static_cast<long long>(stream), ctx);
         }
         if (ctx <= f_.ppl_prefix)
-            return error(kBad, "--ppl-prefix: {} leaves nothing to score in {} tokens of held-out text", f_.ppl_prefix, ctx);
+            return error(kBad,
+                         "--ppl-prefix: {} leaves nothing to score in {} tokens of held-out text",
+                         f_.ppl_prefix, ctx);
         int seqs = f_.ppl_seqs;
         const int64_t fit = stream / (ctx - per_seq_extra);
         if (fit < seqs) {
-            std::fprintf(stderr, "purbo eval: the held-out text holds %lld sequences of %d tokens; --ppl-seqs lowered to %lld\n",
+            std::fprintf(stderr,
+                         "purbo eval: the held-out text holds %lld sequences of %d tokens; "
+                         "--ppl-seqs lowered to %lld\n",
                          static_cast<long long>(fit), ctx, static_cast<long long>(fit));
             seqs = static_cast<int>(fit);
         }
-        PURBO_ASSIGN_OR_RETURN(ppl_sequences_, corpus_sequences(tokenized, separator, ctx, seqs, bos));
+        PURBO_ASSIGN_OR_RETURN(ppl_sequences_,
+                               corpus_sequences(tokenized, separator, ctx, seqs, bos));
         ppl_options_.n_prefix = f_.ppl_prefix;
         report.ppl_ctx = ctx;
         report.ppl_prefix = f_.ppl_prefix;
@@ -250,7 +272,8 @@ Result<std::unique_ptr<Session>> Evaluation::session(const AttentionPolicyFactor
     return Session::create(model_.config, model_.weights, so, factory);
 }
 
-Status Evaluation::run_passkey(Session& s, const std::string& name, size_t length_index, EvalVariantResult& v) {
+Status Evaluation::run_passkey(Session& s, const std::string& name, size_t length_index,
+                               EvalVariantResult& v) {
     PasskeyOptions o;
     o.n_tokens = plan_.lengths[length_index];
     o.n_trials = f_.trials;
@@ -258,18 +281,19 @@ Status Evaluation::run_passkey(Session& s, const std::string& name, size_t lengt
     o.format = f_.chat ? PasskeyFormat::kChat : PasskeyFormat::kPlain;
     const std::string label = eval_length_label(o.n_tokens);
     const ChatTemplate* chat = model_.chat_template ? &*model_.chat_template : nullptr;
-    PURBO_ASSIGN_OR_RETURN(PasskeyResult r,
-                           passkey_run(s, *model_.tokenizer, chat, filler_, o,
-                                       [&](const PasskeyTrialResult& t, int done, int total) {
-                                           std::fprintf(stderr,
-                                                        "purbo eval: %-6s passkey %-4s [%3d/%d] depth %.2f key %s: "
-                                                        "%-12s %s (%.1f s)\n",
-                                                        name.c_str(), label.c_str(), done, total, t.depth,
-                                                        t.trial.key.c_str(), fmt::format("'{}'", t.answer).c_str(),
-                                                        t.correct ? "ok" : "MISS", t.seconds);
-                                       }));
-    std::fprintf(stderr, "purbo eval: %-6s passkey %-4s %d/%zu correct (%.1f s)\n", name.c_str(), label.c_str(),
-                 r.n_correct, r.trials.size(), r.seconds);
+    PURBO_ASSIGN_OR_RETURN(
+        PasskeyResult r,
+        passkey_run(s, *model_.tokenizer, chat, filler_, o,
+                    [&](const PasskeyTrialResult& t, int done, int total) {
+                        std::fprintf(stderr,
+                                     "purbo eval: %-6s passkey %-4s [%3d/%d] depth %.2f key %s: "
+                                     "%-12s %s (%.1f s)\n",
+                                     name.c_str(), label.c_str(), done, total, t.depth,
+                                     t.trial.key.c_str(), fmt::format("'{}'", t.answer).c_str(),
+                                     t.correct ? "ok" : "MISS", t.seconds);
+                    }));
+    std::fprintf(stderr, "purbo eval: %-6s passkey %-4s %d/%zu correct (%.1f s)\n", name.c_str(),
+                 label.c_str(), r.n_correct, r.trials.size(), r.seconds);
     v.passkey.push_back(std::move(r));
     return Status::ok();
 }
@@ -282,18 +306,20 @@ Status Evaluation::run_ppl(Session& s, const std::string& name, EvalVariantResul
         const double now = time_now_ms();
         if (scored != total && now - t_last < 10e3) return;  // a line every 10 s
         t_last = now;
-        std::fprintf(stderr, "purbo eval: %-6s ppl sequence %d/%zu: %d/%d tokens (%.0f s)\n", name.c_str(), seq + 1,
-                     ppl_sequences_.size(), scored, total, (now - t0) / 1e3);
+        std::fprintf(stderr, "purbo eval: %-6s ppl sequence %d/%zu: %d/%d tokens (%.0f s)\n",
+                     name.c_str(), seq + 1, ppl_sequences_.size(), scored, total, (now - t0) / 1e3);
     };
-    PURBO_ASSIGN_OR_RETURN(PerplexityResult r,
-                           perplexity_evaluate(s, ppl_sequences_, ppl_options_, is_reference ? nullptr : &reference_,
-                                               is_reference ? &reference_ : nullptr, progress));
+    PURBO_ASSIGN_OR_RETURN(
+        PerplexityResult r,
+        perplexity_evaluate(s, ppl_sequences_, ppl_options_, is_reference ? nullptr : &reference_,
+                            is_reference ? &reference_ : nullptr, progress));
     if (is_reference) {  // KL(dense || dense) = 0 (tests/eval/test-perplexity.cpp checks it)
         r.has_kl = true;
         r.kl_sum = 0;
     }
-    std::fprintf(stderr, "purbo eval: %-6s ppl %.3f, KL vs dense %.4f over %lld tokens (%.1f s)\n", name.c_str(),
-                 r.perplexity(), r.mean_kl(), static_cast<long long>(r.n_scored), r.seconds);
+    std::fprintf(stderr, "purbo eval: %-6s ppl %.3f, KL vs dense %.4f over %lld tokens (%.1f s)\n",
+                 name.c_str(), r.perplexity(), r.mean_kl(), static_cast<long long>(r.n_scored),
+                 r.seconds);
     v.ppl = r;
     return Status::ok();
 }
@@ -306,7 +332,8 @@ Status Evaluation::run_variant(const std::string& name, EvalReport& report,
     v.kv_ctx = n_ctx_;
     const bool wanted = contains(plan_.shown, name);
     // A variant that only serves another (dense for KL, sparse for K) runs only that task.
-    const bool do_passkey = plan_.passkey && (wanted || (name == "sparse" && contains(plan_.shown, "topk")));
+    const bool do_passkey =
+        plan_.passkey && (wanted || (name == "sparse" && contains(plan_.shown, "topk")));
     const bool do_ppl = plan_.ppl;
 
     auto record_kv = [&](Session& s) {
@@ -320,17 +347,20 @@ Status Evaluation::run_variant(const std::string& name, EvalReport& report,
         so.rings = !f_.sparse.no_rings;
         v.description = fmt::format("B {}", adapter_->settings.block_size);
         for (size_t i = 0; do_passkey && i < plan_.lengths.size(); ++i) {
-            PURBO_ASSIGN_OR_RETURN(so.top_k_blocks,
-                                   top_k_from(sparse_->passkey[i].sparsity,
-                                              fmt::format("passkey {}", eval_length_label(plan_.lengths[i]))));
-            PURBO_ASSIGN_OR_RETURN(std::unique_ptr<Session> s, session(sparse_policy_factory(*adapter_, so)));
+            PURBO_ASSIGN_OR_RETURN(
+                so.top_k_blocks,
+                top_k_from(sparse_->passkey[i].sparsity,
+                           fmt::format("passkey {}", eval_length_label(plan_.lengths[i]))));
+            PURBO_ASSIGN_OR_RETURN(std::unique_ptr<Session> s,
+                                   session(sparse_policy_factory(*adapter_, so)));
             v.passkey_top_k.push_back(so.top_k_blocks);
             PURBO_TRY(run_passkey(*s, name, i, v));
             record_kv(*s);
         }
         if (do_ppl) {
             PURBO_ASSIGN_OR_RETURN(so.top_k_blocks, top_k_from(sparse_->ppl->sparsity, "ppl"));
-            PURBO_ASSIGN_OR_RETURN(std::unique_ptr<Session> s, session(sparse_policy_factory(*adapter_, so)));
+            PURBO_ASSIGN_OR_RETURN(std::unique_ptr<Session> s,
+                                   session(sparse_policy_factory(*adapter_, so)));
             v.ppl_top_k = so.top_k_blocks;
             PURBO_TRY(run_ppl(*s, name, v));
             record_kv(*s);
@@ -340,7 +370,8 @@ Status Evaluation::run_variant(const std::string& name, EvalReport& report,
         if (name == "sparse") {
             factory = sparse_factory;
             const SparseSettings& ss = adapter_->settings;
-            v.description = fmt::format("p {:g}", f_.sparse.sparse_top_p != 0 ? f_.sparse.sparse_top_p : ss.top_p);
+            v.description = fmt::format(
+                "p {:g}", f_.sparse.sparse_top_p != 0 ? f_.sparse.sparse_top_p : ss.top_p);
         } else if (name == "local") {
             const Adapter local = local_adapter(model_, adapter_, f_);
             SparseRunOptions so;
@@ -350,7 +381,8 @@ Status Evaluation::run_variant(const std::string& name, EvalReport& report,
         }
         PURBO_ASSIGN_OR_RETURN(std::unique_ptr<Session> s, session(factory));
         record_kv(*s);
-        for (size_t i = 0; do_passkey && i < plan_.lengths.size(); ++i) PURBO_TRY(run_passkey(*s, name, i, v));
+        for (size_t i = 0; do_passkey && i < plan_.lengths.size(); ++i)
+            PURBO_TRY(run_passkey(*s, name, i, v));
         if (do_ppl) PURBO_TRY(run_ppl(*s, name, v));
     }
     v.seconds = (time_now_ms() - t0) / 1e3;
@@ -366,39 +398,56 @@ int cmd_eval(int argc, char** argv) {
     OptionSet set;
     set.usage = "purbo eval [options] [--adapter FILE | --sparse]";
     set.description =
-        "Compares the dense model with its sparse variants on long-context passkey retrieval, perplexity and "
-        "KL divergence from the dense model (held-out licence text of this machine), and prints one markdown "
-        "table. Variants: dense; sparse (the adapter); local (every head local: the adapter's window and "
-        "sinks, StreamingLLM); topk (retrieval heads keep a fixed K blocks per step, K = the sparse variant's "
+        "Compares the dense model with its sparse variants on long-context passkey retrieval, "
+        "perplexity and "
+        "KL divergence from the dense model (held-out licence text of this machine), and prints "
+        "one markdown "
+        "table. Variants: dense; sparse (the adapter); local (every head local: the adapter's "
+        "window and "
+        "sinks, StreamingLLM); topk (retrieval heads keep a fixed K blocks per step, K = the "
+        "sparse variant's "
         "mean).";
     add_model_flags(set, f.model);
     // The context is what the tasks need (the longest passkey length, --ppl-ctx).
     std::erase_if(set.options, [](const Option& o) { return o.long_name == "--ctx-size"; });
     add_sparse_flags(set, f.sparse);
     set.options.push_back({"--tasks", "", "LIST", "passkey, ppl (default: both)", &f.tasks});
-    set.options.push_back({"--variants", "", "LIST",
-                           "dense, sparse, local, topk (default: all four with an adapter, dense and local without)",
-                           &f.variants});
-    set.options.push_back({"--lengths", "", "LIST", "passkey context lengths in tokens (default 2K,4K,8K)", &f.lengths});
-    set.options.push_back({"--trials", "", "N", "passkey trials per length (default 50)", &f.trials});
-    set.options.push_back({"--seed", "", "N", "passkey keys and filler offsets (default 0)", &f.seed});
-    set.options.push_back({"--chat", "", "", "passkey prompts in the model's chat template (default: plain completion)",
-                           &f.chat});
-    set.options.push_back({"--ppl-ctx", "", "N", "tokens per perplexity sequence (default 4096, or what the held-out "
-                                                 "text allows)", &f.ppl_ctx});
-    set.options.push_back({"--ppl-prefix", "", "N",
-                           "tokens prefilled before the scored ones, which are decoded one by one (default 1024)",
-                           &f.ppl_prefix});
-    set.options.push_back({"--ppl-seqs", "", "N",
-                           "perplexity sequences (default 1; the dense log-probs are kept in memory: "
-                           "4 bytes x vocabulary per scored token)",
-                           &f.ppl_seqs});
-    set.options.push_back({"--window", "", "W", "local variant without an adapter: window (default 1024)", &f.window});
-    set.options.push_back({"--sinks", "", "S", "local variant without an adapter: sink tokens (default 4)", &f.sinks});
+    set.options.push_back(
+        {"--variants", "", "LIST",
+         "dense, sparse, local, topk (default: all four with an adapter, dense and local without)",
+         &f.variants});
+    set.options.push_back({"--lengths", "", "LIST",
+                           "passkey context lengths in tokens (default 2K,4K,8K)", &f.lengths});
+    set.options.push_back(
+        {"--trials", "", "N", "passkey trials per length (default 50)", &f.trials});
+    set.options.push_back(
+        {"--seed", "", "N", "passkey keys and filler offsets (default 0)", &f.seed});
+    set.options.push_back(
+        {"--chat", "", "",
+         "passkey prompts in the model's chat template (default: plain completion)", &f.chat});
+    set.options.push_back({"--ppl-ctx", "", "N",
+                           "tokens per perplexity sequence (default 4096, or what the held-out "
+                           "text allows)",
+                           &f.ppl_ctx});
+    set.options.push_back(
+        {"--ppl-prefix", "", "N",
+         "tokens prefilled before the scored ones, which are decoded one by one (default 1024)",
+         &f.ppl_prefix});
+    set.options.push_back(
+        {"--ppl-seqs", "", "N",
+         "perplexity sequences (default 1; the dense log-probs are kept in memory: "
+         "4 bytes x vocabulary per scored token)",
+         &f.ppl_seqs});
+    set.options.push_back({"--window", "", "W",
+                           "local variant without an adapter: window (default 1024)", &f.window});
+    set.options.push_back({"--sinks", "", "S",
+                           "local variant without an adapter: sink tokens (default 4)", &f.sinks});
     set.options.push_back({"--output-format", "-o", "FMT", "md (default) or json", &f.format});
-    set.options.push_back({"--out", "", "FILE", "also write the results to FILE (JSON when it ends in .json)", &f.out});
+    set.options.push_back({"--out", "", "FILE",
+                           "also write the results to FILE (JSON when it ends in .json)", &f.out});
     bool help = false;
-    if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok()) return report_error("eval", st);
+    if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok())
+        return report_error("eval", st);
     if (help) return 0;
     Result<Plan> plan = check_flags(f);
     if (!plan.is_ok()) return report_error("eval", plan.status());
@@ -408,16 +457,20 @@ int cmd_eval(int argc, char** argv) {
     double load_ms = 0;
     Result<Model> model = load_model(f.model, &load_ms);
     if (!model.is_ok()) return report_error("eval", model.status());
-    if (!model->tokenizer) return report_error("eval", error(kBad, "{}: the model has no tokenizer", model->path));
+    if (!model->tokenizer)
+        return report_error("eval", error(kBad, "{}: the model has no tokenizer", model->path));
     if (f.chat && !model->chat_template) return report_error("eval", model->chat_template_status);
     Adapter adapter;
-    Result<AttentionPolicyFactory> sparse_factory = sparse_policy_from_flags(f.sparse, *model, &adapter);
+    Result<AttentionPolicyFactory> sparse_factory =
+        sparse_policy_from_flags(f.sparse, *model, &adapter);
     if (!sparse_factory.is_ok()) return report_error("eval", sparse_factory.status());
     const bool has_adapter = f.sparse.enabled();
     if (contains(plan->shown, "topk") && !adapter.has_indexer()) {
         if (!f.variants.empty())
-            return report_error("eval", error(kBad, "--variants topk: the adapter has no indexer (retrieval heads stay "
-                                                    "dense in decode; train one with purbo train-indexer)"));
+            return report_error(
+                "eval", error(kBad,
+                              "--variants topk: the adapter has no indexer (retrieval heads stay "
+                              "dense in decode; train one with purbo train-indexer)"));
         std::erase(plan->shown, "topk");
         std::fprintf(stderr, "purbo eval: the adapter has no indexer: no topk variant\n");
     }
@@ -427,13 +480,15 @@ int cmd_eval(int argc, char** argv) {
         const std::string path = f.sparse.sparse ? default_adapter_path() : f.sparse.adapter;
         report.adapter = std::filesystem::path(path).filename().string();
         const SparseSettings& ss = adapter.settings;
-        report.settings = fmt::format("W {}, S {}, p {:g}, B {}, r {}; {} retrieval heads of {}{}", ss.window,
-                                      ss.n_sink, f.sparse.sparse_top_p != 0 ? f.sparse.sparse_top_p : ss.top_p,
-                                      ss.block_size, ss.rank, adapter.retrieval.size(),
-                                      adapter.n_layer * adapter.n_head, adapter.has_indexer() ? "" : ", no indexer");
+        report.settings = fmt::format(
+            "W {}, S {}, p {:g}, B {}, r {}; {} retrieval heads of {}{}", ss.window, ss.n_sink,
+            f.sparse.sparse_top_p != 0 ? f.sparse.sparse_top_p : ss.top_p, ss.block_size, ss.rank,
+            adapter.retrieval.size(), adapter.n_layer * adapter.n_head,
+            adapter.has_indexer() ? "" : ", no indexer");
     }
     report.device = f.model.device;
-    report.threads = f.model.threads > 0 ? f.model.threads : static_cast<int>(std::thread::hardware_concurrency());
+    report.threads = f.model.threads > 0 ? f.model.threads
+                                         : static_cast<int>(std::thread::hardware_concurrency());
     report.lengths = plan->passkey ? plan->lengths : std::vector<int>{};
     report.trials = f.trials;
     report.seed = static_cast<uint64_t>(f.seed);
@@ -444,20 +499,24 @@ int cmd_eval(int argc, char** argv) {
     // Helpers that run without a row: dense for KL, sparse for topk's K.
     std::vector<std::string> order;
     for (const char* v : kVariantOrder) {
-        const bool needed = contains(plan->shown, v) || (std::string_view(v) == "dense" && plan->ppl) ||
+        const bool needed = contains(plan->shown, v) ||
+                            (std::string_view(v) == "dense" && plan->ppl) ||
                             (std::string_view(v) == "sparse" && contains(plan->shown, "topk"));
         if (needed) order.push_back(v);
     }
     for (const std::string& v : order) {
-        if (Status st = evaluation.run_variant(v, report, *sparse_factory); !st.is_ok()) return report_error("eval", st);
+        if (Status st = evaluation.run_variant(v, report, *sparse_factory); !st.is_ok())
+            return report_error("eval", st);
     }
 
-    const std::string text = f.format == "json" ? eval_report_json(report) : eval_report_markdown(report);
+    const std::string text =
+        f.format == "json" ? eval_report_json(report) : eval_report_markdown(report);
     std::fputs(text.c_str(), stdout);
     if (!f.out.empty()) {
         // A .json file gets the JSON whatever -o says: the table on screen, the details on disk.
         const bool json_file = f.out.size() >= 5 && f.out.ends_with(".json");
-        const std::string file_text = json_file && f.format != "json" ? eval_report_json(report) : text;
+        const std::string file_text =
+            json_file && f.format != "json" ? eval_report_json(report) : text;
         const auto* bytes = reinterpret_cast<const uint8_t*>(file_text.data());
         if (Status st = write_file_atomic(f.out, {bytes, file_text.size()}); !st.is_ok())
             return report_error("eval", st);
