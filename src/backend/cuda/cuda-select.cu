@@ -31,7 +31,9 @@
 // same passes: the histograms also count each bin's blocks, a boundary is the first bin where
 // either the mass target or the budget is reached, and the exact resolution takes a boundary
 // block only while both its mass prefix and its rank stay below them. With top_p = 1 the mass
-// target is infinite: the plain top-K blocks by mass.
+// target is infinite: the plain top-K blocks by mass. Cost note: a budget can put the boundary
+// in the last bin (K above the number of blocks within 32 octaves of the heaviest, e.g. a
+// sharply peaked row), which refinement cannot split; that bin is then ordered pairwise.
 //
 // Sums that decide the boundary are in double (one value per block: cheap) so that they round
 // far below the fp32 error of the block masses; the histogram's atomics add in any order, which
