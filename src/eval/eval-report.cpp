@@ -59,7 +59,8 @@ std::string eval_report_markdown(const EvalReport& r) {
     if (r.ppl_seqs > 0)
         out += fmt::format("; ppl {} x {} held-out tokens, {} prefilled", r.ppl_seqs, r.ppl_ctx,
                            r.ppl_prefix);
-    out += fmt::format("; {}, {} threads; {}\n\n", r.device, r.threads, r.date);
+    out += fmt::format("; {}, {} thread{}; {}\n\n", r.device, r.threads, r.threads == 1 ? "" : "s",
+                       r.date);
 
     out += "| variant |";
     std::string rule = "|---|";

@@ -145,6 +145,10 @@ TEST(EvalCli, TinyCheckpointRunsEveryVariantAndWritesJson) {
     const int k = v[3]["ppl"]["top_k_blocks"].get<int>();
     EXPECT_EQ(k, std::max(1, static_cast<int>(std::lround(sparse_blocks))));
     EXPECT_DOUBLE_EQ(v[3]["ppl"]["sparsity"]["blocks_per_retrieval_head"].get<double>(), k);
+    EXPECT_EQ(v[3]["description"],
+              fmt::format("K {}/{}/{}", v[3]["passkey"][0]["top_k_blocks"].get<int>(),
+                          v[3]["passkey"][1]["top_k_blocks"].get<int>(), k));
+    EXPECT_EQ(v[1]["description"], "p 0.9");
     for (size_t i = 0; i < 2; ++i) {
         const double mean =
             v[1]["passkey"][i]["sparsity"]["blocks_per_retrieval_head"].get<double>();

@@ -345,7 +345,6 @@ Status Evaluation::run_variant(const std::string& name, EvalReport& report,
         SparseRunOptions so;
         so.block_sparse_prefill = f_.sparse.block_sparse_prefill;
         so.rings = !f_.sparse.no_rings;
-        v.description = fmt::format("B {}", adapter_->settings.block_size);
         for (size_t i = 0; do_passkey && i < plan_.lengths.size(); ++i) {
             PURBO_ASSIGN_OR_RETURN(
                 so.top_k_blocks,
@@ -365,13 +364,19 @@ Status Evaluation::run_variant(const std::string& name, EvalReport& report,
             PURBO_TRY(run_ppl(*s, name, v));
             record_kv(*s);
         }
+        std::vector<int> ks = v.passkey_top_k;
+        if (v.ppl_top_k > 0) ks.push_back(v.ppl_top_k);
+        v.description = fmt::format("K {}", fmt::join(ks, "/"));
     } else {
         AttentionPolicyFactory factory;
         if (name == "sparse") {
             factory = sparse_factory;
             const SparseSettings& ss = adapter_->settings;
-            v.description = fmt::format(
-                "p {:g}", f_.sparse.sparse_top_p != 0 ? f_.sparse.sparse_top_p : ss.top_p);
+            v.description =
+                adapter_->has_indexer()
+                    ? fmt::format("p {:g}",
+                                  f_.sparse.sparse_top_p != 0 ? f_.sparse.sparse_top_p : ss.top_p)
+                    : "no indexer: retrieval heads dense";
         } else if (name == "local") {
             const Adapter local = local_adapter(model_, adapter_, f_);
             SparseRunOptions so;
