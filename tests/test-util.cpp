@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/mapped-file.h"
+#include "model/unicode.h"
 
 #include <sys/wait.h>
 
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 namespace purbo::test {
 
@@ -22,6 +24,52 @@ std::string temp_dir(const std::string& test_name) {
     fs::path dir = fs::path(PURBO_BINARY_DIR) / "test-tmp" / test_name;
     fs::remove_all(dir);
     fs::create_directories(dir);
+    return dir.string();
+}
+
+namespace {
+
+// A byte-level BPE tokenizer.json with one token per byte (ids 0..255) and no merges.
+std::string byte_tokenizer_json() {
+    nlohmann::json vocab = nlohmann::json::object();
+    const auto& table = unicode::byte_to_unicode_utf8();
+    for (int b = 0; b < 256; ++b) vocab[table[static_cast<size_t>(b)]] = b;
+    nlohmann::json j = {{"version", "1.0"},
+                        {"added_tokens", nlohmann::json::array()},
+                        {"normalizer", nullptr},
+                        {"pre_tokenizer",
+                         {{"type", "ByteLevel"},
+                          {"add_prefix_space", false},
+                          {"trim_offsets", true},
+                          {"use_regex", true}}},
+                        {"post_processor", nullptr},
+                        {"decoder",
+                         {{"type", "ByteLevel"},
+                          {"add_prefix_space", true},
+                          {"trim_offsets", true},
+                          {"use_regex", true}}},
+                        {"model",
+                         {{"type", "BPE"},
+                          {"vocab", vocab},
+                          {"merges", nlohmann::json::array()},
+                          {"dropout", nullptr},
+                          {"unk_token", nullptr},
+                          {"byte_fallback", false},
+                          {"ignore_merges", false}}}};
+    return j.dump();
+}
+
+}  // namespace
+
+std::string tiny_byte_model(const std::string& test_name) {
+    namespace fs = std::filesystem;
+    const fs::path dir = temp_dir(test_name);
+    const fs::path src = fixture_path("hf/llama-linear-oldspelling");
+    fs::copy_file(src / "model.safetensors", dir / "model.safetensors");
+    nlohmann::json cfg = load_json((src / "config.json").string());
+    cfg["max_position_embeddings"] = 2048;
+    std::ofstream(dir / "config.json") << cfg.dump();
+    std::ofstream(dir / "tokenizer.json") << byte_tokenizer_json();
     return dir.string();
 }
 

@@ -33,6 +33,13 @@ Tensor host_f32(std::initializer_list<int64_t> shape, const std::vector<float>& 
 // A JSON file; a failed read or parse is a test failure and gives null.
 nlohmann::json load_json(const std::string& path);
 
+// A tiny Llama checkpoint (3 layers x 4 query heads, 2 KV heads, d 16; fixture
+// hf/llama-linear-oldspelling) with a byte-level tokenizer of one token per byte and no merges,
+// written to a fresh temp_dir(test_name): small enough for the 320-row vocabulary, so that
+// program tests can run whole commands on text in seconds. Its config allows 2048 positions
+// (RoPE works at any position; the fixture says 256 only to keep its references small).
+std::string tiny_byte_model(const std::string& test_name);
+
 // Runs the built purbo program with `args` (shell syntax) and collects what it prints.
 struct ProgramResult {
     int status = -1;     // exit code; 128 + signal when killed by one

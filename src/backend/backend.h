@@ -61,11 +61,16 @@ struct AttentionParams {
 // index scores scale * iq[i, j] . ik[seq_i, j, t] over the keys t <= pos[i] form a softmax
 // distribution. Block 0 (the sinks) and the block holding pos[i] are always kept; the other
 // blocks are added by decreasing share of the distribution (ties: lower block id first) until
-// the kept share reaches top_p.
+// the kept share reaches top_p, or until max_blocks blocks are kept (a fixed budget: with
+// top_p = 1 and max_blocks = K the selection is the plain top-K blocks by mass, the baseline
+// the method's top-p is measured against).
 struct BlockSelectParams {
     int block_size = 64;  // B
     float top_p = 0.9f;   // p in (0, 1]; 1 keeps every block
     float scale = 1.0f;   // multiplies the index scores before the softmax
+    // 0 = no limit; K > 0: at most K blocks in all, the always-kept ones included (which are
+    // kept even when K is smaller than their number).
+    int max_blocks = 0;
 };
 
 // Per-token placement in the KV cache: token i belongs to sequence slot seq[i] at position pos[i].

@@ -255,6 +255,9 @@ Status check_select_blocks(const Tensor& iq, const Tensor& index_keys, const Tok
         return error(StatusCode::kInvalidArgument,
                      "select_blocks: block size {} must be positive, top_p {} in (0, 1], scale {} finite",
                      params.block_size, params.top_p, params.scale);
+    if (params.max_blocks < 0)
+        return error(StatusCode::kInvalidArgument,
+                     "select_blocks: max_blocks {} must be 0 (no limit) or positive", params.max_blocks);
     const int64_t n_blocks = (c + params.block_size - 1) / params.block_size;
     if (blocks.empty() || blocks.dtype != DType::kI32 || blocks.ndim != 3 || blocks.dim(0) != n ||
         blocks.dim(1) != hr || blocks.dim(2) < n_blocks)

@@ -37,6 +37,9 @@ Result<std::unique_ptr<SparsePolicy>> SparsePolicy::create(Backend& backend, con
     p->settings_ = adapter.settings;
     p->options_ = options;
     if (options.top_p != 0) p->settings_.top_p = options.top_p;
+    if (options.top_k_blocks < 0)
+        return error(StatusCode::kInvalidArgument, "sparse model: top_k_blocks {} must be 0 (top-p) or positive",
+                     options.top_k_blocks);
     PURBO_TRY(p->settings_.validate("sparse model options"));
     PURBO_TRY(p->prepare(adapter, n_seq, n_ctx, max_batch));
     return p;
@@ -143,6 +146,10 @@ Status SparsePolicy::plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre
     BlockSelectParams sp;
     sp.block_size = settings_.block_size;
     sp.top_p = settings_.top_p;
+    if (options_.top_k_blocks > 0) {  // the fixed budget alone
+        sp.top_p = 1.0f;
+        sp.max_blocks = options_.top_k_blocks;
+    }
     PURBO_TRY(backend_.select_blocks(iq.reshaped({n, hr, r}), L.index_keys, place, sp, L.selection.blocks,
                                      L.selection.counts));
     params.selection = &L.selection;
@@ -168,10 +175,11 @@ Status SparsePolicy::count(int il, const TokenPlacement& place, const Tensor& co
         stats_.all_dense += keys * config_.n_head;
         stats_.all_attended += local_keys * n_local;
         for (int64_t j = 0; j < hr; ++j) {
-            const int64_t attended =
-                selected ? std::min<int64_t>(keys, int64_t{host.ptr<int32_t>()[i * hr + j]} * settings_.block_size) : keys;
+            const int64_t blocks = selected ? host.ptr<int32_t>()[i * hr + j] : 0;
+            const int64_t attended = selected ? std::min<int64_t>(keys, blocks * settings_.block_size) : keys;
             stats_.all_attended += attended;
             if (selected) {
+                stats_.retrieval_blocks += blocks;
                 stats_.retrieval_attended += attended;
                 stats_.retrieval_dense += keys;
                 stats_.retrieval_head_steps += 1;

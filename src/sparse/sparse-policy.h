@@ -19,6 +19,9 @@ struct SparseRunOptions {
     bool block_sparse_prefill = false;  // indexer selection for prefill tokens too (method.md section 5)
     bool rings = true;                  // all-local KV heads in a ring of sinks + window rows
     float top_p = 0;                    // 0 = the adapter's
+    // > 0: retrieval heads keep this many blocks per decode step, the heaviest by index mass
+    // (top-k instead of top-p: the fixed-budget baseline the method is compared with).
+    int top_k_blocks = 0;
     // Count attended tokens (SparsityStats); reads the selection counts back every layer,
     // which costs a device synchronisation per layer on a GPU.
     bool collect_stats = true;
@@ -32,6 +35,7 @@ struct SparsityStats {
     int64_t retrieval_attended = 0;
     int64_t retrieval_dense = 0;
     int64_t retrieval_head_steps = 0;  // (token, retrieval head) pairs behind the sums
+    int64_t retrieval_blocks = 0;      // blocks those pairs selected
     // All heads of all layers in decode: keys attended and keys dense attention reads.
     int64_t all_attended = 0;
     int64_t all_dense = 0;
@@ -39,6 +43,10 @@ struct SparsityStats {
     // Mean key tokens a retrieval head attends per decode step.
     double tokens_per_retrieval_head() const {
         return retrieval_head_steps ? static_cast<double>(retrieval_attended) / retrieval_head_steps : 0;
+    }
+    // Mean blocks a retrieval head selects per decode step.
+    double blocks_per_retrieval_head() const {
+        return retrieval_head_steps ? static_cast<double>(retrieval_blocks) / retrieval_head_steps : 0;
     }
     // 1 - attended / dense over every head in decode (method.md's compute sparsity).
     double compute_sparsity() const {

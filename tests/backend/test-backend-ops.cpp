@@ -738,6 +738,21 @@ bool select_near_tie(const std::vector<int32_t>& a, const std::vector<int32_t>& 
     return std::fabs(select_kept_mass(smaller, mass) - top_p) <= kSelectNearTie;
 }
 
+// Whether `ids` holds the heaviest blocks of the row: every kept block other than the
+// always-kept ones (block 0 and `last`) weighs at least as much as every dropped block, up to a
+// near-tie (a fixed budget's boundary).
+bool select_is_top_by_mass(const std::vector<int32_t>& ids, const std::vector<double>& mass, int64_t last) {
+    double lightest_kept = std::numeric_limits<double>::infinity(), heaviest_dropped = 0;
+    for (int64_t b = 1; b < last; ++b) {
+        const double m = mass[static_cast<size_t>(b)];
+        if (std::binary_search(ids.begin(), ids.end(), static_cast<int32_t>(b)))
+            lightest_kept = std::min(lightest_kept, m);
+        else
+            heaviest_dropped = std::max(heaviest_dropped, m);
+    }
+    return heaviest_dropped <= lightest_kept * (1.0 + kSelectNearTie);
+}
+
 // Positions of one sequence's tokens: inside block 0, the end of block 0, the start of block 1
 // (a block of one key), both sides of the next block boundary, mid-context and the cache's last
 // row (a partial last block unless c is a multiple of B). Sequences after the first replace
@@ -755,11 +770,15 @@ std::vector<int32_t> select_positions(int64_t block_size, int64_t c, int seq, st
     return out;
 }
 
-OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, SelectScores scores) {
+// budget = K > 0: at most K blocks per row (BlockSelectParams::max_blocks) besides top_p
+// (top_p = 1: the top-K blocks).
+OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, SelectScores scores,
+                   int budget = 0) {
     const char* kinds[] = {"flat", "peaked", "ties"};
     return {
-        safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}", r, block_size, c,
-                              kinds[static_cast<int>(scores)], top_p)),
+        safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}{}", r, block_size, c,
+                              kinds[static_cast<int>(scores)], top_p,
+                              budget > 0 ? fmt::format("_k{}", budget) : "")),
         [=] {
             constexpr int64_t hr = 3;
             constexpr int n_seq = 3;
@@ -832,7 +851,7 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                                             key_at(batch->seq[static_cast<size_t>(i)], j, 0), r,
                                             batch->pos[static_cast<size_t>(i)], block_size, scale));
             }
-            const BlockSelectParams params{static_cast<int>(block_size), top_p, scale};
+            const BlockSelectParams params{static_cast<int>(block_size), top_p, scale, budget};
 
             PreparedCase pc;
             pc.run = [=](Backend& backend) {
@@ -889,11 +908,30 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                             std::binary_search(ids.begin(), ids.end(), static_cast<int32_t>(u - 1)))
                             << "the block of pos missing";
                         const std::vector<double>& mass = (*masses)[static_cast<size_t>(row)];
-                        if (top_p >= 1.0f) {
-                            EXPECT_EQ(static_cast<int64_t>(ids.size()), u)
-                                << "top_p 1 keeps every block";
+                        if (budget > 0) {
+                            // min(K, u) blocks (never fewer than the always-kept ones), the
+                            // heaviest; top_p < 1 may stop earlier.
+                            const int64_t n_always = u > 1 ? 2 : 1;
+                            const int64_t allowed = std::max(n_always, std::min<int64_t>(budget, u));
+                            const int64_t kept = static_cast<int64_t>(ids.size());
+                            if (top_p >= 1.0f) {
+                                EXPECT_EQ(kept, allowed) << "K " << budget;
+                            } else {
+                                EXPECT_LE(kept, allowed) << "K " << budget;
+                                if (kept < allowed) {
+                                    EXPECT_GE(select_kept_mass(ids, mass), top_p - kSelectNearTie);
+                                }
+                            }
+                            EXPECT_TRUE(select_is_top_by_mass(ids, mass, u - 1))
+                                << "kept [" << fmt::format("{}", fmt::join(ids, " "))
+                                << "] are not the heaviest blocks";
+                        } else {
+                            if (top_p >= 1.0f) {
+                                EXPECT_EQ(static_cast<int64_t>(ids.size()), u)
+                                    << "top_p 1 keeps every block";
+                            }
+                            EXPECT_GE(select_kept_mass(ids, mass), top_p - kSelectNearTie);
                         }
-                        EXPECT_GE(select_kept_mass(ids, mass), top_p - kSelectNearTie);
                         const std::vector<int32_t> want = kept_ids(expected, row);
                         if (ids == want) continue;
                         if (select_near_tie(ids, want, mass, top_p)) {
@@ -982,6 +1020,20 @@ std::vector<OpCase> all_cases() {
     cases.push_back(select_case(16, 16, 16384, 0.99f, SelectScores::kPeaked));
     cases.push_back(select_case(8, 512, 16384, 0.5f, SelectScores::kPeaked));
     cases.push_back(select_case(12, 64, 1000, 0.9f, SelectScores::kPeaked));
+    // A fixed budget of K blocks (the top-k baseline): alone (top_p = 1), and with a top_p that
+    // stops first in some rows and second in others. The flat 16384-key rows put about a
+    // thousand blocks in the boundary bin, where the cuda backend refines.
+    for (int64_t r : {8, 16}) {
+        for (int64_t block_size : {16, 64}) {
+            for (SelectScores scores : {SelectScores::kFlat, SelectScores::kPeaked, SelectScores::kTies}) {
+                for (int k : {3, 16})
+                    cases.push_back(select_case(r, block_size, r == 8 ? 1000 : 4096, 1.0f, scores, k));
+            }
+        }
+    }
+    cases.push_back(select_case(16, 64, 4096, 0.9f, SelectScores::kPeaked, 8));
+    cases.push_back(select_case(16, 16, 4096, 0.5f, SelectScores::kFlat, 40));
+    cases.push_back(select_case(16, 16, 16384, 1.0f, SelectScores::kFlat, 100));
     cases.push_back(rms_norm_case({1, 576}));
     cases.push_back(rms_norm_case({33, 576}));
     cases.push_back(rms_norm_case({7, 1536}));

@@ -57,6 +57,11 @@ HandCase single_row(std::string name, int block_size, std::vector<float> keys, i
     return hc;
 }
 
+// Keys for positions at the edges of blocks of 4 (see hand_cases).
+std::vector<float> edges_keys() {
+    return {5, 5, 5, 5, 0, 5, 5, 5};
+}
+
 std::vector<HandCase> hand_cases() {
     std::vector<HandCase> cases;
     // B = 2, pos 8: blocks of mass 0.05, 0.30, 0.10, 0.35 and 0.20, the last (the block of pos,
@@ -79,6 +84,28 @@ std::vector<HandCase> hand_cases() {
     cases.push_back(single_row("tie_first_two_of_three", 2, ties, 9, 0.7f, {0, 1, 2, 4}));
     cases.push_back(single_row("tie_all_three", 2, ties, 9, 0.9f, {0, 1, 2, 3, 4}));
 
+    // A budget of K blocks (max_blocks), the always-kept ones included. With top_p = 1 the
+    // top-K by mass: of `five`, 3 (0.35) then 1 (0.30) then 2 (0.10).
+    auto budget = [](HandCase hc, int k) {
+        hc.params.max_blocks = k;
+        return hc;
+    };
+    cases.push_back(budget(single_row("top_k_2_keeps_the_always_kept", 2, five, 8, 1.0f, {0, 4}), 2));
+    cases.push_back(budget(single_row("top_k_3", 2, five, 8, 1.0f, {0, 3, 4}), 3));
+    cases.push_back(budget(single_row("top_k_4", 2, five, 8, 1.0f, {0, 1, 3, 4}), 4));
+    cases.push_back(budget(single_row("top_k_every_block", 2, five, 8, 1.0f, {0, 1, 2, 3, 4}), 5));
+    cases.push_back(budget(single_row("top_k_above_the_blocks", 2, five, 8, 1.0f, {0, 1, 2, 3, 4}), 9));
+    // K = 1 cannot drop the block of pos or the sinks' block.
+    cases.push_back(budget(single_row("top_k_1_keeps_both_always_kept", 2, five, 8, 1.0f, {0, 4}), 1));
+    cases.push_back(budget(single_row("top_k_1_in_block_0", 4, edges_keys(), 2, 1.0f, {0}), 1));
+    // Both rules: whichever stops first. p 0.5 needs 0 + 4 + 3 (3 blocks < K 4); p 0.95 would
+    // need every block, K 4 stops at 0 + 4 + 3 + 1.
+    cases.push_back(budget(single_row("top_p_stops_before_k", 2, five, 8, 0.5f, {0, 3, 4}), 4));
+    cases.push_back(budget(single_row("k_stops_before_top_p", 2, five, 8, 0.95f, {0, 1, 3, 4}), 4));
+    // Ties at the budget's boundary go to the lower id, as for top_p.
+    cases.push_back(budget(single_row("top_k_tie_first_of_three", 2, ties, 9, 1.0f, {0, 1, 4}), 3));
+    cases.push_back(budget(single_row("top_k_tie_first_two_of_three", 2, ties, 9, 1.0f, {0, 1, 2, 4}), 4));
+
     // Block 1's keys score -1000: a mass of exactly 0 in double. Only top_p = 1 keeps it.
     const std::vector<float> massless = {0, 0, -1000, -1000, 0, 0};
     cases.push_back(single_row("top_p_1_keeps_a_massless_block", 2, massless, 5, 1.0f, {0, 1, 2}));
@@ -86,7 +113,7 @@ std::vector<HandCase> hand_cases() {
 
     // Positions at the edges of blocks (B = 4): inside block 0, its last key, the first key of
     // block 1 (a block of one key, kept although its key weighs e^-5 of the others).
-    const std::vector<float> edges = {5, 5, 5, 5, 0, 5, 5, 5};
+    const std::vector<float> edges = edges_keys();
     cases.push_back(single_row("pos_inside_block_0", 4, edges, 2, 0.5f, {0}));
     cases.push_back(single_row("pos_at_the_end_of_block_0", 4, edges, 3, 0.5f, {0}));
     cases.push_back(single_row("pos_at_a_block_boundary", 4, edges, 4, 0.01f, {0, 1}));
@@ -262,6 +289,7 @@ std::vector<BadCase> bad_cases() {
         {"top_p_above_1", [](SelectCall& c) { c.params.top_p = 1.5f; }, {"top_p 1.5"}},
         {"top_p_nan", [](SelectCall& c) { c.params.top_p = std::nanf(""); }, {"top_p nan"}},
         {"scale_infinite", [](SelectCall& c) { c.params.scale = INFINITY; }, {"scale inf"}},
+        {"max_blocks_negative", [](SelectCall& c) { c.params.max_blocks = -1; }, {"max_blocks -1"}},
         {"blocks_not_i32",
          [](SelectCall& c) {
              c.blocks = tensor_cpu(DType::kF32, {1, 2, 2}, "blocks");

@@ -158,6 +158,39 @@ TEST_P(SparsePolicyTest, TopPDecodeAttendsFewerKeysAndMatchesReference) {
     EXPECT_GT(stats.compute_sparsity(), 0.3);
 }
 
+TEST_P(SparsePolicyTest, TopKBlocksKeepsAFixedBudget) {
+    const Tiny t = load_tiny(240);
+    const Adapter a = make_adapter(t.model.config, {{0, 2}, {1, 0}, {1, 3}, {2, 1}}, small_settings(0.6f), true, 4);
+    // Decode positions 160..239 see 6 to 8 blocks of 32: K = 3 keeps exactly 3 every step.
+    SparseRunOptions top_k;
+    top_k.top_k_blocks = 3;
+    SparsityStats stats;
+    const auto out = run(t, GetParam(), sparse_policy_factory(a, top_k), 160, &stats);
+    EXPECT_EQ(stats.retrieval_head_steps, 80 * 4);
+    EXPECT_EQ(stats.retrieval_blocks, 3 * stats.retrieval_head_steps);
+    EXPECT_DOUBLE_EQ(stats.blocks_per_retrieval_head(), 3.0);
+    // A budget of every block is top_p = 1: retrieval heads attend densely.
+    top_k.top_k_blocks = 8;
+    SparseRunOptions every;
+    every.top_p = 1.0f;
+    EXPECT_LE(test::nmse(run(t, GetParam(), sparse_policy_factory(a, top_k), 160, &stats),
+                         run(t, GetParam(), sparse_policy_factory(a, every), 160)),
+              kSame);
+    EXPECT_EQ(stats.retrieval_attended, stats.retrieval_dense);
+}
+
+TEST(SparsePolicy, RejectsANegativeBlockBudget) {
+    const Tiny t = load_tiny(10);
+    const Adapter a = make_adapter(t.model.config, {{0, 0}}, small_settings(0.9f), true, 5);
+    SparseRunOptions o;
+    o.top_k_blocks = -2;
+    SessionOptions so;
+    so.n_ctx = 64;
+    auto s = Session::create(t.model.config, t.model.weights, so, sparse_policy_factory(a, o));
+    ASSERT_FALSE(s.is_ok());
+    EXPECT_NE(s.status().message().find("top_k_blocks -2"), std::string::npos) << s.status().message();
+}
+
 TEST(SparsePolicy, RejectsAnAdapterOfAnotherShape) {
     const Tiny t = load_tiny(10);
     Adapter a = make_adapter(t.model.config, {}, small_settings(0.9f), false, 5);

@@ -9,7 +9,6 @@
 
 #include "core/mapped-file.h"
 #include "model/hf-loader.h"
-#include "model/unicode.h"
 #include "sparse/adapter.h"
 #include "sparse/corpus.h"
 #include "test-util.h"
@@ -21,49 +20,9 @@ namespace fs = std::filesystem;
 
 using test::run_purbo;
 
-// A byte-level BPE tokenizer.json with one token per byte (ids 0..255) and no merges: small
-// enough for the tiny checkpoints' 320-row vocabulary.
-std::string byte_tokenizer_json() {
-    nlohmann::json vocab = nlohmann::json::object();
-    const auto& table = unicode::byte_to_unicode_utf8();
-    for (int b = 0; b < 256; ++b) vocab[table[static_cast<size_t>(b)]] = b;
-    nlohmann::json j = {{"version", "1.0"},
-                        {"added_tokens", nlohmann::json::array()},
-                        {"normalizer", nullptr},
-                        {"pre_tokenizer",
-                         {{"type", "ByteLevel"},
-                          {"add_prefix_space", false},
-                          {"trim_offsets", true},
-                          {"use_regex", true}}},
-                        {"post_processor", nullptr},
-                        {"decoder",
-                         {{"type", "ByteLevel"},
-                          {"add_prefix_space", true},
-                          {"trim_offsets", true},
-                          {"use_regex", true}}},
-                        {"model",
-                         {{"type", "BPE"},
-                          {"vocab", vocab},
-                          {"merges", nlohmann::json::array()},
-                          {"dropout", nullptr},
-                          {"unk_token", nullptr},
-                          {"byte_fallback", false},
-                          {"ignore_merges", false}}}};
-    return j.dump();
-}
-
-// A tiny Llama checkpoint with the byte tokenizer. Its config allows 2048 positions (RoPE
-// works at any position; the fixture says 256 only to keep its references small), since the
-// needle alone is ~150 byte tokens.
+// A tiny Llama checkpoint with a byte tokenizer (test-util.h).
 fs::path make_model(const std::string& test_name) {
-    const fs::path dir = test::temp_dir(test_name);
-    const fs::path src = test::fixture_path("hf/llama-linear-oldspelling");
-    fs::copy_file(src / "model.safetensors", dir / "model.safetensors");
-    nlohmann::json cfg = test::load_json((src / "config.json").string());
-    cfg["max_position_embeddings"] = 2048;
-    std::ofstream(dir / "config.json") << cfg.dump();
-    std::ofstream(dir / "tokenizer.json") << byte_tokenizer_json();
-    return dir;
+    return test::tiny_byte_model(test_name);
 }
 
 size_t count_lines(const std::string& s) {

@@ -60,6 +60,7 @@ int cmd_run(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_calibrate(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
 // purbo bench --attention (bench-attention.cpp): one attention layer's op alone.
 int cmd_bench_attention(int argc, char** argv);
 int cmd_train_indexer(int argc, char** argv);

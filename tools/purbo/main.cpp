@@ -16,6 +16,7 @@ void print_usage() {
         "  bench     prompt-processing and generation speed (llama-bench style)\n"
         "  calibrate score every head, choose retrieval heads, write an adapter\n"
         "  train-indexer  stage 1: train an adapter's token indexer on the dense attention\n"
+        "  eval      passkey retrieval, perplexity and KL vs dense of the dense and sparse models\n"
         "\n"
         "`purbo <command> --help` lists a command's options.");
 }
@@ -33,6 +34,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(cmd, "bench") == 0) return purbo::cli::cmd_bench(argc, argv);
     if (std::strcmp(cmd, "calibrate") == 0) return purbo::cli::cmd_calibrate(argc, argv);
     if (std::strcmp(cmd, "train-indexer") == 0) return purbo::cli::cmd_train_indexer(argc, argv);
+    if (std::strcmp(cmd, "eval") == 0) return purbo::cli::cmd_eval(argc, argv);
     if (std::strcmp(cmd, "--version") == 0) {
         std::puts("purbo 0.1.0");
         return 0;

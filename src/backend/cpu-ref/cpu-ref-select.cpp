@@ -4,8 +4,10 @@
 //   z_t    = scale * iq[i, j] . index_keys[seq_i, j, t]          for t = 0 .. pos_i
 //   mass_b = sum_{t in block b, t <= pos_i} exp(z_t - max z) / sum_t exp(z_t - max z)
 // Keep block 0 and the block of pos_i, then the other blocks by decreasing mass (ties: lower
-// id first) until the kept mass reaches top_p; top_p = 1 keeps every block. The fast backends
-// must give the same set except where f32 rounding flips a comparison at the boundary.
+// id first) until the kept mass reaches top_p; top_p = 1 keeps every block. With max_blocks =
+// K > 0 the same order also stops once K blocks are kept (the always-kept ones count): the
+// top-K blocks by mass. The fast backends must give the same set except where f32 rounding
+// flips a comparison at the boundary (or reorders two blocks of nearly equal mass).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -52,6 +54,7 @@ Status CpuRefBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
             keep[0] = true;
             keep[static_cast<size_t>(last)] = true;
             double kept = mass[0] + (last != 0 ? mass[static_cast<size_t>(last)] : 0.0);
+            int64_t n_kept = last != 0 ? 2 : 1;
             std::vector<int64_t> order;  // the other blocks, heaviest first, ties by lower id
             for (int64_t b = 1; b < last; ++b) order.push_back(b);
             std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
@@ -59,8 +62,10 @@ Status CpuRefBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
             });
             for (int64_t b : order) {
                 if (top_p < 1.0 && kept >= top_p) break;
+                if (params.max_blocks > 0 && n_kept >= params.max_blocks) break;
                 keep[static_cast<size_t>(b)] = true;
                 kept += mass[static_cast<size_t>(b)];
+                ++n_kept;
             }
 
             int32_t* row = blocks.ptr<int32_t>() + (i * hr + j) * max_blocks;

@@ -11,7 +11,10 @@
 //     the boundary round far below the f32 error of the masses themselves.
 //  3. The histogram of select-bins.h (bin mapping, tie rule, and why it is keyed on the mass),
 //     the scan for the boundary bin, and the exact resolution of that bin by a sort of its
-//     blocks only.
+//     blocks only. A block budget (max_blocks) is a second stopping rule on the same scan: the
+//     histogram also counts each bin's blocks, and the boundary bin is the first where either
+//     the mass or the count is reached; the bins are in mass order, so the whole bins before
+//     it are the heaviest blocks, and the sort of the boundary bin picks the rest.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -71,7 +74,8 @@ int64_t select_row(const float* iq_row, const float* keys, int64_t r, int64_t p,
                    const BlockSelectParams& params, RowScratch& s, int32_t* out) {
     const int64_t block_size = params.block_size;
     const int64_t n_used = p / block_size + 1, last = n_used - 1;
-    if (params.top_p >= 1.0f) {  // every block, whatever the masses
+    const bool limited = params.max_blocks > 0 && params.max_blocks < n_used;
+    if (params.top_p >= 1.0f && !limited) {  // every block, whatever the masses
         for (int64_t b = 0; b < n_used; ++b) out[b] = static_cast<int32_t>(b);
         return n_used;
     }
@@ -101,6 +105,7 @@ int64_t select_row(const float* iq_row, const float* keys, int64_t r, int64_t p,
     s.mass.resize(static_cast<size_t>(n_used));
     s.bin.resize(static_cast<size_t>(n_used));
     double hist[kSelectBins] = {};
+    int64_t hist_count[kSelectBins] = {};  // blocks per bin, for the block budget
     double total = 0, kept = 0;
     for (int64_t b = 0; b < n_used; ++b) {
         const double w = std::exp2(static_cast<double>(a[b]) - heaviest);
@@ -113,23 +118,33 @@ int64_t select_row(const float* iq_row, const float* keys, int64_t r, int64_t p,
             const int k = select_mass_bin(heaviest - a[b]);
             s.bin[static_cast<size_t>(b)] = k;
             hist[k] += w;
+            ++hist_count[k];
         }
     }
-    const double target = static_cast<double>(params.top_p) * total;
+    // top_p = 1 (only reached with a budget) stops on the count alone: no mass target.
+    const double target = params.top_p >= 1.0f ? std::numeric_limits<double>::infinity()
+                                               : static_cast<double>(params.top_p) * total;
+    // Blocks the budget allows besides the always-kept ones (which it may not cut).
+    const int64_t n_always = last != 0 ? 2 : 1;
+    const int64_t extra_limit = limited ? std::max<int64_t>(0, params.max_blocks - n_always)
+                                        : std::numeric_limits<int64_t>::max();
 
-    // The boundary bin: the first whose mass reaches the target. None (kSelectBins) when rounding
-    // leaves the whole histogram just short of it: then every block is kept.
+    // The boundary bin: the first whose mass reaches the target or whose blocks reach the
+    // budget. None (kSelectBins) when rounding leaves the whole histogram just short of the
+    // target: then every block is kept.
     int boundary = kSelectBins;
+    int64_t taken = 0;  // blocks of the bins before the boundary
     for (int k = 0; k < kSelectBins; ++k) {
-        if (kept + hist[k] >= target) {
+        if (kept + hist[k] >= target || taken + hist_count[k] >= extra_limit) {
             boundary = k;
             break;
         }
         kept += hist[k];
+        taken += hist_count[k];
     }
 
     // Resolve the boundary bin exactly: heaviest first, ties by lower id (a stable sort of
-    // ascending ids), until the kept mass reaches the target.
+    // ascending ids), until the kept mass reaches the target or the budget is spent.
     s.boundary.clear();
     for (int64_t b = 0; b < n_used; ++b) {
         if (s.bin[static_cast<size_t>(b)] == boundary) s.boundary.push_back(b);
@@ -137,11 +152,12 @@ int64_t select_row(const float* iq_row, const float* keys, int64_t r, int64_t p,
     std::stable_sort(s.boundary.begin(), s.boundary.end(),
                      [&](int64_t x, int64_t y) { return a[x] > a[y]; });
     for (int64_t b : s.boundary) {
-        if (kept >= target) {
+        if (kept >= target || taken >= extra_limit) {
             s.bin[static_cast<size_t>(b)] = kSelectBins;  // past the boundary: dropped
             continue;
         }
         kept += s.mass[static_cast<size_t>(b)];
+        ++taken;
         s.bin[static_cast<size_t>(b)] = -1;
     }
 

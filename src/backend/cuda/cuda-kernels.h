@@ -178,6 +178,7 @@ struct SelectBlocksArgs {
     int max_blocks;
     float top_p;
     float scale;
+    int max_kept;             // BlockSelectParams::max_blocks: 0 = no limit
 };
 // cudaErrorInvalidValue when n * hr * u does not fit a grid or c + B an int.
 cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream);

@@ -27,6 +27,14 @@
 // number of taken blocks then keeps the blocks of ranks below it. Quadratic in the final
 // blocks only.
 //
+// A block budget (max_kept, BlockSelectParams::max_blocks) is a second stopping rule on the
+// same passes: the histograms also count each bin's blocks, a boundary is the first bin where
+// either the mass target or the budget is reached, and the exact resolution takes a boundary
+// block only while both its mass prefix and its rank stay below them. With top_p = 1 the mass
+// target is infinite: the plain top-K blocks by mass. Cost note: a budget can put the boundary
+// in the last bin (K above the number of blocks within 32 octaves of the heaviest, e.g. a
+// sharply peaked row), which refinement cannot split; that bin is then ordered pairwise.
+//
 // Sums that decide the boundary are in double (one value per block: cheap) so that they round
 // far below the fp32 error of the block masses; the histogram's atomics add in any order, which
 // moves a bin's sum by a few double ulps at most.
@@ -173,16 +181,19 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
     const int tid = threadIdx.x;
 
     __shared__ double hist[kSelectBins];
+    __shared__ int hist_count[kSelectBins];  // blocks per bin, for the block budget
     // Per-warp histograms: lanes of one warp contend for a bin, warps do not (with flat masses
     // thousands of blocks fall into a handful of bins).
     __shared__ double warp_hist[kSelectWarps][kSelectBins];
+    __shared__ int warp_count[kSelectWarps][kSelectBins];
     __shared__ double reduce_d[kSelectWarps];
     __shared__ float reduce_f[kSelectWarps];
     __shared__ int reduce_i[kSelectWarps];
-    __shared__ int s_boundary;
-    __shared__ double s_kept, s_target;
+    __shared__ int s_boundary, s_taken;
+    __shared__ double s_kept;
 
-    if (args.top_p >= 1.0f) {  // every block, whatever the masses
+    const bool limited = args.max_kept > 0 && args.max_kept < n_used;
+    if (args.top_p >= 1.0f && !limited) {  // every block, whatever the masses
         for (int b = tid; b < args.max_blocks; b += kSelectThreads) out[b] = b < n_used ? b : -1;
         if (tid == 0) args.counts[row] = n_used;
         return;
@@ -200,7 +211,10 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
         heaviest, [](float x, float y) { return fmaxf(x, y); }, reduce_f);
     const int warp_id = tid / 32;
     auto clear_warp_hists = [&] {
-        for (int k = tid; k < kSelectWarps * kSelectBins; k += kSelectThreads) (&warp_hist[0][0])[k] = 0.0;
+        for (int k = tid; k < kSelectWarps * kSelectBins; k += kSelectThreads) {
+            (&warp_hist[0][0])[k] = 0.0;
+            (&warp_count[0][0])[k] = 0;
+        }
         __syncthreads();
     };
     // hist = the sum of the warps' histograms (a fixed order: no scheduling dependence).
@@ -208,8 +222,13 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
         __syncthreads();
         for (int k = tid; k < kSelectBins; k += kSelectThreads) {
             double sum = 0.0;
-            for (int w = 0; w < kSelectWarps; ++w) sum += warp_hist[w][k];
+            int count = 0;
+            for (int w = 0; w < kSelectWarps; ++w) {
+                sum += warp_hist[w][k];
+                count += warp_count[w][k];
+            }
             hist[k] = sum;
+            hist_count[k] = count;
         }
         __syncthreads();
     };
@@ -221,35 +240,43 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
         if (always_kept(b)) {
             kept += w;
         } else {
-            atomicAdd(&warp_hist[warp_id][select_mass_bin(heaviest - a[b])], w);
+            const int k = select_mass_bin(heaviest - a[b]);
+            atomicAdd(&warp_hist[warp_id][k], w);
+            atomicAdd(&warp_count[warp_id][k], 1);
         }
     }
     merge_warp_hists();
     auto add_d = [](double x, double y) { return x + y; };
     total = block_reduce(total, add_d, reduce_d);
     kept = block_reduce(kept, add_d, reduce_d);  // its barriers also publish the histogram
+    // top_p = 1 (only reached with a budget) stops on the count alone: no mass target.
+    const double target =
+        args.top_p >= 1.0f ? static_cast<double>(INFINITY) : static_cast<double>(args.top_p) * total;
+    // Blocks the budget allows besides the always-kept ones (which it may not cut).
+    const int n_always = last != 0 ? 2 : 1;
+    const int extra_limit = limited ? max(0, args.max_kept - n_always) : INT_MAX;
 
-    // The boundary bin: the first whose mass reaches the target (256 steps, one thread). None
-    // (kSelectBins) when rounding leaves the whole histogram just short of it: every block kept.
-    auto find_boundary = [&](double kept_so_far) {
+    // The boundary bin: the first whose mass reaches the target or whose blocks reach the
+    // budget (256 steps, one thread). None (kSelectBins) when rounding leaves the whole
+    // histogram just short of the target: every block kept.
+    auto find_boundary = [&](double kept_so_far, int taken_so_far) {
         if (tid == 0) {
-            const double target = static_cast<double>(args.top_p) * total;
             int boundary = kSelectBins;
             for (int k = 0; k < kSelectBins; ++k) {
-                if (kept_so_far + hist[k] >= target) {
+                if (kept_so_far + hist[k] >= target || taken_so_far + hist_count[k] >= extra_limit) {
                     boundary = k;
                     break;
                 }
                 kept_so_far += hist[k];
+                taken_so_far += hist_count[k];
             }
             s_boundary = boundary;
             s_kept = kept_so_far;
-            s_target = target;
+            s_taken = taken_so_far;
         }
         __syncthreads();
     };
-    find_boundary(kept);
-    const double target = s_target;
+    find_boundary(kept, 0);
 
     // Refinement: while the boundary bin holds many blocks (flat masses over a long context),
     // split its range into kSelectBins finer bins (each level 256 times narrower, the same
@@ -262,6 +289,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
     int bounds[kLevels];
     bounds[0] = s_boundary;
     double kept_before = s_kept;
+    int taken_before = s_taken;
     int levels = 1;
     // The bins of block b at levels 0..levels-1 (-1 for the always-kept blocks).
     auto bins_of = [&](int b, int (&out_bins)[kLevels], int n_levels) {
@@ -294,11 +322,13 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
             int bins[kLevels];
             bins_of(b, bins, levels + 1);
             atomicAdd(&warp_hist[warp_id][bins[levels]], exp2(static_cast<double>(a[b]) - heaviest));
+            atomicAdd(&warp_count[warp_id][bins[levels]], 1);
         }
         merge_warp_hists();
-        find_boundary(kept_before);
+        find_boundary(kept_before, taken_before);
         bounds[levels] = s_boundary;
         kept_before = s_kept;
+        taken_before = s_taken;
         ++levels;
         if (bounds[levels - 1] == kSelectBins) break;  // rounding: every candidate kept
         n_candidates = block_compact(
@@ -310,7 +340,8 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
     const int boundary_last = bounds[levels - 1];
 
     // Exact resolution: each boundary block's rank in the selection order (heavier first, ties
-    // lower id first) and whether the sequential rule takes it.
+    // lower id first) and whether the sequential rule takes it (mass before it below the
+    // target and blocks before it below the budget).
     int taken = 0;
     if (boundary_last < kSelectBins) {
         for (int x_index = tid; x_index < n_candidates; x_index += kSelectThreads) {
@@ -327,7 +358,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
                 }
             }
             ranks[x] = rank;
-            taken += kept_before + before_mass < target ? 1 : 0;
+            taken += kept_before + before_mass < target && taken_before + rank < extra_limit ? 1 : 0;
         }
     }
     // Its barriers also publish `ranks` to the whole CTA.
