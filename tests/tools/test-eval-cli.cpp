@@ -198,7 +198,7 @@ TEST(EvalCli, DefaultModelTinySettings) {
         " --lengths 1K --trials 2 --ppl-ctx 512 --ppl-prefix 448 --window 256 -t 1 --out " + out);
     ASSERT_EQ(r.status, 0) << r.output;
     const std::vector<std::string> expected = {
-        "**purbo eval** SmolLM2-135M-Instruct.Q4_1.gguf; adapter none",
+        "**purbo eval** " + std::filesystem::path(model).filename().string() + "; adapter none",
         "| variant | passkey 1K | ppl | KL vs dense |",
         "\n| dense | ",
         "\n| local (W 256, S 4) | ",
