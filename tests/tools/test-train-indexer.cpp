@@ -22,37 +22,6 @@ void write_file(const fs::path& p, const std::string& bytes) {
     out << bytes;
 }
 
-// A byte-level BPE tokenizer.json with one token per byte (ids 0..255) and no merges: fits
-// the tiny checkpoints' 320-row vocabulary.
-std::string byte_tokenizer_json() {
-    nlohmann::json vocab = nlohmann::json::object();
-    const auto& table = unicode::byte_to_unicode_utf8();
-    for (int b = 0; b < 256; ++b) vocab[table[static_cast<size_t>(b)]] = b;
-    nlohmann::json j = {{"version", "1.0"},
-                        {"added_tokens", nlohmann::json::array()},
-                        {"normalizer", nullptr},
-                        {"pre_tokenizer",
-                         {{"type", "ByteLevel"},
-                          {"add_prefix_space", false},
-                          {"trim_offsets", true},
-                          {"use_regex", true}}},
-                        {"post_processor", nullptr},
-                        {"decoder",
-                         {{"type", "ByteLevel"},
-                          {"add_prefix_space", true},
-                          {"trim_offsets", true},
-                          {"use_regex", true}}},
-                        {"model",
-                         {{"type", "BPE"},
-                          {"vocab", vocab},
-                          {"merges", nlohmann::json::array()},
-                          {"dropout", nullptr},
-                          {"unk_token", nullptr},
-                          {"byte_fallback", false},
-                          {"ignore_merges", false}}}};
-    return j.dump();
-}
-
 struct TrainSetup {
     fs::path dir;
     fs::path model;
@@ -64,11 +33,7 @@ struct TrainSetup {
 TrainSetup make_setup(const std::string& name) {
     TrainSetup s;
     s.dir = test::temp_dir(name);
-    s.model = s.dir / "model";
-    fs::create_directories(s.model);
-    const fs::path src = test::fixture_path("hf/llama-yarn");
-    for (const char* f : {"config.json", "model.safetensors"}) fs::copy_file(src / f, s.model / f);
-    write_file(s.model / "tokenizer.json", byte_tokenizer_json());
+    s.model = test::tiny_byte_model(name + "_model");
 
     auto m = hf_model_load(s.model.string());
     EXPECT_TRUE(m.is_ok()) << m.status().message();
