@@ -8,7 +8,6 @@
 #include <nlohmann/json.hpp>
 
 #include "model/hf-loader.h"
-#include "model/unicode.h"
 #include "sparse/adapter.h"
 #include "test-util.h"
 
