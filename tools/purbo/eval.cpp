@@ -320,6 +320,11 @@ Status Evaluation::run_ppl(Session& s, const std::string& name, EvalVariantResul
     std::fprintf(stderr, "purbo eval: %-6s ppl %.3f, KL vs dense %.4f over %lld tokens (%.1f s)\n",
                  name.c_str(), r.perplexity(), r.mean_kl(), static_cast<long long>(r.n_scored),
                  r.seconds);
+    if (r.sparsity.retrieval_head_steps > 0)
+        std::fprintf(stderr,
+                     "purbo eval: %-6s ppl decode: %.1f blocks, %.0f tokens per retrieval head\n",
+                     name.c_str(), r.sparsity.blocks_per_retrieval_head(),
+                     r.sparsity.tokens_per_retrieval_head());
     v.ppl = r;
     return Status::ok();
 }
@@ -353,6 +358,10 @@ Status Evaluation::run_variant(const std::string& name, EvalReport& report,
             PURBO_ASSIGN_OR_RETURN(std::unique_ptr<Session> s,
                                    session(sparse_policy_factory(*adapter_, so)));
             v.passkey_top_k.push_back(so.top_k_blocks);
+            std::fprintf(stderr,
+                         "purbo eval: topk   passkey %s: K = %d (sparse kept %.2f blocks)\n",
+                         eval_length_label(plan_.lengths[i]).c_str(), so.top_k_blocks,
+                         sparse_->passkey[i].sparsity.blocks_per_retrieval_head());
             PURBO_TRY(run_passkey(*s, name, i, v));
             record_kv(*s);
         }
@@ -361,6 +370,8 @@ Status Evaluation::run_variant(const std::string& name, EvalReport& report,
             PURBO_ASSIGN_OR_RETURN(std::unique_ptr<Session> s,
                                    session(sparse_policy_factory(*adapter_, so)));
             v.ppl_top_k = so.top_k_blocks;
+            std::fprintf(stderr, "purbo eval: topk   ppl: K = %d (sparse kept %.2f blocks)\n",
+                         so.top_k_blocks, sparse_->ppl->sparsity.blocks_per_retrieval_head());
             PURBO_TRY(run_ppl(*s, name, v));
             record_kv(*s);
         }
@@ -509,24 +520,28 @@ int cmd_eval(int argc, char** argv) {
                             (std::string_view(v) == "sparse" && contains(plan->shown, "topk"));
         if (needed) order.push_back(v);
     }
-    for (const std::string& v : order) {
-        if (Status st = evaluation.run_variant(v, report, *sparse_factory); !st.is_ok())
-            return report_error("eval", st);
-    }
-
-    const std::string text =
-        f.format == "json" ? eval_report_json(report) : eval_report_markdown(report);
-    std::fputs(text.c_str(), stdout);
-    if (!f.out.empty()) {
+    // The results file is rewritten after every variant: a long run that is stopped keeps the
+    // rows it finished.
+    const auto write_out = [&](const std::string& text) -> Status {
+        if (f.out.empty()) return Status::ok();
         // A .json file gets the JSON whatever -o says: the table on screen, the details on disk.
-        const bool json_file = f.out.size() >= 5 && f.out.ends_with(".json");
+        const bool json_file = f.out.ends_with(".json");
         const std::string file_text =
             json_file && f.format != "json" ? eval_report_json(report) : text;
         const auto* bytes = reinterpret_cast<const uint8_t*>(file_text.data());
-        if (Status st = write_file_atomic(f.out, {bytes, file_text.size()}); !st.is_ok())
+        return write_file_atomic(f.out, {bytes, file_text.size()});
+    };
+    const auto render = [&] {
+        return f.format == "json" ? eval_report_json(report) : eval_report_markdown(report);
+    };
+    for (const std::string& v : order) {
+        if (Status st = evaluation.run_variant(v, report, *sparse_factory); !st.is_ok())
             return report_error("eval", st);
-        std::fprintf(stderr, "purbo eval: wrote %s\n", f.out.c_str());
+        if (Status st = write_out(render()); !st.is_ok()) return report_error("eval", st);
     }
+    const std::string text = render();
+    std::fputs(text.c_str(), stdout);
+    if (!f.out.empty()) std::fprintf(stderr, "purbo eval: wrote %s\n", f.out.c_str());
     return 0;
 }
 
