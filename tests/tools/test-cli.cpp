@@ -188,5 +188,21 @@ TEST(Cli, DefaultModelGreedyRunIsDeterministic) {
         << "the same seed must give the same text";
 }
 
+// The committed adapter runs with the default model: a short prompt fits the window of every
+// head, so the sparse model answers as the dense one does, and the run reports its figures.
+TEST(Cli, DefaultModelSparseRun) {
+    PURBO_REQUIRE_DEFAULT_MODEL(model);
+    const RunResult r =
+        run_purbo("run -m " + model + " --sparse -p \"The capital of France is\" -n 8 --temp 0 --no-display-prompt");
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(r.output.rfind(" Paris.", 0), 0u) << r.output;
+    EXPECT_NE(r.output.find("42 retrieval heads of 270"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("compute sparsity"), std::string::npos) << r.output;
+    // An adapter made for another model is refused with one line.
+    const RunResult bad = run_purbo("run -m " + test::tiny_byte_model("cli_sparse_other_model") + " --sparse -p hi -n 1");
+    EXPECT_EQ(bad.status, 1) << bad.output;
+    EXPECT_NE(bad.output.find("SmolLM2-135M-Instruct.adapter.safetensors"), std::string::npos) << bad.output;
+}
+
 }  // namespace
 }  // namespace purbo
