@@ -80,7 +80,9 @@ struct TokenPlacement {
 };
 
 // One layer's cache, or the part of it that holds some of its KV heads.
-// k and v are (s, gc, c, d) f32 on CPU backends: gc cache heads of c rows each.
+// k and v are (s, gc, c, d): gc cache heads of c rows each, in one of the element types the
+// backend's kv_cache_dtypes() lists (f32 everywhere; bf16 on cuda, which halves the bytes
+// decode reads). kv_store rounds to the cache's type; attention computes in f32.
 struct KvCacheView {
     Tensor k;
     Tensor v;
@@ -119,6 +121,8 @@ public:
     virtual ~Backend() = default;
     virtual BackendKind kind() const = 0;
     virtual std::string_view name() const = 0;
+    // Element types a KV cache may have on this backend, the preferred (default) one first.
+    virtual std::vector<DType> kv_cache_dtypes() const { return {DType::kF32}; }
 
     // ---- memory -------------------------------------------------------------------------
     // Zero-filled activation buffer on the backend's device.

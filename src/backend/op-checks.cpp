@@ -60,11 +60,22 @@ Status check_placement(std::string_view op, const TokenPlacement& place, int64_t
     return Status::ok();
 }
 
-Status check_cache(std::string_view op, const KvCacheView& cache) {
-    PURBO_TRY(check_f32(op, cache.k, "cache k", 4));
-    PURBO_TRY(check_f32(op, cache.v, "cache v", 4));
-    if (!same_shape(cache.k, cache.v))
-        return error(StatusCode::kInvalidArgument, "{}: cache k {} and v {} differ in shape", op,
+Status check_cache(std::string_view op, const KvCacheView& cache, std::span<const DType> cache_dtypes) {
+    for (const Tensor* t : {&cache.k, &cache.v}) {
+        const std::string_view role = t == &cache.k ? "cache k" : "cache v";
+        if (t->empty())
+            return error(StatusCode::kInvalidArgument, "{}: {} has no data", op, label(*t, role));
+        if (t->ndim != 4)
+            return error(StatusCode::kInvalidArgument, "{}: {} must have 4 dims", op, label(*t, role));
+        if (std::find(cache_dtypes.begin(), cache_dtypes.end(), t->dtype) == cache_dtypes.end()) {
+            std::string names;
+            for (DType dt : cache_dtypes) names += fmt::format("{}{}", names.empty() ? "" : " or ", dtype_name(dt));
+            return error(StatusCode::kUnsupported, "{}: {}: this backend keeps KV caches in {}", op,
+                         label(*t, role), names);
+        }
+    }
+    if (!same_shape(cache.k, cache.v) || cache.k.dtype != cache.v.dtype)
+        return error(StatusCode::kInvalidArgument, "{}: cache k {} and v {} differ in shape or type", op,
                      cache.k.describe(), cache.v.describe());
     if (!cache.heads.empty()) {
         if (static_cast<int64_t>(cache.heads.size()) != cache.k.dim(1))
@@ -161,10 +172,10 @@ Status check_rope(const Tensor& x, std::span<const int32_t> pos, const RopeParam
 }
 
 Status check_kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
-                      const KvCacheView& cache) {
+                      const KvCacheView& cache, std::span<const DType> cache_dtypes) {
     PURBO_TRY(check_f32("kv_store", k, "k", 3));
     PURBO_TRY(check_f32("kv_store", v, "v", 3));
-    PURBO_TRY(check_cache("kv_store", cache));
+    PURBO_TRY(check_cache("kv_store", cache, cache_dtypes));
     if (!same_shape(k, v) || k.dim(1) != model_kv_heads(cache) || k.dim(2) != cache.k.dim(3))
         return error(StatusCode::kInvalidArgument, "kv_store: {} and {} do not fit the cache {}",
                      label(k, "k"), label(v, "v"), cache.k.describe());
@@ -172,10 +183,11 @@ Status check_kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& pl
 }
 
 Status check_attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
-                       const AttentionParams& params, const Tensor& out) {
+                       const AttentionParams& params, const Tensor& out,
+                       std::span<const DType> cache_dtypes) {
     PURBO_TRY(check_f32("attention", q, "q", 3));
     PURBO_TRY(check_f32("attention", out, "out", 3));
-    PURBO_TRY(check_cache("attention", cache));
+    PURBO_TRY(check_cache("attention", cache, cache_dtypes));
     const int64_t n = q.dim(0), h = q.dim(1), g = model_kv_heads(cache);
     if (!same_shape(q, out) || q.dim(2) != cache.k.dim(3) || g <= 0 || h % g != 0)
         return error(StatusCode::kInvalidArgument,

@@ -16,10 +16,12 @@ Status check_rms_norm(const Tensor& x, const Tensor& weight, float eps, const Te
 Status check_matmul(const Tensor& x, const Tensor& w, const Tensor& out);
 Status check_add_bias(const Tensor& x, const Tensor& bias);
 Status check_rope(const Tensor& x, std::span<const int32_t> pos, const RopeParams& params);
+// cache_dtypes: the backend's kv_cache_dtypes(); a cache of another type is kUnsupported.
 Status check_kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
-                      const KvCacheView& cache);
+                      const KvCacheView& cache, std::span<const DType> cache_dtypes);
 Status check_attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
-                       const AttentionParams& params, const Tensor& out);
+                       const AttentionParams& params, const Tensor& out,
+                       std::span<const DType> cache_dtypes);
 Status check_select_blocks(const Tensor& iq, const Tensor& index_keys, const TokenPlacement& place,
                            const BlockSelectParams& params, const Tensor& blocks, const Tensor& counts);
 Status check_same_shape_f32(std::string_view op, std::span<const Tensor* const> tensors);

@@ -17,16 +17,24 @@ size_t KvCache::dense_nbytes() const {
         const KvCacheView& l = layers[il];
         const KvCacheView& r = rings[il];
         const int64_t heads = (l.k.empty() ? 0 : l.k.dim(1)) + (r.k.empty() ? 0 : r.k.dim(1));
-        const int64_t d = l.k.empty() ? r.k.dim(3) : l.k.dim(3);
-        total += 2 * static_cast<size_t>(n_seq * heads * n_ctx * d) * sizeof(float);
+        const Tensor& any = l.k.empty() ? r.k : l.k;
+        total += 2 * static_cast<size_t>(n_seq * heads * n_ctx * any.dim(3)) * dtype_traits(any.dtype).block_bytes;
     }
     return total;
 }
 
 Result<KvCache> kv_cache_create(Backend& backend, const ModelConfig& config, int n_seq, int n_ctx,
-                                const KvLayout& layout, int max_batch) {
+                                const KvLayout& layout, int max_batch, std::optional<DType> dtype) {
     if (n_seq <= 0 || n_ctx <= 0) {
         return error(StatusCode::kInvalidArgument, "KV cache: n_seq {} and n_ctx {} must be positive", n_seq, n_ctx);
+    }
+    const std::vector<DType> supported = backend.kv_cache_dtypes();
+    const DType type = dtype.value_or(supported.front());
+    if (std::find(supported.begin(), supported.end(), type) == supported.end()) {
+        std::string names;
+        for (DType dt : supported) names += fmt::format("{}{}", names.empty() ? "" : ", ", dtype_name(dt));
+        return error(StatusCode::kUnsupported, "KV cache type {}: the {} backend keeps caches in {}", dtype_name(type),
+                     backend.name(), names);
     }
     if (!layout.ring_heads.empty() && static_cast<int>(layout.ring_heads.size()) != config.n_layer) {
         return error(StatusCode::kInvalidArgument, "KV cache: ring layout for {} layers, the model has {}",
@@ -42,8 +50,8 @@ Result<KvCache> kv_cache_create(Backend& backend, const ModelConfig& config, int
     auto alloc_view = [&](int heads, int rows, std::vector<int32_t> held, int ring_sinks) -> Result<KvCacheView> {
         KvCacheView view;
         if (heads == 0) return view;
-        view.k = backend.alloc(DType::kF32, {n_seq, heads, rows, d}, "cache_k");
-        view.v = backend.alloc(DType::kF32, {n_seq, heads, rows, d}, "cache_v");
+        view.k = backend.alloc(type, {n_seq, heads, rows, d}, "cache_k");
+        view.v = backend.alloc(type, {n_seq, heads, rows, d}, "cache_v");
         if (view.k.empty() || view.v.empty()) {
             return error(StatusCode::kOutOfMemory, "KV cache: cannot allocate {} sequences x {} heads x {} tokens",
                          n_seq, heads, rows);

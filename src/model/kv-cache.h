@@ -4,6 +4,7 @@
 // of sinks + window + max_batch rows instead (method.md section 2).
 #pragma once
 
+#include <optional>
 #include <vector>
 
 #include "backend/backend.h"
@@ -27,7 +28,10 @@ struct KvCache {
     size_t dense_nbytes() const;
 };
 
+// dtype: the element type of every cache tensor, one of backend.kv_cache_dtypes() (default:
+// the backend's preferred one, its first); another is a kUnsupported Status.
 Result<KvCache> kv_cache_create(Backend& backend, const ModelConfig& config, int n_seq, int n_ctx,
-                                const KvLayout& layout = {}, int max_batch = 0);
+                                const KvLayout& layout = {}, int max_batch = 0,
+                                std::optional<DType> dtype = std::nullopt);
 
 }  // namespace purbo

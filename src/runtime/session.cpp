@@ -29,7 +29,7 @@ Result<std::unique_ptr<Session>> Session::create(const ModelConfig& config, cons
         layout = s->policy_->kv_layout();
     }
     PURBO_ASSIGN_OR_RETURN(s->cache_, kv_cache_create(*s->backend_, config, options.n_seq, options.n_ctx, layout,
-                                                      forward_options.max_batch));
+                                                      forward_options.max_batch, options.cache_type));
     s->lengths_.assign(static_cast<size_t>(options.n_seq), 0);
     return s;
 }

@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -23,6 +24,8 @@ struct SessionOptions {
     int n_seq = 1;                // sequence slots
     // cpu backend decode GEMV: exact fp32 (default) or q8 activations (llama.cpp's numerics).
     ActivationPrecision gemv_activations = ActivationPrecision::kF32;
+    // KV cache element type; nullopt = the backend's preferred one (f32 on CPU, bf16 on cuda).
+    std::optional<DType> cache_type;
 };
 
 struct SessionTimings {

@@ -544,20 +544,40 @@ Batch make_batch(int64_t n, int n_seq, int32_t last_pos) {
     return b;
 }
 
+// A cache of `cache_type` on the backend when it keeps that type (the values must already be
+// representable in it), else an f32 cache of the same values: every backend then computes on
+// identical keys and values.
+Tensor upload_cache(Backend& backend, const Tensor& host, DType cache_type) {
+    const std::vector<DType> types = backend.kv_cache_dtypes();
+    if (cache_type == DType::kF32 || std::find(types.begin(), types.end(), cache_type) == types.end())
+        return upload(backend, host);
+    const auto& s = host.shape;
+    Tensor t = backend.alloc(cache_type, {s[0], s[1], s[2], s[3]}, host.name);
+    EXPECT_TRUE(backend.from_host(host, t).is_ok());
+    return t;
+}
+
+// Random cache contents, rounded to bf16 for a bf16 cache case.
+Tensor random_cache(std::mt19937& rng, int64_t s, int64_t g, int64_t c, int64_t d, DType cache_type) {
+    Tensor t = host_f32({s, g, c, d}, random_floats(rng, s * g * c * d));
+    if (cache_type == DType::kBF16) {
+        for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = static_cast<float>(bf16_round(t.f32()[i]));
+    }
+    return t;
+}
+
 OpCase attention_case(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, int n_seq, int window,
-                      int n_sink) {
+                      int n_sink, DType cache_type = DType::kF32) {
     return {
-        safe_name(fmt::format("attention_n{}_h{}_g{}_d{}_c{}_s{}_w{}_sink{}", n, h, g, d, c, n_seq,
-                              window, n_sink)),
+        safe_name(fmt::format("attention_n{}_h{}_g{}_d{}_c{}_s{}_w{}_sink{}{}", n, h, g, d, c, n_seq,
+                              window, n_sink, cache_type == DType::kF32 ? "" : "_cache_bf16")),
         [=] {
             std::mt19937 rng(static_cast<uint32_t>(n * 131 + h * 17 + c + window + n_sink));
             const int64_t s = n_seq;
             // Random cache contents stand for keys and values of earlier tokens; the batch's
             // own keys are at its positions already (the op's precondition).
-            auto k_cache =
-                std::make_shared<Tensor>(host_f32({s, g, c, d}, random_floats(rng, s * g * c * d)));
-            auto v_cache =
-                std::make_shared<Tensor>(host_f32({s, g, c, d}, random_floats(rng, s * g * c * d)));
+            auto k_cache = std::make_shared<Tensor>(random_cache(rng, s, g, c, d, cache_type));
+            auto v_cache = std::make_shared<Tensor>(random_cache(rng, s, g, c, d, cache_type));
             // Amplitude 3 so that q.k / sqrt(d) spreads over a few units: a peaked softmax.
             auto q =
                 std::make_shared<Tensor>(host_f32({n, h, d}, random_floats(rng, n * h * d, 3.0f)));
@@ -565,7 +585,8 @@ OpCase attention_case(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, int
             AttentionParams params{1.0f / std::sqrt(static_cast<float>(d)), window, n_sink};
             PreparedCase pc;
             pc.run = [=](Backend& backend) {
-                KvCacheView cache{upload(backend, *k_cache), upload(backend, *v_cache)};
+                KvCacheView cache{upload_cache(backend, *k_cache, cache_type),
+                                  upload_cache(backend, *v_cache, cache_type)};
                 Tensor qb = upload(backend, *q);
                 GuardedOutput out(backend, {n, h, d});
                 const Status st =
@@ -578,9 +599,12 @@ OpCase attention_case(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, int
             const double fp32_nmse = pc.max_nmse;
             pc.backend_max_nmse = [=](const std::string& backend,
                                       const std::vector<float>& expected) -> std::optional<double> {
-                // The cases cuda-ops.cpp sends to the tensor-core kernel (make_batch gives one
-                // sequence consecutive positions); the others keep the fp32 bound.
-                const bool tensor_core = (d == 64 || d == 128) && n_seq == 1 && n >= 64;
+                // The cases cuda-ops.cpp sends to a tensor-core kernel: prefill chunks (make_batch
+                // gives one sequence consecutive positions), and with a bf16 cache every case
+                // of d 64 or 128 (the decode kernel). The others keep the fp32 bound.
+                const bool tc_head_dim = d == 64 || d == 128;
+                const bool tensor_core =
+                    tc_head_dim && ((n_seq == 1 && n >= 64) || cache_type == DType::kBF16);
                 if (backend != "cuda" || !tensor_core) return std::nullopt;
                 auto rounded = [](const Tensor& t) {
                     Tensor r = tensor_cpu(
@@ -603,20 +627,24 @@ OpCase attention_case(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, int
         }};
 }
 
-OpCase kv_store_case(int64_t n, int64_t g, int64_t d, int64_t c, int n_seq) {
+// With a bf16 cache the stored values are bf16 numbers already, so that the copy is exact
+// (the rounding itself: CudaKvStore.RoundsToNearestEven).
+OpCase kv_store_case(int64_t n, int64_t g, int64_t d, int64_t c, int n_seq, DType cache_type = DType::kF32) {
     return {
-        safe_name(fmt::format("kv_store_n{}_g{}_d{}_c{}_s{}", n, g, d, c, n_seq)), [=] {
+        safe_name(fmt::format("kv_store_n{}_g{}_d{}_c{}_s{}{}", n, g, d, c, n_seq,
+                              cache_type == DType::kF32 ? "" : "_cache_bf16")),
+        [=] {
             std::mt19937 rng(static_cast<uint32_t>(n + g + d + c));
             const int64_t s = n_seq;
-            auto k_cache =
-                std::make_shared<Tensor>(host_f32({s, g, c, d}, random_floats(rng, s * g * c * d)));
-            auto k = std::make_shared<Tensor>(host_f32({n, g, d}, random_floats(rng, n * g * d)));
-            auto v = std::make_shared<Tensor>(host_f32({n, g, d}, random_floats(rng, n * g * d)));
+            auto k_cache = std::make_shared<Tensor>(random_cache(rng, s, g, c, d, cache_type));
+            auto k = std::make_shared<Tensor>(random_cache(rng, 1, n, g, d, cache_type).reshaped({n, g, d}));
+            auto v = std::make_shared<Tensor>(random_cache(rng, 1, n, g, d, cache_type).reshaped({n, g, d}));
             const Batch batch = make_batch(n, n_seq, static_cast<int32_t>(c - 1));
             PreparedCase pc;
             pc.run = [=](Backend& backend) {
                 // Both caches start from the same contents; everything not stored must survive.
-                KvCacheView cache{upload(backend, *k_cache), upload(backend, *k_cache)};
+                KvCacheView cache{upload_cache(backend, *k_cache, cache_type),
+                                  upload_cache(backend, *k_cache, cache_type)};
                 const Status st = backend.kv_store(upload(backend, *k), upload(backend, *v),
                                                    {batch.seq, batch.pos}, cache);
                 EXPECT_TRUE(st.is_ok()) << st.to_string();
@@ -997,12 +1025,30 @@ std::vector<OpCase> all_cases() {
     // rows, key tiles cut by the chunk's start (position c - 130), window + sinks.
     cases.push_back(attention_case(130, 32, 8, 128, 500, 1, 0, 0));
     cases.push_back(attention_case(130, 9, 3, 64, 500, 1, 100, 4));
+    // bf16 caches (cuda: the decode kernel on tensor cores; the prefill kernel reading bf16
+    // tiles): single tokens, mixed batches over 2-3 sequences, window + sinks, long decode
+    // contexts that split the keys over many CTAs and fill the cp.async pipeline.
+    constexpr DType kBf16 = DType::kBF16;
+    for (int64_t n : {1, 5, 64}) {
+        cases.push_back(attention_case(n, 9, 3, 64, 1024, 1, 0, 0, kBf16));
+        cases.push_back(attention_case(n, 9, 3, 64, 200, 3, 0, 0, kBf16));
+        cases.push_back(attention_case(n, 32, 8, 128, 96, 2, 0, 0, kBf16));
+        cases.push_back(attention_case(n, 9, 3, 64, 300, 2, 32, 4, kBf16));
+        cases.push_back(attention_case(n, 9, 3, 64, 300, 1, 16, 250, kBf16));
+        cases.push_back(attention_case(n, 4, 4, 32, 128, 1, 1, 0, kBf16));  // d 32: the fp32 kernel
+    }
+    cases.push_back(attention_case(130, 32, 8, 128, 500, 1, 0, 0, kBf16));
+    cases.push_back(attention_case(130, 9, 3, 64, 500, 1, 100, 4, kBf16));
+    cases.push_back(attention_case(1, 16, 2, 128, 40000, 1, 0, 0, kBf16));
+    cases.push_back(attention_case(2, 16, 2, 128, 20000, 2, 0, 0, kBf16));
+    cases.push_back(attention_case(1, 32, 4, 128, 20000, 1, 4096, 4, kBf16));
     for (int64_t n : {1, 7}) {
         cases.push_back(rope_case(n, 9, 64, 64, 1.0f));
         cases.push_back(rope_case(n, 8, 128, 32, 1.0f));  // rotary_dim < d: the rest passes through
         cases.push_back(rope_case(n, 3, 64, 64, 1.25f));  // attn_factor scales cos and sin
     }
     cases.push_back(kv_store_case(5, 3, 64, 32, 3));
+    cases.push_back(kv_store_case(5, 3, 64, 32, 3, DType::kBF16));
     cases.push_back(kv_store_case(1, 8, 128, 16, 1));
     // select_blocks: r 8 and 16 (method.md section 8), B 16 and 64; c = 1000 (16 or 63 blocks,
     // a partial last block of the cache) and 4096 (64 or 256 blocks).
@@ -1239,6 +1285,27 @@ TEST(CpuRef, SwigluAddEmbeddingKvStore) {
 }
 
 // ---- input errors: a Status, on every backend ------------------------------------------------
+
+// A cache type the backend does not keep (listed by kv_cache_dtypes) is kUnsupported, with
+// the types it does keep in the message; it is never read as f32.
+TEST(BackendErrors, CacheTypesOutsideTheBackendsListAreUnsupported) {
+    for (const std::string& name : {std::string("cpu-ref"), std::string("cpu")}) {
+        SCOPED_TRACE(name);
+        std::unique_ptr<Backend> backend = make_backend(name);
+        const std::vector<DType> types = backend->kv_cache_dtypes();
+        ASSERT_FALSE(types.empty());
+        EXPECT_EQ(types.front(), DType::kF32);
+        if (std::find(types.begin(), types.end(), DType::kBF16) != types.end()) continue;
+        Tensor kc = tensor_cpu(DType::kBF16, {1, 1, 4, 8}), vc = tensor_cpu(DType::kBF16, {1, 1, 4, 8});
+        Tensor kv = tensor_cpu(DType::kF32, {1, 1, 8});
+        Tensor q = tensor_cpu(DType::kF32, {1, 1, 8}), out = tensor_cpu(DType::kF32, {1, 1, 8});
+        const int32_t seq[] = {0}, pos[] = {1};
+        const Status store = backend->kv_store(kv, kv, {seq, pos}, {kc, vc});
+        EXPECT_EQ(store.code(), StatusCode::kUnsupported);
+        EXPECT_NE(store.message().find("f32"), std::string::npos) << store.message();
+        EXPECT_EQ(backend->attention(q, {kc, vc}, {seq, pos}, {}, out).code(), StatusCode::kUnsupported);
+    }
+}
 
 TEST(BackendErrors, WrongShapesAndIndicesAreStatuses) {
     for (const std::string& name : backend_available()) {

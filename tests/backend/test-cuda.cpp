@@ -91,12 +91,28 @@ Tensor bf16_rounded(const Tensor& t) {
     return r;
 }
 
+// A device cache of `type` holding the host values (which a bf16 cache must represent exactly).
+Tensor upload_cache(Backend& b, const Tensor& host, DType type) {
+    const auto& s = host.shape;
+    Tensor t = b.alloc(type, {s[0], s[1], s[2], s[3]}, host.name);
+    EXPECT_TRUE(b.from_host(host, t).is_ok());
+    return t;
+}
+
+// cache_type bf16: the keys and values are bf16 numbers (rounded on the host), stored in a bf16
+// cache on the device and in an f32 one for cpu-ref, so both attend to the same values; d 64
+// and 128 then take a tensor-core kernel whatever the batch (the decode kernel).
 void check_attention_matches(const AttentionSetup& a, uint32_t seed,
-                             AttentionPath path = AttentionPath::kFp32) {
+                             AttentionPath path = AttentionPath::kFp32, DType cache_type = DType::kF32) {
     std::mt19937 rng(seed);
     const int64_t n = static_cast<int64_t>(a.seq.size());
-    const Tensor kc = host_f32({a.s, a.g, a.c, a.d}, random_floats(rng, a.s * a.g * a.c * a.d));
-    const Tensor vc = host_f32({a.s, a.g, a.c, a.d}, random_floats(rng, a.s * a.g * a.c * a.d));
+    Tensor kc = host_f32({a.s, a.g, a.c, a.d}, random_floats(rng, a.s * a.g * a.c * a.d));
+    Tensor vc = host_f32({a.s, a.g, a.c, a.d}, random_floats(rng, a.s * a.g * a.c * a.d));
+    if (cache_type == DType::kBF16) {
+        kc = bf16_rounded(kc);
+        vc = bf16_rounded(vc);
+        if (a.d == 64 || a.d == 128) path = AttentionPath::kTensorCore;
+    }
     // Amplitude 3: q.k / sqrt(d) spreads over a few units, a peaked softmax (as the harness).
     const Tensor q = host_f32({n, a.h, a.d}, random_floats(rng, n * a.h * a.d, 3.0f));
     const TokenPlacement place{a.seq, a.pos};
@@ -107,7 +123,9 @@ void check_attention_matches(const AttentionSetup& a, uint32_t seed,
 
     auto cuda = make("cuda");
     Tensor out = cuda->alloc(DType::kF32, {n, a.h, a.d}, "out");
-    const Status st = cuda->attention(upload(*cuda, q), {upload(*cuda, kc), upload(*cuda, vc)}, place, a.params, out);
+    const Status st = cuda->attention(
+        upload(*cuda, q), {upload_cache(*cuda, kc, cache_type), upload_cache(*cuda, vc, cache_type)}, place,
+        a.params, out);
     ASSERT_TRUE(st.is_ok()) << st.to_string();
     const std::vector<float> actual = download(*cuda, out);
     const std::span<const float> want(expected.f32(), static_cast<size_t>(expected.numel()));
@@ -251,6 +269,80 @@ TEST(Cuda, TensorCorePrefillWindowAndSinks) {
             check_attention_matches(a, 24, AttentionPath::kTensorCore);
         }
     }
+}
+
+// The decode kernel (bf16 cache, tensor cores, cp.async pipeline) on the shapes above: long
+// contexts over many splits, windows with sinks, several sequences, mixed batches, and the
+// prefill kernel reading bf16 tiles.
+TEST(Cuda, Bf16CacheMatchesReference) {
+    SKIP_WITHOUT_CUDA();
+    constexpr DType kBf16 = DType::kBF16;
+    for (int64_t d : {64, 128}) {
+        SCOPED_TRACE(d);
+        AttentionSetup a{d == 64 ? 9 : 32, d == 64 ? 3 : 8, d, 8192, 1, {0}, {8191}, {}};
+        a.params.scale = 1.0f / std::sqrt(static_cast<float>(d));
+        check_attention_matches(a, 31, AttentionPath::kTensorCore, kBf16);
+        a.pos = {5001};  // a last tile cut mid-way
+        check_attention_matches(a, 32, AttentionPath::kTensorCore, kBf16);
+    }
+    {
+        AttentionSetup a{9, 3, 64, 8192, 1, {0}, {8000}, {}};
+        a.params = AttentionParams{0.125f, 1024, 4};
+        check_attention_matches(a, 33, AttentionPath::kTensorCore, kBf16);
+        a.pos = {5001};
+        a.params = AttentionParams{0.125f, 77, 5};
+        check_attention_matches(a, 34, AttentionPath::kTensorCore, kBf16);
+    }
+    {
+        AttentionSetup a{32, 8, 128, 4096, 4, {0, 1, 2, 3}, {100, 4095, 3000, 0}, {}};
+        a.params.scale = 1.0f / std::sqrt(128.0f);
+        check_attention_matches(a, 35, AttentionPath::kTensorCore, kBf16);
+        a.params.window = 256;
+        a.params.n_sink = 4;
+        check_attention_matches(a, 36, AttentionPath::kTensorCore, kBf16);
+    }
+    {
+        // Two sequences interleaved (blocks of 5 tokens x 3 heads), then a prefill chunk.
+        AttentionSetup a{9, 3, 64, 2112, 2, {}, {}, {}};
+        for (int i = 0; i < 64; ++i) {
+            a.seq.push_back(i % 2);
+            a.pos.push_back(i % 2 == 0 ? 1000 + i / 2 : 2047 + i / 2);
+        }
+        a.params = AttentionParams{0.125f, 100, 3};
+        check_attention_matches(a, 37, AttentionPath::kTensorCore, kBf16);
+        set_chunk(a, 1, 900, 200);
+        a.params = AttentionParams{0.125f, 0, 0};
+        check_attention_matches(a, 38, AttentionPath::kTensorCore, kBf16);
+        a.params = AttentionParams{0.125f, 64, 70};
+        check_attention_matches(a, 39, AttentionPath::kTensorCore, kBf16);
+    }
+}
+
+TEST(Cuda, KvStoreIntoBf16CacheRoundsToNearestEven) {
+    SKIP_WITHOUT_CUDA();
+    auto cuda = make("cuda");
+    std::mt19937 rng(8);
+    const int64_t n = 3, g = 2, d = 64, c = 10;
+    const Tensor k = host_f32({n, g, d}, random_floats(rng, n * g * d, 50.0f));
+    const Tensor v = host_f32({n, g, d}, random_floats(rng, n * g * d, 50.0f));
+    Tensor kc = cuda->alloc(DType::kBF16, {1, g, c, d}), vc = cuda->alloc(DType::kBF16, {1, g, c, d});
+    const int32_t seq[] = {0, 0, 0}, pos[] = {7, 2, 9};
+    ASSERT_TRUE(cuda->kv_store(upload(*cuda, k), upload(*cuda, v), {seq, pos}, {kc, vc}).is_ok());
+    const std::vector<float> got_k = download(*cuda, kc), got_v = download(*cuda, vc);
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t kv = 0; kv < g; ++kv) {
+            for (int64_t e = 0; e < d; ++e) {
+                const size_t at = static_cast<size_t>((kv * c + pos[i]) * d + e);
+                const int64_t src = (i * g + kv) * d + e;
+                ASSERT_EQ(got_k[at], bf16_to_f32(f32_to_bf16(k.f32()[src])));
+                ASSERT_EQ(got_v[at], bf16_to_f32(f32_to_bf16(v.f32()[src])));
+            }
+        }
+    }
+    // A cache whose k and v types differ is an input error.
+    Tensor vc32 = cuda->alloc(DType::kF32, {1, g, c, d});
+    EXPECT_EQ(cuda->kv_store(upload(*cuda, k), upload(*cuda, v), {seq, pos}, {kc, vc32}).code(),
+              StatusCode::kInvalidArgument);
 }
 
 TEST(Cuda, PrepareWeightRoundsMatricesToBf16AndKeepsVectorsF32) {

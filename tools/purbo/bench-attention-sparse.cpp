@@ -82,7 +82,7 @@ void print_row(const SparseBenchConfig& c, int64_t hr, const Row& r, bool last) 
                     r.mode.c_str(), size_label(r.n).c_str(), c.window, c.sinks, static_cast<long long>(hr),
                     static_cast<long long>(c.shape.heads), kept.c_str(), cells.c_str());
     } else {
-        nlohmann::ordered_json j = {{"shape", c.shape_name}, {"device", c.device}, {"mode", r.mode},
+        nlohmann::ordered_json j = {{"shape", c.shape_name}, {"device", c.device}, {"cache", dtype_name(c.cache_type)}, {"mode", r.mode},
                                     {"n", r.n}, {"window", c.window}, {"sinks", c.sinks},
                                     {"retrieval_heads", hr}, {"heads", c.shape.heads},
                                     {"kv_heads", c.shape.kv_heads}, {"head_dim", c.shape.head_dim},
@@ -139,7 +139,7 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         const double pairs = static_cast<double>(hr) * static_cast<double>(attention_prefill_pairs(n, 0, 0)) +
                              static_cast<double>(hl) * static_cast<double>(attention_prefill_pairs(n, c.window, c.sinks));
         r.flops = 4.0 * static_cast<double>(s.head_dim) * pairs;
-        r.bytes = 2.0 * static_cast<double>(n * s.kv_heads * s.head_dim * kElemBytes);
+        r.bytes = 2.0 * static_cast<double>(n * s.kv_heads * s.head_dim * cache_elem_bytes(c.cache_type));
         const double predicted = prefill_s_per_pair * pairs;
         const double predicted_total = predicted * (predicted > kLongCallSeconds ? 1 : c.reps + 1);
         if (predicted_total > c.max_seconds || past_deadline(predicted_total)) {
@@ -149,7 +149,7 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
             emit(r);
             continue;
         }
-        Result<CaseBuffers> b = make_buffers(be, s, Mode::kPrefill, n, c.chunk, block_k, block_v);
+        Result<CaseBuffers> b = make_buffers(be, s, Mode::kPrefill, n, c.chunk, c.cache_type, block_k, block_v);
         Result<Measured> m = b.is_ok() ? measure(be, [&] { return run_once(be, *b, local_params); }, b->out, c.reps,
                                                  predicted > kLongCallSeconds)
                                        : Result<Measured>(b.status());
@@ -167,12 +167,12 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
     for (int64_t n : c.decode) {
         // Dense decode on the same cache: the baseline of the ratios.
         Row dense{"decode", n};
-        const AttentionWork w = attention_decode_work(s, n, 0, 0, kElemBytes, kElemBytes);
+        const AttentionWork w = attention_decode_work(s, n, 0, 0, cache_elem_bytes(c.cache_type), kElemBytes);
         dense.flops = w.flops;
         dense.bytes = w.bytes;
         Result<CaseBuffers> b = past_deadline(0)
                                     ? Result<CaseBuffers>(error(StatusCode::kUnsupported, "the --deadline has passed"))
-                                    : make_buffers(be, s, Mode::kDecode, n, c.chunk, block_k, block_v);
+                                    : make_buffers(be, s, Mode::kDecode, n, c.chunk, c.cache_type, block_k, block_v);
         if (!b.is_ok()) {
             dense.skipped = (past_deadline(0) ? "skipped: " : "failed: ") + b.status().to_string();
             emit(dense);
@@ -246,7 +246,7 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
                           (static_cast<double>(hr) * kept_keys + static_cast<double>(hl) * local_keys);
                 // K and V rows each retrieval head reads (no sharing assumed between heads), and
                 // the window of every KV head some local head reads.
-                r.bytes = 2.0 * static_cast<double>(s.head_dim * kElemBytes) *
+                r.bytes = 2.0 * static_cast<double>(s.head_dim * cache_elem_bytes(c.cache_type)) *
                           (static_cast<double>(hr) * kept_keys +
                            static_cast<double>(kv_heads_with_local(s, mask)) * local_keys);
             }

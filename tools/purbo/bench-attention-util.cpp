@@ -14,9 +14,6 @@ constexpr double kMinSampleMs = 20;   // short calls repeat within a sample to r
 
 }  // namespace
 
-
-
-
 // Comma-separated token counts with optional K (x1024) or M (x1024^2) suffixes; "" or "none"
 // is an empty list.
 Result<std::vector<int64_t>> parse_sizes(const std::string& flag, const std::string& text) {
@@ -73,12 +70,24 @@ Tensor random_block(int64_t d, std::mt19937& rng) {
     return t;
 }
 
-Result<CaseBuffers> make_buffers(Backend& be, const AttentionShape& s, Mode mode, int64_t n,
-                                 int64_t chunk, const Tensor& block_k, const Tensor& block_v) {
+Result<DType> resolve_cache_type(const Backend& be, const std::string& flag) {
+    const std::vector<DType> supported = be.kv_cache_dtypes();
+    if (flag.empty()) return supported.front();
+    for (DType t : supported) {
+        if (dtype_name(t) == flag) return t;
+    }
+    std::string names;
+    for (DType t : supported) names += fmt::format("{}{}", names.empty() ? "" : ", ", dtype_name(t));
+    return error(StatusCode::kInvalidArgument, "--cache-type '{}': the {} backend keeps caches in {}", flag,
+                 be.name(), names);
+}
+
+Result<CaseBuffers> make_buffers(Backend& be, const AttentionShape& s, Mode mode, int64_t n, int64_t chunk,
+                                 DType cache_type, const Tensor& block_k, const Tensor& block_v) {
     CaseBuffers b;
     const int64_t m = mode == Mode::kDecode ? 1 : std::min(n, chunk);
-    b.cache.k = be.alloc(DType::kF32, {1, s.kv_heads, n, s.head_dim}, "cache k");
-    b.cache.v = be.alloc(DType::kF32, {1, s.kv_heads, n, s.head_dim}, "cache v");
+    b.cache.k = be.alloc(cache_type, {1, s.kv_heads, n, s.head_dim}, "cache k");
+    b.cache.v = be.alloc(cache_type, {1, s.kv_heads, n, s.head_dim}, "cache v");
     b.q = be.alloc(DType::kF32, {m, s.heads, s.head_dim}, "q");
     b.out = be.alloc(DType::kF32, {m, s.heads, s.head_dim}, "out");
     for (const Tensor* t : {&b.cache.k, &b.cache.v, &b.q, &b.out}) {

@@ -12,7 +12,7 @@
 
 namespace purbo::cli {
 
-constexpr int64_t kElemBytes = 4;       // q, out and the KV cache are f32 on every backend
+constexpr int64_t kElemBytes = 4;       // q and out are f32 on every backend
 constexpr double kLongCallSeconds = 2;  // longer calls run once, with no warm-up
 
 enum class Mode { kPrefill, kDecode };
@@ -36,8 +36,13 @@ struct CaseBuffers {
     std::vector<int32_t> pos;  // (queries,): 0..n-1 for prefill, n-1 for decode
 };
 
+// cache_type: the element type of the KV cache (one of be.kv_cache_dtypes()).
 Result<CaseBuffers> make_buffers(Backend& be, const AttentionShape& s, Mode mode, int64_t n, int64_t chunk,
-                                 const Tensor& block_k, const Tensor& block_v);
+                                 DType cache_type, const Tensor& block_k, const Tensor& block_v);
+// --cache-type as given ("" = the backend's preferred type), checked against the backend.
+Result<DType> resolve_cache_type(const Backend& be, const std::string& flag);
+// Bytes per cached element.
+inline int64_t cache_elem_bytes(DType t) { return static_cast<int64_t>(dtype_traits(t).block_bytes); }
 // The case's attention op sequence once: the queries in chunks of q's rows, each at its own
 // positions.
 Status run_once(Backend& be, const CaseBuffers& b, const AttentionParams& params);

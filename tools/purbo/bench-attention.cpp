@@ -30,6 +30,7 @@ struct Flags {
     bool attention = false;
     std::string device = "cuda", shape = "qwen3-30b-a3b", output = "md";
     std::string prefill = "8K,32K,128K,512K,1M", decode = "32K,128K,512K,1M";
+    std::string cache_type;  // "" = the backend's preferred
     int threads = 0, heads = 0, kv_heads = 0, head_dim = 0, window = 0, sinks = 0, reps = 3;
     int chunk = 65536;
     float max_seconds = 60, deadline = 0;
@@ -125,6 +126,8 @@ int cmd_bench_attention(int argc, char** argv) {
                            "skip cases that would end after S s from the start (default: none)",
                            &f.deadline});
     set.options.push_back({"--output", "-o", "FMT", "md (default) or json", &f.output});
+    set.options.push_back({"--cache-type", "-ctk", "TYPE", "KV cache element type: f32 or bf16 (default: bf16 on cuda)",
+                           &f.cache_type});
     set.options.push_back({"--retrieval", "", "R",
                            "the sparse layer: share R of the heads are retrieval heads, the rest local "
                            "(needs --window; default 0: the dense op)", &f.retrieval});
@@ -155,6 +158,9 @@ int cmd_bench_attention(int argc, char** argv) {
     Result<std::unique_ptr<Backend>> backend = backend_create(f.device, bo);
     if (!backend.is_ok()) return report_error("bench", backend.status());
     Backend& be = **backend;
+    Result<DType> cache_type = resolve_cache_type(be, f.cache_type);
+    if (!cache_type.is_ok()) return report_error("bench", cache_type.status());
+    const int64_t kv_bytes = cache_elem_bytes(*cache_type);
     if (f.retrieval > 0) {
         if (!(f.retrieval <= 1) || f.window <= 0 || f.block <= 0 || f.rank <= 0 ||
             !(f.index_top_p > 0 && f.index_top_p <= 1))
@@ -188,6 +194,7 @@ int cmd_bench_attention(int argc, char** argv) {
         c.chunk = f.chunk;
         c.max_seconds = f.max_seconds;
         c.deadline = f.deadline;
+        c.cache_type = *cache_type;
         return run_sparse_attention_bench(be, c);
     }
     AttentionParams params;
@@ -200,9 +207,10 @@ int cmd_bench_attention(int argc, char** argv) {
     const Tensor block_k = random_block(s.head_dim, rng), block_v = random_block(s.head_dim, rng);
     std::fprintf(
         stderr,
-        "bench-attention: %s on %s (h %lld, g %lld, d %lld), window %d, sinks %d, budget %.0f s\n",
+        "bench-attention: %s on %s (h %lld, g %lld, d %lld), %s KV cache, window %d, sinks %d, budget %.0f s\n",
         f.shape.c_str(), f.device.c_str(), static_cast<long long>(s.heads),
-        static_cast<long long>(s.kv_heads), static_cast<long long>(s.head_dim), f.window, f.sinks,
+        static_cast<long long>(s.kv_heads), static_cast<long long>(s.head_dim),
+        std::string(dtype_name(*cache_type)).c_str(), f.window, f.sinks,
         static_cast<double>(f.max_seconds));
     if (f.output == "md") {
         std::printf("| shape | device | mode | n | window | sinks | ms | TFLOP/s | GB/s |\n");
@@ -219,8 +227,8 @@ int cmd_bench_attention(int argc, char** argv) {
         const bool is_prefill = mode == Mode::kPrefill;
         const char* mode_name = is_prefill ? "prefill" : "decode";
         const AttentionWork work =
-            is_prefill ? attention_prefill_work(s, n, f.window, f.sinks, kElemBytes, kElemBytes)
-                       : attention_decode_work(s, n, f.window, f.sinks, kElemBytes, kElemBytes);
+            is_prefill ? attention_prefill_work(s, n, f.window, f.sinks, kv_bytes, kElemBytes)
+                       : attention_decode_work(s, n, f.window, f.sinks, kv_bytes, kElemBytes);
         const double units = is_prefill ? static_cast<double>(work.pairs) : work.bytes;
         const double rate = seconds_per_unit[is_prefill ? 0 : 1];
         const double predicted_call = rate > 0 ? rate * units : 0;
@@ -240,9 +248,9 @@ int cmd_bench_attention(int argc, char** argv) {
         } else {
             std::fprintf(stderr, "bench-attention: %s n=%s: filling %.2f GiB of cache%s\n",
                          mode_name, size_label(n).c_str(),
-                         2.0 * n * s.kv_heads * s.head_dim * kElemBytes / 1073741824.0,
+                         2.0 * n * s.kv_heads * s.head_dim * kv_bytes / 1073741824.0,
                          rate > 0 ? fmt::format(", predicted {:.2f} s", predicted).c_str() : "");
-            Result<CaseBuffers> b = make_buffers(be, s, mode, n, f.chunk, block_k, block_v);
+            Result<CaseBuffers> b = make_buffers(be, s, mode, n, f.chunk, *cache_type, block_k, block_v);
             Result<Measured> r = b.is_ok() ? measure(be, [&] { return run_once(be, *b, params); }, b->out, f.reps, long_call)
                                            : Result<Measured>(b.status());
             if (r.is_ok()) {
@@ -272,7 +280,7 @@ int cmd_bench_attention(int argc, char** argv) {
                 {"window", f.window},     {"sinks", f.sinks},  {"ms", nullptr},
                 {"tflops", nullptr},      {"gbps", nullptr},   {"device", f.device},
                 {"pairs", work.pairs},    {"reps", m.reps},    {"inner", m.inner},
-                {"skipped", nullptr}};
+                {"skipped", nullptr},     {"cache", dtype_name(*cache_type)}};
             if (skipped.empty()) {
                 j["ms"] = m.ms;
                 j["tflops"] = tflops;

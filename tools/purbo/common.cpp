@@ -28,8 +28,23 @@ void add_model_flags(OptionSet& set, ModelFlags& flags) {
     set.options.push_back({"--q8-activations", "", "",
                            "cpu decode: quantise activations to 8 bits (faster, llama.cpp's numerics; "
                            "default: exact fp32)", &flags.q8_activations});
+    set.options.push_back({"--cache-type", "-ctk", "TYPE",
+                           "KV cache element type: f32 or bf16 (default: bf16 on cuda, f32 on cpu)",
+                           &flags.cache_type});
     set.options.push_back({"--verbose", "-v", "", "log loading and timing details", &flags.verbose});
 }
+
+namespace {
+
+// --cache-type as a DType; nullopt for "" (the backend decides).
+Result<std::optional<DType>> parse_cache_type(std::string_view name) {
+    if (name.empty()) return std::optional<DType>{};
+    if (name == "f32") return std::optional<DType>{DType::kF32};
+    if (name == "bf16") return std::optional<DType>{DType::kBF16};
+    return error(StatusCode::kInvalidArgument, "--cache-type '{}': expected f32 or bf16", name);
+}
+
+}  // namespace
 
 SessionOptions session_options(const ModelFlags& flags) {
     SessionOptions o;
@@ -38,11 +53,16 @@ SessionOptions session_options(const ModelFlags& flags) {
     o.n_ctx = flags.ctx;
     o.n_batch = flags.batch;
     o.gemv_activations = flags.q8_activations ? ActivationPrecision::kQ8 : ActivationPrecision::kF32;
+    Result<std::optional<DType>> cache_type = parse_cache_type(flags.cache_type);
+    if (cache_type.is_ok()) o.cache_type = *cache_type;  // load_model has reported a bad one
     return o;
 }
 
 Result<Model> load_model(ModelFlags& flags, double* load_ms) {
     if (flags.verbose) log_set_level(LogLevel::kInfo);
+    // Every subcommand loads the model before its session: flags are checked here, before
+    // anything slow happens.
+    PURBO_TRY(parse_cache_type(flags.cache_type).status());
     if (flags.model.empty()) flags.model = default_model_path();
     const double t0 = time_now_ms();
     Result<Model> m = model_load(flags.model);

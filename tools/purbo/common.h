@@ -23,6 +23,7 @@ struct ModelFlags {
     int batch = 512;
     bool verbose = false;
     bool q8_activations = false;
+    std::string cache_type;  // --cache-type: "" (the backend's preferred), f32 or bf16
 };
 
 // The sparse model: an adapter (head classes and indexer) on top of the dense one.

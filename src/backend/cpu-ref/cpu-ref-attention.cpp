@@ -37,7 +37,7 @@ Status CpuRefBackend::rope(const Tensor& x, std::span<const int32_t> pos,
 
 Status CpuRefBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
                                const KvCacheView& cache) {
-    PURBO_TRY(check_kv_store(k, v, place, cache));
+    PURBO_TRY(check_kv_store(k, v, place, cache, kv_cache_dtypes()));
     // k, v (n, g, d); cache (s, gc, c, d)
     const int64_t n = k.dim(0), g = k.dim(1), d = k.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
     for (int64_t i = 0; i < n; ++i) {
@@ -74,7 +74,7 @@ static bool key_visible(int64_t j, int64_t p, int64_t i, int64_t head, const Att
 Status CpuRefBackend::attention(const Tensor& q, const KvCacheView& cache,
                                 const TokenPlacement& place, const AttentionParams& params,
                                 const Tensor& out) {
-    PURBO_TRY(check_attention(q, cache, place, params, out));
+    PURBO_TRY(check_attention(q, cache, place, params, out, kv_cache_dtypes()));
     // q, out (n, h, d); cache (s, gc, c, d)
     const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
     const int64_t heads_per_kv = h / kv_view_model_heads(cache);

@@ -367,7 +367,7 @@ void attend_block(const float* q, float* out, int64_t h, int64_t d, const HeadGr
 // M = max_s m_s, l = sum_s l_s exp(m_s - M), acc = sum_s acc_s exp(m_s - M), out = acc / l.
 Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                              const AttentionParams& params, const Tensor& out) {
-    PURBO_TRY(check_attention(q, cache, place, params, out));
+    PURBO_TRY(check_attention(q, cache, place, params, out, kv_cache_dtypes()));
     // q, out (n, h, d); cache (s, gc, c, d)
     const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
     const std::vector<HeadGroup> groups = head_groups(h, cache, params);

@@ -41,7 +41,7 @@ Status CpuBackend::rope(const Tensor& x, std::span<const int32_t> pos, const Rop
 
 Status CpuBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
                             const KvCacheView& cache) {
-    PURBO_TRY(check_kv_store(k, v, place, cache));
+    PURBO_TRY(check_kv_store(k, v, place, cache, kv_cache_dtypes()));
     // k, v (n, g, d); cache (s, gc, c, d)
     const int64_t n = k.dim(0), g = k.dim(1), d = k.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
     const size_t row_bytes = static_cast<size_t>(d) * sizeof(float);

@@ -42,66 +42,60 @@
 
 #include <cmath>
 
+#include "backend/cuda/cuda-device.cuh"
 #include "backend/cuda/cuda-kernels.h"
 
 namespace purbo::cuda {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarps = kAttnTcBlockM / 16;
 constexpr int kThreads = kWarps * 32;
 static_assert(kAttnTcBlockN % 16 == 0, "key tiles are whole k-steps of P V");
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low 16 bits
-    return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// d (16 x 8 f32) += a (16 x 16 bf16) b (16 x 8 bf16).
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* row) {
-    const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* row) {
-    const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-// The mask of op-checks.h's attention_key_visible, on the device.
-__device__ __forceinline__ bool key_visible(int j, int p, int window, int n_sink) {
-    if (j > p) return false;
-    if (window == 0) return true;
-    return j > p - window || j < n_sink;
-}
-
 // kWindowed: window > 0, and the window and sinks apply to the heads marked local in
 // head_info; otherwise causal only, and the window tests compile away. Heads whose KV head is
 // not in the view (head_info slot -1) exit at once.
-template <int D, bool kWindowed>
+// The tile of keys key0 .. key0 + kN - 1 into shared rows of kStride bf16: an f32 cache is
+// rounded on the way, a bf16 one copied as it is (8 elements per 16-byte move). Keys beyond
+// p_hi are zero (masked anyway, and they may lie past the capacity).
+template <int D, int kStride>
+__device__ __forceinline__ void load_tile(const float* cache, int64_t cache_row0, int key0, int p_hi,
+                                          const AttentionTcArgs& args, __nv_bfloat16* dst) {
+    constexpr int kSteps = kAttnTcBlockN * D / 4 / kThreads;
+    static_assert(kAttnTcBlockN * D / 4 % kThreads == 0, "the tile load has no tail");
+#pragma unroll 4
+    for (int step = 0; step < kSteps; ++step) {
+        const int idx = static_cast<int>(threadIdx.x) + step * kThreads;
+        const int j = idx / (D / 4), e = (idx % (D / 4)) * 4;
+        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (key0 + j <= p_hi) x = load4(cache + (cache_row0 + cache_row(key0 + j, args.ring_sinks, args.c)) * D + e);
+        *reinterpret_cast<uint2*>(&dst[j * kStride + e]) = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+    }
+}
+template <int D, int kStride>
+__device__ __forceinline__ void load_tile(const __nv_bfloat16* cache, int64_t cache_row0, int key0, int p_hi,
+                                          const AttentionTcArgs& args, __nv_bfloat16* dst) {
+    constexpr int kSteps = kAttnTcBlockN * D / 8 / kThreads;
+    static_assert(kAttnTcBlockN * D / 8 % kThreads == 0, "the tile load has no tail");
+#pragma unroll 4
+    for (int step = 0; step < kSteps; ++step) {
+        const int idx = static_cast<int>(threadIdx.x) + step * kThreads;
+        const int j = idx / (D / 8), e = (idx % (D / 8)) * 8;
+        uint4 x = make_uint4(0, 0, 0, 0);
+        if (key0 + j <= p_hi)
+            x = *reinterpret_cast<const uint4*>(cache + (cache_row0 + cache_row(key0 + j, args.ring_sinks, args.c)) * D + e);
+        *reinterpret_cast<uint4*>(&dst[j * kStride + e]) = x;
+    }
+}
+
+template <int D, bool kWindowed, class Cache>
 __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs args) {
     constexpr int kN = kAttnTcBlockN;
     constexpr int kStride = D + 8;     // bf16 per shared row: rows 16 bytes apart in banks
     constexpr int kKSteps = D / 16;    // k-steps of Q K^T
     constexpr int kDimTiles = D / 8;   // n-tiles of P V (8 output dims each)
     constexpr int kKeyTiles = kN / 8;  // n-tiles of Q K^T (8 keys each)
-    constexpr int kLoadSteps = kN * D / 4 / kThreads;  // float4 loads per thread per tile
     static_assert(D % 16 == 0 && (kStride * 2) % 16 == 0, "ldmatrix rows must be 16-byte aligned");
-    static_assert(kN * D / 4 % kThreads == 0, "the tile load has no tail");
 
     // (kN, kStride) each: the tile's keys and values in bf16, row = key.
     __shared__ __align__(16) __nv_bfloat16 k_s[kN * kStride];
@@ -182,23 +176,8 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
         const int key0 = tile * kN;
 
         __syncthreads();  // every warp is done with the previous tile
-        // f32 cache rows -> bf16 shared rows, 4 elements per thread and step. Keys beyond
-        // every row's position are zero (masked anyway, and they may lie past the capacity).
-#pragma unroll 4
-        for (int step = 0; step < kLoadSteps; ++step) {
-            const int idx = static_cast<int>(threadIdx.x) + step * kThreads;
-            const int j = idx / (D / 4), e = (idx % (D / 4)) * 4;
-            float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
-            if (key0 + j <= p_hi) {
-                const int64_t off = (cache_row0 + cache_row(key0 + j, args.ring_sinks, args.c)) * D + e;
-                kv = *reinterpret_cast<const float4*>(args.cache_k + off);
-                vv = *reinterpret_cast<const float4*>(args.cache_v + off);
-            }
-            *reinterpret_cast<uint2*>(&k_s[j * kStride + e]) =
-                make_uint2(pack_bf16(kv.x, kv.y), pack_bf16(kv.z, kv.w));
-            *reinterpret_cast<uint2*>(&v_s[j * kStride + e]) =
-                make_uint2(pack_bf16(vv.x, vv.y), pack_bf16(vv.z, vv.w));
-        }
+        load_tile<D, kStride>(static_cast<const Cache*>(args.cache_k), cache_row0, key0, p_hi, args, k_s);
+        load_tile<D, kStride>(static_cast<const Cache*>(args.cache_v), cache_row0, key0, p_hi, args, v_s);
         __syncthreads();
 
         // Warp-uniform: does the warp see nothing of this tile, or all of it?
@@ -319,12 +298,12 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     }
 }
 
-template <int D>
+template <int D, class Cache>
 cudaError_t launch_d(const AttentionTcArgs& args, dim3 grid, cudaStream_t stream) {
     if (args.window > 0) {
-        attention_tc_kernel<D, true><<<grid, kThreads, 0, stream>>>(args);
+        attention_tc_kernel<D, true, Cache><<<grid, kThreads, 0, stream>>>(args);
     } else {
-        attention_tc_kernel<D, false><<<grid, kThreads, 0, stream>>>(args);
+        attention_tc_kernel<D, false, Cache><<<grid, kThreads, 0, stream>>>(args);
     }
     return cudaGetLastError();
 }
@@ -342,12 +321,15 @@ cudaError_t launch_attention_tc(const AttentionTcArgs& args, cudaStream_t stream
         return cudaErrorInvalidValue;
     const dim3 grid(static_cast<unsigned>((args.n + kAttnTcBlockM - 1) / kAttnTcBlockM),
                     static_cast<unsigned>(args.h));
-    // DISPATCH on the head dim and on whether a window applies: four instantiations.
+    // DISPATCH on the head dim, the cache type and whether a window applies: eight
+    // instantiations.
     switch (args.d) {
         case 64:
-            return launch_d<64>(args, grid, stream);
+            return args.cache_bf16 ? launch_d<64, __nv_bfloat16>(args, grid, stream)
+                                   : launch_d<64, float>(args, grid, stream);
         case 128:
-            return launch_d<128>(args, grid, stream);
+            return args.cache_bf16 ? launch_d<128, __nv_bfloat16>(args, grid, stream)
+                                   : launch_d<128, float>(args, grid, stream);
         default:
             return cudaErrorInvalidValue;
     }

@@ -22,43 +22,29 @@
 //
 // Head dims: 32, 64, 128 (one instantiation each); others are a kUnsupported Status.
 //
-// Prefill chunks (>= kAttnTcMinTokens consecutive positions of one sequence, d 64 or 128) take
-// the tensor-core kernel of cuda-attention-tc.cu instead; this kernel serves decode, mixed
-// batches, short chunks and d 32.
+// Other kernels take most of the work with the same plan and mask: prefill chunks (>=
+// kAttnTcMinTokens consecutive positions of one sequence, d 64 or 128) go to the tensor-core
+// kernel of cuda-attention-tc.cu; with a bf16 cache, everything else of d 64 or 128 goes to
+// the tensor-core decode kernel of cuda-attention-decode.cu (launch_attention dispatches).
+// This kernel keeps f32 caches outside prefill chunks (exact fp32 attention) and d 32.
 //
-// Next speed steps (not correctness): a bf16 KV cache (halves the bytes decode reads),
-// double-buffered tile loads (cp.async) and, for decode, warps splitting a tile's keys instead
-// of idling when a CTA holds fewer than kAttnMaxRows rows.
+// Scores and the cache element type: the cache is f32 or bf16 (Cache), converted to f32 on
+// load into shared memory.
 #include <cmath>
 
+#include "backend/cuda/cuda-device.cuh"
 #include "backend/cuda/cuda-kernels.h"
 
 namespace purbo::cuda {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr unsigned kFullMask = 0xffffffffu;
 static_assert(kAttnKeysPerTile == 32, "the score step gives each lane one key of the tile");
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
-    return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
-    return v;
-}
-
-// The mask of op-checks.h's attention_key_visible, on the device.
-__device__ __forceinline__ bool key_visible(int j, int p, int window, int n_sink) {
-    if (j > p) return false;
-    if (window == 0) return true;
-    return j > p - window || j < n_sink;
-}
-
-template <int D>
+// Cache: float or __nv_bfloat16, the element type of the KV cache.
+template <int D, class Cache>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArgs args) {
+    const auto* cache_k = static_cast<const Cache*>(args.cache_k);
+    const auto* cache_v = static_cast<const Cache*>(args.cache_v);
     constexpr int kTile = kAttnKeysPerTile;
     constexpr int kPerLane = D / 32;  // output dims per lane: lane + 32 * i
     constexpr int kRows = kAttnRowsPerWarp;
@@ -150,8 +136,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArg
             float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
             if (key0 >= 0 && key0 + j <= max_p) {  // beyond every row's position: masked, and maybe >= c
                 const int64_t off = (cache_base + cache_row(key0 + j, args.ring_sinks, args.c)) * D + e;
-                kv = *reinterpret_cast<const float4*>(args.cache_k + off);
-                vv = *reinterpret_cast<const float4*>(args.cache_v + off);
+                kv = load4(cache_k + off);
+                vv = load4(cache_v + off);
             }
             k_s[j][e + 0] = kv.x;
             k_s[j][e + 1] = kv.y;
@@ -252,14 +238,22 @@ cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(args.n_blocks), static_cast<unsigned>(args.n_groups),
                     static_cast<unsigned>(args.n_splits));
     constexpr int kThreads = kAttnWarps * 32;
-    // DISPATCH on the head dim: the only template parameter, three instantiations.
-    switch (args.d) {
-        case 32: attention_kernel<32><<<grid, kThreads, 0, stream>>>(args); break;
-        case 64: attention_kernel<64><<<grid, kThreads, 0, stream>>>(args); break;
-        case 128: attention_kernel<128><<<grid, kThreads, 0, stream>>>(args); break;
-        default: return cudaErrorInvalidValue;
+    cudaError_t err = cudaSuccess;
+    if (attention_decode_supported(args)) {
+        err = launch_attention_decode(args, stream);  // bf16 cache: the tensor-core kernel
+    } else {
+        // DISPATCH on the head dim and the cache type: six instantiations.
+        switch (args.d * (args.cache_bf16 ? -1 : 1)) {
+            case 32: attention_kernel<32, float><<<grid, kThreads, 0, stream>>>(args); break;
+            case 64: attention_kernel<64, float><<<grid, kThreads, 0, stream>>>(args); break;
+            case 128: attention_kernel<128, float><<<grid, kThreads, 0, stream>>>(args); break;
+            case -32: attention_kernel<32, __nv_bfloat16><<<grid, kThreads, 0, stream>>>(args); break;
+            case -64: attention_kernel<64, __nv_bfloat16><<<grid, kThreads, 0, stream>>>(args); break;
+            case -128: attention_kernel<128, __nv_bfloat16><<<grid, kThreads, 0, stream>>>(args); break;
+            default: return cudaErrorInvalidValue;
+        }
+        err = cudaGetLastError();
     }
-    cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || args.n_splits == 1) return err;
     attention_combine_kernel<<<dim3(static_cast<unsigned>(args.n), static_cast<unsigned>(args.n_groups)), args.d, 0,
                                stream>>>(args);

@@ -36,6 +36,8 @@ public:
 
     BackendKind kind() const override { return BackendKind::kCuda; }
     std::string_view name() const override { return "cuda"; }
+    // bf16 first: half the bytes per cached token, and what the tensor-core kernels read.
+    std::vector<DType> kv_cache_dtypes() const override { return {DType::kBF16, DType::kF32}; }
 
     Tensor alloc(DType dtype, std::initializer_list<int64_t> shape, std::string name = {}) override;
     // 1-D tensors (norm weights, biases) become f32; every other tensor a bf16 matrix.

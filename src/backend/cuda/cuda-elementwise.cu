@@ -113,8 +113,15 @@ __global__ void rope_kernel(RopeArgs args) {
     }
 }
 
-// One CTA per (token, KV head); threads over d.
+__device__ __forceinline__ void store_as(float* dst, float v) { *dst = v; }
+__device__ __forceinline__ void store_as(__nv_bfloat16* dst, float v) { *dst = __float2bfloat16_rn(v); }
+
+// One CTA per (token, KV head); threads over d. Cache: float or __nv_bfloat16 (rounded to
+// nearest even).
+template <class Cache>
 __global__ void kv_store_kernel(KvStoreArgs args) {
+    auto* cache_k = static_cast<Cache*>(args.cache_k);
+    auto* cache_v = static_cast<Cache*>(args.cache_v);
     const int64_t row = blockIdx.x;  // token * g + kv head
     const int64_t i = row / args.g, kv = row % args.g;
     const int64_t slot = args.slot[kv];
@@ -123,8 +130,8 @@ __global__ void kv_store_kernel(KvStoreArgs args) {
         ((args.seq[i] * args.gc + slot) * args.c + cache_row(args.pos[i], args.ring_sinks, args.c)) * args.d;
     const int64_t src = row * args.d;
     for (int64_t e = threadIdx.x; e < args.d; e += blockDim.x) {
-        args.cache_k[dst + e] = args.k[src + e];
-        args.cache_v[dst + e] = args.v[src + e];
+        store_as(cache_k + dst + e, args.k[src + e]);
+        store_as(cache_v + dst + e, args.v[src + e]);
     }
 }
 
@@ -196,7 +203,11 @@ cudaError_t launch_kv_store(const KvStoreArgs& args, cudaStream_t stream) {
     const int64_t rows = args.n * args.g;
     if (rows == 0) return cudaSuccess;
     if (rows > INT32_MAX) return cudaErrorInvalidValue;
-    kv_store_kernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(args);
+    if (args.cache_bf16) {
+        kv_store_kernel<__nv_bfloat16><<<static_cast<unsigned>(rows), 128, 0, stream>>>(args);
+    } else {
+        kv_store_kernel<float><<<static_cast<unsigned>(rows), 128, 0, stream>>>(args);
+    }
     return cudaGetLastError();
 }
 

@@ -57,8 +57,9 @@ struct KvStoreArgs {
     const int32_t* seq;      // (n,) on the device
     const int32_t* pos;      // (n,) on the device
     const int32_t* slot;     // (g,) on the device: cache head of each KV head, -1 = not held
-    float* cache_k;          // (s, gc, c, d)
-    float* cache_v;          // (s, gc, c, d)
+    void* cache_k;           // (s, gc, c, d) f32, or bf16 when cache_bf16
+    void* cache_v;           // (s, gc, c, d)
+    bool cache_bf16;
     int64_t n;
     int64_t g;
     int64_t gc;
@@ -91,8 +92,9 @@ __host__ __device__ inline int64_t cache_row(int64_t p, int ring_sinks, int64_t 
 
 struct AttentionArgs {
     const float* q;          // (n, h, d)
-    const float* cache_k;    // (s, gc, c, d)
-    const float* cache_v;    // (s, gc, c, d)
+    const void* cache_k;     // (s, gc, c, d) f32, or bf16 when cache_bf16
+    const void* cache_v;     // (s, gc, c, d)
+    bool cache_bf16;
     const int32_t* seq;      // (n,) on the device
     const int32_t* pos;      // (n,) on the device
     const int32_t* blocks;   // (n_blocks, 2): first token, token count; one sequence each
@@ -123,6 +125,12 @@ constexpr int kAttnMaxSplits = 64;
 bool attention_head_dim_supported(int d);
 cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream);
 
+// The tensor-core kernel of cuda-attention-decode.cu, which launch_attention uses in place of
+// the fp32 one where it applies: a bf16 cache, d 64 or 128, and no selection or one whose
+// block size is a multiple of 64. Same plan, partials and combine pass.
+bool attention_decode_supported(const AttentionArgs& args);
+cudaError_t launch_attention_decode(const AttentionArgs& args, cudaStream_t stream);
+
 // ---- tensor-core prefill attention (cuda-attention-tc.cu) --------------------------------
 
 // A prefill chunk: n consecutive tokens of one sequence at positions pos0, pos0 + 1, ... The
@@ -135,8 +143,9 @@ constexpr int kAttnTcMinTokens = 64;  // dispatch threshold (speed only): one fu
 
 struct AttentionTcArgs {
     const float* q;        // (n, h, d)
-    const float* cache_k;  // (s, gc, c, d)
-    const float* cache_v;  // (s, gc, c, d)
+    const void* cache_k;   // (s, gc, c, d) f32, or bf16 when cache_bf16
+    const void* cache_v;   // (s, gc, c, d)
+    bool cache_bf16;
     const int32_t* head_info;  // (h, 2) on the device: cache head (-1 = not in the view), local (0/1)
     float* out;            // (n, h, d)
     int64_t n;

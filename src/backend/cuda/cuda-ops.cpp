@@ -95,7 +95,7 @@ Status CudaBackend::rope(const Tensor& x, std::span<const int32_t> pos, const Ro
 
 Status CudaBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
                              const KvCacheView& cache) {
-    PURBO_TRY(check_kv_store(k, v, place, cache));
+    PURBO_TRY(check_kv_store(k, v, place, cache, kv_cache_dtypes()));
     PURBO_TRY(require_device("kv_store", k, "k"));
     PURBO_TRY(require_device("kv_store", v, "v"));
     PURBO_TRY(require_device("kv_store", cache.k, "cache k"));
@@ -113,8 +113,9 @@ Status CudaBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacem
     args.seq = static_cast<const int32_t*>(dev);
     args.pos = static_cast<const int32_t*>(dev) + n;
     args.slot = static_cast<const int32_t*>(dev) + 2 * n;
-    args.cache_k = cache.k.ptr<float>();
-    args.cache_v = cache.v.ptr<float>();
+    args.cache_k = cache.k.data;
+    args.cache_v = cache.v.data;
+    args.cache_bf16 = cache.k.dtype == DType::kBF16;
     args.n = n;
     args.g = g;
     args.gc = cache.k.dim(1);
@@ -231,7 +232,7 @@ bool takes_tensor_core_path(const TokenPlacement& place, int64_t d) {
 
 Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                               const AttentionParams& params, const Tensor& out) {
-    PURBO_TRY(check_attention(q, cache, place, params, out));
+    PURBO_TRY(check_attention(q, cache, place, params, out, kv_cache_dtypes()));
     PURBO_TRY(require_device("attention", q, "q"));
     PURBO_TRY(require_device("attention", cache.k, "cache k"));
     PURBO_TRY(require_device("attention", cache.v, "cache v"));
@@ -264,8 +265,9 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
         PURBO_ASSIGN_OR_RETURN(void* dev_info, stage(indices_, head_info.data(), head_info.size() * 4));
         cuda::AttentionTcArgs tc{};
         tc.q = q.ptr<float>();
-        tc.cache_k = cache.k.ptr<float>();
-        tc.cache_v = cache.v.ptr<float>();
+        tc.cache_k = cache.k.data;
+        tc.cache_v = cache.v.data;
+        tc.cache_bf16 = cache.k.dtype == DType::kBF16;
         tc.head_info = static_cast<const int32_t*>(dev_info);
         tc.out = out.ptr<float>();
         tc.n = n;
@@ -295,8 +297,9 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
 
     cuda::AttentionArgs args{};
     args.q = q.ptr<float>();
-    args.cache_k = cache.k.ptr<float>();
-    args.cache_v = cache.v.ptr<float>();
+    args.cache_k = cache.k.data;
+    args.cache_v = cache.v.data;
+    args.cache_bf16 = cache.k.dtype == DType::kBF16;
     args.seq = dev_ints;
     args.pos = dev_ints + n;
     args.blocks = dev_ints + 2 * n;
