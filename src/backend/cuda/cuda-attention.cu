@@ -199,29 +199,42 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArg
     }
 }
 
-// One CTA of d threads per (token, head group), one head of the group after the other:
-// out = sum_z 2^(m_z - M) acc_z / sum_z 2^(m_z - M) l_z over the splits that saw a visible
-// key (l_z > 0), M their largest running max. Heads outside the call's groups are untouched.
+// One CTA of d threads per (token, head group, head of the group): out = sum_z w_z acc_z /
+// sum_z w_z l_z with w_z = 2^(m_z - M) over the splits that saw a visible key (l_z > 0), M
+// their largest running max. The first warp computes the weights once into shared memory;
+// every thread then sums one output dim over the splits (independent loads, unrolled). Heads
+// outside the call's groups are untouched.
 __global__ void attention_combine_kernel(AttentionArgs args) {
+    __shared__ float weight[kAttnMaxSplits];
+    __shared__ float inv_total;
     const int32_t* group = args.groups + blockIdx.y * kAttnGroupInts;
-    const int e = threadIdx.x;
-    for (int hq = 0; hq < group[3]; ++hq) {
-        const int64_t row = blockIdx.x * args.h + group[4 + hq];  // token * h + head
-        const float* ml = args.partial_ml + row * args.n_splits * 2;
+    if (static_cast<int>(blockIdx.z) >= group[3]) return;  // CTA-uniform
+    const int64_t row = blockIdx.x * args.h + group[4 + blockIdx.z];  // token * h + head
+    const float* ml = args.partial_ml + row * args.n_splits * 2;
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
         float max_m = -INFINITY;
-        for (int z = 0; z < args.n_splits; ++z) {
+        for (int z = lane; z < args.n_splits; z += 32) {
             if (ml[2 * z + 1] > 0.0f) max_m = fmaxf(max_m, ml[2 * z]);
         }
-        float sum = 0.0f, value = 0.0f;
-        for (int z = 0; z < args.n_splits; ++z) {
+        max_m = warp_max(max_m);
+        float total = 0.0f;
+        for (int z = lane; z < args.n_splits; z += 32) {
             const float l = ml[2 * z + 1];
-            if (!(l > 0.0f)) continue;
-            const float w = exp2f(ml[2 * z] - max_m);
-            sum += w * l;
-            value += w * args.partial_acc[(row * args.n_splits + z) * args.d + e];
+            const float w = l > 0.0f ? exp2f(ml[2 * z] - max_m) : 0.0f;
+            weight[z] = w;
+            total += w * l;
         }
-        args.out[row * args.d + e] = sum > 0.0f ? value / sum : 0.0f;
+        total = warp_sum(total);
+        if (lane == 0) inv_total = total > 0.0f ? 1.0f / total : 0.0f;
     }
+    __syncthreads();
+    const int e = threadIdx.x;
+    const float* acc = args.partial_acc + row * args.n_splits * args.d + e;
+    float value = 0.0f;
+#pragma unroll 8
+    for (int z = 0; z < args.n_splits; ++z) value += weight[z] * acc[int64_t{z} * args.d];
+    args.out[row * args.d + e] = value * inv_total;
 }
 
 }  // namespace
@@ -232,7 +245,8 @@ bool attention_head_dim_supported(int d) { return d == 32 || d == 64 || d == 128
 cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream) {
     if (args.n == 0) return cudaSuccess;
     if (args.n_groups < 1 || args.n_groups > 65535 || args.n_blocks < 1 || args.n_splits < 1 ||
-        args.n_splits > kAttnMaxSplits || args.n * args.h > INT32_MAX ||
+        args.n_splits > kAttnMaxSplits || args.n * args.h > INT32_MAX || args.max_group_heads < 1 ||
+        args.max_group_heads > kAttnMaxRows ||
         (args.sel_blocks != nullptr && (args.sel_block_size <= 0 || args.sel_block_size % kAttnKeysPerTile != 0)))
         return cudaErrorInvalidValue;
     const dim3 grid(static_cast<unsigned>(args.n_blocks), static_cast<unsigned>(args.n_groups),
@@ -255,8 +269,9 @@ cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream) {
         err = cudaGetLastError();
     }
     if (err != cudaSuccess || args.n_splits == 1) return err;
-    attention_combine_kernel<<<dim3(static_cast<unsigned>(args.n), static_cast<unsigned>(args.n_groups)), args.d, 0,
-                               stream>>>(args);
+    attention_combine_kernel<<<dim3(static_cast<unsigned>(args.n), static_cast<unsigned>(args.n_groups),
+                                    static_cast<unsigned>(args.max_group_heads)),
+                               args.d, 0, stream>>>(args);
     return cudaGetLastError();
 }
 

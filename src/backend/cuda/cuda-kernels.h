@@ -111,6 +111,7 @@ struct AttentionArgs {
     int d;
     int n_blocks;
     int n_groups;
+    int max_group_heads;     // the most heads any group holds (head count of the groups table)
     int n_splits;            // key tiles of a block are divided over this many CTAs
     float scale;             // applied to q.k
     int window;              // local heads: 0 = unlimited

@@ -134,6 +134,7 @@ struct AttentionPlan {
     std::vector<int32_t> groups;  // (n_groups, kAttnGroupInts), see cuda-kernels.h
     std::vector<int32_t> blocks;  // (n_blocks, 2): first token, token count
     int n_splits = 1;
+    int max_group_heads = 1;  // the largest head count of any group
 };
 
 // Splits give each CTA at least this many key tiles, so that the combine pass and the partial
@@ -162,6 +163,7 @@ AttentionPlan plan_attention(const TokenPlacement& place, int64_t h, const KvCac
             entry[2] = sel_row;
             entry[3] = static_cast<int32_t>(count);
             std::copy_n(heads.begin() + static_cast<std::ptrdiff_t>(begin), count, entry.begin() + 4);
+            plan.max_group_heads = std::max(plan.max_group_heads, static_cast<int>(count));
             plan.groups.insert(plan.groups.end(), entry.begin(), entry.end());
         }
     };
@@ -313,6 +315,7 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
     args.n_blocks = static_cast<int>(plan.blocks.size() / 2);
     args.n_groups = static_cast<int>(plan.groups.size() / cuda::kAttnGroupInts);
     args.n_splits = plan.n_splits;
+    args.max_group_heads = plan.max_group_heads;
     args.scale = params.scale;
     args.window = params.window;
     args.n_sink = params.n_sink;
