@@ -63,6 +63,16 @@ if [[ $do_apt == 1 ]]; then
     fi
 fi
 
+# The cuDNN frontend headers (PyPI), for the CUDA backend's cuDNN attention path: only where
+# nvcc is; without them (or without cuDNN) that path is left out and the build goes on.
+if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then
+    export PATH="/usr/local/cuda/bin:$PATH"
+fi
+if command -v nvcc >/dev/null; then
+    bash "$root/scripts/fetch-cudnn-frontend.sh" ||
+        echo "setup: WARNING: no cuDNN frontend headers; CUDA prefill uses purbo's own kernels only" >&2
+fi
+
 if [[ $do_build == 1 ]]; then
     # The CUDA backend is configured when nvcc is found (PURBO_CUDA=AUTO); the toolkit's
     # default location is often not on PATH in non-login shells.

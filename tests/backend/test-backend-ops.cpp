@@ -1037,8 +1037,12 @@ std::vector<OpCase> all_cases() {
         cases.push_back(attention_case(n, 9, 3, 64, 300, 1, 16, 250, kBf16));
         cases.push_back(attention_case(n, 4, 4, 32, 128, 1, 1, 0, kBf16));  // d 32: the fp32 kernel
     }
+    // Prefill chunks: cuDNN's flash attention where it is built in (causal, window without
+    // sinks), else and with sinks the tensor-core kernel.
     cases.push_back(attention_case(130, 32, 8, 128, 500, 1, 0, 0, kBf16));
     cases.push_back(attention_case(130, 9, 3, 64, 500, 1, 100, 4, kBf16));
+    cases.push_back(attention_case(130, 9, 3, 64, 500, 1, 100, 0, kBf16));
+    cases.push_back(attention_case(64, 9, 3, 64, 300, 1, 64, 0, kBf16));
     cases.push_back(attention_case(1, 16, 2, 128, 40000, 1, 0, 0, kBf16));
     cases.push_back(attention_case(2, 16, 2, 128, 20000, 2, 0, 0, kBf16));
     cases.push_back(attention_case(1, 32, 4, 128, 20000, 1, 4096, 4, kBf16));

@@ -315,7 +315,35 @@ TEST(Cuda, Bf16CacheMatchesReference) {
         check_attention_matches(a, 38, AttentionPath::kTensorCore, kBf16);
         a.params = AttentionParams{0.125f, 64, 70};
         check_attention_matches(a, 39, AttentionPath::kTensorCore, kBf16);
+        a.params = AttentionParams{0.125f, 256, 0};  // a window alone: cuDNN where built in
+        check_attention_matches(a, 40, AttentionPath::kTensorCore, kBf16);
     }
+    {
+        // A long chunk at the start of a sequence and one continuing it, d 128 with GQA 4.
+        AttentionSetup a{8, 2, 128, 3000, 1, {}, {}, {}};
+        a.params.scale = 1.0f / std::sqrt(128.0f);
+        set_chunk(a, 0, 0, 2048);
+        check_attention_matches(a, 41, AttentionPath::kTensorCore, kBf16);
+        set_chunk(a, 0, 2048, 900);
+        check_attention_matches(a, 42, AttentionPath::kTensorCore, kBf16);
+    }
+}
+
+// PURBO_NO_CUDNN keeps prefill chunks on purbo's own tensor-core kernel (reading bf16
+// tiles), the path every machine without cuDNN takes.
+TEST(Cuda, Bf16CachePrefillOnOwnKernel) {
+    SKIP_WITHOUT_CUDA();
+    ::setenv("PURBO_NO_CUDNN", "1", 1);
+    for (int64_t d : {64, 128}) {
+        SCOPED_TRACE(d);
+        AttentionSetup a{d == 64 ? 9 : 8, d == 64 ? 3 : 2, d, 1200, 2, {}, {}, {}};
+        a.params.scale = 1.0f / std::sqrt(static_cast<float>(d));
+        set_chunk(a, 1, 1000, 200);
+        check_attention_matches(a, 43, AttentionPath::kTensorCore, DType::kBF16);
+        a.params.window = 100;
+        check_attention_matches(a, 44, AttentionPath::kTensorCore, DType::kBF16);
+    }
+    ::unsetenv("PURBO_NO_CUDNN");
 }
 
 TEST(Cuda, KvStoreIntoBf16CacheRoundsToNearestEven) {

@@ -36,7 +36,8 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& o
 CudaBackend::~CudaBackend() {
     // Errors on the way out cannot be returned; the process is usually ending anyway.
     if (stream_) (void)cudaStreamSynchronize(stream_);
-    for (Scratch* s : {&x_bf16_, &indices_, &attn_partial_, &select_}) {
+    cudnn_.reset();  // its handle is bound to the stream
+    for (Scratch* s : {&x_bf16_, &indices_, &attn_partial_, &select_, &cudnn_io_}) {
         if (s->ptr) (void)cudaFree(s->ptr);
     }
     if (cublas_) (void)cublasDestroy(cublas_);

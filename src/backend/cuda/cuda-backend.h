@@ -21,6 +21,7 @@
 #include <span>
 
 #include "backend/backend.h"
+#include "backend/cuda/cuda-cudnn.h"
 
 namespace purbo {
 
@@ -78,6 +79,11 @@ private:
     Result<void*> stage(Scratch& scratch, const void* host, size_t bytes);
     // A zero-filled device tensor of the given shape; empty on failure (logged).
     Result<Tensor> alloc_shape(DType dtype, std::span<const int64_t> shape, std::string name);
+    // A prefill chunk through cuDNN's flash attention where it applies (a bf16 cache holding
+    // every KV head, no ring, one head class, no sinks) and cuDNN is built in and starts;
+    // false: the caller runs its own kernel.
+    Result<bool> cudnn_prefill(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
+                               const AttentionParams& params, const Tensor& out);
 
     int device_ = 0;
     int n_sms_ = 0;
@@ -87,6 +93,11 @@ private:
     Scratch indices_;      // ids, positions, placements, plans and rope tables of one op
     Scratch attn_partial_; // split-KV partial results
     Scratch select_;       // select_blocks: per-block log2 masses, boundary candidates, ranks
+    Scratch cudnn_io_;     // cuDNN prefill: q and out in bf16, (n_pad, h, d) each
+    // cuDNN attention, started on first use; off when PURBO_NO_CUDNN is set (own kernels
+    // only, for comparisons) or when it cannot start.
+    std::unique_ptr<cuda::CudnnAttention> cudnn_;
+    bool cudnn_tried_ = false;
 };
 
 // Shared by the op files: a Status unless t lives on the device.

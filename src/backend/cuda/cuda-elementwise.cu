@@ -27,6 +27,13 @@ __global__ void f32_to_bf16_kernel(const float* __restrict__ src, __nv_bfloat16*
     }
 }
 
+__global__ void bf16_to_f32_kernel(const __nv_bfloat16* __restrict__ src, float* __restrict__ dst, int64_t count) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count;
+         i += int64_t{gridDim.x} * blockDim.x) {
+        dst[i] = __bfloat162float(src[i]);
+    }
+}
+
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
 
@@ -141,6 +148,13 @@ cudaError_t launch_f32_to_bf16(const float* src, uint16_t* dst, int64_t count, c
     if (count == 0) return cudaSuccess;
     f32_to_bf16_kernel<<<grid_for(count), kThreads, 0, stream>>>(
         src, reinterpret_cast<__nv_bfloat16*>(dst), count);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_bf16_to_f32(const uint16_t* src, float* dst, int64_t count, cudaStream_t stream) {
+    if (count == 0) return cudaSuccess;
+    bf16_to_f32_kernel<<<grid_for(count), kThreads, 0, stream>>>(reinterpret_cast<const __nv_bfloat16*>(src), dst,
+                                                                count);
     return cudaGetLastError();
 }
 

@@ -18,6 +18,8 @@ namespace purbo::cuda {
 
 // dst[i] = bf16(src[i]), round to nearest even; count elements.
 cudaError_t launch_f32_to_bf16(const float* src, uint16_t* dst, int64_t count, cudaStream_t stream);
+// dst[i] = f32(src[i]) (exact); count elements.
+cudaError_t launch_bf16_to_f32(const uint16_t* src, float* dst, int64_t count, cudaStream_t stream);
 
 // out[i, :] = table[ids[i], :]; table (v, k) bf16 or f32, out (n, k) f32; ids on the device.
 cudaError_t launch_embedding_bf16(const uint16_t* table, const int32_t* ids, float* out, int64_t n,

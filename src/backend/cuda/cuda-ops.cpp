@@ -3,6 +3,7 @@
 // on the stream, and calls a launcher from cuda-kernels.h.
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -232,6 +233,56 @@ bool takes_tensor_core_path(const TokenPlacement& place, int64_t d) {
 
 }  // namespace
 
+Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
+                                        const AttentionParams& params, const Tensor& out) {
+#if PURBO_HAVE_CUDNN
+    // q, out (n, h, d); cache (s, g, c, d) bf16; the chunk's positions are consecutive (the
+    // tensor-core path's condition).
+    const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), g = cache.k.dim(1), c = cache.k.dim(2);
+    if (cache.k.dtype != DType::kBF16 || !cache.heads.empty() || cache.ring_sinks >= 0 || c > INT32_MAX) return false;
+    bool any_local = false, any_global = false;
+    for (int64_t hd = 0; hd < h; ++hd) (attention_head_is_local(params, hd) ? any_local : any_global) = true;
+    if (any_local && (any_global || params.n_sink > 0)) return false;  // mixed classes or sinks: own kernel
+    if (!cudnn_) {
+        if (cudnn_tried_) return false;
+        cudnn_tried_ = true;
+        const char* off = std::getenv("PURBO_NO_CUDNN");
+        if (off != nullptr && *off != '\0' && std::strcmp(off, "0") != 0) return false;
+        cudnn_ = cuda::CudnnAttention::create(stream_);
+        if (!cudnn_) return false;
+    }
+    const int n_pad = cuda::cudnn_padded_rows(static_cast<int>(n));
+    const size_t elems = static_cast<size_t>(n_pad) * static_cast<size_t>(h * d);
+    PURBO_ASSIGN_OR_RETURN(void* io, reserve(cudnn_io_, 2 * elems * sizeof(uint16_t)));
+    auto* q_bf16 = static_cast<uint16_t*>(io);
+    uint16_t* out_bf16 = q_bf16 + elems;
+    PURBO_CUDA_TRY(cuda::launch_f32_to_bf16(q.ptr<float>(), q_bf16, n * h * d, stream_));
+    cuda::CudnnPrefill call;
+    const int64_t seq_offset = int64_t{place.seq[0]} * g * c * d;  // bf16 elements
+    call.q = q_bf16;
+    call.k = cache.k.ptr<uint16_t>() + seq_offset;
+    call.v = cache.v.ptr<uint16_t>() + seq_offset;
+    call.out = out_bf16;
+    call.n = static_cast<int>(n);
+    call.n_pad = n_pad;
+    call.h = static_cast<int>(h);
+    call.g = static_cast<int>(g);
+    call.d = static_cast<int>(d);
+    call.c = c;
+    call.pos0 = place.pos[0];
+    call.scale = params.scale;
+    call.window = any_local ? params.window : 0;
+    const Status st = cudnn_->prefill(call);
+    if (st.code() == StatusCode::kUnsupported) return false;
+    PURBO_TRY(st);
+    PURBO_CUDA_TRY(cuda::launch_bf16_to_f32(out_bf16, out.ptr<float>(), n * h * d, stream_));
+    return true;
+#else
+    (void)q, (void)cache, (void)place, (void)params, (void)out;
+    return false;
+#endif
+}
+
 Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                               const AttentionParams& params, const Tensor& out) {
     PURBO_TRY(check_attention(q, cache, place, params, out, kv_cache_dtypes()));
@@ -257,6 +308,8 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
         return error(StatusCode::kUnsupported, "attention: q {} exceeds the kernel's grid", q.describe());
 
     if (!sel && takes_tensor_core_path(place, d)) {
+        PURBO_ASSIGN_OR_RETURN(const bool done, cudnn_prefill(q, cache, place, params, out));
+        if (done) return Status::ok();
         // head_info (h, 2): cache head of each query head's KV head (-1 = not held), local.
         const int64_t heads_per_kv = h / kv_view_model_heads(cache);
         std::vector<int32_t> head_info;

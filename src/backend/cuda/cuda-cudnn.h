@@ -1,0 +1,48 @@
+// cuDNN's fused flash attention for prefill chunks (backend/cuda/cudnn/, built only where
+// CMake found cuDNN and the cudnn-frontend headers: PURBO_HAVE_CUDNN). This header includes
+// nothing from cuDNN, so the rest of the backend compiles the same either way.
+//
+// One call: n queries of one sequence at positions pos0 .. pos0 + n - 1 attend causally (and
+// within the window, if any) to the keys 0 .. pos0 + n - 1 of a bf16 cache. The graph is
+// built for padded extents, n rounded up to a power of two and the cache's full capacity,
+// with the true lengths passed at run time (cuDNN's padding mask, bottom-right aligned), so a
+// handful of graphs serve every chunk of every prompt.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "core/status.h"
+
+namespace purbo::cuda {
+
+struct CudnnPrefill {
+    const uint16_t* q;  // (n_pad, h, d) bf16; rows n .. n_pad - 1 are read but do not matter
+    const void* k;      // the sequence's cache: (g, c, d) bf16, head stride c * d
+    const void* v;
+    uint16_t* out;      // (n_pad, h, d) bf16; rows past n are written with junk
+    int n = 0;
+    int n_pad = 0;      // cudnn_padded_rows(n)
+    int h = 0, g = 0, d = 0;
+    int64_t c = 0;      // cache rows per head
+    int pos0 = 0;
+    float scale = 1.0f;
+    int window = 0;     // 0: causal only
+};
+
+// The padded query extent a graph is built for: the next power of two >= max(n, 64).
+int cudnn_padded_rows(int n);
+
+class CudnnAttention {
+public:
+    // nullptr (and the reason logged once at info level) when cuDNN cannot start here.
+    static std::unique_ptr<CudnnAttention> create(cudaStream_t stream);
+    virtual ~CudnnAttention() = default;
+    // kUnsupported when cuDNN has no engine for this shape (the caller then uses its own
+    // kernel); other codes are real failures.
+    virtual Status prefill(const CudnnPrefill& call) = 0;
+};
+
+}  // namespace purbo::cuda

@@ -1,0 +1,164 @@
+// cuDNN fused SDPA (flash attention forward) for prefill chunks, through the cudnn-frontend
+// graph API. See cuda-cudnn.h for the contract.
+//
+// Layouts given to cuDNN (dims are always (batch, heads, sequence, head dim)):
+//  - Q and O: our (n_pad, h, d) rows, i.e. strides (-, d, h d, 1).
+//  - K and V: the sequence's cache heads, (g, c, d) with strides (-, c d, d, 1); g < h is
+//    cuDNN's grouped-query attention.
+//  - The true lengths (n queries, pos0 + n keys) come as 1-element int32 device tensors with
+//    the padding mask on; the causal diagonal is bottom-right aligned to them, so query i
+//    (position pos0 + i) sees keys <= pos0 + i, and with a window only those > pos0 + i -
+//    window: the same rule as attention_key_visible.
+//
+// Graphs are cached per (h, g, d, n_pad, c, window, scale): building one takes 0.1-1 s, a
+// call only binds pointers.
+#include <cudnn.h>
+
+#include <cudnn_frontend.h>
+
+#include <cstring>
+#include <map>
+#include <tuple>
+
+#include "backend/cuda/cuda-cudnn.h"
+#include "core/log.h"
+
+namespace purbo::cuda {
+namespace {
+
+namespace fe = cudnn_frontend;
+
+enum Uid : int64_t { kQ = 1, kK, kV, kO, kSeqQ, kSeqKv };
+
+using GraphKey = std::tuple<int, int, int, int, int64_t, int, uint32_t>;
+
+class CudnnAttentionImpl final : public CudnnAttention {
+public:
+    CudnnAttentionImpl(cudnnHandle_t handle, cudaStream_t stream) : handle_(handle), stream_(stream) {}
+
+    ~CudnnAttentionImpl() override {
+        if (workspace_ != nullptr) (void)cudaFree(workspace_);
+        if (lengths_ != nullptr) (void)cudaFree(lengths_);
+        cudnnDestroy(handle_);
+    }
+
+    Status prefill(const CudnnPrefill& call) override {
+        PURBO_ASSIGN_OR_RETURN(fe::graph::Graph * graph, graph_for(call));
+        int64_t workspace_bytes = 0;
+        if (fe::error_t e = graph->get_workspace_size(workspace_bytes); e.is_bad())
+            return error(StatusCode::kInternal, "cuDNN attention: workspace size: {}", e.get_message());
+        if (workspace_bytes > workspace_size_) {
+            if (workspace_ != nullptr) (void)cudaFree(workspace_);  // waits for work that may use it
+            workspace_ = nullptr;
+            workspace_size_ = 0;
+            if (cudaMalloc(&workspace_, static_cast<size_t>(workspace_bytes)) != cudaSuccess)
+                return error(StatusCode::kOutOfMemory, "cuDNN attention: workspace of {} bytes", workspace_bytes);
+            workspace_size_ = workspace_bytes;
+        }
+        if (lengths_ == nullptr && cudaMalloc(&lengths_, 2 * sizeof(int32_t)) != cudaSuccess)
+            return error(StatusCode::kOutOfMemory, "cuDNN attention: length buffer");
+        // Pageable source: copied out before the call returns (the runtime stages it).
+        const int32_t lengths[2] = {call.n, call.pos0 + call.n};
+        if (cudaMemcpyAsync(lengths_, lengths, sizeof(lengths), cudaMemcpyHostToDevice, stream_) != cudaSuccess)
+            return error(StatusCode::kInternal, "cuDNN attention: copying the lengths");
+        std::unordered_map<int64_t, void*> pack = {
+            {kQ, const_cast<uint16_t*>(call.q)}, {kK, const_cast<void*>(call.k)},
+            {kV, const_cast<void*>(call.v)},     {kO, call.out},
+            {kSeqQ, lengths_},                   {kSeqKv, lengths_ + 1}};
+        if (fe::error_t e = graph->execute(handle_, pack, workspace_); e.is_bad())
+            return error(StatusCode::kInternal, "cuDNN attention: execute: {}", e.get_message());
+        return Status::ok();
+    }
+
+private:
+    Result<fe::graph::Graph*> graph_for(const CudnnPrefill& call) {
+        uint32_t scale_bits = 0;
+        std::memcpy(&scale_bits, &call.scale, 4);
+        const GraphKey key{call.h, call.g, call.d, call.n_pad, call.c, call.window, scale_bits};
+        if (auto it = graphs_.find(key); it != graphs_.end()) {
+            if (!it->second) return error(StatusCode::kUnsupported, "cuDNN attention: no engine for this shape");
+            return it->second.get();
+        }
+        auto graph = std::make_unique<fe::graph::Graph>();
+        graph->set_io_data_type(fe::DataType_t::BFLOAT16)
+            .set_intermediate_data_type(fe::DataType_t::FLOAT)
+            .set_compute_data_type(fe::DataType_t::FLOAT);
+        const int64_t h = call.h, g = call.g, d = call.d, n = call.n_pad, c = call.c;
+        auto tensor = [&](const char* name, int64_t uid, std::vector<int64_t> dim, std::vector<int64_t> stride) {
+            return graph->tensor(
+                fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim(dim).set_stride(stride));
+        };
+        auto q = tensor("q", kQ, {1, h, n, d}, {n * h * d, d, h * d, 1});
+        auto k = tensor("k", kK, {1, g, c, d}, {g * c * d, c * d, d, 1});
+        auto v = tensor("v", kV, {1, g, c, d}, {g * c * d, c * d, d, 1});
+        auto length = [&](const char* name, int64_t uid) {
+            return graph->tensor(fe::graph::Tensor_attributes()
+                                     .set_name(name)
+                                     .set_uid(uid)
+                                     .set_dim({1, 1, 1, 1})
+                                     .set_stride({1, 1, 1, 1})
+                                     .set_data_type(fe::DataType_t::INT32));
+        };
+        auto options = fe::graph::SDPA_attributes()
+                           .set_name("prefill")
+                           .set_generate_stats(false)
+                           .set_attn_scale(call.scale)
+                           .set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
+                           .set_diagonal_band_right_bound(0)
+                           .set_padding_mask(true)
+                           .set_seq_len_q(length("seq_q", kSeqQ))
+                           .set_seq_len_kv(length("seq_kv", kSeqKv));
+        if (call.window > 0) options.set_diagonal_band_left_bound(call.window);
+        auto [o, stats] = graph->sdpa(q, k, v, options);
+        (void)stats;
+        o->set_output(true).set_uid(kO).set_dim({1, h, n, d}).set_stride({n * h * d, d, h * d, 1});
+
+        fe::error_t e = graph->validate();
+        if (e.is_good()) e = graph->build_operation_graph(handle_);
+        if (e.is_good()) e = graph->create_execution_plans({fe::HeurMode_t::A});
+        if (e.is_good()) e = graph->check_support();
+        if (e.is_good()) e = graph->build_plans();
+        if (e.is_bad()) {
+            // Remembered, so that the shape falls back at once next time.
+            PURBO_LOG_INFO("cuDNN attention: h {} g {} d {} rows {} cache {} window {}: {}", h, g, d, n, c,
+                           call.window, e.get_message());
+            graphs_.emplace(key, nullptr);
+            return error(StatusCode::kUnsupported, "cuDNN attention: {}", e.get_message());
+        }
+        fe::graph::Graph* raw = graph.get();
+        graphs_.emplace(key, std::move(graph));
+        return raw;
+    }
+
+    cudnnHandle_t handle_;
+    cudaStream_t stream_;
+    std::map<GraphKey, std::unique_ptr<fe::graph::Graph>> graphs_;
+    void* workspace_ = nullptr;
+    int64_t workspace_size_ = 0;
+    int32_t* lengths_ = nullptr;  // (2,): query rows, key rows of the current call
+};
+
+}  // namespace
+
+int cudnn_padded_rows(int n) {
+    int rows = 64;
+    while (rows < n) rows *= 2;
+    return rows;
+}
+
+std::unique_ptr<CudnnAttention> CudnnAttention::create(cudaStream_t stream) {
+    cudnnHandle_t handle = nullptr;
+    if (const cudnnStatus_t st = cudnnCreate(&handle); st != CUDNN_STATUS_SUCCESS) {
+        PURBO_LOG_INFO("cuDNN attention: off ({})", cudnnGetErrorString(st));
+        return nullptr;
+    }
+    if (const cudnnStatus_t st = cudnnSetStream(handle, stream); st != CUDNN_STATUS_SUCCESS) {
+        PURBO_LOG_INFO("cuDNN attention: off (set stream: {})", cudnnGetErrorString(st));
+        cudnnDestroy(handle);
+        return nullptr;
+    }
+    PURBO_LOG_INFO("cuDNN attention: cuDNN {} for prefill", cudnnGetVersion());
+    return std::make_unique<CudnnAttentionImpl>(handle, stream);
+}
+
+}  // namespace purbo::cuda
