@@ -96,8 +96,8 @@ def main(paths):
         print("\nnot timed:")
         for line in notes:
             print("  " + line)
-    print("\n(gqa: native = enable_gqa=True, repeat = K/V repeat_interleave'd before timing; purbo: f32 q, "
-          "cache and out on CUDA cores; torch: bf16;\n purbo/X: purbo ms over X ms, above 1 when purbo "
+    print("\n(gqa: native = enable_gqa=True, repeat = K/V repeat_interleave'd before timing; purbo: f32 q "
+          "and out, KV cache as its JSON 'cache' field says (bf16 by default on cuda); torch: bf16;\n purbo/X: purbo ms over X ms, above 1 when purbo "
           "is slower)")
     return 0
 

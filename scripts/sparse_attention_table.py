@@ -124,8 +124,9 @@ def render(rows, date):
                     out.append("| " + " | ".join(cells) + " |")
     if notes:
         out += ["", "not timed:"] + ["  " + line for line in notes]
-    out += ["", "(purbo: f32 q, cache and out on CUDA cores; its GB/s counts 4-byte elements over its attention "
-            "time; torch: bf16, GB/s over the whole step;", " purbo sparse decode ms = select + attention; "
+    caches = sorted({r["cache"] for r in rows if r.get("backend", "purbo") == "purbo" and r.get("cache")}) or ["f32"]
+    out += ["", f"(purbo: f32 q and out, {'/'.join(caches)} KV cache; its GB/s counts the cache's bytes over its "
+            "attention time; torch: bf16, GB/s over the whole step;", " purbo sparse decode ms = select + attention; "
             "composed = retrieval heads through SDPA cuDNN, then local heads through FlexAttention)"]
     return out
 
