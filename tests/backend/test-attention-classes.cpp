@@ -8,6 +8,7 @@
 //    reading the full cache, through chunked prefill and decode steps.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -15,6 +16,7 @@
 
 #include "backend/backend.h"
 #include "backend/op-checks.h"
+#include "core/fp16.h"
 #include "test-util.h"
 
 namespace purbo {
@@ -24,13 +26,32 @@ using test::host_f32;
 using test::random_floats;
 
 // fp32 attention vs fp32 attention or a double reference: reductions of a few hundred terms.
-// The cuda backend's tensor-core prefill rounds q, k, v to bf16 (about 1e-5 nmse).
-double tolerance(const std::string& backend) { return backend == "cuda" ? 1e-4 : 1e-10; }
+// The cuda backend's tensor-core kernels and cuDNN round q and the probabilities (and, with an
+// f32 cache, k and v) to bf16: about 1e-5 nmse.
+double tolerance(const std::string& param) { return param.starts_with("cuda") ? 1e-4 : 1e-10; }
 
-std::vector<std::string> backends() { return backend_available(); }
+// Each backend, and "cuda_bf16": cuda with bf16 caches (the keys and values of every problem
+// are then bf16 numbers, so that cpu-ref, which keeps f32 caches, sees the same values).
+std::vector<std::string> backends() {
+    std::vector<std::string> names = backend_available();
+    if (std::find(names.begin(), names.end(), "cuda") != names.end()) names.push_back("cuda_bf16");
+    return names;
+}
+
+float bf16_round(float x) { return bf16_to_f32(f32_to_bf16(x)); }
 
 struct Env {
     std::unique_ptr<Backend> be;
+    DType cache_type = DType::kF32;
+    // A KV cache tensor (f32 or the env's cache type) holding the host values.
+    Tensor cache(const Tensor& host) {
+        if (cache_type == DType::kF32) return upload(host);
+        const auto& s = host.shape;
+        Tensor t = be->alloc(cache_type, {s[0], s[1], s[2], s[3]}, host.name);
+        EXPECT_TRUE(be->from_host(host, t).is_ok());
+        return t;
+    }
+    Tensor cache_zeros(std::initializer_list<int64_t> shape) { return be->alloc(cache_type, shape); }
     Tensor upload(const Tensor& host) {
         Tensor t = host.dtype == DType::kI32 ? be->alloc(DType::kI32, {host.numel()}, host.name)
                                               : be->alloc(DType::kF32, {host.numel()}, host.name);
@@ -47,10 +68,11 @@ struct Env {
     Tensor zeros(std::initializer_list<int64_t> shape) { return be->alloc(DType::kF32, shape); }
 };
 
-Env make_env(const std::string& name) {
-    auto be = backend_create(name);
+Env make_env(const std::string& param) {
+    const bool bf16 = param.ends_with("_bf16");
+    auto be = backend_create(bf16 ? param.substr(0, param.size() - 5) : param);
     EXPECT_TRUE(be.is_ok());
-    return Env{std::move(*be)};
+    return Env{std::move(*be), bf16 ? DType::kBF16 : DType::kF32};
 }
 
 // Rows of head `head` in an (n, h, d) output.
@@ -69,7 +91,10 @@ struct Problem {
 
 // n queries of one sequence at the last positions of a cache of c tokens (consecutive: the
 // prefill path), or n = 1 (decode).
-Problem make_problem(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, uint32_t seed) {
+// cache_type bf16: the keys and values are rounded to bf16 numbers.
+Problem make_problem(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, uint32_t seed,
+                     DType cache_type = DType::kF32) {
+    const bool bf16 = cache_type == DType::kBF16;
     std::mt19937 rng(seed);
     Problem p{n, h, g, d, c, {}, {}, {}, {}, {}};
     for (int64_t i = 0; i < n; ++i) {
@@ -79,11 +104,16 @@ Problem make_problem(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, uint
     p.q = host_f32({n, h, d}, random_floats(rng, n * h * d, 3.0f));
     p.k = host_f32({1, g, c, d}, random_floats(rng, g * c * d));
     p.v = host_f32({1, g, c, d}, random_floats(rng, g * c * d));
+    if (bf16) {
+        for (Tensor* t : {&p.k, &p.v}) {
+            for (int64_t i = 0; i < t->numel(); ++i) t->f32()[i] = bf16_round(t->f32()[i]);
+        }
+    }
     return p;
 }
 
 std::vector<float> run_attention(Env& env, const Problem& p, const AttentionParams& params) {
-    KvCacheView cache{env.upload(p.k), env.upload(p.v)};
+    KvCacheView cache{env.cache(p.k), env.cache(p.v)};
     Tensor out = env.zeros({p.n, p.h, p.d});
     const Status st = env.be->attention(env.upload(p.q), cache, {p.seq, p.pos}, params, out);
     EXPECT_TRUE(st.is_ok()) << st.to_string();
@@ -95,7 +125,7 @@ class AttentionClasses : public ::testing::TestWithParam<std::string> {};
 TEST_P(AttentionClasses, MixedHeadClassesEqualUniformCalls) {
     Env env = make_env(GetParam());
     for (int64_t n : {1, 5, 70}) {
-        const Problem p = make_problem(n, 9, 3, 64, 400, static_cast<uint32_t>(n));
+        const Problem p = make_problem(n, 9, 3, 64, 400, static_cast<uint32_t>(n), env.cache_type);
         // Heads 1, 3, 4 retrieval (KV groups 0 and 1 mixed), the rest local.
         const std::vector<uint8_t> local = {1, 0, 1, 0, 0, 1, 1, 1, 1};
         AttentionParams mixed{0.125f, 48, 4, local, nullptr};
@@ -183,7 +213,7 @@ TEST_P(AttentionClasses, BlockSelection) {
     Env env = make_env(GetParam());
     const int block = 32;
     for (int64_t n : {1, 3, 66}) {
-        const Problem p = make_problem(n, 8, 2, 64, 300, static_cast<uint32_t>(100 + n));
+        const Problem p = make_problem(n, 8, 2, 64, 300, static_cast<uint32_t>(100 + n), env.cache_type);
         const std::vector<int64_t> selected = {1, 2, 6};  // retrieval heads with a selection
         std::vector<uint8_t> local(8, 1);
         for (int64_t hd : selected) local[static_cast<size_t>(hd)] = 0;
@@ -220,7 +250,7 @@ TEST_P(AttentionClasses, BlockSelection) {
 TEST_P(AttentionClasses, PartialViewsEqualOneView) {
     Env env = make_env(GetParam());
     for (int64_t n : {1, 65}) {
-        const Problem p = make_problem(n, 12, 4, 64, 200, static_cast<uint32_t>(7 + n));
+        const Problem p = make_problem(n, 12, 4, 64, 200, static_cast<uint32_t>(7 + n), env.cache_type);
         const std::vector<float> whole = run_attention(env, p, AttentionParams{0.125f, 0, 0});
         // KV heads {0, 2} in one view, {1, 3} in the other: each writes only its query heads.
         Tensor out = env.zeros({n, 12, 64});
@@ -230,7 +260,7 @@ TEST_P(AttentionClasses, PartialViewsEqualOneView) {
                 std::copy_n(p.k.f32() + heads[s] * 200 * 64, 200 * 64, k.f32() + static_cast<int64_t>(s) * 200 * 64);
                 std::copy_n(p.v.f32() + heads[s] * 200 * 64, 200 * 64, v.f32() + static_cast<int64_t>(s) * 200 * 64);
             }
-            KvCacheView view{env.upload(k), env.upload(v), heads, 4};
+            KvCacheView view{env.cache(k), env.cache(v), heads, 4};
             const Status st = env.be->attention(env.upload(p.q), view, {p.seq, p.pos}, AttentionParams{0.125f, 0, 0}, out);
             ASSERT_TRUE(st.is_ok()) << st.to_string();
         }
@@ -246,8 +276,9 @@ TEST_P(AttentionClasses, RingCacheEqualsFullCache) {
     const int64_t h = 6, g = 2, d = 64, total = 300, window = 50, sinks = 4, chunk = 64;
     const int64_t ring_rows = sinks + window + chunk;
     std::mt19937 rng(5);
-    KvCacheView full{env.zeros({1, g, total, d}), env.zeros({1, g, total, d})};
-    KvCacheView ring{env.zeros({1, g, ring_rows, d}), env.zeros({1, g, ring_rows, d}), {}, 0, static_cast<int>(sinks)};
+    KvCacheView full{env.cache_zeros({1, g, total, d}), env.cache_zeros({1, g, total, d})};
+    KvCacheView ring{env.cache_zeros({1, g, ring_rows, d}), env.cache_zeros({1, g, ring_rows, d}), {}, 0,
+                     static_cast<int>(sinks)};
     const AttentionParams params{0.125f, static_cast<int>(window), static_cast<int>(sinks)};
     int64_t done = 0;
     while (done < total) {
@@ -272,8 +303,8 @@ TEST_P(AttentionClasses, RingCacheEqualsFullCache) {
 
 TEST_P(AttentionClasses, RingRejectsWhatItCannotHold) {
     Env env = make_env(GetParam());
-    const Problem p = make_problem(40, 4, 2, 64, 64, 3);
-    KvCacheView ring{env.zeros({1, 2, 64, 64}), env.zeros({1, 2, 64, 64}), {}, 0, 4};
+    const Problem p = make_problem(40, 4, 2, 64, 64, 3, env.cache_type);
+    KvCacheView ring{env.cache_zeros({1, 2, 64, 64}), env.cache_zeros({1, 2, 64, 64}), {}, 0, 4};
     Tensor out = env.zeros({40, 4, 64});
     const Tensor q = env.upload(p.q);
     // A window of 30 for a batch spanning 40 positions needs 70 window rows; the ring has 60.

@@ -79,9 +79,9 @@ private:
     Result<void*> stage(Scratch& scratch, const void* host, size_t bytes);
     // A zero-filled device tensor of the given shape; empty on failure (logged).
     Result<Tensor> alloc_shape(DType dtype, std::span<const int64_t> shape, std::string name);
-    // A prefill chunk through cuDNN's flash attention where it applies (a bf16 cache holding
-    // every KV head, no ring, one head class, no sinks) and cuDNN is built in and starts;
-    // false: the caller runs its own kernel.
+    // A prefill chunk through cuDNN's flash attention where it applies (a bf16 cache whose
+    // rows are positions, i.e. not a ring; any head classes, sinks merged after) and cuDNN is
+    // built in and starts; false: the caller runs its own kernel.
     Result<bool> cudnn_prefill(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                                const AttentionParams& params, const Tensor& out);
 
@@ -93,7 +93,7 @@ private:
     Scratch indices_;      // ids, positions, placements, plans and rope tables of one op
     Scratch attn_partial_; // split-KV partial results
     Scratch select_;       // select_blocks: per-block log2 masses, boundary candidates, ranks
-    Scratch cudnn_io_;     // cuDNN prefill: q and out in bf16, (n_pad, h, d) each
+    Scratch cudnn_io_;     // cuDNN prefill: q and out in bf16 (n_pad, hs, d), log-sum-exp (hs, n_pad)
     // cuDNN attention, started on first use; off when PURBO_NO_CUDNN is set (own kernels
     // only, for comparisons) or when it cannot start.
     std::unique_ptr<cuda::CudnnAttention> cudnn_;

@@ -19,17 +19,24 @@
 namespace purbo::cuda {
 
 struct CudnnPrefill {
-    const uint16_t* q;  // (n_pad, h, d) bf16; rows n .. n_pad - 1 are read but do not matter
-    const void* k;      // the sequence's cache: (g, c, d) bf16, head stride c * d
-    const void* v;
-    uint16_t* out;      // (n_pad, h, d) bf16; rows past n are written with junk
+    // Queries: heads [0, hq) of this call are q + j * d within each token row of q_row
+    // elements (the call may take a slice of a wider buffer); rows n .. n_pad - 1 are read but
+    // do not matter. bf16.
+    const uint16_t* q = nullptr;
+    int64_t q_row = 0;
+    const void* k = nullptr;  // hk cache heads of c rows (head stride c * d), bf16
+    const void* v = nullptr;
+    uint16_t* out = nullptr;  // as q (same row width); rows past n are written with junk
+    // Optional (hq, n_pad) f32, packed: each row's log-sum-exp (natural log) of its scaled
+    // visible scores, to merge further keys into the result.
+    float* lse = nullptr;
     int n = 0;
-    int n_pad = 0;      // cudnn_padded_rows(n)
-    int h = 0, g = 0, d = 0;
-    int64_t c = 0;      // cache rows per head
+    int n_pad = 0;            // cudnn_padded_rows(n)
+    int hq = 0, hk = 0, d = 0;
+    int64_t c = 0;            // cache rows per head
     int pos0 = 0;
     float scale = 1.0f;
-    int window = 0;     // 0: causal only
+    int window = 0;           // 0: causal only
 };
 
 // The padded query extent a graph is built for: the next power of two >= max(n, 64).

@@ -167,6 +167,31 @@ struct AttentionTcArgs {
 bool attention_tc_head_dim_supported(int d);
 cudaError_t launch_attention_tc(const AttentionTcArgs& args, cudaStream_t stream);
 
+// ---- around cuDNN's prefill attention (cuda-cudnn-glue.cu) ---------------------------------
+
+// A call table row per selected query head, (hs, 3) int32 on the device: query head, cache head
+// of its KV head, local (0/1). Rows are in cuDNN call order.
+// dst[i, j, :] = bf16(q[i, table[j].head, :]) for tokens i < n; q (n, h, d), dst (>= n, hs, d).
+cudaError_t launch_gather_heads_bf16(const float* q, const int32_t* table, uint16_t* dst, int64_t n, int64_t h,
+                                     int64_t hs, int64_t d, cudaStream_t stream);
+
+struct CudnnFinishArgs {
+    const uint16_t* o;       // (n_pad, hs, d) bf16: the calls' outputs, in table order
+    const float* lse;        // (hs, n_pad): their rows' log-sum-exp (natural log), or null
+    const int32_t* table;    // (hs, 3) as above
+    const float* q;          // (n, h, d): the queries, for the scores of the sinks
+    const void* cache_k;     // the sequence's cache heads, (gc, c, d) bf16
+    const void* cache_v;
+    float* out;              // (n, h, d): rows of the table's heads written, others untouched
+    int64_t n, n_pad, h, hs, d, c;
+    int pos0;
+    float scale;
+    int window;              // of the local heads
+    int n_sink;              // merged into local heads' rows when lse is given
+};
+// d 64 or 128.
+cudaError_t launch_cudnn_finish(const CudnnFinishArgs& args, cudaStream_t stream);
+
 // ---- top-p block selection (cuda-select.cu) -----------------------------------------------
 
 // Letters: hr retrieval heads, r index dim, B block size, u = blocks of the largest position

@@ -236,13 +236,10 @@ bool takes_tensor_core_path(const TokenPlacement& place, int64_t d) {
 Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                                         const AttentionParams& params, const Tensor& out) {
 #if PURBO_HAVE_CUDNN
-    // q, out (n, h, d); cache (s, g, c, d) bf16; the chunk's positions are consecutive (the
-    // tensor-core path's condition).
-    const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), g = cache.k.dim(1), c = cache.k.dim(2);
-    if (cache.k.dtype != DType::kBF16 || !cache.heads.empty() || cache.ring_sinks >= 0 || c > INT32_MAX) return false;
-    bool any_local = false, any_global = false;
-    for (int64_t hd = 0; hd < h; ++hd) (attention_head_is_local(params, hd) ? any_local : any_global) = true;
-    if (any_local && (any_global || params.n_sink > 0)) return false;  // mixed classes or sinks: own kernel
+    // q, out (n, h, d); cache (s, gc, c, d) bf16, rows = positions; the chunk's positions are
+    // consecutive (the tensor-core path's condition).
+    const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
+    if (cache.k.dtype != DType::kBF16 || cache.ring_sinks >= 0 || c > INT32_MAX) return false;
     if (!cudnn_) {
         if (cudnn_tried_) return false;
         cudnn_tried_ = true;
@@ -251,31 +248,101 @@ Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cach
         cudnn_ = cuda::CudnnAttention::create(stream_);
         if (!cudnn_) return false;
     }
+    // The calls: one grouped-query call for every head when they share a class, the view
+    // holds every KV head in order and no sinks need merging; otherwise one call per (KV head,
+    // class) over the query heads of that KV head and class (cuDNN takes one window per call
+    // and grouped heads by position, not by list). table (hs, 3): query head, cache head,
+    // local, in call order.
+    const int64_t g = kv_view_model_heads(cache), heads_per_kv = h / g;
+    const bool sinks = params.window > 0 && params.n_sink > 0;
+    bool any_local = false, any_global = false;
+    for (int64_t hd = 0; hd < h; ++hd) {
+        if (kv_view_index(cache, hd / heads_per_kv) >= 0) (attention_head_is_local(params, hd) ? any_local : any_global) = true;
+    }
+    const bool grouped = cache.heads.empty() && !(any_local && any_global) && !(any_local && sinks);
+    struct Call {
+        int first, count, slot, kv_heads;
+        bool local;
+    };
+    std::vector<int32_t> table;
+    std::vector<Call> calls;
+    if (grouped) {
+        for (int64_t hd = 0; hd < h; ++hd) {
+            table.insert(table.end(), {static_cast<int32_t>(hd), static_cast<int32_t>(hd / heads_per_kv), any_local ? 1 : 0});
+        }
+        calls.push_back({0, static_cast<int>(h), 0, static_cast<int>(g), any_local});
+    } else {
+        for (int64_t kv = 0; kv < g; ++kv) {
+            const int64_t slot = kv_view_index(cache, kv);
+            if (slot < 0) continue;
+            for (const bool local : {false, true}) {
+                const int first = static_cast<int>(table.size() / 3);
+                for (int64_t hd = kv * heads_per_kv; hd < (kv + 1) * heads_per_kv; ++hd) {
+                    if (attention_head_is_local(params, hd) != local) continue;
+                    table.insert(table.end(), {static_cast<int32_t>(hd), static_cast<int32_t>(slot), local ? 1 : 0});
+                }
+                const int count = static_cast<int>(table.size() / 3) - first;
+                if (count > 0) calls.push_back({first, count, static_cast<int>(slot), 1, local});
+            }
+        }
+    }
+    const int64_t hs = static_cast<int64_t>(table.size() / 3);
+    if (hs == 0) return true;  // the view holds none of the heads' KV heads: nothing to write
+
     const int n_pad = cuda::cudnn_padded_rows(static_cast<int>(n));
-    const size_t elems = static_cast<size_t>(n_pad) * static_cast<size_t>(h * d);
-    PURBO_ASSIGN_OR_RETURN(void* io, reserve(cudnn_io_, 2 * elems * sizeof(uint16_t)));
-    auto* q_bf16 = static_cast<uint16_t*>(io);
-    uint16_t* out_bf16 = q_bf16 + elems;
-    PURBO_CUDA_TRY(cuda::launch_f32_to_bf16(q.ptr<float>(), q_bf16, n * h * d, stream_));
-    cuda::CudnnPrefill call;
-    const int64_t seq_offset = int64_t{place.seq[0]} * g * c * d;  // bf16 elements
-    call.q = q_bf16;
-    call.k = cache.k.ptr<uint16_t>() + seq_offset;
-    call.v = cache.v.ptr<uint16_t>() + seq_offset;
-    call.out = out_bf16;
-    call.n = static_cast<int>(n);
-    call.n_pad = n_pad;
-    call.h = static_cast<int>(h);
-    call.g = static_cast<int>(g);
-    call.d = static_cast<int>(d);
-    call.c = c;
-    call.pos0 = place.pos[0];
-    call.scale = params.scale;
-    call.window = any_local ? params.window : 0;
-    const Status st = cudnn_->prefill(call);
-    if (st.code() == StatusCode::kUnsupported) return false;
-    PURBO_TRY(st);
-    PURBO_CUDA_TRY(cuda::launch_bf16_to_f32(out_bf16, out.ptr<float>(), n * h * d, stream_));
+    const size_t elems = static_cast<size_t>(n_pad) * static_cast<size_t>(hs * d);
+    const size_t lse_floats = sinks ? static_cast<size_t>(hs) * static_cast<size_t>(n_pad) : 0;
+    PURBO_ASSIGN_OR_RETURN(void* io, reserve(cudnn_io_, 2 * elems * sizeof(uint16_t) + lse_floats * sizeof(float)));
+    auto* q_sel = static_cast<uint16_t*>(io);  // (n_pad, hs, d)
+    uint16_t* o_sel = q_sel + elems;            // (n_pad, hs, d)
+    float* lse = sinks ? reinterpret_cast<float*>(o_sel + elems) : nullptr;  // (hs, n_pad)
+    PURBO_ASSIGN_OR_RETURN(void* dev_table, stage(indices_, table.data(), table.size() * 4));
+    const auto* table_dev = static_cast<const int32_t*>(dev_table);
+    PURBO_CUDA_TRY(cuda::launch_gather_heads_bf16(q.ptr<float>(), table_dev, q_sel, n, h, hs, d, stream_));
+
+    const int64_t seq_offset = int64_t{place.seq[0]} * gc * c * d;  // bf16 elements
+    const uint16_t* seq_k = cache.k.ptr<uint16_t>() + seq_offset;
+    const uint16_t* seq_v = cache.v.ptr<uint16_t>() + seq_offset;
+    for (const Call& call : calls) {
+        cuda::CudnnPrefill p;
+        p.q = q_sel + static_cast<int64_t>(call.first) * d;
+        p.q_row = hs * d;
+        p.k = seq_k + int64_t{call.slot} * c * d;
+        p.v = seq_v + int64_t{call.slot} * c * d;
+        p.out = o_sel + static_cast<int64_t>(call.first) * d;
+        p.lse = (lse != nullptr && call.local) ? lse + static_cast<int64_t>(call.first) * n_pad : nullptr;
+        p.n = static_cast<int>(n);
+        p.n_pad = n_pad;
+        p.hq = call.count;
+        p.hk = call.kv_heads;
+        p.d = static_cast<int>(d);
+        p.c = c;
+        p.pos0 = place.pos[0];
+        p.scale = params.scale;
+        p.window = call.local ? params.window : 0;
+        const Status st = cudnn_->prefill(p);
+        if (st.code() == StatusCode::kUnsupported) return false;  // the own kernel redoes every head
+        PURBO_TRY(st);
+    }
+    cuda::CudnnFinishArgs fin{};
+    fin.o = o_sel;
+    fin.lse = lse;
+    fin.table = table_dev;
+    fin.q = q.ptr<float>();
+    fin.cache_k = seq_k;
+    fin.cache_v = seq_v;
+    fin.out = out.ptr<float>();
+    fin.n = n;
+    fin.n_pad = n_pad;
+    fin.h = h;
+    fin.hs = hs;
+    fin.d = d;
+    fin.c = c;
+    fin.pos0 = place.pos[0];
+    fin.scale = params.scale;
+    fin.window = params.window;
+    fin.n_sink = params.n_sink;
+    PURBO_CUDA_TRY(cuda::launch_cudnn_finish(fin, stream_));
     return true;
 #else
     (void)q, (void)cache, (void)place, (void)params, (void)out;

@@ -10,8 +10,9 @@
 //    (position pos0 + i) sees keys <= pos0 + i, and with a window only those > pos0 + i -
 //    window: the same rule as attention_key_visible.
 //
-// Graphs are cached per (h, g, d, n_pad, c, window, scale): building one takes 0.1-1 s, a
-// call only binds pointers.
+// Graphs are cached per shape (heads, head dim, padded rows, capacity, window, scale, row
+// width, with or without the log-sum-exp): building one takes 0.1-1 s, a call only binds
+// pointers.
 #include <cudnn.h>
 
 #include <cudnn_frontend.h>
@@ -28,9 +29,10 @@ namespace {
 
 namespace fe = cudnn_frontend;
 
-enum Uid : int64_t { kQ = 1, kK, kV, kO, kSeqQ, kSeqKv };
+enum Uid : int64_t { kQ = 1, kK, kV, kO, kSeqQ, kSeqKv, kLse };
 
-using GraphKey = std::tuple<int, int, int, int, int64_t, int, uint32_t>;
+// (hq, hk, d, n_pad, c, window, scale bits, q row width, with lse)
+using GraphKey = std::tuple<int, int, int, int, int64_t, int, uint32_t, int64_t, bool>;
 
 class CudnnAttentionImpl final : public CudnnAttention {
 public:
@@ -65,6 +67,7 @@ public:
             {kQ, const_cast<uint16_t*>(call.q)}, {kK, const_cast<void*>(call.k)},
             {kV, const_cast<void*>(call.v)},     {kO, call.out},
             {kSeqQ, lengths_},                   {kSeqKv, lengths_ + 1}};
+        if (call.lse != nullptr) pack[kLse] = call.lse;
         if (fe::error_t e = graph->execute(handle_, pack, workspace_); e.is_bad())
             return error(StatusCode::kInternal, "cuDNN attention: execute: {}", e.get_message());
         return Status::ok();
@@ -74,7 +77,8 @@ private:
     Result<fe::graph::Graph*> graph_for(const CudnnPrefill& call) {
         uint32_t scale_bits = 0;
         std::memcpy(&scale_bits, &call.scale, 4);
-        const GraphKey key{call.h, call.g, call.d, call.n_pad, call.c, call.window, scale_bits};
+        const GraphKey key{call.hq,     call.hk,    call.d,     call.n_pad,          call.c,
+                           call.window, scale_bits, call.q_row, call.lse != nullptr};
         if (auto it = graphs_.find(key); it != graphs_.end()) {
             if (!it->second) return error(StatusCode::kUnsupported, "cuDNN attention: no engine for this shape");
             return it->second.get();
@@ -83,12 +87,12 @@ private:
         graph->set_io_data_type(fe::DataType_t::BFLOAT16)
             .set_intermediate_data_type(fe::DataType_t::FLOAT)
             .set_compute_data_type(fe::DataType_t::FLOAT);
-        const int64_t h = call.h, g = call.g, d = call.d, n = call.n_pad, c = call.c;
+        const int64_t h = call.hq, g = call.hk, d = call.d, n = call.n_pad, c = call.c, row = call.q_row;
         auto tensor = [&](const char* name, int64_t uid, std::vector<int64_t> dim, std::vector<int64_t> stride) {
             return graph->tensor(
                 fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim(dim).set_stride(stride));
         };
-        auto q = tensor("q", kQ, {1, h, n, d}, {n * h * d, d, h * d, 1});
+        auto q = tensor("q", kQ, {1, h, n, d}, {n * row, d, row, 1});
         auto k = tensor("k", kK, {1, g, c, d}, {g * c * d, c * d, d, 1});
         auto v = tensor("v", kV, {1, g, c, d}, {g * c * d, c * d, d, 1});
         auto length = [&](const char* name, int64_t uid) {
@@ -101,7 +105,7 @@ private:
         };
         auto options = fe::graph::SDPA_attributes()
                            .set_name("prefill")
-                           .set_generate_stats(false)
+                           .set_generate_stats(call.lse != nullptr)
                            .set_attn_scale(call.scale)
                            .set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
                            .set_diagonal_band_right_bound(0)
@@ -110,8 +114,11 @@ private:
                            .set_seq_len_kv(length("seq_kv", kSeqKv));
         if (call.window > 0) options.set_diagonal_band_left_bound(call.window);
         auto [o, stats] = graph->sdpa(q, k, v, options);
-        (void)stats;
-        o->set_output(true).set_uid(kO).set_dim({1, h, n, d}).set_stride({n * h * d, d, h * d, 1});
+        o->set_output(true).set_uid(kO).set_dim({1, h, n, d}).set_stride({n * row, d, row, 1});
+        if (stats) {
+            stats->set_output(true).set_uid(kLse).set_data_type(fe::DataType_t::FLOAT);
+            stats->set_dim({1, h, n, 1}).set_stride({h * n, n, 1, 1});
+        }
 
         fe::error_t e = graph->validate();
         if (e.is_good()) e = graph->build_operation_graph(handle_);
