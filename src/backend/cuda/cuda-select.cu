@@ -1,9 +1,9 @@
 // Top-p block selection (method.md section 4) with the histogram of block masses of
 // select-bins.h, in two kernels:
-//  1. block_mass_kernel, one CTA per (token, retrieval head, key block): the block's scores
-//     z_t = scale * log2(e) * iq . k_t (one key per thread, fp32), reduced to the running max
-//     m_b and sum l_b = sum 2^(z - m_b) (merged across threads as in an online softmax), stored
-//     as the block's log2 mass a_b = m_b + log2(l_b).
+//  1. block_mass_kernel, one warp per (token, retrieval head, key block): the block's scores
+//     z_t = scale * log2(e) * iq . k_t (fp32), reduced to the running max m_b and sum
+//     l_b = sum 2^(z - m_b) (merged across lanes as in an online softmax), stored as the
+//     block's log2 mass a_b = m_b + log2(l_b).
 //  2. select_row_kernel, one CTA per (token, retrieval head): the heaviest block A = max a_b,
 //     the 256-bin histogram of the masses 2^(a_b - A) (double atomics in shared memory), the
 //     scan for the boundary bin, its exact resolution, and the ascending list of kept blocks.
@@ -50,11 +50,10 @@ namespace purbo::cuda {
 namespace {
 
 constexpr unsigned kFullMask = 0xffffffffu;
-constexpr int kMassMaxThreads = 256;  // a block's keys, one per thread, up to 8 warps
-constexpr int kMassMaxWarps = kMassMaxThreads / 32;
+constexpr int kMassWarps = 8;  // key blocks per CTA of block_mass_kernel, one warp each
 constexpr int kSelectThreads = 256;  // per row of select_row_kernel
 constexpr int kSelectWarps = kSelectThreads / 32;
-static_assert(kSelectThreads % 32 == 0 && kMassMaxThreads % 32 == 0, "whole warps");
+static_assert(kSelectThreads % 32 == 0, "whole warps");
 
 // Merges the softmax state (m2, l2) into (m, l): l = sum 2^(z - m) over the union of the keys.
 // An empty state has m = -inf and l = 0.
@@ -71,14 +70,19 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float m2, float 
 }
 
 // kR: the indexer dimension when it is 8 or 16 (keys read as float4, q held in registers),
-// 0 for any other r (a plain loop).
+// 0 for any other r (a plain loop). One warp per (token, retrieval head, key block), lane l
+// taking keys l, l + 32, ... of the block; kMassWarps blocks per CTA (with one 64-thread CTA
+// per block, the 80K CTAs of a 1M-token row cost more to schedule than to compute).
 template <int kR>
-__global__ void __launch_bounds__(kMassMaxThreads) block_mass_kernel(SelectBlocksArgs args) {
-    const int64_t row = blockIdx.x / args.n_used_max;  // token * hr + head
-    const int b = static_cast<int>(blockIdx.x % args.n_used_max);
+__global__ void __launch_bounds__(kMassWarps * 32) block_mass_kernel(SelectBlocksArgs args) {
+    const int lane = threadIdx.x % 32;
+    const int64_t unit = int64_t{blockIdx.x} * kMassWarps + threadIdx.x / 32;  // row * u + b
+    if (unit >= args.n * args.hr * args.n_used_max) return;  // warp-uniform
+    const int64_t row = unit / args.n_used_max;  // token * hr + head
+    const int b = static_cast<int>(unit % args.n_used_max);
     const int64_t i = row / args.hr, j = row % args.hr;
     const int p = args.pos[i];
-    if (b > p / args.block_size) return;  // past the token's position: the whole CTA leaves
+    if (b > p / args.block_size) return;  // past the token's position: warp-uniform
 
     const float* q = args.iq + row * args.r;  // (r,)
     const float* keys =
@@ -93,7 +97,7 @@ __global__ void __launch_bounds__(kMassMaxThreads) block_mass_kernel(SelectBlock
         for (int e = 0; e < kR; ++e) qr[e] = q[e] * q_scale;
     }
     float m = -INFINITY, l = 0.0f;
-    for (int t = t_begin + threadIdx.x; t < t_end; t += blockDim.x) {
+    for (int t = t_begin + lane; t < t_end; t += 32) {
         const float* k = keys + int64_t{t} * args.r;
         float z = 0.0f;
         if constexpr (kR > 0) {
@@ -106,7 +110,7 @@ __global__ void __launch_bounds__(kMassMaxThreads) block_mass_kernel(SelectBlock
             for (int64_t e = 0; e < args.r; ++e) z += (q[e] * q_scale) * k[e];
         }
         if (z > m) {
-            l = l * exp2f(m - z) + 1.0f;  // exp2f(-inf) = 0 on the thread's first key
+            l = l * exp2f(m - z) + 1.0f;  // exp2f(-inf) = 0 on the lane's first key
             m = z;
         } else {
             l += exp2f(z - m);
@@ -117,18 +121,7 @@ __global__ void __launch_bounds__(kMassMaxThreads) block_mass_kernel(SelectBlock
         const float l2 = __shfl_xor_sync(kFullMask, l, offset);
         merge_state(m, l, m2, l2);
     }
-    __shared__ float warp_m[kMassMaxWarps], warp_l[kMassMaxWarps];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) {
-        warp_m[warp] = m;
-        warp_l[warp] = l;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w)
-            merge_state(m, l, warp_m[w], warp_l[w]);
-        args.log2_mass[row * args.n_used_max + b] = m + log2f(l);  // l >= 1: the max key gives 2^0
-    }
+    if (lane == 0) args.log2_mass[row * args.n_used_max + b] = m + log2f(l);  // l >= 1: the max key gives 2^0
 }
 
 // ---- block-wide helpers of select_row_kernel (every thread of the CTA must call them) -----
@@ -232,18 +225,44 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
         }
         __syncthreads();
     };
+    // A thread adds its blocks to a bin in runs: consecutive blocks of its stride that share a
+    // bin are summed in registers and added with one atomic. With flat masses (thousands of
+    // blocks in a few bins) the lanes of a warp would otherwise serialise on one address for
+    // every block; with spread masses this costs nothing extra.
+    struct BinRun {
+        int bin = -1;
+        double mass = 0.0;
+        int count = 0;
+    };
+    auto flush_run = [&](BinRun& run) {
+        if (run.count > 0) {
+            atomicAdd(&warp_hist[warp_id][run.bin], run.mass);
+            atomicAdd(&warp_count[warp_id][run.bin], run.count);
+        }
+        run = BinRun{};
+    };
+    auto add_to_run = [&](BinRun& run, int bin, double w) {
+        if (bin != run.bin) {
+            flush_run(run);
+            run.bin = bin;
+        }
+        run.mass += w;
+        ++run.count;
+    };
     clear_warp_hists();
     double total = 0.0, kept = 0.0;
-    for (int b = tid; b < n_used; b += kSelectThreads) {
-        const double w = exp2(static_cast<double>(a[b]) - heaviest);
-        total += w;
-        if (always_kept(b)) {
-            kept += w;
-        } else {
-            const int k = select_mass_bin(heaviest - a[b]);
-            atomicAdd(&warp_hist[warp_id][k], w);
-            atomicAdd(&warp_count[warp_id][k], 1);
+    {
+        BinRun run;
+        for (int b = tid; b < n_used; b += kSelectThreads) {
+            const double w = exp2(static_cast<double>(a[b]) - heaviest);
+            total += w;
+            if (always_kept(b)) {
+                kept += w;
+            } else {
+                add_to_run(run, select_mass_bin(heaviest - a[b]), w);
+            }
         }
+        flush_run(run);
     }
     merge_warp_hists();
     auto add_d = [](double x, double y) { return x + y; };
@@ -317,13 +336,14 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
         reduce_i);
     while (n_candidates > kQuadraticMax && levels < kLevels && bounds[levels - 1] < kSelectBins - 1) {
         clear_warp_hists();
+        BinRun run;
         for (int x = tid; x < n_candidates; x += kSelectThreads) {
             const int b = candidates[x];
             int bins[kLevels];
             bins_of(b, bins, levels + 1);
-            atomicAdd(&warp_hist[warp_id][bins[levels]], exp2(static_cast<double>(a[b]) - heaviest));
-            atomicAdd(&warp_count[warp_id][bins[levels]], 1);
+            add_to_run(run, bins[levels], exp2(static_cast<double>(a[b]) - heaviest));
         }
+        flush_run(run);
         merge_warp_hists();
         find_boundary(kept_before, taken_before);
         bounds[levels] = s_boundary;
@@ -342,18 +362,33 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
     // Exact resolution: each boundary block's rank in the selection order (heavier first, ties
     // lower id first) and whether the sequential rule takes it (mass before it below the
     // target and blocks before it below the budget).
+    // The usual case (at most kQuadraticMax candidates) works on a shared copy of their ids,
+    // masses and weights, so that the pairwise loop neither reloads nor recomputes 2^(a - A).
+    __shared__ int cand_id[kQuadraticMax];
+    __shared__ float cand_a[kQuadraticMax];
+    __shared__ double cand_w[kQuadraticMax];
+    const bool staged = n_candidates <= kQuadraticMax;
+    if (staged) {
+        for (int x = tid; x < n_candidates; x += kSelectThreads) {
+            const int b = candidates[x];
+            cand_id[x] = b;
+            cand_a[x] = a[b];
+            cand_w[x] = exp2(static_cast<double>(a[b]) - heaviest);
+        }
+        __syncthreads();
+    }
     int taken = 0;
     if (boundary_last < kSelectBins) {
         for (int x_index = tid; x_index < n_candidates; x_index += kSelectThreads) {
-            const int x = candidates[x_index];
+            const int x = staged ? cand_id[x_index] : candidates[x_index];
             const float ax = a[x];
             double before_mass = 0.0;  // the masses of the blocks that come before x
             int rank = 0;
             for (int y_index = 0; y_index < n_candidates; ++y_index) {
-                const int y = candidates[y_index];
-                const float ay = a[y];
+                const int y = staged ? cand_id[y_index] : candidates[y_index];
+                const float ay = staged ? cand_a[y_index] : a[y];
                 if (ay > ax || (ay == ax && y < x)) {
-                    before_mass += exp2(static_cast<double>(ay) - heaviest);
+                    before_mass += staged ? cand_w[y_index] : exp2(static_cast<double>(ay) - heaviest);
                     ++rank;
                 }
             }
@@ -396,10 +431,9 @@ cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stre
     if (args.block_size <= 0 || args.n_used_max <= 0 || rows > INT_MAX ||
         rows * args.n_used_max > INT_MAX || args.c + args.block_size > INT_MAX)
         return cudaErrorInvalidValue;
-    // One thread per key of a block, whole warps, at most kMassMaxThreads (then threads loop).
-    const int mass_threads = static_cast<int>(
-        std::min<int64_t>(kMassMaxThreads, (int64_t{args.block_size} + 31) / 32 * 32));
-    const unsigned mass_ctas = static_cast<unsigned>(rows * args.n_used_max);
+    // One warp per key block, kMassWarps per CTA.
+    constexpr int mass_threads = kMassWarps * 32;
+    const unsigned mass_ctas = static_cast<unsigned>((rows * args.n_used_max + kMassWarps - 1) / kMassWarps);
     // float4 loads need 16-byte aligned rows: r a multiple of 4 and aligned pointers.
     const bool aligned = reinterpret_cast<uintptr_t>(args.index_keys) % 16 == 0;
     if (args.r == 16 && aligned) {
