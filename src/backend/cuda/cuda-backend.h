@@ -3,8 +3,8 @@
 // results are visible to the host after to_host (which waits) or synchronize().
 //
 // Dtypes and layouts:
-//  - Activations, norm weights, biases and the KV cache: f32 device tensors, row-major,
-//    shapes as in backend.h. Cache k, v (s, g, c, d).
+//  - Activations, norm weights and biases: f32 device tensors, row-major, shapes as in
+//    backend.h. The KV cache k, v (s, g, c, d): bf16 (preferred) or f32.
 //  - Matrices from prepare_weight: bf16 device tensors (any host dtype dequantised with
 //    dequantize_row, then rounded to nearest even). matmul and embedding also take f32
 //    device matrices (alloc + from_host), used for tiny test models.
