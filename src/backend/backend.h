@@ -130,8 +130,9 @@ public:
     // Converts a host weight (e.g. a view into a mapped file) into the form the backend's
     // matmul/embedding consume. May return the same tensor, a copy or a converted tensor.
     virtual Result<Tensor> prepare_weight(const Tensor& host_weight) = 0;
-    // Copies between host f32 tensors and backend tensors of the same shape; i32 tensors (block
-    // selections) copy to and from host i32 tensors.
+    // Copies between host f32 tensors and backend tensors of the same shape (f32, or bf16:
+    // rounded to nearest even on the way in, widened exactly on the way out); i32 tensors
+    // (block selections) copy to and from host i32 tensors.
     virtual Status to_host(const Tensor& src, const Tensor& host_dst) = 0;
     virtual Status from_host(const Tensor& host_src, const Tensor& dst) = 0;
     virtual void synchronize() {}

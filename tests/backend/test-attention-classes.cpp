@@ -30,11 +30,16 @@ using test::random_floats;
 // f32 cache, k and v) to bf16: about 1e-5 nmse.
 double tolerance(const std::string& param) { return param.starts_with("cuda") ? 1e-4 : 1e-10; }
 
-// Each backend, and "cuda_bf16": cuda with bf16 caches (the keys and values of every problem
-// are then bf16 numbers, so that cpu-ref, which keeps f32 caches, sees the same values).
+// Each backend, and "<name>_bf16" for each that keeps bf16 caches (the keys and values of every
+// problem are then bf16 numbers, so that cpu-ref, which keeps f32 caches, sees the same values).
 std::vector<std::string> backends() {
     std::vector<std::string> names = backend_available();
-    if (std::find(names.begin(), names.end(), "cuda") != names.end()) names.push_back("cuda_bf16");
+    for (const std::string& name : backend_available()) {
+        auto be = backend_create(name);
+        if (!be.is_ok()) continue;
+        const std::vector<DType> types = (*be)->kv_cache_dtypes();
+        if (std::find(types.begin(), types.end(), DType::kBF16) != types.end()) names.push_back(name + "_bf16");
+    }
     return names;
 }
 

@@ -1290,6 +1290,30 @@ TEST(CpuRef, SwigluAddEmbeddingKvStore) {
 
 // ---- input errors: a Status, on every backend ------------------------------------------------
 
+// The cpu backend's bf16 cache: kv_store rounds to nearest even (the exact values the cuda
+// backend stores), and the copies in and out convert the same way.
+TEST(CpuKvStore, Bf16CacheRoundsToNearestEven) {
+    std::unique_ptr<Backend> cpu = make_backend("cpu");
+    std::mt19937 rng(9);
+    const int64_t n = 3, g = 2, d = 64, c = 10;
+    const Tensor k = host_f32({n, g, d}, random_floats(rng, n * g * d, 50.0f));
+    const Tensor v = host_f32({n, g, d}, random_floats(rng, n * g * d, 50.0f));
+    Tensor kc = cpu->alloc(DType::kBF16, {1, g, c, d}), vc = cpu->alloc(DType::kBF16, {1, g, c, d});
+    const int32_t seq[] = {0, 0, 0}, pos[] = {7, 2, 9};
+    ASSERT_TRUE(cpu->kv_store(k, v, {seq, pos}, {kc, vc}).is_ok());
+    const std::vector<float> got_k = download(*cpu, kc), got_v = download(*cpu, vc);
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t kv = 0; kv < g; ++kv) {
+            for (int64_t e = 0; e < d; ++e) {
+                const size_t at = static_cast<size_t>((kv * c + pos[i]) * d + e);
+                const int64_t src = (i * g + kv) * d + e;
+                ASSERT_EQ(got_k[at], bf16_to_f32(f32_to_bf16(k.f32()[src])));
+                ASSERT_EQ(got_v[at], bf16_to_f32(f32_to_bf16(v.f32()[src])));
+            }
+        }
+    }
+}
+
 // A cache type the backend does not keep (listed by kv_cache_dtypes) is kUnsupported, with
 // the types it does keep in the message; it is never read as f32.
 TEST(BackendErrors, CacheTypesOutsideTheBackendsListAreUnsupported) {

@@ -1,6 +1,7 @@
 #include <cstring>
 
 #include "backend/cpu-ref/cpu-ref-backend.h"
+#include "core/fp16.h"
 #include "core/quants.h"
 
 namespace purbo {
@@ -21,14 +22,25 @@ Result<Tensor> CpuRefBackend::prepare_weight(const Tensor& host_weight) {
 
 namespace {
 
+// Same dtype: a byte copy. f32 <-> bf16 (a bf16 KV cache on the cpu backend): rounded to
+// nearest even one way, widened exactly the other, as the cuda backend's copies.
 Status copy_same(std::string_view op, const Tensor& src, const Tensor& dst) {
-    if (src.dtype != dst.dtype || !same_shape(src, dst))
+    const bool bf16_pair = (src.dtype == DType::kF32 && dst.dtype == DType::kBF16) ||
+                           (src.dtype == DType::kBF16 && dst.dtype == DType::kF32);
+    if ((src.dtype != dst.dtype && !bf16_pair) || !same_shape(src, dst))
         return error(StatusCode::kInvalidArgument, "{}: '{}' {} and '{}' {} differ", op, src.name,
                      src.describe(), dst.name, dst.describe());
     if (src.device != Device::kCpu || dst.device != Device::kCpu)
         return error(StatusCode::kInvalidArgument, "{}: '{}' or '{}' is not a host tensor", op,
                      src.name, dst.name);
-    if (src.data != dst.data) std::memmove(dst.data, src.data, src.nbytes());
+    const int64_t count = src.numel();
+    if (src.dtype == DType::kF32 && dst.dtype == DType::kBF16) {
+        for (int64_t i = 0; i < count; ++i) dst.ptr<uint16_t>()[i] = f32_to_bf16(src.f32()[i]);
+    } else if (src.dtype == DType::kBF16 && dst.dtype == DType::kF32) {
+        for (int64_t i = 0; i < count; ++i) dst.f32()[i] = bf16_to_f32(src.ptr<uint16_t>()[i]);
+    } else if (src.data != dst.data) {
+        std::memmove(dst.data, src.data, src.nbytes());
+    }
     return Status::ok();
 }
 

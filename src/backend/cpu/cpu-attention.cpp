@@ -4,6 +4,7 @@
 //    keys, the scores and the weighted sums as sgemm calls;
 //  - decode (each token in its own sequence): loops per (token, KV head, key slice), the
 //    slices merged at the end so few tokens over a long context still use every core.
+// The cache is f32 or bf16 (widened to f32 on load: the same arithmetic on the stored values).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -11,11 +12,13 @@
 #include <cstring>
 #include <limits>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "backend/cpu/blas-threads.h"
 #include "backend/cpu/cpu-backend.h"
 #include "backend/op-checks.h"
+#include "core/fp16.h"
 
 namespace purbo {
 namespace {
@@ -105,6 +108,17 @@ int64_t contiguous_positions(const KvCacheView& cache, int64_t j, int64_t limit)
     return std::min(limit, span - (j - cache.ring_sinks) % span);
 }
 
+// Cache elements: float (an f32 cache) or uint16_t (the bits of a bf16 cache), read as f32.
+inline float load_f32(const float* p) { return *p; }
+inline float load_f32(const uint16_t* p) { return bf16_to_f32(*p); }
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const uint16_t* p) {  // bf16 -> f32: the bits shifted into the high half
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+#endif
+
 // Softmax state of one query head over a set of keys (Milakov & Gimelshein 2018): running max
 // m, running sum l = sum_j exp(s_j - m), running weighted sum acc = sum_j exp(s_j - m) v_j.
 // States over disjoint key sets merge exactly, which lets one query's keys be split across
@@ -116,13 +130,13 @@ struct SoftmaxState {
 };
 
 // scores[t] = scale * dot(q, k_t) for the nj keys k_t at keys + t * d.
-void key_scores_plain(const float* q, const float* keys, int64_t d, int64_t nj, float scale,
-                      float* scores) {
+template <class T>
+void key_scores_plain(const float* q, const T* keys, int64_t d, int64_t nj, float scale, float* scores) {
     for (int64_t t = 0; t < nj; ++t) {
-        const float* kt = keys + t * d;
+        const T* kt = keys + t * d;
         float dot = 0;
 #pragma omp simd reduction(+ : dot)
-        for (int64_t e = 0; e < d; ++e) dot += q[e] * kt[e];
+        for (int64_t e = 0; e < d; ++e) dot += q[e] * load_f32(kt + e);
         scores[t] = dot * scale;
     }
 }
@@ -155,18 +169,18 @@ inline __m512 transpose_sums16(const __m512* v) {
 // products go into one vector and the 16 vectors are summed together (transpose_sums16). A
 // horizontal reduction per key and query head was most of the decode attention time at depth
 // 4096. fp32 sums in another order.
-void key_scores(const float* q, const float* keys, int64_t d, int64_t nj, float scale,
-                float* scores) {
+template <class T>
+void key_scores(const float* q, const T* keys, int64_t d, int64_t nj, float scale, float* scores) {
 #if defined(__AVX512F__)
     if (d % 16 == 0) {
         int64_t t0 = 0;
         for (; t0 + 16 <= nj; t0 += 16) {
             __m512 p[16];
             for (int i = 0; i < 16; ++i) {
-                const float* kt = keys + (t0 + i) * d;
-                p[i] = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(kt));
+                const T* kt = keys + (t0 + i) * d;
+                p[i] = _mm512_mul_ps(_mm512_loadu_ps(q), load16(kt));
                 for (int64_t e = 16; e < d; e += 16)
-                    p[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + e), _mm512_loadu_ps(kt + e), p[i]);
+                    p[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + e), load16(kt + e), p[i]);
             }
             _mm512_storeu_ps(scores + t0, _mm512_mul_ps(transpose_sums16(p), _mm512_set1_ps(scale)));
         }
@@ -180,17 +194,17 @@ void key_scores(const float* q, const float* keys, int64_t d, int64_t nj, float 
 // acc (kN,) = acc * correction + sum_t weight[t] v_t, v_t at values + t * d: the kN elements
 // stay in registers across the nj keys (updating acc in memory once per key made every key
 // wait on the previous key's stores). Per element the same operations in the same order.
-template <int64_t kN>
-void add_weighted_values(const float* weight, int64_t nj, const float* values, int64_t d,
-                         float correction, float* acc) {
+template <int64_t kN, class T>
+void add_weighted_values(const float* weight, int64_t nj, const T* values, int64_t d, float correction,
+                         float* acc) {
     float tile[kN];
 #pragma omp simd
     for (int64_t e = 0; e < kN; ++e) tile[e] = acc[e] * correction;
     for (int64_t t = 0; t < nj; ++t) {
         const float w = weight[t];
-        const float* vt = values + t * d;
+        const T* vt = values + t * d;
 #pragma omp simd
-        for (int64_t e = 0; e < kN; ++e) tile[e] += w * vt[e];
+        for (int64_t e = 0; e < kN; ++e) tile[e] += w * load_f32(vt + e);
     }
 #pragma omp simd
     for (int64_t e = 0; e < kN; ++e) acc[e] = tile[e];
@@ -198,8 +212,8 @@ void add_weighted_values(const float* weight, int64_t nj, const float* values, i
 
 // Adds the keys of `ranges` within positions [lo, hi) to the states of the nh query heads of
 // one group, rescaling once per chunk of at most kKeyChunk keys in consecutive cache rows.
-void attend_partial(const float* q, int64_t nh, int64_t d, const float* keys, const float* values,
-                    const KvCacheView& cache, std::span<const KeyRange> ranges, int64_t lo,
+template <class T>
+void attend_partial(const float* q, int64_t nh, int64_t d, const T* keys, const T* values, const KvCacheView& cache, std::span<const KeyRange> ranges, int64_t lo,
                     int64_t hi, float scale, float* scores, const SoftmaxState& state) {
     // q (nh, d); keys, values (c, d) of one cache head; scores (nh, kKeyChunk)
     for (const KeyRange& range : ranges) {
@@ -224,9 +238,9 @@ void attend_partial(const float* q, int64_t nh, int64_t d, const float* keys, co
                 float* ah = state.acc + hq * d;
                 int64_t e0 = 0;
                 for (; e0 + kTile <= d; e0 += kTile)
-                    add_weighted_values<kTile>(sh, nj, values + row * d + e0, d, correction, ah + e0);
+                    add_weighted_values<kTile, T>(sh, nj, values + row * d + e0, d, correction, ah + e0);
                 for (; e0 < d; ++e0)
-                    add_weighted_values<1>(sh, nj, values + row * d + e0, d, correction, ah + e0);
+                    add_weighted_values<1, T>(sh, nj, values + row * d + e0, d, correction, ah + e0);
                 state.l[hq] = sum;
                 state.m[hq] = new_m;
             }
@@ -268,20 +282,30 @@ std::vector<TokenRun> token_runs(const TokenPlacement& place) {
     return runs;
 }
 
+// The rows sgemm reads: an f32 cache's own rows, or a bf16 cache's rows widened into `tmp`.
+const float* f32_rows(const float* rows, int64_t, float*) { return rows; }
+const float* f32_rows(const uint16_t* rows, int64_t count, float* tmp) {
+    for (int64_t i = 0; i < count; ++i) tmp[i] = bf16_to_f32(rows[i]);
+    return tmp;
+}
+
 // One (run, head group) task. q, out (n, h, d) of the whole batch; keys, values (c, d) of the
 // group's cache head.
-void attend_block(const float* q, float* out, int64_t h, int64_t d, const HeadGroup& group,
-                  const TokenRun& run, std::span<const int32_t> pos, const KvCacheView& cache,
-                  const float* keys, const float* values, const AttentionParams& params,
-                  std::vector<float>& buffer) {
+template <class T>
+void attend_block(const float* q, float* out, int64_t h, int64_t d, const HeadGroup& group, const TokenRun& run,
+                  std::span<const int32_t> pos, const KvCacheView& cache, const T* keys, const T* values,
+                  const AttentionParams& params, std::vector<float>& buffer) {
     const int64_t nh = static_cast<int64_t>(group.heads.size());
     const int64_t rows = run.count * nh;  // row r: token r / nh, query head group.heads[r % nh]
-    buffer.resize(static_cast<size_t>(rows * (2 * d + kKeyBlock + 2)));
+    const int64_t widened = std::is_same_v<T, float> ? 0 : 2 * kKeyBlock * d;  // a chunk's keys, values
+    buffer.resize(static_cast<size_t>(rows * (2 * d + kKeyBlock + 2) + widened));
     float* qb = buffer.data();          // (rows, d)
     float* ob = qb + rows * d;          // (rows, d)
     float* sb = ob + rows * d;          // (rows, kKeyBlock)
     float* mb = sb + rows * kKeyBlock;  // (rows,)
     float* lb = mb + rows;              // (rows,)
+    float* kw = lb + rows;              // (kKeyBlock, d) with a bf16 cache
+    float* vw = kw + kKeyBlock * d;     // (kKeyBlock, d)
     for (int64_t t = 0; t < run.count; ++t) {
         for (int64_t hq = 0; hq < nh; ++hq) {
             const float* src = q + ((run.begin + t) * h + group.heads[static_cast<size_t>(hq)]) * d;
@@ -312,9 +336,11 @@ void attend_block(const float* q, float* out, int64_t h, int64_t d, const HeadGr
             j0 += nj;
             continue;
         }
+        const float* chunk_keys = f32_rows(keys + row0 * d, nj * d, kw);
+        const float* chunk_values = f32_rows(values + row0 * d, nj * d, vw);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
                     static_cast<int>(nj), static_cast<int>(d), params.scale, qb,
-                    static_cast<int>(d), keys + row0 * d, static_cast<int>(d), 0.0f, sb,
+                    static_cast<int>(d), chunk_keys, static_cast<int>(d), 0.0f, sb,
                     static_cast<int>(kKeyBlock));
         for (int64_t r = 0; r < rows; ++r) {
             const size_t t = static_cast<size_t>(r / nh);
@@ -347,7 +373,7 @@ void attend_block(const float* q, float* out, int64_t h, int64_t d, const HeadGr
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows),
                     static_cast<int>(d), static_cast<int>(nj), 1.0f, sb,
-                    static_cast<int>(kKeyBlock), values + row0 * d, static_cast<int>(d), 1.0f, ob,
+                    static_cast<int>(kKeyBlock), chunk_values, static_cast<int>(d), 1.0f, ob,
                     static_cast<int>(d));
         j0 += nj;
     }
@@ -372,6 +398,7 @@ Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const To
     const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
     const std::vector<HeadGroup> groups = head_groups(h, cache, params);
     const int64_t n_groups = static_cast<int64_t>(groups.size());
+    const bool bf16 = cache.k.dtype == DType::kBF16;  // else f32 (check_attention)
     auto cache_base = [&](int64_t seq, const HeadGroup& group) { return (seq * gc + group.slot) * c * d; };
     const std::vector<TokenRun> runs = token_runs(place);
     if (static_cast<int64_t>(runs.size()) < n) {  // some tokens share a sequence: prefill
@@ -385,8 +412,13 @@ Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const To
                 for (int64_t gi = 0; gi < n_groups; ++gi) {
                     const HeadGroup& group = groups[static_cast<size_t>(gi)];
                     const int64_t base = cache_base(place.seq[runs[r].begin], group);
-                    attend_block(q.f32(), out.f32(), h, d, group, runs[r], place.pos, cache,
-                                 cache.k.f32() + base, cache.v.f32() + base, params, buffer);
+                    if (bf16) {
+                        attend_block(q.f32(), out.f32(), h, d, group, runs[r], place.pos, cache,
+                                     cache.k.ptr<uint16_t>() + base, cache.v.ptr<uint16_t>() + base, params, buffer);
+                    } else {
+                        attend_block(q.f32(), out.f32(), h, d, group, runs[r], place.pos, cache,
+                                     cache.k.f32() + base, cache.v.f32() + base, params, buffer);
+                    }
                 }
             }
         }
@@ -432,9 +464,15 @@ Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const To
                     }
                     group_key_ranges(group, i, place.pos[i], params, ranges);
                     const int64_t base = cache_base(place.seq[i], group);
-                    attend_partial(qbuf.data(), nh, d, cache.k.f32() + base, cache.v.f32() + base, cache,
-                                   ranges, split * split_keys, (split + 1) * split_keys, params.scale,
-                                   scores.data(), state);
+                    const int64_t lo = split * split_keys, hi = (split + 1) * split_keys;
+                    if (bf16) {
+                        attend_partial(qbuf.data(), nh, d, cache.k.ptr<uint16_t>() + base,
+                                       cache.v.ptr<uint16_t>() + base, cache, ranges, lo, hi, params.scale,
+                                       scores.data(), state);
+                    } else {
+                        attend_partial(qbuf.data(), nh, d, cache.k.f32() + base, cache.v.f32() + base, cache,
+                                       ranges, lo, hi, params.scale, scores.data(), state);
+                    }
                 }
             }
         }

@@ -21,6 +21,8 @@ class CpuBackend final : public CpuRefBackend {
 
     BackendKind kind() const override { return BackendKind::kCpu; }
     std::string_view name() const override { return "cpu"; }
+    // f32 first (exact attention, as cpu-ref); bf16 halves the bytes decode reads at depth.
+    std::vector<DType> kv_cache_dtypes() const override { return {DType::kF32, DType::kBF16}; }
 
     Status embedding(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) override;
     Status rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override;

@@ -5,6 +5,7 @@
 
 #include "backend/cpu/cpu-backend.h"
 #include "backend/op-checks.h"
+#include "core/fp16.h"
 
 namespace purbo {
 
@@ -45,14 +46,22 @@ Status CpuBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlaceme
     // k, v (n, g, d); cache (s, gc, c, d)
     const int64_t n = k.dim(0), g = k.dim(1), d = k.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
     const size_t row_bytes = static_cast<size_t>(d) * sizeof(float);
+    const bool bf16 = cache.k.dtype == DType::kBF16;
     for (int64_t i = 0; i < n; ++i) {
         for (int64_t kv = 0; kv < g; ++kv) {
             const int64_t slot = kv_view_index(cache, kv);
             if (slot < 0) continue;
             const int64_t dst = ((place.seq[i] * gc + slot) * c + kv_cache_row(cache, place.pos[i])) * d;
             const int64_t src = (i * g + kv) * d;
-            std::memcpy(cache.k.f32() + dst, k.f32() + src, row_bytes);
-            std::memcpy(cache.v.f32() + dst, v.f32() + src, row_bytes);
+            if (bf16) {  // round to nearest even, as the cuda backend's kv_store
+                for (int64_t e = 0; e < d; ++e) {
+                    cache.k.ptr<uint16_t>()[dst + e] = f32_to_bf16(k.f32()[src + e]);
+                    cache.v.ptr<uint16_t>()[dst + e] = f32_to_bf16(v.f32()[src + e]);
+                }
+            } else {
+                std::memcpy(cache.k.f32() + dst, k.f32() + src, row_bytes);
+                std::memcpy(cache.v.f32() + dst, v.f32() + src, row_bytes);
+            }
         }
     }
     return Status::ok();
