@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up purbo on a fresh Debian 12 machine: build dependencies (apt), a release build
-# (CUDA backend included when nvcc is found), and the default model in models/.
+# Sets up purbo on a fresh Debian 12 machine: build dependencies (apt), the cuDNN frontend
+# headers when nvcc is found (PyPI), a release build (CUDA backend included when nvcc is
+# found), and the default model in models/.
 # Safe to run again: apt is skipped when every package is installed, the build is
 # incremental, and the model is only downloaded when missing or corrupt.
 #

@@ -52,6 +52,9 @@ else
     echo "== no model (models/ absent, PURBO_MODEL unset): model tests will skip"
 fi
 
+# cuDNN attention needs the frontend headers (PyPI); without network they must already be in
+# .cache/cudnn-frontend, else the build leaves the cuDNN path out and says so.
+bash scripts/fetch-cudnn-frontend.sh || echo "== no cuDNN frontend headers: prefill on purbo's own kernels"
 generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DPURBO_CUDA=ON \
