@@ -82,6 +82,9 @@ TEST(Cli, BadFlagsNameTheFlagAndValue) {
         {"run -m " + dir.string() + " --device tpu -p hi", "unknown backend 'tpu'"},
         {"bench -m " + dir.string() + " -p 1,x", "--n-prompt: '1,x'"},
         {"bench -m " + dir.string() + " -o xml", "--output: 'xml'"},
+        {"run -m " + dir.string() + " --cache-type q8 -p hi", "--cache-type 'q8': expected f32 or bf16"},
+        {"run -m " + dir.string() + " --device cpu-ref --cache-type bf16 -p hi",
+         "KV cache type bf16: the cpu-ref backend keeps caches in f32"},
     };
     for (const Case& c : cases) {
         const RunResult r = run_purbo(c.args);
@@ -171,6 +174,14 @@ TEST(Cli, RunsAHuggingFaceFolder) {
     EXPECT_EQ(i.status, 0) << i.output;
     EXPECT_NE(i.output.find("architecture:     llama"), std::string::npos) << i.output;
     EXPECT_NE(i.output.find("llama3 x8"), std::string::npos) << i.output;
+}
+
+// A bf16 KV cache on the cpu backend runs the same tiny model to the end.
+TEST(Cli, RunsWithABf16Cache) {
+    const fs::path dir = make_hf_folder("cli_bf16_cache");
+    const RunResult r = run_purbo("run -m " + dir.string() + " --cache-type bf16 -p abc -n 8 --temp 0 --ignore-eos");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("eval time ="), std::string::npos) << r.output;
 }
 
 TEST(Cli, DefaultModelGreedyRunIsDeterministic) {
