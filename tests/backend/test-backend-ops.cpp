@@ -1290,28 +1290,39 @@ TEST(CpuRef, SwigluAddEmbeddingKvStore) {
 
 // ---- input errors: a Status, on every backend ------------------------------------------------
 
-// The cpu backend's bf16 cache: kv_store rounds to nearest even (the exact values the cuda
-// backend stores), and the copies in and out convert the same way.
-TEST(CpuKvStore, Bf16CacheRoundsToNearestEven) {
-    std::unique_ptr<Backend> cpu = make_backend("cpu");
-    std::mt19937 rng(9);
-    const int64_t n = 3, g = 2, d = 64, c = 10;
-    const Tensor k = host_f32({n, g, d}, random_floats(rng, n * g * d, 50.0f));
-    const Tensor v = host_f32({n, g, d}, random_floats(rng, n * g * d, 50.0f));
-    Tensor kc = cpu->alloc(DType::kBF16, {1, g, c, d}), vc = cpu->alloc(DType::kBF16, {1, g, c, d});
-    const int32_t seq[] = {0, 0, 0}, pos[] = {7, 2, 9};
-    ASSERT_TRUE(cpu->kv_store(k, v, {seq, pos}, {kc, vc}).is_ok());
-    const std::vector<float> got_k = download(*cpu, kc), got_v = download(*cpu, vc);
-    for (int64_t i = 0; i < n; ++i) {
-        for (int64_t kv = 0; kv < g; ++kv) {
-            for (int64_t e = 0; e < d; ++e) {
-                const size_t at = static_cast<size_t>((kv * c + pos[i]) * d + e);
-                const int64_t src = (i * g + kv) * d + e;
-                ASSERT_EQ(got_k[at], bf16_to_f32(f32_to_bf16(k.f32()[src])));
-                ASSERT_EQ(got_v[at], bf16_to_f32(f32_to_bf16(v.f32()[src])));
+// Every backend that keeps bf16 caches: kv_store rounds to nearest even (cpu and cuda store
+// the same bits), and a cache whose k and v types differ is an input error.
+TEST(BackendKvStore, Bf16CacheRoundsToNearestEven) {
+    int checked = 0;
+    for (const std::string& name : backend_available()) {
+        std::unique_ptr<Backend> backend = make_backend(name);
+        const std::vector<DType> types = backend->kv_cache_dtypes();
+        if (std::find(types.begin(), types.end(), DType::kBF16) == types.end()) continue;
+        SCOPED_TRACE("backend " + name);
+        std::mt19937 rng(9);
+        const int64_t n = 3, g = 2, d = 64, c = 10;
+        const Tensor k = host_f32({n, g, d}, random_floats(rng, n * g * d, 50.0f));
+        const Tensor v = host_f32({n, g, d}, random_floats(rng, n * g * d, 50.0f));
+        Tensor kc = backend->alloc(DType::kBF16, {1, g, c, d}), vc = backend->alloc(DType::kBF16, {1, g, c, d});
+        const int32_t seq[] = {0, 0, 0}, pos[] = {7, 2, 9};
+        ASSERT_TRUE(backend->kv_store(upload(*backend, k), upload(*backend, v), {seq, pos}, {kc, vc}).is_ok());
+        const std::vector<float> got_k = download(*backend, kc), got_v = download(*backend, vc);
+        for (int64_t i = 0; i < n; ++i) {
+            for (int64_t kv = 0; kv < g; ++kv) {
+                for (int64_t e = 0; e < d; ++e) {
+                    const size_t at = static_cast<size_t>((kv * c + pos[i]) * d + e);
+                    const int64_t src = (i * g + kv) * d + e;
+                    ASSERT_EQ(got_k[at], bf16_to_f32(f32_to_bf16(k.f32()[src])));
+                    ASSERT_EQ(got_v[at], bf16_to_f32(f32_to_bf16(v.f32()[src])));
+                }
             }
         }
+        Tensor vc32 = backend->alloc(DType::kF32, {1, g, c, d});
+        EXPECT_EQ(backend->kv_store(upload(*backend, k), upload(*backend, v), {seq, pos}, {kc, vc32}).code(),
+                  StatusCode::kInvalidArgument);
+        ++checked;
     }
+    EXPECT_GE(checked, 1) << "the cpu backend keeps bf16 caches";
 }
 
 // A cache type the backend does not keep (listed by kv_cache_dtypes) is kUnsupported, with

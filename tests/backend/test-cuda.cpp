@@ -346,33 +346,6 @@ TEST(Cuda, Bf16CachePrefillOnOwnKernel) {
     ::unsetenv("PURBO_NO_CUDNN");
 }
 
-TEST(Cuda, KvStoreIntoBf16CacheRoundsToNearestEven) {
-    SKIP_WITHOUT_CUDA();
-    auto cuda = make("cuda");
-    std::mt19937 rng(8);
-    const int64_t n = 3, g = 2, d = 64, c = 10;
-    const Tensor k = host_f32({n, g, d}, random_floats(rng, n * g * d, 50.0f));
-    const Tensor v = host_f32({n, g, d}, random_floats(rng, n * g * d, 50.0f));
-    Tensor kc = cuda->alloc(DType::kBF16, {1, g, c, d}), vc = cuda->alloc(DType::kBF16, {1, g, c, d});
-    const int32_t seq[] = {0, 0, 0}, pos[] = {7, 2, 9};
-    ASSERT_TRUE(cuda->kv_store(upload(*cuda, k), upload(*cuda, v), {seq, pos}, {kc, vc}).is_ok());
-    const std::vector<float> got_k = download(*cuda, kc), got_v = download(*cuda, vc);
-    for (int64_t i = 0; i < n; ++i) {
-        for (int64_t kv = 0; kv < g; ++kv) {
-            for (int64_t e = 0; e < d; ++e) {
-                const size_t at = static_cast<size_t>((kv * c + pos[i]) * d + e);
-                const int64_t src = (i * g + kv) * d + e;
-                ASSERT_EQ(got_k[at], bf16_to_f32(f32_to_bf16(k.f32()[src])));
-                ASSERT_EQ(got_v[at], bf16_to_f32(f32_to_bf16(v.f32()[src])));
-            }
-        }
-    }
-    // A cache whose k and v types differ is an input error.
-    Tensor vc32 = cuda->alloc(DType::kF32, {1, g, c, d});
-    EXPECT_EQ(cuda->kv_store(upload(*cuda, k), upload(*cuda, v), {seq, pos}, {kc, vc32}).code(),
-              StatusCode::kInvalidArgument);
-}
-
 TEST(Cuda, PrepareWeightRoundsMatricesToBf16AndKeepsVectorsF32) {
     SKIP_WITHOUT_CUDA();
     auto cuda = make("cuda");

@@ -57,6 +57,23 @@ std::vector<GreedyCase> load_cases() {
     return cases;
 }
 
+// Greedy generation (prefill, then one decode step per token) of case c on a session: the
+// first n tokens must be transformers'.
+void expect_greedy_prefix(Session& session, const Tokenizer& tokenizer, const GreedyCase& c, size_t n,
+                          size_t case_index) {
+    session.clear(0);
+    GenerateParams gp;
+    gp.n_predict = static_cast<int>(c.generated.size());
+    gp.sampler.temperature = 0.0f;
+    gp.ignore_eos = true;
+    auto r = generate(session, 0, tokenizer, c.prompt, gp);
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    ASSERT_GE(r->tokens.size(), n);
+    EXPECT_EQ(std::vector<int32_t>(r->tokens.begin(), r->tokens.begin() + static_cast<std::ptrdiff_t>(n)),
+              std::vector<int32_t>(c.generated.begin(), c.generated.begin() + static_cast<std::ptrdiff_t>(n)))
+        << "case " << case_index << " (first " << n << " steps)";
+}
+
 class SmolLM2 : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
@@ -125,18 +142,8 @@ TEST_F(SmolLM2, GreedyGenerationMatchesTransformers) {
         const std::vector<GreedyCase> cases = load_cases();
         for (size_t ci = 0; ci < cases.size(); ++ci) {
             const GreedyCase& c = cases[ci];
-            (*session)->clear(0);
-            GenerateParams gp;
-            gp.n_predict = static_cast<int>(c.generated.size());
-            gp.sampler.temperature = 0.0f;
-            gp.ignore_eos = true;
-            auto r = generate(**session, 0, *model_->tokenizer, c.prompt, gp);
-            ASSERT_TRUE(r.is_ok()) << r.status().to_string();
             const size_t n = decided_steps(backend, c.margins);
-            ASSERT_GE(r->tokens.size(), n);
-            EXPECT_EQ(std::vector<int32_t>(r->tokens.begin(), r->tokens.begin() + static_cast<std::ptrdiff_t>(n)),
-                      std::vector<int32_t>(c.generated.begin(), c.generated.begin() + static_cast<std::ptrdiff_t>(n)))
-                << "case " << ci << " (first " << n << " steps)";
+            expect_greedy_prefix(**session, *model_->tokenizer, c, n, ci);
             if (backend == "cuda") std::printf("[ cuda     ] case %zu: %zu of %zu greedy steps decided\n", ci, n, c.generated.size());
         }
     }
@@ -166,18 +173,8 @@ TEST_F(SmolLM2, Bf16CacheOnTheCpuKeepsTheDecidedGreedySteps) {
         ASSERT_TRUE(want.is_ok());
         const std::span<const float> after_prompt(logits.data() + (c.prompt.size() - 1) * v, v);
         EXPECT_LT(test::nmse(after_prompt, {want->f32(), v}), kMaxNmseBf16) << "case " << ci;
-        (*session)->clear(0);
-        GenerateParams gp;
-        gp.n_predict = static_cast<int>(c.generated.size());
-        gp.sampler.temperature = 0.0f;
-        gp.ignore_eos = true;
-        auto r = generate(**session, 0, *model_->tokenizer, c.prompt, gp);
-        ASSERT_TRUE(r.is_ok()) << r.status().to_string();
-        const size_t n = decided_steps("cuda", c.margins);  // the bf16 rule: margins above kBf16Margin
-        ASSERT_GE(r->tokens.size(), n);
-        EXPECT_EQ(std::vector<int32_t>(r->tokens.begin(), r->tokens.begin() + static_cast<std::ptrdiff_t>(n)),
-                  std::vector<int32_t>(c.generated.begin(), c.generated.begin() + static_cast<std::ptrdiff_t>(n)))
-            << "case " << ci << " (first " << n << " steps)";
+        // The bf16 rule: the steps up to the first margin below kBf16Margin.
+        expect_greedy_prefix(**session, *model_->tokenizer, c, decided_steps("cuda", c.margins), ci);
     }
 }
 
