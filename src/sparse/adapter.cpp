@@ -138,6 +138,17 @@ bool Adapter::is_retrieval(int layer, int head) const {
     return retrieval_index(layer, head) >= 0;
 }
 
+Adapter adapter_for_model(const ModelConfig& config, const SparseSettings& settings) {
+    Adapter a;
+    a.settings = settings;
+    a.n_layer = config.n_layer;
+    a.n_head = config.n_head;
+    a.n_head_kv = config.n_head_kv;
+    a.head_dim = config.head_dim;
+    a.scores.assign(static_cast<size_t>(config.n_layer * config.n_head), 0.0f);
+    return a;
+}
+
 int Adapter::retrieval_index(int layer, int head) const {
     // `retrieval` is sorted by (layer, head): binary search.
     size_t lo = 0, hi = retrieval.size();

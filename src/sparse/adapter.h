@@ -71,6 +71,10 @@ struct Adapter {
                        const std::string& source) const;
 };
 
+// An adapter for a model of this shape: the settings, the attention shape taken from the
+// config, every head's score 0, no retrieval heads, no indexer, no fingerprint.
+Adapter adapter_for_model(const ModelConfig& config, const SparseSettings& settings = {});
+
 // A stable hash (hex) of the model's attention shape and of the bytes of a few of its tensors
 // (embedding rows and the first layer's attention weights): detects an adapter used with
 // another model, without reading the whole file.

@@ -47,16 +47,12 @@ std::unique_ptr<Session> make_session(const Tiny& t, const AttentionPolicyFactor
 
 // An adapter whose heads are all local, window W and 4 sinks: StreamingLLM.
 Adapter all_local(const ModelConfig& c, int window) {
-    Adapter a;
-    a.settings.window = window;
-    a.settings.n_sink = 4;
-    a.settings.block_size = 32;
-    a.settings.rank = 8;
-    a.n_layer = c.n_layer;
-    a.n_head = c.n_head;
-    a.n_head_kv = c.n_head_kv;
-    a.head_dim = c.head_dim;
-    a.scores.assign(static_cast<size_t>(c.n_layer * c.n_head), 0.0f);
+    SparseSettings settings;
+    settings.window = window;
+    settings.n_sink = 4;
+    settings.block_size = 32;
+    settings.rank = 8;
+    Adapter a = adapter_for_model(c, settings);
     return a;
 }
 

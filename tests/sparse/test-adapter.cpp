@@ -185,6 +185,22 @@ TEST(AdapterFile, RoundTripWithoutIndexer) {
     EXPECT_EQ((*file)->entries().size(), 1u);  // head_scores only
 }
 
+TEST(AdapterFile, ShapedForAModel) {
+    SparseSettings settings;
+    settings.window = 96;
+    settings.rank = 4;
+    const Adapter a = adapter_for_model(tiny_config(), settings);
+    EXPECT_EQ(a.n_layer, kLayers);
+    EXPECT_EQ(a.n_head, kHeads);
+    EXPECT_EQ(a.n_head_kv, kKvHeads);
+    EXPECT_EQ(a.head_dim, kHeadDim);
+    EXPECT_EQ(a.settings.window, 96);
+    EXPECT_EQ(a.settings.rank, 4);
+    EXPECT_EQ(a.scores, std::vector<float>(static_cast<size_t>(kLayers * kHeads), 0.0f));
+    EXPECT_TRUE(a.retrieval.empty());
+    EXPECT_FALSE(a.has_indexer());
+}
+
 TEST(AdapterFile, HeadLookups) {
     const Adapter a = tiny_adapter(false);
     EXPECT_TRUE(a.is_retrieval(0, 1));

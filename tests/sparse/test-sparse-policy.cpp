@@ -35,13 +35,7 @@ Tiny load_tiny(int n_tokens) {
 // An adapter whose retrieval heads are `retrieval` (layer, head) and whose indexer is random.
 Adapter make_adapter(const ModelConfig& c, const std::vector<HeadId>& retrieval, SparseSettings settings,
                      bool indexer, uint32_t seed) {
-    Adapter a;
-    a.settings = settings;
-    a.n_layer = c.n_layer;
-    a.n_head = c.n_head;
-    a.n_head_kv = c.n_head_kv;
-    a.head_dim = c.head_dim;
-    a.scores.assign(static_cast<size_t>(c.n_layer * c.n_head), 0.0f);
+    Adapter a = adapter_for_model(c, settings);
     a.retrieval = retrieval;
     for (const HeadId& h : retrieval) a.scores[static_cast<size_t>(h.layer * c.n_head + h.head)] = 1.0f;
     if (indexer) {

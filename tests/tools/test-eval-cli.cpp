@@ -36,17 +36,14 @@ std::string write_adapter(const fs::path& dir, bool indexer) {
     auto hf = hf_model_load(dir.string());
     EXPECT_TRUE(hf.is_ok()) << hf.status().to_string();
     const ModelConfig& c = hf->config;
-    Adapter a;
-    a.settings.window = 64;
-    a.settings.n_sink = 4;
-    a.settings.block_size = 32;
-    a.settings.rank = 8;
-    a.n_layer = c.n_layer;
-    a.n_head = c.n_head;
-    a.n_head_kv = c.n_head_kv;
-    a.head_dim = c.head_dim;
+    SparseSettings settings;
+    settings.window = 64;
+    settings.n_sink = 4;
+    settings.block_size = 32;
+    settings.rank = 8;
+    Adapter a = adapter_for_model(c, settings);
     a.base_fingerprint = model_fingerprint(c, hf->weights);
-    a.scores.assign(static_cast<size_t>(c.n_layer * c.n_head), 0.1f);
+    a.scores.assign(a.scores.size(), 0.1f);
     a.retrieval = {{0, 1}, {1, 2}, {2, 0}};
     if (indexer) {
         std::mt19937 rng(7);

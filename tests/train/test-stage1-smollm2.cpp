@@ -33,13 +33,9 @@ std::vector<int32_t> repo_text_tokens(const Tokenizer& tok) {
 }
 
 Adapter smollm2_adapter(const ModelConfig& c, int rank) {
-    Adapter a;
-    a.settings.rank = rank;
-    a.n_layer = c.n_layer;
-    a.n_head = c.n_head;
-    a.n_head_kv = c.n_head_kv;
-    a.head_dim = c.head_dim;
-    a.scores.assign(static_cast<size_t>(c.n_layer * c.n_head), 0.0f);
+    SparseSettings settings;
+    settings.rank = rank;
+    Adapter a = adapter_for_model(c, settings);
     // A few heads across the depth (calibration picks the real ones; any head can be trained).
     a.retrieval = {{6, 1}, {12, 4}, {18, 7}, {24, 2}};
     return a;

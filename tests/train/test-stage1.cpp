@@ -34,13 +34,9 @@ std::unique_ptr<Fixture> load_fixture(const char* name) {
 }
 
 Adapter fixture_adapter(const ModelConfig& c, int rank) {
-    Adapter a;
-    a.settings.rank = rank;
-    a.n_layer = c.n_layer;
-    a.n_head = c.n_head;
-    a.n_head_kv = c.n_head_kv;
-    a.head_dim = c.head_dim;
-    a.scores.assign(static_cast<size_t>(c.n_layer * c.n_head), 0.0f);
+    SparseSettings settings;
+    settings.rank = rank;
+    Adapter a = adapter_for_model(c, settings);
     a.retrieval = {{0, 1}, {1, 0}, {1, 3}, {2, 2}};
     return a;
 }

@@ -246,12 +246,7 @@ int cmd_calibrate(int argc, char** argv) {
         select_retrieval_heads(scores, c.n_layer, c.n_head, c.n_head_kv, f.ratio, mode);
     if (!sel.is_ok()) return report_error("calibrate", sel.status());
 
-    Adapter a;
-    a.settings = f.settings;
-    a.n_layer = c.n_layer;
-    a.n_head = c.n_head;
-    a.n_head_kv = c.n_head_kv;
-    a.head_dim = c.head_dim;
+    Adapter a = adapter_for_model(c, f.settings);
     a.base_fingerprint = model_fingerprint(c, model->weights);
     a.scores = scores;
     a.retrieval = sel->retrieval;

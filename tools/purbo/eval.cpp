@@ -137,21 +137,15 @@ Result<Plan> check_flags(const EvalFlags& f) {
 // The all-local (StreamingLLM) adapter: the given adapter's settings, or --window / --sinks,
 // and no retrieval head.
 Adapter local_adapter(const Model& model, const Adapter* base, const EvalFlags& f) {
-    Adapter a;
-    const ModelConfig& c = model.config;
+    SparseSettings settings;
     if (base != nullptr) {
-        a.settings = base->settings;
+        settings = base->settings;
     } else {
-        a.settings.window = f.window;
-        a.settings.n_sink = f.sinks;
+        settings.window = f.window;
+        settings.n_sink = f.sinks;
     }
-    a.n_layer = c.n_layer;
-    a.n_head = c.n_head;
-    a.n_head_kv = c.n_head_kv;
-    a.head_dim = c.head_dim;
-    a.base_fingerprint =
-        base != nullptr ? base->base_fingerprint : model_fingerprint(c, model.weights);
-    a.scores.assign(static_cast<size_t>(c.n_layer * c.n_head), 0.0f);
+    Adapter a = adapter_for_model(model.config, settings);
+    a.base_fingerprint = base != nullptr ? base->base_fingerprint : model_fingerprint(model.config, model.weights);
     return a;
 }
 
