@@ -158,7 +158,7 @@ public:
     virtual Status attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                              const AttentionParams& params, const Tensor& out) = 0;
     // Top-p block selection (BlockSelectParams). iq (n, hr, r) f32; index_keys (s, hr, c, r)
-    // f32, the cached index keys of each sequence; blocks (n, hr, max_blocks) i32 receives the
+    // in one of kv_cache_dtypes(), the cached index keys of each sequence (stored by kv_store); blocks (n, hr, max_blocks) i32 receives the
     // kept block ids ascending, counts (n, hr) i32 their number; max_blocks >= the blocks of c.
     virtual Status select_blocks(const Tensor& iq, const Tensor& index_keys, const TokenPlacement& place,
                                  const BlockSelectParams& params, const Tensor& blocks,

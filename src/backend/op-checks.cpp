@@ -254,9 +254,19 @@ Status check_attention(const Tensor& q, const KvCacheView& cache, const TokenPla
 }
 
 Status check_select_blocks(const Tensor& iq, const Tensor& index_keys, const TokenPlacement& place,
-                           const BlockSelectParams& params, const Tensor& blocks, const Tensor& counts) {
+                           const BlockSelectParams& params, const Tensor& blocks, const Tensor& counts,
+                           std::span<const DType> key_dtypes) {
     PURBO_TRY(check_f32("select_blocks", iq, "iq", 3));
-    PURBO_TRY(check_f32("select_blocks", index_keys, "index_keys", 4));
+    // The index keys are kept like a KV cache (stored by kv_store), in a cache type the backend keeps.
+    if (index_keys.empty() || index_keys.ndim != 4)
+        return error(StatusCode::kInvalidArgument, "select_blocks: {} must have 4 dims",
+                     label(index_keys, "index_keys"));
+    if (std::find(key_dtypes.begin(), key_dtypes.end(), index_keys.dtype) == key_dtypes.end()) {
+        std::string names;
+        for (DType dt : key_dtypes) names += fmt::format("{}{}", names.empty() ? "" : " or ", dtype_name(dt));
+        return error(StatusCode::kInvalidArgument, "select_blocks: {}: this backend keeps index keys in {}",
+                     label(index_keys, "index_keys"), names);
+    }
     const int64_t n = iq.dim(0), hr = iq.dim(1), r = iq.dim(2);
     const int64_t s = index_keys.dim(0), c = index_keys.dim(2);
     if (index_keys.dim(1) != hr || index_keys.dim(3) != r)

@@ -23,7 +23,8 @@ Status check_attention(const Tensor& q, const KvCacheView& cache, const TokenPla
                        const AttentionParams& params, const Tensor& out,
                        std::span<const DType> cache_dtypes);
 Status check_select_blocks(const Tensor& iq, const Tensor& index_keys, const TokenPlacement& place,
-                           const BlockSelectParams& params, const Tensor& blocks, const Tensor& counts);
+                           const BlockSelectParams& params, const Tensor& blocks, const Tensor& counts,
+                           std::span<const DType> key_dtypes);
 Status check_same_shape_f32(std::string_view op, std::span<const Tensor* const> tensors);
 
 }  // namespace purbo

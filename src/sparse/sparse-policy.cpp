@@ -25,7 +25,8 @@ Tensor scratch_prefix(const Tensor& scratch, int64_t n, int64_t m) {
 
 Result<std::unique_ptr<SparsePolicy>> SparsePolicy::create(Backend& backend, const ModelConfig& config,
                                                            const Adapter& adapter, int n_seq, int n_ctx,
-                                                           int max_batch, const SparseRunOptions& options) {
+                                                           int max_batch, const SparseRunOptions& options,
+                                                           std::optional<DType> key_type) {
     if (adapter.n_layer != config.n_layer || adapter.n_head != config.n_head ||
         adapter.n_head_kv != config.n_head_kv || adapter.head_dim != config.head_dim) {
         return error(StatusCode::kInvalidArgument,
@@ -41,11 +42,11 @@ Result<std::unique_ptr<SparsePolicy>> SparsePolicy::create(Backend& backend, con
         return error(StatusCode::kInvalidArgument, "sparse model: top_k_blocks {} must be 0 (top-p) or positive",
                      options.top_k_blocks);
     PURBO_TRY(p->settings_.validate("sparse model options"));
-    PURBO_TRY(p->prepare(adapter, n_seq, n_ctx, max_batch));
+    PURBO_TRY(p->prepare(adapter, n_seq, n_ctx, max_batch, key_type.value_or(backend.kv_cache_dtypes().front())));
     return p;
 }
 
-Status SparsePolicy::prepare(const Adapter& adapter, int n_seq, int n_ctx, int max_batch) {
+Status SparsePolicy::prepare(const Adapter& adapter, int n_seq, int n_ctx, int max_batch, DType key_type) {
     const ModelConfig& c = config_;
     const int h = c.n_head, g = c.n_head_kv, d = c.head_dim, r = settings_.rank;
     const int heads_per_kv = h / g;
@@ -84,7 +85,7 @@ Status SparsePolicy::prepare(const Adapter& adapter, int n_seq, int n_ctx, int m
         }
         PURBO_ASSIGN_OR_RETURN(L.wq, backend_.prepare_weight(wq));
         PURBO_ASSIGN_OR_RETURN(L.wk, backend_.prepare_weight(wk));
-        L.index_keys = backend_.alloc(DType::kF32, {n_seq, hr, n_ctx, r}, fmt::format("index_keys.{}", il));
+        L.index_keys = backend_.alloc(key_type, {n_seq, hr, n_ctx, r}, fmt::format("index_keys.{}", il));
         L.blocks = backend_.alloc(DType::kI32, {max_batch, hr, max_blocks_}, fmt::format("blocks.{}", il));
         L.counts = backend_.alloc(DType::kI32, {max_batch, hr}, fmt::format("block_counts.{}", il));
         if (L.index_keys.empty() || L.blocks.empty() || L.counts.empty())
@@ -195,7 +196,7 @@ AttentionPolicyFactory sparse_policy_factory(const Adapter& adapter, const Spars
                               int max_batch) -> Result<std::unique_ptr<AttentionPolicy>> {
         PURBO_ASSIGN_OR_RETURN(std::unique_ptr<SparsePolicy> p,
                                SparsePolicy::create(backend, config, adapter, session.n_seq, session.n_ctx,
-                                                    max_batch, options));
+                                                    max_batch, options, session.cache_type));
         return std::unique_ptr<AttentionPolicy>(std::move(p));
     };
 }

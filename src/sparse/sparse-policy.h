@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "model/attention-policy.h"
@@ -56,9 +57,12 @@ struct SparsityStats {
 
 class SparsePolicy : public AttentionPolicy {
 public:
+    // key_type: the element type of the cached index keys, as the session's KV cache (nullopt:
+    // the backend's preferred cache type).
     static Result<std::unique_ptr<SparsePolicy>> create(Backend& backend, const ModelConfig& config,
                                                         const Adapter& adapter, int n_seq, int n_ctx,
-                                                        int max_batch, const SparseRunOptions& options);
+                                                        int max_batch, const SparseRunOptions& options,
+                                                        std::optional<DType> key_type = std::nullopt);
 
     KvLayout kv_layout() const override;
     Status plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre, const TokenPlacement& place,
@@ -72,7 +76,7 @@ public:
 
 private:
     SparsePolicy(Backend& backend, const ModelConfig& config) : backend_(backend), config_(config) {}
-    Status prepare(const Adapter& adapter, int n_seq, int n_ctx, int max_batch);
+    Status prepare(const Adapter& adapter, int n_seq, int n_ctx, int max_batch, DType key_type);
     Status count(int il, const TokenPlacement& place, const Tensor& counts, bool selected);
 
     // One layer's head classes and indexer state.
@@ -82,7 +86,7 @@ private:
         std::vector<int32_t> head_row;   // (h,) row in the selection, or -1
         Tensor wq;                       // (hr * r, h * d) indexer query projections, block rows
         Tensor wk;                       // (hr * r, g * d) indexer key projections
-        Tensor index_keys;               // (s, hr, c, r) cached Wk k of every position
+        Tensor index_keys;               // (s, hr, c, r) cached Wk k of every position, in the KV cache's type
         Tensor blocks;                   // (max_batch, hr, max_blocks) i32
         Tensor counts;                   // (max_batch, hr) i32
         BlockSelection selection;

@@ -799,14 +799,18 @@ std::vector<int32_t> select_positions(int64_t block_size, int64_t c, int seq, st
 }
 
 // budget = K > 0: at most K blocks per row (BlockSelectParams::max_blocks) besides top_p
-// (top_p = 1: the top-K blocks).
+// (top_p = 1: the top-K blocks). key_type: the index keys' type where the backend keeps it
+// (bf16: the keys are bf16 numbers, so cpu-ref's f32 copy holds the same values).
+// extra_positions: random query positions added per sequence (many rows: cuda's prefill path).
 OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, SelectScores scores,
-                   int budget = 0) {
+                   int budget = 0, DType key_type = DType::kF32, int extra_positions = 0) {
     const char* kinds[] = {"flat", "peaked", "ties"};
     return {
-        safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}{}", r, block_size, c,
+        safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}{}{}{}", r, block_size, c,
                               kinds[static_cast<int>(scores)], top_p,
-                              budget > 0 ? fmt::format("_k{}", budget) : "")),
+                              budget > 0 ? fmt::format("_k{}", budget) : "",
+                              key_type == DType::kF32 ? "" : "_keys_bf16",
+                              extra_positions > 0 ? fmt::format("_rows{}", extra_positions) : "")),
         [=] {
             constexpr int64_t hr = 3;
             constexpr int n_seq = 3;
@@ -819,6 +823,11 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                 for (int32_t p : select_positions(block_size, c, seq, rng)) {
                     batch->seq.push_back(seq);
                     batch->pos.push_back(p);
+                }
+                std::uniform_int_distribution<int32_t> any(0, static_cast<int32_t>(c - 1));
+                for (int k = 0; k < extra_positions; ++k) {
+                    batch->seq.push_back(seq);
+                    batch->pos.push_back(any(rng));
                 }
             }
             const int64_t n = static_cast<int64_t>(batch->seq.size());
@@ -867,6 +876,9 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                     }
                 }
             }
+            if (key_type == DType::kBF16) {
+                for (float& v : keys) v = static_cast<float>(bf16_round(v));
+            }
             const float scale = 1.0f / std::sqrt(static_cast<float>(r));
             auto iq = std::make_shared<Tensor>(host_f32({n, hr, r}, q));
             auto index_keys = std::make_shared<Tensor>(host_f32({s, hr, c, r}, keys));
@@ -883,7 +895,7 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
 
             PreparedCase pc;
             pc.run = [=](Backend& backend) {
-                Tensor iqb = upload(backend, *iq), keysb = upload(backend, *index_keys);
+                Tensor iqb = upload(backend, *iq), keysb = upload_cache(backend, *index_keys, key_type);
                 GuardedI32 blocks(backend, {n, hr, max_blocks});
                 GuardedI32 counts(backend, {n, hr});
                 const Status st = backend.select_blocks(iqb, keysb, {batch->seq, batch->pos},
@@ -1084,6 +1096,17 @@ std::vector<OpCase> all_cases() {
     cases.push_back(select_case(16, 64, 4096, 0.9f, SelectScores::kPeaked, 8));
     cases.push_back(select_case(16, 16, 4096, 0.5f, SelectScores::kFlat, 40));
     cases.push_back(select_case(16, 16, 16384, 1.0f, SelectScores::kFlat, 100));
+    // Index keys in bf16 (kept like the KV cache), and batches of over 500 rows (cuda: the
+    // narrow per-row CTAs of prefill chunks; fewer rows take the wide ones with staged masses).
+    for (SelectScores scores : {SelectScores::kFlat, SelectScores::kPeaked, SelectScores::kTies}) {
+        cases.push_back(select_case(16, 64, 4096, 0.9f, scores, 0, DType::kBF16));
+        cases.push_back(select_case(8, 16, 1000, 0.99f, scores, 0, DType::kBF16));
+        cases.push_back(select_case(16, 64, 4096, 0.9f, scores, 0, DType::kF32, 160));
+    }
+    cases.push_back(select_case(16, 16, 16384, 0.9f, SelectScores::kFlat, 0, DType::kBF16));
+    cases.push_back(select_case(12, 64, 1000, 0.9f, SelectScores::kPeaked, 0, DType::kBF16));
+    cases.push_back(select_case(16, 16, 16384, 0.9f, SelectScores::kFlat, 0, DType::kBF16, 100));
+    cases.push_back(select_case(16, 64, 4096, 1.0f, SelectScores::kPeaked, 16, DType::kBF16, 160));
     cases.push_back(rms_norm_case({1, 576}));
     cases.push_back(rms_norm_case({33, 576}));
     cases.push_back(rms_norm_case({7, 1536}));

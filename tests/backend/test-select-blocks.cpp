@@ -273,6 +273,11 @@ std::vector<BadCase> bad_cases() {
              c.index_keys = tensor_cpu(DType::kF32, {2, 8, 4}, "index_keys");
          },
          {"'index_keys' (2, 8, 4)", "must have 4 dims"}},
+        {"index_keys_of_f16",  // no backend keeps caches (nor index keys) in f16
+         [](SelectCall& c) {
+             c.index_keys = tensor_cpu(DType::kF16, {1, 2, 8, 4}, "index_keys");
+         },
+         {"'index_keys'", "keeps index keys in"}},
         {"index_keys_of_other_heads",
          [](SelectCall& c) {
              c.index_keys = tensor_cpu(DType::kF32, {1, 3, 8, 4}, "index_keys");

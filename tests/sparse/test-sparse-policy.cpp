@@ -5,7 +5,9 @@
 //  - with a real top-p, decode attends to fewer keys and stays close to cpu-ref.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "model/hf-loader.h"
@@ -56,9 +58,10 @@ std::vector<HeadId> all_heads(const ModelConfig& c) {
 
 // Logits of a prefill of `prompt` tokens then one decode step per remaining token.
 std::vector<float> run(const Tiny& t, const std::string& backend, const AttentionPolicyFactory& policy, int prompt,
-                       SparsityStats* stats = nullptr) {
+                       SparsityStats* stats = nullptr, std::optional<DType> cache_type = std::nullopt) {
     SessionOptions so;
     so.backend = backend;
+    so.cache_type = cache_type;
     so.n_ctx = 256;
     so.n_batch = 64;
     auto s = Session::create(t.model.config, t.model.weights, so, policy);
@@ -150,6 +153,29 @@ TEST_P(SparsePolicyTest, TopPDecodeAttendsFewerKeysAndMatchesReference) {
     EXPECT_GT(stats.retrieval_head_steps, 0);
     EXPECT_LT(stats.retrieval_attended, stats.retrieval_dense);
     EXPECT_GT(stats.compute_sparsity(), 0.3);
+}
+
+// A bf16 KV cache keeps the index keys in bf16 too (the selection reads them where it would
+// read f32): p = 1 still equals dense, and a real top-p stays close to the f32-cache run.
+TEST_P(SparsePolicyTest, Bf16CacheKeepsIndexKeysInBf16) {
+    auto be = backend_create(GetParam());
+    ASSERT_TRUE(be.is_ok()) << be.status().to_string();
+    const std::vector<DType> types = (*be)->kv_cache_dtypes();
+    if (std::find(types.begin(), types.end(), DType::kBF16) == types.end())
+        GTEST_SKIP() << GetParam() << " keeps no bf16 caches";
+    const Tiny t = load_tiny(200);
+    const Adapter every = make_adapter(t.model.config, all_heads(t.model.config), small_settings(1.0f), true, 1);
+    EXPECT_LE(test::nmse(run(t, GetParam(), sparse_policy_factory(every), 150, nullptr, DType::kBF16),
+                         run(t, GetParam(), {}, 150, nullptr, DType::kBF16)),
+              kSame);
+    const Adapter a = make_adapter(t.model.config, {{0, 2}, {1, 0}, {1, 3}, {2, 1}}, small_settings(0.6f), true, 4);
+    SparsityStats stats;
+    const auto bf16 = run(t, GetParam(), sparse_policy_factory(a), 150, &stats, DType::kBF16);
+    const auto f32 = run(t, GetParam(), sparse_policy_factory(a), 150, nullptr, DType::kF32);
+    EXPECT_GT(stats.compute_sparsity(), 0.3);
+    // Rounding keys, values and index keys to bf16 moves the logits far less than the sparsity
+    // itself does (the distance of the sparse model to the dense one).
+    EXPECT_LE(test::nmse(bf16, f32), 0.25 * test::nmse(f32, run(t, GetParam(), {}, 150, nullptr, DType::kF32)));
 }
 
 TEST_P(SparsePolicyTest, TopKBlocksKeepsAFixedBudget) {

@@ -191,7 +191,7 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         // The index keys of the retrieval heads (s = 1, hr, n, r), one query's iq (1, hr, r),
         // and the selection the op writes.
         const int64_t n_blocks = (n + c.block - 1) / c.block;
-        Tensor index_keys = be.alloc(DType::kF32, {1, hr, n, c.rank}, "index keys");
+        Tensor index_keys = be.alloc(c.cache_type, {1, hr, n, c.rank}, "index keys");  // kept as the KV cache
         Tensor iq = be.alloc(DType::kF32, {1, hr, c.rank}, "iq");
         Tensor sel_blocks = be.alloc(DType::kI32, {1, hr, n_blocks}, "selected blocks");
         Tensor sel_counts = be.alloc(DType::kI32, {1, hr}, "selected counts");

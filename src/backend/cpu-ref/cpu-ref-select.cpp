@@ -21,7 +21,7 @@ namespace purbo {
 Status CpuRefBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
                                     const TokenPlacement& place, const BlockSelectParams& params,
                                     const Tensor& blocks, const Tensor& counts) {
-    PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts));
+    PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts, kv_cache_dtypes()));
     // iq (n, hr, r); index_keys (s, hr, c, r); blocks (n, hr, max_blocks); counts (n, hr)
     const int64_t n = iq.dim(0), hr = iq.dim(1), r = iq.dim(2), c = index_keys.dim(2);
     const int64_t max_blocks = blocks.dim(2), block_size = params.block_size;

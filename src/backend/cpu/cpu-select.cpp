@@ -24,25 +24,30 @@
 #include "backend/cpu/cpu-backend.h"
 #include "backend/op-checks.h"
 #include "backend/select-bins.h"
+#include "core/fp16.h"
 
 namespace purbo {
 namespace {
 
+// An index key element as f32: the keys are kept like the KV cache, in f32 or bf16.
+inline float key_value(float k) { return k; }
+inline float key_value(uint16_t k) { return bf16_to_f32(k); }
+
 // q . k over kR dims (kR = 0: r dims, known at run time only). The index dims of the method
 // (8, 16) get a fully unrolled, vectorised body.
-template <int kR>
-inline float dot_r(const float* q, const float* k, int64_t r) {
+template <int kR, class Key>
+inline float dot_r(const float* q, const Key* k, int64_t r) {
     const int64_t len = kR > 0 ? kR : r;
     float sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t e = 0; e < len; ++e) sum += q[e] * k[e];
+    for (int64_t e = 0; e < len; ++e) sum += q[e] * key_value(k[e]);
     return sum;
 }
 
 // a (n_used,) receives the log2 mass a_b of each block of keys 0 .. p; q (r,) is pre-scaled by
-// scale * log2(e); keys (c, r); scores (block_size,) is scratch.
-template <int kR>
-void block_log2_masses(const float* q, const float* keys, int64_t r, int64_t p, int64_t block_size,
+// scale * log2(e); keys (c, r) f32 or bf16; scores (block_size,) is scratch.
+template <int kR, class Key>
+void block_log2_masses(const float* q, const Key* keys, int64_t r, int64_t p, int64_t block_size,
                        float* scores, float* a) {
     const int64_t n_used = p / block_size + 1;
     for (int64_t b = 0; b < n_used; ++b) {
@@ -70,7 +75,8 @@ struct RowScratch {
 };
 
 // Selects the blocks of one (token, head) pair; returns their number, ids ascending in `out`.
-int64_t select_row(const float* iq_row, const float* keys, int64_t r, int64_t p,
+template <class Key>
+int64_t select_row(const float* iq_row, const Key* keys, int64_t r, int64_t p,
                    const BlockSelectParams& params, RowScratch& s, int32_t* out) {
     const int64_t block_size = params.block_size;
     const int64_t n_used = p / block_size + 1, last = n_used - 1;
@@ -86,16 +92,13 @@ int64_t select_row(const float* iq_row, const float* keys, int64_t r, int64_t p,
     s.log2_mass.resize(static_cast<size_t>(n_used));
     switch (r) {
         case 8:
-            block_log2_masses<8>(s.q.data(), keys, r, p, block_size, s.scores.data(),
-                                 s.log2_mass.data());
+            block_log2_masses<8>(s.q.data(), keys, r, p, block_size, s.scores.data(), s.log2_mass.data());
             break;
         case 16:
-            block_log2_masses<16>(s.q.data(), keys, r, p, block_size, s.scores.data(),
-                                  s.log2_mass.data());
+            block_log2_masses<16>(s.q.data(), keys, r, p, block_size, s.scores.data(), s.log2_mass.data());
             break;
         default:
-            block_log2_masses<0>(s.q.data(), keys, r, p, block_size, s.scores.data(),
-                                 s.log2_mass.data());
+            block_log2_masses<0>(s.q.data(), keys, r, p, block_size, s.scores.data(), s.log2_mass.data());
             break;
     }
     const float* a = s.log2_mass.data();
@@ -174,20 +177,23 @@ int64_t select_row(const float* iq_row, const float* keys, int64_t r, int64_t p,
 Status CpuBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
                                  const TokenPlacement& place, const BlockSelectParams& params,
                                  const Tensor& blocks, const Tensor& counts) {
-    PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts));
-    // iq (n, hr, r); index_keys (s, hr, c, r); blocks (n, hr, max_blocks); counts (n, hr)
+    PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts, kv_cache_dtypes()));
+    // iq (n, hr, r); index_keys (s, hr, c, r) f32 or bf16; blocks (n, hr, max_blocks); counts (n, hr)
     const int64_t n = iq.dim(0), hr = iq.dim(1), r = iq.dim(2), c = index_keys.dim(2);
     const int64_t max_blocks = blocks.dim(2);
+    const bool bf16_keys = index_keys.dtype == DType::kBF16;
 #pragma omp parallel num_threads(n_threads_) if (n * hr > 1)
     {
         RowScratch scratch;
 #pragma omp for collapse(2) schedule(dynamic)
         for (int64_t i = 0; i < n; ++i) {
             for (int64_t j = 0; j < hr; ++j) {
-                const float* keys = index_keys.f32() + (place.seq[i] * hr + j) * c * r;  // (c, r)
+                const int64_t key_offset = (place.seq[i] * hr + j) * c * r;  // of the (c, r) keys
+                const float* q = iq.f32() + (i * hr + j) * r;
                 int32_t* row = blocks.ptr<int32_t>() + (i * hr + j) * max_blocks;
-                const int64_t count = select_row(iq.f32() + (i * hr + j) * r, keys, r, place.pos[i],
-                                                 params, scratch, row);
+                const int64_t count =
+                    bf16_keys ? select_row(q, index_keys.ptr<uint16_t>() + key_offset, r, place.pos[i], params, scratch, row)
+                              : select_row(q, index_keys.f32() + key_offset, r, place.pos[i], params, scratch, row);
                 std::fill(row + count, row + max_blocks, -1);
                 counts.ptr<int32_t>()[i * hr + j] = static_cast<int32_t>(count);
             }

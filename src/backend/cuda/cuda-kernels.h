@@ -198,7 +198,7 @@ cudaError_t launch_cudnn_finish(const CudnnFinishArgs& args, cudaStream_t stream
 // in the batch (max_i pos_i / B + 1), a row = one (token, retrieval head) pair.
 struct SelectBlocksArgs {
     const float* iq;          // (n, hr, r)
-    const float* index_keys;  // (s, hr, c, r)
+    const void* index_keys;   // (s, hr, c, r) f32, or bf16 with keys_bf16
     const int32_t* seq;       // (n,) on the device
     const int32_t* pos;       // (n,) on the device
     float* log2_mass;         // (n, hr, u) scratch: each block's unnormalised log2 mass
@@ -216,6 +216,8 @@ struct SelectBlocksArgs {
     float top_p;
     float scale;
     int max_kept;             // BlockSelectParams::max_blocks: 0 = no limit
+    bool keys_bf16;           // index_keys in bf16 (else f32)
+    bool stage_masses;        // set by launch_select_blocks: a row's masses in shared memory
 };
 // cudaErrorInvalidValue when n * hr * u does not fit a grid or c + B an int.
 cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream);

@@ -13,12 +13,12 @@ namespace purbo {
 Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
                                   const TokenPlacement& place, const BlockSelectParams& params,
                                   const Tensor& blocks, const Tensor& counts) {
-    PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts));
+    PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts, kv_cache_dtypes()));
     PURBO_TRY(require_device("select_blocks", iq, "iq"));
     PURBO_TRY(require_device("select_blocks", index_keys, "index_keys"));
     PURBO_TRY(require_device("select_blocks", blocks, "blocks"));
     PURBO_TRY(require_device("select_blocks", counts, "counts"));
-    // iq (n, hr, r); index_keys (s, hr, c, r); blocks (n, hr, max_blocks); counts (n, hr)
+    // iq (n, hr, r); index_keys (s, hr, c, r) f32 or bf16; blocks (n, hr, max_blocks); counts (n, hr)
     const int64_t n = iq.dim(0), hr = iq.dim(1);
     if (n == 0 || hr == 0) return Status::ok();
     // u: the blocks of the largest position, the per-row extent of the kernels' scratch.
@@ -40,7 +40,8 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
 
     cuda::SelectBlocksArgs args{};
     args.iq = iq.ptr<float>();
-    args.index_keys = index_keys.ptr<float>();
+    args.index_keys = index_keys.data;
+    args.keys_bf16 = index_keys.dtype == DType::kBF16;
     args.seq = static_cast<const int32_t*>(dev);
     args.pos = static_cast<const int32_t*>(dev) + n;
     args.log2_mass = static_cast<float*>(scratch);

@@ -7,8 +7,14 @@
 //  2. select_row_kernel, one CTA per (token, retrieval head): the heaviest block A = max a_b,
 //     the 256-bin histogram of the masses 2^(a_b - A) (double atomics in shared memory), the
 //     scan for the boundary bin, its exact resolution, and the ascending list of kept blocks.
-//     The bins are summed per warp and then merged in a fixed order, so the result does not
-//     depend on scheduling and warps do not contend for a bin.
+//     The bins are summed in a few copies, each shared by a few warps, and the copies merged
+//     in a fixed order. Each thread walks a segment of consecutive blocks, so that compactions
+//     take two barriers whatever the row's length. A decode step has few rows of many blocks
+//     (16K at 1M keys): its CTAs have 1024 threads and first copy the row's masses into shared
+//     memory; prefill chunks have many rows and take 256-thread CTAs.
+//
+// The index keys are f32 or bf16, as the KV cache (the selection is bound by reading them:
+// 16 values per key and retrieval head; bf16 halves that).
 //
 // A second kernel rather than the paper's last-CTA-done counter: the per-row pass needs every
 // block's (m_b, l_b) of that row, and a kernel boundary is the simplest correct barrier. The
@@ -43,17 +49,22 @@
 #include <cmath>
 #include <cstdint>
 
+#include "backend/cuda/cuda-device.cuh"
 #include "backend/cuda/cuda-kernels.h"
 #include "backend/select-bins.h"
 
 namespace purbo::cuda {
 namespace {
 
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kMassWarps = 8;  // key blocks per CTA of block_mass_kernel, one warp each
-constexpr int kSelectThreads = 256;  // per row of select_row_kernel
-constexpr int kSelectWarps = kSelectThreads / 32;
-static_assert(kSelectThreads % 32 == 0, "whole warps");
+// select_row_kernel: one CTA per (token, retrieval head). Decode has a few rows, each of up to
+// tens of thousands of blocks, and takes the wide CTA with the row's masses staged in shared
+// memory; prefill chunks have thousands of rows and take the narrow one (more CTAs per SM).
+constexpr int kRowThreadsWide = 1024;
+constexpr int kRowThreadsNarrow = 256;
+constexpr int kHistCopies = 8;  // copies of the histogram, each shared by kWarps / kHistCopies warps
+constexpr int kMaxStagedBytes = 160 * 1024;  // staged masses: 40K blocks (2.6M keys at B = 64)
+extern __shared__ __align__(16) unsigned char select_dynamic_smem[];
 
 // Merges the softmax state (m2, l2) into (m, l): l = sum 2^(z - m) over the union of the keys.
 // An empty state has m = -inf and l = 0.
@@ -69,11 +80,15 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float m2, float 
     m = m_new;
 }
 
-// kR: the indexer dimension when it is 8 or 16 (keys read as float4, q held in registers),
-// 0 for any other r (a plain loop). One warp per (token, retrieval head, key block), lane l
-// taking keys l, l + 32, ... of the block; kMassWarps blocks per CTA (with one 64-thread CTA
-// per block, the 80K CTAs of a 1M-token row cost more to schedule than to compute).
-template <int kR>
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// kR: the indexer dimension when it is 8 or 16 (keys read 4 elements at a time, q held in
+// registers), 0 for any other r (a plain loop). Key: float or __nv_bfloat16, the type of the
+// cached index keys (that of the KV cache). One warp per (token, retrieval head, key block),
+// lane l taking keys l, l + 32, ... of the block; kMassWarps blocks per CTA (with one 64-thread
+// CTA per block, the 80K CTAs of a 1M-token row cost more to schedule than to compute).
+template <int kR, class Key>
 __global__ void __launch_bounds__(kMassWarps * 32) block_mass_kernel(SelectBlocksArgs args) {
     const int lane = threadIdx.x % 32;
     const int64_t unit = int64_t{blockIdx.x} * kMassWarps + threadIdx.x / 32;  // row * u + b
@@ -85,8 +100,8 @@ __global__ void __launch_bounds__(kMassWarps * 32) block_mass_kernel(SelectBlock
     if (b > p / args.block_size) return;  // past the token's position: warp-uniform
 
     const float* q = args.iq + row * args.r;  // (r,)
-    const float* keys =
-        args.index_keys + (int64_t{args.seq[i]} * args.hr + j) * args.c * args.r;  // (c, r)
+    const Key* keys = static_cast<const Key*>(args.index_keys) +
+                      (int64_t{args.seq[i]} * args.hr + j) * args.c * args.r;  // (c, r)
     const float q_scale = args.scale * kSelectLog2e;
     const int t_begin = b * args.block_size;
     const int t_end = min(t_begin + args.block_size, p + 1);
@@ -97,17 +112,18 @@ __global__ void __launch_bounds__(kMassWarps * 32) block_mass_kernel(SelectBlock
         for (int e = 0; e < kR; ++e) qr[e] = q[e] * q_scale;
     }
     float m = -INFINITY, l = 0.0f;
+#pragma unroll 2
     for (int t = t_begin + lane; t < t_end; t += 32) {
-        const float* k = keys + int64_t{t} * args.r;
+        const Key* k = keys + int64_t{t} * args.r;
         float z = 0.0f;
         if constexpr (kR > 0) {
 #pragma unroll
             for (int e = 0; e < kR; e += 4) {
-                const float4 kv = *reinterpret_cast<const float4*>(k + e);
+                const float4 kv = load4(k + e);
                 z += qr[e] * kv.x + qr[e + 1] * kv.y + qr[e + 2] * kv.z + qr[e + 3] * kv.w;
             }
         } else {
-            for (int64_t e = 0; e < args.r; ++e) z += (q[e] * q_scale) * k[e];
+            for (int64_t e = 0; e < args.r; ++e) z += (q[e] * q_scale) * to_f32(k[e]);
         }
         if (z > m) {
             l = l * exp2f(m - z) + 1.0f;  // exp2f(-inf) = 0 on the lane's first key
@@ -126,9 +142,23 @@ __global__ void __launch_bounds__(kMassWarps * 32) block_mass_kernel(SelectBlock
 
 // ---- block-wide helpers of select_row_kernel (every thread of the CTA must call them) -----
 
-// op-reduction of v over the CTA, the same value in every thread; `shared` has kSelectWarps
+// The part of [0, count) a thread walks in the passes over a row: consecutive elements (so
+// that consecutive blocks of one bin are summed in registers), an odd number of them per thread
+// (so that the threads of a warp, reading one element each at a stride of `per`, hit 32
+// different shared-memory banks).
+struct Segment {
+    int begin, end;
+};
+template <int kThreads>
+__device__ __forceinline__ Segment thread_segment(int count) {
+    const int per = ((count + kThreads - 1) / kThreads) | 1;
+    const int begin = min(count, static_cast<int>(threadIdx.x) * per);
+    return {begin, min(count, begin + per)};
+}
+
+// op-reduction of v over the CTA, the same value in every thread; `shared` has kThreads / 32
 // entries. Warps combine in a fixed order, so the result does not depend on scheduling.
-template <class T, class Op>
+template <int kThreads, class T, class Op>
 __device__ T block_reduce(T v, Op op, T* shared) {
     for (int offset = 16; offset > 0; offset >>= 1)
         v = op(v, __shfl_xor_sync(kFullMask, v, offset));
@@ -136,37 +166,57 @@ __device__ T block_reduce(T v, Op op, T* shared) {
     if (lane == 0) shared[warp] = v;
     __syncthreads();
     T result = shared[0];
-    for (int w = 1; w < kSelectWarps; ++w) result = op(result, shared[w]);
+    for (int w = 1; w < kThreads / 32; ++w) result = op(result, shared[w]);
     __syncthreads();  // `shared` may be reused right away
     return result;
 }
 
 // Calls emit(x, index) for every x in [0, count) with flag(x), index = the number of flagged
-// x' < x (an ordered compaction); returns the number flagged, the same in every thread.
-// `warp_counts` has kSelectWarps entries.
-template <class Flag, class Emit>
-__device__ int block_compact(int count, Flag flag, Emit emit, int* warp_counts) {
+// x' < x (an ordered compaction); returns the number flagged, the same in every thread. Each
+// thread counts the flags of its segment, one exclusive scan over the threads gives its first
+// index, and a second walk of the segment emits: two barriers, whatever the count.
+// `warp_base` has kThreads / 32 + 1 entries.
+template <int kThreads, class Flag, class Emit>
+__device__ int block_compact(int count, Flag flag, Emit emit, int* warp_base) {
+    constexpr int kWarps = kThreads / 32;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    int base = 0;
-    for (int start = 0; start < count; start += kSelectThreads) {
-        const int x = start + static_cast<int>(threadIdx.x);
-        const bool flagged = x < count && flag(x);
-        const unsigned ballot = __ballot_sync(kFullMask, flagged);
-        if (lane == 0) warp_counts[warp] = __popc(ballot);
-        __syncthreads();
-        int before = 0, tile_total = 0;
-        for (int w = 0; w < kSelectWarps; ++w) {
-            before += w < warp ? warp_counts[w] : 0;
-            tile_total += warp_counts[w];
-        }
-        if (flagged) emit(x, base + before + __popc(ballot & ((1u << lane) - 1u)));
-        base += tile_total;
-        __syncthreads();  // warp_counts is rewritten by the next tile
+    const Segment seg = thread_segment<kThreads>(count);
+    int mine = 0;
+    for (int x = seg.begin; x < seg.end; ++x) mine += flag(x) ? 1 : 0;
+    int inclusive = mine;  // over the lanes of the warp
+    for (int offset = 1; offset < 32; offset <<= 1) {
+        const int v = __shfl_up_sync(kFullMask, inclusive, offset);
+        if (lane >= offset) inclusive += v;
     }
-    return base;
+    if (lane == 31) warp_base[warp] = inclusive;
+    __syncthreads();
+    if (warp == 0) {  // the warps' totals to exclusive bases, and the grand total
+        const int total = lane < kWarps ? warp_base[lane] : 0;
+        int scan = total;
+        for (int offset = 1; offset < 32; offset <<= 1) {
+            const int v = __shfl_up_sync(kFullMask, scan, offset);
+            if (lane >= offset) scan += v;
+        }
+        if (lane < kWarps) warp_base[lane] = scan - total;
+        if (lane == 31) warp_base[kWarps] = scan;
+    }
+    __syncthreads();
+    int index = warp_base[warp] + inclusive - mine;
+    for (int x = seg.begin; x < seg.end; ++x) {
+        if (flag(x)) emit(x, index++);
+    }
+    const int flagged = warp_base[kWarps];
+    __syncthreads();  // warp_base may be reused right away
+    return flagged;
 }
 
-__global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocksArgs args) {
+// One CTA of kThreads per (token, retrieval head). With args.stage_masses the row's log2
+// masses are first copied to dynamic shared memory (4 bytes per block), and every later pass
+// reads them there.
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) select_row_kernel(SelectBlocksArgs args) {
+    constexpr int kWarps = kThreads / 32;
+    static_assert(kThreads % 32 == 0 && kWarps % kHistCopies == 0 && kWarps <= 32, "whole warps");
     const int64_t row = blockIdx.x;  // token * hr + head
     const int p = args.pos[row / args.hr];
     const int n_used = p / args.block_size + 1, last = n_used - 1;
@@ -175,57 +225,64 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
 
     __shared__ double hist[kSelectBins];
     __shared__ int hist_count[kSelectBins];  // blocks per bin, for the block budget
-    // Per-warp histograms: lanes of one warp contend for a bin, warps do not (with flat masses
-    // thousands of blocks fall into a handful of bins).
-    __shared__ double warp_hist[kSelectWarps][kSelectBins];
-    __shared__ int warp_count[kSelectWarps][kSelectBins];
-    __shared__ double reduce_d[kSelectWarps];
-    __shared__ float reduce_f[kSelectWarps];
-    __shared__ int reduce_i[kSelectWarps];
+    // Histogram copies, each shared by a few warps: lanes of one warp contend for a bin, warps
+    // of different copies do not (with flat masses thousands of blocks fall into a handful of bins).
+    __shared__ double copy_hist[kHistCopies][kSelectBins];
+    __shared__ int copy_count[kHistCopies][kSelectBins];
+    __shared__ double reduce_d[kWarps];
+    __shared__ float reduce_f[kWarps];
+    __shared__ int reduce_i[kWarps + 1];
     __shared__ int s_boundary, s_taken;
     __shared__ double s_kept;
 
     const bool limited = args.max_kept > 0 && args.max_kept < n_used;
     if (args.top_p >= 1.0f && !limited) {  // every block, whatever the masses
-        for (int b = tid; b < args.max_blocks; b += kSelectThreads) out[b] = b < n_used ? b : -1;
+        for (int b = tid; b < args.max_blocks; b += kThreads) out[b] = b < n_used ? b : -1;
         if (tid == 0) args.counts[row] = n_used;
         return;
     }
 
     const float* a = args.log2_mass + row * args.n_used_max;  // (n_used,)
+    if (args.stage_masses) {
+        float* staged = reinterpret_cast<float*>(select_dynamic_smem);
+        for (int b = tid; b < n_used; b += kThreads) staged[b] = a[b];
+        __syncthreads();
+        a = staged;
+    }
+    const Segment seg = thread_segment<kThreads>(n_used);
     int32_t* candidates = args.candidates + row * args.n_used_max;
     int32_t* ranks = args.ranks + row * args.n_used_max;
     auto always_kept = [last](int b) { return b == 0 || b == last; };
 
     // The heaviest block; the masses relative to it, their histogram, total and always-kept part.
     float heaviest = -INFINITY;
-    for (int b = tid; b < n_used; b += kSelectThreads) heaviest = fmaxf(heaviest, a[b]);
-    heaviest = block_reduce(
+    for (int b = seg.begin; b < seg.end; ++b) heaviest = fmaxf(heaviest, a[b]);
+    heaviest = block_reduce<kThreads>(
         heaviest, [](float x, float y) { return fmaxf(x, y); }, reduce_f);
-    const int warp_id = tid / 32;
+    const int copy = (tid / 32) % kHistCopies;
     auto clear_warp_hists = [&] {
-        for (int k = tid; k < kSelectWarps * kSelectBins; k += kSelectThreads) {
-            (&warp_hist[0][0])[k] = 0.0;
-            (&warp_count[0][0])[k] = 0;
+        for (int k = tid; k < kHistCopies * kSelectBins; k += kThreads) {
+            (&copy_hist[0][0])[k] = 0.0;
+            (&copy_count[0][0])[k] = 0;
         }
         __syncthreads();
     };
-    // hist = the sum of the warps' histograms (a fixed order: no scheduling dependence).
+    // hist = the sum of the copies (a fixed order: no scheduling dependence between copies).
     auto merge_warp_hists = [&] {
         __syncthreads();
-        for (int k = tid; k < kSelectBins; k += kSelectThreads) {
+        for (int k = tid; k < kSelectBins; k += kThreads) {
             double sum = 0.0;
             int count = 0;
-            for (int w = 0; w < kSelectWarps; ++w) {
-                sum += warp_hist[w][k];
-                count += warp_count[w][k];
+            for (int w = 0; w < kHistCopies; ++w) {
+                sum += copy_hist[w][k];
+                count += copy_count[w][k];
             }
             hist[k] = sum;
             hist_count[k] = count;
         }
         __syncthreads();
     };
-    // A thread adds its blocks to a bin in runs: consecutive blocks of its stride that share a
+    // A thread adds its blocks to a bin in runs: consecutive blocks of its segment that share a
     // bin are summed in registers and added with one atomic. With flat masses (thousands of
     // blocks in a few bins) the lanes of a warp would otherwise serialise on one address for
     // every block; with spread masses this costs nothing extra.
@@ -236,8 +293,8 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
     };
     auto flush_run = [&](BinRun& run) {
         if (run.count > 0) {
-            atomicAdd(&warp_hist[warp_id][run.bin], run.mass);
-            atomicAdd(&warp_count[warp_id][run.bin], run.count);
+            atomicAdd(&copy_hist[copy][run.bin], run.mass);
+            atomicAdd(&copy_count[copy][run.bin], run.count);
         }
         run = BinRun{};
     };
@@ -253,7 +310,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
     double total = 0.0, kept = 0.0;
     {
         BinRun run;
-        for (int b = tid; b < n_used; b += kSelectThreads) {
+        for (int b = seg.begin; b < seg.end; ++b) {
             const double w = exp2(static_cast<double>(a[b]) - heaviest);
             total += w;
             if (always_kept(b)) {
@@ -266,8 +323,8 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
     }
     merge_warp_hists();
     auto add_d = [](double x, double y) { return x + y; };
-    total = block_reduce(total, add_d, reduce_d);
-    kept = block_reduce(kept, add_d, reduce_d);  // its barriers also publish the histogram
+    total = block_reduce<kThreads>(total, add_d, reduce_d);
+    kept = block_reduce<kThreads>(kept, add_d, reduce_d);  // its barriers also publish the histogram
     // top_p = 1 (only reached with a budget) stops on the count alone: no mass target.
     const double target =
         args.top_p >= 1.0f ? static_cast<double>(INFINITY) : static_cast<double>(args.top_p) * total;
@@ -331,13 +388,14 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
             if (bins[L] != bounds[L]) return false;
         return true;
     };
-    int n_candidates = block_compact(
+    int n_candidates = block_compact<kThreads>(
         n_used, [&](int b) { return in_boundary(b, 1); }, [&](int b, int index) { candidates[index] = b; },
         reduce_i);
     while (n_candidates > kQuadraticMax && levels < kLevels && bounds[levels - 1] < kSelectBins - 1) {
         clear_warp_hists();
         BinRun run;
-        for (int x = tid; x < n_candidates; x += kSelectThreads) {
+        const Segment cand_seg = thread_segment<kThreads>(n_candidates);
+        for (int x = cand_seg.begin; x < cand_seg.end; ++x) {
             const int b = candidates[x];
             int bins[kLevels];
             bins_of(b, bins, levels + 1);
@@ -351,10 +409,10 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
         taken_before = s_taken;
         ++levels;
         if (bounds[levels - 1] == kSelectBins) break;  // rounding: every candidate kept
-        n_candidates = block_compact(
+        n_candidates = block_compact<kThreads>(
             n_candidates, [&](int x) { return in_boundary(candidates[x], levels); },
             [&](int x, int index) { ranks[index] = candidates[x]; }, reduce_i);
-        for (int x = tid; x < n_candidates; x += kSelectThreads) candidates[x] = ranks[x];
+        for (int x = tid; x < n_candidates; x += kThreads) candidates[x] = ranks[x];
         __syncthreads();
     }
     const int boundary_last = bounds[levels - 1];
@@ -369,7 +427,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
     __shared__ double cand_w[kQuadraticMax];
     const bool staged = n_candidates <= kQuadraticMax;
     if (staged) {
-        for (int x = tid; x < n_candidates; x += kSelectThreads) {
+        for (int x = tid; x < n_candidates; x += kThreads) {
             const int b = candidates[x];
             cand_id[x] = b;
             cand_a[x] = a[b];
@@ -379,7 +437,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
     }
     int taken = 0;
     if (boundary_last < kSelectBins) {
-        for (int x_index = tid; x_index < n_candidates; x_index += kSelectThreads) {
+        for (int x_index = tid; x_index < n_candidates; x_index += kThreads) {
             const int x = staged ? cand_id[x_index] : candidates[x_index];
             const float ax = a[x];
             double before_mass = 0.0;  // the masses of the blocks that come before x
@@ -397,7 +455,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
         }
     }
     // Its barriers also publish `ranks` to the whole CTA.
-    const int n_taken = block_reduce(
+    const int n_taken = block_reduce<kThreads>(
         taken, [](int x, int y) { return x + y; }, reduce_i);
 
     // Kept, ascending: the always-kept blocks, every bin before the boundary at some level
@@ -405,7 +463,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
     // n_taken (in exact arithmetic the taken blocks are the first n_taken of the order;
     // counting them keeps the set a prefix of the order whatever the rounding). A level whose
     // boundary is kSelectBins (rounding left its histogram short) keeps all of its bins.
-    const int count = block_compact(
+    const int count = block_compact<kThreads>(
         n_used,
         [&](int b) {
             if (always_kept(b)) return true;
@@ -418,7 +476,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_row_kernel(SelectBlocks
             return boundary_last == kSelectBins || ranks[b] < n_taken;
         },
         [&](int b, int index) { out[index] = b; }, reduce_i);
-    for (int k = count + tid; k < args.max_blocks; k += kSelectThreads) out[k] = -1;
+    for (int k = count + tid; k < args.max_blocks; k += kThreads) out[k] = -1;
     if (tid == 0) args.counts[row] = count;
 }
 
@@ -434,18 +492,49 @@ cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stre
     // One warp per key block, kMassWarps per CTA.
     constexpr int mass_threads = kMassWarps * 32;
     const unsigned mass_ctas = static_cast<unsigned>((rows * args.n_used_max + kMassWarps - 1) / kMassWarps);
-    // float4 loads need 16-byte aligned rows: r a multiple of 4 and aligned pointers.
-    const bool aligned = reinterpret_cast<uintptr_t>(args.index_keys) % 16 == 0;
-    if (args.r == 16 && aligned) {
-        block_mass_kernel<16><<<mass_ctas, mass_threads, 0, stream>>>(args);
-    } else if (args.r == 8 && aligned) {
-        block_mass_kernel<8><<<mass_ctas, mass_threads, 0, stream>>>(args);
+    // The unrolled bodies read 4 key elements at once: rows of r in {8, 16} and a base aligned
+    // for a 16-byte (f32) or 8-byte (bf16) load.
+    const uintptr_t base = reinterpret_cast<uintptr_t>(args.index_keys);
+    const int kr = base % (args.keys_bf16 ? 8 : 16) == 0 && (args.r == 8 || args.r == 16) ? static_cast<int>(args.r) : 0;
+    auto launch_mass = [&](auto key_tag) {
+        using Key = decltype(key_tag);
+        switch (kr) {
+            case 16: block_mass_kernel<16, Key><<<mass_ctas, mass_threads, 0, stream>>>(args); break;
+            case 8: block_mass_kernel<8, Key><<<mass_ctas, mass_threads, 0, stream>>>(args); break;
+            default: block_mass_kernel<0, Key><<<mass_ctas, mass_threads, 0, stream>>>(args); break;
+        }
+    };
+    if (args.keys_bf16) {
+        launch_mass(__nv_bfloat16{});
     } else {
-        block_mass_kernel<0><<<mass_ctas, mass_threads, 0, stream>>>(args);
+        launch_mass(float{});
     }
-    const cudaError_t err = cudaGetLastError();
+    cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    select_row_kernel<<<static_cast<unsigned>(rows), kSelectThreads, 0, stream>>>(args);
+
+    // Few rows (decode: a token's retrieval heads) get the wide CTA and staged masses, so that
+    // each row's passes run on 1024 threads out of shared memory; many rows (prefill chunks)
+    // fill the GPU with narrow CTAs.
+    int device = 0, n_sm = 0;
+    if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
+    if ((err = cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return err;
+    if (rows <= 2 * static_cast<int64_t>(n_sm)) {
+        SelectBlocksArgs wide = args;
+        const size_t staged_bytes = static_cast<size_t>(args.n_used_max) * sizeof(float);
+        wide.stage_masses = staged_bytes <= kMaxStagedBytes;
+        const size_t dynamic_bytes = wide.stage_masses ? staged_bytes : 0;
+        if (dynamic_bytes > 0) {
+            err = cudaFuncSetAttribute(select_row_kernel<kRowThreadsWide>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxStagedBytes);
+            if (err != cudaSuccess) return err;
+        }
+        select_row_kernel<kRowThreadsWide>
+            <<<static_cast<unsigned>(rows), kRowThreadsWide, dynamic_bytes, stream>>>(wide);
+    } else {
+        SelectBlocksArgs narrow = args;
+        narrow.stage_masses = false;
+        select_row_kernel<kRowThreadsNarrow><<<static_cast<unsigned>(rows), kRowThreadsNarrow, 0, stream>>>(narrow);
+    }
     return cudaGetLastError();
 }
 
