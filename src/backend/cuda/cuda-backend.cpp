@@ -1,6 +1,7 @@
 // cuda: creation, memory, weights and host <-> device copies.
 #include "backend/cuda/cuda-backend.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -40,6 +41,10 @@ CudaBackend::~CudaBackend() {
     for (Scratch* s : {&x_bf16_, &indices_, &attn_partial_, &select_, &cudnn_io_}) {
         if (s->ptr) (void)cudaFree(s->ptr);
     }
+    for (PinnedSlot& slot : pinned_) {
+        if (slot.ptr) (void)cudaFreeHost(slot.ptr);
+        if (slot.copied) (void)cudaEventDestroy(slot.copied);
+    }
     if (cublas_) (void)cublasDestroy(cublas_);
     if (stream_) (void)cudaStreamDestroy(stream_);
 }
@@ -67,7 +72,25 @@ Result<void*> CudaBackend::reserve(Scratch& scratch, size_t bytes) {
 
 Result<void*> CudaBackend::stage(Scratch& scratch, const void* host, size_t bytes) {
     PURBO_ASSIGN_OR_RETURN(void* dst, reserve(scratch, bytes));
-    if (bytes > 0) PURBO_CUDA_TRY(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, stream_));
+    if (bytes == 0) return dst;
+    PinnedSlot& slot = pinned_[next_pinned_];
+    next_pinned_ = (next_pinned_ + 1) % kPinnedSlots;
+    if (slot.copied) {
+        PURBO_CUDA_TRY(cudaEventSynchronize(slot.copied));  // its last copy has read it
+    } else {
+        PURBO_CUDA_TRY(cudaEventCreateWithFlags(&slot.copied, cudaEventDisableTiming));
+    }
+    if (bytes > slot.bytes) {
+        if (slot.ptr) PURBO_CUDA_TRY(cudaFreeHost(slot.ptr));
+        slot.ptr = nullptr;
+        slot.bytes = 0;
+        const size_t grown = std::max<size_t>(bytes, 64 * 1024);
+        PURBO_CUDA_TRY(cudaMallocHost(&slot.ptr, grown));
+        slot.bytes = grown;
+    }
+    std::memcpy(slot.ptr, host, bytes);
+    PURBO_CUDA_TRY(cudaMemcpyAsync(dst, slot.ptr, bytes, cudaMemcpyHostToDevice, stream_));
+    PURBO_CUDA_TRY(cudaEventRecord(slot.copied, stream_));
     return dst;
 }
 

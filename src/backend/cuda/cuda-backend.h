@@ -74,9 +74,19 @@ private:
         size_t bytes = 0;
     };
     Result<void*> reserve(Scratch& scratch, size_t bytes);
-    // Copies host bytes into the scratch on the stream (pageable source: the runtime stages
-    // it before the call returns, so the host buffer may go away afterwards).
+    // Copies host bytes into the scratch on the stream, through a pinned host buffer (so the
+    // host buffer may go away as soon as this returns). A pageable source would let the
+    // runtime wait for the stream before the copy: a bubble between every op and the next.
     Result<void*> stage(Scratch& scratch, const void* host, size_t bytes);
+    // Pinned host buffers used in turn by stage(); a buffer is refilled only after the copy
+    // that last read it has completed (its event), which with kPinnedSlots of them in flight
+    // is almost always already the case.
+    struct PinnedSlot {
+        void* ptr = nullptr;
+        size_t bytes = 0;
+        cudaEvent_t copied = nullptr;
+    };
+    static constexpr int kPinnedSlots = 16;
     // A zero-filled device tensor of the given shape; empty on failure (logged).
     Result<Tensor> alloc_shape(DType dtype, std::span<const int64_t> shape, std::string name);
     // A prefill chunk through cuDNN's flash attention where it applies (a bf16 cache whose
@@ -94,6 +104,8 @@ private:
     Scratch attn_partial_; // split-KV partial results
     Scratch select_;       // select_blocks: per-block log2 masses, boundary candidates, ranks
     Scratch cudnn_io_;     // cuDNN prefill: q and out in bf16 (n_pad, hs, d), log-sum-exp (hs, n_pad)
+    PinnedSlot pinned_[kPinnedSlots];
+    int next_pinned_ = 0;
     // cuDNN attention, started on first use; off when PURBO_NO_CUDNN is set (own kernels
     // only, for comparisons) or when it cannot start.
     std::unique_ptr<cuda::CudnnAttention> cudnn_;

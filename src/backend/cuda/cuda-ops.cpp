@@ -202,10 +202,13 @@ AttentionPlan plan_attention(const TokenPlacement& place, int64_t h, const KvCac
         begin = end;
     }
     // Split the keys only when blocks x head groups leave SMs idle (decode, small batches).
+    // With a selection the groups' work is uneven and unknown here (the counts are on the
+    // device): a retrieval head's selected blocks can outweigh a local group's window many
+    // times. Twice as many, smaller splits then let the heavy groups spread over every SM.
     const int64_t n_blocks = static_cast<int64_t>(plan.blocks.size() / 2);
     const int64_t n_groups = static_cast<int64_t>(plan.groups.size()) / cuda::kAttnGroupInts;
     const int64_t ctas = std::max<int64_t>(1, n_blocks * n_groups);
-    const int64_t target = 2 * static_cast<int64_t>(n_sms);
+    const int64_t target = (params.selection ? 4 : 2) * static_cast<int64_t>(n_sms);
     if (ctas < target) {
         const int64_t wanted = (target + ctas - 1) / ctas;
         const int64_t by_work = std::max<int64_t>(1, max_tiles / kMinTilesPerSplit);
