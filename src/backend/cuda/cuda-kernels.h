@@ -201,9 +201,7 @@ struct SelectBlocksArgs {
     const void* index_keys;   // (s, hr, c, r) f32, or bf16 with keys_bf16
     const int32_t* seq;       // (n,) on the device
     const int32_t* pos;       // (n,) on the device
-    float* log2_mass;         // (n, hr, u) scratch: each block's unnormalised log2 mass
-    int32_t* candidates;      // (n, hr, u) scratch: the boundary bin's blocks, ascending
-    int32_t* ranks;           // (n, hr, u) scratch: a boundary block's rank in its bin, by id
+    void* scratch;            // select_blocks_scratch_bytes(n * hr, u) bytes on the device
     int32_t* blocks;          // (n, hr, max_blocks) out: kept block ids ascending, then -1
     int32_t* counts;          // (n, hr) out
     int64_t n;
@@ -217,8 +215,9 @@ struct SelectBlocksArgs {
     float scale;
     int max_kept;             // BlockSelectParams::max_blocks: 0 = no limit
     bool keys_bf16;           // index_keys in bf16 (else f32)
-    bool stage_masses;        // set by launch_select_blocks: a row's masses in shared memory
 };
+// The device scratch launch_select_blocks needs for `rows` rows of up to u blocks.
+size_t select_blocks_scratch_bytes(int64_t rows, int64_t n_used_max);
 // cudaErrorInvalidValue when n * hr * u does not fit a grid or c + B an int.
 cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream);
 

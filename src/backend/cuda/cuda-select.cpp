@@ -34,9 +34,8 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
     std::vector<int32_t> staging(place.seq.begin(), place.seq.end());
     staging.insert(staging.end(), place.pos.begin(), place.pos.end());
     PURBO_ASSIGN_OR_RETURN(void* dev, stage(indices_, staging.data(), staging.size() * 4));
-    // Scratch: log2 masses (f32), boundary candidates and ranks (int32), each (n, hr, u).
-    const size_t per_array = static_cast<size_t>(n * hr * n_used_max);
-    PURBO_ASSIGN_OR_RETURN(void* scratch, reserve(select_, per_array * 12));
+    const int64_t rows = n * hr;
+    PURBO_ASSIGN_OR_RETURN(void* scratch, reserve(select_, cuda::select_blocks_scratch_bytes(rows, n_used_max)));
 
     cuda::SelectBlocksArgs args{};
     args.iq = iq.ptr<float>();
@@ -44,9 +43,7 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
     args.keys_bf16 = index_keys.dtype == DType::kBF16;
     args.seq = static_cast<const int32_t*>(dev);
     args.pos = static_cast<const int32_t*>(dev) + n;
-    args.log2_mass = static_cast<float*>(scratch);
-    args.candidates = reinterpret_cast<int32_t*>(args.log2_mass + per_array);
-    args.ranks = args.candidates + per_array;
+    args.scratch = scratch;
     args.blocks = blocks.ptr<int32_t>();
     args.counts = counts.ptr<int32_t>();
     args.n = n;

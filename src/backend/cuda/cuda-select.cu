@@ -1,26 +1,28 @@
 // Top-p block selection (method.md section 4) with the histogram of block masses of
-// select-bins.h, in two kernels:
+// select-bins.h:
 //  1. block_mass_kernel, one warp per (token, retrieval head, key block): the block's scores
 //     z_t = scale * log2(e) * iq . k_t (fp32), reduced to the running max m_b and sum
 //     l_b = sum 2^(z - m_b) (merged across lanes as in an online softmax), stored as the
 //     block's log2 mass a_b = m_b + log2(l_b).
-//  2. select_row_kernel, one CTA per (token, retrieval head): the heaviest block A = max a_b,
-//     the 256-bin histogram of the masses 2^(a_b - A) (double atomics in shared memory), the
-//     scan for the boundary bin, its exact resolution, and the ascending list of kept blocks.
-//     The bins are summed in a few copies, each shared by a few warps, and the copies merged
-//     in a fixed order. Each thread walks a segment of consecutive blocks, so that compactions
-//     take two barriers whatever the row's length. A decode step has few rows of many blocks
-//     (16K at 1M keys): its CTAs have 1024 threads and first copy the row's masses into shared
-//     memory; prefill chunks have many rows and take 256-thread CTAs.
+//  2. The 256-bin histogram of the masses 2^(a_b - A) relative to the heaviest block
+//     A = max a_b (integer atomics in shared memory, in a few copies merged in a fixed order).
+//  3. select_row_kernel, one CTA per (token, retrieval head): the scan for the boundary bin,
+//     its exact resolution, and the ascending list of kept blocks.
+// Rows are few and long in decode (a token's retrieval heads, 16K blocks each at 1M keys): one
+// CTA per row would leave the GPU idle and run for tens of microseconds, so step 1 also
+// records each row's A (one atomic max per CTA and row), block_hist_kernel builds step 2 over
+// chunks of 2048 blocks in parallel (storing each block's bin), and the row's CTA (1024
+// threads) sums the chunks' histograms and walks only the stored bins. Prefill chunks have
+// thousands of rows: there the row's CTA (256 threads) does steps 2 and 3 itself. Each thread
+// walks a segment of consecutive blocks, so that compactions take two barriers whatever the
+// row's length.
 //
 // The index keys are f32 or bf16, as the KV cache (the selection is bound by reading them:
 // 16 values per key and retrieval head; bf16 halves that).
 //
-// A second kernel rather than the paper's last-CTA-done counter: the per-row pass needs every
-// block's (m_b, l_b) of that row, and a kernel boundary is the simplest correct barrier. The
-// counter needs a zeroed counter per row (a memset, or a reset that must itself be ordered),
-// a __threadfence before each CTA's increment, and the last CTA of a row, sized for one
-// block's keys, doing the row's work; it saves one launch, which a CUDA graph makes cheap.
+// Kernel boundaries rather than the paper's last-CTA-done counter: the per-row pass needs every
+// block's mass of that row, and a kernel boundary is the simplest correct barrier; the extra
+// launches cost little inside a CUDA graph.
 //
 // Exact resolution of the boundary bin without a sort: while it holds more than a few hundred
 // blocks (flat masses over a long context: 16K blocks of 64 keys at 1M tokens may share one
@@ -41,9 +43,11 @@
 // in the last bin (K above the number of blocks within 32 octaves of the heaviest, e.g. a
 // sharply peaked row), which refinement cannot split; that bin is then ordered pairwise.
 //
-// Sums that decide the boundary are in double (one value per block: cheap) so that they round
-// far below the fp32 error of the block masses; the histogram's atomics add in any order, which
-// moves a bin's sum by a few double ulps at most.
+// Sums that decide the boundary are exact: each block's mass relative to the heaviest is
+// rounded once to a fixed-point integer of 2^-40 (far below the fp32 error of the block
+// masses), and integer sums do not depend on the order of the atomics or of the scans, so the
+// result does not depend on scheduling. The cpu backend sums the same masses in double; the two
+// can differ only where a comparison at the boundary is within 2^-40 of the heaviest block.
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -57,14 +61,15 @@ namespace purbo::cuda {
 namespace {
 
 constexpr int kMassWarps = 8;  // key blocks per CTA of block_mass_kernel, one warp each
-// select_row_kernel: one CTA per (token, retrieval head). Decode has a few rows, each of up to
-// tens of thousands of blocks, and takes the wide CTA with the row's masses staged in shared
-// memory; prefill chunks have thousands of rows and take the narrow one (more CTAs per SM).
+// select_row_kernel: one CTA per (token, retrieval head). Decode has a few rows of up to tens
+// of thousands of blocks: their histograms are built by block_hist_kernel over many CTAs
+// first, and the row CTAs (1024 threads) only resolve the boundary. Prefill chunks have
+// thousands of rows and take 256-thread row CTAs that do everything (more CTAs per SM).
 constexpr int kRowThreadsWide = 1024;
 constexpr int kRowThreadsNarrow = 256;
-constexpr int kHistCopies = 8;  // copies of the histogram, each shared by kWarps / kHistCopies warps
-constexpr int kMaxStagedBytes = 160 * 1024;  // staged masses: 40K blocks (2.6M keys at B = 64)
-extern __shared__ __align__(16) unsigned char select_dynamic_smem[];
+constexpr int kHistThreads = 256;
+constexpr int kHistChunk = 2048;  // blocks per CTA of block_hist_kernel
+constexpr int kHistCopies = 8;    // copies of a CTA's histogram, each shared by a few warps
 
 // Merges the softmax state (m2, l2) into (m, l): l = sum 2^(z - m) over the union of the keys.
 // An empty state has m = -inf and l = 0.
@@ -80,6 +85,47 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float m2, float 
     m = m_new;
 }
 
+// Block masses relative to the heaviest block, 2^(a_b - A) in (0, 1], as fixed-point integers
+// of 2^-40: sums of them are exact and do not depend on the order of the additions (the
+// histogram's atomics, the scans), and integer atomics are native in shared memory where
+// double ones are compare-and-swap loops. Rows of up to 2^23 blocks sum below 2^63; a block
+// under 2^-40 of the heaviest counts as 0 (its bin is past any boundary top_p < 1 can reach).
+using Mass = unsigned long long;
+constexpr int kMaxRowBlocks = 1 << 23;
+__device__ __forceinline__ Mass fixed_mass(float a, float heaviest) {
+    return static_cast<Mass>(exp2(static_cast<double>(a) - heaviest) * 0x1p40 + 0.5);
+}
+
+// One chunk's histogram (block_hist_kernel), summed by the row's CTA in chunk order.
+struct HistPart {
+    Mass mass[kSelectBins];
+    int count[kSelectBins];
+    Mass total;  // every block of the chunk
+    Mass kept;   // the always-kept blocks among them (not in the bins)
+};
+
+// The kernels' view of the scratch (select_blocks_scratch_bytes), per row of u blocks.
+struct SelectState {
+    SelectBlocksArgs args;
+    float* log2_mass;     // (rows, u) each block's unnormalised log2 mass
+    int32_t* candidates;  // (rows, u) the boundary bin's blocks, ascending
+    int32_t* ranks;       // (rows, u) a boundary block's rank in its bin, by id
+    // Split path (few rows) only, else null:
+    uint32_t* row_max;    // (rows,) the heaviest block's log2 mass, order-preserving bits
+    uint8_t* bins0;       // (rows, u) each block's bin (level 0)
+    HistPart* parts;      // (rows, n_chunks)
+    int n_chunks;
+};
+
+// float <-> unsigned with the same order, so that atomicMax on the bits is a float max.
+__device__ __forceinline__ uint32_t ordered_bits(float f) {
+    const uint32_t u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float from_ordered_bits(uint32_t u) {
+    return __uint_as_float((u & 0x80000000u) ? (u & 0x7fffffffu) : ~u);
+}
+
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
 
@@ -89,55 +135,79 @@ __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162flo
 // lane l taking keys l, l + 32, ... of the block; kMassWarps blocks per CTA (with one 64-thread
 // CTA per block, the 80K CTAs of a 1M-token row cost more to schedule than to compute).
 template <int kR, class Key>
-__global__ void __launch_bounds__(kMassWarps * 32) block_mass_kernel(SelectBlocksArgs args) {
-    const int lane = threadIdx.x % 32;
-    const int64_t unit = int64_t{blockIdx.x} * kMassWarps + threadIdx.x / 32;  // row * u + b
-    if (unit >= args.n * args.hr * args.n_used_max) return;  // warp-uniform
+__global__ void __launch_bounds__(kMassWarps * 32) block_mass_kernel(SelectState st) {
+    const SelectBlocksArgs& args = st.args;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int64_t unit = int64_t{blockIdx.x} * kMassWarps + warp;  // row * u + b
     const int64_t row = unit / args.n_used_max;  // token * hr + head
     const int b = static_cast<int>(unit % args.n_used_max);
     const int64_t i = row / args.hr, j = row % args.hr;
-    const int p = args.pos[i];
-    if (b > p / args.block_size) return;  // past the token's position: warp-uniform
+    // Warp-uniform: a unit past the last row, or a block past the token's position.
+    const bool valid = unit < args.n * args.hr * args.n_used_max && b <= args.pos[min(i, args.n - 1)] / args.block_size;
+    float log2_mass = -INFINITY;
+    if (valid) {
+        const int p = args.pos[i];
+        const float* q = args.iq + row * args.r;  // (r,)
+        const Key* keys = static_cast<const Key*>(args.index_keys) +
+                          (int64_t{args.seq[i]} * args.hr + j) * args.c * args.r;  // (c, r)
+        const float q_scale = args.scale * kSelectLog2e;
+        const int t_begin = b * args.block_size;
+        const int t_end = min(t_begin + args.block_size, p + 1);
 
-    const float* q = args.iq + row * args.r;  // (r,)
-    const Key* keys = static_cast<const Key*>(args.index_keys) +
-                      (int64_t{args.seq[i]} * args.hr + j) * args.c * args.r;  // (c, r)
-    const float q_scale = args.scale * kSelectLog2e;
-    const int t_begin = b * args.block_size;
-    const int t_end = min(t_begin + args.block_size, p + 1);
-
-    float qr[kR > 0 ? kR : 1];
-    if constexpr (kR > 0) {
-#pragma unroll
-        for (int e = 0; e < kR; ++e) qr[e] = q[e] * q_scale;
-    }
-    float m = -INFINITY, l = 0.0f;
-#pragma unroll 2
-    for (int t = t_begin + lane; t < t_end; t += 32) {
-        const Key* k = keys + int64_t{t} * args.r;
-        float z = 0.0f;
+        float qr[kR > 0 ? kR : 1];
         if constexpr (kR > 0) {
 #pragma unroll
-            for (int e = 0; e < kR; e += 4) {
-                const float4 kv = load4(k + e);
-                z += qr[e] * kv.x + qr[e + 1] * kv.y + qr[e + 2] * kv.z + qr[e + 3] * kv.w;
+            for (int e = 0; e < kR; ++e) qr[e] = q[e] * q_scale;
+        }
+        float m = -INFINITY, l = 0.0f;
+#pragma unroll 2
+        for (int t = t_begin + lane; t < t_end; t += 32) {
+            const Key* k = keys + int64_t{t} * args.r;
+            float z = 0.0f;
+            if constexpr (kR > 0) {
+#pragma unroll
+                for (int e = 0; e < kR; e += 4) {
+                    const float4 kv = load4(k + e);
+                    z += qr[e] * kv.x + qr[e + 1] * kv.y + qr[e + 2] * kv.z + qr[e + 3] * kv.w;
+                }
+            } else {
+                for (int64_t e = 0; e < args.r; ++e) z += (q[e] * q_scale) * to_f32(k[e]);
             }
-        } else {
-            for (int64_t e = 0; e < args.r; ++e) z += (q[e] * q_scale) * to_f32(k[e]);
+            if (z > m) {
+                l = l * exp2f(m - z) + 1.0f;  // exp2f(-inf) = 0 on the lane's first key
+                m = z;
+            } else {
+                l += exp2f(z - m);
+            }
         }
-        if (z > m) {
-            l = l * exp2f(m - z) + 1.0f;  // exp2f(-inf) = 0 on the lane's first key
-            m = z;
-        } else {
-            l += exp2f(z - m);
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            const float m2 = __shfl_xor_sync(kFullMask, m, offset);
+            const float l2 = __shfl_xor_sync(kFullMask, l, offset);
+            merge_state(m, l, m2, l2);
+        }
+        log2_mass = m + log2f(l);  // l >= 1: the max key gives 2^0
+        if (lane == 0) st.log2_mass[row * args.n_used_max + b] = log2_mass;
+    }
+    if (st.row_max == nullptr) return;  // CTA-uniform
+    // The CTA's blocks lie in at most two rows: the heaviest of each row's blocks, one atomic
+    // per row and CTA (not per block: thousands of blocks of a row share its address).
+    __shared__ float warp_mass[kMassWarps];
+    __shared__ int64_t warp_row[kMassWarps];
+    if (lane == 0) {
+        warp_mass[warp] = log2_mass;
+        warp_row[warp] = valid ? row : -1;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 0; w < kMassWarps;) {
+            const int64_t r = warp_row[w];
+            float heaviest = warp_mass[w];
+            int next = w + 1;
+            for (; next < kMassWarps && warp_row[next] == r; ++next) heaviest = fmaxf(heaviest, warp_mass[next]);
+            if (r >= 0) atomicMax(st.row_max + r, ordered_bits(heaviest));
+            w = next;
         }
     }
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        const float m2 = __shfl_xor_sync(kFullMask, m, offset);
-        const float l2 = __shfl_xor_sync(kFullMask, l, offset);
-        merge_state(m, l, m2, l2);
-    }
-    if (lane == 0) args.log2_mass[row * args.n_used_max + b] = m + log2f(l);  // l >= 1: the max key gives 2^0
 }
 
 // ---- block-wide helpers of select_row_kernel (every thread of the CTA must call them) -----
@@ -210,30 +280,141 @@ __device__ int block_compact(int count, Flag flag, Emit emit, int* warp_base) {
     return flagged;
 }
 
-// One CTA of kThreads per (token, retrieval head). With args.stage_masses the row's log2
-// masses are first copied to dynamic shared memory (4 bytes per block), and every later pass
-// reads them there.
+// ---- histograms of block masses -----------------------------------------------------------
+
+// kHistCopies copies of a 256-bin histogram (masses and block counts) in shared memory; warp w
+// adds to copy w % kHistCopies, so lanes of a warp contend for a bin but few warps do (with
+// flat masses thousands of blocks fall into a handful of bins). Merged in a fixed order.
+struct HistCopies {
+    Mass (*mass)[kSelectBins];
+    int (*count)[kSelectBins];
+};
+
 template <int kThreads>
-__global__ void __launch_bounds__(kThreads) select_row_kernel(SelectBlocksArgs args) {
+__device__ void clear_copies(HistCopies h) {
+    for (int k = threadIdx.x; k < kHistCopies * kSelectBins; k += kThreads) {
+        (&h.mass[0][0])[k] = 0;
+        (&h.count[0][0])[k] = 0;
+    }
+    __syncthreads();
+}
+
+// mass[k], count[k] = the sums of the copies' bin k (called by every thread).
+template <int kThreads>
+__device__ void merge_copies(HistCopies h, Mass* mass, int* count) {
+    __syncthreads();
+    for (int k = threadIdx.x; k < kSelectBins; k += kThreads) {
+        Mass sum = 0;
+        int blocks = 0;
+        for (int c = 0; c < kHistCopies; ++c) {
+            sum += h.mass[c][k];
+            blocks += h.count[c][k];
+        }
+        mass[k] = sum;
+        count[k] = blocks;
+    }
+    __syncthreads();
+}
+
+// A thread adds its blocks to a bin in runs: consecutive blocks of its segment that share a
+// bin are summed in registers and added with one atomic.
+struct BinRun {
+    int bin = -1;
+    Mass mass = 0;
+    int count = 0;
+    __device__ void flush(HistCopies h) {
+        if (count > 0) {
+            const int c = (threadIdx.x / 32) % kHistCopies;
+            atomicAdd(&h.mass[c][bin], mass);
+            atomicAdd(&h.count[c][bin], count);
+        }
+        *this = BinRun{};
+    }
+    __device__ void add(HistCopies h, int b, Mass w) {
+        if (b != bin) {
+            flush(h);
+            bin = b;
+        }
+        mass += w;
+        ++count;
+    }
+};
+
+// The histogram of one chunk of kHistChunk blocks of a row (split path): CTA (chunk, row).
+// Also writes each block's level-0 bin, so that the row's CTA tests bins without recomputing
+// them from the masses.
+__global__ void __launch_bounds__(kHistThreads) block_hist_kernel(SelectState st) {
+    const SelectBlocksArgs& args = st.args;
+    const int64_t row = blockIdx.y;
+    const int n_used = args.pos[row / args.hr] / args.block_size + 1, last = n_used - 1;
+    const int begin = blockIdx.x * kHistChunk;
+    if (begin >= n_used) return;  // CTA-uniform: the row's chunks are fewer
+    const int count = min(kHistChunk, n_used - begin);
+    __shared__ Mass copy_mass[kHistCopies][kSelectBins];
+    __shared__ int copy_count[kHistCopies][kSelectBins];
+    __shared__ Mass reduce_m[kHistThreads / 32];
+    const HistCopies copies{copy_mass, copy_count};
+    clear_copies<kHistThreads>(copies);
+
+    const float heaviest = from_ordered_bits(st.row_max[row]);
+    const float* a = st.log2_mass + row * args.n_used_max;
+    uint8_t* bins0 = st.bins0 + row * args.n_used_max;
+    const Segment seg = thread_segment<kHistThreads>(count);
+    Mass total = 0, kept = 0;
+    BinRun run;
+    for (int x = seg.begin; x < seg.end; ++x) {
+        const int b = begin + x;
+        const int bin = select_mass_bin(heaviest - a[b]);
+        const Mass w = fixed_mass(a[b], heaviest);
+        bins0[b] = static_cast<uint8_t>(bin);
+        total += w;
+        if (b == 0 || b == last) {
+            kept += w;
+        } else {
+            run.add(copies, bin, w);
+        }
+    }
+    run.flush(copies);
+    HistPart& part = st.parts[row * st.n_chunks + blockIdx.x];
+    merge_copies<kHistThreads>(copies, part.mass, part.count);
+    auto add_m = [](Mass x, Mass y) { return x + y; };
+    total = block_reduce<kHistThreads>(total, add_m, reduce_m);
+    kept = block_reduce<kHistThreads>(kept, add_m, reduce_m);
+    if (threadIdx.x == 0) {
+        part.total = total;
+        part.kept = kept;
+    }
+}
+
+// ---- the selection of a row ---------------------------------------------------------------
+
+// One CTA of kThreads per (token, retrieval head). Split path (st.parts): the histogram, the
+// heaviest block and each block's level-0 bin come from block_mass_kernel and
+// block_hist_kernel; else this CTA computes them from the row's masses.
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) select_row_kernel(SelectState st) {
+    const SelectBlocksArgs& args = st.args;
     constexpr int kWarps = kThreads / 32;
-    static_assert(kThreads % 32 == 0 && kWarps % kHistCopies == 0 && kWarps <= 32, "whole warps");
+    static_assert(kThreads % 32 == 0 && kWarps % kHistCopies == 0 && kWarps <= 32 && kThreads >= kSelectBins,
+                  "whole warps, a thread per bin");
     const int64_t row = blockIdx.x;  // token * hr + head
     const int p = args.pos[row / args.hr];
     const int n_used = p / args.block_size + 1, last = n_used - 1;
     int32_t* out = args.blocks + row * args.max_blocks;  // (max_blocks,)
     const int tid = threadIdx.x;
 
-    __shared__ double hist[kSelectBins];
+    __shared__ Mass hist[kSelectBins];
     __shared__ int hist_count[kSelectBins];  // blocks per bin, for the block budget
-    // Histogram copies, each shared by a few warps: lanes of one warp contend for a bin, warps
-    // of different copies do not (with flat masses thousands of blocks fall into a handful of bins).
-    __shared__ double copy_hist[kHistCopies][kSelectBins];
+    __shared__ Mass copy_mass[kHistCopies][kSelectBins];
     __shared__ int copy_count[kHistCopies][kSelectBins];
-    __shared__ double reduce_d[kWarps];
+    __shared__ Mass reduce_m[kWarps];
+    __shared__ Mass scan_mass[kSelectBins / 32];  // find_boundary: the bins' warp totals
+    __shared__ int scan_count[kSelectBins / 32];
     __shared__ float reduce_f[kWarps];
     __shared__ int reduce_i[kWarps + 1];
     __shared__ int s_boundary, s_taken;
-    __shared__ double s_kept;
+    __shared__ Mass s_kept, s_total;
+    const HistCopies copies{copy_mass, copy_count};
 
     const bool limited = args.max_kept > 0 && args.max_kept < n_used;
     if (args.top_p >= 1.0f && !limited) {  // every block, whatever the masses
@@ -242,113 +423,118 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectBlocksArgs a
         return;
     }
 
-    const float* a = args.log2_mass + row * args.n_used_max;  // (n_used,)
-    if (args.stage_masses) {
-        float* staged = reinterpret_cast<float*>(select_dynamic_smem);
-        for (int b = tid; b < n_used; b += kThreads) staged[b] = a[b];
-        __syncthreads();
-        a = staged;
-    }
-    const Segment seg = thread_segment<kThreads>(n_used);
-    int32_t* candidates = args.candidates + row * args.n_used_max;
-    int32_t* ranks = args.ranks + row * args.n_used_max;
+    const float* a = st.log2_mass + row * args.n_used_max;  // (n_used,)
+    const uint8_t* bins0 = st.parts ? st.bins0 + row * args.n_used_max : nullptr;
+    int32_t* candidates = st.candidates + row * args.n_used_max;
+    int32_t* ranks = st.ranks + row * args.n_used_max;
     auto always_kept = [last](int b) { return b == 0 || b == last; };
+    auto add_m = [](Mass x, Mass y) { return x + y; };
 
     // The heaviest block; the masses relative to it, their histogram, total and always-kept part.
-    float heaviest = -INFINITY;
-    for (int b = seg.begin; b < seg.end; ++b) heaviest = fmaxf(heaviest, a[b]);
-    heaviest = block_reduce<kThreads>(
-        heaviest, [](float x, float y) { return fmaxf(x, y); }, reduce_f);
-    const int copy = (tid / 32) % kHistCopies;
-    auto clear_warp_hists = [&] {
-        for (int k = tid; k < kHistCopies * kSelectBins; k += kThreads) {
-            (&copy_hist[0][0])[k] = 0.0;
-            (&copy_count[0][0])[k] = 0;
-        }
-        __syncthreads();
-    };
-    // hist = the sum of the copies (a fixed order: no scheduling dependence between copies).
-    auto merge_warp_hists = [&] {
-        __syncthreads();
+    float heaviest;
+    Mass total = 0, kept = 0;
+    if (st.parts) {  // the chunks' histograms, summed in chunk order
+        heaviest = from_ordered_bits(st.row_max[row]);
+        const HistPart* parts = st.parts + row * st.n_chunks;
+        const int n_chunks = (n_used + kHistChunk - 1) / kHistChunk;
         for (int k = tid; k < kSelectBins; k += kThreads) {
-            double sum = 0.0;
-            int count = 0;
-            for (int w = 0; w < kHistCopies; ++w) {
-                sum += copy_hist[w][k];
-                count += copy_count[w][k];
+            Mass sum = 0;
+            int blocks = 0;
+            for (int c = 0; c < n_chunks; ++c) {
+                sum += parts[c].mass[k];
+                blocks += parts[c].count[k];
             }
             hist[k] = sum;
-            hist_count[k] = count;
+            hist_count[k] = blocks;
+        }
+        if (tid == 0) {
+            for (int c = 0; c < n_chunks; ++c) {
+                total += parts[c].total;
+                kept += parts[c].kept;
+            }
+            s_total = total;
+            s_kept = kept;
         }
         __syncthreads();
-    };
-    // A thread adds its blocks to a bin in runs: consecutive blocks of its segment that share a
-    // bin are summed in registers and added with one atomic. With flat masses (thousands of
-    // blocks in a few bins) the lanes of a warp would otherwise serialise on one address for
-    // every block; with spread masses this costs nothing extra.
-    struct BinRun {
-        int bin = -1;
-        double mass = 0.0;
-        int count = 0;
-    };
-    auto flush_run = [&](BinRun& run) {
-        if (run.count > 0) {
-            atomicAdd(&copy_hist[copy][run.bin], run.mass);
-            atomicAdd(&copy_count[copy][run.bin], run.count);
-        }
-        run = BinRun{};
-    };
-    auto add_to_run = [&](BinRun& run, int bin, double w) {
-        if (bin != run.bin) {
-            flush_run(run);
-            run.bin = bin;
-        }
-        run.mass += w;
-        ++run.count;
-    };
-    clear_warp_hists();
-    double total = 0.0, kept = 0.0;
-    {
+        total = s_total;
+        kept = s_kept;
+        __syncthreads();  // s_kept is rewritten by find_boundary
+    } else {
+        const Segment seg = thread_segment<kThreads>(n_used);
+        heaviest = -INFINITY;
+        for (int b = seg.begin; b < seg.end; ++b) heaviest = fmaxf(heaviest, a[b]);
+        heaviest = block_reduce<kThreads>(
+            heaviest, [](float x, float y) { return fmaxf(x, y); }, reduce_f);
+        clear_copies<kThreads>(copies);
         BinRun run;
         for (int b = seg.begin; b < seg.end; ++b) {
-            const double w = exp2(static_cast<double>(a[b]) - heaviest);
+            const Mass w = fixed_mass(a[b], heaviest);
             total += w;
             if (always_kept(b)) {
                 kept += w;
             } else {
-                add_to_run(run, select_mass_bin(heaviest - a[b]), w);
+                run.add(copies, select_mass_bin(heaviest - a[b]), w);
             }
         }
-        flush_run(run);
+        run.flush(copies);
+        merge_copies<kThreads>(copies, hist, hist_count);
+        total = block_reduce<kThreads>(total, add_m, reduce_m);
+        kept = block_reduce<kThreads>(kept, add_m, reduce_m);
     }
-    merge_warp_hists();
-    auto add_d = [](double x, double y) { return x + y; };
-    total = block_reduce<kThreads>(total, add_d, reduce_d);
-    kept = block_reduce<kThreads>(kept, add_d, reduce_d);  // its barriers also publish the histogram
-    // top_p = 1 (only reached with a budget) stops on the count alone: no mass target.
-    const double target =
-        args.top_p >= 1.0f ? static_cast<double>(INFINITY) : static_cast<double>(args.top_p) * total;
+    // top_p = 1 (only reached with a budget) stops on the count alone: no mass target. The
+    // sums stay integers; only this comparison is in double (rounding 2^-53 relative).
+    const double target = args.top_p >= 1.0f ? static_cast<double>(INFINITY)
+                                             : static_cast<double>(args.top_p) * static_cast<double>(total);
+    auto reaches = [target](Mass m) { return static_cast<double>(m) >= target; };
     // Blocks the budget allows besides the always-kept ones (which it may not cut).
     const int n_always = last != 0 ? 2 : 1;
     const int extra_limit = limited ? max(0, args.max_kept - n_always) : INT_MAX;
 
-    // The boundary bin: the first whose mass reaches the target or whose blocks reach the
-    // budget (256 steps, one thread). None (kSelectBins) when rounding leaves the whole
-    // histogram just short of the target: every block kept.
-    auto find_boundary = [&](double kept_so_far, int taken_so_far) {
-        if (tid == 0) {
-            int boundary = kSelectBins;
-            for (int k = 0; k < kSelectBins; ++k) {
-                if (kept_so_far + hist[k] >= target || taken_so_far + hist_count[k] >= extra_limit) {
-                    boundary = k;
-                    break;
+    // The boundary bin: the first bin k whose mass takes the kept mass to the target
+    // (kept_so_far + the bins 0..k >= target) or whose blocks reach the budget. Thread k holds
+    // bin k's inclusive prefix sums (a scan over the first kSelectBins threads: integer sums,
+    // so the same as a sequential scan); both conditions only grow with k, so the boundary is
+    // the smallest k that meets one. None (kSelectBins) when the whole histogram stays short
+    // of the target (every block kept): then the kept mass takes every bin.
+    auto find_boundary = [&](Mass kept_so_far, int taken_so_far) {
+        const int lane = tid % 32, warp = tid / 32;
+        Mass mass = 0;
+        int count = 0;
+        if (tid < kSelectBins) {
+            mass = hist[tid];
+            count = hist_count[tid];
+            for (int offset = 1; offset < 32; offset <<= 1) {
+                const Mass m = __shfl_up_sync(kFullMask, mass, offset);
+                const int c = __shfl_up_sync(kFullMask, count, offset);
+                if (lane >= offset) {
+                    mass += m;
+                    count += c;
                 }
-                kept_so_far += hist[k];
-                taken_so_far += hist_count[k];
             }
-            s_boundary = boundary;
-            s_kept = kept_so_far;
-            s_taken = taken_so_far;
+            if (lane == 31) {
+                scan_mass[warp] = mass;
+                scan_count[warp] = count;
+            }
+        }
+        if (tid == 0) s_boundary = kSelectBins;
+        __syncthreads();
+        if (tid < kSelectBins) {
+            for (int w = 0; w < warp; ++w) {
+                mass += scan_mass[w];
+                count += scan_count[w];
+            }
+            const bool hit = reaches(kept_so_far + mass) || taken_so_far + count >= extra_limit;
+            if (hit && (tid == 0 || !(reaches(kept_so_far + mass - hist[tid]) ||
+                                      taken_so_far + count - hist_count[tid] >= extra_limit)))
+                s_boundary = tid;  // the first bin that meets a condition: one thread at most
+        }
+        __syncthreads();
+        const int boundary = s_boundary;
+        // The kept mass and count before the boundary bin (after every bin when none).
+        if (tid == min(boundary, kSelectBins - 1)) {
+            const bool none = boundary == kSelectBins;
+            s_kept = kept_so_far + mass - (none ? 0 : hist[tid]);
+            s_taken = taken_so_far + count - (none ? 0 : hist_count[tid]);
         }
         __syncthreads();
     };
@@ -364,7 +550,7 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectBlocksArgs a
     constexpr int kQuadraticMax = 512;  // boundary blocks ordered pairwise at most
     int bounds[kLevels];
     bounds[0] = s_boundary;
-    double kept_before = s_kept;
+    Mass kept_before = s_kept;
     int taken_before = s_taken;
     int levels = 1;
     // The bins of block b at levels 0..levels-1 (-1 for the always-kept blocks).
@@ -388,21 +574,25 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectBlocksArgs a
             if (bins[L] != bounds[L]) return false;
         return true;
     };
+    // Level 0 alone: the stored bin where the split path made one (a byte, not the mass).
+    auto bin0 = [&](int b) {
+        return bins0 ? static_cast<int>(bins0[b]) : select_mass_bin(heaviest - a[b]);
+    };
     int n_candidates = block_compact<kThreads>(
-        n_used, [&](int b) { return in_boundary(b, 1); }, [&](int b, int index) { candidates[index] = b; },
-        reduce_i);
+        n_used, [&](int b) { return !always_kept(b) && bin0(b) == bounds[0]; },
+        [&](int b, int index) { candidates[index] = b; }, reduce_i);
     while (n_candidates > kQuadraticMax && levels < kLevels && bounds[levels - 1] < kSelectBins - 1) {
-        clear_warp_hists();
+        clear_copies<kThreads>(copies);
         BinRun run;
         const Segment cand_seg = thread_segment<kThreads>(n_candidates);
         for (int x = cand_seg.begin; x < cand_seg.end; ++x) {
             const int b = candidates[x];
             int bins[kLevels];
             bins_of(b, bins, levels + 1);
-            add_to_run(run, bins[levels], exp2(static_cast<double>(a[b]) - heaviest));
+            run.add(copies, bins[levels], fixed_mass(a[b], heaviest));
         }
-        flush_run(run);
-        merge_warp_hists();
+        run.flush(copies);
+        merge_copies<kThreads>(copies, hist, hist_count);
         find_boundary(kept_before, taken_before);
         bounds[levels] = s_boundary;
         kept_before = s_kept;
@@ -424,34 +614,47 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectBlocksArgs a
     // masses and weights, so that the pairwise loop neither reloads nor recomputes 2^(a - A).
     __shared__ int cand_id[kQuadraticMax];
     __shared__ float cand_a[kQuadraticMax];
-    __shared__ double cand_w[kQuadraticMax];
+    __shared__ Mass cand_w[kQuadraticMax];
     const bool staged = n_candidates <= kQuadraticMax;
     if (staged) {
         for (int x = tid; x < n_candidates; x += kThreads) {
             const int b = candidates[x];
             cand_id[x] = b;
             cand_a[x] = a[b];
-            cand_w[x] = exp2(static_cast<double>(a[b]) - heaviest);
+            cand_w[x] = fixed_mass(a[b], heaviest);
         }
         __syncthreads();
     }
+    // A team of `team` consecutive lanes per candidate x (as many as the CTA has threads for,
+    // up to a warp) splits the loop over the other candidates and sums with shuffles.
     int taken = 0;
     if (boundary_last < kSelectBins) {
-        for (int x_index = tid; x_index < n_candidates; x_index += kThreads) {
-            const int x = staged ? cand_id[x_index] : candidates[x_index];
-            const float ax = a[x];
-            double before_mass = 0.0;  // the masses of the blocks that come before x
+        int team = 1;
+        while (team < 32 && n_candidates * team * 2 <= kThreads) team *= 2;
+        const int per_round = kThreads / team, member = tid % team;
+        for (int round = 0; round * per_round < n_candidates; ++round) {  // uniform over the CTA
+            const int x_index = round * per_round + tid / team;
+            const bool valid = x_index < n_candidates;
+            const int x = !valid ? -1 : staged ? cand_id[x_index] : candidates[x_index];
+            const float ax = valid ? a[x] : 0.0f;
+            Mass before_mass = 0;  // the masses of the blocks that come before x
             int rank = 0;
-            for (int y_index = 0; y_index < n_candidates; ++y_index) {
+            for (int y_index = member; valid && y_index < n_candidates; y_index += team) {
                 const int y = staged ? cand_id[y_index] : candidates[y_index];
                 const float ay = staged ? cand_a[y_index] : a[y];
                 if (ay > ax || (ay == ax && y < x)) {
-                    before_mass += staged ? cand_w[y_index] : exp2(static_cast<double>(ay) - heaviest);
+                    before_mass += staged ? cand_w[y_index] : fixed_mass(ay, heaviest);
                     ++rank;
                 }
             }
-            ranks[x] = rank;
-            taken += kept_before + before_mass < target && taken_before + rank < extra_limit ? 1 : 0;
+            for (int offset = team / 2; offset > 0; offset >>= 1) {  // teams are aligned lane groups
+                before_mass += __shfl_xor_sync(kFullMask, before_mass, offset);
+                rank += __shfl_xor_sync(kFullMask, rank, offset);
+            }
+            if (valid && member == 0) {
+                ranks[x] = rank;
+                taken += !reaches(kept_before + before_mass) && taken_before + rank < extra_limit ? 1 : 0;
+            }
         }
     }
     // Its barriers also publish `ranks` to the whole CTA.
@@ -467,11 +670,15 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectBlocksArgs a
         n_used,
         [&](int b) {
             if (always_kept(b)) return true;
-            int bins[kLevels];
-            bins_of(b, bins, levels);
-            for (int L = 0; L < levels; ++L) {
-                if (bins[L] < bounds[L]) return true;
-                if (bins[L] > bounds[L]) return false;
+            const int k0 = bin0(b);
+            if (k0 != bounds[0]) return k0 < bounds[0];
+            if (levels > 1) {
+                int bins[kLevels];
+                bins_of(b, bins, levels);
+                for (int L = 1; L < levels; ++L) {
+                    if (bins[L] < bounds[L]) return true;
+                    if (bins[L] > bounds[L]) return false;
+                }
             }
             return boundary_last == kSelectBins || ranks[b] < n_taken;
         },
@@ -482,13 +689,73 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectBlocksArgs a
 
 }  // namespace
 
+namespace {
+
+// Few rows (decode: a token's retrieval heads) take the split path: histograms over many CTAs.
+bool split_rows(int64_t rows) {
+    int device = 0, n_sm = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    return rows <= 2 * static_cast<int64_t>(n_sm);
+}
+
+size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// The scratch laid out as SelectState's arrays (the split path's only when `split`).
+SelectState layout(const SelectBlocksArgs& args, bool split) {
+    SelectState st{};
+    st.args = args;
+    const int64_t rows = args.n * args.hr;
+    const size_t cells = static_cast<size_t>(rows) * static_cast<size_t>(args.n_used_max);
+    auto* base = static_cast<unsigned char*>(args.scratch);
+    size_t at = 0;
+    auto take = [&](size_t bytes) {
+        void* p = base + at;
+        at += align_up(bytes);
+        return p;
+    };
+    st.log2_mass = static_cast<float*>(take(cells * sizeof(float)));
+    st.candidates = static_cast<int32_t*>(take(cells * sizeof(int32_t)));
+    st.ranks = static_cast<int32_t*>(take(cells * sizeof(int32_t)));
+    if (split) {
+        st.n_chunks = (args.n_used_max + kHistChunk - 1) / kHistChunk;
+        st.row_max = static_cast<uint32_t*>(take(static_cast<size_t>(rows) * sizeof(uint32_t)));
+        st.bins0 = static_cast<uint8_t*>(take(cells));
+        st.parts = static_cast<HistPart*>(take(static_cast<size_t>(rows * st.n_chunks) * sizeof(HistPart)));
+    }
+    return st;
+}
+
+}  // namespace
+
+size_t select_blocks_scratch_bytes(int64_t rows, int64_t n_used_max) {
+    const size_t cells = static_cast<size_t>(rows) * static_cast<size_t>(n_used_max);
+    size_t bytes = 3 * align_up(cells * 4);
+    if (split_rows(rows)) {
+        const size_t n_chunks = static_cast<size_t>((n_used_max + kHistChunk - 1) / kHistChunk);
+        bytes += align_up(static_cast<size_t>(rows) * 4) + align_up(cells) +
+                 align_up(static_cast<size_t>(rows) * n_chunks * sizeof(HistPart));
+    }
+    return bytes;
+}
+
 cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream) {
     const int64_t rows = args.n * args.hr;
     if (rows == 0) return cudaSuccess;
     // Key indices and block ids are ints in the kernels.
-    if (args.block_size <= 0 || args.n_used_max <= 0 || rows > INT_MAX ||
+    if (args.block_size <= 0 || args.n_used_max <= 0 || args.n_used_max > kMaxRowBlocks || rows > INT_MAX ||
         rows * args.n_used_max > INT_MAX || args.c + args.block_size > INT_MAX)
         return cudaErrorInvalidValue;
+    const bool split = split_rows(rows);
+    const SelectState st = layout(args, split);
+    cudaError_t err = cudaSuccess;
+    // Below every float's bits: the row maxima start empty.
+    if (split && (err = cudaMemsetAsync(st.row_max, 0, static_cast<size_t>(rows) * sizeof(uint32_t), stream)) != cudaSuccess)
+        return err;
+
     // One warp per key block, kMassWarps per CTA.
     constexpr int mass_threads = kMassWarps * 32;
     const unsigned mass_ctas = static_cast<unsigned>((rows * args.n_used_max + kMassWarps - 1) / kMassWarps);
@@ -499,9 +766,9 @@ cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stre
     auto launch_mass = [&](auto key_tag) {
         using Key = decltype(key_tag);
         switch (kr) {
-            case 16: block_mass_kernel<16, Key><<<mass_ctas, mass_threads, 0, stream>>>(args); break;
-            case 8: block_mass_kernel<8, Key><<<mass_ctas, mass_threads, 0, stream>>>(args); break;
-            default: block_mass_kernel<0, Key><<<mass_ctas, mass_threads, 0, stream>>>(args); break;
+            case 16: block_mass_kernel<16, Key><<<mass_ctas, mass_threads, 0, stream>>>(st); break;
+            case 8: block_mass_kernel<8, Key><<<mass_ctas, mass_threads, 0, stream>>>(st); break;
+            default: block_mass_kernel<0, Key><<<mass_ctas, mass_threads, 0, stream>>>(st); break;
         }
     };
     if (args.keys_bf16) {
@@ -509,31 +776,15 @@ cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stre
     } else {
         launch_mass(float{});
     }
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
 
-    // Few rows (decode: a token's retrieval heads) get the wide CTA and staged masses, so that
-    // each row's passes run on 1024 threads out of shared memory; many rows (prefill chunks)
-    // fill the GPU with narrow CTAs.
-    int device = 0, n_sm = 0;
-    if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
-    if ((err = cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return err;
-    if (rows <= 2 * static_cast<int64_t>(n_sm)) {
-        SelectBlocksArgs wide = args;
-        const size_t staged_bytes = static_cast<size_t>(args.n_used_max) * sizeof(float);
-        wide.stage_masses = staged_bytes <= kMaxStagedBytes;
-        const size_t dynamic_bytes = wide.stage_masses ? staged_bytes : 0;
-        if (dynamic_bytes > 0) {
-            err = cudaFuncSetAttribute(select_row_kernel<kRowThreadsWide>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxStagedBytes);
-            if (err != cudaSuccess) return err;
-        }
-        select_row_kernel<kRowThreadsWide>
-            <<<static_cast<unsigned>(rows), kRowThreadsWide, dynamic_bytes, stream>>>(wide);
+    if (split) {
+        const dim3 hist_grid(static_cast<unsigned>(st.n_chunks), static_cast<unsigned>(rows));
+        block_hist_kernel<<<hist_grid, kHistThreads, 0, stream>>>(st);
+        if ((err = cudaGetLastError()) != cudaSuccess) return err;
+        select_row_kernel<kRowThreadsWide><<<static_cast<unsigned>(rows), kRowThreadsWide, 0, stream>>>(st);
     } else {
-        SelectBlocksArgs narrow = args;
-        narrow.stage_masses = false;
-        select_row_kernel<kRowThreadsNarrow><<<static_cast<unsigned>(rows), kRowThreadsNarrow, 0, stream>>>(narrow);
+        select_row_kernel<kRowThreadsNarrow><<<static_cast<unsigned>(rows), kRowThreadsNarrow, 0, stream>>>(st);
     }
     return cudaGetLastError();
 }
