@@ -110,12 +110,22 @@ struct SelectState {
     float* log2_mass;     // (rows, u) each block's unnormalised log2 mass
     int32_t* candidates;  // (rows, u) the boundary bin's blocks, ascending
     int32_t* ranks;       // (rows, u) a boundary block's rank in its bin, by id
+    uint16_t* states;     // (rows, state_stride) block states (kKeep, kDrop or a level-0 bin)
+    int state_stride;     // u rounded up to 8: rows of whole 16-byte vectors
+    int staged_bytes;     // > 0: the row's CTA keeps its states in shared memory
     // Split path (few rows) only, else null:
     uint32_t* row_max;    // (rows,) the heaviest block's log2 mass, order-preserving bits
-    uint8_t* bins0;       // (rows, u) each block's bin (level 0)
     HistPart* parts;      // (rows, n_chunks)
     int n_chunks;
 };
+
+// A block's state during its row's selection: the level-0 bin (0 .. 255) while undecided,
+// then kKeep or kDrop. The always-kept blocks start as kKeep; blocks of bins before the
+// boundary are kept and after it dropped without a state change; the boundary bin's blocks
+// are decided by the refinement levels and the exact resolution.
+constexpr uint16_t kKeep = kSelectBins;
+constexpr uint16_t kDrop = kSelectBins + 1;
+constexpr int kMaxStagedBytes = 96 * 1024;  // states in shared memory up to 48K blocks per row
 
 // float <-> unsigned with the same order, so that atomicMax on the bits is a float max.
 __device__ __forceinline__ uint32_t ordered_bits(float f) {
@@ -341,8 +351,8 @@ struct BinRun {
 };
 
 // The histogram of one chunk of kHistChunk blocks of a row (split path): CTA (chunk, row).
-// Also writes each block's level-0 bin, so that the row's CTA tests bins without recomputing
-// them from the masses.
+// Also writes each block's state (its level-0 bin, or kKeep), so that the row's CTA reads
+// two bytes per block instead of recomputing bins from the masses.
 __global__ void __launch_bounds__(kHistThreads) block_hist_kernel(SelectState st) {
     const SelectBlocksArgs& args = st.args;
     const int64_t row = blockIdx.y;
@@ -358,7 +368,7 @@ __global__ void __launch_bounds__(kHistThreads) block_hist_kernel(SelectState st
 
     const float heaviest = from_ordered_bits(st.row_max[row]);
     const float* a = st.log2_mass + row * args.n_used_max;
-    uint8_t* bins0 = st.bins0 + row * args.n_used_max;
+    uint16_t* states = st.states + row * st.state_stride;
     const Segment seg = thread_segment<kHistThreads>(count);
     Mass total = 0, kept = 0;
     BinRun run;
@@ -366,12 +376,13 @@ __global__ void __launch_bounds__(kHistThreads) block_hist_kernel(SelectState st
         const int b = begin + x;
         const int bin = select_mass_bin(heaviest - a[b]);
         const Mass w = fixed_mass(a[b], heaviest);
-        bins0[b] = static_cast<uint8_t>(bin);
         total += w;
         if (b == 0 || b == last) {
             kept += w;
+            states[b] = kKeep;
         } else {
             run.add(copies, bin, w);
+            states[b] = static_cast<uint16_t>(bin);
         }
     }
     run.flush(copies);
@@ -424,7 +435,16 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectState st) {
     }
 
     const float* a = st.log2_mass + row * args.n_used_max;  // (n_used,)
-    const uint8_t* bins0 = st.parts ? st.bins0 + row * args.n_used_max : nullptr;
+    // The row's block states: in shared memory where they fit (the passes below read each
+    // block's state once or twice, which from L2 would cost a round trip per block and thread).
+    extern __shared__ __align__(16) unsigned char select_states_smem[];
+    uint16_t* const global_states = st.states + row * st.state_stride;
+    uint16_t* const states = st.staged_bytes > 0 ? reinterpret_cast<uint16_t*>(select_states_smem) : global_states;
+    if (st.parts && st.staged_bytes > 0) {  // made by block_hist_kernel: one 16-byte copy per 8 blocks
+        const int vectors = (n_used + 7) / 8;
+        for (int v = tid; v < vectors; v += kThreads)
+            reinterpret_cast<uint4*>(states)[v] = reinterpret_cast<const uint4*>(global_states)[v];
+    }
     int32_t* candidates = st.candidates + row * args.n_used_max;
     int32_t* ranks = st.ranks + row * args.n_used_max;
     auto always_kept = [last](int b) { return b == 0 || b == last; };
@@ -472,8 +492,11 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectState st) {
             total += w;
             if (always_kept(b)) {
                 kept += w;
+                states[b] = kKeep;
             } else {
-                run.add(copies, select_mass_bin(heaviest - a[b]), w);
+                const int bin = select_mass_bin(heaviest - a[b]);
+                run.add(copies, bin, w);
+                states[b] = static_cast<uint16_t>(bin);
             }
         }
         run.flush(copies);
@@ -566,21 +589,14 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectState st) {
             scaled = (scaled - static_cast<float>(k)) * static_cast<float>(kSelectBins);
         }
     };
-    // Whether b lies in the boundary bin of every level so far.
-    auto in_boundary = [&](int b, int n_levels) {
-        int bins[kLevels];
-        bins_of(b, bins, n_levels);
-        for (int L = 0; L < n_levels; ++L)
-            if (bins[L] != bounds[L]) return false;
-        return true;
-    };
-    // Level 0 alone: the stored bin where the split path made one (a byte, not the mass).
-    auto bin0 = [&](int b) {
-        return bins0 ? static_cast<int>(bins0[b]) : select_mass_bin(heaviest - a[b]);
-    };
-    int n_candidates = block_compact<kThreads>(
-        n_used, [&](int b) { return !always_kept(b) && bin0(b) == bounds[0]; },
-        [&](int b, int index) { candidates[index] = b; }, reduce_i);
+    // No boundary at level 0 (rounding left the histogram short of the target): every block
+    // is kept, and no state equals bounds[0] = kSelectBins = kKeep by mistake.
+    int n_candidates = 0;
+    if (bounds[0] < kSelectBins) {
+        n_candidates = block_compact<kThreads>(
+            n_used, [&](int b) { return states[b] == bounds[0]; }, [&](int b, int index) { candidates[index] = b; },
+            reduce_i);
+    }
     while (n_candidates > kQuadraticMax && levels < kLevels && bounds[levels - 1] < kSelectBins - 1) {
         clear_copies<kThreads>(copies);
         BinRun run;
@@ -598,14 +614,24 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectState st) {
         kept_before = s_kept;
         taken_before = s_taken;
         ++levels;
-        if (bounds[levels - 1] == kSelectBins) break;  // rounding: every candidate kept
+        // The candidates off this level's boundary bin are decided by it: earlier (heavier)
+        // bins kept, later ones dropped. With no boundary at this level (rounding: the
+        // histogram stayed short, bounds = kSelectBins) every candidate is kept.
         n_candidates = block_compact<kThreads>(
-            n_candidates, [&](int x) { return in_boundary(candidates[x], levels); },
+            n_candidates,
+            [&](int x) {
+                const int b = candidates[x];
+                int bins[kLevels];
+                bins_of(b, bins, levels);
+                const int k = bins[levels - 1];
+                if (k == bounds[levels - 1]) return true;
+                states[b] = k < bounds[levels - 1] ? kKeep : kDrop;  // the same in both walks
+                return false;
+            },
             [&](int x, int index) { ranks[index] = candidates[x]; }, reduce_i);
         for (int x = tid; x < n_candidates; x += kThreads) candidates[x] = ranks[x];
         __syncthreads();
     }
-    const int boundary_last = bounds[levels - 1];
 
     // Exact resolution: each boundary block's rank in the selection order (heavier first, ties
     // lower id first) and whether the sequential rule takes it (mass before it below the
@@ -628,59 +654,51 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectState st) {
     // A team of `team` consecutive lanes per candidate x (as many as the CTA has threads for,
     // up to a warp) splits the loop over the other candidates and sums with shuffles.
     int taken = 0;
-    if (boundary_last < kSelectBins) {
-        int team = 1;
-        while (team < 32 && n_candidates * team * 2 <= kThreads) team *= 2;
-        const int per_round = kThreads / team, member = tid % team;
-        for (int round = 0; round * per_round < n_candidates; ++round) {  // uniform over the CTA
-            const int x_index = round * per_round + tid / team;
-            const bool valid = x_index < n_candidates;
-            const int x = !valid ? -1 : staged ? cand_id[x_index] : candidates[x_index];
-            const float ax = valid ? a[x] : 0.0f;
-            Mass before_mass = 0;  // the masses of the blocks that come before x
-            int rank = 0;
-            for (int y_index = member; valid && y_index < n_candidates; y_index += team) {
-                const int y = staged ? cand_id[y_index] : candidates[y_index];
-                const float ay = staged ? cand_a[y_index] : a[y];
-                if (ay > ax || (ay == ax && y < x)) {
-                    before_mass += staged ? cand_w[y_index] : fixed_mass(ay, heaviest);
-                    ++rank;
-                }
-            }
-            for (int offset = team / 2; offset > 0; offset >>= 1) {  // teams are aligned lane groups
-                before_mass += __shfl_xor_sync(kFullMask, before_mass, offset);
-                rank += __shfl_xor_sync(kFullMask, rank, offset);
-            }
-            if (valid && member == 0) {
-                ranks[x] = rank;
-                taken += !reaches(kept_before + before_mass) && taken_before + rank < extra_limit ? 1 : 0;
+    int team = 1;
+    while (team < 32 && n_candidates * team * 2 <= kThreads) team *= 2;
+    const int per_round = kThreads / team, member = tid % team;
+    for (int round = 0; round * per_round < n_candidates; ++round) {  // uniform over the CTA
+        const int x_index = round * per_round + tid / team;
+        const bool valid = x_index < n_candidates;
+        const int x = !valid ? -1 : staged ? cand_id[x_index] : candidates[x_index];
+        const float ax = valid ? a[x] : 0.0f;
+        Mass before_mass = 0;  // the masses of the blocks that come before x
+        int rank = 0;
+        for (int y_index = member; valid && y_index < n_candidates; y_index += team) {
+            const int y = staged ? cand_id[y_index] : candidates[y_index];
+            const float ay = staged ? cand_a[y_index] : a[y];
+            if (ay > ax || (ay == ax && y < x)) {
+                before_mass += staged ? cand_w[y_index] : fixed_mass(ay, heaviest);
+                ++rank;
             }
         }
+        for (int offset = team / 2; offset > 0; offset >>= 1) {  // teams are aligned lane groups
+            before_mass += __shfl_xor_sync(kFullMask, before_mass, offset);
+            rank += __shfl_xor_sync(kFullMask, rank, offset);
+        }
+        if (valid && member == 0) {
+            ranks[x] = rank;
+            taken += !reaches(kept_before + before_mass) && taken_before + rank < extra_limit ? 1 : 0;
+        }
     }
-    // Its barriers also publish `ranks` to the whole CTA.
+    // Its barriers also publish `ranks` to the whole CTA. In exact arithmetic the taken blocks
+    // are the first n_taken of the order; keeping the ranks below n_taken keeps the set a
+    // prefix of the order whatever the rounding. A last level without a boundary keeps them all.
     const int n_taken = block_reduce<kThreads>(
         taken, [](int x, int y) { return x + y; }, reduce_i);
+    const bool keep_all = bounds[levels - 1] == kSelectBins;
+    for (int x_index = tid; x_index < n_candidates; x_index += kThreads) {
+        const int x = staged ? cand_id[x_index] : candidates[x_index];
+        states[x] = keep_all || ranks[x] < n_taken ? kKeep : kDrop;
+    }
+    __syncthreads();
 
-    // Kept, ascending: the always-kept blocks, every bin before the boundary at some level
-    // (with the earlier levels on their boundary), and the final boundary blocks of rank below
-    // n_taken (in exact arithmetic the taken blocks are the first n_taken of the order;
-    // counting them keeps the set a prefix of the order whatever the rounding). A level whose
-    // boundary is kSelectBins (rounding left its histogram short) keeps all of its bins.
+    // Kept, ascending: the decided kKeep blocks and every block of a bin before the boundary.
     const int count = block_compact<kThreads>(
         n_used,
         [&](int b) {
-            if (always_kept(b)) return true;
-            const int k0 = bin0(b);
-            if (k0 != bounds[0]) return k0 < bounds[0];
-            if (levels > 1) {
-                int bins[kLevels];
-                bins_of(b, bins, levels);
-                for (int L = 1; L < levels; ++L) {
-                    if (bins[L] < bounds[L]) return true;
-                    if (bins[L] > bounds[L]) return false;
-                }
-            }
-            return boundary_last == kSelectBins || ranks[b] < n_taken;
+            const uint16_t v = states[b];
+            return v == kKeep || v < bounds[0];
         },
         [&](int b, int index) { out[index] = b; }, reduce_i);
     for (int k = count + tid; k < args.max_blocks; k += kThreads) out[k] = -1;
@@ -704,42 +722,48 @@ bool split_rows(int64_t rows) {
 
 size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-// The scratch laid out as SelectState's arrays (the split path's only when `split`).
-SelectState layout(const SelectBlocksArgs& args, bool split) {
-    SelectState st{};
-    st.args = args;
-    const int64_t rows = args.n * args.hr;
-    const size_t cells = static_cast<size_t>(rows) * static_cast<size_t>(args.n_used_max);
+int state_stride(int64_t n_used_max) { return static_cast<int>((n_used_max + 7) / 8 * 8); }
+
+// The scratch, in this order: log2 masses, candidates, ranks, states, and on the split path
+// row maxima and chunk histograms. Returns its size; fills `st` when given.
+size_t layout(const SelectBlocksArgs& args, int64_t rows, int64_t n_used_max, bool split, SelectState* st) {
+    const size_t cells = static_cast<size_t>(rows) * static_cast<size_t>(n_used_max);
+    const int stride = state_stride(n_used_max);
+    const int n_chunks = static_cast<int>((n_used_max + kHistChunk - 1) / kHistChunk);
     auto* base = static_cast<unsigned char*>(args.scratch);
     size_t at = 0;
     auto take = [&](size_t bytes) {
-        void* p = base + at;
+        void* p = base ? base + at : nullptr;
         at += align_up(bytes);
         return p;
     };
-    st.log2_mass = static_cast<float*>(take(cells * sizeof(float)));
-    st.candidates = static_cast<int32_t*>(take(cells * sizeof(int32_t)));
-    st.ranks = static_cast<int32_t*>(take(cells * sizeof(int32_t)));
-    if (split) {
-        st.n_chunks = (args.n_used_max + kHistChunk - 1) / kHistChunk;
-        st.row_max = static_cast<uint32_t*>(take(static_cast<size_t>(rows) * sizeof(uint32_t)));
-        st.bins0 = static_cast<uint8_t*>(take(cells));
-        st.parts = static_cast<HistPart*>(take(static_cast<size_t>(rows * st.n_chunks) * sizeof(HistPart)));
+    void* log2_mass = take(cells * sizeof(float));
+    void* candidates = take(cells * sizeof(int32_t));
+    void* ranks = take(cells * sizeof(int32_t));
+    void* states = take(static_cast<size_t>(rows) * static_cast<size_t>(stride) * sizeof(uint16_t));
+    void* row_max = split ? take(static_cast<size_t>(rows) * sizeof(uint32_t)) : nullptr;
+    void* parts = split ? take(static_cast<size_t>(rows) * static_cast<size_t>(n_chunks) * sizeof(HistPart)) : nullptr;
+    if (st != nullptr) {
+        *st = SelectState{};
+        st->args = args;
+        st->log2_mass = static_cast<float*>(log2_mass);
+        st->candidates = static_cast<int32_t*>(candidates);
+        st->ranks = static_cast<int32_t*>(ranks);
+        st->states = static_cast<uint16_t*>(states);
+        st->state_stride = stride;
+        const size_t state_bytes = static_cast<size_t>(stride) * sizeof(uint16_t);
+        st->staged_bytes = state_bytes <= static_cast<size_t>(kMaxStagedBytes) ? static_cast<int>(state_bytes) : 0;
+        st->row_max = static_cast<uint32_t*>(row_max);
+        st->parts = static_cast<HistPart*>(parts);
+        st->n_chunks = n_chunks;
     }
-    return st;
+    return at;
 }
 
 }  // namespace
 
 size_t select_blocks_scratch_bytes(int64_t rows, int64_t n_used_max) {
-    const size_t cells = static_cast<size_t>(rows) * static_cast<size_t>(n_used_max);
-    size_t bytes = 3 * align_up(cells * 4);
-    if (split_rows(rows)) {
-        const size_t n_chunks = static_cast<size_t>((n_used_max + kHistChunk - 1) / kHistChunk);
-        bytes += align_up(static_cast<size_t>(rows) * 4) + align_up(cells) +
-                 align_up(static_cast<size_t>(rows) * n_chunks * sizeof(HistPart));
-    }
-    return bytes;
+    return layout(SelectBlocksArgs{}, rows, n_used_max, split_rows(rows), nullptr);
 }
 
 cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream) {
@@ -750,7 +774,8 @@ cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stre
         rows * args.n_used_max > INT_MAX || args.c + args.block_size > INT_MAX)
         return cudaErrorInvalidValue;
     const bool split = split_rows(rows);
-    const SelectState st = layout(args, split);
+    SelectState st;
+    (void)layout(args, rows, args.n_used_max, split, &st);
     cudaError_t err = cudaSuccess;
     // Below every float's bits: the row maxima start empty.
     if (split && (err = cudaMemsetAsync(st.row_max, 0, static_cast<size_t>(rows) * sizeof(uint32_t), stream)) != cudaSuccess)
@@ -778,15 +803,21 @@ cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stre
     }
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
 
+    // Shared memory for the row's states, beyond the 48 KB a kernel gets without asking.
+    auto launch_rows = [&](auto kernel, int threads) {
+        if (st.staged_bytes > 0 &&
+            (err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxStagedBytes)) != cudaSuccess)
+            return err;
+        kernel<<<static_cast<unsigned>(rows), threads, st.staged_bytes, stream>>>(st);
+        return cudaGetLastError();
+    };
     if (split) {
         const dim3 hist_grid(static_cast<unsigned>(st.n_chunks), static_cast<unsigned>(rows));
         block_hist_kernel<<<hist_grid, kHistThreads, 0, stream>>>(st);
         if ((err = cudaGetLastError()) != cudaSuccess) return err;
-        select_row_kernel<kRowThreadsWide><<<static_cast<unsigned>(rows), kRowThreadsWide, 0, stream>>>(st);
-    } else {
-        select_row_kernel<kRowThreadsNarrow><<<static_cast<unsigned>(rows), kRowThreadsNarrow, 0, stream>>>(st);
+        return launch_rows(select_row_kernel<kRowThreadsWide>, kRowThreadsWide);
     }
-    return cudaGetLastError();
+    return launch_rows(select_row_kernel<kRowThreadsNarrow>, kRowThreadsNarrow);
 }
 
 }  // namespace purbo::cuda
