@@ -48,11 +48,23 @@ void gemv_rows(int64_t n, int64_t m, const Tensor& w, float* out, int n_threads,
 }
 
 // The same for the quantised formats, kVecDotMaxRows tokens per call of `dot_rows` so that each
-// weight block is unpacked once per group of tokens.
-template <class Block, class DotRows>
+// weight block is unpacked once per group of tokens. One token (decode) goes through
+// `dot_wrows`, kVecDotF32WeightRows consecutive weight rows per call.
+template <class Block, class DotRows, class DotWRows>
 void gemv_rows_quantized(int64_t n, int64_t m, const Tensor& w, const std::vector<ActBlockQ8>& xq,
-                         float* out, int n_threads, DotRows dot_rows) {
+                         float* out, int n_threads, DotRows dot_rows, DotWRows dot_wrows) {
     const int64_t nb = w.dim(1) / 32;
+    if (n == 1) {
+        const Block* w0 = reinterpret_cast<const Block*>(w.data);  // rows are contiguous
+        const int64_t groups = (m + kVecDotF32WeightRows - 1) / kVecDotF32WeightRows;
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
+        for (int64_t g = 0; g < groups; ++g) {
+            const int64_t j = g * kVecDotF32WeightRows;
+            const int rows = static_cast<int>(std::min<int64_t>(kVecDotF32WeightRows, m - j));
+            dot_wrows(nb, w0 + j * nb, rows, xq.data(), out + j);
+        }
+        return;
+    }
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
     for (int64_t j = 0; j < m; ++j) {
         const Block* w_row = reinterpret_cast<const Block*>(w.row_ptr(j));
@@ -134,17 +146,17 @@ void cpu_matmul_gemv(const Tensor& x, const Tensor& w, const Tensor& out, int n_
         case DType::kQ4_0:
             gemv_rows_quantized<BlockQ4_0>(n, m, w,
                                            quantize_activations(xf, n, k, quantize_activation_q8_0),
-                                           y, n_threads, vec_dot_rows_q4_0_q8_0);
+                                           y, n_threads, vec_dot_rows_q4_0_q8_0, vec_dot_wrows_q4_0_q8_0);
             return;
         case DType::kQ8_0:
             gemv_rows_quantized<BlockQ8_0>(n, m, w,
                                            quantize_activations(xf, n, k, quantize_activation_q8_0),
-                                           y, n_threads, vec_dot_rows_q8_0_q8_0);
+                                           y, n_threads, vec_dot_rows_q8_0_q8_0, vec_dot_wrows_q8_0_q8_0);
             return;
         case DType::kQ4_1:
             gemv_rows_quantized<BlockQ4_1>(n, m, w,
                                            quantize_activations(xf, n, k, quantize_activation_q8_1),
-                                           y, n_threads, vec_dot_rows_q4_1_q8_1);
+                                           y, n_threads, vec_dot_rows_q4_1_q8_1, vec_dot_wrows_q4_1_q8_1);
             return;
         case DType::kF32:
             gemv_rows(n, m, w, y, n_threads, [&](const uint8_t* row, int64_t i) {

@@ -356,4 +356,15 @@ float vec_dot_bf16_f32(int64_t k, const uint16_t* w, const float* x) {
 
 #endif
 
+// One call per group of weight rows (both builds: the row kernels above inline here).
+void vec_dot_wrows_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, int n_w, const ActBlockQ8* y, float* out) {
+    for (int j = 0; j < n_w; ++j) out[j] = vec_dot_q4_0_q8_0(nb, x + j * nb, y);
+}
+void vec_dot_wrows_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, int n_w, const ActBlockQ8* y, float* out) {
+    for (int j = 0; j < n_w; ++j) out[j] = vec_dot_q4_1_q8_1(nb, x + j * nb, y);
+}
+void vec_dot_wrows_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, int n_w, const ActBlockQ8* y, float* out) {
+    for (int j = 0; j < n_w; ++j) out[j] = vec_dot_q8_0_q8_0(nb, x + j * nb, y);
+}
+
 }  // namespace purbo

@@ -48,6 +48,13 @@ void vec_dot_rows_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y,
 void vec_dot_rows_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t y_stride,
                             int n_rows, float* out);
 
+// Decode (one activation row): n_w consecutive weight rows of nb blocks each, row j at
+// x + j * nb, against one quantised activation row y: out[j] = vec_dot(nb, x + j * nb, y),
+// the same values as one call per row without the call and row lookup per row.
+void vec_dot_wrows_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, int n_w, const ActBlockQ8* y, float* out);
+void vec_dot_wrows_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, int n_w, const ActBlockQ8* y, float* out);
+void vec_dot_wrows_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, int n_w, const ActBlockQ8* y, float* out);
+
 // k = number of elements; w in the weight's dtype, x f32; fp32 accumulation.
 float vec_dot_f32(int64_t k, const float* w, const float* x);
 float vec_dot_f16_f32(int64_t k, const uint16_t* w, const float* x);
