@@ -5,8 +5,11 @@
 # subcommand takes llama-bench's flags and writes the same JSON fields).
 #
 # usage: scripts/bench-vs-llamacpp.sh [-m MODEL] [-t THREADS] [-r REPS] [--out DIR]
-#                                     [--llama-bench PATH] [--purbo PATH] [--no-llama]
-# writes DIR/llama.json, DIR/purbo.json and DIR/report.md (default DIR: out/bench-<time>/)
+#                                     [--llama-bench PATH] [--purbo PATH] [--no-llama] [--q8]
+#   --q8  also run purbo with --q8-activations (8-bit activations in decode, llama.cpp's
+#         numerics), as a third engine "purbo-q8"
+# writes DIR/llama.json, DIR/purbo.json (DIR/purbo-q8.json) and DIR/report.md
+# (default DIR: out/bench-<time>/)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +20,7 @@ out="$root/out/bench-$(date -u +%Y%m%d-%H%M%S)"
 llama_bench=""
 purbo="$root/build/bin/purbo"
 run_llama=1
+run_q8=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         -m) model="$2"; shift 2 ;;
@@ -26,7 +30,8 @@ while [[ $# -gt 0 ]]; do
         --llama-bench) llama_bench="$2"; shift 2 ;;
         --purbo) purbo="$2"; shift 2 ;;
         --no-llama) run_llama=0; shift ;;
-        -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+        --q8) run_q8=1; shift ;;
+        -h|--help) sed -n 2,13p "$0"; exit 0 ;;
         *) echo "bench: unknown flag '$1'" >&2; exit 2 ;;
     esac
 done
@@ -71,6 +76,10 @@ if [[ -x "$purbo" ]]; then
         echo "bench: '$purbo bench' failed; purbo column left empty" >&2
         rm -f "$out/purbo.json"
     fi
+    if [[ $run_q8 == 1 ]] && ! run_engine purbo-q8 "$purbo" bench --q8-activations; then
+        echo "bench: '$purbo bench --q8-activations' failed; purbo-q8 column left empty" >&2
+        rm -f "$out/purbo-q8.json"
+    fi
 else
     echo "bench: no $purbo; purbo column left empty" >&2
 fi
@@ -111,7 +120,8 @@ def test_name(r):
 def key(r):
     return (int(r.get("n_prompt", 0)), int(r.get("n_gen", 0)), int(r.get("n_depth", 0)))
 
-engines = {"llama.cpp": load("llama"), "purbo": load("purbo")}
+engines = {"llama.cpp": load("llama"), "purbo": load("purbo"),
+           "purbo --q8-activations": load("purbo-q8")}
 for label, rows in engines.items():
     if not rows:
         continue
@@ -129,11 +139,14 @@ for label, rows in engines.items():
               f" | {float(r.get('stddev_ts', 0)):.2f} | {float(best):.2f} |")
     print()
 
-llama, purbo = engines["llama.cpp"], engines["purbo"]
-if llama and purbo:
+llama = engines["llama.cpp"]
+for label in ("purbo", "purbo --q8-activations"):
+    purbo = engines[label]
+    if not (llama and purbo):
+        continue
     by_key = {key(r): r for r in purbo}
-    print("### purbo / llama.cpp (higher is better for purbo)\n")
-    print("| test | llama.cpp t/s | purbo t/s | ratio |\n|---|---:|---:|---:|")
+    print(f"### {label} / llama.cpp (higher is better for purbo)\n")
+    print(f"| test | llama.cpp t/s | {label} t/s | ratio |\n|---|---:|---:|---:|")
     for r in llama:
         p = by_key.get(key(r))
         if p is None:
