@@ -29,8 +29,7 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& o
     PURBO_CUDA_TRY(cudaGetDevice(&backend->device_));
     PURBO_CUDA_TRY(cudaDeviceGetAttribute(&backend->n_sms_, cudaDevAttrMultiProcessorCount, backend->device_));
     PURBO_CUDA_TRY(cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking));
-    PURBO_CUBLAS_TRY(cublasCreate(&backend->cublas_));
-    PURBO_CUBLAS_TRY(cublasSetStream(backend->cublas_, backend->stream_));
+    PURBO_ASSIGN_OR_RETURN(backend->gemm_, cuda::LtGemm::create());
     return backend;
 }
 
@@ -38,6 +37,7 @@ CudaBackend::~CudaBackend() {
     // Errors on the way out cannot be returned; the process is usually ending anyway.
     if (stream_) (void)cudaStreamSynchronize(stream_);
     cudnn_.reset();  // its handle is bound to the stream
+    gemm_.reset();
     for (Scratch* s : {&x_bf16_, &indices_, &attn_partial_, &select_, &cudnn_io_}) {
         if (s->ptr) (void)cudaFree(s->ptr);
     }
@@ -45,7 +45,6 @@ CudaBackend::~CudaBackend() {
         if (slot.ptr) (void)cudaFreeHost(slot.ptr);
         if (slot.copied) (void)cudaEventDestroy(slot.copied);
     }
-    if (cublas_) (void)cublasDestroy(cublas_);
     if (stream_) (void)cudaStreamDestroy(stream_);
 }
 

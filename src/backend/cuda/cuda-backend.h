@@ -22,6 +22,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/cuda-cudnn.h"
+#include "backend/cuda/cuda-gemm-lt.h"
 
 namespace purbo {
 
@@ -98,7 +99,7 @@ private:
     int device_ = 0;
     int n_sms_ = 0;
     cudaStream_t stream_ = nullptr;
-    cublasHandle_t cublas_ = nullptr;
+    std::unique_ptr<cuda::LtGemm> gemm_;  // every matmul
     Scratch x_bf16_;       // matmul: x rounded to bf16, (n, k)
     Scratch indices_;      // ids, positions, placements, plans and rope tables of one op
     Scratch attn_partial_; // split-KV partial results
