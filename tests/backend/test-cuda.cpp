@@ -393,6 +393,44 @@ TEST(Cuda, F32WeightsTakeTheF32Path) {
     EXPECT_LE(test::nmse(actual, {expected.f32(), static_cast<size_t>(n * m)}), tol_f32_reduction(k));
 }
 
+TEST(Cuda, MatmulOnOddlyAlignedViewsAndRepeatedShapes) {
+    SKIP_WITHOUT_CUDA();
+    // Row views at odd offsets (as the q/k/v parts of a fused projection): a bf16 weight starting
+    // 3 rows of k = 161 in (2-byte aligned), x one row in (4-byte aligned), out a column offset
+    // of 1 (4-byte aligned). Each shape and alignment gets its own cuBLASLt plan; the second
+    // call of a shape reuses it. Values are bf16 numbers, so cpu-ref on the same values bounds
+    // the error by the f32 reduction alone.
+    auto cuda = make("cuda");
+    auto ref = make("cpu-ref");
+    std::mt19937 rng(5);
+    const int64_t n = 2, k = 161, m = 67;
+    std::vector<float> wv = random_floats(rng, (m + 3) * k), xv = random_floats(rng, (n + 1) * k);
+    for (float& v : wv) v = bf16_to_f32(f32_to_bf16(v));
+    for (float& v : xv) v = bf16_to_f32(f32_to_bf16(v));
+    const Tensor w_all = host_f32({m + 3, k}, wv), x_all = host_f32({n + 1, k}, xv);
+    auto w_dev = cuda->prepare_weight(w_all);
+    ASSERT_TRUE(w_dev.is_ok()) << w_dev.status().to_string();
+    const Tensor w_view = w_dev->rows(3, m + 3), x_view = upload(*cuda, x_all).rows(1, n + 1);
+    Tensor expected = tensor_cpu(DType::kF32, {n, m});
+    ASSERT_TRUE(ref->matmul(x_all.rows(1, n + 1), w_all.rows(3, m + 3), expected).is_ok());
+    const std::span<const float> want(expected.f32(), static_cast<size_t>(n * m));
+    Tensor out_all = cuda->alloc(DType::kF32, {n * m + 1});
+    const Tensor out = out_all.reshaped({n * m + 1, 1}).rows(1, n * m + 1).reshaped({n, m});
+    for (int call = 0; call < 2; ++call) {
+        SCOPED_TRACE(fmt::format("call {}", call));
+        ASSERT_TRUE(cuda->matmul(x_view, w_view, out).is_ok());
+        const std::vector<float> got = download(*cuda, out);
+        EXPECT_LE(test::nmse(got, want), tol_f32_reduction(k));
+    }
+    // The aligned whole tensors: another plan, the same products.
+    Tensor out2 = cuda->alloc(DType::kF32, {n + 1, m + 3});
+    ASSERT_TRUE(cuda->matmul(upload(*cuda, x_all), *w_dev, out2).is_ok());
+    const std::vector<float> got2 = download(*cuda, out2);
+    Tensor expected2 = tensor_cpu(DType::kF32, {n + 1, m + 3});
+    ASSERT_TRUE(ref->matmul(x_all, w_all, expected2).is_ok());
+    EXPECT_LE(test::nmse(got2, {expected2.f32(), got2.size()}), tol_f32_reduction(k));
+}
+
 TEST(Cuda, OutputsMayAliasInputs) {
     SKIP_WITHOUT_CUDA();
     auto cuda = make("cuda");
