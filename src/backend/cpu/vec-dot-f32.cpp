@@ -164,8 +164,12 @@ float dot_row(int64_t nb, const BlockQ4_1* w, const float* x, const float* x_sum
         const Block32 q = lookup_nibbles(w[b].qs, table);
         const __m512 t = _mm512_fmadd_ps(q.hi, _mm512_loadu_ps(x + b * 32 + 16),
                                          _mm512_mul_ps(q.lo, _mm512_loadu_ps(x + b * 32)));
-        acc[u] = _mm512_fmadd_ps(t, _mm512_set1_ps(f16_to_f32(w[b].d)), acc[u]);
-        acc_m[u] += f16_to_f32(w[b].m) * x_sums[b];
+        // d and m (adjacent f16) in one 32-bit load and one conversion: lanes d, m.
+        int32_t dm_bits;
+        std::memcpy(&dm_bits, &w[b].d, sizeof(dm_bits));
+        const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128(dm_bits));
+        acc[u] = _mm512_fmadd_ps(t, _mm512_broadcastss_ps(dm), acc[u]);
+        acc_m[u] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * x_sums[b];
     };
     int64_t b = 0;
     for (; b + kUnroll <= nb; b += kUnroll) {
