@@ -29,6 +29,7 @@
 #include "backend/cpu/cpu-backend.h"
 #include "backend/cpu/vec-dot-f32.h"
 #include "backend/cpu/vec-dot.h"
+#include "backend/cpu/vec-exp.h"
 #include "core/fp16.h"
 #include "core/quants.h"
 #include "test-util.h"
@@ -1443,6 +1444,42 @@ TEST(CpuMatmul, BothPathsMatchReferenceOnAnyN) {
             EXPECT_LE(test::nmse({out.f32(), ref.size()}, ref), tol);
         }
     }
+}
+
+// ---- vectorised softmax exponentials ------------------------------------------------------------
+
+// exp_shifted_sum against libm in double: every weight within 4 ulp of exp(x - shift), those
+// below FLT_MIN (masked keys at -inf among them) exactly 0, NaN kept, and the returned sum the
+// sum of the weights. Lengths 1..40 cover whole vectors and every masked tail.
+TEST(VecExp, ShiftedExpMatchesLibm) {
+    std::mt19937 rng(17);
+    std::uniform_real_distribution<float> score(-95.0f, 5.0f);
+    for (int64_t n = 1; n <= 40; ++n) {
+        std::vector<float> x(static_cast<size_t>(n));
+        for (float& v : x) v = score(rng);
+        x[0] = 5.0f;                                              // the shift itself: weight 1
+        if (n > 2) x[2] = -std::numeric_limits<float>::infinity();  // a masked key
+        const float shift = 5.0f;
+        std::vector<float> y = x;
+        const float sum = exp_shifted_sum(y.data(), n, shift);
+        double want_sum = 0;
+        for (int64_t t = 0; t < n; ++t) {
+            SCOPED_TRACE(fmt::format("n={} t={} x={}", n, t, x[static_cast<size_t>(t)]));
+            const float v = x[static_cast<size_t>(t)] - shift;
+            const float got = y[static_cast<size_t>(t)];
+            if (v < -87.3f) {
+                EXPECT_EQ(got, 0.0f);
+                continue;
+            }
+            const double want = std::exp(static_cast<double>(v));
+            EXPECT_LE(std::fabs(got - want), 4.0 * std::numeric_limits<float>::epsilon() * want);
+            want_sum += got;
+        }
+        EXPECT_NEAR(sum, want_sum, static_cast<double>(n) * std::numeric_limits<float>::epsilon() * want_sum);
+    }
+    std::vector<float> nan = {0.0f, std::numeric_limits<float>::quiet_NaN()};
+    EXPECT_TRUE(std::isnan(exp_shifted_sum(nan.data(), 2, 0.0f)));
+    EXPECT_TRUE(std::isnan(nan[1]));
 }
 
 // ---- SIMD dot products against their scalar bodies -------------------------------------------

@@ -17,6 +17,7 @@
 
 #include "backend/cpu/blas-threads.h"
 #include "backend/cpu/cpu-backend.h"
+#include "backend/cpu/vec-exp.h"
 #include "backend/op-checks.h"
 #include "core/fp16.h"
 
@@ -230,11 +231,7 @@ void attend_partial(const float* q, int64_t nh, int64_t d, const T* keys, const 
                 for (int64_t t = 0; t < nj; ++t) chunk_max = std::max(chunk_max, sh[t]);
                 const float new_m = std::max(state.m[hq], chunk_max);
                 const float correction = std::exp(state.m[hq] - new_m);  // 0 on the first chunk
-                float sum = state.l[hq] * correction;
-                for (int64_t t = 0; t < nj; ++t) {
-                    sh[t] = std::exp(sh[t] - new_m);
-                    sum += sh[t];
-                }
+                const float sum = state.l[hq] * correction + exp_shifted_sum(sh, nj, new_m);
                 float* ah = state.acc + hq * d;
                 int64_t e0 = 0;
                 for (; e0 + kTile <= d; e0 += kTile)
@@ -360,11 +357,7 @@ void attend_block(const float* q, float* out, int64_t h, int64_t d, const HeadGr
             }
             const float new_m = std::max(mb[r], chunk_max);
             const float correction = std::exp(mb[r] - new_m);  // 0 on the row's first chunk
-            float sum = 0;
-            for (int64_t u = 0; u < nj; ++u) {
-                sr[u] = std::exp(sr[u] - new_m);  // exp(-inf) = 0 for masked keys
-                sum += sr[u];
-            }
+            const float sum = exp_shifted_sum(sr, nj, new_m);  // masked keys (-inf) get 0
             lb[r] = lb[r] * correction + sum;
             mb[r] = new_m;
             float* orow = ob + r * d;
