@@ -7,30 +7,47 @@
 
 namespace purbo {
 
+#if defined(__AVX512F__)
+namespace {
+
+// Cephes' single-precision exp of 16 lanes: x clamped to [-87.3, 88.37], n = round(x log2 e),
+// r = x - n ln 2 (ln 2 in two parts), a degree-6 polynomial for e^r, and 2^n applied with
+// scalef. About 1 ulp. min/max return their second operand when one is NaN: with x second,
+// NaN passes through.
+inline __m512 exp16(__m512 x) {
+    const __m512 c = _mm512_max_ps(_mm512_set1_ps(-87.3f), _mm512_min_ps(_mm512_set1_ps(88.37f), x));
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), c);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, k);
+}
+
+// Lanes [t, min(t + 16, n)).
+inline __mmask16 live_lanes(int64_t t, int64_t n) {
+    return n - t >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - t)) - 1u);
+}
+
+}  // namespace
+#endif
+
 float exp_shifted_sum(float* x, int64_t n, float shift) {
 #if defined(__AVX512F__)
     const __m512 vshift = _mm512_set1_ps(shift);
     __m512 vsum = _mm512_setzero_ps();
     for (int64_t t = 0; t < n; t += 16) {
-        const __mmask16 live = n - t >= 16 ? static_cast<__mmask16>(0xffff)
-                                           : static_cast<__mmask16>((1u << (n - t)) - 1u);
+        const __mmask16 live = live_lanes(t, n);
         const __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(live, x + t), vshift);
+        // Below FLT_MIN: 0 (compares with NaN are false, so NaN is not flushed).
         const __mmask16 tiny = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-87.3f), _CMP_LT_OQ);
-        // min/max return their second operand when one is NaN: v second, so NaN passes through.
-        const __m512 c = _mm512_max_ps(_mm512_set1_ps(-87.3f), _mm512_min_ps(_mm512_set1_ps(88.37f), v));
-        const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
-                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), c);
-        r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-        __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-        p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-        // NaN scores stay NaN (compares with NaN are false, so they are not flushed).
-        const __m512 e = _mm512_maskz_mov_ps(static_cast<__mmask16>(live & ~tiny), _mm512_scalef_ps(p, k));
+        const __m512 e = _mm512_maskz_mov_ps(static_cast<__mmask16>(live & ~tiny), exp16(v));
         _mm512_mask_storeu_ps(x + t, live, e);
         vsum = _mm512_add_ps(vsum, e);
     }
@@ -43,6 +60,20 @@ float exp_shifted_sum(float* x, int64_t n, float shift) {
         sum += x[t];
     }
     return sum;
+#endif
+}
+
+void silu_mul(const float* g, const float* u, float* out, int64_t n) {
+#if defined(__AVX512F__)
+    for (int64_t t = 0; t < n; t += 16) {
+        const __mmask16 live = live_lanes(t, n);
+        const __m512 gv = _mm512_maskz_loadu_ps(live, g + t);
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));  // exp(-g)
+        const __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+        _mm512_mask_storeu_ps(out + t, live, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(live, u + t)));
+    }
+#else
+    for (int64_t t = 0; t < n; ++t) out[t] = g[t] / (1.0f + std::exp(-g[t])) * u[t];
 #endif
 }
 

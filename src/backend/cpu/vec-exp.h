@@ -1,4 +1,4 @@
-// The exponentials of softmax weights, vectorised (the cpu backend's attention).
+// Vectorised exponentials of the cpu backend: softmax weights (attention) and SiLU (swiglu).
 #pragma once
 
 #include <cstdint>
@@ -13,5 +13,10 @@ namespace purbo {
 // including masked keys at -inf) are 0: against the largest weight, 1, they are far below
 // the sum's rounding. Sums in another order than a sequential loop (fp32).
 float exp_shifted_sum(float* x, int64_t n, float shift);
+
+// out[t] = silu(g[t]) * u[t] = g[t] / (1 + exp(-g[t])) * u[t], the exp as above (exp(-g) is
+// clamped to [e^-87.3, e^88.37]: for g below -88 the result is ~g / 2.6e38 instead of
+// g e^g, both under 1e-36). out may alias g or u.
+void silu_mul(const float* g, const float* u, float* out, int64_t n);
 
 }  // namespace purbo
