@@ -1,5 +1,6 @@
 #include "backend/cpu/vec-dot.h"
 
+#include <cstring>
 #include <type_traits>
 
 #include "core/fp16.h"
@@ -128,16 +129,29 @@ float vec_dot_blocks(int64_t nb, const Block* x, const ActBlockQ8* y) {
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
     float sum_min = 0;
+    __m128 min_acc[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
     auto step = [&](int64_t b, int u) {
-        acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b].d) * y[b].d),
-                                 _mm256_cvtepi32_ps(block_sums(x[b], y[b])), acc[u]);
-        if constexpr (std::is_same_v<Block, BlockQ4_1>) sum_min += f16_to_f32(x[b].m) * y[b].s;
+        if constexpr (std::is_same_v<Block, BlockQ4_1>) {
+            // dx and mx (adjacent f16) in one load and one conversion, times (dy, sy): lane 0
+            // scales the block's integer sum, lane 1 is its min term (one chain per u).
+            int32_t dm_bits;
+            std::memcpy(&dm_bits, &x[b].d, sizeof(dm_bits));
+            const __m128 prod = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dm_bits)),
+                                           _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(&y[b].d))));
+            acc[u] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(block_sums(x[b], y[b])), acc[u]);
+            min_acc[u] = _mm_add_ss(min_acc[u], _mm_movehdup_ps(prod));
+        } else {
+            acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x[b].d) * y[b].d),
+                                     _mm256_cvtepi32_ps(block_sums(x[b], y[b])), acc[u]);
+        }
     };
     int64_t b = 0;
     for (; b + 3 < nb; b += 4) {
         for (int u = 0; u < 4; ++u) step(b + u, u);
     }
     for (; b < nb; ++b) step(b, 0);
+    if constexpr (std::is_same_v<Block, BlockQ4_1>)
+        sum_min = _mm_cvtss_f32(_mm_add_ss(_mm_add_ss(min_acc[0], min_acc[1]), _mm_add_ss(min_acc[2], min_acc[3])));
     return hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) +
            sum_min;
 }
