@@ -87,9 +87,10 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float m2, float 
 
 // Block masses relative to the heaviest block, 2^(a_b - A) in (0, 1], as fixed-point integers
 // of 2^-40: sums of them are exact and do not depend on the order of the additions (the
-// histogram's atomics, the scans), and integer atomics are native in shared memory where
-// double ones are compare-and-swap loops. Rows of up to 2^23 blocks sum below 2^63; a block
-// under 2^-40 of the heaviest counts as 0 (its bin is past any boundary top_p < 1 can reach).
+// histogram's atomics, the scans). (Speed is no reason: sm_90 runs 64-bit shared-memory
+// atomicAdd as a compare-and-swap loop, integer or double; the runs of BinRun keep them few.)
+// Rows of up to 2^23 blocks sum below 2^63; a block under 2^-40 of the heaviest counts as 0
+// (its bin is past any boundary top_p < 1 can reach).
 using Mass = unsigned long long;
 constexpr int kMaxRowBlocks = 1 << 23;
 __device__ __forceinline__ Mass fixed_mass(float a, float heaviest) {
