@@ -84,6 +84,19 @@ else
     echo "bench: no $purbo; purbo column left empty" >&2
 fi
 
+# The decode floor of this run: the weights' bytes (purbo inspect) over the read bandwidth
+# measured right after the engines (purbo-membw, same thread count). This VM's bandwidth moves
+# by tens of percent within a day, so the floor is measured with every run, not assumed.
+membw="$(dirname "$purbo")/purbo-membw"
+read_gbs=""
+weights_mib=""
+if [[ -x "$membw" && -x "$purbo" ]]; then
+    read_gbs="$("$membw" --threads "$threads" 2>/dev/null \
+        | awk -F'|' -v t="$threads" '$2 ~ /read/ && $3+0 == t {gsub(/ /, "", $4); print $4}' | tail -1)"
+    weights_mib="$("$purbo" inspect -m "$model" 2>/dev/null \
+        | sed -n 's/^parameters: .*, \([0-9.]*\) MiB$/\1/p' | head -1)"
+fi
+
 # Context for the figures: machine, date, commit, and how busy the machine was.
 {
     echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs;" \
@@ -92,10 +105,10 @@ fi
         "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo
 } > "$out/report.md"
-python3 - "$out" "$threads" >> "$out/report.md" <<'PY'
+python3 - "$out" "$threads" "$read_gbs" "$weights_mib" >> "$out/report.md" <<'PY'
 import json, os, subprocess, sys
 
-out, threads = sys.argv[1], sys.argv[2]
+out, threads, read_gbs, weights_mib = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 
 def load(name):
     path = os.path.join(out, name + ".json")
@@ -155,6 +168,25 @@ for label in ("purbo", "purbo --q8-activations"):
         a, b = float(r["avg_ts"]), float(p["avg_ts"])
         print(f"| {test_name(r)} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
     print("\n(ratio of mean t/s; compare only runs made on the same machine at the same time)")
+    print()
+
+# Decode at depth 0 against the floor: every weight byte read once per token (tied embeddings:
+# the LM head reads the embedding matrix; with untied ones this overstates the bytes a little).
+try:
+    gbs, mib = float(read_gbs), float(weights_mib)
+except ValueError:
+    gbs = mib = 0.0
+if gbs > 0 and mib > 0:
+    mb = mib * 1048576 / 1e6
+    floor_ts = gbs * 1e3 / mb
+    print(f"### decode floor\n\nread bandwidth {gbs:.1f} GB/s ({threads} threads, purbo-membw right after"
+          f" the engines), weights {mb:.1f} MB per token: at most {floor_ts:.0f} t/s.\n")
+    print("| engine | tg128 t/s | share of the floor |\n|---|---:|---:|")
+    for label, rows in engines.items():
+        for r in rows or []:
+            if key(r) == (0, 128, 0):
+                ts = float(r["avg_ts"])
+                print(f"| {label} | {ts:.2f} | {100 * ts / floor_ts:.0f} % |")
     print()
 PY
 cat "$out/report.md"
