@@ -47,6 +47,21 @@ void gemv_rows(int64_t n, int64_t m, const Tensor& w, float* out, int n_threads,
     }
 }
 
+// One token (decode): w's m contiguous rows in groups of kVecDotF32WeightRows, one call of
+// dot_group(first row, rows in the group, its output) per group, the threads taking static
+// halves (one ascending stream each: dynamic schedules were far slower, bench/NOTES.md).
+template <class Block, class DotGroup>
+void gemv_one_token(int64_t m, const Tensor& w, float* out, int n_threads, DotGroup dot_group) {
+    const int64_t nb = w.dim(1) / 32;
+    const Block* w0 = reinterpret_cast<const Block*>(w.data);  // rows are contiguous
+    const int64_t groups = (m + kVecDotF32WeightRows - 1) / kVecDotF32WeightRows;
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
+    for (int64_t g = 0; g < groups; ++g) {
+        const int64_t j = g * kVecDotF32WeightRows;
+        dot_group(w0 + j * nb, static_cast<int>(std::min<int64_t>(kVecDotF32WeightRows, m - j)), out + j);
+    }
+}
+
 // The same for the quantised formats, kVecDotMaxRows tokens per call of `dot_rows` so that each
 // weight block is unpacked once per group of tokens. One token (decode) goes through
 // `dot_wrows`, kVecDotF32WeightRows consecutive weight rows per call.
@@ -55,14 +70,9 @@ void gemv_rows_quantized(int64_t n, int64_t m, const Tensor& w, const std::vecto
                          float* out, int n_threads, DotRows dot_rows, DotWRows dot_wrows) {
     const int64_t nb = w.dim(1) / 32;
     if (n == 1) {
-        const Block* w0 = reinterpret_cast<const Block*>(w.data);  // rows are contiguous
-        const int64_t groups = (m + kVecDotF32WeightRows - 1) / kVecDotF32WeightRows;
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
-        for (int64_t g = 0; g < groups; ++g) {
-            const int64_t j = g * kVecDotF32WeightRows;
-            const int rows = static_cast<int>(std::min<int64_t>(kVecDotF32WeightRows, m - j));
-            dot_wrows(nb, w0 + j * nb, rows, xq.data(), out + j);
-        }
+        gemv_one_token<Block>(m, w, out, n_threads, [&](const Block* rows, int n_rows, float* o) {
+            dot_wrows(nb, rows, n_rows, xq.data(), o);
+        });
         return;
     }
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
@@ -84,16 +94,11 @@ void gemv_rows_f32act(int64_t n, int64_t m, int64_t k, const Tensor& w, const fl
                       int n_threads, DotRows dot_rows, DotWRows dot_wrows) {
     const int64_t nb = k / 32;
     if (n == 1) {
-        const Block* w0 = reinterpret_cast<const Block*>(w.data);  // rows are contiguous
-        const int64_t groups = (m + kVecDotF32WeightRows - 1) / kVecDotF32WeightRows;
         std::vector<float> x_sums(static_cast<size_t>(nb));  // (nb,)
         block_sums_f32(nb, x, x_sums.data());
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
-        for (int64_t g = 0; g < groups; ++g) {
-            const int64_t j = g * kVecDotF32WeightRows;
-            const int rows = static_cast<int>(std::min<int64_t>(kVecDotF32WeightRows, m - j));
-            dot_wrows(nb, w0 + j * nb, rows, x, x_sums.data(), out + j);
-        }
+        gemv_one_token<Block>(m, w, out, n_threads, [&](const Block* rows, int n_rows, float* o) {
+            dot_wrows(nb, rows, n_rows, x, x_sums.data(), o);
+        });
         return;
     }
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
