@@ -114,6 +114,9 @@ enum class ActivationPrecision {
 struct BackendOptions {
     int n_threads = 0;  // 0 = all cores
     ActivationPrecision gemv_activations = ActivationPrecision::kF32;
+    // cuda: replay decode steps as CUDA graphs (begin_graph_step). Off: every op is launched
+    // on its own (for comparisons; also off when PURBO_NO_CUDA_GRAPHS is set).
+    bool step_graphs = true;
 };
 
 class Backend {
@@ -136,6 +139,25 @@ public:
     virtual Status to_host(const Tensor& src, const Tensor& host_dst) = 0;
     virtual Status from_host(const Tensor& host_src, const Tensor& dst) = 0;
     virtual void synchronize() {}
+
+    // ---- step graphs ---------------------------------------------------------------------
+    // A decode step issues the same few hundred ops every token. A backend that can record
+    // them once and replay them as one unit (CUDA graphs) does so between these two calls:
+    //   if (backend.begin_graph_step()) {
+    //       Status ops = <the step's ops>;
+    //       bool done = backend.end_graph_step(ops.is_ok());   // false: run the ops again
+    //   }
+    // While a step is open the ops may be recorded or only checked against the recording
+    // instead of running; end_graph_step runs the step. It returns false when the ops did not
+    // run (a replay whose ops differ from the recording, a recording that failed, an op that
+    // failed): the caller then issues them again outside a graph step. No host reads
+    // (to_host, synchronize) inside a step. begin_graph_step returns false where there is
+    // nothing to gain (CPU backends) or graphs are off.
+    virtual bool begin_graph_step() { return false; }
+    virtual Result<bool> end_graph_step(bool ops_ok) {
+        (void)ops_ok;
+        return false;
+    }
 
     // ---- ops ----------------------------------------------------------------------------
     // out[i, :] = table[ids[i], :]; table (v, k) any weight dtype; out (n, k) f32.

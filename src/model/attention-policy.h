@@ -31,6 +31,14 @@ public:
     // own (the indexer's cached keys). Scale is already set.
     virtual Status plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre, const TokenPlacement& place,
                               AttentionParams& params) = 0;
+
+    // Called after every layer of the batch has been issued (and, on the GPU, may not yet
+    // have run): the place to read back per-batch results, which plan_layer may not do
+    // while a decode step is recorded as a graph.
+    virtual Status end_batch(const TokenPlacement& place) {
+        (void)place;
+        return Status::ok();
+    }
 };
 
 }  // namespace purbo

@@ -11,6 +11,9 @@ namespace {
 // Logits are computed for at most this many rows at a time: a (rows, n_vocab) buffer for a
 // whole 512-token micro-batch would be 100 MB at a 49K vocabulary.
 constexpr int kLogitChunk = 32;
+// Batches of up to this many tokens go through step graphs: decode steps, of one sequence or
+// a few; a prefill chunk's launches are few next to its work.
+constexpr int kMaxGraphTokens = 16;
 
 Status check_batch(const ForwardBatch& batch, const KvCache& cache, int max_batch) {
     const size_t n = batch.tokens.size();
@@ -289,28 +292,49 @@ Status Forward::run(const ForwardBatch& batch, const KvCache& cache, const Tenso
                          c.n_vocab);
         }
     }
+    const int chunk = static_cast<int>(picked_.n_rows());
+
+    // A decode step (a few tokens, its logits in one chunk, nothing observed) goes through the
+    // backend's step graph where it has one: recorded once, then replayed as one launch.
+    const bool graph_step = n <= kMaxGraphTokens && r <= chunk && !tap_;
+    if (graph_step && backend_.begin_graph_step()) {
+        const Status ops = run_ops(batch, cache, r);
+        PURBO_ASSIGN_OR_RETURN(const bool done, backend_.end_graph_step(ops.is_ok()));
+        if (!done) PURBO_TRY(run_ops(batch, cache, r));
+        if (r > 0) PURBO_TRY(backend_.to_host(logits_.rows(0, r), logits));
+    } else {
+        PURBO_TRY(run_ops(batch, cache, 0));
+        // LM head on the requested rows only, in chunks (gathering rows = an embedding lookup).
+        for (int r0 = 0; r0 < r; r0 += chunk) {
+            const int rn = std::min(chunk, r - r0);
+            PURBO_TRY(lm_head(batch.logit_rows.subspan(static_cast<size_t>(r0), static_cast<size_t>(rn))));
+            PURBO_TRY(backend_.to_host(logits_.rows(0, rn), logits.rows(r0, r0 + rn)));
+        }
+    }
+    if (policy_) PURBO_TRY(policy_->end_batch(batch.place));
+    return Status::ok();
+}
+
+Status Forward::run_ops(const ForwardBatch& batch, const KvCache& cache, int logit_rows) {
+    const ModelConfig& c = config_;
+    const int n = static_cast<int>(batch.tokens.size());
     const Tensor x = x_.rows(0, n);
     PURBO_TRY(backend_.embedding(weights_.tok_embd, batch.tokens, x));
     tap("embedding", -1, x);
     for (int il = 0; il < c.n_layer; ++il) {
         PURBO_TRY(run_layer(il, n, batch, cache));
     }
-    const Tensor xn = xn_.rows(0, n);
-    PURBO_TRY(backend_.rms_norm(x, weights_.out_norm, c.rms_eps, xn));
-    tap("final_norm", -1, xn);
-
-    // LM head on the requested rows only, in chunks (gathering rows = an embedding lookup).
-    const int chunk = static_cast<int>(picked_.n_rows());
-    for (int r0 = 0; r0 < r; r0 += chunk) {
-        const int rn = std::min(chunk, r - r0);
-        const Tensor picked = picked_.rows(0, rn);
-        const Tensor out = logits_.rows(0, rn);
-        PURBO_TRY(backend_.embedding(xn, batch.logit_rows.subspan(static_cast<size_t>(r0), static_cast<size_t>(rn)),
-                                     picked));
-        PURBO_TRY(backend_.matmul(picked, weights_.lm_head, out));
-        PURBO_TRY(backend_.to_host(out, logits.rows(r0, r0 + rn)));
-    }
+    PURBO_TRY(backend_.rms_norm(x, weights_.out_norm, c.rms_eps, xn_.rows(0, n)));
+    tap("final_norm", -1, xn_.rows(0, n));
+    if (logit_rows > 0) PURBO_TRY(lm_head(batch.logit_rows.subspan(0, static_cast<size_t>(logit_rows))));
     return Status::ok();
+}
+
+Status Forward::lm_head(std::span<const int32_t> rows) {
+    const int rn = static_cast<int>(rows.size());
+    const Tensor picked = picked_.rows(0, rn);
+    PURBO_TRY(backend_.embedding(xn_, rows, picked));
+    return backend_.matmul(picked, weights_.lm_head, logits_.rows(0, rn));
 }
 
 }  // namespace purbo

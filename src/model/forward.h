@@ -64,6 +64,11 @@ private:
     Status prepare(const ModelWeights& host_weights);
     Status prepare_layer(const LayerWeights& host, LayerWeights& dst, FusedWeights& fused);
     Status run_layer(int il, int n, const ForwardBatch& batch, const KvCache& cache);
+    // Every op of the batch on the backend, through the LM head of its first `logit_rows`
+    // wanted rows (0: up to the final norm); nothing is read back.
+    Status run_ops(const ForwardBatch& batch, const KvCache& cache, int logit_rows);
+    // logits_ (rn, n_vocab) = LM head of the final-norm rows `rows` (rn <= picked_ rows).
+    Status lm_head(std::span<const int32_t> rows);
     void tap(std::string_view name, int layer, const Tensor& t) const {
         if (tap_) tap_(name, layer, t);
     }

@@ -18,6 +18,7 @@ Result<std::unique_ptr<Session>> Session::create(const ModelConfig& config, cons
     BackendOptions backend_options;
     backend_options.n_threads = options.n_threads;
     backend_options.gemv_activations = options.gemv_activations;
+    backend_options.step_graphs = options.step_graphs;
     PURBO_ASSIGN_OR_RETURN(s->backend_, backend_create(options.backend, backend_options));
     ForwardOptions forward_options;
     forward_options.max_batch = std::max(options.n_batch, options.n_seq);

@@ -26,6 +26,8 @@ struct SessionOptions {
     ActivationPrecision gemv_activations = ActivationPrecision::kF32;
     // KV cache element type; nullopt = the backend's preferred one (f32 on CPU, bf16 on cuda).
     std::optional<DType> cache_type;
+    // cuda: decode steps replayed as CUDA graphs (BackendOptions::step_graphs).
+    bool step_graphs = true;
 };
 
 struct SessionTimings {

@@ -128,7 +128,7 @@ Status SparsePolicy::plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre
     const bool decode = is_decode(place);
     const int hr = static_cast<int>(L.retrieval.size());
     if (!has_indexer_ || hr == 0) {
-        if (decode) PURBO_TRY(count(il, place, Tensor{}, false));
+        if (decode) L.to_count = 1;
         return Status::ok();
     }
     // q_pre (n, h, d), k_pre (n, g, d): the indexer reads them flattened per token.
@@ -154,7 +154,18 @@ Status SparsePolicy::plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre
     PURBO_TRY(backend_.select_blocks(iq.reshaped({n, hr, r}), L.index_keys, place, sp, L.selection.blocks,
                                      L.selection.counts));
     params.selection = &L.selection;
-    if (decode) PURBO_TRY(count(il, place, L.selection.counts, true));
+    if (decode) L.to_count = 2;
+    return Status::ok();
+}
+
+Status SparsePolicy::end_batch(const TokenPlacement& place) {
+    for (size_t il = 0; il < layers_.size(); ++il) {
+        Layer& L = layers_[il];
+        if (L.to_count == 0) continue;
+        const bool selected = L.to_count == 2;
+        L.to_count = 0;
+        PURBO_TRY(count(static_cast<int>(il), place, L.selection.counts, selected));
+    }
     return Status::ok();
 }
 

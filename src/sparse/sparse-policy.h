@@ -67,6 +67,8 @@ public:
     KvLayout kv_layout() const override;
     Status plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre, const TokenPlacement& place,
                       AttentionParams& params) override;
+    // Adds the decode step's layers to the statistics (reads the selections' counts back).
+    Status end_batch(const TokenPlacement& place) override;
 
     const SparsityStats& stats() const { return stats_; }
     void reset_stats() { stats_ = {}; }
@@ -90,6 +92,9 @@ private:
         Tensor blocks;                   // (max_batch, hr, max_blocks) i32
         Tensor counts;                   // (max_batch, hr) i32
         BlockSelection selection;
+        // This batch was a decode step: 1 = dense retrieval heads, 2 = selected (counts
+        // to read in end_batch); 0 = nothing to count.
+        uint8_t to_count = 0;
     };
 
     Backend& backend_;

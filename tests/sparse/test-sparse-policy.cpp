@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -58,9 +59,11 @@ std::vector<HeadId> all_heads(const ModelConfig& c) {
 
 // Logits of a prefill of `prompt` tokens then one decode step per remaining token.
 std::vector<float> run(const Tiny& t, const std::string& backend, const AttentionPolicyFactory& policy, int prompt,
-                       SparsityStats* stats = nullptr, std::optional<DType> cache_type = std::nullopt) {
+                       SparsityStats* stats = nullptr, std::optional<DType> cache_type = std::nullopt,
+                       bool step_graphs = true) {
     SessionOptions so;
     so.backend = backend;
+    so.step_graphs = step_graphs;
     so.cache_type = cache_type;
     so.n_ctx = 256;
     so.n_batch = 64;
@@ -197,6 +200,24 @@ TEST_P(SparsePolicyTest, TopKBlocksKeepsAFixedBudget) {
                          run(t, GetParam(), sparse_policy_factory(a, every), 160)),
               kSame);
     EXPECT_EQ(stats.retrieval_attended, stats.retrieval_dense);
+}
+
+// Decode steps replayed as CUDA graphs: the indexer, the selection and the selected attention
+// run the same kernels with the same arguments as op by op, and the statistics (read after
+// each step) count the same blocks.
+TEST_P(SparsePolicyTest, StepGraphsEqualOpByOpDecode) {
+    if (GetParam() != "cuda") GTEST_SKIP() << "step graphs are a cuda feature";
+    const Tiny t = load_tiny(250);
+    const Adapter a = make_adapter(t.model.config, {{0, 1}, {1, 0}, {2, 3}}, small_settings(0.7f), true, 5);
+    SparsityStats with_graphs, op_by_op;
+    const auto graphs = run(t, "cuda", sparse_policy_factory(a), 40, &with_graphs, std::nullopt, true);
+    const auto eager = run(t, "cuda", sparse_policy_factory(a), 40, &op_by_op, std::nullopt, false);
+    ASSERT_EQ(graphs.size(), eager.size());
+    EXPECT_EQ(std::memcmp(graphs.data(), eager.data(), graphs.size() * sizeof(float)), 0);
+    EXPECT_EQ(with_graphs.retrieval_blocks, op_by_op.retrieval_blocks);
+    EXPECT_EQ(with_graphs.all_attended, op_by_op.all_attended);
+    EXPECT_EQ(with_graphs.decode_tokens, 210);
+    EXPECT_GT(with_graphs.retrieval_blocks, 0);
 }
 
 TEST(SparsePolicy, RejectsANegativeBlockBudget) {

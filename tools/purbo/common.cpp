@@ -28,6 +28,9 @@ void add_model_flags(OptionSet& set, ModelFlags& flags) {
     set.options.push_back({"--q8-activations", "", "",
                            "cpu decode: quantise activations to 8 bits (faster, llama.cpp's numerics; "
                            "default: exact fp32)", &flags.q8_activations});
+    set.options.push_back({"--no-graphs", "", "",
+                           "cuda: launch every op of a decode step on its own instead of replaying "
+                           "the step as a CUDA graph", &flags.no_graphs});
     set.options.push_back({"--cache-type", "-ctk", "TYPE",
                            "KV cache element type: f32 or bf16 (default: bf16 on cuda, f32 on cpu)",
                            &flags.cache_type});
@@ -53,6 +56,7 @@ SessionOptions session_options(const ModelFlags& flags) {
     o.n_ctx = flags.ctx;
     o.n_batch = flags.batch;
     o.gemv_activations = flags.q8_activations ? ActivationPrecision::kQ8 : ActivationPrecision::kF32;
+    o.step_graphs = !flags.no_graphs;
     Result<std::optional<DType>> cache_type = parse_cache_type(flags.cache_type);
     if (cache_type.is_ok()) o.cache_type = *cache_type;  // load_model has reported a bad one
     return o;

@@ -23,6 +23,7 @@ struct ModelFlags {
     int batch = 512;
     bool verbose = false;
     bool q8_activations = false;
+    bool no_graphs = false;
     std::string cache_type;  // --cache-type: "" (the backend's preferred), f32 or bf16
 };
 

@@ -2,6 +2,7 @@
 #include "backend/cuda/cuda-backend.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -22,7 +23,6 @@ int cuda_device_count() {
 }
 
 Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& options) {
-    (void)options;  // n_threads concerns the CPU backends
     if (cuda_device_count() == 0)
         return error(StatusCode::kUnsupported, "backend 'cuda': no CUDA device is visible on this machine");
     std::unique_ptr<CudaBackend> backend(new CudaBackend());
@@ -30,6 +30,10 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& o
     PURBO_CUDA_TRY(cudaDeviceGetAttribute(&backend->n_sms_, cudaDevAttrMultiProcessorCount, backend->device_));
     PURBO_CUDA_TRY(cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking));
     PURBO_ASSIGN_OR_RETURN(backend->gemm_, cuda::LtGemm::create());
+    backend->graph_ = std::make_unique<cuda::StepGraph>(backend->stream_);
+    const char* no_graphs = std::getenv("PURBO_NO_CUDA_GRAPHS");
+    if (!options.step_graphs || (no_graphs != nullptr && *no_graphs != '\0' && std::strcmp(no_graphs, "0") != 0))
+        backend->graph_->disable();
     return backend;
 }
 
@@ -37,6 +41,7 @@ CudaBackend::~CudaBackend() {
     // Errors on the way out cannot be returned; the process is usually ending anyway.
     if (stream_) (void)cudaStreamSynchronize(stream_);
     cudnn_.reset();  // its handle is bound to the stream
+    graph_.reset();
     gemm_.reset();
     for (Scratch* s : {&x_bf16_, &indices_, &attn_partial_, &select_, &cudnn_io_}) {
         if (s->ptr) (void)cudaFree(s->ptr);
@@ -59,6 +64,11 @@ Status require_device(std::string_view op, const Tensor& t, std::string_view rol
 
 Result<void*> CudaBackend::reserve(Scratch& scratch, size_t bytes) {
     if (bytes <= scratch.bytes) return scratch.ptr;
+    if (graph_->capturing()) {  // cudaFree cannot run while the stream is being captured
+        graph_->scratch_must_grow();
+        return error(StatusCode::kOutOfMemory, "cuda: scratch of {} bytes must grow to {} while recording a graph",
+                     scratch.bytes, bytes);
+    }
     // Grow by at least half again so a slowly growing batch does not reallocate every call.
     const size_t grown = std::max(bytes, scratch.bytes + scratch.bytes / 2);
     if (scratch.ptr) PURBO_CUDA_TRY(cudaFree(scratch.ptr));  // waits for kernels still reading it
@@ -70,6 +80,7 @@ Result<void*> CudaBackend::reserve(Scratch& scratch, size_t bytes) {
 }
 
 Result<void*> CudaBackend::stage(Scratch& scratch, const void* host, size_t bytes) {
+    if (graph_->open()) return graph_->stage(host, bytes);  // the step arena
     PURBO_ASSIGN_OR_RETURN(void* dst, reserve(scratch, bytes));
     if (bytes == 0) return dst;
     PinnedSlot& slot = pinned_[next_pinned_];
@@ -190,6 +201,8 @@ Status check_copy(std::string_view op, const Tensor& host, const Tensor& dev) {
 
 Status CudaBackend::to_host(const Tensor& src, const Tensor& host_dst) {
     PURBO_TRY(check_copy("to_host", host_dst, src));
+    if (graph_->open())
+        return error(StatusCode::kInvalidArgument, "to_host '{}': no host reads inside a graph step", src.name);
     const size_t count = static_cast<size_t>(src.numel());
     if (src.dtype == DType::kF32 || src.dtype == DType::kI32) {  // 4-byte elements, as they are
         PURBO_CUDA_TRY(cudaMemcpyAsync(host_dst.data, src.data, count * 4, cudaMemcpyDeviceToHost, stream_));
@@ -205,6 +218,8 @@ Status CudaBackend::to_host(const Tensor& src, const Tensor& host_dst) {
 
 Status CudaBackend::from_host(const Tensor& host_src, const Tensor& dst) {
     PURBO_TRY(check_copy("from_host", host_src, dst));
+    if (graph_->open())
+        return error(StatusCode::kInvalidArgument, "from_host '{}': no host copies inside a graph step", dst.name);
     const size_t count = static_cast<size_t>(dst.numel());
     if (dst.dtype == DType::kF32 || dst.dtype == DType::kI32) {  // 4-byte elements, as they are
         PURBO_CUDA_TRY(cudaMemcpyAsync(dst.data, host_src.data, count * 4, cudaMemcpyHostToDevice, stream_));
@@ -217,6 +232,10 @@ Status CudaBackend::from_host(const Tensor& host_src, const Tensor& dst) {
 }
 
 void CudaBackend::synchronize() {
+    if (graph_->open()) {  // a capture would be invalidated; a replay has nothing on the stream yet
+        PURBO_LOG_ERROR("cuda synchronize: called inside a graph step");
+        return;
+    }
     const cudaError_t err = cudaStreamSynchronize(stream_);
     if (err != cudaSuccess) PURBO_LOG_ERROR("cuda synchronize: {}", cudaGetErrorString(err));
 }

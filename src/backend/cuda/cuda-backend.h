@@ -19,10 +19,13 @@
 #include <cublas_v2.h>
 
 #include <span>
+#include <type_traits>
 
 #include "backend/backend.h"
 #include "backend/cuda/cuda-cudnn.h"
+#include "backend/cuda/cuda-check.h"
 #include "backend/cuda/cuda-gemm-lt.h"
+#include "backend/cuda/cuda-step-graph.h"
 
 namespace purbo {
 
@@ -48,6 +51,10 @@ public:
     Status to_host(const Tensor& src, const Tensor& host_dst) override;
     Status from_host(const Tensor& host_src, const Tensor& dst) override;
     void synchronize() override;
+
+    bool begin_graph_step() override { return graph_->begin(); }
+    Result<bool> end_graph_step(bool ops_ok) override { return graph_->end(ops_ok); }
+    const cuda::StepGraph& step_graph() const { return *graph_; }
 
     Status embedding(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) override;
     Status rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override;
@@ -79,6 +86,24 @@ private:
     // host buffer may go away as soon as this returns). A pageable source would let the
     // runtime wait for the stream before the copy: a bubble between every op and the next.
     Result<void*> stage(Scratch& scratch, const void* host, size_t bytes);
+    // Every kernel launch and cuBLASLt call of an op goes through here, so that a step graph
+    // can record it or check it against its recording. `signature`: every argument the launch
+    // depends on besides the stream (the call site's name is added). `issue` returns a
+    // cudaError_t (a launcher) or a Status.
+    template <class Issue, class... Values>
+    Status enqueue(const char* what, Issue&& issue, const Values&... signature) {
+        return graph_->launch(
+            [&]() -> Status {
+                if constexpr (std::is_same_v<decltype(issue()), cudaError_t>) {
+                    const cudaError_t err = issue();
+                    if (err != cudaSuccess) return cuda_error(what, __FILE__, __LINE__, err);
+                    return Status::ok();
+                } else {
+                    return issue();
+                }
+            },
+            what, signature...);
+    }
     // Pinned host buffers used in turn by stage(); a buffer is refilled only after the copy
     // that last read it has completed (its event), which with kPinnedSlots of them in flight
     // is almost always already the case.
@@ -100,6 +125,7 @@ private:
     int n_sms_ = 0;
     cudaStream_t stream_ = nullptr;
     std::unique_ptr<cuda::LtGemm> gemm_;  // every matmul
+    std::unique_ptr<cuda::StepGraph> graph_;  // decode steps as CUDA graphs
     Scratch x_bf16_;       // matmul: x rounded to bf16, (n, k)
     Scratch indices_;      // ids, positions, placements, plans and rope tables of one op
     Scratch attn_partial_; // split-KV partial results

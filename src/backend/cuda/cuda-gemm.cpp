@@ -32,15 +32,24 @@ Status CudaBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& out) 
                      x.describe(), w.describe());
     if (n == 0 || m == 0) return Status::ok();
     if (k == 0) {  // an empty sum
-        PURBO_CUDA_TRY(cudaMemsetAsync(out.data, 0, out.nbytes(), stream_));
-        return Status::ok();
+        const size_t bytes = out.nbytes();
+        return enqueue("cudaMemsetAsync", [&] { return cudaMemsetAsync(out.data, 0, bytes, stream_); }, out.data, bytes);
     }
     const int in = static_cast<int>(n), ik = static_cast<int>(k), im = static_cast<int>(m);
-    if (w.dtype == DType::kF32) return gemm_->run(in, ik, im, CUDA_R_32F, w.data, x.data, out.ptr<float>(), stream_);
+    if (w.dtype == DType::kF32) {
+        return enqueue(
+            "LtGemm::run f32", [&] { return gemm_->run(in, ik, im, CUDA_R_32F, w.data, x.data, out.ptr<float>(), stream_); },
+            in, ik, im, w.data, x.data, out.data);
+    }
     PURBO_ASSIGN_OR_RETURN(void* x_bf16, reserve(x_bf16_, static_cast<size_t>(n * k) * 2));
-    PURBO_CUDA_TRY(cuda::launch_f32_to_bf16(x.ptr<float>(), static_cast<uint16_t*>(x_bf16), n * k, stream_));
-    PURBO_TRY(gemm_->run(in, ik, im, CUDA_R_16BF, w.data, x_bf16, out.ptr<float>(), stream_));
-    return Status::ok();
+    const int64_t count = n * k;
+    PURBO_TRY(enqueue(
+        "launch_f32_to_bf16",
+        [&] { return cuda::launch_f32_to_bf16(x.ptr<float>(), static_cast<uint16_t*>(x_bf16), count, stream_); },
+        x.data, x_bf16, count));
+    return enqueue(
+        "LtGemm::run bf16", [&] { return gemm_->run(in, ik, im, CUDA_R_16BF, w.data, x_bf16, out.ptr<float>(), stream_); },
+        in, ik, im, w.data, x_bf16, out.data);
 }
 
 }  // namespace purbo

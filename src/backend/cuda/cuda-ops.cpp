@@ -28,11 +28,15 @@ Status CudaBackend::embedding(const Tensor& table, std::span<const int32_t> ids,
     PURBO_ASSIGN_OR_RETURN(void* d_ids, stage(indices_, ids.data(), ids.size_bytes()));
     const auto* dev_ids = static_cast<const int32_t*>(d_ids);
     if (table.dtype == DType::kBF16) {
-        PURBO_CUDA_TRY(cuda::launch_embedding_bf16(table.ptr<uint16_t>(), dev_ids, out.ptr<float>(), n, k, stream_));
-    } else {
-        PURBO_CUDA_TRY(cuda::launch_embedding_f32(table.ptr<float>(), dev_ids, out.ptr<float>(), n, k, stream_));
+        return enqueue(
+            "launch_embedding_bf16",
+            [&] { return cuda::launch_embedding_bf16(table.ptr<uint16_t>(), dev_ids, out.ptr<float>(), n, k, stream_); },
+            table.data, dev_ids, out.data, n, k);
     }
-    return Status::ok();
+    return enqueue(
+        "launch_embedding_f32",
+        [&] { return cuda::launch_embedding_f32(table.ptr<float>(), dev_ids, out.ptr<float>(), n, k, stream_); },
+        table.data, dev_ids, out.data, n, k);
 }
 
 Status CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) {
@@ -41,33 +45,42 @@ Status CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, c
     PURBO_TRY(require_device("rms_norm", weight, "weight"));
     PURBO_TRY(require_device("rms_norm", out, "out"));
     // x, out (rows, k); weight (k,)
-    PURBO_CUDA_TRY(cuda::launch_rms_norm(x.ptr<float>(), weight.ptr<float>(), out.ptr<float>(), x.n_rows(),
-                                         x.row_size(), eps, stream_));
-    return Status::ok();
+    const int64_t rows = x.n_rows(), k = x.row_size();
+    return enqueue(
+        "launch_rms_norm",
+        [&] { return cuda::launch_rms_norm(x.ptr<float>(), weight.ptr<float>(), out.ptr<float>(), rows, k, eps, stream_); },
+        x.data, weight.data, out.data, rows, k, eps);
 }
 
 Status CudaBackend::add_bias(const Tensor& x, const Tensor& bias) {
     PURBO_TRY(check_add_bias(x, bias));
     PURBO_TRY(require_device("add_bias", x, "x"));
     PURBO_TRY(require_device("add_bias", bias, "bias"));
-    PURBO_CUDA_TRY(cuda::launch_add_bias(x.ptr<float>(), bias.ptr<float>(), x.n_rows(), x.row_size(), stream_));
-    return Status::ok();
+    const int64_t rows = x.n_rows(), m = x.row_size();
+    return enqueue(
+        "launch_add_bias", [&] { return cuda::launch_add_bias(x.ptr<float>(), bias.ptr<float>(), rows, m, stream_); },
+        x.data, bias.data, rows, m);
 }
 
 Status CudaBackend::swiglu(const Tensor& gate, const Tensor& up, const Tensor& out) {
     const Tensor* operands[] = {&gate, &up, &out};
     PURBO_TRY(check_same_shape_f32("swiglu", operands));
     for (const Tensor* t : operands) PURBO_TRY(require_device("swiglu", *t, "operand"));
-    PURBO_CUDA_TRY(cuda::launch_swiglu(gate.ptr<float>(), up.ptr<float>(), out.ptr<float>(), gate.numel(), stream_));
-    return Status::ok();
+    const int64_t count = gate.numel();
+    return enqueue(
+        "launch_swiglu",
+        [&] { return cuda::launch_swiglu(gate.ptr<float>(), up.ptr<float>(), out.ptr<float>(), count, stream_); },
+        gate.data, up.data, out.data, count);
 }
 
 Status CudaBackend::add(const Tensor& a, const Tensor& b, const Tensor& out) {
     const Tensor* operands[] = {&a, &b, &out};
     PURBO_TRY(check_same_shape_f32("add", operands));
     for (const Tensor* t : operands) PURBO_TRY(require_device("add", *t, "operand"));
-    PURBO_CUDA_TRY(cuda::launch_add(a.ptr<float>(), b.ptr<float>(), out.ptr<float>(), a.numel(), stream_));
-    return Status::ok();
+    const int64_t count = a.numel();
+    return enqueue(
+        "launch_add", [&] { return cuda::launch_add(a.ptr<float>(), b.ptr<float>(), out.ptr<float>(), count, stream_); },
+        a.data, b.data, out.data, count);
 }
 
 Status CudaBackend::rope(const Tensor& x, std::span<const int32_t> pos, const RopeParams& params) {
@@ -90,8 +103,7 @@ Status CudaBackend::rope(const Tensor& x, std::span<const int32_t> pos, const Ro
     args.d = x.dim(2);
     args.rotary_dim = params.rotary_dim;
     args.attn_factor = params.attn_factor;
-    PURBO_CUDA_TRY(cuda::launch_rope(args, stream_));
-    return Status::ok();
+    return enqueue("launch_rope", [&] { return cuda::launch_rope(args, stream_); }, args);
 }
 
 Status CudaBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
@@ -123,8 +135,7 @@ Status CudaBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacem
     args.c = cache.k.dim(2);
     args.d = k.dim(2);
     args.ring_sinks = cache.ring_sinks;
-    PURBO_CUDA_TRY(cuda::launch_kv_store(args, stream_));
-    return Status::ok();
+    return enqueue("launch_kv_store", [&] { return cuda::launch_kv_store(args, stream_); }, args);
 }
 
 namespace {
@@ -242,7 +253,9 @@ Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cach
     // q, out (n, h, d); cache (s, gc, c, d) bf16, rows = positions; the chunk's positions are
     // consecutive (the tensor-core path's condition).
     const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
-    if (cache.k.dtype != DType::kBF16 || cache.ring_sinks >= 0 || c > INT32_MAX) return false;
+    // Not inside a graph step: cuDNN's calls are not routed through enqueue (and prefill chunks
+    // are not what graphs are for).
+    if (cache.k.dtype != DType::kBF16 || cache.ring_sinks >= 0 || c > INT32_MAX || graph_->open()) return false;
     if (!cudnn_) {
         if (cudnn_tried_) return false;
         cudnn_tried_ = true;
@@ -406,8 +419,7 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
         tc.window = params.window;
         tc.n_sink = params.n_sink;
         tc.ring_sinks = cache.ring_sinks;
-        PURBO_CUDA_TRY(cuda::launch_attention_tc(tc, stream_));
-        return Status::ok();
+        return enqueue("launch_attention_tc", [&] { return cuda::launch_attention_tc(tc, stream_); }, tc);
     }
 
     const AttentionPlan plan = plan_attention(place, h, cache, params, n_sms_);
@@ -458,8 +470,7 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
         args.partial_acc = static_cast<float*>(part);
         args.partial_ml = static_cast<float*>(part) + acc_floats;
     }
-    PURBO_CUDA_TRY(cuda::launch_attention(args, stream_));
-    return Status::ok();
+    return enqueue("launch_attention", [&] { return cuda::launch_attention(args, stream_); }, args);
 }
 
 }  // namespace purbo

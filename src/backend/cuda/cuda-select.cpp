@@ -56,8 +56,7 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
     args.top_p = params.top_p;
     args.scale = params.scale;
     args.max_kept = params.max_blocks;
-    PURBO_CUDA_TRY(cuda::launch_select_blocks(args, stream_));
-    return Status::ok();
+    return enqueue("launch_select_blocks", [&] { return cuda::launch_select_blocks(args, stream_); }, args);
 }
 
 }  // namespace purbo
