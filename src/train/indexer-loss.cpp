@@ -6,9 +6,8 @@
 #include <cmath>
 
 namespace purbo {
-namespace {
 
-Status check_inputs(const HeadInputs& in, size_t wq_size, size_t wk_size, int rank) {
+Status indexer_loss_check(const HeadInputs& in, size_t wq_size, size_t wk_size, int rank) {
     const int d = in.q_pre.cols;
     const int64_t nq = static_cast<int64_t>(in.positions.size());
     if (d <= 0 || in.q_post.cols != d || in.k_pre.cols != d || in.k_post.cols != d)
@@ -38,18 +37,15 @@ Status check_inputs(const HeadInputs& in, size_t wq_size, size_t wk_size, int ra
     return Status::ok();
 }
 
-// First query row at a position >= min_position (rows ascend by position).
-int64_t first_used_row(std::span<const int32_t> positions, int min_position) {
+int64_t IndexerLossOptions::first_used_row(std::span<const int32_t> positions) const {
     return std::lower_bound(positions.begin(), positions.end(), min_position) - positions.begin();
 }
 
-float resolve_scale(const IndexerLossOptions& options, int d) {
-    return options.scale > 0.0f ? options.scale : 1.0f / std::sqrt(static_cast<float>(d));
+float IndexerLossOptions::teacher_scale(int d) const {
+    return scale > 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(d));
 }
 
-bool wants_recall(const IndexerLossOptions& options, int64_t used_index) {
-    return options.metric_stride > 0 && used_index % options.metric_stride == 0;
-}
+namespace {
 
 // One query row of the fast path: t, s hold the teacher's and the student's logits over keys
 // [0, n_keys), of which [0, len) are visible. Returns the row's KL(T || S); leaves the
@@ -104,13 +100,13 @@ HeadInputs head_inputs(const AttentionRecord& record, int layer, int head, int n
 Result<IndexerLossResult> indexer_loss(const HeadInputs& in, std::span<const float> wq,
                                        std::span<const float> wk, int rank,
                                        const IndexerLossOptions& options) {
-    PURBO_TRY(check_inputs(in, wq.size(), wk.size(), rank));
+    PURBO_TRY(indexer_loss_check(in, wq.size(), wk.size(), rank));
     if (options.query_chunk <= 0)
         return error(StatusCode::kInvalidArgument, "indexer loss: query chunk {} must be positive",
                      options.query_chunk);
     const int d = in.q_pre.cols, r = rank;
-    const float scale = resolve_scale(options, d);
-    const int64_t first = first_used_row(in.positions, options.min_position);
+    const float scale = options.teacher_scale(d);
+    const int64_t first = options.first_used_row(in.positions);
     const int64_t n_used = static_cast<int64_t>(in.positions.size()) - first;
     IndexerLossResult out;
     out.dwq.assign(static_cast<size_t>(r * d), 0.0f);
@@ -156,7 +152,7 @@ Result<IndexerLossResult> indexer_loss(const HeadInputs& in, std::span<const flo
                 const int64_t len = in.positions[static_cast<size_t>(first + u)] + 1;
                 row_kl[static_cast<size_t>(u)] =
                     process_row(teacher.data() + i * nk, student.data() + i * nk, len, nk, inv_n,
-                                wants_recall(options, u), options.top_p, scratch,
+                                options.samples(u), options.top_p, scratch,
                                 row_recall[static_cast<size_t>(u)]);
             }
         }
@@ -175,7 +171,7 @@ Result<IndexerLossResult> indexer_loss(const HeadInputs& in, std::span<const flo
 
     for (int64_t u = 0; u < n_used; ++u) {
         out.metrics.kl_sum += row_kl[static_cast<size_t>(u)];
-        if (wants_recall(options, u)) out.metrics.add_recall(row_recall[static_cast<size_t>(u)]);
+        if (options.samples(u)) out.metrics.add_recall(row_recall[static_cast<size_t>(u)]);
     }
     out.metrics.n_kl = n_used;
     out.loss = out.metrics.kl();
@@ -185,10 +181,10 @@ Result<IndexerLossResult> indexer_loss(const HeadInputs& in, std::span<const flo
 Result<IndexerLossRefResult> indexer_loss_ref(const HeadInputs& in, std::span<const double> wq,
                                               std::span<const double> wk, int rank,
                                               const IndexerLossOptions& options) {
-    PURBO_TRY(check_inputs(in, wq.size(), wk.size(), rank));
+    PURBO_TRY(indexer_loss_check(in, wq.size(), wk.size(), rank));
     const int d = in.q_pre.cols, r = rank;
-    const double scale = resolve_scale(options, d);
-    const int64_t first = first_used_row(in.positions, options.min_position);
+    const double scale = options.teacher_scale(d);
+    const int64_t first = options.first_used_row(in.positions);
     const int64_t n_used = static_cast<int64_t>(in.positions.size()) - first;
     IndexerLossRefResult out;
     out.dwq.assign(static_cast<size_t>(r * d), 0.0);
@@ -245,7 +241,7 @@ Result<IndexerLossRefResult> indexer_loss_ref(const HeadInputs& in, std::span<co
             s[static_cast<size_t>(n)] = std::exp(log_s);  // now S
         }
         out.metrics.kl_sum += kl;
-        if (wants_recall(options, u)) {
+        if (options.samples(u)) {
             t_f32.assign(t.begin(), t.begin() + len);
             s_f32.assign(s.begin(), s.begin() + len);
             out.metrics.add_recall(top_p_recall(t_f32, s_f32, options.top_p, scratch));

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -47,7 +48,18 @@ struct IndexerLossOptions {
     // O(N log N), more than the loss itself at long N.
     int metric_stride = 0;
     float top_p = 0.9f;
+
+    // The softmax scale the teacher uses for head dim d.
+    float teacher_scale(int d) const;
+    // The first query row at a position >= min_position (rows ascend by position).
+    int64_t first_used_row(std::span<const int32_t> positions) const;
+    // Whether used query u (0-based among the used ones) is a recall sample.
+    bool samples(int64_t used_index) const { return metric_stride > 0 && used_index % metric_stride == 0; }
 };
+
+// The checks every implementation makes: head dims agree, row counts match, positions ascend
+// within the keys, wq and wk hold rank x d values.
+Status indexer_loss_check(const HeadInputs& in, size_t wq_size, size_t wk_size, int rank);
 
 struct IndexerLossResult {
     double loss = 0;         // mean KL over the used queries (nats)
@@ -62,6 +74,18 @@ struct IndexerLossResult {
 Result<IndexerLossResult> indexer_loss(const HeadInputs& in, std::span<const float> wq,
                                        std::span<const float> wk, int rank,
                                        const IndexerLossOptions& options = {});
+
+// The same on a GPU (cuda): f32 cuBLAS products, rows in double, recall samples sorted on the
+// host. Keeps its device buffers between calls. Agrees with indexer_loss up to f32 rounding.
+class IndexerLossDevice {
+public:
+    virtual ~IndexerLossDevice() = default;
+    virtual Result<IndexerLossResult> run(const HeadInputs& in, std::span<const float> wq,
+                                          std::span<const float> wk, int rank,
+                                          const IndexerLossOptions& options) = 0;
+};
+// kUnsupported when this build has no CUDA backend or no device is visible.
+Result<std::unique_ptr<IndexerLossDevice>> indexer_loss_device_cuda();
 
 // The oracle: plain loops in double over one query at a time (O(N) memory). wq, wk: (r, d).
 struct IndexerLossRefResult {

@@ -226,14 +226,15 @@ Result<Stage1StepStats> stage1_evaluate(const AttentionRecord& record, const Ada
         const HeadId h = adapter.retrieval[static_cast<size_t>(i)];
         const std::span<const float> wq(adapter.wq.f32() + i * head_size, head_size);
         const std::span<const float> wk(adapter.wk.f32() + i * head_size, head_size);
+        const HeadInputs in = head_inputs(record, h.layer, h.head, adapter.n_head / adapter.n_head_kv);
         results[static_cast<size_t>(i)] =
-            indexer_loss(head_inputs(record, h.layer, h.head, adapter.n_head / adapter.n_head_kv),
-                         wq, wk, r, lo);
+            o.loss_device ? o.loss_device->run(in, wq, wk, r, lo) : indexer_loss(in, wq, wk, r, lo);
     };
     // Heads in parallel (one BLAS thread each) when there are enough of them to fill the
     // cores; otherwise one at a time, each using every core. Either way the result only
-    // depends on the thread count, so a resumed run repeats a straight one.
-    if (n_ret >= omp_get_max_threads()) {
+    // depends on the thread count, so a resumed run repeats a straight one. A device runs
+    // one head at a time (deterministic too).
+    if (o.loss_device == nullptr && n_ret >= omp_get_max_threads()) {
         ScopedBlasThreads blas(1);
 #pragma omp parallel for schedule(dynamic, 1)
         for (int i = 0; i < n_ret; ++i) run_head(i);

@@ -13,6 +13,7 @@
 #include "runtime/session.h"
 #include "sparse/adapter.h"
 #include "sparse/attention-record.h"
+#include "train/indexer-loss.h"
 #include "train/indexer-metrics.h"
 
 namespace purbo {
@@ -64,6 +65,9 @@ struct Stage1Options {
     // A held-out sequence (cut to seq_len): the indexer is measured on it before and after
     // training (two more dense runs). Empty = none.
     std::vector<int32_t> eval_tokens;
+    // Where the loss and its gradient are computed: null = the CPU (OpenBLAS, heads in
+    // parallel), else this device (indexer_loss_device_cuda; not owned), one head at a time.
+    IndexerLossDevice* loss_device = nullptr;
 };
 
 // The measures of one step (or of an evaluation), over all retrieval heads.

@@ -95,6 +95,52 @@ TEST(IndexerLoss, FastMatchesReference) {
     EXPECT_GT(ref->loss, 0.5);
 }
 
+// The GPU path (cuda) against the same oracle, with the CPU path's tolerances (see above): its
+// products are f32 cuBLAS GEMMs, its row sums double. 1300 queries make two blocks of the
+// device's 1024-row chunks, so the accumulation over blocks is covered.
+TEST(IndexerLoss, DeviceMatchesReference) {
+    auto device = indexer_loss_device_cuda();
+    if (!device.is_ok()) GTEST_SKIP() << device.status().message();
+    std::mt19937 rng(12);
+    for (const int n : {300, 1300}) {
+        const int d = 64, r = 8;
+        const Head h = random_head(rng, n, d, 2.0f);
+        const std::vector<float> wq = test::random_floats(rng, r * d, 0.1f),
+                                 wk = test::random_floats(rng, r * d, 0.1f);
+        IndexerLossOptions opt;
+        opt.metric_stride = 7;
+        auto ref = indexer_loss_ref(h.inputs(), to_double(wq), to_double(wk), r, opt);
+        ASSERT_TRUE(ref.is_ok()) << ref.status().message();
+        auto dev = (*device)->run(h.inputs(), wq, wk, r, opt);
+        ASSERT_TRUE(dev.is_ok()) << dev.status().message();
+        EXPECT_EQ(dev->n_queries, n - 1);
+        EXPECT_NEAR(dev->loss, ref->loss, 1e-6 * ref->loss) << "n " << n;
+        EXPECT_LT(relative_max_error(dev->dwq, ref->dwq), 1e-5) << "n " << n;
+        EXPECT_LT(relative_max_error(dev->dwk, ref->dwk), 1e-5) << "n " << n;
+        EXPECT_EQ(dev->metrics.n_recall, ref->metrics.n_recall);
+        EXPECT_EQ(dev->metrics.n_recall, (n - 1 + 6) / 7);
+        EXPECT_NEAR(dev->metrics.mass_recall(), ref->metrics.mass_recall(), 1e-6);
+        EXPECT_NEAR(dev->metrics.set_recall(), ref->metrics.set_recall(), 1e-6);
+        // Deterministic: a second run gives the same bits.
+        auto again = (*device)->run(h.inputs(), wq, wk, r, opt);
+        ASSERT_TRUE(again.is_ok());
+        EXPECT_EQ(again->loss, dev->loss);
+        EXPECT_EQ(again->dwq, dev->dwq);
+    }
+    // Queries from a later position only, and the errors of the shared checks.
+    const Head h = random_head(rng, 40, 8, 1.0f);
+    const std::vector<float> w = test::random_floats(rng, 2 * 8, 0.5f);
+    IndexerLossOptions opt;
+    opt.min_position = 30;
+    auto late = (*device)->run(h.inputs(), w, w, 2, opt);
+    ASSERT_TRUE(late.is_ok()) << late.status().message();
+    auto late_ref = indexer_loss_ref(h.inputs(), to_double(w), to_double(w), 2, opt);
+    ASSERT_TRUE(late_ref.is_ok());
+    EXPECT_EQ(late->n_queries, 10);
+    EXPECT_NEAR(late->loss, late_ref->loss, 1e-6 * late_ref->loss);
+    EXPECT_FALSE((*device)->run(h.inputs(), w, w, 3, opt).is_ok());
+}
+
 // L(w) of the oracle as a function of one weight entry.
 double loss_at(const Head& h, std::vector<double> wq, std::vector<double> wk, int r,
                const IndexerLossOptions& opt, bool of_wq, size_t index, double delta) {

@@ -114,6 +114,39 @@ TEST(Stage1, LossFallsOnAFixtureModel) {
     EXPECT_NE(adapter.training_info.find("stage 1: 30 steps"), std::string::npos);
 }
 
+// The loss on the GPU trains the same indexer as the CPU's: the same data and schedule, each
+// step's loss and the final weights agreeing to f32 rounding (the two paths sum in different
+// orders; 10 steps of AdamW carry those differences along without amplifying them much).
+TEST(Stage1, DeviceLossTrainsLikeTheCpuLoss) {
+    auto device = indexer_loss_device_cuda();
+    if (!device.is_ok()) GTEST_SKIP() << device.status().message();
+    auto f = load_fixture("hf/llama-yarn");
+    ASSERT_TRUE(f);
+    Stage1Options o;
+    o.steps = 10;
+    o.warmup = 2;
+    o.lr = 1e-2f;
+    o.init = IndexerInit::kRandom;
+    o.metric_stride = 4;
+    o.progress = false;
+    const TokenProvider data = random_tokens(96, f->model.config.n_vocab);
+    Adapter on_cpu = fixture_adapter(f->model.config, 4), on_device = fixture_adapter(f->model.config, 4);
+    auto cpu = stage1_train(*f->session, on_cpu, data, o);
+    o.loss_device = device->get();
+    auto gpu = stage1_train(*f->session, on_device, data, o);
+    ASSERT_TRUE(cpu.is_ok()) << cpu.status().message();
+    ASSERT_TRUE(gpu.is_ok()) << gpu.status().message();
+    EXPECT_NEAR(gpu->last.loss, cpu->last.loss, 1e-4 * cpu->last.loss);
+    EXPECT_NEAR(gpu->final.kl(), cpu->final.kl(), 1e-4 * cpu->final.kl());
+    EXPECT_NEAR(gpu->final.mass_recall(), cpu->final.mass_recall(), 1e-3);
+    double max_diff = 0, max_abs = 0;
+    for (int64_t i = 0; i < on_cpu.wq.numel(); ++i) {
+        max_diff = std::max<double>(max_diff, std::abs(on_cpu.wq.f32()[i] - on_device.wq.f32()[i]));
+        max_abs = std::max<double>(max_abs, std::abs(on_cpu.wq.f32()[i]));
+    }
+    EXPECT_LT(max_diff, 1e-3 * max_abs);
+}
+
 TEST(Stage1, SvdInitBeatsRandomInit) {
     auto f = load_fixture("hf/llama-yarn");
     ASSERT_TRUE(f);

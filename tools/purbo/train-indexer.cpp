@@ -39,6 +39,7 @@ struct TrainFlags {
     bool resume = false;
     int stop_after = 0;
     bool no_progress = false;
+    bool cpu_loss = false;
 };
 
 // Training sequences and an optional held-out one, each seq_len tokens led by the model's BOS
@@ -229,6 +230,10 @@ int cmd_train_indexer(int argc, char** argv) {
     set.options.push_back(
         {"--stop-after", "", "N", "stop after N steps of this run (resume later)", &f.stop_after});
     set.options.push_back({"--no-progress", "", "", "no progress line on stderr", &f.no_progress});
+    set.options.push_back({"--cpu-loss", "", "",
+                           "with --device cuda: compute the loss and its gradient on the CPU (the "
+                           "dense runs stay on the GPU)",
+                           &f.cpu_loss});
     bool help = false;
     if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok())
         return report_error("train-indexer", st);
@@ -291,6 +296,14 @@ int cmd_train_indexer(int argc, char** argv) {
     o.stop_after = f.stop_after;
     o.progress = !f.no_progress;
     o.eval_tokens = data->held_out;
+    // On a cuda session the loss runs on the GPU as well (unless --cpu-loss).
+    std::unique_ptr<IndexerLossDevice> loss_device;
+    if ((*session)->backend().kind() == BackendKind::kCuda && !f.cpu_loss) {
+        Result<std::unique_ptr<IndexerLossDevice>> device = indexer_loss_device_cuda();
+        if (!device.is_ok()) return report_error("train-indexer", device.status());
+        loss_device = std::move(device).value();
+        o.loss_device = loss_device.get();
+    }
     const std::vector<std::vector<int32_t>>& seqs = data->train;
     const TokenProvider provider = [&seqs](int step) -> Result<std::vector<int32_t>> {
         return seqs[static_cast<size_t>(step) % seqs.size()];

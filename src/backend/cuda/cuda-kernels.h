@@ -221,4 +221,23 @@ size_t select_blocks_scratch_bytes(int64_t rows, int64_t n_used_max);
 // cudaErrorInvalidValue when n * hr * u does not fit a grid or c + B an int.
 cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream);
 
+// ---- stage-1 indexer loss (cuda-indexer-loss.cu, driven by cuda-indexer-loss.cpp) -------
+
+// The row pass of a block (cuda-indexer-loss.cu): rows u0 .. u0 + nc - 1 of the used rows.
+struct KlRowsArgs {
+    float* t;                  // (nc, nk) teacher logits -> normalised T
+    float* s;                  // (nc, nk) student logits -> G = (S - T) * inv_n, 0 past each row
+    const int32_t* positions;  // (nq,) device
+    double* row_kl;            // (nq,) device
+    float* sample_t;           // (samples, nk) device, or null
+    float* sample_s;
+    int64_t nc;
+    int64_t nk;
+    int64_t u0;
+    int64_t sample0;  // index of the block's first sampled row among all sampled rows
+    float inv_n;
+    int metric_stride;
+};
+cudaError_t launch_kl_rows(const KlRowsArgs& args, cudaStream_t stream);
+
 }  // namespace purbo::cuda
