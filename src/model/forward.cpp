@@ -242,8 +242,13 @@ Status Forward::run_layer(int il, int n, const ForwardBatch& batch, const KvCach
     params.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
     if (policy_) PURBO_TRY(policy_->plan_layer(il, q3, k3, batch.place, params));
     const RopeParams rope{rope_.inv_freq, c.rope.rotary_dim, rope_.attn_factor};
-    PURBO_TRY(be.rope(q3, batch.place.pos, rope));
-    PURBO_TRY(be.rope(k3, batch.place.pos, rope));
+    if (fuse_qkv) {  // q and k are adjacent heads of one row: one call rotates both
+        const Tensor qk = row_slice(qkv_, 0, qd + kvd, c.head_dim).reshaped({n, c.n_head + c.n_head_kv, c.head_dim});
+        PURBO_TRY(be.rope(qk, batch.place.pos, rope));
+    } else {
+        PURBO_TRY(be.rope(q3, batch.place.pos, rope));
+        PURBO_TRY(be.rope(k3, batch.place.pos, rope));
+    }
     tap("q", il, q3);
     tap("k", il, k3);
     tap("v", il, v3);

@@ -16,6 +16,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/backend.h"
@@ -429,6 +430,33 @@ TEST(Cuda, MatmulOnOddlyAlignedViewsAndRepeatedShapes) {
     Tensor expected2 = tensor_cpu(DType::kF32, {n + 1, m + 3});
     ASSERT_TRUE(ref->matmul(x_all, w_all, expected2).is_ok());
     EXPECT_LE(test::nmse(got2, {expected2.f32(), got2.size()}), tol_f32_reduction(k));
+}
+
+// Up to kGemvMaxTokens tokens (decode) take the GEMV kernel, which multiplies the bf16 weights
+// with x in f32: against cpu-ref on the same bf16 weights and the unrounded x, only the f32
+// reduction's error is left (the GEMM path would add x's bf16 rounding, nmse ~1e-5, 100x the
+// bound). The LM head's shape included; a weight view at an odd row (16-byte aligned: k = 576
+// bf16 is 1152 bytes) too.
+TEST(Cuda, DecodeMatmulKeepsActivationsInF32) {
+    SKIP_WITHOUT_CUDA();
+    auto cuda = make("cuda");
+    auto ref = make("cpu-ref");
+    std::mt19937 rng(8);
+    for (const auto [n, k, m] : {std::tuple<int64_t, int64_t, int64_t>{1, 576, 1728}, {2, 1536, 576},
+                                  {3, 576, 131}, {4, 64, 9}, {1, 576, 49152}}) {
+        SCOPED_TRACE(fmt::format("n {} k {} m {}", n, k, m));
+        std::vector<float> wv = random_floats(rng, (m + 1) * k);
+        for (float& v : wv) v = bf16_to_f32(f32_to_bf16(v));
+        const Tensor w_all = host_f32({m + 1, k}, wv), x = host_f32({n, k}, random_floats(rng, n * k));
+        auto w_dev = cuda->prepare_weight(w_all);
+        ASSERT_TRUE(w_dev.is_ok()) << w_dev.status().to_string();
+        Tensor expected = tensor_cpu(DType::kF32, {n, m});
+        ASSERT_TRUE(ref->matmul(x, w_all.rows(1, m + 1), expected).is_ok());
+        Tensor out = cuda->alloc(DType::kF32, {n, m});
+        ASSERT_TRUE(cuda->matmul(upload(*cuda, x), w_dev->rows(1, m + 1), out).is_ok());
+        const std::vector<float> got = download(*cuda, out);
+        EXPECT_LE(test::nmse(got, {expected.f32(), got.size()}), tol_f32_reduction(k));
+    }
 }
 
 TEST(Cuda, OutputsMayAliasInputs) {

@@ -1,11 +1,10 @@
-// cuda: matmul through cuBLASLt (cuda-gemm-lt.h: a plan per shape). out (n, m) = x (n, k) @
-// w (m, k)^T with fp32 accumulation.
-//  - w bf16 (prepare_weight): x is rounded to bf16 into a scratch buffer, then a bf16 x bf16
-//    GEMM with CUBLAS_COMPUTE_32F (tensor cores; products of bf16 values are exact in fp32).
+// cuda: matmul. out (n, m) = x (n, k) @ w (m, k)^T with fp32 accumulation.
+//  - w bf16 (prepare_weight), up to kGemvMaxTokens tokens (decode): one GEMV kernel reading
+//    the f32 x directly (cuda-gemv.cu).
+//  - w bf16, more tokens: x is rounded to bf16 into a scratch buffer, then a cuBLASLt bf16 x
+//    bf16 GEMM with CUBLAS_COMPUTE_32F (tensor cores; products of bf16 values are exact in
+//    fp32), a plan per shape (cuda-gemm-lt.h).
 //  - w f32 (alloc + from_host, tiny test models): an f32 GEMM on the f32 x directly.
-//
-// Next speed step: fusing the bf16 cast of x into the previous op (rms_norm / swiglu writing
-// bf16 directly).
 #include <climits>
 
 #include "backend/cuda/cuda-backend.h"
@@ -40,6 +39,12 @@ Status CudaBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& out) 
         return enqueue(
             "LtGemm::run f32", [&] { return gemm_->run(in, ik, im, CUDA_R_32F, w.data, x.data, out.ptr<float>(), stream_); },
             in, ik, im, w.data, x.data, out.data);
+    }
+    if (cuda::gemv_bf16_supported(x.data, w.data, n, k)) {
+        return enqueue(
+            "launch_gemv_bf16",
+            [&] { return cuda::launch_gemv_bf16(x.ptr<float>(), w.ptr<uint16_t>(), out.ptr<float>(), n, k, m, stream_); },
+            x.data, w.data, out.data, n, k, m);
     }
     PURBO_ASSIGN_OR_RETURN(void* x_bf16, reserve(x_bf16_, static_cast<size_t>(n * k) * 2));
     const int64_t count = n * k;

@@ -221,6 +221,16 @@ size_t select_blocks_scratch_bytes(int64_t rows, int64_t n_used_max);
 // cudaErrorInvalidValue when n * hr * u does not fit a grid or c + B an int.
 cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream);
 
+// ---- decode matmul (cuda-gemv.cu) ------------------------------------------------------
+
+// Token counts the GEMV kernel takes; more go to cuBLASLt.
+constexpr int kGemvMaxTokens = 4;
+// out (n, m) = x (n, k) f32 @ w (m, k)^T bf16 bits, fp32 sums. Needs n in [1, kGemvMaxTokens],
+// k a multiple of 8 and x, w 16-byte aligned (else cudaErrorInvalidValue).
+bool gemv_bf16_supported(const void* x, const void* w, int64_t n, int64_t k);
+cudaError_t launch_gemv_bf16(const float* x, const uint16_t* w, float* out, int64_t n, int64_t k, int64_t m,
+                             cudaStream_t stream);
+
 // ---- stage-1 indexer loss (cuda-indexer-loss.cu, driven by cuda-indexer-loss.cpp) -------
 
 // The row pass of a block (cuda-indexer-loss.cu): rows u0 .. u0 + nc - 1 of the used rows.
