@@ -170,9 +170,39 @@ inline __m512 transpose_sums16(const __m512* v) {
 // products go into one vector and the 16 vectors are summed together (transpose_sums16). A
 // horizontal reduction per key and query head was most of the decode attention time at depth
 // 4096. fp32 sums in another order.
+#if defined(__AVX512F__)
+// key_scores for a head dim known at compile time (kVecs x 16): q and the 16 keys' partial
+// sums stay in registers (with d a run-time value they went through the stack).
+template <int kVecs, class T>
+void key_scores_vecs(const float* q, const T* keys, int64_t nj, float scale, float* scores) {
+    constexpr int64_t d = 16 * kVecs;
+    __m512 qv[kVecs];
+#pragma GCC unroll 8
+    for (int e = 0; e < kVecs; ++e) qv[e] = _mm512_loadu_ps(q + 16 * e);
+    int64_t t0 = 0;
+    for (; t0 + 16 <= nj; t0 += 16) {
+        __m512 p[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) {
+            const T* kt = keys + (t0 + i) * d;
+            p[i] = _mm512_mul_ps(qv[0], load16(kt));
+#pragma GCC unroll 8
+            for (int e = 1; e < kVecs; ++e) p[i] = _mm512_fmadd_ps(qv[e], load16(kt + 16 * e), p[i]);
+        }
+        _mm512_storeu_ps(scores + t0, _mm512_mul_ps(transpose_sums16(p), _mm512_set1_ps(scale)));
+    }
+    key_scores_plain(q, keys + t0 * d, d, nj - t0, scale, scores + t0);
+}
+#endif
+
 template <class T>
 void key_scores(const float* q, const T* keys, int64_t d, int64_t nj, float scale, float* scores) {
 #if defined(__AVX512F__)
+    switch (d) {
+        case 64: return key_scores_vecs<4>(q, keys, nj, scale, scores);
+        case 128: return key_scores_vecs<8>(q, keys, nj, scale, scores);
+        default: break;
+    }
     if (d % 16 == 0) {
         int64_t t0 = 0;
         for (; t0 + 16 <= nj; t0 += 16) {
@@ -211,6 +241,47 @@ void add_weighted_values(const float* weight, int64_t nj, const T* values, int64
     for (int64_t e = 0; e < kN; ++e) acc[e] = tile[e];
 }
 
+// The same over whole rows of d = 32, 64 or 128 elements held in kVecs registers, with the
+// keys' products added in the same order per element: the generic loop above kept its tile
+// on the stack (a store and a reload per key, which the row's loads then waited behind).
+template <int kVecs, class T>
+void add_weighted_row_vecs(const float* weight, int64_t nj, const T* values, int64_t d, float correction,
+                           float* acc) {
+#if defined(__AVX512F__)
+    __m512 a[kVecs];
+    const __m512 c = _mm512_set1_ps(correction);
+#pragma GCC unroll 8
+    for (int i = 0; i < kVecs; ++i) a[i] = _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * i), c);
+    for (int64_t t = 0; t < nj; ++t) {
+        const __m512 w = _mm512_set1_ps(weight[t]);
+        const T* vt = values + t * d;
+#pragma GCC unroll 8
+        for (int i = 0; i < kVecs; ++i) a[i] = _mm512_fmadd_ps(w, load16(vt + 16 * i), a[i]);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < kVecs; ++i) _mm512_storeu_ps(acc + 16 * i, a[i]);
+#else
+    (void)weight, (void)nj, (void)values, (void)d, (void)correction, (void)acc;
+#endif
+}
+
+// add_weighted_rows for the head dims with a register kernel; false: the caller takes the
+// generic tiles.
+template <class T>
+bool add_weighted_rows(const float* weight, int64_t nj, const T* values, int64_t d, float correction, float* acc) {
+#if defined(__AVX512F__)
+    switch (d) {
+        case 32: add_weighted_row_vecs<2>(weight, nj, values, d, correction, acc); return true;
+        case 64: add_weighted_row_vecs<4>(weight, nj, values, d, correction, acc); return true;
+        case 128: add_weighted_row_vecs<8>(weight, nj, values, d, correction, acc); return true;
+        default: return false;
+    }
+#else
+    (void)weight, (void)nj, (void)values, (void)d, (void)correction, (void)acc;
+    return false;
+#endif
+}
+
 // Adds the keys of `ranges` within positions [lo, hi) to the states of the nh query heads of
 // one group, rescaling once per chunk of at most kKeyChunk keys in consecutive cache rows.
 template <class T>
@@ -233,11 +304,13 @@ void attend_partial(const float* q, int64_t nh, int64_t d, const T* keys, const 
                 const float correction = std::exp(state.m[hq] - new_m);  // 0 on the first chunk
                 const float sum = state.l[hq] * correction + exp_shifted_sum(sh, nj, new_m);
                 float* ah = state.acc + hq * d;
-                int64_t e0 = 0;
-                for (; e0 + kTile <= d; e0 += kTile)
-                    add_weighted_values<kTile, T>(sh, nj, values + row * d + e0, d, correction, ah + e0);
-                for (; e0 < d; ++e0)
-                    add_weighted_values<1, T>(sh, nj, values + row * d + e0, d, correction, ah + e0);
+                if (!add_weighted_rows(sh, nj, values + row * d, d, correction, ah)) {
+                    int64_t e0 = 0;
+                    for (; e0 + kTile <= d; e0 += kTile)
+                        add_weighted_values<kTile, T>(sh, nj, values + row * d + e0, d, correction, ah + e0);
+                    for (; e0 < d; ++e0)
+                        add_weighted_values<1, T>(sh, nj, values + row * d + e0, d, correction, ah + e0);
+                }
                 state.l[hq] = sum;
                 state.m[hq] = new_m;
             }
