@@ -143,7 +143,7 @@ public:
     // ---- step graphs ---------------------------------------------------------------------
     // A decode step issues the same few hundred ops every token. A backend that can record
     // them once and replay them as one unit (CUDA graphs) does so between these two calls:
-    //   if (backend.begin_graph_step()) {
+    //   if (backend.begin_graph_step(shape)) {
     //       Status ops = <the step's ops>;
     //       bool done = backend.end_graph_step(ops.is_ok());   // false: run the ops again
     //   }
@@ -152,8 +152,12 @@ public:
     // run (a replay whose ops differ from the recording, a recording that failed, an op that
     // failed): the caller then issues them again outside a graph step. No host reads
     // (to_host, synchronize) inside a step. begin_graph_step returns false where there is
-    // nothing to gain (CPU backends) or graphs are off.
-    virtual bool begin_graph_step() { return false; }
+    // nothing to gain (CPU backends) or graphs are off. `shape` names the kind of step (steps
+    // of one shape issue the same ops); a backend may keep one recording per shape.
+    virtual bool begin_graph_step(uint64_t shape) {
+        (void)shape;
+        return false;
+    }
     virtual Result<bool> end_graph_step(bool ops_ok) {
         (void)ops_ok;
         return false;

@@ -302,7 +302,8 @@ Status Forward::run(const ForwardBatch& batch, const KvCache& cache, const Tenso
     // A decode step (a few tokens, its logits in one chunk, nothing observed) goes through the
     // backend's step graph where it has one: recorded once, then replayed as one launch.
     const bool graph_step = n <= kMaxGraphTokens && r <= chunk && !tap_;
-    if (graph_step && backend_.begin_graph_step()) {
+    // The step's shape: its token count and logit rows.
+    if (graph_step && backend_.begin_graph_step(static_cast<uint64_t>(n) << 32 | static_cast<uint64_t>(r))) {
         const Status ops = run_ops(batch, cache, r);
         PURBO_ASSIGN_OR_RETURN(const bool done, backend_.end_graph_step(ops.is_ok()));
         if (!done) PURBO_TRY(run_ops(batch, cache, r));

@@ -442,7 +442,7 @@ TEST(Cuda, DecodeMatmulKeepsActivationsInF32) {
     auto cuda = make("cuda");
     auto ref = make("cpu-ref");
     std::mt19937 rng(8);
-    for (const auto [n, k, m] : {std::tuple<int64_t, int64_t, int64_t>{1, 576, 1728}, {2, 1536, 576},
+    for (const auto& [n, k, m] : {std::tuple<int64_t, int64_t, int64_t>{1, 576, 1728}, {2, 1536, 576},
                                   {3, 576, 131}, {4, 64, 9}, {1, 576, 49152}}) {
         SCOPED_TRACE(fmt::format("n {} k {} m {}", n, k, m));
         std::vector<float> wv = random_floats(rng, (m + 1) * k);

@@ -85,11 +85,60 @@ TEST(StepGraphs, ReplayedDecodeStepsEqualEagerOnesBitForBit) {
     EXPECT_EQ(graphs.replayed + graphs.recorded + graphs.fell_back, kSteps + 1);
 }
 
+// Steps of two shapes in turn (sequence 0 alone, then sequences 0 and 1 together): each shape
+// keeps its own recording, so both replay instead of recording at every change.
+DecodeRun alternate(const HfModel& m, bool graphs, int rounds) {
+    SessionOptions so;
+    so.backend = "cuda";
+    so.n_ctx = 512;
+    so.n_batch = 64;
+    so.n_seq = 2;
+    so.step_graphs = graphs;
+    auto s = Session::create(m.config, m.weights, so);
+    EXPECT_TRUE(s.is_ok()) << s.status().to_string();
+    DecodeRun run;
+    if (!s.is_ok()) return run;
+    std::vector<float> logits;
+    const std::vector<int32_t> prompt = {11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27};
+    for (int seq : {0, 1}) EXPECT_TRUE((*s)->prefill(seq, prompt, logits).is_ok());
+    for (int i = 0; i < rounds; ++i) {
+        const int32_t token = (i * 7919 + 11) % m.config.n_vocab;
+        const DecodeItem one{0, token};
+        EXPECT_TRUE((*s)->decode({&one, 1}, logits).is_ok());
+        run.logits.insert(run.logits.end(), logits.begin(), logits.end());
+        const DecodeItem two[] = {{0, token}, {1, (token + 1) % m.config.n_vocab}};
+        EXPECT_TRUE((*s)->decode(two, logits).is_ok());
+        run.logits.insert(run.logits.end(), logits.begin(), logits.end());
+    }
+#if defined(PURBO_HAVE_CUDA)
+    const auto& counts = dynamic_cast<CudaBackend&>((*s)->backend()).step_graph().counts();
+    run.replayed = counts.replayed;
+    run.recorded = counts.recorded;
+    run.fell_back = counts.fell_back;
+#endif
+    return run;
+}
+
+TEST(StepGraphs, AlternatingShapesEachReplayTheirOwnGraph) {
+    SKIP_WITHOUT_CUDA();
+    auto m = hf_model_load(test::fixture_path(kModel));
+    ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+    constexpr int kRounds = 40;  // positions 17..97: no new split-KV split
+    const DecodeRun eager = alternate(*m, false, kRounds);
+    const DecodeRun graphs = alternate(*m, true, kRounds);
+    ASSERT_EQ(eager.logits.size(), graphs.logits.size());
+    EXPECT_EQ(std::memcmp(eager.logits.data(), graphs.logits.data(), eager.logits.size() * sizeof(float)), 0);
+    // One recording per shape (n = 1 and n = 2); every other step of either shape replays.
+    EXPECT_EQ(graphs.recorded, 2);
+    EXPECT_EQ(graphs.fell_back, 0);
+    EXPECT_EQ(graphs.replayed, 2 * kRounds - 2);
+}
+
 TEST(StepGraphs, CpuBackendsHaveNone) {
     for (const char* name : {"cpu", "cpu-ref"}) {
         auto b = backend_create(name);
         ASSERT_TRUE(b.is_ok()) << b.status().to_string();
-        EXPECT_FALSE((*b)->begin_graph_step()) << name;
+        EXPECT_FALSE((*b)->begin_graph_step(1)) << name;
     }
 }
 
@@ -99,7 +148,7 @@ TEST(StepGraphs, OffWhenAsked) {
     o.step_graphs = false;
     auto b = backend_create("cuda", o);
     ASSERT_TRUE(b.is_ok()) << b.status().to_string();
-    EXPECT_FALSE((*b)->begin_graph_step());
+    EXPECT_FALSE((*b)->begin_graph_step(1));
 }
 
 // A host read inside a step is refused, and the step reports that its ops did not run.
@@ -111,7 +160,7 @@ TEST(StepGraphs, HostReadInsideAStepFallsBack) {
     const Tensor x = be.alloc(DType::kF32, {1, 64}, "x");
     const Tensor w = be.alloc(DType::kF32, {64}, "w");
     Tensor host = tensor_cpu(DType::kF32, {1, 64});
-    ASSERT_TRUE(be.begin_graph_step());
+    ASSERT_TRUE(be.begin_graph_step(1));
     Status ops = be.rms_norm(x, w, 1e-6f, x);
     EXPECT_TRUE(ops.is_ok()) << ops.to_string();
     const Status read = be.to_host(x, host);

@@ -52,7 +52,7 @@ public:
     Status from_host(const Tensor& host_src, const Tensor& dst) override;
     void synchronize() override;
 
-    bool begin_graph_step() override { return graph_->begin(); }
+    bool begin_graph_step(uint64_t shape) override { return graph_->begin(shape); }
     Result<bool> end_graph_step(bool ops_ok) override { return graph_->end(ops_ok); }
     const cuda::StepGraph& step_graph() const { return *graph_; }
 

@@ -19,7 +19,9 @@ constexpr size_t kInitialArena = 256 * 1024;
 
 StepGraph::~StepGraph() {
     // Nothing can be returned from here; the stream is synchronised by the backend first.
-    if (exec_) (void)cudaGraphExecDestroy(exec_);
+    for (auto& [shape, r] : recordings_) {
+        if (r.exec) (void)cudaGraphExecDestroy(r.exec);
+    }
     if (host_) (void)cudaFreeHost(host_);
     if (device_) (void)cudaFree(device_);
     if (arena_copied_) (void)cudaEventDestroy(arena_copied_);
@@ -36,7 +38,7 @@ Status StepGraph::grow_arena(size_t bytes) {
     return Status::ok();
 }
 
-bool StepGraph::begin() {
+bool StepGraph::begin(uint64_t shape) {
     if (!enabled_) return false;
     auto fail = [&](const Status& st) {
         PURBO_LOG_WARN("cuda graphs off: {}", st.to_string());
@@ -59,15 +61,21 @@ bool StepGraph::begin() {
     cursor_ = 0;
     mismatch_ = false;
     benign_failure_ = false;
-    if (have_recording_) {
+    if (!recordings_.contains(shape) && recordings_.size() >= kMaxShapes) {
+        Recording& evicted = recordings_.begin()->second;
+        if (evicted.exec) (void)cudaGraphExecDestroy(evicted.exec);
+        recordings_.erase(recordings_.begin());
+    }
+    current_ = &recordings_[shape];
+    if (current_->valid) {
         mode_ = Mode::kReplay;
         return true;
     }
     // Relaxed: the host code of an op may allocate (a plan made on first use) while capturing.
     if (const cudaError_t err = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed); err != cudaSuccess)
         return fail(cuda_error("cudaStreamBeginCapture", __FILE__, __LINE__, err));
-    recorded_.clear();
-    recorded_ends_.clear();
+    current_->signatures.clear();
+    current_->ends.clear();
     mode_ = Mode::kCapture;
     return true;
 }
@@ -88,26 +96,29 @@ Result<void*> StepGraph::stage(const void* host, size_t bytes) {
 }
 
 void StepGraph::record(std::span<const std::byte> signature) {
-    recorded_.insert(recorded_.end(), signature.begin(), signature.end());
-    recorded_ends_.push_back(recorded_.size());
+    std::vector<std::byte>& all = current_->signatures;
+    all.insert(all.end(), signature.begin(), signature.end());
+    current_->ends.push_back(all.size());
 }
 
 void StepGraph::check(std::span<const std::byte> signature) {
     if (mismatch_) return;
-    if (cursor_ >= recorded_ends_.size()) {
+    const std::vector<size_t>& ends = current_->ends;
+    if (cursor_ >= ends.size()) {
         mismatch_ = true;
         return;
     }
-    const size_t begin = cursor_ == 0 ? 0 : recorded_ends_[cursor_ - 1], end = recorded_ends_[cursor_];
+    const size_t begin = cursor_ == 0 ? 0 : ends[cursor_ - 1], end = ends[cursor_];
     ++cursor_;
-    if (end - begin != signature.size() || std::memcmp(recorded_.data() + begin, signature.data(), signature.size()) != 0)
+    if (end - begin != signature.size() ||
+        std::memcmp(current_->signatures.data() + begin, signature.data(), signature.size()) != 0)
         mismatch_ = true;
 }
 
 Status StepGraph::launch_graph() {
     if (used_ > 0) PURBO_CUDA_TRY(cudaMemcpyAsync(device_, host_, used_, cudaMemcpyHostToDevice, stream_));
     PURBO_CUDA_TRY(cudaEventRecord(arena_copied_, stream_));
-    PURBO_CUDA_TRY(cudaGraphLaunch(exec_, stream_));
+    PURBO_CUDA_TRY(cudaGraphLaunch(current_->exec, stream_));
     return Status::ok();
 }
 
@@ -116,9 +127,10 @@ Result<bool> StepGraph::end(bool ops_ok) {
     mode_ = Mode::kClosed;
     if (mode == Mode::kClosed) return false;
 
+    Recording& rec = *current_;
     if (mode == Mode::kReplay) {
-        if (!ops_ok || mismatch_ || cursor_ != recorded_ends_.size()) {
-            have_recording_ = false;  // the next step records anew
+        if (!ops_ok || mismatch_ || cursor_ != rec.ends.size()) {
+            rec.valid = false;  // the next step of this shape records anew
             ++counts_.fell_back;
             return false;
         }
@@ -141,19 +153,19 @@ Result<bool> StepGraph::end(bool ops_ok) {
         return false;
     }
     // Same topology (the usual case: only arguments changed): update in place, else anew.
-    if (exec_) {
+    if (rec.exec) {
         cudaGraphExecUpdateResultInfo info{};
-        if (cudaGraphExecUpdate(exec_, graph, &info) != cudaSuccess) {
+        if (cudaGraphExecUpdate(rec.exec, graph, &info) != cudaSuccess) {
             (void)cudaGetLastError();
-            (void)cudaGraphExecDestroy(exec_);
-            exec_ = nullptr;
+            (void)cudaGraphExecDestroy(rec.exec);
+            rec.exec = nullptr;
         }
     }
-    if (!exec_) {
-        const cudaError_t err = cudaGraphInstantiate(&exec_, graph, 0);
+    if (!rec.exec) {
+        const cudaError_t err = cudaGraphInstantiate(&rec.exec, graph, 0);
         if (err != cudaSuccess) {
             (void)cudaGetLastError();
-            exec_ = nullptr;
+            rec.exec = nullptr;
             (void)cudaGraphDestroy(graph);
             PURBO_LOG_WARN("cuda graphs off: {}",
                            cuda_error("cudaGraphInstantiate", __FILE__, __LINE__, err).to_string());
@@ -164,7 +176,7 @@ Result<bool> StepGraph::end(bool ops_ok) {
     }
     (void)cudaGraphDestroy(graph);
     failures_ = 0;
-    have_recording_ = true;
+    rec.valid = true;
     PURBO_TRY(launch_graph());
     ++counts_.recorded;
     return true;

@@ -7,6 +7,8 @@
 //    pinned host buffer copied in one transfer to a device buffer the graph's kernels read;
 //  - each launch is compared, argument for argument, with the recorded one instead of being
 //    issued.
+// A recording is kept per step shape (the caller's key: tokens and logit rows of the batch),
+// so that alternating shapes (one sequence decoding, then two) replay each their own graph.
 // When every launch matches, the arena is copied and the graph launched. When one differs
 // (a decode step's attention plan gains a split every few hundred positions; a scratch buffer
 // grew), the step is run again without the graph and the next step records anew, updating
@@ -21,6 +23,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <map>
 #include <span>
 #include <type_traits>
 #include <vector>
@@ -43,8 +46,9 @@ public:
     bool open() const { return mode_ != Mode::kClosed; }
     bool capturing() const { return mode_ == Mode::kCapture; }
 
-    // Opens a step; false: graphs are off, run the ops as usual.
-    bool begin();
+    // Opens a step of the given shape (steps of one shape are expected to issue the same
+    // launches); false: graphs are off, run the ops as usual.
+    bool begin(uint64_t shape);
     // Copies `bytes` of host data into the step arena; the device address the kernels read.
     Result<void*> stage(const void* host, size_t bytes);
     // One launch of an op: issued (and recorded) while capturing; compared with the recording
@@ -96,15 +100,20 @@ private:
     bool benign_failure_ = false;
     Counts counts_;
 
-    // The recording: the signatures of its launches and stagings, concatenated, and where
-    // each one ends.
-    std::vector<std::byte> recorded_;
-    std::vector<size_t> recorded_ends_;
-    bool have_recording_ = false;
+    // The recording of one step shape: the signatures of its launches and stagings,
+    // concatenated, where each one ends, and its instantiated graph.
+    struct Recording {
+        std::vector<std::byte> signatures;
+        std::vector<size_t> ends;
+        bool valid = false;
+        cudaGraphExec_t exec = nullptr;
+    };
+    // Shapes kept at once; one more evicts the lowest key.
+    static constexpr size_t kMaxShapes = 8;
+    std::map<uint64_t, Recording> recordings_;
+    Recording* current_ = nullptr;  // the open step's
     size_t cursor_ = 0;     // replay: signatures compared so far
     bool mismatch_ = false;  // replay: one differed or there were more than recorded
-
-    cudaGraphExec_t exec_ = nullptr;
 
     // Step arena: host_ (pinned) -> device_ in one copy before the graph launches.
     void* host_ = nullptr;
