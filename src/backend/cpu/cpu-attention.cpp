@@ -282,6 +282,67 @@ bool add_weighted_rows(const float* weight, int64_t nj, const T* values, int64_t
 #endif
 }
 
+// The value sums of all nh query heads of a group at once: each value row is loaded once and
+// added into every head's accumulators (nh x kVecs registers). Per head and element the same
+// operations in the same order as add_weighted_row_vecs; what changes is that the row, read
+// from DRAM at long context, is used by all heads while it is in registers.
+constexpr int64_t kMaxJointHeads = 6;
+
+template <int kHeads, int kVecs, class T>
+void add_weighted_rows_joint(const float* weights, int64_t nj, const T* values, int64_t d,
+                             const float* corrections, float* acc) {
+#if defined(__AVX512F__)
+    __m512 a[kHeads][kVecs];
+#pragma GCC unroll 8
+    for (int h = 0; h < kHeads; ++h) {
+        const __m512 c = _mm512_set1_ps(corrections[h]);
+#pragma GCC unroll 8
+        for (int i = 0; i < kVecs; ++i) a[h][i] = _mm512_mul_ps(_mm512_loadu_ps(acc + h * d + 16 * i), c);
+    }
+    for (int64_t t = 0; t < nj; ++t) {
+        const T* vt = values + t * d;
+        __m512 v[kVecs];
+#pragma GCC unroll 8
+        for (int i = 0; i < kVecs; ++i) v[i] = load16(vt + 16 * i);
+#pragma GCC unroll 8
+        for (int h = 0; h < kHeads; ++h) {
+            const __m512 w = _mm512_set1_ps(weights[h * kKeyChunk + t]);
+#pragma GCC unroll 8
+            for (int i = 0; i < kVecs; ++i) a[h][i] = _mm512_fmadd_ps(w, v[i], a[h][i]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int h = 0; h < kHeads; ++h) {
+#pragma GCC unroll 8
+        for (int i = 0; i < kVecs; ++i) _mm512_storeu_ps(acc + h * d + 16 * i, a[h][i]);
+    }
+#else
+    (void)weights, (void)nj, (void)values, (void)d, (void)corrections, (void)acc;
+#endif
+}
+
+// add_weighted_rows_joint for the (heads, head dim) pairs whose accumulators fit the 32
+// vector registers (at most 24 of them); false: the caller goes head by head.
+template <class T>
+bool add_weighted_rows_heads(const float* weights, int64_t nh, int64_t nj, const T* values, int64_t d,
+                             const float* corrections, float* acc) {
+#if defined(__AVX512F__)
+    switch (d * 8 + nh) {
+        case 32 * 8 + 2: add_weighted_rows_joint<2, 2>(weights, nj, values, d, corrections, acc); return true;
+        case 32 * 8 + 3: add_weighted_rows_joint<3, 2>(weights, nj, values, d, corrections, acc); return true;
+        case 32 * 8 + 4: add_weighted_rows_joint<4, 2>(weights, nj, values, d, corrections, acc); return true;
+        case 64 * 8 + 2: add_weighted_rows_joint<2, 4>(weights, nj, values, d, corrections, acc); return true;
+        case 64 * 8 + 3: add_weighted_rows_joint<3, 4>(weights, nj, values, d, corrections, acc); return true;
+        case 64 * 8 + 4: add_weighted_rows_joint<4, 4>(weights, nj, values, d, corrections, acc); return true;
+        case 128 * 8 + 2: add_weighted_rows_joint<2, 8>(weights, nj, values, d, corrections, acc); return true;
+        default: return false;
+    }
+#else
+    (void)weights, (void)nh, (void)nj, (void)values, (void)d, (void)corrections, (void)acc;
+    return false;
+#endif
+}
+
 // Adds the keys of `ranges` within positions [lo, hi) to the states of the nh query heads of
 // one group, rescaling once per chunk of at most kKeyChunk keys in consecutive cache rows.
 template <class T>
@@ -294,6 +355,8 @@ void attend_partial(const float* q, int64_t nh, int64_t d, const T* keys, const 
         for (int64_t j0 = begin; j0 < end;) {
             const int64_t nj = contiguous_positions(cache, j0, std::min(kKeyChunk, end - j0));
             const int64_t row = kv_cache_row(cache, j0);
+            float corrections[kMaxJointHeads];
+            const bool joint = nh <= kMaxJointHeads;
             for (int64_t hq = 0; hq < nh; ++hq) {
                 const float* qh = q + hq * d;
                 float* sh = scores + hq * kKeyChunk;
@@ -303,6 +366,10 @@ void attend_partial(const float* q, int64_t nh, int64_t d, const T* keys, const 
                 const float new_m = std::max(state.m[hq], chunk_max);
                 const float correction = std::exp(state.m[hq] - new_m);  // 0 on the first chunk
                 const float sum = state.l[hq] * correction + exp_shifted_sum(sh, nj, new_m);
+                if (joint) corrections[hq] = correction;
+                state.l[hq] = sum;
+                state.m[hq] = new_m;
+                if (joint) continue;
                 float* ah = state.acc + hq * d;
                 if (!add_weighted_rows(sh, nj, values + row * d, d, correction, ah)) {
                     int64_t e0 = 0;
@@ -311,8 +378,18 @@ void attend_partial(const float* q, int64_t nh, int64_t d, const T* keys, const 
                     for (; e0 < d; ++e0)
                         add_weighted_values<1, T>(sh, nj, values + row * d + e0, d, correction, ah + e0);
                 }
-                state.l[hq] = sum;
-                state.m[hq] = new_m;
+            }
+            if (joint && !add_weighted_rows_heads(scores, nh, nj, values + row * d, d, corrections, state.acc)) {
+                for (int64_t hq = 0; hq < nh; ++hq) {
+                    const float* sh = scores + hq * kKeyChunk;
+                    float* ah = state.acc + hq * d;
+                    if (add_weighted_rows(sh, nj, values + row * d, d, corrections[hq], ah)) continue;
+                    int64_t e0 = 0;
+                    for (; e0 + kTile <= d; e0 += kTile)
+                        add_weighted_values<kTile, T>(sh, nj, values + row * d + e0, d, corrections[hq], ah + e0);
+                    for (; e0 < d; ++e0)
+                        add_weighted_values<1, T>(sh, nj, values + row * d + e0, d, corrections[hq], ah + e0);
+                }
             }
             j0 += nj;
         }
