@@ -195,6 +195,75 @@ void key_scores_vecs(const float* q, const T* keys, int64_t nj, float scale, flo
 }
 #endif
 
+#if defined(__AVX512F__)
+// hsum(v[i]) in lane i < 8 of the result (lanes 8..15 repeat them): transpose_sums16's first
+// two levels, then the four 128-bit lanes folded.
+inline __m512 transpose_sums8(const __m512* v) {
+    __m512 t[4];
+    for (int i = 0; i < 4; ++i)
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                             _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    __m512 u[2];
+    for (int i = 0; i < 2; ++i) {
+        const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
+        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    const __m512 x = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// The scores of kHeads query heads (q (kHeads, d), scores (kHeads, kKeyChunk)) over the same
+// keys, 8 keys at a time: each key row is loaded once and dotted with every head's query,
+// as add_weighted_rows_joint does for the values.
+template <int kHeads, int kVecs, class T>
+void key_scores_joint(const float* q, const T* keys, int64_t nj, float scale, float* scores) {
+    constexpr int64_t d = 16 * kVecs;
+    const __m512 vscale = _mm512_set1_ps(scale);
+    int64_t t0 = 0;
+    for (; t0 + 8 <= nj; t0 += 8) {
+        __m512 p[kHeads][8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) {
+            const T* kt = keys + (t0 + i) * d;
+            __m512 k[kVecs];
+#pragma GCC unroll 8
+            for (int e = 0; e < kVecs; ++e) k[e] = load16(kt + 16 * e);
+#pragma GCC unroll 8
+            for (int h = 0; h < kHeads; ++h) {
+                p[h][i] = _mm512_mul_ps(_mm512_loadu_ps(q + h * d), k[0]);
+#pragma GCC unroll 8
+                for (int e = 1; e < kVecs; ++e) p[h][i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * d + 16 * e), k[e], p[h][i]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int h = 0; h < kHeads; ++h)
+            _mm256_storeu_ps(scores + h * kKeyChunk + t0,
+                             _mm512_castps512_ps256(_mm512_mul_ps(transpose_sums8(p[h]), vscale)));
+    }
+    for (int h = 0; h < kHeads; ++h) key_scores_plain(q + h * d, keys + t0 * d, d, nj - t0, scale, scores + h * kKeyChunk + t0);
+}
+#endif
+
+// key_scores_joint for the (heads, head dim) pairs whose 8 x heads partial sums and key row
+// fit the registers; false: the caller scores head by head.
+template <class T>
+bool key_scores_heads(const float* q, int64_t nh, const T* keys, int64_t d, int64_t nj, float scale, float* scores) {
+#if defined(__AVX512F__)
+    switch (d * 8 + nh) {
+        case 64 * 8 + 2: key_scores_joint<2, 4>(q, keys, nj, scale, scores); return true;
+        case 64 * 8 + 3: key_scores_joint<3, 4>(q, keys, nj, scale, scores); return true;
+        case 128 * 8 + 2: key_scores_joint<2, 8>(q, keys, nj, scale, scores); return true;
+        default: return false;
+    }
+#else
+    (void)q, (void)nh, (void)keys, (void)d, (void)nj, (void)scale, (void)scores;
+    return false;
+#endif
+}
+
 template <class T>
 void key_scores(const float* q, const T* keys, int64_t d, int64_t nj, float scale, float* scores) {
 #if defined(__AVX512F__)
@@ -357,11 +426,12 @@ void attend_partial(const float* q, int64_t nh, int64_t d, const T* keys, const 
             const int64_t row = kv_cache_row(cache, j0);
             float corrections[kMaxJointHeads];
             const bool joint = nh <= kMaxJointHeads;
+            const bool scored = key_scores_heads(q, nh, keys + row * d, d, nj, scale, scores);
             for (int64_t hq = 0; hq < nh; ++hq) {
                 const float* qh = q + hq * d;
                 float* sh = scores + hq * kKeyChunk;
                 float chunk_max = -std::numeric_limits<float>::infinity();
-                key_scores(qh, keys + row * d, d, nj, scale, sh);
+                if (!scored) key_scores(qh, keys + row * d, d, nj, scale, sh);
                 for (int64_t t = 0; t < nj; ++t) chunk_max = std::max(chunk_max, sh[t]);
                 const float new_m = std::max(state.m[hq], chunk_max);
                 const float correction = std::exp(state.m[hq] - new_m);  // 0 on the first chunk
