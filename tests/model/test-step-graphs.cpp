@@ -35,6 +35,18 @@ struct DecodeRun {
     int64_t replayed = 0, recorded = 0, fell_back = 0;
 };
 
+// The session's step-graph counts (replays, recordings, fallbacks) into `run`.
+void read_counts(Session& session, DecodeRun& run) {
+#if defined(PURBO_HAVE_CUDA)
+    const auto& counts = dynamic_cast<CudaBackend&>(session.backend()).step_graph().counts();
+    run.replayed = counts.replayed;
+    run.recorded = counts.recorded;
+    run.fell_back = counts.fell_back;
+#else
+    (void)session, (void)run;
+#endif
+}
+
 // A prefill of 5 tokens, then `steps` decode steps of one token each.
 DecodeRun decode(const HfModel& m, bool graphs, int steps) {
     SessionOptions so;
@@ -56,12 +68,7 @@ DecodeRun decode(const HfModel& m, bool graphs, int steps) {
         EXPECT_TRUE(st.is_ok()) << st.to_string();
         run.logits.insert(run.logits.end(), logits.begin(), logits.end());
     }
-#if defined(PURBO_HAVE_CUDA)
-    const auto& counts = dynamic_cast<CudaBackend&>((*s)->backend()).step_graph().counts();
-    run.replayed = counts.replayed;
-    run.recorded = counts.recorded;
-    run.fell_back = counts.fell_back;
-#endif
+    read_counts(**s, run);
     return run;
 }
 
@@ -110,12 +117,7 @@ DecodeRun alternate(const HfModel& m, bool graphs, int rounds) {
         EXPECT_TRUE((*s)->decode(two, logits).is_ok());
         run.logits.insert(run.logits.end(), logits.begin(), logits.end());
     }
-#if defined(PURBO_HAVE_CUDA)
-    const auto& counts = dynamic_cast<CudaBackend&>((*s)->backend()).step_graph().counts();
-    run.replayed = counts.replayed;
-    run.recorded = counts.recorded;
-    run.fell_back = counts.fell_back;
-#endif
+    read_counts(**s, run);
     return run;
 }
 

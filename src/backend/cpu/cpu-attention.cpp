@@ -143,19 +143,26 @@ void key_scores_plain(const float* q, const T* keys, int64_t d, int64_t nj, floa
 }
 
 #if defined(__AVX512F__)
-// hsum(v[i]) in lane i: pairs of vectors folded with unpacks, then 128-bit lanes with
-// shuffle_f32x4, 15 adds and 30 shuffles for 16 sums instead of a reduction tree per key.
-inline __m512 transpose_sums16(const __m512* v) {
-    __m512 t[8];
-    for (int i = 0; i < 8; ++i)
+// The first two levels of the transposed sums of N vectors: u[k] (N / 4 of them), 128-bit
+// lane L, holds lane L's partial sums of v[4k .. 4k + 3].
+template <int N>
+inline void fold_to_quads(const __m512* v, __m512* u) {
+    __m512 t[N / 2];
+    for (int i = 0; i < N / 2; ++i)
         t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
                              _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-    __m512 u[4];
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < N / 4; ++i) {
         const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
         u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
                              _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
     }
+}
+
+// hsum(v[i]) in lane i: pairs of vectors folded with unpacks, then 128-bit lanes with
+// shuffle_f32x4, 15 adds and 30 shuffles for 16 sums instead of a reduction tree per key.
+inline __m512 transpose_sums16(const __m512* v) {
+    __m512 u[4];
+    fold_to_quads<16>(v, u);
     // u[k], 128-bit lane L: lane L's partial sums of v[4k .. 4k + 3].
     const __m512 x01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
                                      _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
@@ -166,10 +173,6 @@ inline __m512 transpose_sums16(const __m512* v) {
 }
 #endif
 
-// The same, 16 keys at a time where d is a multiple of 16 (head dims 64, 128): each key's
-// products go into one vector and the 16 vectors are summed together (transpose_sums16). A
-// horizontal reduction per key and query head was most of the decode attention time at depth
-// 4096. fp32 sums in another order.
 #if defined(__AVX512F__)
 // key_scores for a head dim known at compile time (kVecs x 16): q and the 16 keys' partial
 // sums stay in registers (with d a run-time value they went through the stack).
@@ -196,19 +199,11 @@ void key_scores_vecs(const float* q, const T* keys, int64_t nj, float scale, flo
 #endif
 
 #if defined(__AVX512F__)
-// hsum(v[i]) in lane i < 8 of the result (lanes 8..15 repeat them): transpose_sums16's first
-// two levels, then the four 128-bit lanes folded.
+// hsum(v[i]) in lane i < 8 of the result (lanes 8..15 repeat them): fold_to_quads, then the
+// four 128-bit lanes folded.
 inline __m512 transpose_sums8(const __m512* v) {
-    __m512 t[4];
-    for (int i = 0; i < 4; ++i)
-        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
-                             _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
     __m512 u[2];
-    for (int i = 0; i < 2; ++i) {
-        const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
-        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                             _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-    }
+    fold_to_quads<8>(v, u);
     const __m512 x = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
                                    _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
     return _mm512_add_ps(_mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(2, 0, 2, 0)),
@@ -264,6 +259,10 @@ bool key_scores_heads(const float* q, int64_t nh, const T* keys, int64_t d, int6
 #endif
 }
 
+// The same, 16 keys at a time where d is a multiple of 16 (head dims 64, 128): each key's
+// products go into one vector and the 16 vectors are summed together (transpose_sums16). A
+// horizontal reduction per key and query head was most of the decode attention time at depth
+// 4096. fp32 sums in another order.
 template <class T>
 void key_scores(const float* q, const T* keys, int64_t d, int64_t nj, float scale, float* scores) {
 #if defined(__AVX512F__)
