@@ -1482,6 +1482,30 @@ TEST(VecExp, ShiftedExpMatchesLibm) {
     EXPECT_TRUE(std::isnan(nan[1]));
 }
 
+// exp2_shifted_sum against libm in double: the sum of 2^(x - shift) within n x 4 ulp, terms
+// below FLT_MIN (masked keys at -inf among them) 0, the input unchanged, NaN kept. Lengths 1..40
+// cover whole vectors and every masked tail.
+TEST(VecExp, ShiftedExp2SumMatchesLibm) {
+    std::mt19937 rng(23);
+    std::uniform_real_distribution<float> score(-140.0f, 3.0f);
+    for (int64_t n = 1; n <= 40; ++n) {
+        std::vector<float> x(static_cast<size_t>(n));
+        for (float& v : x) v = score(rng);
+        x[0] = 3.0f;                                              // the shift itself: 2^0
+        if (n > 2) x[2] = -std::numeric_limits<float>::infinity();  // a masked key
+        const std::vector<float> before = x;
+        const float sum = exp2_shifted_sum(x.data(), n, 3.0f);
+        double want = 0;
+        for (float v : x)
+            if (v - 3.0f >= -126.0f) want += std::exp2(static_cast<double>(v - 3.0f));
+        SCOPED_TRACE(fmt::format("n={}", n));
+        EXPECT_LE(std::fabs(sum - want), 4.0 * static_cast<double>(n) * std::numeric_limits<float>::epsilon() * want);
+        EXPECT_EQ(x, before);
+    }
+    const std::vector<float> nan = {0.0f, std::numeric_limits<float>::quiet_NaN()};
+    EXPECT_TRUE(std::isnan(exp2_shifted_sum(nan.data(), 2, 0.0f)));
+}
+
 // silu_mul against the formula in double: within 4 ulp (plus the product's own rounding) for
 // gates in [-80, 80], the sign kept and |result| under 1e-30 below -88, NaN kept; every tail length.
 TEST(VecExp, SiluMulMatchesFormula) {

@@ -17,6 +17,7 @@
 
 #include "backend/cpu/blas-threads.h"
 #include "backend/cpu/cpu-backend.h"
+#include "backend/cpu/vec-avx512.h"
 #include "backend/cpu/vec-exp.h"
 #include "backend/op-checks.h"
 #include "core/fp16.h"
@@ -36,9 +37,12 @@ struct KeyRange {
     int64_t end;
 };
 
-// The query heads of one KV head that see the same keys, attended together so that each key
-// and value row is read once per group: the local heads (window + sinks), the dense retrieval
-// heads, and each retrieval head with a block selection on its own.
+// The query heads of one KV head attended together, so that each key and value row is read
+// once per group: the local heads (window + sinks), the dense retrieval heads, and the
+// retrieval heads with a block selection. The last see different keys: the group visits the
+// union of their blocks, and each head's scores outside its own blocks are masked (-inf).
+// Selections of heads that share a KV head overlap, so the union is read once instead of each
+// head reading its blocks alone (latency-bound streams of scattered blocks).
 struct HeadGroup {
     enum Kind { kLocal, kDense, kSelected };
     Kind kind;
@@ -53,25 +57,26 @@ std::vector<HeadGroup> head_groups(int64_t h, const KvCacheView& cache, const At
         const int64_t slot = kv_view_index(cache, kv);
         if (slot < 0) continue;
         HeadGroup local{HeadGroup::kLocal, slot, {}}, dense{HeadGroup::kDense, slot, {}};
+        HeadGroup selected{HeadGroup::kSelected, slot, {}};
         for (int64_t hd = kv * heads_per_kv; hd < (kv + 1) * heads_per_kv; ++hd) {
             if (attention_head_is_local(params, hd)) {
                 local.heads.push_back(hd);
             } else if (params.selection && params.selection->head_row[static_cast<size_t>(hd)] >= 0) {
-                groups.push_back({HeadGroup::kSelected, slot, {hd}});
+                selected.heads.push_back(hd);
             } else {
                 dense.heads.push_back(hd);
             }
         }
-        if (!local.heads.empty()) groups.push_back(std::move(local));
-        if (!dense.heads.empty()) groups.push_back(std::move(dense));
+        for (HeadGroup* group : {&local, &dense, &selected})
+            if (!group->heads.empty()) groups.push_back(std::move(*group));
     }
     return groups;
 }
 
-// The keys a group's query heads see from token i at position p, as ascending disjoint
-// ranges (the mask of key_visible in cpu-ref).
-void group_key_ranges(const HeadGroup& group, int64_t i, int64_t p, const AttentionParams& params,
-                      std::vector<KeyRange>& ranges) {
+// The keys query head `head` of a group sees from token i at position p, as ascending
+// disjoint ranges (the mask of key_visible in cpu-ref).
+void head_key_ranges(const HeadGroup& group, int64_t head, int64_t i, int64_t p, const AttentionParams& params,
+                     std::vector<KeyRange>& ranges) {
     ranges.clear();
     switch (group.kind) {
     case HeadGroup::kLocal: {
@@ -86,7 +91,7 @@ void group_key_ranges(const HeadGroup& group, int64_t i, int64_t p, const Attent
         break;
     case HeadGroup::kSelected: {
         const int64_t block = params.selection->block_size;
-        for (int32_t b : attention_selected_blocks(params, i, group.heads[0])) {
+        for (int32_t b : attention_selected_blocks(params, i, head)) {
             const int64_t begin = int64_t{b} * block, end = std::min(begin + block, p + 1);
             if (b < 0 || begin >= end || (!ranges.empty() && begin < ranges.back().end)) continue;
             if (!ranges.empty() && ranges.back().end == begin) {
@@ -97,6 +102,35 @@ void group_key_ranges(const HeadGroup& group, int64_t i, int64_t p, const Attent
         }
         break;
     }
+    }
+}
+
+// The union of ascending disjoint ranges, ascending and disjoint.
+void union_of_ranges(std::span<const std::vector<KeyRange>> parts, std::vector<KeyRange>& ranges) {
+    ranges.clear();
+    for (const std::vector<KeyRange>& part : parts) ranges.insert(ranges.end(), part.begin(), part.end());
+    std::sort(ranges.begin(), ranges.end(), [](KeyRange a, KeyRange b) { return a.begin < b.begin; });
+    size_t kept = 0;
+    for (const KeyRange& r : ranges) {
+        if (kept > 0 && r.begin <= ranges[kept - 1].end) {
+            ranges[kept - 1].end = std::max(ranges[kept - 1].end, r.end);
+        } else {
+            ranges[kept++] = r;
+        }
+    }
+    ranges.resize(kept);
+}
+
+// Sets scores[t] of keys j0 + t (t < nj) outside `ranges` (ascending, disjoint) to -inf;
+// `cursor` is the first range not wholly before j0 and moves on with ascending j0.
+void mask_outside_ranges(std::span<const KeyRange> ranges, size_t& cursor, int64_t j0, int64_t nj, float* scores) {
+    while (cursor < ranges.size() && ranges[cursor].end <= j0) ++cursor;
+    if (cursor < ranges.size() && ranges[cursor].begin <= j0 && ranges[cursor].end >= j0 + nj) return;
+    size_t k = cursor;
+    for (int64_t t = 0; t < nj; ++t) {
+        const int64_t j = j0 + t;
+        while (k < ranges.size() && ranges[k].end <= j) ++k;
+        if (k >= ranges.size() || ranges[k].begin > j) scores[t] = -std::numeric_limits<float>::infinity();
     }
 }
 
@@ -112,13 +146,6 @@ int64_t contiguous_positions(const KvCacheView& cache, int64_t j, int64_t limit)
 // Cache elements: float (an f32 cache) or uint16_t (the bits of a bf16 cache), read as f32.
 inline float load_f32(const float* p) { return *p; }
 inline float load_f32(const uint16_t* p) { return bf16_to_f32(*p); }
-#if defined(__AVX512F__)
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const uint16_t* p) {  // bf16 -> f32: the bits shifted into the high half
-    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-#endif
 
 // Softmax state of one query head over a set of keys (Milakov & Gimelshein 2018): running max
 // m, running sum l = sum_j exp(s_j - m), running weighted sum acc = sum_j exp(s_j - m) v_j.
@@ -142,36 +169,6 @@ void key_scores_plain(const float* q, const T* keys, int64_t d, int64_t nj, floa
     }
 }
 
-#if defined(__AVX512F__)
-// The first two levels of the transposed sums of N vectors: u[k] (N / 4 of them), 128-bit
-// lane L, holds lane L's partial sums of v[4k .. 4k + 3].
-template <int N>
-inline void fold_to_quads(const __m512* v, __m512* u) {
-    __m512 t[N / 2];
-    for (int i = 0; i < N / 2; ++i)
-        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
-                             _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-    for (int i = 0; i < N / 4; ++i) {
-        const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
-        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                             _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-    }
-}
-
-// hsum(v[i]) in lane i: pairs of vectors folded with unpacks, then 128-bit lanes with
-// shuffle_f32x4, 15 adds and 30 shuffles for 16 sums instead of a reduction tree per key.
-inline __m512 transpose_sums16(const __m512* v) {
-    __m512 u[4];
-    fold_to_quads<16>(v, u);
-    // u[k], 128-bit lane L: lane L's partial sums of v[4k .. 4k + 3].
-    const __m512 x01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                     _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
-    const __m512 x23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(1, 0, 1, 0)),
-                                     _mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(3, 2, 3, 2)));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(x01, x23, _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(x01, x23, _MM_SHUFFLE(3, 1, 3, 1)));
-}
-#endif
 
 #if defined(__AVX512F__)
 // key_scores for a head dim known at compile time (kVecs x 16): q and the 16 keys' partial
@@ -199,17 +196,6 @@ void key_scores_vecs(const float* q, const T* keys, int64_t nj, float scale, flo
 #endif
 
 #if defined(__AVX512F__)
-// hsum(v[i]) in lane i < 8 of the result (lanes 8..15 repeat them): fold_to_quads, then the
-// four 128-bit lanes folded.
-inline __m512 transpose_sums8(const __m512* v) {
-    __m512 u[2];
-    fold_to_quads<8>(v, u);
-    const __m512 x = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                   _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(3, 1, 3, 1)));
-}
-
 // The scores of kHeads query heads (q (kHeads, d), scores (kHeads, kKeyChunk)) over the same
 // keys, 8 keys at a time: each key row is loaded once and dotted with every head's query,
 // as add_weighted_rows_joint does for the values.
@@ -413,10 +399,16 @@ bool add_weighted_rows_heads(const float* weights, int64_t nh, int64_t nj, const
 
 // Adds the keys of `ranges` within positions [lo, hi) to the states of the nh query heads of
 // one group, rescaling once per chunk of at most kKeyChunk keys in consecutive cache rows.
+// head_ranges: empty when every head sees all of `ranges`, else (nh,) each head's own keys
+// (`ranges` is then their union), the others masked.
 template <class T>
-void attend_partial(const float* q, int64_t nh, int64_t d, const T* keys, const T* values, const KvCacheView& cache, std::span<const KeyRange> ranges, int64_t lo,
+void attend_partial(const float* q, int64_t nh, int64_t d, const T* keys, const T* values, const KvCacheView& cache,
+                    std::span<const KeyRange> ranges, std::span<const std::vector<KeyRange>> head_ranges, int64_t lo,
                     int64_t hi, float scale, float* scores, const SoftmaxState& state) {
     // q (nh, d); keys, values (c, d) of one cache head; scores (nh, kKeyChunk)
+    size_t cursors[kMaxJointHeads] = {};
+    std::vector<size_t> more_cursors(head_ranges.size() > kMaxJointHeads ? head_ranges.size() : 0, 0);
+    size_t* cursor = more_cursors.empty() ? cursors : more_cursors.data();
     for (const KeyRange& range : ranges) {
         const int64_t begin = std::max(lo, range.begin);
         const int64_t end = std::min(hi, range.end);
@@ -431,7 +423,13 @@ void attend_partial(const float* q, int64_t nh, int64_t d, const T* keys, const 
                 float* sh = scores + hq * kKeyChunk;
                 float chunk_max = -std::numeric_limits<float>::infinity();
                 if (!scored) key_scores(qh, keys + row * d, d, nj, scale, sh);
+                if (!head_ranges.empty()) mask_outside_ranges(head_ranges[static_cast<size_t>(hq)], cursor[hq], j0, nj, sh);
                 for (int64_t t = 0; t < nj; ++t) chunk_max = std::max(chunk_max, sh[t]);
+                if (chunk_max == -std::numeric_limits<float>::infinity()) {  // the head sees none of the chunk
+                    std::fill(sh, sh + nj, 0.0f);
+                    if (joint) corrections[hq] = 1.0f;
+                    continue;
+                }
                 const float new_m = std::max(state.m[hq], chunk_max);
                 const float correction = std::exp(state.m[hq] - new_m);  // 0 on the first chunk
                 const float sum = state.l[hq] * correction + exp_shifted_sum(sh, nj, new_m);
@@ -531,14 +529,16 @@ void attend_block(const float* q, float* out, int64_t h, int64_t d, const HeadGr
     std::fill(ob, ob + rows * d, 0.0f);
     std::fill(mb, mb + rows, -std::numeric_limits<float>::infinity());
     std::fill(lb, lb + rows, 0.0f);
-    // Per token: its ranges, and a cursor to the first range not yet behind the chunk (keys
-    // are visited in ascending positions).
-    std::vector<std::vector<KeyRange>> ranges(static_cast<size_t>(run.count));
-    std::vector<size_t> cursor(static_cast<size_t>(run.count), 0);
+    // Per row (token, head): its ranges, and a cursor to the first range not yet behind the
+    // chunk (keys are visited in ascending positions).
+    std::vector<std::vector<KeyRange>> ranges(static_cast<size_t>(rows));
+    std::vector<size_t> cursor(static_cast<size_t>(rows), 0);
     int64_t max_pos = 0;
-    for (int64_t t = 0; t < run.count; ++t) {
-        group_key_ranges(group, run.begin + t, pos[run.begin + t], params, ranges[static_cast<size_t>(t)]);
-        max_pos = std::max<int64_t>(max_pos, pos[run.begin + t]);
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = run.begin + r / nh;
+        head_key_ranges(group, group.heads[static_cast<size_t>(r % nh)], i, pos[i], params,
+                        ranges[static_cast<size_t>(r)]);
+        max_pos = std::max<int64_t>(max_pos, pos[i]);
     }
     for (int64_t j0 = 0; j0 <= max_pos;) {
         const int64_t nj = contiguous_positions(cache, j0, std::min(kKeyBlock, max_pos + 1 - j0));
@@ -559,7 +559,7 @@ void attend_block(const float* q, float* out, int64_t h, int64_t d, const HeadGr
                     static_cast<int>(d), chunk_keys, static_cast<int>(d), 0.0f, sb,
                     static_cast<int>(kKeyBlock));
         for (int64_t r = 0; r < rows; ++r) {
-            const size_t t = static_cast<size_t>(r / nh);
+            const size_t t = static_cast<size_t>(r);
             float* sr = sb + r * kKeyBlock;
             float chunk_max = -std::numeric_limits<float>::infinity();
             size_t k = cursor[t];
@@ -659,6 +659,7 @@ Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const To
     {
         std::vector<float> scores, qbuf;
         std::vector<KeyRange> ranges;
+        std::vector<std::vector<KeyRange>> head_ranges;
 #pragma omp for collapse(3) schedule(dynamic)
         for (int64_t i = 0; i < n; ++i) {
             for (int64_t gi = 0; gi < n_groups; ++gi) {
@@ -674,16 +675,27 @@ Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const To
                         const float* src = q.f32() + (i * h + group.heads[static_cast<size_t>(hq)]) * d;
                         std::copy(src, src + d, qbuf.data() + hq * d);
                     }
-                    group_key_ranges(group, i, place.pos[i], params, ranges);
+                    // Heads of a selected group each see their own blocks: the group visits
+                    // their union. Other groups' heads all see the same keys.
+                    const bool per_head = group.kind == HeadGroup::kSelected && nh > 1;
+                    head_ranges.resize(per_head ? static_cast<size_t>(nh) : 0);
+                    if (per_head) {
+                        for (int64_t hq = 0; hq < nh; ++hq)
+                            head_key_ranges(group, group.heads[static_cast<size_t>(hq)], i, place.pos[i], params,
+                                            head_ranges[static_cast<size_t>(hq)]);
+                        union_of_ranges(head_ranges, ranges);
+                    } else {
+                        head_key_ranges(group, group.heads[0], i, place.pos[i], params, ranges);
+                    }
                     const int64_t base = cache_base(place.seq[i], group);
                     const int64_t lo = split * split_keys, hi = (split + 1) * split_keys;
                     if (bf16) {
                         attend_partial(qbuf.data(), nh, d, cache.k.ptr<uint16_t>() + base,
-                                       cache.v.ptr<uint16_t>() + base, cache, ranges, lo, hi, params.scale,
-                                       scores.data(), state);
+                                       cache.v.ptr<uint16_t>() + base, cache, ranges, head_ranges, lo, hi,
+                                       params.scale, scores.data(), state);
                     } else {
                         attend_partial(qbuf.data(), nh, d, cache.k.f32() + base, cache.v.f32() + base, cache,
-                                       ranges, lo, hi, params.scale, scores.data(), state);
+                                       ranges, head_ranges, lo, hi, params.scale, scores.data(), state);
                     }
                 }
             }

@@ -14,20 +14,33 @@ namespace {
 // r = x - n ln 2 (ln 2 in two parts), a degree-6 polynomial for e^r, and 2^n applied with
 // scalef. About 1 ulp. min/max return their second operand when one is NaN: with x second,
 // NaN passes through.
-inline __m512 exp16(__m512 x) {
-    const __m512 c = _mm512_max_ps(_mm512_set1_ps(-87.3f), _mm512_min_ps(_mm512_set1_ps(88.37f), x));
-    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), c);
-    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+// e^r for |r| <= ln 2 / 2: Cephes' degree-6 polynomial.
+inline __m512 exp_reduced16(__m512 r) {
     __m512 p = _mm512_set1_ps(1.9875691500e-4f);
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, k);
+    return _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+}
+
+inline __m512 exp16(__m512 x) {
+    const __m512 c = _mm512_max_ps(_mm512_set1_ps(-87.3f), _mm512_min_ps(_mm512_set1_ps(88.37f), x));
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), c);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    return _mm512_scalef_ps(exp_reduced16(r), k);
+}
+
+// 2^x the same way: n = round(x), f = x - n exactly (|f| <= 1/2), 2^f = e^(f ln 2). x is
+// clamped to [-126, 127.99] (FLT_MIN .. under FLT_MAX); about 1-2 ulp.
+inline __m512 exp2_16(__m512 x) {
+    const __m512 c = _mm512_max_ps(_mm512_set1_ps(-126.0f), _mm512_min_ps(_mm512_set1_ps(127.99f), x));
+    const __m512 n = _mm512_roundscale_ps(c, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_mul_ps(_mm512_sub_ps(c, n), _mm512_set1_ps(0.693147180559945309f));
+    return _mm512_scalef_ps(exp_reduced16(r), n);
 }
 
 // Lanes [t, min(t + 16, n)).
@@ -58,6 +71,27 @@ float exp_shifted_sum(float* x, int64_t n, float shift) {
         const float v = x[t] - shift;
         x[t] = v < -87.3f ? 0.0f : std::exp(v);  // the same flush as the vector body
         sum += x[t];
+    }
+    return sum;
+#endif
+}
+
+float exp2_shifted_sum(const float* x, int64_t n, float shift) {
+#if defined(__AVX512F__)
+    const __m512 vshift = _mm512_set1_ps(shift);
+    __m512 vsum = _mm512_setzero_ps();
+    for (int64_t t = 0; t < n; t += 16) {
+        const __mmask16 live = live_lanes(t, n);
+        const __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(live, x + t), vshift);
+        const __mmask16 tiny = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-126.0f), _CMP_LT_OQ);
+        vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(static_cast<__mmask16>(live & ~tiny), exp2_16(v)));
+    }
+    return _mm512_reduce_add_ps(vsum);
+#else
+    float sum = 0;
+    for (int64_t t = 0; t < n; ++t) {
+        const float v = x[t] - shift;
+        sum += v < -126.0f ? 0.0f : std::exp2(v);  // the same flush as the vector body
     }
     return sum;
 #endif

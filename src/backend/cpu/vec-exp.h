@@ -14,6 +14,11 @@ namespace purbo {
 // the sum's rounding. Sums in another order than a sequential loop (fp32).
 float exp_shifted_sum(float* x, int64_t n, float shift);
 
+// sum_t 2^(x[t] - shift) for t < n, x unchanged: the block masses of the top-p selection,
+// which works in the log2 domain. The same polynomial after an exact reduction (about 2 ulp);
+// terms below FLT_MIN (x - shift < -126) are 0.
+float exp2_shifted_sum(const float* x, int64_t n, float shift);
+
 // out[t] = silu(g[t]) * u[t] = g[t] / (1 + exp(-g[t])) * u[t], the exp as above (exp(-g) is
 // clamped to [e^-87.3, e^88.37]: for g below -88 the result is ~g / 2.6e38 instead of
 // g e^g, both under 1e-36). out may alias g or u.
