@@ -27,6 +27,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu-backend.h"
+#include "backend/cpu/packed-weights.h"
 #include "backend/cpu/vec-dot-f32.h"
 #include "backend/cpu/vec-dot.h"
 #include "backend/cpu/vec-exp.h"
@@ -1700,6 +1701,98 @@ TEST(VecDot, RowsMatchScalar) {
     check(vec_dot_rows_q4_0_q8_0, vec_dot_q4_0_q8_0_scalar, x40.data(), y0);
     check(vec_dot_rows_q4_1_q8_1, vec_dot_q4_1_q8_1_scalar, x41.data(), y1);
     check(vec_dot_rows_q8_0_q8_0, vec_dot_q8_0_q8_0_scalar, x80.data(), y0);
+}
+
+// The 8-row interleaved q4_1 kernel (and its scalar body) against one scalar dot per row:
+// the same block terms (exact integer sums, the same two scale products), summed per row in
+// another order: the bound of SimdMatchesScalar. Covers every byte group and both nibbles
+// because each row's nibbles are random.
+TEST(VecDot, PackedQ4_1RowsMatchScalar) {
+    std::mt19937 rng(13);
+    for (int64_t nb : {1, 3, 18, 48}) {
+        const int64_t k = nb * 32, m = 16;
+        std::vector<BlockQ4_1> rows(static_cast<size_t>(m * nb));
+        for (int64_t r = 0; r < m; ++r) quantize_row_q4_1(random_floats(rng, k).data(), rows.data() + r * nb, k);
+        std::vector<ActBlockQ8> y(static_cast<size_t>(nb));
+        quantize_activation_q8_1(random_floats(rng, k, 3.0f).data(), y.data(), k);
+        std::vector<BlockQ4_1x8> packed(static_cast<size_t>(m / kQ4_1x8Rows * nb));
+        repack_q4_1_x8(rows.data(), m, nb, packed.data());
+        for (int64_t g = 0; g < m / kQ4_1x8Rows; ++g) {
+            float simd[kQ4_1x8Rows], scalar[kQ4_1x8Rows];
+            vec_dot_x8_q4_1_q8_1(nb, packed.data() + g * nb, y.data(), simd);
+            vec_dot_x8_q4_1_q8_1_scalar(nb, packed.data() + g * nb, y.data(), scalar);
+            for (int r = 0; r < kQ4_1x8Rows; ++r) {
+                const BlockQ4_1* row = rows.data() + (g * kQ4_1x8Rows + r) * nb;
+                const float want = vec_dot_q4_1_q8_1_scalar(nb, row, y.data());
+                double abs_terms = 0;
+                for (int64_t bl = 0; bl < nb; ++bl) abs_terms += std::fabs(vec_dot_q4_1_q8_1_scalar(1, row + bl, y.data() + bl));
+                const double bound = 2.0 * static_cast<double>(nb) * kEps * abs_terms;
+                EXPECT_NEAR(simd[r], want, bound) << "nb=" << nb << " row " << g * kQ4_1x8Rows + r;
+                EXPECT_NEAR(scalar[r], want, bound) << "nb=" << nb << " row " << g * kQ4_1x8Rows + r;
+            }
+        }
+    }
+}
+
+// With q8 activations the cpu backend packs prepared q4_1 matrices and decodes one token from
+// the packed copy: the same result as the row-at-a-time kernel within the reordering bound;
+// row views of the weight and weights it did not prepare take the unpacked path.
+TEST(CpuMatmul, PackedQ4_1DecodeMatchesUnpacked) {
+    std::mt19937 rng(29);
+    const int64_t k = 576, m = 200;
+    auto backend = backend_create("cpu", BackendOptions{2, ActivationPrecision::kQ8});
+    ASSERT_TRUE(backend.is_ok());
+    Tensor host = random_weight(rng, DType::kQ4_1, m, k);
+    auto prepared = (*backend)->prepare_weight(host);
+    ASSERT_TRUE(prepared.is_ok());
+    EXPECT_EQ(prepared->data, host.data);  // no copy of the original blocks
+    Tensor x = host_f32({1, k}, random_floats(rng, k));
+    Tensor got = tensor_cpu(DType::kF32, {1, m}), want = tensor_cpu(DType::kF32, {1, m});
+    ASSERT_TRUE((*backend)->matmul(x, *prepared, got).is_ok());
+    cpu_matmul_gemv(x, host, want, 2, ActivationPrecision::kQ8);
+    // Per output: the same block terms in another order, each sum within the bound of
+    // VecDot.SimdMatchesScalar of the exact value, so the two within twice that.
+    const int64_t nb = k / 32;
+    std::vector<ActBlockQ8> y(static_cast<size_t>(nb));
+    quantize_activation_q8_1(x.f32(), y.data(), k);
+    for (int64_t j = 0; j < m; ++j) {
+        const auto* row = reinterpret_cast<const BlockQ4_1*>(host.row_ptr(j));
+        double abs_terms = 0;
+        for (int64_t bl = 0; bl < nb; ++bl) abs_terms += std::fabs(vec_dot_q4_1_q8_1_scalar(1, row + bl, y.data() + bl));
+        EXPECT_NEAR(got.f32()[j], want.f32()[j], 4.0 * static_cast<double>(nb) * kEps * abs_terms) << j;
+    }
+    int64_t differ = 0;  // the packed path did run: some outputs round differently
+    for (int64_t j = 0; j < m; ++j) differ += got.f32()[j] != want.f32()[j];
+    EXPECT_GT(differ, 0);
+    // A row view starting at the weight's first row (same data pointer, fewer rows) and a
+    // weight never prepared: the unpacked kernel, bit for bit.
+    for (const Tensor& w : {prepared->rows(0, 64), random_weight(rng, DType::kQ4_1, 64, k)}) {
+        Tensor a = tensor_cpu(DType::kF32, {1, 64}), b = tensor_cpu(DType::kF32, {1, 64});
+        ASSERT_TRUE((*backend)->matmul(x, w, a).is_ok());
+        cpu_matmul_gemv(x, w, b, 2, ActivationPrecision::kQ8);
+        for (int64_t j = 0; j < 64; ++j) EXPECT_EQ(a.f32()[j], b.f32()[j]) << j;
+    }
+}
+
+// A packed copy is tied to the storage it was made from: another tensor at the same address
+// (here a view of the same bytes under a new owner) or of another shape is not matched.
+TEST(CpuMatmul, PackedWeightsMatchOnlyTheirOwnTensor) {
+    std::mt19937 rng(31);
+    PackedWeights packed;
+    Tensor w = random_weight(rng, DType::kQ4_1, 16, 64);
+    packed.add(w);
+    ASSERT_NE(packed.find(w), nullptr);
+    EXPECT_EQ(packed.find(w.rows(0, 8)), nullptr);
+    const std::vector<int64_t> shape = {16, 64};
+    const Tensor other_owner = tensor_view(DType::kQ4_1, shape, w.data, std::make_shared<int>(0));
+    EXPECT_EQ(packed.find(other_owner), nullptr);
+    const Tensor no_owner = tensor_view(DType::kQ4_1, shape, w.data);
+    EXPECT_EQ(packed.find(no_owner), nullptr);
+    Tensor q8 = random_weight(rng, DType::kQ8_0, 16, 64), odd = random_weight(rng, DType::kQ4_1, 12, 64);
+    packed.add(q8);
+    packed.add(odd);
+    EXPECT_EQ(packed.find(q8), nullptr);
+    EXPECT_EQ(packed.find(odd), nullptr);
 }
 
 // Every output element of the GEMV, the tiled GEMM and attention is computed by one thread in

@@ -18,6 +18,12 @@ CpuBackend::CpuBackend(const BackendOptions& options)
       n_threads_(options.n_threads > 0 ? options.n_threads : omp_get_num_procs()),
       gemv_activations_(options.gemv_activations) {}
 
+Result<Tensor> CpuBackend::prepare_weight(const Tensor& host_weight) {
+    PURBO_ASSIGN_OR_RETURN(Tensor weight, CpuRefBackend::prepare_weight(host_weight));
+    if (gemv_activations_ == ActivationPrecision::kQ8) packed_.add(weight);
+    return weight;
+}
+
 std::unique_ptr<Backend> backend_create_cpu(const BackendOptions& options) {
     return std::make_unique<CpuBackend>(options);
 }

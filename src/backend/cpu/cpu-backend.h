@@ -12,6 +12,7 @@
 #pragma once
 
 #include "backend/cpu-ref/cpu-ref-backend.h"
+#include "backend/cpu/packed-weights.h"
 
 namespace purbo {
 
@@ -23,6 +24,10 @@ class CpuBackend final : public CpuRefBackend {
     std::string_view name() const override { return "cpu"; }
     // f32 first (exact attention, as cpu-ref); bf16 halves the bytes decode reads at depth.
     std::vector<DType> kv_cache_dtypes() const override { return {DType::kF32, DType::kBF16}; }
+
+    // With q8 activations, q4_1 matrices also get the interleaved decode copy of
+    // packed-weights.h; the returned tensor is the weight itself, as in cpu-ref.
+    Result<Tensor> prepare_weight(const Tensor& host_weight) override;
 
     Status embedding(const Tensor& table, std::span<const int32_t> ids, const Tensor& out) override;
     Status rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override;
@@ -44,6 +49,7 @@ class CpuBackend final : public CpuRefBackend {
   private:
     int n_threads_;
     ActivationPrecision gemv_activations_;
+    PackedWeights packed_;
 };
 
 // The two matmul paths, exposed so that tests and benchmarks can run each one on any n.
@@ -51,5 +57,9 @@ class CpuBackend final : public CpuRefBackend {
 void cpu_matmul_gemv(const Tensor& x, const Tensor& w, const Tensor& out, int n_threads,
                      ActivationPrecision activations = ActivationPrecision::kF32);
 void cpu_matmul_gemm(const Tensor& x, const Tensor& w, const Tensor& out, int n_threads);
+// One token against a q4_1 weight of m rows (a multiple of 8) and k columns in the packed
+// layout: x (1, k), out (1, m); x quantised to q8_1 as cpu_matmul_gemv does with kQ8.
+void cpu_matmul_gemv_packed_q4_1(const Tensor& x, const BlockQ4_1x8* w, int64_t m, const Tensor& out,
+                                 int n_threads);
 
 }  // namespace purbo

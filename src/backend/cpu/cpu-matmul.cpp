@@ -222,8 +222,24 @@ void cpu_matmul_gemm(const Tensor& x, const Tensor& w, const Tensor& out, int n_
     }
 }
 
+void cpu_matmul_gemv_packed_q4_1(const Tensor& x, const BlockQ4_1x8* w, int64_t m, const Tensor& out,
+                                 int n_threads) {
+    const int64_t k = x.dim(1), nb = k / kQK4_1, groups = m / kQ4_1x8Rows;
+    const std::vector<ActBlockQ8> xq = quantize_activations(x.f32(), 1, k, quantize_activation_q8_1);
+    float* y = out.f32();
+    // Static halves: one ascending stream per thread, as gemv_one_token.
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (m >= 64)
+    for (int64_t g = 0; g < groups; ++g) vec_dot_x8_q4_1_q8_1(nb, w + g * nb, xq.data(), y + g * kQ4_1x8Rows);
+}
+
 Status CpuBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& out) {
     PURBO_TRY(check_matmul(x, w, out));
+    if (x.dim(0) == 1 && gemv_activations_ == ActivationPrecision::kQ8) {
+        if (const BlockQ4_1x8* packed = packed_.find(w)) {
+            cpu_matmul_gemv_packed_q4_1(x, packed, w.dim(0), out, n_threads_);
+            return Status::ok();
+        }
+    }
     if (x.dim(0) < kGemmMinRows) {
         cpu_matmul_gemv(x, w, out, n_threads_, gemv_activations_);
     } else {
