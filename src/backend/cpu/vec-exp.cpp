@@ -51,7 +51,13 @@ inline __mmask16 live_lanes(int64_t t, int64_t n) {
 }  // namespace
 #endif
 
-float exp_shifted_sum(float* x, int64_t n, float shift) {
+namespace {
+
+// sum_t f(x[t] - shift) for t < n, f = e^v (kBase2 false) or 2^v, terms with v below kFlush
+// (FLT_MIN's exponent in that base) 0; with kStore the terms are written to out (may be x).
+template <bool kBase2, bool kStore>
+float shifted_exp_sum(const float* x, float* out, int64_t n, float shift) {
+    constexpr float kFlush = kBase2 ? -126.0f : -87.3f;
 #if defined(__AVX512F__)
     const __m512 vshift = _mm512_set1_ps(shift);
     __m512 vsum = _mm512_setzero_ps();
@@ -59,9 +65,9 @@ float exp_shifted_sum(float* x, int64_t n, float shift) {
         const __mmask16 live = live_lanes(t, n);
         const __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(live, x + t), vshift);
         // Below FLT_MIN: 0 (compares with NaN are false, so NaN is not flushed).
-        const __mmask16 tiny = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-87.3f), _CMP_LT_OQ);
-        const __m512 e = _mm512_maskz_mov_ps(static_cast<__mmask16>(live & ~tiny), exp16(v));
-        _mm512_mask_storeu_ps(x + t, live, e);
+        const __mmask16 tiny = _mm512_cmp_ps_mask(v, _mm512_set1_ps(kFlush), _CMP_LT_OQ);
+        const __m512 e = _mm512_maskz_mov_ps(static_cast<__mmask16>(live & ~tiny), kBase2 ? exp2_16(v) : exp16(v));
+        if constexpr (kStore) _mm512_mask_storeu_ps(out + t, live, e);
         vsum = _mm512_add_ps(vsum, e);
     }
     return _mm512_reduce_add_ps(vsum);
@@ -69,32 +75,20 @@ float exp_shifted_sum(float* x, int64_t n, float shift) {
     float sum = 0;
     for (int64_t t = 0; t < n; ++t) {
         const float v = x[t] - shift;
-        x[t] = v < -87.3f ? 0.0f : std::exp(v);  // the same flush as the vector body
-        sum += x[t];
+        const float e = v < kFlush ? 0.0f : (kBase2 ? std::exp2(v) : std::exp(v));  // the same flush as the vector body
+        if constexpr (kStore) out[t] = e;
+        sum += e;
     }
     return sum;
 #endif
 }
 
+}  // namespace
+
+float exp_shifted_sum(float* x, int64_t n, float shift) { return shifted_exp_sum<false, true>(x, x, n, shift); }
+
 float exp2_shifted_sum(const float* x, int64_t n, float shift) {
-#if defined(__AVX512F__)
-    const __m512 vshift = _mm512_set1_ps(shift);
-    __m512 vsum = _mm512_setzero_ps();
-    for (int64_t t = 0; t < n; t += 16) {
-        const __mmask16 live = live_lanes(t, n);
-        const __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(live, x + t), vshift);
-        const __mmask16 tiny = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-126.0f), _CMP_LT_OQ);
-        vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(static_cast<__mmask16>(live & ~tiny), exp2_16(v)));
-    }
-    return _mm512_reduce_add_ps(vsum);
-#else
-    float sum = 0;
-    for (int64_t t = 0; t < n; ++t) {
-        const float v = x[t] - shift;
-        sum += v < -126.0f ? 0.0f : std::exp2(v);  // the same flush as the vector body
-    }
-    return sum;
-#endif
+    return shifted_exp_sum<true, false>(x, nullptr, n, shift);
 }
 
 void silu_mul(const float* g, const float* u, float* out, int64_t n) {
