@@ -1703,6 +1703,42 @@ TEST(VecDot, RowsMatchScalar) {
     check(vec_dot_rows_q8_0_q8_0, vec_dot_q8_0_q8_0_scalar, x80.data(), y0);
 }
 
+// The vectorised activation quantisers give the reference quantisers' blocks bit for bit:
+// random rows, a zero block, values that land exactly on .5 (roundf's ties go away from zero)
+// and tiny ones; every length from 1 to 5 blocks.
+TEST(VecDot, ActivationQuantisersMatchReference) {
+    std::mt19937 rng(37);
+    for (int64_t nb = 1; nb <= 5; ++nb) {
+        const int64_t k = nb * 32;
+        std::vector<float> x = random_floats(rng, k, 4.0f);
+        if (nb >= 2) std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // amax 0: d = 0, q = 0
+        if (nb >= 3) {  // amax 127 -> d = 1: x id = x, the halves are ties
+            for (int i = 0; i < 32; ++i) x[static_cast<size_t>(64 + i)] = static_cast<float>(i - 16) + 0.5f;
+            x[64] = 127.0f;
+            x[65] = -126.5f;
+        }
+        if (nb >= 4) {  // tiny (normal) values: d underflows to 0 in f16, q does not
+            for (int i = 0; i < 32; ++i) x[static_cast<size_t>(96 + i)] = x[static_cast<size_t>(i)] * 1e-30f;
+        }
+        for (bool with_sum : {false, true}) {
+            std::vector<ActBlockQ8> got(static_cast<size_t>(nb)), want(static_cast<size_t>(nb));
+            if (with_sum) {
+                quantize_activation_q8_1(x.data(), got.data(), k);
+                quantize_activation_q8_1_reference(x.data(), want.data(), k);
+            } else {
+                quantize_activation_q8_0(x.data(), got.data(), k);
+                quantize_activation_q8_0_reference(x.data(), want.data(), k);
+            }
+            for (int64_t b = 0; b < nb; ++b) {
+                SCOPED_TRACE(fmt::format("nb={} block {} sum {}", nb, b, with_sum));
+                EXPECT_EQ(got[static_cast<size_t>(b)].d, want[static_cast<size_t>(b)].d);
+                EXPECT_EQ(got[static_cast<size_t>(b)].s, want[static_cast<size_t>(b)].s);
+                for (int i = 0; i < 32; ++i) EXPECT_EQ(got[static_cast<size_t>(b)].qs[i], want[static_cast<size_t>(b)].qs[i]) << i;
+            }
+        }
+    }
+}
+
 // The 8-row interleaved q4_1 kernel (and its scalar body) against one scalar dot per row:
 // the same block terms (exact integer sums, the same two scale products), summed per row in
 // another order: the bound of SimdMatchesScalar. Covers every byte group and both nibbles

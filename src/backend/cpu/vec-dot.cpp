@@ -15,24 +15,76 @@
 
 namespace purbo {
 
-void quantize_activation_q8_0(const float* x, ActBlockQ8* y, int64_t k) {
-    std::vector<BlockQ8_0> q(static_cast<size_t>(k / kQK8_0));
-    quantize_row_q8_0(x, q.data(), k);
-    for (size_t b = 0; b < q.size(); ++b) {
-        y[b].d = f16_to_f32(q[b].d);
-        y[b].s = 0;
-        for (int i = 0; i < kQK8_0; ++i) y[b].qs[i] = q[b].qs[i];
+namespace {
+
+// The reference quantisers (quantize_row_q8_1, or q8_0 without the sum) into ActBlockQ8, one
+// block at a time.
+void quantize_activation_reference(const float* x, ActBlockQ8* y, int64_t k, bool with_sum) {
+    for (int64_t b = 0; b < k / kQK8_1; ++b) {
+        if (with_sum) {
+            BlockQ8_1 q;
+            quantize_row_q8_1(x + b * kQK8_1, &q, kQK8_1);
+            y[b].d = f16_to_f32(q.d);
+            y[b].s = f16_to_f32(q.s);
+            std::memcpy(y[b].qs, q.qs, sizeof(q.qs));
+        } else {
+            BlockQ8_0 q;
+            quantize_row_q8_0(x + b * kQK8_0, &q, kQK8_0);
+            y[b].d = f16_to_f32(q.d);
+            y[b].s = 0.0f;
+            std::memcpy(y[b].qs, q.qs, sizeof(q.qs));
+        }
     }
 }
 
-void quantize_activation_q8_1(const float* x, ActBlockQ8* y, int64_t k) {
-    std::vector<BlockQ8_1> q(static_cast<size_t>(k / kQK8_1));
-    quantize_row_q8_1(x, q.data(), k);
-    for (size_t b = 0; b < q.size(); ++b) {
-        y[b].d = f16_to_f32(q[b].d);
-        y[b].s = f16_to_f32(q[b].s);
-        for (int i = 0; i < kQK8_1; ++i) y[b].qs[i] = q[b].qs[i];
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+// The same values with 512-bit vectors: d = amax / 127 and id = 1 / d as scalars (the same
+// operations), q = roundf(x id) with roundf's ties away from zero (trunc, then one step away
+// from zero where the exact remainder is >= 1/2). One thread quantises each matmul's
+// activations while the other waits, so the scalar loop (a roundf call per element) cost
+// twice its own time in decode.
+void quantize_activation_avx512(const float* x, ActBlockQ8* y, int64_t k, bool with_sum) {
+    const __m512 sign_bit = _mm512_set1_ps(-0.0f), half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+    for (int64_t b = 0; b < k / kQK8_1; ++b) {
+        const __m512 v0 = _mm512_loadu_ps(x + b * 32), v1 = _mm512_loadu_ps(x + b * 32 + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign_bit, v0), _mm512_andnot_ps(sign_bit, v1)));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        __m512i q[2];
+        for (int h = 0; h < 2; ++h) {
+            const __m512 v = _mm512_mul_ps(h == 0 ? v0 : v1, _mm512_set1_ps(id));
+            const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            const __mmask16 away = _mm512_cmp_ps_mask(_mm512_andnot_ps(sign_bit, _mm512_sub_ps(v, t)), half, _CMP_GE_OQ);
+            // t + copysign(1, v) where the remainder reaches 1/2
+            const __m512 step = _mm512_or_ps(one, _mm512_and_ps(sign_bit, v));
+            q[h] = _mm512_cvttps_epi32(_mm512_mask_add_ps(t, away, t, step));
+        }
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs), _mm512_cvtsepi32_epi8(q[0]));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs + 16), _mm512_cvtsepi32_epi8(q[1]));
+        y[b].d = f16_to_f32(f32_to_f16(d));
+        const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
+        y[b].s = with_sum ? f16_to_f32(f32_to_f16(static_cast<float>(sum) * d)) : 0.0f;
     }
+}
+#endif
+
+void quantize_activation(const float* x, ActBlockQ8* y, int64_t k, bool with_sum) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    quantize_activation_avx512(x, y, k, with_sum);
+#else
+    quantize_activation_reference(x, y, k, with_sum);
+#endif
+}
+
+}  // namespace
+
+void quantize_activation_q8_0(const float* x, ActBlockQ8* y, int64_t k) { quantize_activation(x, y, k, false); }
+void quantize_activation_q8_1(const float* x, ActBlockQ8* y, int64_t k) { quantize_activation(x, y, k, true); }
+void quantize_activation_q8_0_reference(const float* x, ActBlockQ8* y, int64_t k) {
+    quantize_activation_reference(x, y, k, false);
+}
+void quantize_activation_q8_1_reference(const float* x, ActBlockQ8* y, int64_t k) {
+    quantize_activation_reference(x, y, k, true);
 }
 
 // ---- scalar bodies: the definition the SIMD bodies must match -----------------------------

@@ -25,9 +25,13 @@ struct ActBlockQ8 {
     int8_t qs[kQK8_0];
 };
 
-// k floats -> k / 32 blocks, through the reference quantisers.
+// k floats -> k / 32 blocks: the values of the reference quantisers (quantize_row_q8_0 /
+// q8_1) exactly, vectorised where AVX-512 is built in; the *_reference versions run the
+// reference quantisers themselves, for the tests.
 void quantize_activation_q8_0(const float* x, ActBlockQ8* y, int64_t k);
 void quantize_activation_q8_1(const float* x, ActBlockQ8* y, int64_t k);
+void quantize_activation_q8_0_reference(const float* x, ActBlockQ8* y, int64_t k);
+void quantize_activation_q8_1_reference(const float* x, ActBlockQ8* y, int64_t k);
 
 // nb = number of 32-element blocks in the row.
 float vec_dot_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y);
