@@ -2,9 +2,10 @@
 // products for decode-sized matmuls, OpenMP over rows / tokens / heads for everything else.
 // Every op is checked against cpu-ref by tests/backend/test-backend-ops.cpp.
 //
-// Weights (prepare_weight, inherited): every dtype dequantize_row reads is kept as it is,
-// zero copy from the mapped file. f32/f16/bf16/q4_0/q4_1/q8_0 have dedicated GEMV kernels;
-// the others (q5_x, K-quants) are dequantised row by row on the fly (correct, not fast).
+// Weights (prepare_weight): every dtype dequantize_row reads is kept as it is, zero copy from
+// the mapped file. f32/f16/bf16/q4_0/q4_1/q8_0 have dedicated GEMV kernels; the others (q5_x,
+// K-quants) are dequantised row by row on the fly (correct, not fast). With q8 activations,
+// q4_1 matrices also get a decode copy repacked 8 rows at a time (packed-weights.h).
 //
 // Threads: every op uses n_threads OpenMP threads (options.n_threads, 0 = all cores). matmul
 // sets OpenBLAS's global thread count for the duration of a call, so one backend's ops must
