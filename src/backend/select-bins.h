@@ -14,9 +14,10 @@
 //
 // Selection then starts from the mass of the always-kept blocks (block 0 and the block of the
 // query's position, which are not in the histogram), adds whole bins in the order 0, 1, 2, ...
-// while the kept mass stays below top_p times the total, and resolves the bin that would reach it
-// (the boundary bin) exactly: its blocks by decreasing a_b, ties (equal f32 a_b) lower block id
-// first, the reference's tie rule, until the kept mass reaches top_p times the total.
+// while the kept mass stays below the target (the always-kept mass plus top_p times the rest,
+// backend.h), and resolves the bin that would reach it (the boundary bin) exactly: its blocks by
+// decreasing a_b, ties (equal f32 a_b) lower block id first, the reference's tie rule, until the
+// kept mass reaches the target.
 //
 // Why the bins are keyed on the block mass and not on the block max m_b as in the paper: the
 // selection ranks blocks by mass, and m_b does not order blocks by mass (one sharp key against

@@ -695,7 +695,8 @@ OpCase elementwise_case(Elementwise op, int64_t n, int64_t f) {
 // Letters of this section: hr retrieval heads, r index dim, B block size, u = p / B + 1 the
 // blocks a query at position p sees. Outputs are kept sets, compared as sets: every backend's
 // must be valid on its own (ids ascending in range, block 0 and the block of p present, kept
-// mass >= top_p) and equal to cpu-ref's except at a boundary near-tie, which is counted.
+// mass >= the target m + top_p (1 - m), m the always-kept mass, so >= top_p) and equal to
+// cpu-ref's except at a boundary near-tie, which is counted.
 
 // How the index scores of a case are spread.
 enum class SelectScores {
@@ -708,9 +709,9 @@ enum class SelectScores {
 // scores, the block sums and the log2 masses in f32 (relative error a few u = 2^-24 per
 // operation on scores of order 1 to 10 and sums of B terms), cpu-ref in double. Kept sets may
 // then differ where two boundary blocks have masses equal to within that error, or where the
-// kept mass lands that close to top_p: 1e-6 covers a few ulps of f32 on every such quantity.
+// kept mass lands that close to the target: 1e-6 covers a few ulps of f32 on every such quantity.
 constexpr double kSelectNearTie = 1e-6;
-// Near-ties are rare: random masses fall within 1e-6 of each other or of top_p about once in
+// Near-ties are rare: random masses fall within 1e-6 of each other or of the target about once in
 // 1e5 boundaries. The exact ties of kTies resolve the same way everywhere (equal f32 inputs give
 // equal masses on every backend). Allowed: at most 1 in 50 rows of a case.
 constexpr double kSelectMaxNearTieShare = 0.02;
@@ -744,12 +745,19 @@ double select_kept_mass(const std::vector<int32_t>& ids, const std::vector<doubl
     return kept;
 }
 
+// The kept mass top-p selection must reach in a row whose last block is `last`: the always-kept
+// blocks' mass m plus top_p of the rest (BlockSelectParams).
+double select_target(const std::vector<double>& mass, int64_t last, double top_p) {
+    const double always = mass[0] + (last != 0 ? mass[static_cast<size_t>(last)] : 0.0);
+    return always + top_p * (1.0 - always);
+}
+
 // Whether two kept sets of one row differ only by a boundary near-tie: the same number of
 // blocks, the differing ones of equal mass within kSelectNearTie (relative): an ordering flip;
 // or one set is the other plus one block, the smaller one's mass within kSelectNearTie of
-// top_p: a flip of the stopping test.
+// the target: a flip of the stopping test.
 bool select_near_tie(const std::vector<int32_t>& a, const std::vector<int32_t>& b,
-                     const std::vector<double>& mass, double top_p) {
+                     const std::vector<double>& mass, double target) {
     std::vector<int32_t> only_a, only_b;
     std::set_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(only_a));
     std::set_difference(b.begin(), b.end(), a.begin(), a.end(), std::back_inserter(only_b));
@@ -765,7 +773,7 @@ bool select_near_tie(const std::vector<int32_t>& a, const std::vector<int32_t>& 
     }
     if (only_a.size() + only_b.size() != 1) return false;
     const std::vector<int32_t>& smaller = only_a.empty() ? a : b;
-    return std::fabs(select_kept_mass(smaller, mass) - top_p) <= kSelectNearTie;
+    return std::fabs(select_kept_mass(smaller, mass) - target) <= kSelectNearTie;
 }
 
 // Whether `ids` holds the heaviest blocks of the row: every kept block other than the
@@ -950,6 +958,7 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                             std::binary_search(ids.begin(), ids.end(), static_cast<int32_t>(u - 1)))
                             << "the block of pos missing";
                         const std::vector<double>& mass = (*masses)[static_cast<size_t>(row)];
+                        const double target = select_target(mass, u - 1, top_p);
                         if (budget > 0) {
                             // min(K, u) blocks (never fewer than the always-kept ones), the
                             // heaviest; top_p < 1 may stop earlier.
@@ -961,7 +970,7 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                             } else {
                                 EXPECT_LE(kept, allowed) << "K " << budget;
                                 if (kept < allowed) {
-                                    EXPECT_GE(select_kept_mass(ids, mass), top_p - kSelectNearTie);
+                                    EXPECT_GE(select_kept_mass(ids, mass), target - kSelectNearTie);
                                 }
                             }
                             EXPECT_TRUE(select_is_top_by_mass(ids, mass, u - 1))
@@ -972,11 +981,11 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                                 EXPECT_EQ(static_cast<int64_t>(ids.size()), u)
                                     << "top_p 1 keeps every block";
                             }
-                            EXPECT_GE(select_kept_mass(ids, mass), top_p - kSelectNearTie);
+                            EXPECT_GE(select_kept_mass(ids, mass), target - kSelectNearTie);
                         }
                         const std::vector<int32_t> want = kept_ids(expected, row);
                         if (ids == want) continue;
-                        if (select_near_tie(ids, want, mass, top_p)) {
+                        if (select_near_tie(ids, want, mass, target)) {
                             ++near_ties;
                             continue;
                         }

@@ -66,22 +66,24 @@ std::vector<HandCase> hand_cases() {
     std::vector<HandCase> cases;
     // B = 2, pos 8: blocks of mass 0.05, 0.30, 0.10, 0.35 and 0.20, the last (the block of pos,
     // partial: key 9 is in the future and would outweigh everything if it were counted).
-    // Always kept: blocks 0 and 4, mass 0.25; then 3 (0.60), 1 (0.90), 2 (1.0).
+    // Always kept: blocks 0 and 4, mass 0.25. Top-p applies to the other 0.75: block 3 holds
+    // 0.467 of it, 3 and 1 0.867, all three 1.
     std::vector<float> five =
         log_weights({0.025, 0.025, 0.15, 0.15, 0.05, 0.05, 0.175, 0.175, 0.20});
     five.push_back(50.0f);
-    cases.push_back(single_row("always_kept_blocks_suffice", 2, five, 8, 0.2f, {0, 4}));
-    cases.push_back(single_row("one_block_needed", 2, five, 8, 0.5f, {0, 3, 4}));
+    cases.push_back(single_row("small_p_keeps_the_heaviest_other_block", 2, five, 8, 0.2f, {0, 3, 4}));
+    cases.push_back(single_row("one_block_needed", 2, five, 8, 0.4f, {0, 3, 4}));
+    cases.push_back(single_row("p_of_the_rest_not_of_the_whole", 2, five, 8, 0.5f, {0, 1, 3, 4}));
     cases.push_back(single_row("two_blocks_needed", 2, five, 8, 0.8f, {0, 1, 3, 4}));
     cases.push_back(single_row("every_block_needed", 2, five, 8, 0.95f, {0, 1, 2, 3, 4}));
     cases.push_back(single_row("top_p_1_keeps_every_block", 2, five, 8, 1.0f, {0, 1, 2, 3, 4}));
 
     // B = 2, pos 9: blocks 1, 2, 3 tie at 0.2 (identical keys), block 0 0.1, block 4 0.3.
-    // Always kept 0.4; ties go lower id first: 1 (0.6), 2 (0.8), 3 (1.0).
+    // Always kept 0.4; each tied block holds a third of the rest; ties go lower id first.
     const std::vector<float> ties =
         log_weights({0.05, 0.05, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.15, 0.15});
-    cases.push_back(single_row("tie_first_of_three", 2, ties, 9, 0.55f, {0, 1, 4}));
-    cases.push_back(single_row("tie_first_two_of_three", 2, ties, 9, 0.7f, {0, 1, 2, 4}));
+    cases.push_back(single_row("tie_first_of_three", 2, ties, 9, 0.3f, {0, 1, 4}));
+    cases.push_back(single_row("tie_first_two_of_three", 2, ties, 9, 0.6f, {0, 1, 2, 4}));
     cases.push_back(single_row("tie_all_three", 2, ties, 9, 0.9f, {0, 1, 2, 3, 4}));
 
     // A budget of K blocks (max_blocks), the always-kept ones included. With top_p = 1 the
@@ -98,9 +100,9 @@ std::vector<HandCase> hand_cases() {
     // K = 1 cannot drop the block of pos or the sinks' block.
     cases.push_back(budget(single_row("top_k_1_keeps_both_always_kept", 2, five, 8, 1.0f, {0, 4}), 1));
     cases.push_back(budget(single_row("top_k_1_in_block_0", 4, edges_keys(), 2, 1.0f, {0}), 1));
-    // Both rules: whichever stops first. p 0.5 needs 0 + 4 + 3 (3 blocks < K 4); p 0.95 would
+    // Both rules: whichever stops first. p 0.4 needs 0 + 4 + 3 (3 blocks < K 4); p 0.95 would
     // need every block, K 4 stops at 0 + 4 + 3 + 1.
-    cases.push_back(budget(single_row("top_p_stops_before_k", 2, five, 8, 0.5f, {0, 3, 4}), 4));
+    cases.push_back(budget(single_row("top_p_stops_before_k", 2, five, 8, 0.4f, {0, 3, 4}), 4));
     cases.push_back(budget(single_row("k_stops_before_top_p", 2, five, 8, 0.95f, {0, 1, 3, 4}), 4));
     // Ties at the budget's boundary go to the lower id, as for top_p.
     cases.push_back(budget(single_row("top_k_tie_first_of_three", 2, ties, 9, 1.0f, {0, 1, 4}), 3));
@@ -119,14 +121,21 @@ std::vector<HandCase> hand_cases() {
     cases.push_back(single_row("pos_at_a_block_boundary", 4, edges, 4, 0.01f, {0, 1}));
     cases.push_back(single_row("block_larger_than_the_cache", 16, edges, 7, 0.5f, {0}));
 
-    // B = 1, keys of weight 1, 4, 3: with scale 1 blocks 0 and 2 hold 0.5 and block 1 is
-    // needed for 0.55; with scale 0.5 the weights are 1, 2, sqrt(3) and blocks 0 and 2 hold
-    // 0.577 alone.
-    const std::vector<float> scaled = log_weights({1, 4, 3});
-    cases.push_back(single_row("scale_1", 1, scaled, 2, 0.55f, {0, 1, 2}));
-    HandCase half = single_row("scale_half", 1, scaled, 2, 0.55f, {0, 2});
+    // B = 1, keys of weight 1, 4, 1, 1 (blocks 0 and 3 always kept): with scale 1 block 1 holds
+    // 0.8 of the rest, enough for p 0.75; with scale 0.5 the weights are 1, 2, 1, 1 and it
+    // holds 0.667, so block 2 is needed too.
+    const std::vector<float> scaled = log_weights({1, 4, 1, 1});
+    cases.push_back(single_row("scale_1", 1, scaled, 3, 0.75f, {0, 1, 3}));
+    HandCase half = single_row("scale_half", 1, scaled, 3, 0.75f, {0, 1, 2, 3});
     half.params.scale = 0.5f;
     cases.push_back(half);
+
+    // Sinks that take most of the index mass (block 0: 0.9; blocks 1, 2: 0.03, 0.05; the block
+    // of pos 0.02) still leave the selection the context's heaviest blocks: p applies to the
+    // 0.08 outside the always-kept blocks (block 2 holds 0.625 of it).
+    const std::vector<float> sinks = log_weights({0.45, 0.45, 0.01, 0.02, 0.03, 0.02, 0.01, 0.01});
+    cases.push_back(single_row("heavy_sinks_keep_the_heaviest_block", 2, sinks, 7, 0.5f, {0, 2, 3}));
+    cases.push_back(single_row("heavy_sinks_keep_both_blocks", 2, sinks, 7, 0.9f, {0, 1, 2, 3}));
 
     // Tokens, heads and sequences index the right keys: s = 2, hr = 2, r = 2, c = 8, B = 2.
     // Keys score 0 except the two keys of one heavy block per (sequence, head), which score 5;

@@ -3,8 +3,9 @@
 // For query token i and retrieval head j, in double precision:
 //   z_t    = scale * iq[i, j] . index_keys[seq_i, j, t]          for t = 0 .. pos_i
 //   mass_b = sum_{t in block b, t <= pos_i} exp(z_t - max z) / sum_t exp(z_t - max z)
-// Keep block 0 and the block of pos_i, then the other blocks by decreasing mass (ties: lower
-// id first) until the kept mass reaches top_p; top_p = 1 keeps every block. With max_blocks =
+// Keep block 0 and the block of pos_i (mass m together), then the other blocks by decreasing
+// mass (ties: lower id first) until those hold top_p of the rest: until the kept mass reaches
+// m + top_p (1 - m). top_p = 1 keeps every block. With max_blocks =
 // K > 0 the same order also stops once K blocks are kept (the always-kept ones count): the
 // top-K blocks by mass. The fast backends must give the same set except where f32 rounding
 // flips a comparison at the boundary (or reorders two blocks of nearly equal mass).
@@ -54,6 +55,7 @@ Status CpuRefBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
             keep[0] = true;
             keep[static_cast<size_t>(last)] = true;
             double kept = mass[0] + (last != 0 ? mass[static_cast<size_t>(last)] : 0.0);
+            const double target = kept + top_p * (1.0 - kept);
             int64_t n_kept = last != 0 ? 2 : 1;
             std::vector<int64_t> order;  // the other blocks, heaviest first, ties by lower id
             for (int64_t b = 1; b < last; ++b) order.push_back(b);
@@ -61,7 +63,7 @@ Status CpuRefBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
                 return mass[static_cast<size_t>(a)] > mass[static_cast<size_t>(b)];
             });
             for (int64_t b : order) {
-                if (top_p < 1.0 && kept >= top_p) break;
+                if (top_p < 1.0 && kept >= target) break;
                 if (params.max_blocks > 0 && n_kept >= params.max_blocks) break;
                 keep[static_cast<size_t>(b)] = true;
                 kept += mass[static_cast<size_t>(b)];

@@ -140,9 +140,11 @@ int64_t select_row(const float* iq_row, const Key* keys, int64_t r, int64_t p,
             ++hist_count[k];
         }
     }
-    // top_p = 1 (only reached with a budget) stops on the count alone: no mass target.
-    const double target = params.top_p >= 1.0f ? std::numeric_limits<double>::infinity()
-                                               : static_cast<double>(params.top_p) * total;
+    // top_p of the mass outside the always-kept blocks (backend.h). top_p = 1 (only reached
+    // with a budget) stops on the count alone: no mass target.
+    const double target = params.top_p >= 1.0f
+                              ? std::numeric_limits<double>::infinity()
+                              : kept + static_cast<double>(params.top_p) * (total - kept);
     // Blocks the budget allows besides the always-kept ones (which it may not cut).
     const int64_t n_always = last != 0 ? 2 : 1;
     const int64_t extra_limit = limited ? std::max<int64_t>(0, params.max_blocks - n_always)
