@@ -3,6 +3,7 @@
 // adapter and a heat map.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -11,6 +12,7 @@
 #include "model/hf-loader.h"
 #include "sparse/adapter.h"
 #include "sparse/corpus.h"
+#include "sparse/head-selection.h"
 #include "test-util.h"
 
 namespace purbo {
@@ -124,11 +126,71 @@ TEST(CalibrateCli, TinyCheckpointWritesAdapterAndHeatMap) {
     EXPECT_EQ(a->scores, b->scores);
 }
 
-}  // namespace
-}  // namespace purbo
 
-namespace purbo {
-namespace {
+// --from: the heads chosen again from an adapter's stored scores, without the model. The
+// committed adapter of the default model has a trained indexer: the same heads and rank keep
+// it, other heads drop it; settings not given stay the adapter's.
+TEST(CalibrateCli, FromStoredScoresChoosesAgainWithoutTheModel) {
+    const std::string committed =
+        std::string(PURBO_SOURCE_DIR) + "/adapters/SmolLM2-135M-Instruct.adapter.safetensors";
+    auto source = adapter_load(committed);
+    ASSERT_TRUE(source.is_ok()) << source.status().message();
+    ASSERT_TRUE(source->has_indexer());
+    const std::string dir = test::temp_dir("calibrate_from");
+
+    // The same choice and a new window: heads, scores and indexer kept.
+    const auto same = run_purbo("calibrate --from " + committed + " --kv-groups --window 2048 -o " + dir + "/same.sft");
+    ASSERT_EQ(same.status, 0) << same.output;
+    EXPECT_NE(same.output.find("indexer:          kept"), std::string::npos) << same.output;
+    auto kept = adapter_load(dir + "/same.sft");
+    ASSERT_TRUE(kept.is_ok()) << kept.status().message();
+    EXPECT_EQ(kept->retrieval, source->retrieval);
+    EXPECT_EQ(kept->scores, source->scores);
+    EXPECT_EQ(kept->base_fingerprint, source->base_fingerprint);
+    EXPECT_EQ(kept->settings.window, 2048);
+    EXPECT_EQ(kept->settings.n_sink, source->settings.n_sink);
+    EXPECT_EQ(kept->settings.top_p, source->settings.top_p);
+    ASSERT_TRUE(kept->has_indexer());
+    EXPECT_EQ(kept->wq.numel(), source->wq.numel());
+    EXPECT_EQ(0, std::memcmp(kept->wq.data, source->wq.data, source->wq.nbytes()));
+    EXPECT_EQ(kept->training_info, source->training_info);
+
+    // Twice the ratio by query head: round(0.3 * 270) = 81 heads, a superset of the top 40 by
+    // score; the indexer (42 rows of other heads) is dropped.
+    const auto more = run_purbo("calibrate --from " + committed + " --ratio 0.3 -o " + dir + "/more.sft");
+    ASSERT_EQ(more.status, 0) << more.output;
+    EXPECT_NE(more.output.find("indexer:          dropped"), std::string::npos) << more.output;
+    auto wider = adapter_load(dir + "/more.sft");
+    ASSERT_TRUE(wider.is_ok()) << wider.status().message();
+    EXPECT_EQ(wider->retrieval.size(), 81u);
+    EXPECT_FALSE(wider->has_indexer());
+    EXPECT_TRUE(wider->training_info.empty());
+    EXPECT_EQ(wider->settings.window, source->settings.window);
+    EXPECT_NE(wider->calibration_info.find("ratio 0.3 by query head (chosen again from stored scores)"),
+              std::string::npos)
+        << wider->calibration_info;
+    EXPECT_EQ(wider->calibration_info.find("whole KV groups"), std::string::npos) << wider->calibration_info;
+    const std::vector<HeadId> ranked = rank_heads(source->scores, source->n_layer, source->n_head);
+    for (size_t i = 0; i < 81; ++i) EXPECT_TRUE(wider->is_retrieval(ranked[i].layer, ranked[i].head)) << i;
+
+    // Flags that only a calibration run uses, and a file that is not an adapter: one clear line.
+    struct Case {
+        std::string args, expect;
+    } cases[] = {
+        {"calibrate --from " + committed + " --docs 2 -o " + dir + "/x.sft", "--docs: not used with --from"},
+        {"calibrate --from " + committed + " -m x.gguf -o " + dir + "/x.sft", "--model: not used with --from"},
+        {"calibrate --from " + committed + " --rank 65 -o " + dir + "/x.sft", "--rank: 65 exceeds the model's head_dim 64"},
+        {"calibrate --from " + dir + "/missing.sft -o " + dir + "/x.sft", "missing.sft"},
+    };
+    for (const Case& c : cases) {
+        const test::ProgramResult r = run_purbo(c.args);
+        EXPECT_EQ(r.status, 1) << c.args << "\n" << r.output;
+        EXPECT_NE(r.output.find(c.expect), std::string::npos) << c.args << "\n" << r.output;
+        EXPECT_EQ(count_lines(r.output), 1u) << c.args << "\n" << r.output;
+    }
+    EXPECT_FALSE(std::filesystem::exists(dir + "/x.sft"));
+}
+
 
 // rtp-llm's headwise_config through the program: inspect --export-headwise writes the head
 // classes of an adapter, calibrate --import-headwise makes an adapter of them for a model.

@@ -1,5 +1,7 @@
 // purbo calibrate: score every query head by needle retrieval on the machine's licence texts,
 // choose the retrieval heads and write an adapter without an indexer (method.md section 1).
+// With --from, the heads are chosen again from an adapter's stored scores (another ratio or
+// mode, other settings) without running the model.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -25,6 +27,7 @@ struct CalibrateFlags {
     int depths = 2;
     SparseSettings settings;
     std::string import_headwise;  // rtp-llm config.json: head classes from it, no calibration run
+    std::string from;             // adapter whose stored scores are reused, no calibration run
 };
 
 // Shortest sequence worth calibrating on: the needles sit at 10-20% and 80-95% depth and are
@@ -52,10 +55,15 @@ double quantile(const std::vector<double>& sorted, double q) {
     return sorted[i];
 }
 
-void print_summary(const Model& model, const CalibrationResult& r, const HeadSelection& sel,
+// The attention shape the summary needs (a model's config or an adapter's copy of it).
+struct HeadShape {
+    int n_layer = 0, n_head = 0, n_head_kv = 0;
+    int n_gqa() const { return n_head / n_head_kv; }
+};
+
+void print_summary(const HeadShape& c, const std::vector<float>& scores, const HeadSelection& sel,
                    const CalibrateFlags& f) {
-    const ModelConfig& c = model.config;
-    const std::vector<float> scores(r.scores.begin(), r.scores.end());
+    const auto score = [&](const HeadId& id) { return scores[static_cast<size_t>(id.layer * c.n_head + id.head)]; };
     const std::vector<HeadId> ranked = rank_heads(scores, c.n_layer, c.n_head);
     std::printf("\ntop heads (score = attention mass on the earlier needle):\n");
     std::printf("  %4s  %5s  %4s  %7s  %8s  %s\n", "rank", "layer", "head", "kv head", "score",
@@ -65,7 +73,7 @@ void print_summary(const Model& model, const CalibrationResult& r, const HeadSel
         const bool retrieval =
             std::find(sel.retrieval.begin(), sel.retrieval.end(), id) != sel.retrieval.end();
         std::printf("  %4zu  %5d  %4d  %7d  %8.4f  %s\n", i + 1, id.layer, id.head,
-                    id.head / c.n_gqa(), r.score(id.layer, id.head),
+                    id.head / c.n_gqa(), score(id),
                     retrieval ? "retrieval" : "local");
     }
     const int n_heads = c.n_layer * c.n_head;
@@ -81,11 +89,10 @@ void print_summary(const Model& model, const CalibrationResult& r, const HeadSel
         f.settings.window);
     if (!sel.retrieval.empty()) {
         double lowest = 1.0;
-        for (const HeadId& id : sel.retrieval)
-            lowest = std::min(lowest, r.score(id.layer, id.head));
+        for (const HeadId& id : sel.retrieval) lowest = std::min(lowest, static_cast<double>(score(id)));
         std::printf("lowest retrieval: %.4f\n", lowest);
     }
-    std::vector<double> sorted = r.scores;
+    std::vector<double> sorted(scores.begin(), scores.end());
     std::sort(sorted.begin(), sorted.end());
     double mean = 0;
     for (double s : sorted) mean += s;
@@ -107,6 +114,67 @@ void print_summary(const Model& model, const CalibrationResult& r, const HeadSel
                     static_cast<long>(n));
     }
     std::printf("\n");
+}
+
+// --from: the retrieval heads chosen again from the scores stored in an adapter, with --ratio
+// and --kv-groups; its settings kept except those given on the command line. The indexer is
+// kept only when the heads and the rank stay the same (its rows belong to those heads).
+int choose_again_from(const CalibrateFlags& f, const OptionSet& set) {
+    for (const char* flag : {"--import-headwise", "--docs", "--depths", "--ctx-size", "--model"}) {
+        if (set.was_given(flag))
+            return report_error("calibrate", error(StatusCode::kInvalidArgument,
+                                                   "{}: not used with --from (no calibration runs)", flag));
+    }
+    Result<Adapter> loaded = adapter_load(f.from);
+    if (!loaded.is_ok()) return report_error("calibrate", loaded.status());
+    Adapter a = std::move(*loaded);
+    const bool had_indexer = a.has_indexer();
+    SparseSettings settings = a.settings;
+    if (set.was_given("--window")) settings.window = f.settings.window;
+    if (set.was_given("--sinks")) settings.n_sink = f.settings.n_sink;
+    if (set.was_given("--top-p")) settings.top_p = f.settings.top_p;
+    if (set.was_given("--block")) settings.block_size = f.settings.block_size;
+    if (set.was_given("--rank")) settings.rank = f.settings.rank;
+    if (settings.rank > a.head_dim)
+        return report_error("calibrate", error(StatusCode::kInvalidArgument, "--rank: {} exceeds the model's head_dim {}",
+                                               settings.rank, a.head_dim));
+
+    const HeadSelectionMode mode = f.kv_groups ? HeadSelectionMode::kKvGroups : HeadSelectionMode::kQueryHeads;
+    Result<HeadSelection> sel = select_retrieval_heads(a.scores, a.n_layer, a.n_head, a.n_head_kv, f.ratio, mode);
+    if (!sel.is_ok()) return report_error("calibrate", sel.status());
+    const bool keep_indexer = a.has_indexer() && sel->retrieval == a.retrieval && settings.rank == a.settings.rank;
+    if (a.has_indexer() && !keep_indexer) {
+        a.wq = Tensor();
+        a.wk = Tensor();
+        a.training_info.clear();
+    }
+    a.settings = settings;
+    a.retrieval = sel->retrieval;
+    // The provenance of the scores stays; the choice made from them is replaced.
+    const size_t choice = a.calibration_info.find("; retrieval heads:");
+    a.calibration_info = fmt::format("{}; retrieval heads: ratio {:g}{} (chosen again from stored scores)",
+                                     a.calibration_info.substr(0, choice), f.ratio,
+                                     f.kv_groups ? " in whole KV groups" : " by query head");
+    if (Status st = adapter_save(f.output, a); !st.is_ok()) return report_error("calibrate", st);
+
+    std::printf("purbo calibrate: retrieval heads chosen again from the scores in %s\n", f.from.c_str());
+    const HeadShape shape{a.n_layer, a.n_head, a.n_head_kv};
+    print_summary(shape, a.scores, *sel, f);
+    if (had_indexer)
+        std::printf("indexer:          %s\n", keep_indexer ? "kept (same heads and rank)"
+                                                         : "dropped (other heads or rank): train it again with purbo train-indexer");
+    if (!f.svg.empty()) {
+        HeatmapSvgOptions ho;
+        ho.title = "retrieval head scores";
+        ho.subtitle = fmt::format("{}; {} retrieval heads (ratio {:g}{}), outlined", a.calibration_info,
+                                  sel->retrieval.size(), f.ratio, f.kv_groups ? ", whole KV groups" : "");
+        ho.n_head_kv = a.n_head_kv;
+        if (Status st = heatmap_svg_write(f.svg, a.scores, a.n_layer, a.n_head, sel->retrieval, ho); !st.is_ok())
+            return report_error("calibrate", st);
+        std::printf("heat map:         %s\n", f.svg.c_str());
+    }
+    std::printf("adapter:          %s\n", f.output.c_str());
+    return 0;
 }
 
 }  // namespace
@@ -145,6 +213,10 @@ int cmd_calibrate(int argc, char** argv) {
                            "take the head classes from an rtp-llm config.json (headwise_config) instead of "
                            "calibrating; writes them as an adapter for the model",
                            &f.import_headwise});
+    set.options.push_back({"--from", "", "ADAPTER",
+                           "choose the retrieval heads again from this adapter's stored scores (--ratio, --kv-groups) "
+                           "without calibrating; its settings are kept except those given",
+                           &f.from});
     bool help = false;
     if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok())
         return report_error("calibrate", st);
@@ -161,6 +233,7 @@ int cmd_calibrate(int argc, char** argv) {
     if (Status st = f.settings.validate("settings (--window, --sinks, --top-p, --block, --rank)");
         !st.is_ok())
         return report_error("calibrate", st);
+    if (!f.from.empty()) return choose_again_from(f, set);
 
     double load_ms = 0;
     Result<Model> model = load_model(f.model, &load_ms);
@@ -254,7 +327,7 @@ int cmd_calibrate(int argc, char** argv) {
                                      f.kv_groups ? " in whole KV groups" : " by query head");
     if (Status st = adapter_save(f.output, a); !st.is_ok()) return report_error("calibrate", st);
 
-    print_summary(*model, *r, *sel, f);
+    print_summary({c.n_layer, c.n_head, c.n_head_kv}, scores, *sel, f);
     if (!f.svg.empty()) {
         HeatmapSvgOptions ho;
         ho.title = fmt::format("{}: retrieval head scores", c.name);

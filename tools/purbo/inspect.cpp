@@ -2,8 +2,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <numeric>
+#include <string_view>
 #include <vector>
 
 #include "common.h"
@@ -13,9 +15,15 @@
 namespace purbo::cli {
 namespace {
 
-bool is_safetensors_file(const std::string& path) {
+// An adapter is a safetensors file: one named so, or any file that does not start with the
+// GGUF magic (adapters written under another name). Folders are Hugging Face models.
+bool is_adapter_file(const std::string& path) {
     std::error_code ec;
-    return path.size() > 12 && path.ends_with(".safetensors") && std::filesystem::is_regular_file(path, ec);
+    if (!std::filesystem::is_regular_file(path, ec)) return false;
+    if (path.ends_with(".safetensors")) return true;
+    std::ifstream in(path, std::ios::binary);
+    char magic[4] = {};
+    return in.read(magic, 4) && std::string_view(magic, 4) != "GGUF";
 }
 
 std::string join_ints(const std::vector<int>& v) {
@@ -144,9 +152,9 @@ int cmd_inspect(int argc, char** argv) {
         return report_error("inspect", error(StatusCode::kInvalidArgument, "give one model, got {}", set.positional.size()));
     }
     if (!set.positional.empty()) mf.model = set.positional[0];
-    // Models are GGUF files or folders; a lone .safetensors file is an adapter.
+    // Models are GGUF files or folders; any other lone file is an adapter.
     if (!export_headwise.empty()) {
-        if (!is_safetensors_file(mf.model))
+        if (!is_adapter_file(mf.model))
             return report_error("inspect", error(StatusCode::kInvalidArgument,
                                                  "--export-headwise: '{}' is not an adapter (.safetensors)", mf.model));
         Result<Adapter> a = adapter_load(mf.model);
@@ -157,7 +165,7 @@ int cmd_inspect(int argc, char** argv) {
                     export_headwise.c_str());
         return 0;
     }
-    if (is_safetensors_file(mf.model)) return inspect_adapter(mf.model, heads);
+    if (is_adapter_file(mf.model)) return inspect_adapter(mf.model, heads);
     double load_ms = 0;
     Result<Model> model = load_model(mf, &load_ms);
     if (!model.is_ok()) return report_error("inspect", model.status());

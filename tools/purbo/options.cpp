@@ -1,5 +1,6 @@
 #include "options.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -34,6 +35,10 @@ Status parse_float(const std::string& flag, const std::string& text, float* out)
 
 }  // namespace
 
+bool OptionSet::was_given(std::string_view long_name) const {
+    return std::find(given.begin(), given.end(), long_name) != given.end();
+}
+
 Status options_parse(OptionSet& set, int argc, char** argv, int first, bool* help_shown) {
     *help_shown = false;
     for (int i = first; i < argc; ++i) {
@@ -62,6 +67,7 @@ Status options_parse(OptionSet& set, int argc, char** argv, int first, bool* hel
             if (arg == o.long_name || (!o.short_name.empty() && arg == o.short_name)) opt = &o;
         }
         if (opt == nullptr) return error(StatusCode::kInvalidArgument, "unknown option '{}' (see --help)", arg);
+        set.given.push_back(opt->long_name);
         if (opt->value_name.empty()) {
             if (has_inline) return error(StatusCode::kInvalidArgument, "{} takes no value", arg);
             *std::get<bool*>(opt->target) = true;

@@ -26,6 +26,10 @@ struct OptionSet {
     std::vector<Option> options;
     std::vector<std::string> positional;  // filled with arguments that are not flags
     bool allow_positional = false;
+    std::vector<std::string> given;  // long names of the options on the command line
+
+    // Whether the option was on the command line (its variable may still hold its default).
+    bool was_given(std::string_view long_name) const;
 };
 
 // Parses argv[first..argc). --help / -h prints the help and sets *help_shown.
