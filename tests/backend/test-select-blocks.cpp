@@ -71,7 +71,8 @@ std::vector<HandCase> hand_cases() {
     std::vector<float> five =
         log_weights({0.025, 0.025, 0.15, 0.15, 0.05, 0.05, 0.175, 0.175, 0.20});
     five.push_back(50.0f);
-    cases.push_back(single_row("small_p_keeps_the_heaviest_other_block", 2, five, 8, 0.2f, {0, 3, 4}));
+    cases.push_back(
+        single_row("small_p_keeps_the_heaviest_other_block", 2, five, 8, 0.2f, {0, 3, 4}));
     cases.push_back(single_row("one_block_needed", 2, five, 8, 0.4f, {0, 3, 4}));
     cases.push_back(single_row("p_of_the_rest_not_of_the_whole", 2, five, 8, 0.5f, {0, 1, 3, 4}));
     cases.push_back(single_row("two_blocks_needed", 2, five, 8, 0.8f, {0, 1, 3, 4}));
@@ -134,7 +135,8 @@ std::vector<HandCase> hand_cases() {
     // of pos 0.02) still leave the selection the context's heaviest blocks: p applies to the
     // 0.08 outside the always-kept blocks (block 2 holds 0.625 of it).
     const std::vector<float> sinks = log_weights({0.45, 0.45, 0.01, 0.02, 0.03, 0.02, 0.01, 0.01});
-    cases.push_back(single_row("heavy_sinks_keep_the_heaviest_block", 2, sinks, 7, 0.5f, {0, 2, 3}));
+    cases.push_back(
+        single_row("heavy_sinks_keep_the_heaviest_block", 2, sinks, 7, 0.5f, {0, 2, 3}));
     cases.push_back(single_row("heavy_sinks_keep_both_blocks", 2, sinks, 7, 0.9f, {0, 1, 2, 3}));
 
     // Tokens, heads and sequences index the right keys: s = 2, hr = 2, r = 2, c = 8, B = 2.

@@ -126,7 +126,6 @@ TEST(CalibrateCli, TinyCheckpointWritesAdapterAndHeatMap) {
     EXPECT_EQ(a->scores, b->scores);
 }
 
-
 // --from: the heads chosen again from an adapter's stored scores, without the model. The
 // committed adapter of the default model has a trained indexer: the same heads and rank keep
 // it, other heads drop it; settings not given stay the adapter's.
@@ -139,7 +138,8 @@ TEST(CalibrateCli, FromStoredScoresChoosesAgainWithoutTheModel) {
     const std::string dir = test::temp_dir("calibrate_from");
 
     // The same choice and a new window: heads, scores and indexer kept.
-    const auto same = run_purbo("calibrate --from " + committed + " --kv-groups --window 2048 -o " + dir + "/same.sft");
+    const auto same = run_purbo("calibrate --from " + committed + " --kv-groups --window 2048 -o " +
+                                dir + "/same.sft");
     ASSERT_EQ(same.status, 0) << same.output;
     EXPECT_NE(same.output.find("indexer:          kept"), std::string::npos) << same.output;
     auto kept = adapter_load(dir + "/same.sft");
@@ -155,9 +155,10 @@ TEST(CalibrateCli, FromStoredScoresChoosesAgainWithoutTheModel) {
     EXPECT_EQ(0, std::memcmp(kept->wq.data, source->wq.data, source->wq.nbytes()));
     EXPECT_EQ(kept->training_info, source->training_info);
 
-    // Twice the ratio by query head: round(0.3 * 270) = 81 heads, a superset of the top 40 by
-    // score; the indexer (42 rows of other heads) is dropped.
-    const auto more = run_purbo("calibrate --from " + committed + " --ratio 0.3 -o " + dir + "/more.sft");
+    // Twice the ratio, by query head: round(0.3 * 270) = 81 heads, the top 81 by score; the
+    // indexer (42 rows of other heads) is dropped.
+    const auto more =
+        run_purbo("calibrate --from " + committed + " --ratio 0.3 -o " + dir + "/more.sft");
     ASSERT_EQ(more.status, 0) << more.output;
     EXPECT_NE(more.output.find("indexer:          dropped"), std::string::npos) << more.output;
     auto wider = adapter_load(dir + "/more.sft");
@@ -166,20 +167,26 @@ TEST(CalibrateCli, FromStoredScoresChoosesAgainWithoutTheModel) {
     EXPECT_FALSE(wider->has_indexer());
     EXPECT_TRUE(wider->training_info.empty());
     EXPECT_EQ(wider->settings.window, source->settings.window);
-    EXPECT_NE(wider->calibration_info.find("ratio 0.3 by query head (chosen again from stored scores)"),
-              std::string::npos)
+    EXPECT_NE(
+        wider->calibration_info.find("ratio 0.3 by query head (chosen again from stored scores)"),
+        std::string::npos)
         << wider->calibration_info;
-    EXPECT_EQ(wider->calibration_info.find("whole KV groups"), std::string::npos) << wider->calibration_info;
+    EXPECT_EQ(wider->calibration_info.find("whole KV groups"), std::string::npos)
+        << wider->calibration_info;
     const std::vector<HeadId> ranked = rank_heads(source->scores, source->n_layer, source->n_head);
-    for (size_t i = 0; i < 81; ++i) EXPECT_TRUE(wider->is_retrieval(ranked[i].layer, ranked[i].head)) << i;
+    for (size_t i = 0; i < 81; ++i)
+        EXPECT_TRUE(wider->is_retrieval(ranked[i].layer, ranked[i].head)) << i;
 
     // Flags that only a calibration run uses, and a file that is not an adapter: one clear line.
     struct Case {
         std::string args, expect;
     } cases[] = {
-        {"calibrate --from " + committed + " --docs 2 -o " + dir + "/x.sft", "--docs: not used with --from"},
-        {"calibrate --from " + committed + " -m x.gguf -o " + dir + "/x.sft", "--model: not used with --from"},
-        {"calibrate --from " + committed + " --rank 65 -o " + dir + "/x.sft", "--rank: 65 exceeds the model's head_dim 64"},
+        {"calibrate --from " + committed + " --docs 2 -o " + dir + "/x.sft",
+         "--docs: not used with --from"},
+        {"calibrate --from " + committed + " -m x.gguf -o " + dir + "/x.sft",
+         "--model: not used with --from"},
+        {"calibrate --from " + committed + " --rank 65 -o " + dir + "/x.sft",
+         "--rank: 65 exceeds the model's head_dim 64"},
         {"calibrate --from " + dir + "/missing.sft -o " + dir + "/x.sft", "missing.sft"},
     };
     for (const Case& c : cases) {
@@ -190,7 +197,6 @@ TEST(CalibrateCli, FromStoredScoresChoosesAgainWithoutTheModel) {
     }
     EXPECT_FALSE(std::filesystem::exists(dir + "/x.sft"));
 }
-
 
 // rtp-llm's headwise_config through the program: inspect --export-headwise writes the head
 // classes of an adapter, calibrate --import-headwise makes an adapter of them for a model.

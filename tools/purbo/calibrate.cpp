@@ -63,7 +63,9 @@ struct HeadShape {
 
 void print_summary(const HeadShape& c, const std::vector<float>& scores, const HeadSelection& sel,
                    const CalibrateFlags& f) {
-    const auto score = [&](const HeadId& id) { return scores[static_cast<size_t>(id.layer * c.n_head + id.head)]; };
+    const auto score = [&](const HeadId& id) {
+        return scores[static_cast<size_t>(id.layer * c.n_head + id.head)];
+    };
     const std::vector<HeadId> ranked = rank_heads(scores, c.n_layer, c.n_head);
     std::printf("\ntop heads (score = attention mass on the earlier needle):\n");
     std::printf("  %4s  %5s  %4s  %7s  %8s  %s\n", "rank", "layer", "head", "kv head", "score",
@@ -73,8 +75,7 @@ void print_summary(const HeadShape& c, const std::vector<float>& scores, const H
         const bool retrieval =
             std::find(sel.retrieval.begin(), sel.retrieval.end(), id) != sel.retrieval.end();
         std::printf("  %4zu  %5d  %4d  %7d  %8.4f  %s\n", i + 1, id.layer, id.head,
-                    id.head / c.n_gqa(), score(id),
-                    retrieval ? "retrieval" : "local");
+                    id.head / c.n_gqa(), score(id), retrieval ? "retrieval" : "local");
     }
     const int n_heads = c.n_layer * c.n_head;
     std::printf("\nretrieval heads:  %zu of %d query heads (%.1f%%; ratio %.3g, budget %d%s)\n",
@@ -89,7 +90,8 @@ void print_summary(const HeadShape& c, const std::vector<float>& scores, const H
         f.settings.window);
     if (!sel.retrieval.empty()) {
         double lowest = 1.0;
-        for (const HeadId& id : sel.retrieval) lowest = std::min(lowest, static_cast<double>(score(id)));
+        for (const HeadId& id : sel.retrieval)
+            lowest = std::min(lowest, static_cast<double>(score(id)));
         std::printf("lowest retrieval: %.4f\n", lowest);
     }
     std::vector<double> sorted(scores.begin(), scores.end());
@@ -122,8 +124,9 @@ void print_summary(const HeadShape& c, const std::vector<float>& scores, const H
 int choose_again_from(const CalibrateFlags& f, const OptionSet& set) {
     for (const char* flag : {"--import-headwise", "--docs", "--depths", "--ctx-size", "--model"}) {
         if (set.was_given(flag))
-            return report_error("calibrate", error(StatusCode::kInvalidArgument,
-                                                   "{}: not used with --from (no calibration runs)", flag));
+            return report_error("calibrate",
+                                error(StatusCode::kInvalidArgument,
+                                      "{}: not used with --from (no calibration runs)", flag));
     }
     Result<Adapter> loaded = adapter_load(f.from);
     if (!loaded.is_ok()) return report_error("calibrate", loaded.status());
@@ -136,13 +139,17 @@ int choose_again_from(const CalibrateFlags& f, const OptionSet& set) {
     if (set.was_given("--block")) settings.block_size = f.settings.block_size;
     if (set.was_given("--rank")) settings.rank = f.settings.rank;
     if (settings.rank > a.head_dim)
-        return report_error("calibrate", error(StatusCode::kInvalidArgument, "--rank: {} exceeds the model's head_dim {}",
+        return report_error("calibrate", error(StatusCode::kInvalidArgument,
+                                               "--rank: {} exceeds the model's head_dim {}",
                                                settings.rank, a.head_dim));
 
-    const HeadSelectionMode mode = f.kv_groups ? HeadSelectionMode::kKvGroups : HeadSelectionMode::kQueryHeads;
-    Result<HeadSelection> sel = select_retrieval_heads(a.scores, a.n_layer, a.n_head, a.n_head_kv, f.ratio, mode);
+    const HeadSelectionMode mode =
+        f.kv_groups ? HeadSelectionMode::kKvGroups : HeadSelectionMode::kQueryHeads;
+    Result<HeadSelection> sel =
+        select_retrieval_heads(a.scores, a.n_layer, a.n_head, a.n_head_kv, f.ratio, mode);
     if (!sel.is_ok()) return report_error("calibrate", sel.status());
-    const bool keep_indexer = a.has_indexer() && sel->retrieval == a.retrieval && settings.rank == a.settings.rank;
+    const bool keep_indexer =
+        a.has_indexer() && sel->retrieval == a.retrieval && settings.rank == a.settings.rank;
     if (a.has_indexer() && !keep_indexer) {
         a.wq = Tensor();
         a.wk = Tensor();
@@ -152,24 +159,30 @@ int choose_again_from(const CalibrateFlags& f, const OptionSet& set) {
     a.retrieval = sel->retrieval;
     // The provenance of the scores stays; the choice made from them is replaced.
     const size_t choice = a.calibration_info.find("; retrieval heads:");
-    a.calibration_info = fmt::format("{}; retrieval heads: ratio {:g}{} (chosen again from stored scores)",
-                                     a.calibration_info.substr(0, choice), f.ratio,
-                                     f.kv_groups ? " in whole KV groups" : " by query head");
+    a.calibration_info =
+        fmt::format("{}; retrieval heads: ratio {:g}{} (chosen again from stored scores)",
+                    a.calibration_info.substr(0, choice), f.ratio,
+                    f.kv_groups ? " in whole KV groups" : " by query head");
     if (Status st = adapter_save(f.output, a); !st.is_ok()) return report_error("calibrate", st);
 
-    std::printf("purbo calibrate: retrieval heads chosen again from the scores in %s\n", f.from.c_str());
+    std::printf("purbo calibrate: retrieval heads chosen again from the scores in %s\n",
+                f.from.c_str());
     const HeadShape shape{a.n_layer, a.n_head, a.n_head_kv};
     print_summary(shape, a.scores, *sel, f);
     if (had_indexer)
-        std::printf("indexer:          %s\n", keep_indexer ? "kept (same heads and rank)"
-                                                         : "dropped (other heads or rank): train it again with purbo train-indexer");
+        std::printf("indexer:          %s\n",
+                    keep_indexer
+                        ? "kept (same heads and rank)"
+                        : "dropped (other heads or rank): train it again with purbo train-indexer");
     if (!f.svg.empty()) {
         HeatmapSvgOptions ho;
         ho.title = "retrieval head scores";
-        ho.subtitle = fmt::format("{}; {} retrieval heads (ratio {:g}{}), outlined", a.calibration_info,
-                                  sel->retrieval.size(), f.ratio, f.kv_groups ? ", whole KV groups" : "");
+        ho.subtitle =
+            fmt::format("{}; {} retrieval heads (ratio {:g}{}), outlined", a.calibration_info,
+                        sel->retrieval.size(), f.ratio, f.kv_groups ? ", whole KV groups" : "");
         ho.n_head_kv = a.n_head_kv;
-        if (Status st = heatmap_svg_write(f.svg, a.scores, a.n_layer, a.n_head, sel->retrieval, ho); !st.is_ok())
+        if (Status st = heatmap_svg_write(f.svg, a.scores, a.n_layer, a.n_head, sel->retrieval, ho);
+            !st.is_ok())
             return report_error("calibrate", st);
         std::printf("heat map:         %s\n", f.svg.c_str());
     }
@@ -214,7 +227,8 @@ int cmd_calibrate(int argc, char** argv) {
                            "calibrating; writes them as an adapter for the model",
                            &f.import_headwise});
     set.options.push_back({"--from", "", "ADAPTER",
-                           "choose the retrieval heads again from this adapter's stored scores (--ratio, --kv-groups) "
+                           "choose the retrieval heads again from this adapter's stored scores "
+                           "(--ratio, --kv-groups) "
                            "without calibrating; its settings are kept except those given",
                            &f.from});
     bool help = false;

@@ -508,10 +508,10 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectState st) {
     // top_p of the mass outside the always-kept blocks (backend.h). top_p = 1 (only reached
     // with a budget) stops on the count alone: no mass target. The sums stay integers; only
     // this comparison is in double (rounding 2^-53 relative).
-    const double target =
-        args.top_p >= 1.0f ? static_cast<double>(INFINITY)
-                           : static_cast<double>(kept) +
-                                 static_cast<double>(args.top_p) * static_cast<double>(total - kept);
+    const double target = args.top_p >= 1.0f
+                              ? static_cast<double>(INFINITY)
+                              : static_cast<double>(kept) + static_cast<double>(args.top_p) *
+                                                                static_cast<double>(total - kept);
     auto reaches = [target](Mass m) { return static_cast<double>(m) >= target; };
     // Blocks the budget allows besides the always-kept ones (which it may not cut).
     const int n_always = last != 0 ? 2 : 1;
