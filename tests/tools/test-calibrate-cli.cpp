@@ -138,7 +138,7 @@ TEST(CalibrateCli, FromStoredScoresChoosesAgainWithoutTheModel) {
     const std::string dir = test::temp_dir("calibrate_from");
 
     // The same choice and a new window: heads, scores and indexer kept.
-    const auto same = run_purbo("calibrate --from " + committed + " --kv-groups --window 2048 -o " +
+    const auto same = run_purbo("calibrate --from " + committed + " --kv-groups --window 1536 -o " +
                                 dir + "/same.sft");
     ASSERT_EQ(same.status, 0) << same.output;
     EXPECT_NE(same.output.find("indexer:          kept"), std::string::npos) << same.output;
@@ -147,7 +147,8 @@ TEST(CalibrateCli, FromStoredScoresChoosesAgainWithoutTheModel) {
     EXPECT_EQ(kept->retrieval, source->retrieval);
     EXPECT_EQ(kept->scores, source->scores);
     EXPECT_EQ(kept->base_fingerprint, source->base_fingerprint);
-    EXPECT_EQ(kept->settings.window, 2048);
+    ASSERT_NE(source->settings.window, 1536);
+    EXPECT_EQ(kept->settings.window, 1536);
     EXPECT_EQ(kept->settings.n_sink, source->settings.n_sink);
     EXPECT_EQ(kept->settings.top_p, source->settings.top_p);
     ASSERT_TRUE(kept->has_indexer());
