@@ -1,8 +1,6 @@
 #include "sparse/sparse-policy.h"
 
 #include <algorithm>
-#include <map>
-#include <utility>
 
 namespace purbo {
 namespace {
@@ -153,92 +151,11 @@ Status SparsePolicy::plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre
         sp.top_p = 1.0f;
         sp.max_blocks = options_.top_k_blocks;
     }
-    if (decode) {
-        PURBO_TRY(backend_.select_blocks(iq.reshaped({n, hr, r}), L.index_keys, place, sp,
-                                         L.selection.blocks, L.selection.counts));
-    } else {
-        PURBO_TRY(select_query_blocks(L, iq, place, sp));
-    }
+    PURBO_TRY(backend_.select_blocks(iq.reshaped({n, hr, r}), L.index_keys, place, sp, L.selection.blocks,
+                                     L.selection.counts));
     params.selection = &L.selection;
     if (decode) L.to_count = 2;
     return Status::ok();
-}
-
-// Block-sparse prefill (method.md section 5): one selection per query block. The batch's
-// tokens of one sequence whose positions fall in one key block (pos / B) form a query block;
-// it is scored with the mean of their indexer queries, as a query at its last token's
-// position, and every token of it attends to the blocks chosen for it (its own block is among
-// them, causally masked by the attention). One selection per B tokens instead of one per
-// token, and the shape a tiled prefill kernel wants: every query of a tile sees the same key
-// blocks. (A query block cut by a chunk boundary is two query blocks, one per chunk.)
-//
-// The means and the copy of each block's selection to its tokens run on the host: they move
-// n x hr x (r + max_blocks) values per layer and chunk, little next to the chunk's attention
-// at the context lengths this mode is measured at (a device kernel would read the block's row
-// in place; see bench/NOTES.md).
-Status SparsePolicy::select_query_blocks(Layer& L, const Tensor& iq, const TokenPlacement& place,
-                                         const BlockSelectParams& sp) {
-    // iq (n, hr * r); L.selection (n, hr, max_blocks) and (n, hr), filled here.
-    const int64_t n = iq.dim(0), row = iq.dim(1), hr = static_cast<int64_t>(L.retrieval.size());
-    std::vector<int32_t> group_of(static_cast<size_t>(n));
-    std::vector<int32_t> group_seq, group_pos, group_size;
-    std::map<std::pair<int32_t, int32_t>, int32_t> group_id;  // (seq, block) -> query block
-    for (size_t i = 0; i < group_of.size(); ++i) {
-        const auto key = std::make_pair(place.seq[i], place.pos[i] / settings_.block_size);
-        const auto [it, added] = group_id.try_emplace(key, static_cast<int32_t>(group_seq.size()));
-        if (added) {
-            group_seq.push_back(place.seq[i]);
-            group_pos.push_back(place.pos[i]);
-            group_size.push_back(0);
-        }
-        const size_t gi = static_cast<size_t>(it->second);
-        group_of[i] = it->second;
-        group_pos[gi] = std::max(group_pos[gi], place.pos[i]);
-        ++group_size[gi];
-    }
-    const int64_t m = static_cast<int64_t>(group_seq.size());
-
-    // The mean indexer query of each query block (summed in double, in token order).
-    Tensor host_iq = tensor_cpu(DType::kF32, {n, row});
-    PURBO_TRY(backend_.to_host(iq, host_iq));
-    std::vector<double> sums(static_cast<size_t>(m * row), 0.0);
-    for (int64_t i = 0; i < n; ++i) {
-        double* sum = sums.data() + int64_t{group_of[static_cast<size_t>(i)]} * row;
-        for (int64_t e = 0; e < row; ++e) sum[e] += host_iq.f32()[i * row + e];
-    }
-    Tensor host_mean = tensor_cpu(DType::kF32, {m, row});
-    for (int64_t gi = 0; gi < m; ++gi) {
-        for (int64_t e = 0; e < row; ++e)
-            host_mean.f32()[gi * row + e] = static_cast<float>(
-                sums[static_cast<size_t>(gi * row + e)] / group_size[static_cast<size_t>(gi)]);
-    }
-    // iq is on the host now: its scratch takes the means.
-    const Tensor mean = scratch_prefix(iq_, m, row);
-    PURBO_TRY(backend_.from_host(host_mean, mean));
-
-    const Tensor blocks =
-        scratch_prefix(L.blocks, m, hr * max_blocks_).reshaped({m, hr, max_blocks_});
-    const Tensor counts = scratch_prefix(L.counts, m, hr);
-    const TokenPlacement group_place{group_seq, group_pos};
-    PURBO_TRY(backend_.select_blocks(mean.reshaped({m, hr, settings_.rank}), L.index_keys,
-                                     group_place, sp, blocks, counts));
-
-    // Each token gets its query block's rows (the selection buffers hold the m rows until the
-    // host has them; then they take the n rows).
-    Tensor host_blocks = tensor_cpu(DType::kI32, {m, hr * max_blocks_});
-    Tensor host_counts = tensor_cpu(DType::kI32, {m, hr});
-    PURBO_TRY(backend_.to_host(blocks.reshaped({m, hr * max_blocks_}), host_blocks));
-    PURBO_TRY(backend_.to_host(counts, host_counts));
-    Tensor token_blocks = tensor_cpu(DType::kI32, {n, hr * max_blocks_});
-    Tensor token_counts = tensor_cpu(DType::kI32, {n, hr});
-    for (int64_t i = 0; i < n; ++i) {
-        const int64_t gi = group_of[static_cast<size_t>(i)];
-        std::copy_n(host_blocks.ptr<int32_t>() + gi * hr * max_blocks_, hr * max_blocks_,
-                    token_blocks.ptr<int32_t>() + i * hr * max_blocks_);
-        std::copy_n(host_counts.ptr<int32_t>() + gi * hr, hr, token_counts.ptr<int32_t>() + i * hr);
-    }
-    PURBO_TRY(backend_.from_host(token_blocks, L.selection.blocks.reshaped({n, hr * max_blocks_})));
-    return backend_.from_host(token_counts, L.selection.counts);
 }
 
 Status SparsePolicy::end_batch(const TokenPlacement& place) {

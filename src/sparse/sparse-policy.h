@@ -1,8 +1,8 @@
 // The sparse model at run time (method.md sections 2 to 5): an AttentionPolicy built from an
 // adapter. Local heads attend to sinks + window, and KV heads whose query heads are all local
 // keep only those rows (a ring). Retrieval heads attend densely in prefill (the paper) or,
-// with block_sparse_prefill, to the blocks their indexer selects for each query block of B
-// tokens (ours); in decode they attend to the top-p blocks their indexer selects per token.
+// with block_sparse_prefill, to their indexer-selected blocks (ours); in decode they attend to
+// the top-p blocks their indexer selects.
 #pragma once
 
 #include <memory>
@@ -17,8 +17,7 @@
 namespace purbo {
 
 struct SparseRunOptions {
-    // Indexer selection in prefill too, one per query block (method.md section 5).
-    bool block_sparse_prefill = false;
+    bool block_sparse_prefill = false;  // indexer selection for prefill tokens too (method.md section 5)
     bool rings = true;                  // all-local KV heads in a ring of sinks + window rows
     float top_p = 0;                    // 0 = the adapter's
     // > 0: retrieval heads keep this many blocks per decode step, the heaviest by index mass
@@ -97,9 +96,6 @@ private:
         // to read in end_batch); 0 = nothing to count.
         uint8_t to_count = 0;
     };
-    // Block-sparse prefill: one selection per query block, copied to its tokens.
-    Status select_query_blocks(Layer& L, const Tensor& iq, const TokenPlacement& place,
-                               const BlockSelectParams& sp);
 
     Backend& backend_;
     ModelConfig config_;

@@ -10,7 +10,6 @@
 #include <numeric>
 #include <optional>
 #include <random>
-#include <utility>
 
 #include "model/hf-loader.h"
 #include "sparse/sparse-policy.h"
@@ -201,126 +200,6 @@ TEST_P(SparsePolicyTest, TopKBlocksKeepsAFixedBudget) {
                          run(t, GetParam(), sparse_policy_factory(a, every), 160)),
               kSame);
     EXPECT_EQ(stats.retrieval_attended, stats.retrieval_dense);
-}
-
-// Block-sparse prefill selects once per query block (the batch's tokens of one sequence in one
-// key block): every token of a block gets the blocks the reference selection picks for the mean
-// of their indexer queries, as a query at the block's last position. Two chunks, positions
-// 0..99 and 100..139: block 3 (96..127) is cut by the chunk boundary into two query blocks.
-TEST_P(SparsePolicyTest, BlockSparsePrefillSelectsOncePerQueryBlock) {
-    auto be = backend_create(GetParam());
-    ASSERT_TRUE(be.is_ok()) << be.status().to_string();
-    auto ref_be = backend_create("cpu-ref");
-    ASSERT_TRUE(ref_be.is_ok()) << ref_be.status().to_string();
-    const Tiny t = load_tiny(1);
-    const ModelConfig& c = t.model.config;
-    const SparseSettings settings = small_settings(0.6f);
-    const std::vector<HeadId> retrieval = {{0, 1}, {0, 2}};
-    const Adapter a = make_adapter(c, retrieval, settings, true, 6);
-    SparseRunOptions o;
-    o.block_sparse_prefill = true;
-    constexpr int kCtx = 256;
-    auto policy = SparsePolicy::create(**be, c, a, 1, kCtx, 128, o, DType::kF32);
-    ASSERT_TRUE(policy.is_ok()) << policy.status().to_string();
-
-    const int64_t h = c.n_head, g = c.n_head_kv, d = c.head_dim, r = settings.rank, hr = 2;
-    const int64_t total = 140, max_blocks = kCtx / settings.block_size;
-    std::mt19937 rng(7);
-    const std::vector<float> q_all = test::random_floats(rng, total * h * d);
-    const std::vector<float> k_all = test::random_floats(rng, total * g * d);
-    // The reference's index keys (1, hr, c, r) and indexer queries (total, hr, r), in double.
-    Tensor ref_keys = tensor_cpu(DType::kF32, {1, hr, kCtx, r});
-    std::vector<double> iq(static_cast<size_t>(total * hr * r));
-    for (int64_t j = 0; j < hr; ++j) {
-        const int head = retrieval[static_cast<size_t>(j)].head,
-                  kv = head / static_cast<int>(h / g);
-        const int64_t index = a.retrieval_index(0, head);
-        const float* wq = a.wq.f32() + index * r * d;  // (r, d)
-        const float* wk = a.wk.f32() + index * r * d;
-        for (int64_t tok = 0; tok < total; ++tok) {
-            for (int64_t e = 0; e < r; ++e) {
-                double dot_q = 0, dot_k = 0;
-                for (int64_t x = 0; x < d; ++x) {
-                    dot_q += double{wq[e * d + x]} *
-                             q_all[static_cast<size_t>((tok * h + head) * d + x)];
-                    dot_k +=
-                        double{wk[e * d + x]} * k_all[static_cast<size_t>((tok * g + kv) * d + x)];
-                }
-                iq[static_cast<size_t>((tok * hr + j) * r + e)] = dot_q;
-                ref_keys.f32()[(j * kCtx + tok) * r + e] = static_cast<float>(dot_k);
-            }
-        }
-    }
-    // cuda rounds the indexer weights to bf16: its selections may differ from the f32
-    // reference at near-ties, so there only the sharing is checked.
-    const bool exact = GetParam() != "cuda";
-    int compared = 0;
-    for (const auto& chunk : {std::pair<int64_t, int64_t>{0, 100}, {100, total}}) {
-        const int64_t begin = chunk.first, end = chunk.second, n = end - begin;
-        auto upload = [&](const std::vector<float>& all, int64_t heads) {
-            Tensor x = (*be)->alloc(DType::kF32, {n, heads, d});
-            const std::vector<float> part(all.begin() + begin * heads * d,
-                                          all.begin() + end * heads * d);
-            EXPECT_TRUE((*be)->from_host(test::host_f32({n, heads, d}, part), x).is_ok());
-            return x;
-        };
-        const Tensor q = upload(q_all, h), k = upload(k_all, g);
-        std::vector<int32_t> seq(static_cast<size_t>(n), 0), pos(static_cast<size_t>(n));
-        std::iota(pos.begin(), pos.end(), static_cast<int32_t>(begin));
-        AttentionParams params;
-        ASSERT_TRUE((*policy)->plan_layer(0, q, k, TokenPlacement{seq, pos}, params).is_ok());
-        ASSERT_NE(params.selection, nullptr);
-        Tensor blocks = tensor_cpu(DType::kI32, {n, hr, max_blocks}),
-               counts = tensor_cpu(DType::kI32, {n, hr});
-        ASSERT_TRUE((*be)->to_host(params.selection->blocks, blocks).is_ok());
-        ASSERT_TRUE((*be)->to_host(params.selection->counts, counts).is_ok());
-
-        for (int64_t first = 0; first < n;) {  // one query block: tokens [first, last]
-            int64_t last = first;
-            while (last + 1 < n && pos[static_cast<size_t>(last + 1)] / settings.block_size ==
-                                       pos[static_cast<size_t>(first)] / settings.block_size)
-                ++last;
-            Tensor mean = tensor_cpu(DType::kF32, {1, hr, r});
-            for (int64_t e = 0; e < hr * r; ++e) {
-                double sum = 0;
-                for (int64_t i = first; i <= last; ++i)
-                    sum += iq[static_cast<size_t>((begin + i) * hr * r + e)];
-                mean.f32()[e] = static_cast<float>(sum / static_cast<double>(last - first + 1));
-            }
-            const int32_t seq0 = 0, last_pos = pos[static_cast<size_t>(last)];
-            BlockSelectParams sp;
-            sp.block_size = settings.block_size;
-            sp.top_p = settings.top_p;
-            Tensor want = tensor_cpu(DType::kI32, {1, hr, max_blocks}),
-                   want_counts = tensor_cpu(DType::kI32, {1, hr});
-            ASSERT_TRUE((*ref_be)
-                            ->select_blocks(mean, ref_keys,
-                                            TokenPlacement{{&seq0, 1}, {&last_pos, 1}}, sp, want,
-                                            want_counts)
-                            .is_ok());
-            for (int64_t i = first; i <= last; ++i) {
-                for (int64_t j = 0; j < hr; ++j) {
-                    const int32_t count = counts.ptr<int32_t>()[i * hr + j];
-                    const int32_t* row = blocks.ptr<int32_t>() + (i * hr + j) * max_blocks;
-                    const int32_t* first_row =
-                        blocks.ptr<int32_t>() + (first * hr + j) * max_blocks;
-                    ASSERT_EQ(count, counts.ptr<int32_t>()[first * hr + j])
-                        << "token " << begin + i;
-                    EXPECT_TRUE(std::equal(row, row + count, first_row)) << "token " << begin + i;
-                    if (!exact || i != first) continue;
-                    ASSERT_EQ(count, want_counts.ptr<int32_t>()[j])
-                        << "query block at " << begin + first;
-                    EXPECT_TRUE(std::equal(row, row + count, want.ptr<int32_t>() + j * max_blocks))
-                        << "query block at " << begin + first;
-                    ++compared;
-                }
-            }
-            first = last + 1;
-        }
-    }
-    if (exact) {
-        EXPECT_EQ(compared, 2 * 6);  // 4 query blocks in the first chunk, 2 in the second
-    }
 }
 
 // Block-sparse prefill through the whole model stays close to the reference, and the selection

@@ -95,8 +95,7 @@ void add_sparse_flags(OptionSet& set, SparseFlags& flags) {
     set.options.push_back({"--sparse-top-p", "", "P", "index mass retrieval heads keep in decode (default: the adapter's)",
                            &flags.sparse_top_p});
     set.options.push_back({"--block-sparse-prefill", "", "",
-                           "retrieval heads attend to indexer-selected blocks in prefill too, one "
-                           "selection per query block of B tokens (default: dense)",
+                           "retrieval heads attend to indexer-selected blocks in prefill too (default: dense)",
                            &flags.block_sparse_prefill});
     set.options.push_back({"--no-rings", "", "", "keep every KV head for the whole context (no ring buffers)",
                            &flags.no_rings});
