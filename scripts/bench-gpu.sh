@@ -11,12 +11,14 @@
 #
 # usage: scripts/bench-gpu.sh [--quick] [--sparse] [--shape qwen3-30b-a3b|llama3-8b] [--window W]
 #                             [--sinks S] [--retrieval R] [--block B] [--fractions LIST]
+#                             [--block-sparse-prefill]
 #                             [--max-seconds S] [--total-seconds S] [--build-dir DIR] [--out DIR]
 #   --quick          prefill 8K,32K and decode 32K,128K only (--sparse: prefill 32K,128K)
 #   --window W       also the sliding-window + sinks cases (default 4096; 0: none), --sinks S (default 4)
 #   --sparse         the sparse layer: window default 8192, prefill and decode 32K,128K,512K,1M
 #   --retrieval R    --sparse: share of retrieval heads (default 0.15); --block B (default 64);
 #                    --fractions LIST: decode block shares kept (default 1,0.2,0.1,0.05,0.02)
+#   --block-sparse-prefill  --sparse: also prefill with retrieval heads over selected blocks, per fraction
 #   --max-seconds S  skip a case predicted to take longer (default 30)
 #   --out DIR        the JSON and logs (default <build-dir>/attention-bench)
 set -euo pipefail
@@ -33,6 +35,7 @@ sinks=4
 retrieval=0.15
 block=64
 fractions="1,0.2,0.1,0.05,0.02"
+block_sparse_prefill=()
 max_seconds=30
 total=480
 build="build-gpu"
@@ -47,11 +50,12 @@ while [[ $# -gt 0 ]]; do
         --retrieval) retrieval="$2"; shift 2 ;;
         --block) block="$2"; shift 2 ;;
         --fractions) fractions="$2"; shift 2 ;;
+        --block-sparse-prefill) block_sparse_prefill=(--block-sparse-prefill); shift ;;
         --max-seconds) max_seconds="$2"; shift 2 ;;
         --total-seconds) total="$2"; shift 2 ;;
         --build-dir) build="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n 2,21p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,23p "$0"; exit 0 ;;
         *) echo "bench-gpu: unknown flag '$1'" >&2; exit 2 ;;
     esac
 done
@@ -120,7 +124,7 @@ if (( sparse )); then
     layer=(--window "$window" --sinks "$sinks" --retrieval "$retrieval" --block "$block" --fractions "$fractions")
     s=$(phase_seconds 40)
     run_phase purbo-sparse "$s" "$bin" bench --attention --device cuda "${common[@]}" "${layer[@]}" \
-        --deadline "$s" -o json
+        "${block_sparse_prefill[@]}" --deadline "$s" -o json
     s=$(phase_seconds 100)
     run_phase torch-sparse "$s" python3 scripts/bench_torch_sparse_attention.py "${common[@]}" "${layer[@]}" \
         --deadline "$s"

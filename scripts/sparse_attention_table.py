@@ -5,6 +5,9 @@ bench_torch_sparse_attention.py (JSON lines) into markdown tables of the sparse 
 Prefill, per size: purbo's sparse prefill (retrieval heads dense, local heads window + sinks),
 PyTorch's composed prefill (SDPA cuDNN + FlexAttention) and the dense cuDNN and FlashAttention-2
 layers, and how many times faster purbo is than each (their ms over purbo's).
+Block-sparse prefill (rows of `--block-sparse-prefill`), per size and kept block fraction: purbo's
+selection + attention, its selection's share, and how many times faster it is than purbo's paper
+mode (retrieval heads dense) and the dense cuDNN and FlashAttention-2 layers.
 Decode, per size and kept block fraction: purbo's sparse step (block selection + attention), purbo's
 and FA2's dense decode, PyTorch's gather and FlexAttention sparse decodes, how many times faster
 purbo's sparse step is than each, the selection's share of the step, and each side's GB/s as a share
@@ -48,21 +51,23 @@ def share(x, ref):
 def render(rows, date):
     machine = next((r for r in rows if r.get("machine")), {})
     gemm, copy = machine.get("gemm_bf16_tflops"), machine.get("copy_gbps")
-    prefill, decode, notes = {}, {}, []
+    prefill, block_prefill, decode, notes = {}, {}, {}, []
     for r in rows:
         if r.get("machine") or "mode" not in r:
             continue
         side = r.get("backend", "purbo")
         if side == "purbo" and r["mode"] == "decode":
             side = "purbo-dense"
-        sparse_decode = r["mode"] == "decode-sparse" or side in ("gather", "flex-decode")
-        frac = fraction_key(r.get("fraction")) if sparse_decode else None
+        by_fraction = r["mode"] in ("decode-sparse", "prefill-block-sparse") or side in ("gather", "flex-decode")
+        frac = fraction_key(r.get("fraction")) if by_fraction else None
         try:
             key = layer_key(r) + (r["n"],)
         except KeyError:
             continue
         if r["mode"] in ("prefill", "prefill-sparse"):
             prefill.setdefault(key, {})[side] = r
+        elif r["mode"] == "prefill-block-sparse":
+            block_prefill.setdefault(key, {})[frac] = r
         else:
             decode.setdefault(key, {}).setdefault(frac, {})[side] = r
         if r.get("skipped"):
@@ -71,7 +76,7 @@ def render(rows, date):
 
     out = [f"GPU: {machine.get('device', '?')}, torch {machine.get('torch', '?')}, {date}; "
            f"bf16 GEMM {fmt(gemm, '.0f')} TFLOP/s, device copy {fmt(copy, '.0f')} GB/s (read + written)"]
-    layers = sorted({k[:-1] for k in prefill} | {k[:-1] for k in decode})
+    layers = sorted({k[:-1] for k in prefill} | {k[:-1] for k in block_prefill} | {k[:-1] for k in decode})
     for shape, h, g, d, window, sinks, hr in layers:
         out.append(f"\n{shape} ({h} query heads, {g} KV heads, d {d}): {hr} retrieval heads, {h - hr} local heads "
                    f"(window {window}, sinks {sinks})")
@@ -95,6 +100,25 @@ def render(rows, date):
                 parts = by.get("composed", {}).get("parts") or {}
                 cells.append(" + ".join(f"{k} {v:.3f}" for k, v in parts.items()) or "-")
                 out.append("| " + " | ".join(cells) + " |")
+        b_keys = sorted(k for k in block_prefill if k[:-1] == this)
+        if b_keys:
+            head = ["n", "kept", "purbo ms", "select share", "purbo TFLOP/s", "paper mode ms", "cuDNN dense ms",
+                    "FA2 dense ms", "vs paper mode", "vs cuDNN dense", "vs FA2 dense"]
+            out += ["", "Block-sparse prefill: retrieval heads over their selected blocks (kept: the blocks each "
+                    "retrieval head keeps; paper mode: purbo's prefill with retrieval heads dense)", "",
+                    "| " + " | ".join(head) + " |", "| " + " | ".join(["---:"] * len(head)) + " |"]
+            for key in b_keys:
+                by = prefill.get(key, {})
+                paper = by.get("purbo", {}).get("ms")
+                cudnn, fa2 = by.get("sdpa-cudnn", {}).get("ms"), by.get("sdpa-fa2", {}).get("ms")
+                for f in sorted(block_prefill[key], reverse=True):
+                    p = block_prefill[key][f]
+                    p_ms, tflops = p.get("ms"), p.get("tflops")
+                    cells = [label(key[-1]), f"{100 * f:g}%", fmt(p_ms, ".3f"), share(p.get("select_ms"), p_ms),
+                             fmt(tflops, ".1f") + (f" ({share(tflops, gemm)} GEMM)" if tflops and gemm else ""),
+                             fmt(paper, ".3f"), fmt(cudnn, ".3f"), fmt(fa2, ".3f"),
+                             times(p_ms, paper), times(p_ms, cudnn), times(p_ms, fa2)]
+                    out.append("| " + " | ".join(cells) + " |")
         d_keys = sorted(k for k in decode if k[:-1] == this)
         if d_keys:
             head = ["n", "kept", "purbo sparse ms", "select share", "purbo dense ms"]
@@ -174,6 +198,14 @@ def self_test():
     expect("| 32K | 10% |", 13, "1000 (25%)")
     if "32K kept 10% flex-decode: failed: RuntimeError: no decode" not in text:
         failures.append("the failed flex row is not listed under 'not timed'")
+    expect("| 32K | 25% |", 2, "2.000")  # block-sparse prefill ms
+    expect("| 32K | 25% |", 3, "25%")  # select 0.5 of 2 ms
+    expect("| 32K | 25% |", 5, "10.000")  # paper mode (purbo prefill-sparse)
+    expect("| 32K | 25% |", 8, "5.00x")  # paper mode 10 ms / 2 ms
+    expect("| 32K | 25% |", 9, "20.00x")  # cuDNN dense 40 ms / 2 ms
+    expect("| 32K | 25% |", 10, "25.00x")  # FA2 dense 50 ms / 2 ms
+    if "prefill-block-sparse 128K kept 25% purbo: skipped: predicted" not in text:
+        failures.append("the skipped block-sparse row is not listed under 'not timed'")
     if "prefill-sparse 128K purbo: skipped: predicted" not in text:
         failures.append("the skipped purbo row is not listed under 'not timed'")
     # Without the machine line and with purbo's array cut short: still a table.

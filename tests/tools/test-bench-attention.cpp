@@ -155,9 +155,42 @@ TEST(BenchAttention, SparseLayerJson) {
     EXPECT_EQ(j[3]["fraction"], 0.1);
 }
 
+// Block-sparse prefill: after each prefill row, one row per fraction with its selection and
+// attention times, and less work where fewer blocks are kept (K = 2 of 8 blocks against all 8).
+TEST(BenchAttention, BlockSparsePrefillJson) {
+    const auto r = test::run_purbo(
+        "bench --attention --device cpu --heads 8 --kv-heads 2 --head-dim 64 --retrieval 0.25 "
+        "--window 128 "
+        "--sinks 4 --block 64 --prefill 512 --decode none --fractions 1,0.25 "
+        "--block-sparse-prefill -r 1 -o json",
+        false);
+    ASSERT_EQ(r.status, 0) << r.output;
+    const auto j = nlohmann::json::parse(r.output);
+    ASSERT_EQ(j.size(), 3u);
+    EXPECT_EQ(j[0]["mode"], "prefill-sparse");
+    double work[2] = {0, 0};  // TFLOP/s x ms of the two block-sparse rows
+    for (int i : {1, 2}) {
+        const auto& row = j[static_cast<size_t>(i)];
+        SCOPED_TRACE(row.dump());
+        EXPECT_EQ(row["mode"], "prefill-block-sparse");
+        ASSERT_TRUE(row["skipped"].is_null());
+        const double ms = row["ms"], sel = row["select_ms"], att = row["attention_ms"];
+        EXPECT_GT(sel, 0);
+        EXPECT_GT(att, 0);
+        EXPECT_NEAR(ms, sel + att, 1e-9);
+        work[i - 1] = static_cast<double>(row["tflops"]) * ms;
+    }
+    EXPECT_EQ(j[1]["fraction"], 1.0);
+    EXPECT_EQ(j[2]["fraction"], 0.25);
+    // The local heads' work is the same in both rows; the retrieval heads' is smaller at K = 2.
+    EXPECT_LT(work[1], work[0]);
+}
+
 TEST(BenchAttention, SparseLayerBadFlags) {
-    for (const char* args : {"--retrieval 0.2 --window 0", "--retrieval 1.5 --window 64",
-                             "--retrieval 0.2 --window 64 --fractions 0,1", "--retrieval 0.2 --window 64 --block 0"}) {
+    for (const char* args :
+         {"--retrieval 0.2 --window 0", "--retrieval 1.5 --window 64",
+          "--retrieval 0.2 --window 64 --fractions 0,1", "--retrieval 0.2 --window 64 --block 0",
+          "--window 64 --block-sparse-prefill"}) {
         const auto r = test::run_purbo(std::string("bench --attention --device cpu ") + args);
         EXPECT_EQ(r.status, 1) << args << ": " << r.output;
     }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "bench-attention-util.h"
 #include "core/timer.h"
@@ -48,10 +49,31 @@ std::vector<int32_t> spread_blocks(int64_t n_blocks, int64_t kept) {
     return ids;
 }
 
+// Keys the retrieval heads' queries at positions 0..n-1 read when each keeps its K heaviest
+// blocks of B (the first and the current block among them): the current block's t % B + 1
+// keys and K - 1 whole blocks, or every key while the query sees at most K blocks.
+double top_k_prefill_keys(int64_t n, int64_t block, int64_t k) {
+    double keys = 0;
+    for (int64_t t = 0; t < n; ++t) {
+        const int64_t visible_blocks = t / block + 1;
+        keys += static_cast<double>(visible_blocks <= k ? t + 1 : (k - 1) * block + t % block + 1);
+    }
+    return keys;
+}
+
+// Queries per op call of block-sparse prefill: the selection (m, hr, blocks) of int32 stays
+// within 256 MiB.
+int64_t block_sparse_chunk(int64_t chunk, int64_t hr, int64_t n_blocks) {
+    const int64_t fit = (int64_t{256} << 20) / (4 * std::max<int64_t>(1, hr) * n_blocks);
+    return std::clamp<int64_t>(fit, 1, chunk);
+}
+
 struct Row {
+    Row(std::string mode_name, int64_t size, double kept = 1)
+        : mode(std::move(mode_name)), n(size), fraction(kept) {}
     std::string mode;
     int64_t n = 0;
-    double fraction = 1;  // decode-sparse: blocks kept
+    double fraction = 1;  // decode-sparse, prefill-block-sparse: blocks kept
     double ms = 0, select_ms = 0, attn_ms = 0, dense_ms = 0;
     double flops = 0, bytes = 0;
     std::string skipped;
@@ -72,7 +94,9 @@ void print_row(const SparseBenchConfig& c, int64_t hr, const Row& r, bool last) 
     const double gbps = ok && r.attn_ms > 0 ? r.bytes / (r.attn_ms * 1e-3) / 1e9 : 0;
     const double ratio = ok && r.dense_ms > 0 ? r.dense_ms / r.ms : 0;
     if (c.output == "md") {
-        const std::string kept = r.mode == "decode-sparse" ? fmt::format("{:.0f}%", 100 * r.fraction) : "-";
+        const std::string kept = r.mode == "prefill-sparse" || r.mode == "decode"
+                                     ? "-"
+                                     : fmt::format("{:g}%", 100 * r.fraction);
         const std::string cells =
             ok ? fmt::format("{:.3f} | {} | {:.3f} | {} | {:.2f} | {:.1f}", r.ms,
                              r.select_ms > 0 ? fmt::format("{:.3f}", r.select_ms) : "-", r.attn_ms,
@@ -125,7 +149,9 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
                  c.shape_name.c_str(), c.device.c_str(), static_cast<long long>(hr),
                  static_cast<long long>(s.heads), c.window, c.sinks, c.block, c.rank);
     print_header(c);
-    const size_t total_rows = c.prefill.size() + c.decode.size() * (1 + c.fractions.size());
+    const size_t total_rows =
+        c.prefill.size() * (1 + (c.block_sparse_prefill ? c.fractions.size() : 0)) +
+        c.decode.size() * (1 + c.fractions.size());
     size_t printed = 0;
     auto emit = [&](const Row& r) { print_row(c, hr, r, ++printed == total_rows); };
 
@@ -134,6 +160,108 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         return c.deadline > 0 && (time_now_ms() - start_ms) / 1e3 + predicted_s > c.deadline;
     };
     double prefill_s_per_pair = 0;
+    double block_sparse_s_per_pair = 0;  // of the last block-sparse row: predicts the next
+    // Block-sparse prefill of n queries, each retrieval head keeping K = f x blocks (top-K by
+    // index mass over random index keys): per chunk the selection, then attention over it.
+    auto block_sparse_prefill_row = [&](int64_t n, double f) {
+        Row r{"prefill-block-sparse", n, f};
+        const int64_t n_blocks = (n + c.block - 1) / c.block;
+        const int64_t k = std::max<int64_t>(2, std::llround(f * static_cast<double>(n_blocks)));
+        const double kept_keys = top_k_prefill_keys(n, c.block, k);
+        const double pairs = static_cast<double>(hr) * kept_keys +
+                             static_cast<double>(hl) *
+                                 static_cast<double>(attention_prefill_pairs(n, c.window, c.sinks));
+        r.flops = 4.0 * static_cast<double>(s.head_dim) * pairs;
+        r.bytes =
+            2.0 * static_cast<double>(n * s.kv_heads * s.head_dim * cache_elem_bytes(c.cache_type));
+        const double predicted = block_sparse_s_per_pair * pairs;
+        const double predicted_total =
+            predicted * (predicted > kLongCallSeconds ? 2 : 2 * (c.reps + 1));
+        auto log = [&] {
+            std::fprintf(
+                stderr, "bench-attention: prefill-block-sparse n=%s K=%lld of %lld blocks: %s\n",
+                size_label(n).c_str(), static_cast<long long>(k), static_cast<long long>(n_blocks),
+                r.skipped.empty() ? fmt::format("{:.3f} ms (select {:.3f}, attention {:.3f})", r.ms,
+                                                r.select_ms, r.attn_ms)
+                                        .c_str()
+                                  : r.skipped.c_str());
+        };
+        if (predicted_total > c.max_seconds || past_deadline(predicted_total)) {
+            r.skipped = predicted_total > c.max_seconds
+                            ? fmt::format("skipped: predicted {:.1f} s > budget {:.0f} s",
+                                          predicted_total, c.max_seconds)
+                            : fmt::format("skipped: predicted {:.1f} s would pass the deadline",
+                                          predicted_total);
+            log();
+            return r;
+        }
+        const int64_t m = block_sparse_chunk(c.chunk, hr, n_blocks);
+        Result<CaseBuffers> b =
+            make_buffers(be, s, Mode::kPrefill, n, m, c.cache_type, block_k, block_v);
+        Tensor index_keys, iq;
+        BlockSelection sel;
+        Status st = b.status();
+        if (st.is_ok()) {
+            index_keys = be.alloc(c.cache_type, {1, hr, n, c.rank}, "index keys");
+            iq = be.alloc(DType::kF32, {m, hr, c.rank}, "iq");
+            sel.blocks = be.alloc(DType::kI32, {m, hr, n_blocks}, "selected blocks");
+            sel.counts = be.alloc(DType::kI32, {m, hr}, "selected counts");
+            if (index_keys.empty() || iq.empty() || sel.blocks.empty() || sel.counts.empty())
+                st = error(StatusCode::kOutOfMemory,
+                           "cannot allocate the index keys and selection for n = {}", n);
+        }
+        if (st.is_ok()) st = fill_rows(be, index_keys, block_index);
+        if (st.is_ok()) st = fill_rows(be, iq, block_index);
+        sel.block_size = c.block;
+        std::vector<int32_t> head_row(static_cast<size_t>(s.heads), -1);
+        for (int64_t j = 0; j < hr; ++j) head_row[static_cast<size_t>(j)] = static_cast<int32_t>(j);
+        sel.head_row = head_row;
+        BlockSelectParams sp;
+        sp.block_size = c.block;
+        sp.top_p = 1.0f;  // the budget alone
+        sp.max_blocks = static_cast<int>(k);
+        sp.scale = 1.0f / std::sqrt(static_cast<float>(c.rank));
+        // The chunks in order: select (and attend over the selection when `attend`).
+        auto run = [&](bool attend) -> Status {
+            for (int64_t begin = 0; begin < n; begin += m) {
+                const int64_t count = std::min(m, n - begin);
+                const TokenPlacement place{
+                    std::span<const int32_t>(b->seq).first(static_cast<size_t>(count)),
+                    std::span<const int32_t>(b->pos).subspan(static_cast<size_t>(begin),
+                                                             static_cast<size_t>(count))};
+                BlockSelection chunk_sel = sel;
+                chunk_sel.blocks = leading(sel.blocks, count);
+                chunk_sel.counts = leading(sel.counts, count);
+                PURBO_TRY(be.select_blocks(leading(iq, count), index_keys, place, sp,
+                                           chunk_sel.blocks, chunk_sel.counts));
+                if (!attend) continue;
+                AttentionParams params = local_params;
+                params.selection = &chunk_sel;
+                PURBO_TRY(be.attention(leading(b->q, count), b->cache, place, params,
+                                       leading(b->out, count)));
+            }
+            return Status::ok();
+        };
+        const bool long_call = predicted > kLongCallSeconds;
+        Result<Measured> total = st.is_ok()
+                                     ? measure(
+                                           be, [&] { return run(true); }, b->out, c.reps, long_call)
+                                     : Result<Measured>(st);
+        Result<Measured> select =
+            total.is_ok() ? measure(
+                                be, [&] { return run(false); }, b->out, c.reps, long_call)
+                          : total;
+        if (!select.is_ok()) {
+            r.skipped = "failed: " + select.status().to_string();
+        } else {
+            r.ms = total->ms;
+            r.select_ms = std::min(select->ms, total->ms);
+            r.attn_ms = r.ms - r.select_ms;
+            block_sparse_s_per_pair = r.ms / 1e3 / pairs;
+        }
+        log();
+        return r;
+    };
     for (int64_t n : c.prefill) {
         Row r{"prefill-sparse", n};
         const double pairs = static_cast<double>(hr) * static_cast<double>(attention_prefill_pairs(n, 0, 0)) +
@@ -162,6 +290,8 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         std::fprintf(stderr, "bench-attention: prefill-sparse n=%s: %s\n", size_label(n).c_str(),
                      r.skipped.empty() ? fmt::format("{:.3f} ms", r.ms).c_str() : r.skipped.c_str());
         emit(r);
+        if (!c.block_sparse_prefill) continue;
+        for (double f : c.fractions) emit(block_sparse_prefill_row(n, f));
     }
 
     for (int64_t n : c.decode) {

@@ -3,7 +3,11 @@
 // heads (window + sinks). Prefill: retrieval heads dense, local heads windowed (the paper's
 // prefill). Decode: for each selected-block fraction, the top-p block selection over the
 // cached index keys and attention over the selected blocks, timed apart and together, next
-// to dense decode on the same cache.
+// to dense decode on the same cache. With block_sparse_prefill, prefill also runs in the
+// indexer-driven mode (method.md section 5): per chunk of queries, the selection of every
+// query's blocks over the cached index keys, then attention over them; the fractions set each
+// retrieval head's block budget there (a fixed top-K by index mass, K = fraction x the
+// context's blocks, so that the kept share does not depend on the random index keys).
 #pragma once
 
 #include <string>
@@ -18,7 +22,8 @@ struct SparseBenchConfig {
     std::string shape_name, device, output;  // output: md or json
     AttentionShape shape;
     std::vector<int64_t> prefill, decode;
-    std::vector<double> fractions;  // decode: share of blocks each retrieval head keeps, (0, 1]
+    std::vector<double> fractions;      // share of blocks each retrieval head keeps, (0, 1]
+    bool block_sparse_prefill = false;  // also time prefill with selected blocks, per fraction
     double retrieval = 0.15;        // share of query heads that are retrieval heads
     int window = 8192, sinks = 4, block = 64, rank = 16;
     float top_p = 0.9f;

@@ -39,6 +39,7 @@ struct Flags {
     int block = 64, rank = 16;
     float index_top_p = 0.9f;
     std::string fractions = "1,0.2,0.1,0.05,0.02";
+    bool block_sparse_prefill = false;
 };
 
 Result<AttentionShape> resolve_shape(const Flags& f) {
@@ -81,6 +82,9 @@ Status check_flags(const Flags& f) {
     if (!(f.max_seconds > 0))
         return error(StatusCode::kInvalidArgument, "--max-seconds: {} must be positive",
                      f.max_seconds);
+    if (f.block_sparse_prefill && !(f.retrieval > 0))
+        return error(StatusCode::kInvalidArgument,
+                     "--block-sparse-prefill needs the sparse layer (--retrieval R --window W)");
     return Status::ok();
 }
 
@@ -132,8 +136,16 @@ int cmd_bench_attention(int argc, char** argv) {
                            "the sparse layer: share R of the heads are retrieval heads, the rest local "
                            "(needs --window; default 0: the dense op)", &f.retrieval});
     set.options.push_back({"--block", "", "B", "sparse layer: selection block in tokens (default 64)", &f.block});
-    set.options.push_back({"--fractions", "", "LIST",
-                           "sparse decode: shares of blocks kept (default 1,0.2,0.1,0.05,0.02)", &f.fractions});
+    set.options.push_back(
+        {"--fractions", "", "LIST",
+         "sparse decode (and block-sparse prefill): shares of blocks kept (default "
+         "1,0.2,0.1,0.05,0.02)",
+         &f.fractions});
+    set.options.push_back(
+        {"--block-sparse-prefill", "", "",
+         "sparse layer: also time prefill with retrieval heads over selected blocks, one row "
+         "per fraction (the selection keeps that share of the blocks, top-K by index mass)",
+         &f.block_sparse_prefill});
     set.options.push_back({"--rank", "", "R", "sparse layer: indexer dimension (default 16)", &f.rank});
     set.options.push_back({"--index-top-p", "", "P", "sparse decode: top-p of the timed selection (default 0.9)",
                            &f.index_top_p});
@@ -184,6 +196,7 @@ int cmd_bench_attention(int argc, char** argv) {
                                                    "--fractions: '{}' in '{}' is not in (0, 1]", item, f.fractions));
             c.fractions.push_back(v);
         }
+        c.block_sparse_prefill = f.block_sparse_prefill;
         c.retrieval = f.retrieval;
         c.window = f.window;
         c.sinks = f.sinks;
