@@ -117,7 +117,8 @@ private:
     Result<Tensor> alloc_shape(DType dtype, std::span<const int64_t> shape, std::string name);
     // A prefill chunk through cuDNN's flash attention where it applies (a bf16 cache whose
     // rows are positions, i.e. not a ring; any head classes, sinks merged after) and cuDNN is
-    // built in and starts; false: the caller runs its own kernel.
+    // built in and starts; false: the caller runs its own kernel. With a block selection it
+    // computes only the heads that do not use it (the others' rows are left as they are).
     Result<bool> cudnn_prefill(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                                const AttentionParams& params, const Tensor& out);
 

@@ -153,8 +153,9 @@ struct AttentionPlan {
 // traffic stay small next to the tiles themselves.
 constexpr int64_t kMinTilesPerSplit = 4;
 
+// selected_only: only the heads with a selection row (the others are done already).
 AttentionPlan plan_attention(const TokenPlacement& place, int64_t h, const KvCacheView& cache,
-                             const AttentionParams& params, int n_sms) {
+                             const AttentionParams& params, int n_sms, bool selected_only) {
     AttentionPlan plan;
     const int64_t g = kv_view_model_heads(cache), heads_per_kv = h / g;
     // Heads per group: the largest divisor of heads_per_kv that fits a CTA's rows, so that the
@@ -193,6 +194,7 @@ AttentionPlan plan_attention(const TokenPlacement& place, int64_t h, const KvCac
                 dense.push_back(static_cast<int32_t>(hd));
             }
         }
+        if (selected_only) continue;
         add_group(slot, true, -1, local);
         add_group(slot, false, -1, dense);
     }
@@ -269,13 +271,25 @@ Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cach
     // class) over the query heads of that KV head and class (cuDNN takes one window per call
     // and grouped heads by position, not by list). table (hs, 3): query head, cache head,
     // local, in call order.
+    // With a block selection (block-sparse prefill) only the heads that do not use it: the
+    // selected heads are left to the per-token kernel (attention below).
     const int64_t g = kv_view_model_heads(cache), heads_per_kv = h / g;
     const bool sinks = params.window > 0 && params.n_sink > 0;
-    bool any_local = false, any_global = false;
+    auto selected = [&](int64_t hd) {
+        return params.selection != nullptr &&
+               params.selection->head_row[static_cast<size_t>(hd)] >= 0;
+    };
+    bool any_local = false, any_global = false, any_selected = false;
     for (int64_t hd = 0; hd < h; ++hd) {
-        if (kv_view_index(cache, hd / heads_per_kv) >= 0) (attention_head_is_local(params, hd) ? any_local : any_global) = true;
+        if (kv_view_index(cache, hd / heads_per_kv) < 0) continue;
+        if (selected(hd)) {
+            any_selected = true;
+        } else {
+            (attention_head_is_local(params, hd) ? any_local : any_global) = true;
+        }
     }
-    const bool grouped = cache.heads.empty() && !(any_local && any_global) && !(any_local && sinks);
+    const bool grouped =
+        cache.heads.empty() && !any_selected && !(any_local && any_global) && !(any_local && sinks);
     struct Call {
         int first, count, slot, kv_heads;
         bool local;
@@ -294,7 +308,7 @@ Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cach
             for (const bool local : {false, true}) {
                 const int first = static_cast<int>(table.size() / 3);
                 for (int64_t hd = kv * heads_per_kv; hd < (kv + 1) * heads_per_kv; ++hd) {
-                    if (attention_head_is_local(params, hd) != local) continue;
+                    if (selected(hd) || attention_head_is_local(params, hd) != local) continue;
                     table.insert(table.end(), {static_cast<int32_t>(hd), static_cast<int32_t>(slot), local ? 1 : 0});
                 }
                 const int count = static_cast<int>(table.size() / 3) - first;
@@ -390,9 +404,16 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
     if (n > INT_MAX / 2 || n * h > INT_MAX || h > 65535)
         return error(StatusCode::kUnsupported, "attention: q {} exceeds the kernel's grid", q.describe());
 
-    if (!sel && takes_tensor_core_path(place, d)) {
-        PURBO_ASSIGN_OR_RETURN(const bool done, cudnn_prefill(q, cache, place, params, out));
-        if (done) return Status::ok();
+    // A prefill chunk goes through cuDNN where it is built in. With a selection (block-sparse
+    // prefill) cuDNN takes the heads that do not use it (local heads, dense retrieval heads;
+    // most of the work), and only the selected heads go through the per-token kernel below.
+    const bool prefill_chunk = takes_tensor_core_path(place, d);
+    bool unselected_done = false;
+    if (prefill_chunk) {
+        PURBO_ASSIGN_OR_RETURN(unselected_done, cudnn_prefill(q, cache, place, params, out));
+    }
+    if (!sel && prefill_chunk) {
+        if (unselected_done) return Status::ok();
         // head_info (h, 2): cache head of each query head's KV head (-1 = not held), local.
         const int64_t heads_per_kv = h / kv_view_model_heads(cache);
         std::vector<int32_t> head_info;
@@ -422,7 +443,7 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
         return enqueue("launch_attention_tc", [&] { return cuda::launch_attention_tc(tc, stream_); }, tc);
     }
 
-    const AttentionPlan plan = plan_attention(place, h, cache, params, n_sms_);
+    const AttentionPlan plan = plan_attention(place, h, cache, params, n_sms_, unselected_done);
     if (plan.groups.empty()) return Status::ok();  // the view holds none of the heads' KV heads
     // Staging: seq (n,), pos (n,), blocks (n_blocks, 2), groups, all int32.
     std::vector<int32_t> staging(place.seq.begin(), place.seq.end());
