@@ -52,7 +52,7 @@ struct AttentionParams {
     int n_sink = 0;      // only meaningful with a window
     // (h,) nonzero = local head (window + sinks), zero = retrieval head (no window).
     // Empty: the window applies to every head.
-    std::span<const uint8_t> local_heads;
+    std::span<const uint8_t> local_heads = {};
     // Block selection of the retrieval heads; null = they attend densely.
     const BlockSelection* selection = nullptr;
 };
@@ -96,7 +96,7 @@ struct KvCacheView {
     Tensor v;
     // Model KV head held by each of the gc cache heads, ascending; empty = every KV head in
     // order (gc = g). Attention through a view computes only the query heads of its KV heads.
-    std::vector<int32_t> heads;
+    std::vector<int32_t> heads = {};
     int n_head_kv = 0;  // g of the model when `heads` is set (query head j reads KV head j / (h / g))
     // >= 0: the rows are a ring buffer for local heads (method.md section 2). Position p lives
     // in row p while p < ring_sinks, else in row ring_sinks + (p - ring_sinks) % (c - ring_sinks):
