@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #if defined(__F16C__)
-#include <immintrin.h>
+#include "core/simd.h"
 #endif
 
 namespace purbo {

@@ -5,7 +5,7 @@
 //  - decode (each token in its own sequence): loops per (token, KV head, key slice), the
 //    slices merged at the end so few tokens over a long context still use every core.
 // The cache is f32 or bf16 (widened to f32 on load: the same arithmetic on the stored values).
-#include <immintrin.h>
+#include "core/simd.h"
 
 #include <algorithm>
 #include <cmath>

@@ -3,7 +3,7 @@
 #pragma once
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
+#include "core/simd.h"
 
 #include <cstdint>
 

@@ -1,6 +1,6 @@
 #include "backend/cpu/vec-dot-f32.h"
 
-#include <immintrin.h>
+#include "core/simd.h"
 
 #include <cstring>
 

@@ -8,7 +8,7 @@
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define PURBO_VEC_DOT_AVX2 1
-#include <immintrin.h>
+#include "core/simd.h"
 #endif
 
 #include <vector>

@@ -2,7 +2,7 @@
 
 #include <cmath>
 #if defined(__AVX512F__)
-#include <immintrin.h>
+#include "core/simd.h"
 #endif
 
 namespace purbo {
