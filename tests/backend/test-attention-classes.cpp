@@ -252,6 +252,34 @@ TEST_P(AttentionClasses, BlockSelection) {
     }
 }
 
+// Every head a retrieval head with a selection, in a prefill chunk: no head is left for the
+// dense prefill paths (cuDNN, the tensor-core kernel), all go through the selection.
+TEST_P(AttentionClasses, BlockSelectionOfEveryHead) {
+    Env env = make_env(GetParam());
+    const int block = 64;
+    const int64_t n = 70, h = 8;
+    const Problem p = make_problem(n, h, 2, 64, 300, 31, env.cache_type);
+    std::vector<int64_t> selected(static_cast<size_t>(h));
+    std::iota(selected.begin(), selected.end(), 0);
+    const HostSelection hs = random_selection(p, selected, block, false, 31);
+    BlockSelection sel{block, hs.head_row, env.upload(hs.blocks), env.upload(hs.counts)};
+    const std::vector<uint8_t> local(static_cast<size_t>(h), 0);
+    const std::vector<float> out =
+        run_attention(env, p, AttentionParams{0.125f, 40, 4, local, &sel});
+    for (int64_t hd = 0; hd < h; ++hd) {
+        std::vector<float> expected;
+        for (int64_t i = 0; i < n; ++i) {
+            const int32_t count = hs.counts.ptr<int32_t>()[i * h + hd];
+            const int32_t* ids = hs.blocks.ptr<int32_t>() + (i * h + hd) * hs.blocks.dim(2);
+            for (double v :
+                 attention_by_hand(p, i, hd, 0.125f, {ids, static_cast<size_t>(count)}, block))
+                expected.push_back(static_cast<float>(v));
+        }
+        EXPECT_LE(test::nmse(head_rows(out, n, h, 64, hd), expected), tolerance(GetParam()))
+            << "head " << hd;
+    }
+}
+
 TEST_P(AttentionClasses, PartialViewsEqualOneView) {
     Env env = make_env(GetParam());
     for (int64_t n : {1, 65}) {
