@@ -182,6 +182,17 @@ TEST(BenchAttention, BlockSparsePrefillJson) {
     }
     EXPECT_EQ(j[1]["fraction"], 1.0);
     EXPECT_EQ(j[2]["fraction"], 0.25);
+    // One indexer query for every token: the same rows, timed.
+    const auto shared = test::run_purbo(
+        "bench --attention --device cpu --heads 8 --kv-heads 2 --head-dim 64 --retrieval 0.25 "
+        "--window 128 "
+        "--sinks 4 --block 64 --prefill 512 --decode none --fractions 0.25 --block-sparse-prefill "
+        "--shared-index-query -r 1 -o json",
+        false);
+    ASSERT_EQ(shared.status, 0) << shared.output;
+    const auto js = nlohmann::json::parse(shared.output);
+    ASSERT_EQ(js.size(), 2u);
+    EXPECT_TRUE(js[1]["skipped"].is_null()) << js[1].dump();
     // The local heads' work is the same in both rows; the retrieval heads' is smaller at K = 2.
     EXPECT_LT(work[1], work[0]);
 }
@@ -190,7 +201,8 @@ TEST(BenchAttention, SparseLayerBadFlags) {
     for (const char* args :
          {"--retrieval 0.2 --window 0", "--retrieval 1.5 --window 64",
           "--retrieval 0.2 --window 64 --fractions 0,1", "--retrieval 0.2 --window 64 --block 0",
-          "--window 64 --block-sparse-prefill"}) {
+          "--window 64 --block-sparse-prefill",
+          "--retrieval 0.2 --window 64 --shared-index-query"}) {
         const auto r = test::run_purbo(std::string("bench --attention --device cpu ") + args);
         EXPECT_EQ(r.status, 1) << args << ": " << r.output;
     }

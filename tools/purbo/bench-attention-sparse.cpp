@@ -211,7 +211,8 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
                            "cannot allocate the index keys and selection for n = {}", n);
         }
         if (st.is_ok()) st = fill_rows(be, index_keys, block_index);
-        if (st.is_ok()) st = fill_rows(be, iq, block_index);
+        if (st.is_ok())
+            st = fill_rows(be, iq, c.shared_index_query ? leading(block_index, 1) : block_index);
         sel.block_size = c.block;
         std::vector<int32_t> head_row(static_cast<size_t>(s.heads), -1);
         for (int64_t j = 0; j < hr; ++j) head_row[static_cast<size_t>(j)] = static_cast<int32_t>(j);

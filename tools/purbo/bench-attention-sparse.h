@@ -24,6 +24,10 @@ struct SparseBenchConfig {
     std::vector<int64_t> prefill, decode;
     std::vector<double> fractions;      // share of blocks each retrieval head keeps, (0, 1]
     bool block_sparse_prefill = false;  // also time prefill with selected blocks, per fraction
+    // Block-sparse prefill: one indexer query for every token (they all select the same blocks,
+    // the best case for tiles over the union of a query block's selections); default: an
+    // independent random query per token (unrelated selections, the worst case).
+    bool shared_index_query = false;
     double retrieval = 0.15;        // share of query heads that are retrieval heads
     int window = 8192, sinks = 4, block = 64, rank = 16;
     float top_p = 0.9f;

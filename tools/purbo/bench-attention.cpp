@@ -40,6 +40,7 @@ struct Flags {
     float index_top_p = 0.9f;
     std::string fractions = "1,0.2,0.1,0.05,0.02";
     bool block_sparse_prefill = false;
+    bool shared_index_query = false;
 };
 
 Result<AttentionShape> resolve_shape(const Flags& f) {
@@ -82,6 +83,9 @@ Status check_flags(const Flags& f) {
     if (!(f.max_seconds > 0))
         return error(StatusCode::kInvalidArgument, "--max-seconds: {} must be positive",
                      f.max_seconds);
+    if (f.shared_index_query && !f.block_sparse_prefill)
+        return error(StatusCode::kInvalidArgument,
+                     "--shared-index-query applies to --block-sparse-prefill only");
     if (f.block_sparse_prefill && !(f.retrieval > 0))
         return error(StatusCode::kInvalidArgument,
                      "--block-sparse-prefill needs the sparse layer (--retrieval R --window W)");
@@ -146,6 +150,11 @@ int cmd_bench_attention(int argc, char** argv) {
          "sparse layer: also time prefill with retrieval heads over selected blocks, one row "
          "per fraction (the selection keeps that share of the blocks, top-K by index mass)",
          &f.block_sparse_prefill});
+    set.options.push_back(
+        {"--shared-index-query", "", "",
+         "block-sparse prefill: one indexer query for every token, so all select the same "
+         "blocks (default: an independent random query per token)",
+         &f.shared_index_query});
     set.options.push_back({"--rank", "", "R", "sparse layer: indexer dimension (default 16)", &f.rank});
     set.options.push_back({"--index-top-p", "", "P", "sparse decode: top-p of the timed selection (default 0.9)",
                            &f.index_top_p});
@@ -197,6 +206,7 @@ int cmd_bench_attention(int argc, char** argv) {
             c.fractions.push_back(v);
         }
         c.block_sparse_prefill = f.block_sparse_prefill;
+        c.shared_index_query = f.shared_index_query;
         c.retrieval = f.retrieval;
         c.window = f.window;
         c.sinks = f.sinks;
