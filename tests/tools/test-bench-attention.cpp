@@ -153,6 +153,11 @@ TEST(BenchAttention, SparseLayerJson) {
         EXPECT_EQ(j[static_cast<size_t>(i)]["dense_ms"], j[1]["ms"]);
     }
     EXPECT_EQ(j[3]["fraction"], 0.1);
+    // The timed selection runs over index keys whose mass sits in the kept blocks: it keeps
+    // about that share (3 of 32 blocks here), where random keys would make it keep most.
+    const double select_kept = j[3]["select_kept"];
+    EXPECT_GE(select_kept, 0.05);
+    EXPECT_LE(select_kept, 0.2);
 }
 
 // Block-sparse prefill: after each prefill row, one row per fraction with its selection and

@@ -49,6 +49,73 @@ std::vector<int32_t> spread_blocks(int64_t n_blocks, int64_t kept) {
     return ids;
 }
 
+// Index keys (1, hr, n, r) on the backend whose distribution under the query q (r,) looks like a
+// trained indexer's at a kept share f: `needles` (block ids) hold `share` of the mass outside
+// the always-kept blocks (the first and the last: top-p counts the rest), each
+// needle block's keys scoring a little differently (up to e^2 apart, so that the selection
+// orders them rather than breaking exact ties), the other keys random in [-1, 1]. Written in
+// slabs of rows from the host. scale: of the scores, as BlockSelectParams::scale.
+Status fill_needle_keys(Backend& be, const Tensor& keys, const std::vector<float>& q,
+                        const std::vector<int32_t>& needles, int64_t block, float scale,
+                        double share, std::mt19937& rng) {
+    const int64_t hr = keys.dim(1), n = keys.dim(2), r = keys.dim(3), last = (n - 1) / block;
+    double q_norm2 = 0;
+    for (float v : q) q_norm2 += static_cast<double>(v) * v;
+    std::uniform_real_distribution<float> base(-1.0f, 1.0f), lift(0.0f, 2.0f);
+    const Tensor flat = keys.reshaped({hr * n, r});
+    constexpr int64_t kSlab = 65536;
+    Tensor host = tensor_cpu(DType::kF32, {kSlab, r}, "needle keys");
+    for (int64_t j = 0; j < hr; ++j) {
+        // The base keys' mass sum, then the needle level Z that gives the needles `share`.
+        std::vector<float> head(static_cast<size_t>(n * r));
+        double base_mass = 0;
+        std::vector<uint8_t> is_needle(static_cast<size_t>((n + block - 1) / block), 0);
+        for (int32_t b : needles) is_needle[static_cast<size_t>(b)] = 1;
+        for (int64_t t = 0; t < n; ++t) {
+            double z = 0;
+            for (int64_t e = 0; e < r; ++e) {
+                const float v = base(rng);
+                head[static_cast<size_t>(t * r + e)] = v;
+                z += static_cast<double>(v) * q[static_cast<size_t>(e)];
+            }
+            const int64_t b = t / block;
+            if (!is_needle[static_cast<size_t>(b)] && b != 0 && b != last)
+                base_mass += std::exp(scale * z);
+        }
+        std::vector<double> lifts;
+        double lift_mass = 0;
+        for (int32_t b : needles) {
+            const int64_t keys_in = std::min(block, n - b * block);
+            lifts.push_back(lift(rng));
+            if (b != 0 && b != last)
+                lift_mass += static_cast<double>(keys_in) * std::exp(lifts.back());
+        }
+        // No free needle or no other mass (f = 1): nothing to weigh against.
+        const double level = base_mass > 0 && lift_mass > 0
+                                 ? std::log(share / (1 - share) * base_mass / lift_mass)
+                                 : 0.0;
+        for (size_t k = 0; k < needles.size(); ++k) {
+            // k_t = c q: score scale * c * |q|^2 = level + lift.
+            const double c = (level + lifts[k]) / (scale * q_norm2);
+            for (int64_t t = needles[k] * block; t < std::min(n, (needles[k] + 1) * block); ++t) {
+                for (int64_t e = 0; e < r; ++e)
+                    head[static_cast<size_t>(t * r + e)] =
+                        static_cast<float>(c * q[static_cast<size_t>(e)]);
+            }
+        }
+        for (int64_t t0 = 0; t0 < n; t0 += kSlab) {
+            const int64_t m = std::min(kSlab, n - t0);
+            std::copy_n(head.data() + t0 * r, m * r, host.f32());
+            PURBO_TRY(be.from_host(host.rows(0, m), flat.rows(j * n + t0, j * n + t0 + m)));
+        }
+    }
+    return Status::ok();
+}
+
+// The needle blocks' share of the index mass in the decode rows' timed selection: above the
+// top-p 0.9, so that the selection keeps most of them and little else.
+constexpr double kNeedleShare = 0.95;
+
 // Keys the retrieval heads' queries at positions 0..n-1 read when each keeps its K heaviest
 // blocks of B (the first and the current block among them): the current block's t % B + 1
 // keys and K - 1 whole blocks, or every key while the query sees at most K blocks.
@@ -75,6 +142,7 @@ struct Row {
     int64_t n = 0;
     double fraction = 1;  // decode-sparse, prefill-block-sparse: blocks kept
     double ms = 0, select_ms = 0, attn_ms = 0, dense_ms = 0;
+    double select_kept = 0;  // decode-sparse: the share of blocks the timed selection kept
     double flops = 0, bytes = 0;
     std::string skipped;
 };
@@ -117,6 +185,7 @@ void print_row(const SparseBenchConfig& c, int64_t hr, const Row& r, bool last) 
             j["ms"] = r.ms;
             j["select_ms"] = r.select_ms;
             j["attention_ms"] = r.attn_ms;
+            if (r.mode == "decode-sparse") j["select_kept"] = r.select_kept;
             if (r.dense_ms > 0) j["dense_ms"] = r.dense_ms;
             j["tflops"] = tflops;
             j["gbps"] = gbps;
@@ -326,23 +395,43 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         Tensor iq = be.alloc(DType::kF32, {1, hr, c.rank}, "iq");
         Tensor sel_blocks = be.alloc(DType::kI32, {1, hr, n_blocks}, "selected blocks");
         Tensor sel_counts = be.alloc(DType::kI32, {1, hr}, "selected counts");
-        Status filled = index_keys.empty() || iq.empty() || sel_blocks.empty() || sel_counts.empty()
-                            ? error(StatusCode::kOutOfMemory, "cannot allocate the index keys for n = {}", n)
-                            : fill_rows(be, index_keys, block_index);
-        if (filled.is_ok()) filled = fill_rows(be, iq, block_index);
+        // One query for every retrieval head (its keys are drawn around it).
+        std::vector<float> q(static_cast<size_t>(c.rank));
+        std::copy_n(block_index.f32(), c.rank, q.begin());
+        Status allocated =
+            index_keys.empty() || iq.empty() || sel_blocks.empty() || sel_counts.empty()
+                ? error(StatusCode::kOutOfMemory, "cannot allocate the index keys for n = {}", n)
+                : fill_rows(be, iq, leading(block_index, 1));
         const TokenPlacement place{std::span<const int32_t>(b->seq), std::span<const int32_t>(b->pos)};
         BlockSelectParams sp;
         sp.block_size = c.block;
         sp.top_p = c.top_p;
         sp.scale = 1.0f / std::sqrt(static_cast<float>(c.rank));
-        auto select = [&] { return be.select_blocks(iq, index_keys, place, sp, sel_blocks, sel_counts); };
-        Result<Measured> sm = filled.is_ok() ? measure(be, select, b->out, c.reps, false) : Result<Measured>(filled);
+        auto select = [&] {
+            return be.select_blocks(iq, index_keys, place, sp, sel_blocks, sel_counts);
+        };
 
         for (double f : c.fractions) {
             Row r{"decode-sparse", n, f};
             r.dense_ms = dense.ms;
-            // A synthetic selection keeping round(f x blocks) blocks per retrieval head.
+            // A synthetic selection keeping round(f x blocks) blocks per retrieval head, evenly
+            // spread; the timed selection runs over index keys whose mass sits in those blocks
+            // (0.95 of it, so that top-p keeps about f: kNeedleShare), as a trained indexer's does.
             const std::vector<int32_t> ids = spread_blocks(n_blocks, std::llround(f * static_cast<double>(n_blocks)));
+            Status filled = allocated;
+            if (filled.is_ok())
+                filled =
+                    fill_needle_keys(be, index_keys, q, ids, c.block, sp.scale, kNeedleShare, rng);
+            Result<Measured> sm = filled.is_ok() ? measure(be, select, b->out, c.reps, false)
+                                                 : Result<Measured>(filled);
+            if (sm.is_ok()) {
+                Tensor counts = tensor_cpu(DType::kI32, {1, hr});
+                if (be.to_host(sel_counts, counts).is_ok()) {
+                    double kept = 0;
+                    for (int64_t j = 0; j < hr; ++j) kept += counts.ptr<int32_t>()[j];
+                    r.select_kept = kept / static_cast<double>(hr * n_blocks);
+                }
+            }
             Tensor host_blocks = tensor_cpu(DType::kI32, {1, hr, n_blocks});
             Tensor host_counts = tensor_cpu(DType::kI32, {1, hr});
             for (int64_t j = 0; j < hr; ++j) {
@@ -381,12 +470,16 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
                           (static_cast<double>(hr) * kept_keys +
                            static_cast<double>(kv_heads_with_local(s, mask)) * local_keys);
             }
-            std::fprintf(stderr, "bench-attention: decode-sparse n=%s kept %.0f%%: %s\n", size_label(n).c_str(),
-                         100 * f,
-                         r.skipped.empty() ? fmt::format("{:.3f} ms (select {:.3f}, attention {:.3f}), dense {:.3f} ms",
-                                                         r.ms, r.select_ms, r.attn_ms, r.dense_ms)
-                                                 .c_str()
-                                           : r.skipped.c_str());
+            std::fprintf(
+                stderr,
+                "bench-attention: decode-sparse n=%s kept %g%% (the timed selection kept %.1f%%): "
+                "%s\n",
+                size_label(n).c_str(), 100 * f, 100 * r.select_kept,
+                r.skipped.empty()
+                    ? fmt::format("{:.3f} ms (select {:.3f}, attention {:.3f}), dense {:.3f} ms",
+                                  r.ms, r.select_ms, r.attn_ms, r.dense_ms)
+                          .c_str()
+                    : r.skipped.c_str());
             emit(r);
         }
     }

@@ -1,13 +1,15 @@
 // purbo bench --attention --retrieval R: one layer of the sparse model (method.md) with the
 // paper's head classes: a share R of the query heads are retrieval heads, the rest local
 // heads (window + sinks). Prefill: retrieval heads dense, local heads windowed (the paper's
-// prefill). Decode: for each selected-block fraction, the top-p block selection over the
-// cached index keys and attention over the selected blocks, timed apart and together, next
-// to dense decode on the same cache. With block_sparse_prefill, prefill also runs in the
-// indexer-driven mode (method.md section 5): per chunk of queries, the selection of every
-// query's blocks over the cached index keys, then attention over them; the fractions set each
-// retrieval head's block budget there (a fixed top-K by index mass, K = fraction x the
-// context's blocks, so that the kept share does not depend on the random index keys).
+// prefill). Decode: for each selected-block fraction f, the top-p block selection over cached
+// index keys drawn so that f of the blocks hold 0.95 of the index mass (a trained indexer's
+// peaked distribution; the share the selection then kept is reported), and attention over f
+// of the blocks, timed apart and together, next to dense decode on the same cache. With
+// block_sparse_prefill, prefill also runs in the indexer-driven mode (method.md section 5): per
+// chunk of queries, the selection of every query's blocks over the cached index keys, then
+// attention over them; the fractions set each retrieval head's block budget there (a fixed top-K by
+// index mass, K = fraction x the context's blocks, so that the kept share does not depend on the
+// random index keys).
 #pragma once
 
 #include <string>
