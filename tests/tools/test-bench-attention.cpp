@@ -129,28 +129,38 @@ TEST(BenchAttention, BadFlags) {
 namespace purbo {
 namespace {
 
-// The sparse layer on the CPU: one row per prefill size, then per decode size the dense row
-// and one row per fraction, with select + attention = total and the ratio to dense.
-TEST(BenchAttention, SparseLayerJson) {
+// The sparse layer on the CPU (8 heads, 2 retrieval, window 128, blocks of 64) with `flags`,
+// as JSON rows.
+nlohmann::json run_sparse_layer(const std::string& flags) {
     const auto r = test::run_purbo(
         "bench --attention --device cpu --heads 8 --kv-heads 2 --head-dim 64 --retrieval 0.25 --window 128 "
-        "--sinks 4 --block 64 --prefill 512 --decode 2048 --fractions 1,0.1 -r 1 -o json",
+        "--sinks 4 --block 64 -r 1 -o json " + flags,
         false);
-    ASSERT_EQ(r.status, 0) << r.output;
-    const auto j = nlohmann::json::parse(r.output);
+    EXPECT_EQ(r.status, 0) << r.output;
+    return r.status == 0 ? nlohmann::json::parse(r.output) : nlohmann::json::array();
+}
+
+// A timed row of a selection mode: both parts measured, and they add up to the total.
+void expect_select_plus_attention(const nlohmann::json& row) {
+    SCOPED_TRACE(row.dump());
+    ASSERT_TRUE(row["skipped"].is_null());
+    const double ms = row["ms"], sel = row["select_ms"], att = row["attention_ms"];
+    EXPECT_GT(sel, 0);
+    EXPECT_GT(att, 0);
+    EXPECT_NEAR(ms, sel + att, 1e-9);
+}
+
+// One row per prefill size, then per decode size the dense row and one row per fraction, with
+// select + attention = total and the ratio to dense.
+TEST(BenchAttention, SparseLayerJson) {
+    const auto j = run_sparse_layer("--prefill 512 --decode 2048 --fractions 1,0.1");
     ASSERT_EQ(j.size(), 4u);
     EXPECT_EQ(j[0]["mode"], "prefill-sparse");
     EXPECT_EQ(j[0]["retrieval_heads"], 2);
     EXPECT_EQ(j[1]["mode"], "decode");
-    for (int i : {2, 3}) {
-        SCOPED_TRACE(j[static_cast<size_t>(i)].dump());
-        ASSERT_TRUE(j[static_cast<size_t>(i)]["skipped"].is_null());
-        const double ms = j[static_cast<size_t>(i)]["ms"], sel = j[static_cast<size_t>(i)]["select_ms"],
-                     att = j[static_cast<size_t>(i)]["attention_ms"];
-        EXPECT_GT(sel, 0);
-        EXPECT_GT(att, 0);
-        EXPECT_NEAR(ms, sel + att, 1e-9);
-        EXPECT_EQ(j[static_cast<size_t>(i)]["dense_ms"], j[1]["ms"]);
+    for (size_t i : {2, 3}) {
+        expect_select_plus_attention(j[i]);
+        EXPECT_EQ(j[i]["dense_ms"], j[1]["ms"]);
     }
     EXPECT_EQ(j[3]["fraction"], 0.1);
     // The timed selection runs over index keys whose mass sits in the kept blocks: it keeps
@@ -163,43 +173,24 @@ TEST(BenchAttention, SparseLayerJson) {
 // Block-sparse prefill: after each prefill row, one row per fraction with its selection and
 // attention times, and less work where fewer blocks are kept (K = 2 of 8 blocks against all 8).
 TEST(BenchAttention, BlockSparsePrefillJson) {
-    const auto r = test::run_purbo(
-        "bench --attention --device cpu --heads 8 --kv-heads 2 --head-dim 64 --retrieval 0.25 "
-        "--window 128 "
-        "--sinks 4 --block 64 --prefill 512 --decode none --fractions 1,0.25 "
-        "--block-sparse-prefill -r 1 -o json",
-        false);
-    ASSERT_EQ(r.status, 0) << r.output;
-    const auto j = nlohmann::json::parse(r.output);
+    const auto j = run_sparse_layer("--prefill 512 --decode none --fractions 1,0.25 --block-sparse-prefill");
     ASSERT_EQ(j.size(), 3u);
     EXPECT_EQ(j[0]["mode"], "prefill-sparse");
     double work[2] = {0, 0};  // TFLOP/s x ms of the two block-sparse rows
-    for (int i : {1, 2}) {
-        const auto& row = j[static_cast<size_t>(i)];
-        SCOPED_TRACE(row.dump());
-        EXPECT_EQ(row["mode"], "prefill-block-sparse");
-        ASSERT_TRUE(row["skipped"].is_null());
-        const double ms = row["ms"], sel = row["select_ms"], att = row["attention_ms"];
-        EXPECT_GT(sel, 0);
-        EXPECT_GT(att, 0);
-        EXPECT_NEAR(ms, sel + att, 1e-9);
-        work[i - 1] = static_cast<double>(row["tflops"]) * ms;
+    for (size_t i : {1, 2}) {
+        EXPECT_EQ(j[i]["mode"], "prefill-block-sparse");
+        expect_select_plus_attention(j[i]);
+        work[i - 1] = static_cast<double>(j[i]["tflops"]) * static_cast<double>(j[i]["ms"]);
     }
     EXPECT_EQ(j[1]["fraction"], 1.0);
     EXPECT_EQ(j[2]["fraction"], 0.25);
-    // One indexer query for every token: the same rows, timed.
-    const auto shared = test::run_purbo(
-        "bench --attention --device cpu --heads 8 --kv-heads 2 --head-dim 64 --retrieval 0.25 "
-        "--window 128 "
-        "--sinks 4 --block 64 --prefill 512 --decode none --fractions 0.25 --block-sparse-prefill "
-        "--shared-index-query -r 1 -o json",
-        false);
-    ASSERT_EQ(shared.status, 0) << shared.output;
-    const auto js = nlohmann::json::parse(shared.output);
-    ASSERT_EQ(js.size(), 2u);
-    EXPECT_TRUE(js[1]["skipped"].is_null()) << js[1].dump();
     // The local heads' work is the same in both rows; the retrieval heads' is smaller at K = 2.
     EXPECT_LT(work[1], work[0]);
+    // One indexer query for every token: the same rows, timed.
+    const auto shared = run_sparse_layer(
+        "--prefill 512 --decode none --fractions 0.25 --block-sparse-prefill --shared-index-query");
+    ASSERT_EQ(shared.size(), 2u);
+    expect_select_plus_attention(shared[1]);
 }
 
 TEST(BenchAttention, SparseLayerBadFlags) {
