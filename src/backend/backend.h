@@ -79,6 +79,13 @@ struct BlockSelectParams {
     // 0 = no limit; K > 0: at most K blocks in all, the always-kept ones included (which are
     // kept even when K is smaller than their number).
     int max_blocks = 0;
+    // false: one selection per token (the decode rule). true: one per query block (method.md
+    // section 5, block-sparse prefill): the tokens of a query group (select_query_groups)
+    // share one selection, made by the rule above from the MEAN over them of each token's
+    // block distribution (normalised per token), with block 0 and their common block always
+    // kept; each token's row receives it. The mean of their distributions, not of their
+    // queries: a block one token of the group needs keeps its weight (bench/NOTES.md).
+    bool per_query_block = false;
 };
 
 // Per-token placement in the KV cache: token i belongs to sequence slot seq[i] at position pos[i].
@@ -86,6 +93,24 @@ struct TokenPlacement {
     std::span<const int32_t> seq;  // (n,)
     std::span<const int32_t> pos;  // (n,)
 };
+
+// The query groups of a batch under per_query_block: maximal runs of consecutive tokens of
+// one sequence whose positions lie in the same block of block_size keys (a prefill chunk's
+// tokens, 64 at a time; a run cut by a chunk boundary is a smaller group). Returns the
+// groups' first tokens followed by n: group k is tokens [starts[k], starts[k + 1]). Without
+// per_query_block every token is its own group.
+inline std::vector<int64_t> select_query_groups(const TokenPlacement& place, int block_size,
+                                                bool per_query_block) {
+    const int64_t n = static_cast<int64_t>(place.pos.size());
+    std::vector<int64_t> starts;
+    for (int64_t i = 0; i < n; ++i) {
+        const bool joins = per_query_block && i > 0 && place.seq[i] == place.seq[i - 1] &&
+                           place.pos[i] / block_size == place.pos[i - 1] / block_size;
+        if (!joins) starts.push_back(i);
+    }
+    starts.push_back(n);
+    return starts;
+}
 
 // One layer's cache, or the part of it that holds some of its KV heads.
 // k and v are (s, gc, c, d): gc cache heads of c rows each, in one of the element types the

@@ -808,19 +808,56 @@ std::vector<int32_t> select_positions(int64_t block_size, int64_t c, int seq, st
     return out;
 }
 
+// Positions of one sequence's tokens as prefill chunks make them, for one selection per query
+// block: a run from 0 across the first block boundary, a run starting 5 before a boundary and
+// crossing two more (query blocks cut at both ends), and the cache's last 70 positions.
+// Sequences after the first start their middle run at a random position.
+std::vector<int32_t> select_chunk_positions(int64_t block_size, int64_t c, int seq,
+                                            std::mt19937& rng) {
+    std::vector<int32_t> out;
+    auto run = [&](int64_t from, int64_t len) {
+        for (int64_t p = std::max<int64_t>(0, from); p < std::min(c, from + len); ++p)
+            out.push_back(static_cast<int32_t>(p));
+    };
+    run(0, block_size + 3);
+    const int64_t mid =
+        seq == 0 ? 3 * block_size - 5 : std::uniform_int_distribution<int64_t>(0, c - 1)(rng);
+    run(mid, 2 * block_size + 12);
+    run(c - 70, 70);
+    return out;
+}
+
+// The query groups of a batch as the test sees them (BlockSelectParams::per_query_block):
+// group[i] = the first token of i's run of consecutive tokens of one sequence in one block.
+std::vector<int64_t> select_group_of(const std::vector<int32_t>& seq,
+                                     const std::vector<int32_t>& pos, int64_t block_size,
+                                     bool per_query_block) {
+    std::vector<int64_t> group(seq.size());
+    for (size_t i = 0; i < seq.size(); ++i) {
+        const bool joins = per_query_block && i > 0 && seq[i] == seq[i - 1] &&
+                           pos[i] / block_size == pos[i - 1] / block_size;
+        group[i] = joins ? group[i - 1] : static_cast<int64_t>(i);
+    }
+    return group;
+}
+
 // budget = K > 0: at most K blocks per row (BlockSelectParams::max_blocks) besides top_p
 // (top_p = 1: the top-K blocks). key_type: the index keys' type where the backend keeps it
 // (bf16: the keys are bf16 numbers, so cpu-ref's f32 copy holds the same values).
 // extra_positions: random query positions added per sequence (many rows: cuda's prefill path).
+// query_blocks: one selection per query block over prefill-like runs of positions
+// (select_chunk_positions); the masses the kept set is judged by are the group's mean.
 OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, SelectScores scores,
-                   int budget = 0, DType key_type = DType::kF32, int extra_positions = 0) {
+                   int budget = 0, DType key_type = DType::kF32, int extra_positions = 0,
+                   bool query_blocks = false) {
     const char* kinds[] = {"flat", "peaked", "ties"};
     return {
-        safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}{}{}{}", r, block_size, c,
+        safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}{}{}{}{}", r, block_size, c,
                               kinds[static_cast<int>(scores)], top_p,
                               budget > 0 ? fmt::format("_k{}", budget) : "",
                               key_type == DType::kF32 ? "" : "_keys_bf16",
-                              extra_positions > 0 ? fmt::format("_rows{}", extra_positions) : "")),
+                              extra_positions > 0 ? fmt::format("_rows{}", extra_positions) : "",
+                              query_blocks ? "_query_blocks" : "")),
         [=] {
             constexpr int64_t hr = 3;
             constexpr int n_seq = 3;
@@ -830,7 +867,8 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                                                    static_cast<int>(scores) * 7 + top_p * 1000));
             auto batch = std::make_shared<Batch>();
             for (int seq = 0; seq < n_seq; ++seq) {
-                for (int32_t p : select_positions(block_size, c, seq, rng)) {
+                for (int32_t p : query_blocks ? select_chunk_positions(block_size, c, seq, rng)
+                                              : select_positions(block_size, c, seq, rng)) {
                     batch->seq.push_back(seq);
                     batch->pos.push_back(p);
                 }
@@ -892,7 +930,8 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
             const float scale = 1.0f / std::sqrt(static_cast<float>(r));
             auto iq = std::make_shared<Tensor>(host_f32({n, hr, r}, q));
             auto index_keys = std::make_shared<Tensor>(host_f32({s, hr, c, r}, keys));
-            // The test's own block masses of every row, (n * hr) x (u,).
+            // The test's own block masses of every row, (n * hr) x (u,): the token's, or its
+            // query group's mean.
             auto masses = std::make_shared<std::vector<std::vector<double>>>();
             for (int64_t i = 0; i < n; ++i) {
                 for (int64_t j = 0; j < hr; ++j)
@@ -901,7 +940,33 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                                             key_at(batch->seq[static_cast<size_t>(i)], j, 0), r,
                                             batch->pos[static_cast<size_t>(i)], block_size, scale));
             }
-            const BlockSelectParams params{static_cast<int>(block_size), top_p, scale, budget};
+            const std::vector<int64_t> group =
+                select_group_of(batch->seq, batch->pos, block_size, query_blocks);
+            for (int64_t i = n - 1; i >= 0; --i) {  // sum each group into its first token's rows
+                const int64_t g = group[static_cast<size_t>(i)];
+                if (g == i) continue;
+                for (int64_t j = 0; j < hr; ++j) {
+                    std::vector<double>& sum = (*masses)[static_cast<size_t>(g * hr + j)];
+                    const std::vector<double>& m = (*masses)[static_cast<size_t>(i * hr + j)];
+                    for (size_t b = 0; b < sum.size(); ++b) sum[b] += m[b];
+                }
+            }
+            for (int64_t i = 0; i < n; ++i) {  // then divide, and give every token its group's mean
+                const int64_t g = group[static_cast<size_t>(i)];
+                int64_t size = 1;
+                while (g + size < n && group[static_cast<size_t>(g + size)] == g) ++size;
+                for (int64_t j = 0; j < hr; ++j) {
+                    if (g == i) {
+                        for (double& v : (*masses)[static_cast<size_t>(i * hr + j)])
+                            v /= static_cast<double>(size);
+                    } else {
+                        (*masses)[static_cast<size_t>(i * hr + j)] =
+                            (*masses)[static_cast<size_t>(g * hr + j)];
+                    }
+                }
+            }
+            BlockSelectParams params{static_cast<int>(block_size), top_p, scale, budget};
+            params.per_query_block = query_blocks;
 
             PreparedCase pc;
             pc.run = [=](Backend& backend) {
@@ -943,6 +1008,11 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                             continue;
                         }
                         const std::vector<int32_t> ids = kept_ids(actual, row);
+                        const int64_t g = group[static_cast<size_t>(i)];
+                        if (g != i) {
+                            EXPECT_EQ(ids, kept_ids(actual, g * hr + j))
+                                << "differs from its query group's first token " << g;
+                        }
                         for (size_t k = 0; k < ids.size(); ++k) {
                             EXPECT_TRUE(ids[k] >= 0 && ids[k] < u) << "block id " << ids[k];
                             if (k > 0) {
@@ -1118,6 +1188,17 @@ std::vector<OpCase> all_cases() {
     cases.push_back(select_case(12, 64, 1000, 0.9f, SelectScores::kPeaked, 0, DType::kBF16));
     cases.push_back(select_case(16, 16, 16384, 0.9f, SelectScores::kFlat, 0, DType::kBF16, 100));
     cases.push_back(select_case(16, 64, 4096, 1.0f, SelectScores::kPeaked, 16, DType::kBF16, 160));
+    // One selection per query block (block-sparse prefill): p below and at 1, a budget, bf16
+    // keys, B 16 and 64.
+    for (SelectScores scores : {SelectScores::kFlat, SelectScores::kPeaked, SelectScores::kTies}) {
+        for (float top_p : {0.8f, 0.9f, 1.0f})
+            cases.push_back(select_case(16, 64, 4096, top_p, scores, 0, DType::kF32, 0, true));
+        cases.push_back(select_case(8, 16, 1000, 0.9f, scores, 0, DType::kBF16, 0, true));
+    }
+    cases.push_back(
+        select_case(16, 64, 4096, 1.0f, SelectScores::kPeaked, 16, DType::kF32, 0, true));
+    cases.push_back(
+        select_case(16, 64, 4096, 0.8f, SelectScores::kPeaked, 0, DType::kBF16, 0, true));
     cases.push_back(rms_norm_case({1, 576}));
     cases.push_back(rms_norm_case({33, 576}));
     cases.push_back(rms_norm_case({7, 1536}));

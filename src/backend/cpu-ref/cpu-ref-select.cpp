@@ -3,6 +3,7 @@
 // For query token i and retrieval head j, in double precision:
 //   z_t    = scale * iq[i, j] . index_keys[seq_i, j, t]          for t = 0 .. pos_i
 //   mass_b = sum_{t in block b, t <= pos_i} exp(z_t - max z) / sum_t exp(z_t - max z)
+// Per query block (per_query_block), mass_b is the mean of that over the group's tokens.
 // Keep block 0 and the block of pos_i (mass m together), then the other blocks by decreasing
 // mass (ties: lower id first) until those hold top_p of the rest: until the kept mass reaches
 // m + top_p (1 - m). top_p = 1 keeps every block. With max_blocks =
@@ -18,65 +19,97 @@
 #include "backend/op-checks.h"
 
 namespace purbo {
+namespace {
+
+// Each block's share of token i's index distribution for head j, (p / B + 1,).
+std::vector<double> token_block_masses(const Tensor& iq, const Tensor& index_keys,
+                                       const TokenPlacement& place, const BlockSelectParams& params,
+                                       int64_t i, int64_t j) {
+    const int64_t hr = iq.dim(1), r = iq.dim(2), c = index_keys.dim(2);
+    const int64_t p = place.pos[i], block_size = params.block_size;
+    const float* q = iq.f32() + (i * hr + j) * r;                            // (r,)
+    const float* keys = index_keys.f32() + (place.seq[i] * hr + j) * c * r;  // (c, r)
+    std::vector<double> z(static_cast<size_t>(p + 1));
+    double max_z = -std::numeric_limits<double>::infinity();
+    for (int64_t t = 0; t <= p; ++t) {
+        double dot = 0;
+        for (int64_t e = 0; e < r; ++e) dot += static_cast<double>(q[e]) * keys[t * r + e];
+        z[static_cast<size_t>(t)] = dot * params.scale;
+        max_z = std::max(max_z, z[static_cast<size_t>(t)]);
+    }
+    std::vector<double> mass(static_cast<size_t>(p / block_size + 1), 0.0);
+    double total = 0;
+    for (int64_t t = 0; t <= p; ++t) {
+        const double w = std::exp(z[static_cast<size_t>(t)] - max_z);
+        mass[static_cast<size_t>(t / block_size)] += w;
+        total += w;
+    }
+    for (double& m : mass) m /= total;
+    return mass;
+}
+
+// The kept block ids, ascending, of a row whose blocks have masses `mass` (the last one holds
+// the query position).
+std::vector<int32_t> select_by_mass(const std::vector<double>& mass,
+                                    const BlockSelectParams& params) {
+    const int64_t n_used = static_cast<int64_t>(mass.size()), last = n_used - 1;
+    const double top_p = params.top_p;
+    std::vector<bool> keep(static_cast<size_t>(n_used), false);
+    keep[0] = true;
+    keep[static_cast<size_t>(last)] = true;
+    double kept = mass[0] + (last != 0 ? mass[static_cast<size_t>(last)] : 0.0);
+    double rest = 0;
+    for (int64_t b = 1; b < last; ++b) rest += mass[static_cast<size_t>(b)];
+    const double target = kept + top_p * rest;
+    int64_t n_kept = last != 0 ? 2 : 1;
+    std::vector<int64_t> order;  // the other blocks, heaviest first, ties by lower id
+    for (int64_t b = 1; b < last; ++b) order.push_back(b);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        return mass[static_cast<size_t>(a)] > mass[static_cast<size_t>(b)];
+    });
+    for (int64_t b : order) {
+        if (top_p < 1.0 && kept >= target) break;
+        if (params.max_blocks > 0 && n_kept >= params.max_blocks) break;
+        keep[static_cast<size_t>(b)] = true;
+        kept += mass[static_cast<size_t>(b)];
+        ++n_kept;
+    }
+    std::vector<int32_t> ids;
+    for (int64_t b = 0; b < n_used; ++b) {
+        if (keep[static_cast<size_t>(b)]) ids.push_back(static_cast<int32_t>(b));
+    }
+    return ids;
+}
+
+}  // namespace
 
 Status CpuRefBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
                                     const TokenPlacement& place, const BlockSelectParams& params,
                                     const Tensor& blocks, const Tensor& counts) {
     PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts, kv_cache_dtypes()));
     // iq (n, hr, r); index_keys (s, hr, c, r); blocks (n, hr, max_blocks); counts (n, hr)
-    const int64_t n = iq.dim(0), hr = iq.dim(1), r = iq.dim(2), c = index_keys.dim(2);
-    const int64_t max_blocks = blocks.dim(2), block_size = params.block_size;
-    const double top_p = params.top_p;
-    for (int64_t i = 0; i < n; ++i) {
-        const int64_t p = place.pos[i];
-        const int64_t n_used = p / block_size + 1;  // blocks holding keys 0 .. p
-        const int64_t last = n_used - 1;            // the block of p, maybe partial
+    const int64_t hr = iq.dim(1), max_blocks = blocks.dim(2);
+    const std::vector<int64_t> groups =
+        select_query_groups(place, params.block_size, params.per_query_block);
+    for (size_t g = 0; g + 1 < groups.size(); ++g) {
+        const int64_t first = groups[g], end = groups[g + 1];
         for (int64_t j = 0; j < hr; ++j) {
-            const float* q = iq.f32() + (i * hr + j) * r;                            // (r,)
-            const float* keys = index_keys.f32() + (place.seq[i] * hr + j) * c * r;  // (c, r)
-            std::vector<double> z(static_cast<size_t>(p + 1));
-            double max_z = -std::numeric_limits<double>::infinity();
-            for (int64_t t = 0; t <= p; ++t) {
-                double dot = 0;
-                for (int64_t e = 0; e < r; ++e) dot += static_cast<double>(q[e]) * keys[t * r + e];
-                z[static_cast<size_t>(t)] = dot * params.scale;
-                max_z = std::max(max_z, z[static_cast<size_t>(t)]);
+            // The mean of the group's distributions (one token: its own). The tokens share
+            // their block, so their rows have the same length.
+            std::vector<double> mass = token_block_masses(iq, index_keys, place, params, first, j);
+            for (int64_t i = first + 1; i < end; ++i) {
+                const std::vector<double> m =
+                    token_block_masses(iq, index_keys, place, params, i, j);
+                for (size_t b = 0; b < mass.size(); ++b) mass[b] += m[b];
             }
-            std::vector<double> mass(static_cast<size_t>(n_used), 0.0);
-            double total = 0;
-            for (int64_t t = 0; t <= p; ++t) {
-                const double w = std::exp(z[static_cast<size_t>(t)] - max_z);
-                mass[static_cast<size_t>(t / block_size)] += w;
-                total += w;
+            for (double& m : mass) m /= static_cast<double>(end - first);
+            const std::vector<int32_t> ids = select_by_mass(mass, params);
+            for (int64_t i = first; i < end; ++i) {
+                int32_t* row = blocks.ptr<int32_t>() + (i * hr + j) * max_blocks;
+                std::copy(ids.begin(), ids.end(), row);
+                std::fill(row + ids.size(), row + max_blocks, -1);
+                counts.ptr<int32_t>()[i * hr + j] = static_cast<int32_t>(ids.size());
             }
-            for (double& m : mass) m /= total;
-
-            std::vector<bool> keep(static_cast<size_t>(n_used), false);
-            keep[0] = true;
-            keep[static_cast<size_t>(last)] = true;
-            double kept = mass[0] + (last != 0 ? mass[static_cast<size_t>(last)] : 0.0);
-            const double target = kept + top_p * (1.0 - kept);
-            int64_t n_kept = last != 0 ? 2 : 1;
-            std::vector<int64_t> order;  // the other blocks, heaviest first, ties by lower id
-            for (int64_t b = 1; b < last; ++b) order.push_back(b);
-            std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-                return mass[static_cast<size_t>(a)] > mass[static_cast<size_t>(b)];
-            });
-            for (int64_t b : order) {
-                if (top_p < 1.0 && kept >= target) break;
-                if (params.max_blocks > 0 && n_kept >= params.max_blocks) break;
-                keep[static_cast<size_t>(b)] = true;
-                kept += mass[static_cast<size_t>(b)];
-                ++n_kept;
-            }
-
-            int32_t* row = blocks.ptr<int32_t>() + (i * hr + j) * max_blocks;
-            int64_t count = 0;
-            for (int64_t b = 0; b < n_used; ++b) {
-                if (keep[static_cast<size_t>(b)]) row[count++] = static_cast<int32_t>(b);
-            }
-            for (int64_t k = count; k < max_blocks; ++k) row[k] = -1;
-            counts.ptr<int32_t>()[i * hr + j] = static_cast<int32_t>(count);
         }
     }
     return Status::ok();

@@ -2,7 +2,9 @@
 // (method.md section 4). Same kept set as cpu-ref's sort and cumulative sum except where f32
 // rounding flips a comparison at the boundary.
 //
-// Per (token i, retrieval head j), the pairs spread over the OpenMP threads:
+// Per (query group, retrieval head j), the pairs spread over the OpenMP threads (a group is
+// one token, or with per_query_block a query block whose tokens' normalised block masses are
+// averaged in double between steps 1 and 2):
 //  1. One pass over the keys 0 .. pos: each block b of keys reduces its scores, in the log2
 //     domain (z_t = scale * log2(e) * iq . k_t, f32), to m_b = max z and l_b = sum 2^(z - m_b);
 //     its log2 mass is a_b = m_b + log2(l_b).
@@ -88,24 +90,19 @@ struct RowScratch {
     std::vector<double> mass;       // (n_used,) w_b = 2^(a_b - A)
     std::vector<int> bin;           // (n_used,) histogram bin, -1 for the always-kept blocks
     std::vector<int64_t> boundary;  // blocks of the boundary bin
+    std::vector<double> mean;       // (n_used,) a query group's mean distribution
 };
 
-// Selects the blocks of one (token, head) pair; returns their number, ids ascending in `out`.
+// Fills s.log2_mass (p / B + 1,) with the log2 masses a_b of one (token, head) pair.
 template <class Key>
-int64_t select_row(const float* iq_row, const Key* keys, int64_t r, int64_t p,
-                   const BlockSelectParams& params, RowScratch& s, int32_t* out) {
+void row_log2_masses(const float* iq_row, const Key* keys, int64_t r, int64_t p,
+                     const BlockSelectParams& params, RowScratch& s) {
     const int64_t block_size = params.block_size;
-    const int64_t n_used = p / block_size + 1, last = n_used - 1;
-    const bool limited = params.max_blocks > 0 && params.max_blocks < n_used;
-    if (params.top_p >= 1.0f && !limited) {  // every block, whatever the masses
-        for (int64_t b = 0; b < n_used; ++b) out[b] = static_cast<int32_t>(b);
-        return n_used;
-    }
     s.q.resize(static_cast<size_t>(r));
     for (int64_t e = 0; e < r; ++e)
         s.q[static_cast<size_t>(e)] = iq_row[e] * (params.scale * kSelectLog2e);
     s.scores.resize(static_cast<size_t>(block_size));
-    s.log2_mass.resize(static_cast<size_t>(n_used));
+    s.log2_mass.resize(static_cast<size_t>(p / block_size + 1));
     switch (r) {
         case 8:
             block_log2_masses<8>(s.q.data(), keys, r, p, block_size, s.scores.data(), s.log2_mass.data());
@@ -117,6 +114,19 @@ int64_t select_row(const float* iq_row, const Key* keys, int64_t r, int64_t p,
             block_log2_masses<0>(s.q.data(), keys, r, p, block_size, s.scores.data(), s.log2_mass.data());
             break;
     }
+}
+
+// Whether the rule keeps every block without looking at the masses.
+bool keeps_everything(int64_t n_used, const BlockSelectParams& params) {
+    const bool limited = params.max_blocks > 0 && params.max_blocks < n_used;
+    return params.top_p >= 1.0f && !limited;
+}
+
+// Selects the blocks of a row from the log2 masses in s.log2_mass (their last block holds the
+// query position), unless keeps_everything; returns their number, ids ascending in `out`.
+int64_t select_from_log2_masses(const BlockSelectParams& params, RowScratch& s, int32_t* out) {
+    const int64_t n_used = static_cast<int64_t>(s.log2_mass.size()), last = n_used - 1;
+    const bool limited = params.max_blocks > 0 && params.max_blocks < n_used;
     const float* a = s.log2_mass.data();
     const float heaviest = *std::max_element(a, a + n_used);
 
@@ -190,6 +200,37 @@ int64_t select_row(const float* iq_row, const Key* keys, int64_t r, int64_t p,
     return count;
 }
 
+// The log2 masses of a query group's mean distribution (tokens [first, end), one head) into
+// s.log2_mass: each token's masses normalised to sum 1 (in double), averaged. One token: its
+// own unnormalised log2 masses, which select the same blocks.
+template <class Key>
+void group_log2_masses(const Tensor& iq, const Key* keys, const TokenPlacement& place,
+                       int64_t first, int64_t end, int64_t j, const BlockSelectParams& params,
+                       RowScratch& s) {
+    const int64_t hr = iq.dim(1), r = iq.dim(2);
+    auto token_row = [&](int64_t i) {
+        row_log2_masses(iq.f32() + (i * hr + j) * r, keys, r, place.pos[i], params, s);
+    };
+    if (end - first == 1) {
+        token_row(first);
+        return;
+    }
+    const size_t n_used = static_cast<size_t>(place.pos[first] / params.block_size + 1);
+    s.mean.assign(n_used, 0.0);
+    for (int64_t i = first; i < end; ++i) {
+        token_row(i);
+        const float* a = s.log2_mass.data();
+        const double heaviest = *std::max_element(a, a + n_used);
+        double total = 0;
+        for (size_t b = 0; b < n_used; ++b)
+            total += std::exp2(static_cast<double>(a[b]) - heaviest);
+        const double norm = 1.0 / (total * static_cast<double>(end - first));
+        for (size_t b = 0; b < n_used; ++b)
+            s.mean[b] += std::exp2(static_cast<double>(a[b]) - heaviest) * norm;
+    }
+    for (size_t b = 0; b < n_used; ++b) s.log2_mass[b] = static_cast<float>(std::log2(s.mean[b]));
+}
+
 }  // namespace
 
 Status CpuBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
@@ -197,23 +238,44 @@ Status CpuBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
                                  const Tensor& blocks, const Tensor& counts) {
     PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts, kv_cache_dtypes()));
     // iq (n, hr, r); index_keys (s, hr, c, r) f32 or bf16; blocks (n, hr, max_blocks); counts (n, hr)
-    const int64_t n = iq.dim(0), hr = iq.dim(1), r = iq.dim(2), c = index_keys.dim(2);
+    const int64_t hr = iq.dim(1), r = iq.dim(2), c = index_keys.dim(2);
     const int64_t max_blocks = blocks.dim(2);
     const bool bf16_keys = index_keys.dtype == DType::kBF16;
-#pragma omp parallel num_threads(n_threads_) if (n * hr > 1)
+    const std::vector<int64_t> groups =
+        select_query_groups(place, params.block_size, params.per_query_block);
+    const int64_t n_groups = static_cast<int64_t>(groups.size()) - 1;
+#pragma omp parallel num_threads(n_threads_) if (n_groups * hr > 1)
     {
         RowScratch scratch;
 #pragma omp for collapse(2) schedule(dynamic)
-        for (int64_t i = 0; i < n; ++i) {
+        for (int64_t g = 0; g < n_groups; ++g) {
             for (int64_t j = 0; j < hr; ++j) {
-                const int64_t key_offset = (place.seq[i] * hr + j) * c * r;  // of the (c, r) keys
-                const float* q = iq.f32() + (i * hr + j) * r;
-                int32_t* row = blocks.ptr<int32_t>() + (i * hr + j) * max_blocks;
-                const int64_t count =
-                    bf16_keys ? select_row(q, index_keys.ptr<uint16_t>() + key_offset, r, place.pos[i], params, scratch, row)
-                              : select_row(q, index_keys.f32() + key_offset, r, place.pos[i], params, scratch, row);
+                const int64_t first = groups[static_cast<size_t>(g)],
+                              end = groups[static_cast<size_t>(g) + 1];
+                int32_t* row = blocks.ptr<int32_t>() + (first * hr + j) * max_blocks;
+                const int64_t n_used = place.pos[first] / params.block_size + 1;
+                int64_t count = n_used;
+                if (keeps_everything(n_used, params)) {  // whatever the masses
+                    for (int64_t b = 0; b < n_used; ++b) row[b] = static_cast<int32_t>(b);
+                } else {
+                    const int64_t key_offset =
+                        (place.seq[first] * hr + j) * c * r;  // of the (c, r) keys
+                    if (bf16_keys)
+                        group_log2_masses(iq, index_keys.ptr<uint16_t>() + key_offset, place, first,
+                                          end, j, params, scratch);
+                    else
+                        group_log2_masses(iq, index_keys.f32() + key_offset, place, first, end, j,
+                                          params, scratch);
+                    count = select_from_log2_masses(params, scratch, row);
+                }
                 std::fill(row + count, row + max_blocks, -1);
-                counts.ptr<int32_t>()[i * hr + j] = static_cast<int32_t>(count);
+                counts.ptr<int32_t>()[first * hr + j] = static_cast<int32_t>(count);
+                for (int64_t i = first + 1; i < end;
+                     ++i) {  // the group's other tokens: the same row
+                    std::copy(row, row + max_blocks,
+                              blocks.ptr<int32_t>() + (i * hr + j) * max_blocks);
+                    counts.ptr<int32_t>()[i * hr + j] = static_cast<int32_t>(count);
+                }
             }
         }
     }

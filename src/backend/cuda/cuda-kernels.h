@@ -201,7 +201,7 @@ struct SelectBlocksArgs {
     const void* index_keys;   // (s, hr, c, r) f32, or bf16 with keys_bf16
     const int32_t* seq;       // (n,) on the device
     const int32_t* pos;       // (n,) on the device
-    void* scratch;            // select_blocks_scratch_bytes(n * hr, u) bytes on the device
+    void* scratch;            // select_blocks_scratch_bytes(args) bytes on the device
     int32_t* blocks;          // (n, hr, max_blocks) out: kept block ids ascending, then -1
     int32_t* counts;          // (n, hr) out
     int64_t n;
@@ -215,9 +215,17 @@ struct SelectBlocksArgs {
     float scale;
     int max_kept;             // BlockSelectParams::max_blocks: 0 = no limit
     bool keys_bf16;           // index_keys in bf16 (else f32)
+    // One selection per query group (BlockSelectParams::per_query_block): n_groups > 0 groups,
+    // group g = tokens [group_start[g], group_start[g + 1]), which share the block of
+    // group_pos[g]; group_of[i] = token i's group. 0: a selection per token (pointers unused).
+    int64_t n_groups;
+    const int32_t* group_start;  // (n_groups + 1,) on the device
+    const int32_t* group_of;     // (n,) on the device
+    const int32_t* group_pos;    // (n_groups,) on the device
 };
-// The device scratch launch_select_blocks needs for `rows` rows of up to u blocks.
-size_t select_blocks_scratch_bytes(int64_t rows, int64_t n_used_max);
+// The device scratch launch_select_blocks needs for args' n, hr, n_used_max, max_blocks and
+// n_groups (the pointers are not read).
+size_t select_blocks_scratch_bytes(const SelectBlocksArgs& args);
 // cudaErrorInvalidValue when n * hr * u does not fit a grid or c + B an int.
 cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream);
 

@@ -30,20 +30,37 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
             "select_blocks: {} rows of {} blocks (iq {}, blocks {}) exceed the kernels' grid",
             n * hr, n_used_max, iq.describe(), blocks.describe());
 
-    // Staging: seq (n,), pos (n,), int32.
+    // Query groups (per_query_block); when every group is one token, the per-token path.
+    const std::vector<int64_t> starts =
+        select_query_groups(place, params.block_size, params.per_query_block);
+    const int64_t n_groups = static_cast<int64_t>(starts.size()) - 1;
+    const bool grouped = n_groups < n;
+
+    // Staging, int32: seq (n,), pos (n,), and when grouped group_start (G + 1,), group_of (n,),
+    // group_pos (G,).
     std::vector<int32_t> staging(place.seq.begin(), place.seq.end());
     staging.insert(staging.end(), place.pos.begin(), place.pos.end());
+    if (grouped) {
+        for (int64_t start : starts) staging.push_back(static_cast<int32_t>(start));
+        for (int64_t g = 0; g < n_groups; ++g)
+            staging.insert(staging.end(), starts[g + 1] - starts[g], static_cast<int32_t>(g));
+        for (int64_t g = 0; g < n_groups; ++g) staging.push_back(place.pos[starts[g]]);
+    }
     PURBO_ASSIGN_OR_RETURN(void* dev, stage(indices_, staging.data(), staging.size() * 4));
-    const int64_t rows = n * hr;
-    PURBO_ASSIGN_OR_RETURN(void* scratch, reserve(select_, cuda::select_blocks_scratch_bytes(rows, n_used_max)));
+    const auto* staged = static_cast<const int32_t*>(dev);
 
     cuda::SelectBlocksArgs args{};
     args.iq = iq.ptr<float>();
     args.index_keys = index_keys.data;
     args.keys_bf16 = index_keys.dtype == DType::kBF16;
-    args.seq = static_cast<const int32_t*>(dev);
-    args.pos = static_cast<const int32_t*>(dev) + n;
-    args.scratch = scratch;
+    args.seq = staged;
+    args.pos = staged + n;
+    if (grouped) {
+        args.n_groups = n_groups;
+        args.group_start = staged + 2 * n;
+        args.group_of = args.group_start + n_groups + 1;
+        args.group_pos = args.group_of + n;
+    }
     args.blocks = blocks.ptr<int32_t>();
     args.counts = counts.ptr<int32_t>();
     args.n = n;
@@ -56,6 +73,7 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
     args.top_p = params.top_p;
     args.scale = params.scale;
     args.max_kept = params.max_blocks;
+    PURBO_ASSIGN_OR_RETURN(args.scratch, reserve(select_, cuda::select_blocks_scratch_bytes(args)));
     return enqueue("launch_select_blocks", [&] { return cuda::launch_select_blocks(args, stream_); }, args);
 }
 

@@ -17,6 +17,13 @@
 // walks a segment of consecutive blocks, so that compactions take two barriers whatever the
 // row's length.
 //
+// One selection per query group (per_query_block, block-sparse prefill): step 1 runs per token
+// as above into a token-row buffer; row_lse_kernel gives each token row its log2 total;
+// group_mean_kernel averages the group's normalised masses per block (in double, like the cpu
+// backend) into one row per (group, head), stored as log2 masses; steps 2 and 3 run on those
+// rows as on tokens' (a group row is a row whose position is the group's); broadcast_kernel
+// copies each group row's blocks to its tokens' rows.
+//
 // The index keys are f32 or bf16, as the KV cache (the selection is bound by reading them:
 // 16 values per key and retrieval head; bf16 halves that).
 //
@@ -709,6 +716,80 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectState st) {
     if (tid == 0) args.counts[row] = count;
 }
 
+// ---- one selection per query group ---------------------------------------------------------
+
+// The group stage's view of the scratch.
+struct GroupState {
+    SelectBlocksArgs args;        // the tokens' (n tokens)
+    const float* token_mass;      // (n * hr, u) each token row's log2 masses (block_mass_kernel)
+    double* token_lse;            // (n * hr,) log2 of each token row's total
+    float* group_mass;            // (n_groups * hr, u) the group rows' log2 mean masses
+    uint32_t* group_row_max;      // (n_groups * hr,) their heaviest block (split path), or null
+    const int32_t* group_blocks;  // (n_groups * hr, max_blocks) the group rows' selection
+    const int32_t* group_counts;  // (n_groups * hr,)
+};
+
+constexpr int kLseWarps = 8;
+
+// One warp per token row: lse = log2 sum_b 2^(a_b) over the token's blocks, in double.
+__global__ void __launch_bounds__(kLseWarps * 32) row_lse_kernel(GroupState gs) {
+    const SelectBlocksArgs& args = gs.args;
+    const int lane = threadIdx.x % 32;
+    const int64_t row = int64_t{blockIdx.x} * kLseWarps + threadIdx.x / 32;  // token * hr + head
+    if (row >= args.n * args.hr) return;                                     // warp-uniform
+    const int n_used = args.pos[row / args.hr] / args.block_size + 1;
+    const float* a = gs.token_mass + row * args.n_used_max;
+    float heaviest = -INFINITY;
+    for (int b = lane; b < n_used; b += 32) heaviest = fmaxf(heaviest, a[b]);
+    heaviest = warp_max(heaviest);
+    double total = 0;
+    for (int b = lane; b < n_used; b += 32) total += exp2(static_cast<double>(a[b]) - heaviest);
+    for (int offset = 16; offset > 0; offset >>= 1)
+        total += __shfl_xor_sync(kFullMask, total, offset);
+    if (lane == 0) gs.token_lse[row] = heaviest + log2(total);
+}
+
+constexpr int kMeanThreads = 256;
+
+// One thread per (group row, block): the mean over the group's tokens of their normalised
+// masses 2^(a_b - lse), summed in token order (so equal inputs give equal means: exact ties
+// stay ties), stored as a log2 mass (-inf: none). On the split path each warp also raises
+// its group row's heaviest block. Grid (n_groups * hr, blocks of kMeanThreads).
+__global__ void __launch_bounds__(kMeanThreads) group_mean_kernel(GroupState gs) {
+    const SelectBlocksArgs& args = gs.args;
+    const int64_t grow = blockIdx.x;  // group * hr + head
+    const int64_t g = grow / args.hr, j = grow % args.hr;
+    const int b = static_cast<int>(blockIdx.y) * kMeanThreads + static_cast<int>(threadIdx.x);
+    const int n_used = args.group_pos[g] / args.block_size + 1;
+    const int first = args.group_start[g], end = args.group_start[g + 1];
+    float log2_mean = -INFINITY;
+    if (b < n_used) {
+        double sum = 0;
+        for (int i = first; i < end; ++i) {
+            const int64_t row = int64_t{i} * args.hr + j;
+            sum += exp2(static_cast<double>(gs.token_mass[row * args.n_used_max + b]) -
+                        gs.token_lse[row]);
+        }
+        log2_mean = static_cast<float>(log2(sum / (end - first)));
+        gs.group_mass[grow * args.n_used_max + b] = log2_mean;
+    }
+    if (gs.group_row_max == nullptr) return;  // grid-uniform
+    const float heaviest = warp_max(log2_mean);
+    if (threadIdx.x % 32 == 0 && heaviest != -INFINITY)
+        atomicMax(gs.group_row_max + grow, ordered_bits(heaviest));
+}
+
+// One CTA per token row: its group row's blocks and count.
+__global__ void __launch_bounds__(128) broadcast_kernel(GroupState gs) {
+    const SelectBlocksArgs& args = gs.args;
+    const int64_t row = blockIdx.x;  // token * hr + head
+    const int64_t grow = int64_t{args.group_of[row / args.hr]} * args.hr + row % args.hr;
+    const int32_t* from = gs.group_blocks + grow * args.max_blocks;
+    int32_t* to = args.blocks + row * args.max_blocks;
+    for (int k = threadIdx.x; k < args.max_blocks; k += blockDim.x) to[k] = from[k];
+    if (threadIdx.x == 0) args.counts[row] = gs.group_counts[grow];
+}
+
 }  // namespace
 
 namespace {
@@ -764,27 +845,47 @@ size_t layout(const SelectBlocksArgs& args, int64_t rows, int64_t n_used_max, bo
     return at;
 }
 
-}  // namespace
-
-size_t select_blocks_scratch_bytes(int64_t rows, int64_t n_used_max) {
-    return layout(SelectBlocksArgs{}, rows, n_used_max, split_rows(rows), nullptr);
+// The grouped path's scratch: token masses, token totals, the group rows' selection, then the
+// group rows' selection scratch (layout). Returns its size; fills `gs` and `st` when given.
+size_t grouped_layout(const SelectBlocksArgs& args, bool split, GroupState* gs, SelectState* st) {
+    const size_t token_rows = static_cast<size_t>(args.n * args.hr);
+    const size_t group_rows = static_cast<size_t>(args.n_groups * args.hr);
+    auto* base = static_cast<unsigned char*>(args.scratch);
+    size_t at = 0;
+    auto take = [&](size_t bytes) {
+        void* p = base ? base + at : nullptr;
+        at += align_up(bytes);
+        return p;
+    };
+    void* token_mass = take(token_rows * static_cast<size_t>(args.n_used_max) * sizeof(float));
+    void* token_lse = take(token_rows * sizeof(double));
+    void* group_blocks = take(group_rows * static_cast<size_t>(args.max_blocks) * sizeof(int32_t));
+    void* group_counts = take(group_rows * sizeof(int32_t));
+    // The group rows select like tokens at their group's position.
+    SelectBlocksArgs group_args = args;
+    group_args.scratch = base ? base + at : nullptr;
+    group_args.n = args.n_groups;
+    group_args.pos = args.group_pos;
+    group_args.blocks = static_cast<int32_t*>(group_blocks);
+    group_args.counts = static_cast<int32_t*>(group_counts);
+    at += layout(group_args, static_cast<int64_t>(group_rows), args.n_used_max, split, st);
+    if (gs != nullptr) {
+        *gs = GroupState{};
+        gs->args = args;
+        gs->token_mass = static_cast<float*>(token_mass);
+        gs->token_lse = static_cast<double*>(token_lse);
+        gs->group_mass = st->log2_mass;
+        gs->group_row_max = st->row_max;
+        gs->group_blocks = static_cast<int32_t*>(group_blocks);
+        gs->group_counts = static_cast<int32_t*>(group_counts);
+    }
+    return at;
 }
 
-cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream) {
+// Step 1 over the token rows of st.args, into st.log2_mass (and st.row_max where set).
+cudaError_t launch_block_mass(const SelectState& st, cudaStream_t stream) {
+    const SelectBlocksArgs& args = st.args;
     const int64_t rows = args.n * args.hr;
-    if (rows == 0) return cudaSuccess;
-    // Key indices and block ids are ints in the kernels.
-    if (args.block_size <= 0 || args.n_used_max <= 0 || args.n_used_max > kMaxRowBlocks || rows > INT_MAX ||
-        rows * args.n_used_max > INT_MAX || args.c + args.block_size > INT_MAX)
-        return cudaErrorInvalidValue;
-    const bool split = split_rows(rows);
-    SelectState st;
-    (void)layout(args, rows, args.n_used_max, split, &st);
-    cudaError_t err = cudaSuccess;
-    // Below every float's bits: the row maxima start empty.
-    if (split && (err = cudaMemsetAsync(st.row_max, 0, static_cast<size_t>(rows) * sizeof(uint32_t), stream)) != cudaSuccess)
-        return err;
-
     // One warp per key block, kMassWarps per CTA.
     constexpr int mass_threads = kMassWarps * 32;
     const unsigned mass_ctas = static_cast<unsigned>((rows * args.n_used_max + kMassWarps - 1) / kMassWarps);
@@ -805,8 +906,14 @@ cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stre
     } else {
         launch_mass(float{});
     }
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    return cudaGetLastError();
+}
 
+// Steps 2 and 3 over the rows of st.args, whose log2 masses (and on the split path row
+// maxima) are in place.
+cudaError_t launch_row_selection(const SelectState& st, bool split, cudaStream_t stream) {
+    const int64_t rows = st.args.n * st.args.hr;
+    cudaError_t err = cudaSuccess;
     // Shared memory for the row's states, beyond the 48 KB a kernel gets without asking.
     auto launch_rows = [&](auto kernel, int threads) {
         if (st.staged_bytes > 0 &&
@@ -822,6 +929,71 @@ cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stre
         return launch_rows(select_row_kernel<kRowThreadsWide>, kRowThreadsWide);
     }
     return launch_rows(select_row_kernel<kRowThreadsNarrow>, kRowThreadsNarrow);
+}
+
+// One selection per query group: step 1 per token, the groups' mean rows, steps 2 and 3 on
+// them, and the copy to the tokens.
+cudaError_t launch_grouped(const SelectBlocksArgs& args, cudaStream_t stream) {
+    const int64_t group_rows = args.n_groups * args.hr;
+    const bool split = split_rows(group_rows);
+    GroupState gs;
+    SelectState st;
+    (void)grouped_layout(args, split, &gs, &st);
+
+    SelectState token_st{};  // step 1 into the token rows, no row maxima
+    token_st.args = args;
+    token_st.log2_mass = const_cast<float*>(gs.token_mass);
+    cudaError_t err = launch_block_mass(token_st, stream);
+    if (err != cudaSuccess) return err;
+    const int64_t token_rows = args.n * args.hr;
+    row_lse_kernel<<<static_cast<unsigned>((token_rows + kLseWarps - 1) / kLseWarps),
+                     kLseWarps * 32, 0, stream>>>(gs);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if (split &&
+        (err = cudaMemsetAsync(st.row_max, 0, static_cast<size_t>(group_rows) * sizeof(uint32_t),
+                               stream)) != cudaSuccess)
+        return err;
+    const dim3 mean_grid(
+        static_cast<unsigned>(group_rows),
+        static_cast<unsigned>((args.n_used_max + kMeanThreads - 1) / kMeanThreads));
+    group_mean_kernel<<<mean_grid, kMeanThreads, 0, stream>>>(gs);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if ((err = launch_row_selection(st, split, stream)) != cudaSuccess) return err;
+    broadcast_kernel<<<static_cast<unsigned>(token_rows), 128, 0, stream>>>(gs);
+    return cudaGetLastError();
+}
+
+}  // namespace
+
+size_t select_blocks_scratch_bytes(const SelectBlocksArgs& args) {
+    SelectBlocksArgs sizing = args;
+    sizing.scratch = nullptr;
+    if (args.n_groups > 0) {
+        SelectState st;
+        return grouped_layout(sizing, split_rows(args.n_groups * args.hr), nullptr, &st);
+    }
+    const int64_t rows = args.n * args.hr;
+    return layout(sizing, rows, args.n_used_max, split_rows(rows), nullptr);
+}
+
+cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream) {
+    const int64_t rows = args.n * args.hr;
+    if (rows == 0) return cudaSuccess;
+    // Key indices and block ids are ints in the kernels.
+    if (args.block_size <= 0 || args.n_used_max <= 0 || args.n_used_max > kMaxRowBlocks ||
+        rows > INT_MAX || rows * args.n_used_max > INT_MAX || args.c + args.block_size > INT_MAX)
+        return cudaErrorInvalidValue;
+    if (args.n_groups > 0) return launch_grouped(args, stream);
+    const bool split = split_rows(rows);
+    SelectState st;
+    (void)layout(args, rows, args.n_used_max, split, &st);
+    cudaError_t err = cudaSuccess;
+    // Below every float's bits: the row maxima start empty.
+    if (split && (err = cudaMemsetAsync(st.row_max, 0, static_cast<size_t>(rows) * sizeof(uint32_t),
+                                        stream)) != cudaSuccess)
+        return err;
+    if ((err = launch_block_mass(st, stream)) != cudaSuccess) return err;
+    return launch_row_selection(st, split, stream);
 }
 
 }  // namespace purbo::cuda
