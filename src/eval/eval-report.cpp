@@ -27,6 +27,8 @@ SparsityStats table_sparsity(const EvalVariantResult& v, const char** source) {
         sum.retrieval_blocks += s.retrieval_blocks;
         sum.all_attended += s.all_attended;
         sum.all_dense += s.all_dense;
+        sum.prefill_blocks_kept += s.prefill_blocks_kept;
+        sum.prefill_blocks_visible += s.prefill_blocks_visible;
     }
     return sum;
 }
@@ -40,7 +42,9 @@ nlohmann::json sparsity_json(const SparsityStats& s) {
          s.retrieval_head_steps ? static_cast<double>(s.retrieval_dense) / s.retrieval_head_steps
                                 : 0.0},
         {"blocks_per_retrieval_head", s.blocks_per_retrieval_head()},
-        {"compute_sparsity", s.compute_sparsity()}};
+        {"compute_sparsity", s.compute_sparsity()},
+        {"prefill_blocks_kept", s.prefill_blocks_kept},
+        {"prefill_blocks_visible", s.prefill_blocks_visible}};
 }
 
 }  // namespace
@@ -116,6 +120,14 @@ std::string eval_report_markdown(const EvalReport& r) {
         "tokens (share of dense).",
         r.filler.empty() ? "-" : r.filler, source,
         r.variants.empty() ? 0 : r.variants.front().kv_ctx);
+    for (const EvalVariantResult& v : r.variants) {
+        const SparsityStats s = table_sparsity(v, &source);
+        if (s.prefill_blocks_visible > 0)
+            out += fmt::format(
+                " {}: block-sparse prefill kept {:.1f}% of the blocks its retrieval heads' "
+                "prompt tokens could see ({} task).",
+                v.name, 100.0 * s.prefill_kept_share(), source);
+    }
     for (const EvalVariantResult& v : r.variants) {
         if (v.passkey_top_k.empty() && v.ppl_top_k == 0) continue;
         std::vector<std::string> ks;

@@ -38,6 +38,9 @@ Result<std::unique_ptr<SparsePolicy>> SparsePolicy::create(Backend& backend, con
     p->settings_ = adapter.settings;
     p->options_ = options;
     if (options.top_p != 0) p->settings_.top_p = options.top_p;
+    if (options.prefill_top_p != 0 && !(options.prefill_top_p > 0 && options.prefill_top_p <= 1))
+        return error(StatusCode::kInvalidArgument,
+                     "sparse model: prefill top_p {} is not in (0, 1]", options.prefill_top_p);
     if (options.top_k_blocks < 0)
         return error(StatusCode::kInvalidArgument, "sparse model: top_k_blocks {} must be 0 (top-p) or positive",
                      options.top_k_blocks);
@@ -147,6 +150,10 @@ Status SparsePolicy::plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre
     BlockSelectParams sp;
     sp.block_size = settings_.block_size;
     sp.top_p = settings_.top_p;
+    if (!decode) {
+        sp.per_query_block = options_.prefill_per_query_block;
+        if (options_.prefill_top_p > 0) sp.top_p = options_.prefill_top_p;
+    }
     if (options_.top_k_blocks > 0) {  // the fixed budget alone
         sp.top_p = 1.0f;
         sp.max_blocks = options_.top_k_blocks;
@@ -154,17 +161,18 @@ Status SparsePolicy::plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre
     PURBO_TRY(backend_.select_blocks(iq.reshaped({n, hr, r}), L.index_keys, place, sp, L.selection.blocks,
                                      L.selection.counts));
     params.selection = &L.selection;
-    if (decode) L.to_count = 2;
+    L.to_count = decode ? 2 : 3;
     return Status::ok();
 }
 
 Status SparsePolicy::end_batch(const TokenPlacement& place) {
     for (size_t il = 0; il < layers_.size(); ++il) {
         Layer& L = layers_[il];
-        if (L.to_count == 0) continue;
-        const bool selected = L.to_count == 2;
+        const uint8_t what = L.to_count;
         L.to_count = 0;
-        PURBO_TRY(count(static_cast<int>(il), place, L.selection.counts, selected));
+        if (what == 1 || what == 2)
+            PURBO_TRY(count(static_cast<int>(il), place, L.selection.counts, what == 2));
+        if (what == 3) PURBO_TRY(count_prefill(static_cast<int>(il), place, L.selection.counts));
     }
     return Status::ok();
 }
@@ -199,6 +207,24 @@ Status SparsePolicy::count(int il, const TokenPlacement& place, const Tensor& co
         }
     }
     if (il == 0) stats_.decode_tokens += n;
+    return Status::ok();
+}
+
+// Adds one block-sparse prefill batch of layer il: the blocks each retrieval head's rows kept.
+Status SparsePolicy::count_prefill(int il, const TokenPlacement& place, const Tensor& counts) {
+    if (!options_.collect_stats) return Status::ok();
+    const Layer& L = layers_[static_cast<size_t>(il)];
+    const int64_t n = static_cast<int64_t>(place.pos.size()),
+                  hr = static_cast<int64_t>(L.retrieval.size());
+    Tensor host = tensor_cpu(DType::kI32, {n, hr});
+    PURBO_TRY(backend_.to_host(counts, host));
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t visible = place.pos[static_cast<size_t>(i)] / settings_.block_size + 1;
+        for (int64_t j = 0; j < hr; ++j) {
+            stats_.prefill_blocks_kept += host.ptr<int32_t>()[i * hr + j];
+            stats_.prefill_blocks_visible += visible;
+        }
+    }
     return Status::ok();
 }
 

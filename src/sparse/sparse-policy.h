@@ -18,6 +18,10 @@ namespace purbo {
 
 struct SparseRunOptions {
     bool block_sparse_prefill = false;  // indexer selection for prefill tokens too (method.md section 5)
+    // Block-sparse prefill: one selection per query block of B prompt tokens, from the mean of
+    // their index distributions (method.md section 5, the default), or one per token.
+    bool prefill_per_query_block = true;
+    float prefill_top_p = 0;  // block-sparse prefill's p; 0 = decode's (top_p, else the adapter's)
     bool rings = true;                  // all-local KV heads in a ring of sinks + window rows
     float top_p = 0;                    // 0 = the adapter's
     // > 0: retrieval heads keep this many blocks per decode step, the heaviest by index mass
@@ -40,6 +44,10 @@ struct SparsityStats {
     // All heads of all layers in decode: keys attended and keys dense attention reads.
     int64_t all_attended = 0;
     int64_t all_dense = 0;
+    // Block-sparse prefill: blocks the retrieval heads' (token, head) rows kept, and the
+    // blocks those rows could see (the query position's block and all before it).
+    int64_t prefill_blocks_kept = 0;
+    int64_t prefill_blocks_visible = 0;
 
     // Mean key tokens a retrieval head attends per decode step.
     double tokens_per_retrieval_head() const {
@@ -48,6 +56,12 @@ struct SparsityStats {
     // Mean blocks a retrieval head selects per decode step.
     double blocks_per_retrieval_head() const {
         return retrieval_head_steps ? static_cast<double>(retrieval_blocks) / retrieval_head_steps : 0;
+    }
+    // Share of the visible blocks block-sparse prefill kept (0 without it).
+    double prefill_kept_share() const {
+        return prefill_blocks_visible
+                   ? static_cast<double>(prefill_blocks_kept) / prefill_blocks_visible
+                   : 0;
     }
     // 1 - attended / dense over every head in decode (method.md's compute sparsity).
     double compute_sparsity() const {
@@ -80,6 +94,7 @@ private:
     SparsePolicy(Backend& backend, const ModelConfig& config) : backend_(backend), config_(config) {}
     Status prepare(const Adapter& adapter, int n_seq, int n_ctx, int max_batch, DType key_type);
     Status count(int il, const TokenPlacement& place, const Tensor& counts, bool selected);
+    Status count_prefill(int il, const TokenPlacement& place, const Tensor& counts);
 
     // One layer's head classes and indexer state.
     struct Layer {
@@ -92,8 +107,8 @@ private:
         Tensor blocks;                   // (max_batch, hr, max_blocks) i32
         Tensor counts;                   // (max_batch, hr) i32
         BlockSelection selection;
-        // This batch was a decode step: 1 = dense retrieval heads, 2 = selected (counts
-        // to read in end_batch); 0 = nothing to count.
+        // What end_batch counts of this batch: 1 = a decode step with dense retrieval heads,
+        // 2 = a decode step with a selection, 3 = block-sparse prefill; 0 = nothing.
         uint8_t to_count = 0;
     };
 

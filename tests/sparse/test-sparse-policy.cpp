@@ -202,24 +202,59 @@ TEST_P(SparsePolicyTest, TopKBlocksKeepsAFixedBudget) {
     EXPECT_EQ(stats.retrieval_attended, stats.retrieval_dense);
 }
 
-// Block-sparse prefill through the whole model stays close to the reference, and the selection
-// does act in prefill (the logits move away from those of dense prefill).
+// Block-sparse prefill through the whole model stays close to the reference, one selection
+// per query block (the default) and per token alike; the selection does act in prefill (the
+// logits move away from those of dense prefill), the two granularities differ, and the kept
+// blocks are counted.
 TEST_P(SparsePolicyTest, BlockSparsePrefillMatchesReference) {
     if (GetParam() == "cpu-ref") GTEST_SKIP() << "the reference itself";
     const Tiny t = load_tiny(200);
     const Adapter a = make_adapter(t.model.config, {{0, 2}, {1, 0}, {1, 3}, {2, 1}},
                                    small_settings(0.6f), true, 4);
-    SparseRunOptions block_prefill;
-    block_prefill.block_sparse_prefill = true;
-    const auto out = run(t, GetParam(), sparse_policy_factory(a, block_prefill), 190);
-    const auto ref = run(t, "cpu-ref", sparse_policy_factory(a, block_prefill), 190);
     const auto dense_prefill = run(t, "cpu-ref", sparse_policy_factory(a), 190);
-    const double moved = test::nmse(ref, dense_prefill);
-    EXPECT_GT(moved, 1e-6);
-    // As in TopPDecodeAttendsFewerKeysAndMatchesReference: cuda's bf16 weights may flip
-    // selections at near-ties.
-    const double bound = GetParam() == "cuda" ? std::min(1e-2, 0.25 * moved) : 1e-6;
-    EXPECT_LE(test::nmse(out, ref), bound);
+    std::vector<std::vector<float>> refs;
+    for (bool per_query_block : {true, false}) {
+        SCOPED_TRACE(per_query_block ? "per query block" : "per token");
+        SparseRunOptions block_prefill;
+        block_prefill.block_sparse_prefill = true;
+        block_prefill.prefill_per_query_block = per_query_block;
+        SparsityStats stats;
+        const auto out = run(t, GetParam(), sparse_policy_factory(a, block_prefill), 190, &stats);
+        refs.push_back(run(t, "cpu-ref", sparse_policy_factory(a, block_prefill), 190));
+        const double moved = test::nmse(refs.back(), dense_prefill);
+        EXPECT_GT(moved, 1e-6);
+        // As in TopPDecodeAttendsFewerKeysAndMatchesReference: cuda's bf16 weights may flip
+        // selections at near-ties.
+        const double bound = GetParam() == "cuda" ? std::min(1e-2, 0.25 * moved) : 1e-6;
+        EXPECT_LE(test::nmse(out, refs.back()), bound);
+        // 190 prompt tokens x 4 retrieval heads, each seeing pos / 32 + 1 blocks.
+        int64_t visible = 0;
+        for (int64_t p = 0; p < 190; ++p) visible += 4 * (p / 32 + 1);
+        EXPECT_EQ(stats.prefill_blocks_visible, visible);
+        EXPECT_GT(stats.prefill_blocks_kept, 0);
+        EXPECT_LT(stats.prefill_blocks_kept, stats.prefill_blocks_visible);
+    }
+    EXPECT_GT(test::nmse(refs[0], refs[1]), 1e-9) << "per query block and per token selected alike";
+}
+
+// The prefill p sets block-sparse prefill's budget alone: lower keeps fewer blocks, 1 keeps
+// every block while decode still selects by the adapter's p.
+TEST_P(SparsePolicyTest, PrefillTopPSetsThePrefillBudget) {
+    const Tiny t = load_tiny(200);
+    const Adapter a = make_adapter(t.model.config, {{0, 2}, {1, 0}, {1, 3}, {2, 1}},
+                                   small_settings(0.6f), true, 4);
+    SparseRunOptions o;
+    o.block_sparse_prefill = true;
+    SparsityStats adapter_p, low_p, every;
+    run(t, GetParam(), sparse_policy_factory(a, o), 190, &adapter_p);
+    o.prefill_top_p = 0.3f;
+    run(t, GetParam(), sparse_policy_factory(a, o), 190, &low_p);
+    EXPECT_LT(low_p.prefill_blocks_kept, adapter_p.prefill_blocks_kept);
+    EXPECT_EQ(low_p.prefill_blocks_visible, adapter_p.prefill_blocks_visible);
+    o.prefill_top_p = 1.0f;
+    run(t, GetParam(), sparse_policy_factory(a, o), 190, &every);
+    EXPECT_EQ(every.prefill_blocks_kept, every.prefill_blocks_visible);
+    EXPECT_LT(every.retrieval_attended, every.retrieval_dense) << "decode kept every block";
 }
 
 // Decode steps replayed as CUDA graphs: the indexer, the selection and the selected attention
@@ -250,6 +285,21 @@ TEST(SparsePolicy, RejectsANegativeBlockBudget) {
     auto s = Session::create(t.model.config, t.model.weights, so, sparse_policy_factory(a, o));
     ASSERT_FALSE(s.is_ok());
     EXPECT_NE(s.status().message().find("top_k_blocks -2"), std::string::npos) << s.status().message();
+}
+
+TEST(SparsePolicy, RejectsAPrefillTopPOutsideTheUnitInterval) {
+    const Tiny t = load_tiny(10);
+    const Adapter a = make_adapter(t.model.config, {{0, 0}}, small_settings(0.9f), true, 5);
+    for (float p : {-0.5f, 1.5f}) {
+        SparseRunOptions o;
+        o.prefill_top_p = p;
+        SessionOptions so;
+        so.n_ctx = 64;
+        auto s = Session::create(t.model.config, t.model.weights, so, sparse_policy_factory(a, o));
+        ASSERT_FALSE(s.is_ok());
+        EXPECT_NE(s.status().message().find("prefill top_p"), std::string::npos)
+            << s.status().message();
+    }
 }
 
 TEST(SparsePolicy, RejectsAnAdapterOfAnotherShape) {

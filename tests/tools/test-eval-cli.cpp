@@ -84,6 +84,9 @@ TEST(EvalCli, BadFlagsGiveOneClearLine) {
         {m + " --adapter " + classes + " --variants topk", "the adapter has no indexer"},
         {m + " --adapter " + (dir / "missing.safetensors").string(), "missing.safetensors"},
         {m + " --sparse-top-p 2 --adapter " + classes, "--sparse-top-p: 2 is not in (0, 1]"},
+        {m + " --prefill-top-p 1.5 --adapter " + classes, "--prefill-top-p: 1.5 is not in (0, 1]"},
+        {m + " --prefill-select row --adapter " + classes,
+         "--prefill-select: 'row' is not block or token"},
         {m + " --tasks passkey --lengths 1K --device tpu", "unknown backend 'tpu'"},
         {"eval -m " + (dir / "missing").string(), "missing"},
     };
@@ -181,6 +184,30 @@ TEST(EvalCli, TinyCheckpointRunsEveryVariantAndWritesJson) {
     EXPECT_NE(md.output.find("\n| local (W 64, S 4) | "), std::string::npos) << md.output;
     EXPECT_EQ(md.output.find("| sparse"), std::string::npos) << md.output;
     EXPECT_EQ(md.output.find("ppl"), std::string::npos) << md.output;
+}
+
+// Block-sparse prefill: the report names the selection's granularity and p, and counts the
+// blocks prefill kept.
+TEST(EvalCli, BlockSparsePrefillReportsItsSelection) {
+    const fs::path dir = test::tiny_byte_model("eval_cli_block_sparse");
+    const std::string adapter = write_adapter(dir, true);
+    const std::string details = (dir / "block-sparse.json").string();
+    const test::ProgramResult md = run_purbo("eval -m " + dir.string() + " --adapter " + adapter +
+                                                 " --variants sparse --tasks passkey --lengths 512 "
+                                                 "--trials 2 -t 1 --block-sparse-prefill "
+                                                 "--prefill-top-p 0.8 --out " +
+                                                 details,
+                                             /*with_stderr=*/false);
+    ASSERT_EQ(md.status, 0) << md.output;
+    EXPECT_NE(md.output.find("block-sparse prefill, one selection per query block, p 0.8"),
+              std::string::npos)
+        << md.output;
+    EXPECT_NE(md.output.find("sparse: block-sparse prefill kept "), std::string::npos) << md.output;
+    auto text = read_text_file(details);
+    ASSERT_TRUE(text.is_ok());
+    const nlohmann::json s = nlohmann::json::parse(*text)["variants"][0]["passkey"][0]["sparsity"];
+    EXPECT_GT(s["prefill_blocks_kept"].get<int64_t>(), 0);
+    EXPECT_LT(s["prefill_blocks_kept"].get<int64_t>(), s["prefill_blocks_visible"].get<int64_t>());
 }
 
 // One thread: on two cores shared with other jobs, two OpenMP threads ran this 8x slower

@@ -97,8 +97,37 @@ void add_sparse_flags(OptionSet& set, SparseFlags& flags) {
     set.options.push_back({"--block-sparse-prefill", "", "",
                            "retrieval heads attend to indexer-selected blocks in prefill too (default: dense)",
                            &flags.block_sparse_prefill});
+    set.options.push_back(
+        {"--prefill-select", "", "block|token",
+         "block-sparse prefill: one selection per query block of B tokens from the mean of their "
+         "index distributions (default), or one per token",
+         &flags.prefill_select});
+    set.options.push_back(
+        {"--prefill-top-p", "", "P",
+         "index mass retrieval heads keep in block-sparse prefill (default: decode's)",
+         &flags.prefill_top_p});
     set.options.push_back({"--no-rings", "", "", "keep every KV head for the whole context (no ring buffers)",
                            &flags.no_rings});
+}
+
+Result<SparseRunOptions> sparse_run_options(const SparseFlags& flags) {
+    if (flags.sparse_top_p != 0 && !(flags.sparse_top_p > 0 && flags.sparse_top_p <= 1))
+        return error(StatusCode::kInvalidArgument, "--sparse-top-p: {} is not in (0, 1]",
+                     flags.sparse_top_p);
+    if (flags.prefill_top_p != 0 && !(flags.prefill_top_p > 0 && flags.prefill_top_p <= 1))
+        return error(StatusCode::kInvalidArgument, "--prefill-top-p: {} is not in (0, 1]",
+                     flags.prefill_top_p);
+    if (flags.prefill_select != "block" && flags.prefill_select != "token")
+        return error(StatusCode::kInvalidArgument, "--prefill-select: '{}' is not block or token",
+                     flags.prefill_select);
+    SparseRunOptions options;
+    options.block_sparse_prefill = flags.block_sparse_prefill;
+    options.prefill_per_query_block = flags.prefill_select == "block";
+    options.prefill_top_p = flags.prefill_top_p;
+    options.rings = !flags.no_rings;
+    options.top_p = flags.sparse_top_p;
+    options.collect_stats = flags.collect_stats;
+    return options;
 }
 
 Result<AttentionPolicyFactory> sparse_policy_from_flags(const SparseFlags& flags, const Model& model,
@@ -106,16 +135,11 @@ Result<AttentionPolicyFactory> sparse_policy_from_flags(const SparseFlags& flags
     if (!flags.enabled()) return AttentionPolicyFactory{};
     if (flags.sparse && !flags.adapter.empty())
         return error(StatusCode::kInvalidArgument, "give --sparse or --adapter, not both");
-    if (flags.sparse_top_p != 0 && !(flags.sparse_top_p > 0 && flags.sparse_top_p <= 1))
-        return error(StatusCode::kInvalidArgument, "--sparse-top-p: {} is not in (0, 1]", flags.sparse_top_p);
+    PURBO_ASSIGN_OR_RETURN(SparseRunOptions options, sparse_run_options(flags));
     const std::string path = flags.sparse ? default_adapter_path() : flags.adapter;
     PURBO_ASSIGN_OR_RETURN(Adapter adapter, adapter_load(path));
-    PURBO_TRY(adapter.check_model(model.config, model_fingerprint(model.config, model.weights), path));
-    SparseRunOptions options;
-    options.block_sparse_prefill = flags.block_sparse_prefill;
-    options.rings = !flags.no_rings;
-    options.top_p = flags.sparse_top_p;
-    options.collect_stats = flags.collect_stats;
+    PURBO_TRY(
+        adapter.check_model(model.config, model_fingerprint(model.config, model.weights), path));
     if (adapter_out != nullptr) *adapter_out = adapter;
     return sparse_policy_factory(adapter, options);
 }
@@ -148,6 +172,11 @@ void print_sparsity(Session& session, const Adapter& adapter) {
     }
     std::fprintf(stderr, "purbo: %16s = %.1f%% of the keys dense decode reads were skipped\n", "compute sparsity",
                  100.0 * st.compute_sparsity());
+    if (st.prefill_blocks_visible > 0)
+        std::fprintf(
+            stderr,
+            "purbo: %16s = %.1f%% of the blocks retrieval heads could see in prefill kept\n",
+            "block-sparse", 100.0 * st.prefill_kept_share());
 }
 
 int report_error(const char* command, const Status& status) {

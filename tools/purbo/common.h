@@ -32,6 +32,8 @@ struct SparseFlags {
     std::string adapter;          // --adapter FILE
     bool sparse = false;          // --sparse: the default adapter of the default model
     bool block_sparse_prefill = false;
+    std::string prefill_select = "block";  // --prefill-select: block (per query block) or token
+    float prefill_top_p = 0;               // --prefill-top-p; 0 = decode's p
     float sparse_top_p = 0;       // 0 = the adapter's
     bool no_rings = false;
     bool collect_stats = true;    // not a flag: benchmarks turn it off (a readback per layer)
@@ -42,6 +44,8 @@ struct SparseFlags {
 // The committed adapter for the default model (adapters/ next to the source tree).
 std::string default_adapter_path();
 void add_sparse_flags(OptionSet& set, SparseFlags& flags);
+// The run options the flags give (checked: a bad value names its flag).
+Result<SparseRunOptions> sparse_run_options(const SparseFlags& flags);
 // Loads the adapter the flags name and checks it against the model; the policy factory for
 // Session::create (empty when the flags ask for the dense model). `adapter` receives it.
 Result<AttentionPolicyFactory> sparse_policy_from_flags(const SparseFlags& flags, const Model& model,

@@ -341,9 +341,7 @@ Status Evaluation::run_variant(const std::string& name, EvalReport& report,
     };
     if (name == "topk") {
         if (!sparse_) return error(StatusCode::kInternal, "topk before the sparse variant");
-        SparseRunOptions so;
-        so.block_sparse_prefill = f_.sparse.block_sparse_prefill;
-        so.rings = !f_.sparse.no_rings;
+        PURBO_ASSIGN_OR_RETURN(SparseRunOptions so, sparse_run_options(f_.sparse));
         for (size_t i = 0; do_passkey && i < plan_.lengths.size(); ++i) {
             PURBO_ASSIGN_OR_RETURN(
                 so.top_k_blocks,
@@ -495,6 +493,13 @@ int cmd_eval(int argc, char** argv) {
             f.sparse.sparse_top_p != 0 ? f.sparse.sparse_top_p : ss.top_p, ss.block_size, ss.rank,
             adapter.retrieval.size(), adapter.n_layer * adapter.n_head,
             adapter.has_indexer() ? "" : ", no indexer");
+        if (f.sparse.block_sparse_prefill)
+            report.settings +=
+                fmt::format("; block-sparse prefill, one selection per {}, p {:g}",
+                            f.sparse.prefill_select == "block" ? "query block" : "token",
+                            f.sparse.prefill_top_p != 0  ? f.sparse.prefill_top_p
+                            : f.sparse.sparse_top_p != 0 ? f.sparse.sparse_top_p
+                                                         : ss.top_p);
     }
     report.device = f.model.device;
     report.threads = f.model.threads > 0 ? f.model.threads
