@@ -104,8 +104,11 @@ def render(rows, date):
         if b_keys:
             head = ["n", "kept", "purbo ms", "select share", "purbo TFLOP/s", "paper mode ms", "cuDNN dense ms",
                     "FA2 dense ms", "vs paper mode", "vs cuDNN dense", "vs FA2 dense"]
-            out += ["", "Block-sparse prefill: retrieval heads over their selected blocks (kept: the blocks each "
-                    "retrieval head keeps; paper mode: purbo's prefill with retrieval heads dense)", "",
+            granularity = {next(iter(block_prefill[k].values())).get("select", "token") for k in b_keys}
+            per = " / ".join("query block" if g == "block" else "token" for g in sorted(granularity))
+            out += ["", f"Block-sparse prefill: retrieval heads over their selected blocks, one selection per {per} "
+                    "(kept: the blocks each retrieval head keeps; paper mode: purbo's prefill with retrieval heads "
+                    "dense)", "",
                     "| " + " | ".join(head) + " |", "| " + " | ".join(["---:"] * len(head)) + " |"]
             for key in b_keys:
                 by = prefill.get(key, {})
@@ -204,6 +207,8 @@ def self_test():
     expect("| 32K | 25% |", 8, "5.00x")  # paper mode 10 ms / 2 ms
     expect("| 32K | 25% |", 9, "20.00x")  # cuDNN dense 40 ms / 2 ms
     expect("| 32K | 25% |", 10, "25.00x")  # FA2 dense 50 ms / 2 ms
+    if "one selection per token" not in text:  # rows without "select" predate per-block selection
+        failures.append("the block-sparse table does not name its selection's granularity")
     if "prefill-block-sparse 128K kept 25% purbo: skipped: predicted" not in text:
         failures.append("the skipped block-sparse row is not listed under 'not timed'")
     if "prefill-sparse 128K purbo: skipped: predicted" not in text:

@@ -179,6 +179,7 @@ TEST(BenchAttention, BlockSparsePrefillJson) {
     double work[2] = {0, 0};  // TFLOP/s x ms of the two block-sparse rows
     for (size_t i : {1, 2}) {
         EXPECT_EQ(j[i]["mode"], "prefill-block-sparse");
+        EXPECT_EQ(j[i]["select"], "block");  // one selection per query block, the default
         expect_select_plus_attention(j[i]);
         work[i - 1] = static_cast<double>(j[i]["tflops"]) * static_cast<double>(j[i]["ms"]);
     }
@@ -191,14 +192,21 @@ TEST(BenchAttention, BlockSparsePrefillJson) {
         "--prefill 512 --decode none --fractions 0.25 --block-sparse-prefill --shared-index-query");
     ASSERT_EQ(shared.size(), 2u);
     expect_select_plus_attention(shared[1]);
+    // One selection per token: the same rows, named so.
+    const auto per_token = run_sparse_layer(
+        "--prefill 512 --decode none --fractions 0.25 --block-sparse-prefill --prefill-select "
+        "token");
+    ASSERT_EQ(per_token.size(), 2u);
+    EXPECT_EQ(per_token[1]["select"], "token");
+    expect_select_plus_attention(per_token[1]);
 }
 
 TEST(BenchAttention, SparseLayerBadFlags) {
     for (const char* args :
          {"--retrieval 0.2 --window 0", "--retrieval 1.5 --window 64",
           "--retrieval 0.2 --window 64 --fractions 0,1", "--retrieval 0.2 --window 64 --block 0",
-          "--window 64 --block-sparse-prefill",
-          "--retrieval 0.2 --window 64 --shared-index-query"}) {
+          "--window 64 --block-sparse-prefill", "--retrieval 0.2 --window 64 --shared-index-query",
+          "--retrieval 0.2 --window 64 --block-sparse-prefill --prefill-select row"}) {
         const auto r = test::run_purbo(std::string("bench --attention --device cpu ") + args);
         EXPECT_EQ(r.status, 1) << args << ": " << r.output;
     }

@@ -170,9 +170,14 @@ void print_row(const SparseBenchConfig& c, int64_t hr, const Row& r, bool last) 
                              r.select_ms > 0 ? fmt::format("{:.3f}", r.select_ms) : "-", r.attn_ms,
                              ratio > 0 ? fmt::format("{:.2f}x", ratio) : "-", tflops, gbps)
                : r.skipped + " | - | - | - | - | -";
-        std::printf("| %s | %s | %s | %s | %d | %d | %lld/%lld | %s | %s |\n", c.shape_name.c_str(), c.device.c_str(),
-                    r.mode.c_str(), size_label(r.n).c_str(), c.window, c.sinks, static_cast<long long>(hr),
-                    static_cast<long long>(c.shape.heads), kept.c_str(), cells.c_str());
+        const std::string mode =
+            r.mode == "prefill-block-sparse"
+                ? r.mode + (c.per_query_block ? " (per query block)" : " (per token)")
+                : r.mode;
+        std::printf("| %s | %s | %s | %s | %d | %d | %lld/%lld | %s | %s |\n", c.shape_name.c_str(),
+                    c.device.c_str(), mode.c_str(), size_label(r.n).c_str(), c.window, c.sinks,
+                    static_cast<long long>(hr), static_cast<long long>(c.shape.heads), kept.c_str(),
+                    cells.c_str());
     } else {
         nlohmann::ordered_json j = {{"shape", c.shape_name}, {"device", c.device}, {"cache", dtype_name(c.cache_type)}, {"mode", r.mode},
                                     {"n", r.n}, {"window", c.window}, {"sinks", c.sinks},
@@ -181,6 +186,7 @@ void print_row(const SparseBenchConfig& c, int64_t hr, const Row& r, bool last) 
                                     {"block", c.block}, {"fraction", r.fraction}, {"ms", nullptr},
                                     {"select_ms", nullptr}, {"attention_ms", nullptr}, {"dense_ms", nullptr},
                                     {"tflops", nullptr}, {"gbps", nullptr}, {"skipped", nullptr}};
+        if (r.mode == "prefill-block-sparse") j["select"] = c.per_query_block ? "block" : "token";
         if (ok) {
             j["ms"] = r.ms;
             j["select_ms"] = r.select_ms;
@@ -290,6 +296,7 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         sp.block_size = c.block;
         sp.top_p = 1.0f;  // the budget alone
         sp.max_blocks = static_cast<int>(k);
+        sp.per_query_block = c.per_query_block;
         sp.scale = 1.0f / std::sqrt(static_cast<float>(c.rank));
         // The chunks in order: select (and attend over the selection when `attend`).
         auto run = [&](bool attend) -> Status {

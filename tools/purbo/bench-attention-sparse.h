@@ -6,10 +6,10 @@
 // peaked distribution; the share the selection then kept is reported), and attention over f
 // of the blocks, timed apart and together, next to dense decode on the same cache. With
 // block_sparse_prefill, prefill also runs in the indexer-driven mode (method.md section 5): per
-// chunk of queries, the selection of every query's blocks over the cached index keys, then
-// attention over them; the fractions set each retrieval head's block budget there (a fixed top-K by
-// index mass, K = fraction x the context's blocks, so that the kept share does not depend on the
-// random index keys).
+// chunk of queries, the selection over the cached index keys (one per query block of B tokens,
+// or one per token), then attention over it; the fractions set each retrieval head's block budget
+// there (a fixed top-K by index mass, K = fraction x the context's blocks, so that the kept share
+// does not depend on the random index keys).
 #pragma once
 
 #include <string>
@@ -30,6 +30,9 @@ struct SparseBenchConfig {
     // the best case for tiles over the union of a query block's selections); default: an
     // independent random query per token (unrelated selections, the worst case).
     bool shared_index_query = false;
+    // Block-sparse prefill: one selection per query block of `block` tokens (the model's
+    // default, method.md section 5), or one per token.
+    bool per_query_block = true;
     double retrieval = 0.15;        // share of query heads that are retrieval heads
     int window = 8192, sinks = 4, block = 64, rank = 16;
     float top_p = 0.9f;

@@ -41,6 +41,7 @@ struct Flags {
     std::string fractions = "1,0.2,0.1,0.05,0.02";
     bool block_sparse_prefill = false;
     bool shared_index_query = false;
+    std::string prefill_select = "block";
 };
 
 Result<AttentionShape> resolve_shape(const Flags& f) {
@@ -86,6 +87,9 @@ Status check_flags(const Flags& f) {
     if (f.shared_index_query && !f.block_sparse_prefill)
         return error(StatusCode::kInvalidArgument,
                      "--shared-index-query applies to --block-sparse-prefill only");
+    if (f.prefill_select != "block" && f.prefill_select != "token")
+        return error(StatusCode::kInvalidArgument, "--prefill-select: '{}' is not block or token",
+                     f.prefill_select);
     if (f.block_sparse_prefill && !(f.retrieval > 0))
         return error(StatusCode::kInvalidArgument,
                      "--block-sparse-prefill needs the sparse layer (--retrieval R --window W)");
@@ -155,6 +159,10 @@ int cmd_bench_attention(int argc, char** argv) {
          "block-sparse prefill: one indexer query for every token, so all select the same "
          "blocks (default: an independent random query per token)",
          &f.shared_index_query});
+    set.options.push_back(
+        {"--prefill-select", "", "block|token",
+         "block-sparse prefill: one selection per query block of B tokens (default) or per token",
+         &f.prefill_select});
     set.options.push_back({"--rank", "", "R", "sparse layer: indexer dimension (default 16)", &f.rank});
     set.options.push_back({"--index-top-p", "", "P", "sparse decode: top-p of the timed selection (default 0.9)",
                            &f.index_top_p});
@@ -207,6 +215,7 @@ int cmd_bench_attention(int argc, char** argv) {
         }
         c.block_sparse_prefill = f.block_sparse_prefill;
         c.shared_index_query = f.shared_index_query;
+        c.per_query_block = f.prefill_select == "block";
         c.retrieval = f.retrieval;
         c.window = f.window;
         c.sinks = f.sinks;
