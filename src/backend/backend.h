@@ -86,6 +86,11 @@ struct BlockSelectParams {
     // kept; each token's row receives it. The mean of their distributions, not of their
     // queries: a block one token of the group needs keeps its weight (bench/NOTES.md).
     bool per_query_block = false;
+    // With per_query_block, k > 0: the mean takes the distributions of at most k of a group's
+    // tokens (select_group_samples), not all of them. The distributions are the selection's
+    // cost (an exp per token and key), so k = 8 of 64 costs an eighth; its accuracy is
+    // measured in bench/NOTES.md. 0: every token of the group.
+    int query_block_samples = 0;
 };
 
 // Per-token placement in the KV cache: token i belongs to sequence slot seq[i] at position pos[i].
@@ -110,6 +115,20 @@ inline std::vector<int64_t> select_query_groups(const TokenPlacement& place, int
     }
     starts.push_back(n);
     return starts;
+}
+
+// The tokens of query group [first, end) whose distributions its mean takes: all of them, or
+// with k in (0, end - first) the k tokens first + floor((m + 1) (end - first) / k) - 1,
+// m = 0 .. k - 1: evenly spaced, the group's last token among them.
+inline std::vector<int64_t> select_group_samples(int64_t first, int64_t end, int k) {
+    const int64_t size = end - first;
+    std::vector<int64_t> tokens;
+    if (k <= 0 || k >= size) {
+        for (int64_t i = first; i < end; ++i) tokens.push_back(i);
+        return tokens;
+    }
+    for (int64_t m = 0; m < k; ++m) tokens.push_back(first + (m + 1) * size / k - 1);
+    return tokens;
 }
 
 // One layer's cache, or the part of it that holds some of its KV heads.

@@ -280,6 +280,10 @@ Status check_select_blocks(const Tensor& iq, const Tensor& index_keys, const Tok
     if (params.max_blocks < 0)
         return error(StatusCode::kInvalidArgument,
                      "select_blocks: max_blocks {} must be 0 (no limit) or positive", params.max_blocks);
+    if (params.query_block_samples < 0)
+        return error(StatusCode::kInvalidArgument,
+                     "select_blocks: query_block_samples {} must be 0 (every token) or positive",
+                     params.query_block_samples);
     const int64_t n_blocks = (c + params.block_size - 1) / params.block_size;
     if (blocks.empty() || blocks.dtype != DType::kI32 || blocks.ndim != 3 || blocks.dim(0) != n ||
         blocks.dim(1) != hr || blocks.dim(2) < n_blocks)

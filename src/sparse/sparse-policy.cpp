@@ -41,6 +41,10 @@ Result<std::unique_ptr<SparsePolicy>> SparsePolicy::create(Backend& backend, con
     if (options.prefill_top_p != 0 && !(options.prefill_top_p > 0 && options.prefill_top_p <= 1))
         return error(StatusCode::kInvalidArgument,
                      "sparse model: prefill top_p {} is not in (0, 1]", options.prefill_top_p);
+    if (options.prefill_samples < 0)
+        return error(StatusCode::kInvalidArgument,
+                     "sparse model: prefill samples {} must be 0 (all) or positive",
+                     options.prefill_samples);
     if (options.top_k_blocks < 0)
         return error(StatusCode::kInvalidArgument, "sparse model: top_k_blocks {} must be 0 (top-p) or positive",
                      options.top_k_blocks);
@@ -152,6 +156,7 @@ Status SparsePolicy::plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre
     sp.top_p = settings_.top_p;
     if (!decode) {
         sp.per_query_block = options_.prefill_per_query_block;
+        sp.query_block_samples = options_.prefill_samples;
         if (options_.prefill_top_p > 0) sp.top_p = options_.prefill_top_p;
     }
     if (options_.top_k_blocks > 0) {  // the fixed budget alone

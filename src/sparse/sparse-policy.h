@@ -22,6 +22,9 @@ struct SparseRunOptions {
     // their index distributions (method.md section 5, the default), or one per token.
     bool prefill_per_query_block = true;
     float prefill_top_p = 0;  // block-sparse prefill's p; 0 = decode's (top_p, else the adapter's)
+    // Per query block: > 0 averages the distributions of this many of the block's tokens
+    // (BlockSelectParams::query_block_samples); 0 = all.
+    int prefill_samples = 0;
     bool rings = true;                  // all-local KV heads in a ring of sinks + window rows
     float top_p = 0;                    // 0 = the adapter's
     // > 0: retrieval heads keep this many blocks per decode step, the heaviest by index mass

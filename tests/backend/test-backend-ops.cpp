@@ -846,18 +846,20 @@ std::vector<int64_t> select_group_of(const std::vector<int32_t>& seq,
 // (bf16: the keys are bf16 numbers, so cpu-ref's f32 copy holds the same values).
 // extra_positions: random query positions added per sequence (many rows: cuda's prefill path).
 // query_blocks: one selection per query block over prefill-like runs of positions
-// (select_chunk_positions); the masses the kept set is judged by are the group's mean.
+// (select_chunk_positions); the masses the kept set is judged by are the group's mean, over
+// `samples` evenly spaced tokens of the group ending at its last when samples > 0.
 OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, SelectScores scores,
                    int budget = 0, DType key_type = DType::kF32, int extra_positions = 0,
-                   bool query_blocks = false) {
+                   bool query_blocks = false, int samples = 0) {
     const char* kinds[] = {"flat", "peaked", "ties"};
     return {
-        safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}{}{}{}{}", r, block_size, c,
+        safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}{}{}{}{}{}", r, block_size, c,
                               kinds[static_cast<int>(scores)], top_p,
                               budget > 0 ? fmt::format("_k{}", budget) : "",
                               key_type == DType::kF32 ? "" : "_keys_bf16",
                               extra_positions > 0 ? fmt::format("_rows{}", extra_positions) : "",
-                              query_blocks ? "_query_blocks" : "")),
+                              query_blocks ? "_query_blocks" : "",
+                              samples > 0 ? fmt::format("_samples{}", samples) : "")),
         [=] {
             constexpr int64_t hr = 3;
             constexpr int n_seq = 3;
@@ -942,31 +944,36 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
             }
             const std::vector<int64_t> group =
                 select_group_of(batch->seq, batch->pos, block_size, query_blocks);
-            for (int64_t i = n - 1; i >= 0; --i) {  // sum each group into its first token's rows
-                const int64_t g = group[static_cast<size_t>(i)];
-                if (g == i) continue;
-                for (int64_t j = 0; j < hr; ++j) {
-                    std::vector<double>& sum = (*masses)[static_cast<size_t>(g * hr + j)];
-                    const std::vector<double>& m = (*masses)[static_cast<size_t>(i * hr + j)];
-                    for (size_t b = 0; b < sum.size(); ++b) sum[b] += m[b];
-                }
-            }
-            for (int64_t i = 0; i < n; ++i) {  // then divide, and give every token its group's mean
-                const int64_t g = group[static_cast<size_t>(i)];
-                int64_t size = 1;
-                while (g + size < n && group[static_cast<size_t>(g + size)] == g) ++size;
-                for (int64_t j = 0; j < hr; ++j) {
-                    if (g == i) {
-                        for (double& v : (*masses)[static_cast<size_t>(i * hr + j)])
-                            v /= static_cast<double>(size);
-                    } else {
-                        (*masses)[static_cast<size_t>(i * hr + j)] =
-                            (*masses)[static_cast<size_t>(g * hr + j)];
+            // Each group's mean over its sampled tokens (all, or `samples` of them: the
+            // (m + 1) size / samples - 1 th, m = 0 .. samples - 1), given to every token.
+            {
+                const std::vector<std::vector<double>> own = *masses;
+                for (int64_t g = 0; g < n;) {
+                    int64_t size = 1;
+                    while (g + size < n && group[static_cast<size_t>(g + size)] == g) ++size;
+                    std::vector<int64_t> sampled;
+                    for (int64_t m = 0; m < size; ++m) sampled.push_back(g + m);
+                    if (samples > 0 && samples < size) {
+                        sampled.clear();
+                        for (int64_t m = 0; m < samples; ++m)
+                            sampled.push_back(g + (m + 1) * size / samples - 1);
                     }
+                    for (int64_t j = 0; j < hr; ++j) {
+                        std::vector<double> mean(own[static_cast<size_t>(g * hr + j)].size(), 0.0);
+                        for (int64_t i : sampled) {
+                            const std::vector<double>& m = own[static_cast<size_t>(i * hr + j)];
+                            for (size_t b = 0; b < mean.size(); ++b)
+                                mean[b] += m[b] / static_cast<double>(sampled.size());
+                        }
+                        for (int64_t i = g; i < g + size; ++i)
+                            (*masses)[static_cast<size_t>(i * hr + j)] = mean;
+                    }
+                    g += size;
                 }
             }
             BlockSelectParams params{static_cast<int>(block_size), top_p, scale, budget};
             params.per_query_block = query_blocks;
+            params.query_block_samples = samples;
 
             PreparedCase pc;
             pc.run = [=](Backend& backend) {
@@ -1199,6 +1206,13 @@ std::vector<OpCase> all_cases() {
         select_case(16, 64, 4096, 1.0f, SelectScores::kPeaked, 16, DType::kF32, 0, true));
     cases.push_back(
         select_case(16, 64, 4096, 0.8f, SelectScores::kPeaked, 0, DType::kBF16, 0, true));
+    // The mean over 8 (or 1, or 5: uneven spacing) of a group's tokens.
+    for (SelectScores scores : {SelectScores::kFlat, SelectScores::kPeaked, SelectScores::kTies})
+        cases.push_back(select_case(16, 64, 4096, 0.8f, scores, 0, DType::kF32, 0, true, 8));
+    cases.push_back(
+        select_case(16, 64, 4096, 0.9f, SelectScores::kPeaked, 0, DType::kBF16, 0, true, 1));
+    cases.push_back(
+        select_case(8, 16, 1000, 0.9f, SelectScores::kPeaked, 0, DType::kF32, 0, true, 5));
     cases.push_back(rms_norm_case({1, 576}));
     cases.push_back(rms_norm_case({33, 576}));
     cases.push_back(rms_norm_case({7, 1536}));

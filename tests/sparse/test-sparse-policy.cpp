@@ -287,6 +287,23 @@ TEST(SparsePolicy, RejectsANegativeBlockBudget) {
     EXPECT_NE(s.status().message().find("top_k_blocks -2"), std::string::npos) << s.status().message();
 }
 
+// Per query block from one sampled token (each block's last) selects otherwise than from all
+// of them, and matches the reference.
+TEST_P(SparsePolicyTest, PrefillSamplesReachTheSelection) {
+    const Tiny t = load_tiny(200);
+    const Adapter a = make_adapter(t.model.config, {{0, 2}, {1, 0}, {1, 3}, {2, 1}},
+                                   small_settings(0.6f), true, 4);
+    SparseRunOptions o;
+    o.block_sparse_prefill = true;
+    const auto all = run(t, "cpu-ref", sparse_policy_factory(a, o), 190);
+    o.prefill_samples = 1;
+    const auto one = run(t, GetParam(), sparse_policy_factory(a, o), 190);
+    const auto one_ref = run(t, "cpu-ref", sparse_policy_factory(a, o), 190);
+    const double moved = test::nmse(one_ref, all);
+    EXPECT_GT(moved, 1e-9);
+    EXPECT_LE(test::nmse(one, one_ref), GetParam() == "cuda" ? std::min(1e-2, 0.25 * moved) : 1e-6);
+}
+
 TEST(SparsePolicy, RejectsAPrefillTopPOutsideTheUnitInterval) {
     const Tiny t = load_tiny(10);
     const Adapter a = make_adapter(t.model.config, {{0, 0}}, small_settings(0.9f), true, 5);
@@ -300,6 +317,14 @@ TEST(SparsePolicy, RejectsAPrefillTopPOutsideTheUnitInterval) {
         EXPECT_NE(s.status().message().find("prefill top_p"), std::string::npos)
             << s.status().message();
     }
+    SparseRunOptions o;
+    o.prefill_samples = -1;
+    SessionOptions so;
+    so.n_ctx = 64;
+    auto s = Session::create(t.model.config, t.model.weights, so, sparse_policy_factory(a, o));
+    ASSERT_FALSE(s.is_ok());
+    EXPECT_NE(s.status().message().find("prefill samples -1"), std::string::npos)
+        << s.status().message();
 }
 
 TEST(SparsePolicy, RejectsAnAdapterOfAnotherShape) {

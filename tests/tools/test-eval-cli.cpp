@@ -87,6 +87,10 @@ TEST(EvalCli, BadFlagsGiveOneClearLine) {
         {m + " --prefill-top-p 1.5 --adapter " + classes, "--prefill-top-p: 1.5 is not in (0, 1]"},
         {m + " --prefill-select row --adapter " + classes,
          "--prefill-select: 'row' is not block or token"},
+        {m + " --prefill-samples -1 --adapter " + classes,
+         "--prefill-samples: -1 must be 0 (all) or positive"},
+        {m + " --prefill-select token --prefill-samples 8 --adapter " + classes,
+         "--prefill-samples applies to --prefill-select block only"},
         {m + " --tasks passkey --lengths 1K --device tpu", "unknown backend 'tpu'"},
         {"eval -m " + (dir / "missing").string(), "missing"},
     };

@@ -106,6 +106,11 @@ void add_sparse_flags(OptionSet& set, SparseFlags& flags) {
         {"--prefill-top-p", "", "P",
          "index mass retrieval heads keep in block-sparse prefill (default: decode's)",
          &flags.prefill_top_p});
+    set.options.push_back(
+        {"--prefill-samples", "", "K",
+         "block-sparse prefill per query block: average the index distributions of K evenly "
+         "spaced tokens of each block, not all (default 0: all)",
+         &flags.prefill_samples});
     set.options.push_back({"--no-rings", "", "", "keep every KV head for the whole context (no ring buffers)",
                            &flags.no_rings});
 }
@@ -120,8 +125,15 @@ Result<SparseRunOptions> sparse_run_options(const SparseFlags& flags) {
     if (flags.prefill_select != "block" && flags.prefill_select != "token")
         return error(StatusCode::kInvalidArgument, "--prefill-select: '{}' is not block or token",
                      flags.prefill_select);
+    if (flags.prefill_samples < 0)
+        return error(StatusCode::kInvalidArgument,
+                     "--prefill-samples: {} must be 0 (all) or positive", flags.prefill_samples);
+    if (flags.prefill_samples > 0 && flags.prefill_select != "block")
+        return error(StatusCode::kInvalidArgument,
+                     "--prefill-samples applies to --prefill-select block only");
     SparseRunOptions options;
     options.block_sparse_prefill = flags.block_sparse_prefill;
+    options.prefill_samples = flags.prefill_samples;
     options.prefill_per_query_block = flags.prefill_select == "block";
     options.prefill_top_p = flags.prefill_top_p;
     options.rings = !flags.no_rings;

@@ -34,6 +34,7 @@ struct SparseFlags {
     bool block_sparse_prefill = false;
     std::string prefill_select = "block";  // --prefill-select: block (per query block) or token
     float prefill_top_p = 0;               // --prefill-top-p; 0 = decode's p
+    int prefill_samples = 0;               // --prefill-samples; 0 = every token of a query block
     float sparse_top_p = 0;       // 0 = the adapter's
     bool no_rings = false;
     bool collect_stats = true;    // not a flag: benchmarks turn it off (a readback per layer)

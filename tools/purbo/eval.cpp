@@ -494,12 +494,15 @@ int cmd_eval(int argc, char** argv) {
             adapter.retrieval.size(), adapter.n_layer * adapter.n_head,
             adapter.has_indexer() ? "" : ", no indexer");
         if (f.sparse.block_sparse_prefill)
-            report.settings +=
-                fmt::format("; block-sparse prefill, one selection per {}, p {:g}",
-                            f.sparse.prefill_select == "block" ? "query block" : "token",
-                            f.sparse.prefill_top_p != 0  ? f.sparse.prefill_top_p
-                            : f.sparse.sparse_top_p != 0 ? f.sparse.sparse_top_p
-                                                         : ss.top_p);
+            report.settings += fmt::format(
+                "; block-sparse prefill, one selection per {}, p {:g}",
+                f.sparse.prefill_select != "block" ? "token"
+                : f.sparse.prefill_samples > 0
+                    ? fmt::format("query block from {} of its tokens", f.sparse.prefill_samples)
+                    : "query block",
+                f.sparse.prefill_top_p != 0  ? f.sparse.prefill_top_p
+                : f.sparse.sparse_top_p != 0 ? f.sparse.sparse_top_p
+                                             : ss.top_p);
     }
     report.device = f.model.device;
     report.threads = f.model.threads > 0 ? f.model.threads

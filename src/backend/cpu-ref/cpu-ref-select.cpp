@@ -3,7 +3,8 @@
 // For query token i and retrieval head j, in double precision:
 //   z_t    = scale * iq[i, j] . index_keys[seq_i, j, t]          for t = 0 .. pos_i
 //   mass_b = sum_{t in block b, t <= pos_i} exp(z_t - max z) / sum_t exp(z_t - max z)
-// Per query block (per_query_block), mass_b is the mean of that over the group's tokens.
+// Per query block (per_query_block), mass_b is the mean of that over the group's tokens (or
+// over the sampled ones, query_block_samples).
 // Keep block 0 and the block of pos_i (mass m together), then the other blocks by decreasing
 // mass (ties: lower id first) until those hold top_p of the rest: until the kept mass reaches
 // m + top_p (1 - m). top_p = 1 keeps every block. With max_blocks =
@@ -94,15 +95,18 @@ Status CpuRefBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
     for (size_t g = 0; g + 1 < groups.size(); ++g) {
         const int64_t first = groups[g], end = groups[g + 1];
         for (int64_t j = 0; j < hr; ++j) {
-            // The mean of the group's distributions (one token: its own). The tokens share
-            // their block, so their rows have the same length.
-            std::vector<double> mass = token_block_masses(iq, index_keys, place, params, first, j);
-            for (int64_t i = first + 1; i < end; ++i) {
+            // The mean of the group's (sampled) distributions (one token: its own). The
+            // tokens share their block, so their rows have the same length.
+            const std::vector<int64_t> sampled =
+                select_group_samples(first, end, params.query_block_samples);
+            std::vector<double> mass;
+            for (int64_t i : sampled) {
                 const std::vector<double> m =
                     token_block_masses(iq, index_keys, place, params, i, j);
+                mass.resize(m.size(), 0.0);
                 for (size_t b = 0; b < mass.size(); ++b) mass[b] += m[b];
             }
-            for (double& m : mass) m /= static_cast<double>(end - first);
+            for (double& m : mass) m /= static_cast<double>(sampled.size());
             const std::vector<int32_t> ids = select_by_mass(mass, params);
             for (int64_t i = first; i < end; ++i) {
                 int32_t* row = blocks.ptr<int32_t>() + (i * hr + j) * max_blocks;

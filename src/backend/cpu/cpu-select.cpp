@@ -200,9 +200,9 @@ int64_t select_from_log2_masses(const BlockSelectParams& params, RowScratch& s, 
     return count;
 }
 
-// The log2 masses of a query group's mean distribution (tokens [first, end), one head) into
-// s.log2_mass: each token's masses normalised to sum 1 (in double), averaged. One token: its
-// own unnormalised log2 masses, which select the same blocks.
+// The log2 masses of a query group's mean distribution (tokens [first, end), or its sampled
+// ones, one head) into s.log2_mass: each token's masses normalised to sum 1 (in double), averaged.
+// One token: its own unnormalised log2 masses, which select the same blocks.
 template <class Key>
 void group_log2_masses(const Tensor& iq, const Key* keys, const TokenPlacement& place,
                        int64_t first, int64_t end, int64_t j, const BlockSelectParams& params,
@@ -211,20 +211,22 @@ void group_log2_masses(const Tensor& iq, const Key* keys, const TokenPlacement& 
     auto token_row = [&](int64_t i) {
         row_log2_masses(iq.f32() + (i * hr + j) * r, keys, r, place.pos[i], params, s);
     };
-    if (end - first == 1) {
-        token_row(first);
+    const std::vector<int64_t> sampled =
+        select_group_samples(first, end, params.query_block_samples);
+    if (sampled.size() == 1) {
+        token_row(sampled[0]);
         return;
     }
     const size_t n_used = static_cast<size_t>(place.pos[first] / params.block_size + 1);
     s.mean.assign(n_used, 0.0);
-    for (int64_t i = first; i < end; ++i) {
+    for (int64_t i : sampled) {
         token_row(i);
         const float* a = s.log2_mass.data();
         const double heaviest = *std::max_element(a, a + n_used);
         double total = 0;
         for (size_t b = 0; b < n_used; ++b)
             total += std::exp2(static_cast<double>(a[b]) - heaviest);
-        const double norm = 1.0 / (total * static_cast<double>(end - first));
+        const double norm = 1.0 / (total * static_cast<double>(sampled.size()));
         for (size_t b = 0; b < n_used; ++b)
             s.mean[b] += std::exp2(static_cast<double>(a[b]) - heaviest) * norm;
     }

@@ -222,6 +222,7 @@ struct SelectBlocksArgs {
     const int32_t* group_start;  // (n_groups + 1,) on the device
     const int32_t* group_of;     // (n,) on the device
     const int32_t* group_pos;    // (n_groups,) on the device
+    int group_samples;           // BlockSelectParams::query_block_samples
 };
 // The device scratch launch_select_blocks needs for args' n, hr, n_used_max, max_blocks and
 // n_groups (the pointers are not read).

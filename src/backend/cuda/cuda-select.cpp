@@ -60,6 +60,7 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
         args.group_start = staged + 2 * n;
         args.group_of = args.group_start + n_groups + 1;
         args.group_pos = args.group_of + n;
+        args.group_samples = params.query_block_samples;
     }
     args.blocks = blocks.ptr<int32_t>();
     args.counts = counts.ptr<int32_t>();

@@ -751,7 +751,7 @@ __global__ void __launch_bounds__(kLseWarps * 32) row_lse_kernel(GroupState gs) 
 
 constexpr int kMeanThreads = 256;
 
-// One thread per (group row, block): the mean over the group's tokens of their normalised
+// One thread per (group row, block): the mean over the group's (sampled) tokens of their normalised
 // masses 2^(a_b - lse), summed in token order (so equal inputs give equal means: exact ties
 // stay ties), stored as a log2 mass (-inf: none). On the split path each warp also raises
 // its group row's heaviest block. Grid (n_groups * hr, blocks of kMeanThreads).
@@ -761,16 +761,20 @@ __global__ void __launch_bounds__(kMeanThreads) group_mean_kernel(GroupState gs)
     const int64_t g = grow / args.hr, j = grow % args.hr;
     const int b = static_cast<int>(blockIdx.y) * kMeanThreads + static_cast<int>(threadIdx.x);
     const int n_used = args.group_pos[g] / args.block_size + 1;
-    const int first = args.group_start[g], end = args.group_start[g + 1];
+    const int first = args.group_start[g], size = args.group_start[g + 1] - first;
+    // The sampled tokens (backend.h's select_group_samples): every one, or k evenly spaced.
+    const int k = args.group_samples > 0 && args.group_samples < size ? args.group_samples : size;
     float log2_mean = -INFINITY;
     if (b < n_used) {
         double sum = 0;
-        for (int i = first; i < end; ++i) {
+        for (int m = 0; m < k; ++m) {
+            const int i =
+                k == size ? first + m : first + static_cast<int>((int64_t{m} + 1) * size / k) - 1;
             const int64_t row = int64_t{i} * args.hr + j;
             sum += exp2(static_cast<double>(gs.token_mass[row * args.n_used_max + b]) -
                         gs.token_lse[row]);
         }
-        log2_mean = static_cast<float>(log2(sum / (end - first)));
+        log2_mean = static_cast<float>(log2(sum / k));
         gs.group_mass[grow * args.n_used_max + b] = log2_mean;
     }
     if (gs.group_row_max == nullptr) return;  // grid-uniform
