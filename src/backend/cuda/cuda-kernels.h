@@ -215,14 +215,19 @@ struct SelectBlocksArgs {
     float scale;
     int max_kept;             // BlockSelectParams::max_blocks: 0 = no limit
     bool keys_bf16;           // index_keys in bf16 (else f32)
-    // One selection per query group (BlockSelectParams::per_query_block): n_groups > 0 groups,
-    // group g = tokens [group_start[g], group_start[g + 1]), which share the block of
-    // group_pos[g]; group_of[i] = token i's group. 0: a selection per token (pointers unused).
+    // One selection per query group (BlockSelectParams::per_query_block): n_groups > 0 groups
+    // of consecutive tokens sharing the block of group_pos[g]; group_of[i] = token i's group.
+    // Their means take the distributions of S = n_samples tokens, group g's at sample rows
+    // [sample_start[g], sample_start[g + 1]) (all its tokens, or query_block_samples of them).
+    // 0: a selection per token (the pointers unused).
     int64_t n_groups;
-    const int32_t* group_start;  // (n_groups + 1,) on the device
-    const int32_t* group_of;     // (n,) on the device
-    const int32_t* group_pos;    // (n_groups,) on the device
-    int group_samples;           // BlockSelectParams::query_block_samples
+    const int32_t* group_of;      // (n,) on the device
+    const int32_t* group_pos;     // (n_groups,) on the device
+    int64_t n_samples;            // S
+    const int32_t* sample_start;  // (n_groups + 1,) on the device
+    const int32_t* sample_token;  // (S,) the sampled tokens, on the device
+    const int32_t* sample_seq;    // (S,) their sequences, on the device
+    const int32_t* sample_pos;    // (S,) their positions, on the device
 };
 // The device scratch launch_select_blocks needs for args' n, hr, n_used_max, max_blocks and
 // n_groups (the pointers are not read).

@@ -36,15 +36,27 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
     const int64_t n_groups = static_cast<int64_t>(starts.size()) - 1;
     const bool grouped = n_groups < n;
 
-    // Staging, int32: seq (n,), pos (n,), and when grouped group_start (G + 1,), group_of (n,),
-    // group_pos (G,).
+    // Staging, int32: seq (n,), pos (n,); when grouped group_of (n,), group_pos (G,),
+    // sample_start (G + 1,), then the sampled tokens' ids, seqs and positions (S each).
     std::vector<int32_t> staging(place.seq.begin(), place.seq.end());
     staging.insert(staging.end(), place.pos.begin(), place.pos.end());
+    int64_t n_samples = 0;
     if (grouped) {
-        for (int64_t start : starts) staging.push_back(static_cast<int32_t>(start));
-        for (int64_t g = 0; g < n_groups; ++g)
+        std::vector<int32_t> sample_start, sample_token;
+        for (int64_t g = 0; g < n_groups; ++g) {
             staging.insert(staging.end(), starts[g + 1] - starts[g], static_cast<int32_t>(g));
+            sample_start.push_back(static_cast<int32_t>(sample_token.size()));
+            for (int64_t i :
+                 select_group_samples(starts[g], starts[g + 1], params.query_block_samples))
+                sample_token.push_back(static_cast<int32_t>(i));
+        }
+        sample_start.push_back(static_cast<int32_t>(sample_token.size()));
         for (int64_t g = 0; g < n_groups; ++g) staging.push_back(place.pos[starts[g]]);
+        staging.insert(staging.end(), sample_start.begin(), sample_start.end());
+        staging.insert(staging.end(), sample_token.begin(), sample_token.end());
+        for (int32_t i : sample_token) staging.push_back(place.seq[i]);
+        for (int32_t i : sample_token) staging.push_back(place.pos[i]);
+        n_samples = static_cast<int64_t>(sample_token.size());
     }
     PURBO_ASSIGN_OR_RETURN(void* dev, stage(indices_, staging.data(), staging.size() * 4));
     const auto* staged = static_cast<const int32_t*>(dev);
@@ -57,10 +69,13 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
     args.pos = staged + n;
     if (grouped) {
         args.n_groups = n_groups;
-        args.group_start = staged + 2 * n;
-        args.group_of = args.group_start + n_groups + 1;
+        args.group_of = staged + 2 * n;
         args.group_pos = args.group_of + n;
-        args.group_samples = params.query_block_samples;
+        args.n_samples = n_samples;
+        args.sample_start = args.group_pos + n_groups;
+        args.sample_token = args.sample_start + n_groups + 1;
+        args.sample_seq = args.sample_token + n_samples;
+        args.sample_pos = args.sample_seq + n_samples;
     }
     args.blocks = blocks.ptr<int32_t>();
     args.counts = counts.ptr<int32_t>();

@@ -17,12 +17,13 @@
 // walks a segment of consecutive blocks, so that compactions take two barriers whatever the
 // row's length.
 //
-// One selection per query group (per_query_block, block-sparse prefill): step 1 runs per token
-// as above into a token-row buffer; row_lse_kernel gives each token row its log2 total;
-// group_mean_kernel averages the group's normalised masses per block (in double, like the cpu
-// backend) into one row per (group, head), stored as log2 masses; steps 2 and 3 run on those
-// rows as on tokens' (a group row is a row whose position is the group's); broadcast_kernel
-// copies each group row's blocks to its tokens' rows.
+// One selection per query group (per_query_block, block-sparse prefill): the tokens whose
+// distributions the groups average (all, or query_block_samples per group) have their index
+// queries gathered, and step 1 runs over them into a sample-row buffer; row_lse_kernel gives
+// each sample row its log2 total; group_mean_kernel averages a group's normalised masses per
+// block (in double, like the cpu backend) into one row per (group, head), stored as log2
+// masses; steps 2 and 3 run on those rows as on tokens' (a group row is a row whose position
+// is the group's); broadcast_kernel copies each group row's blocks to its tokens' rows.
 //
 // The index keys are f32 or bf16, as the KV cache (the selection is bound by reading them:
 // 16 values per key and retrieval head; bf16 halves that).
@@ -721,24 +722,33 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectState st) {
 // The group stage's view of the scratch.
 struct GroupState {
     SelectBlocksArgs args;        // the tokens' (n tokens)
-    const float* token_mass;      // (n * hr, u) each token row's log2 masses (block_mass_kernel)
-    double* token_lse;            // (n * hr,) log2 of each token row's total
+    SelectBlocksArgs sampled;     // the sampled tokens' (n = S; iq, seq, pos theirs)
+    float* sample_iq;             // (S, hr, r) their index queries, gathered
+    const float* sample_mass;     // (S * hr, u) each sample row's log2 masses (block_mass_kernel)
+    double* sample_lse;           // (S * hr,) log2 of each sample row's total
     float* group_mass;            // (n_groups * hr, u) the group rows' log2 mean masses
     uint32_t* group_row_max;      // (n_groups * hr,) their heaviest block (split path), or null
     const int32_t* group_blocks;  // (n_groups * hr, max_blocks) the group rows' selection
     const int32_t* group_counts;  // (n_groups * hr,)
 };
 
+// One CTA per sampled token: its (hr, r) index queries.
+__global__ void __launch_bounds__(128) gather_queries_kernel(GroupState gs) {
+    const int64_t s = blockIdx.x, width = gs.args.hr * gs.args.r;
+    const float* from = gs.args.iq + int64_t{gs.args.sample_token[s]} * width;
+    for (int64_t e = threadIdx.x; e < width; e += blockDim.x) gs.sample_iq[s * width + e] = from[e];
+}
+
 constexpr int kLseWarps = 8;
 
-// One warp per token row: lse = log2 sum_b 2^(a_b) over the token's blocks, in double.
+// One warp per sample row: lse = log2 sum_b 2^(a_b) over the token's blocks, in double.
 __global__ void __launch_bounds__(kLseWarps * 32) row_lse_kernel(GroupState gs) {
-    const SelectBlocksArgs& args = gs.args;
+    const SelectBlocksArgs& args = gs.sampled;
     const int lane = threadIdx.x % 32;
-    const int64_t row = int64_t{blockIdx.x} * kLseWarps + threadIdx.x / 32;  // token * hr + head
+    const int64_t row = int64_t{blockIdx.x} * kLseWarps + threadIdx.x / 32;  // sample * hr + head
     if (row >= args.n * args.hr) return;                                     // warp-uniform
     const int n_used = args.pos[row / args.hr] / args.block_size + 1;
-    const float* a = gs.token_mass + row * args.n_used_max;
+    const float* a = gs.sample_mass + row * args.n_used_max;
     float heaviest = -INFINITY;
     for (int b = lane; b < n_used; b += 32) heaviest = fmaxf(heaviest, a[b]);
     heaviest = warp_max(heaviest);
@@ -746,35 +756,31 @@ __global__ void __launch_bounds__(kLseWarps * 32) row_lse_kernel(GroupState gs) 
     for (int b = lane; b < n_used; b += 32) total += exp2(static_cast<double>(a[b]) - heaviest);
     for (int offset = 16; offset > 0; offset >>= 1)
         total += __shfl_xor_sync(kFullMask, total, offset);
-    if (lane == 0) gs.token_lse[row] = heaviest + log2(total);
+    if (lane == 0) gs.sample_lse[row] = heaviest + log2(total);
 }
 
 constexpr int kMeanThreads = 256;
 
-// One thread per (group row, block): the mean over the group's (sampled) tokens of their normalised
-// masses 2^(a_b - lse), summed in token order (so equal inputs give equal means: exact ties
-// stay ties), stored as a log2 mass (-inf: none). On the split path each warp also raises
-// its group row's heaviest block. Grid (n_groups * hr, blocks of kMeanThreads).
+// One thread per (group row, block): the mean over the group's sampled tokens of their
+// normalised masses 2^(a_b - lse), summed in token order (so equal inputs give equal means:
+// exact ties stay ties), stored as a log2 mass (-inf: none). On the split path each warp also
+// raises its group row's heaviest block. Grid (n_groups * hr, blocks of kMeanThreads).
 __global__ void __launch_bounds__(kMeanThreads) group_mean_kernel(GroupState gs) {
     const SelectBlocksArgs& args = gs.args;
     const int64_t grow = blockIdx.x;  // group * hr + head
     const int64_t g = grow / args.hr, j = grow % args.hr;
     const int b = static_cast<int>(blockIdx.y) * kMeanThreads + static_cast<int>(threadIdx.x);
     const int n_used = args.group_pos[g] / args.block_size + 1;
-    const int first = args.group_start[g], size = args.group_start[g + 1] - first;
-    // The sampled tokens (backend.h's select_group_samples): every one, or k evenly spaced.
-    const int k = args.group_samples > 0 && args.group_samples < size ? args.group_samples : size;
+    const int first = args.sample_start[g], end = args.sample_start[g + 1];
     float log2_mean = -INFINITY;
     if (b < n_used) {
         double sum = 0;
-        for (int m = 0; m < k; ++m) {
-            const int i =
-                k == size ? first + m : first + static_cast<int>((int64_t{m} + 1) * size / k) - 1;
-            const int64_t row = int64_t{i} * args.hr + j;
-            sum += exp2(static_cast<double>(gs.token_mass[row * args.n_used_max + b]) -
-                        gs.token_lse[row]);
+        for (int s = first; s < end; ++s) {
+            const int64_t row = int64_t{s} * args.hr + j;
+            sum += exp2(static_cast<double>(gs.sample_mass[row * args.n_used_max + b]) -
+                        gs.sample_lse[row]);
         }
-        log2_mean = static_cast<float>(log2(sum / k));
+        log2_mean = static_cast<float>(log2(sum / (end - first)));
         gs.group_mass[grow * args.n_used_max + b] = log2_mean;
     }
     if (gs.group_row_max == nullptr) return;  // grid-uniform
@@ -849,10 +855,11 @@ size_t layout(const SelectBlocksArgs& args, int64_t rows, int64_t n_used_max, bo
     return at;
 }
 
-// The grouped path's scratch: token masses, token totals, the group rows' selection, then the
-// group rows' selection scratch (layout). Returns its size; fills `gs` and `st` when given.
+// The grouped path's scratch: the sampled tokens' queries, masses and totals, the group rows'
+// selection, then the group rows' selection scratch (layout). Returns its size; fills `gs`
+// and `st` when given.
 size_t grouped_layout(const SelectBlocksArgs& args, bool split, GroupState* gs, SelectState* st) {
-    const size_t token_rows = static_cast<size_t>(args.n * args.hr);
+    const size_t sample_rows = static_cast<size_t>(args.n_samples * args.hr);
     const size_t group_rows = static_cast<size_t>(args.n_groups * args.hr);
     auto* base = static_cast<unsigned char*>(args.scratch);
     size_t at = 0;
@@ -861,8 +868,9 @@ size_t grouped_layout(const SelectBlocksArgs& args, bool split, GroupState* gs, 
         at += align_up(bytes);
         return p;
     };
-    void* token_mass = take(token_rows * static_cast<size_t>(args.n_used_max) * sizeof(float));
-    void* token_lse = take(token_rows * sizeof(double));
+    void* sample_iq = take(sample_rows * static_cast<size_t>(args.r) * sizeof(float));
+    void* sample_mass = take(sample_rows * static_cast<size_t>(args.n_used_max) * sizeof(float));
+    void* sample_lse = take(sample_rows * sizeof(double));
     void* group_blocks = take(group_rows * static_cast<size_t>(args.max_blocks) * sizeof(int32_t));
     void* group_counts = take(group_rows * sizeof(int32_t));
     // The group rows select like tokens at their group's position.
@@ -876,8 +884,14 @@ size_t grouped_layout(const SelectBlocksArgs& args, bool split, GroupState* gs, 
     if (gs != nullptr) {
         *gs = GroupState{};
         gs->args = args;
-        gs->token_mass = static_cast<float*>(token_mass);
-        gs->token_lse = static_cast<double*>(token_lse);
+        gs->sampled = args;
+        gs->sampled.n = args.n_samples;
+        gs->sampled.iq = static_cast<float*>(sample_iq);
+        gs->sampled.seq = args.sample_seq;
+        gs->sampled.pos = args.sample_pos;
+        gs->sample_iq = static_cast<float*>(sample_iq);
+        gs->sample_mass = static_cast<float*>(sample_mass);
+        gs->sample_lse = static_cast<double*>(sample_lse);
         gs->group_mass = st->log2_mass;
         gs->group_row_max = st->row_max;
         gs->group_blocks = static_cast<int32_t*>(group_blocks);
@@ -935,8 +949,8 @@ cudaError_t launch_row_selection(const SelectState& st, bool split, cudaStream_t
     return launch_rows(select_row_kernel<kRowThreadsNarrow>, kRowThreadsNarrow);
 }
 
-// One selection per query group: step 1 per token, the groups' mean rows, steps 2 and 3 on
-// them, and the copy to the tokens.
+// One selection per query group: the sampled tokens' queries gathered, step 1 over them, the
+// groups' mean rows, steps 2 and 3 on those, and the copy to the tokens.
 cudaError_t launch_grouped(const SelectBlocksArgs& args, cudaStream_t stream) {
     const int64_t group_rows = args.n_groups * args.hr;
     const bool split = split_rows(group_rows);
@@ -944,13 +958,15 @@ cudaError_t launch_grouped(const SelectBlocksArgs& args, cudaStream_t stream) {
     SelectState st;
     (void)grouped_layout(args, split, &gs, &st);
 
-    SelectState token_st{};  // step 1 into the token rows, no row maxima
-    token_st.args = args;
-    token_st.log2_mass = const_cast<float*>(gs.token_mass);
-    cudaError_t err = launch_block_mass(token_st, stream);
+    gather_queries_kernel<<<static_cast<unsigned>(args.n_samples), 128, 0, stream>>>(gs);
+    cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    const int64_t token_rows = args.n * args.hr;
-    row_lse_kernel<<<static_cast<unsigned>((token_rows + kLseWarps - 1) / kLseWarps),
+    SelectState sample_st{};  // step 1 into the sample rows, no row maxima
+    sample_st.args = gs.sampled;
+    sample_st.log2_mass = const_cast<float*>(gs.sample_mass);
+    if ((err = launch_block_mass(sample_st, stream)) != cudaSuccess) return err;
+    const int64_t sample_rows = args.n_samples * args.hr;
+    row_lse_kernel<<<static_cast<unsigned>((sample_rows + kLseWarps - 1) / kLseWarps),
                      kLseWarps * 32, 0, stream>>>(gs);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
     if (split &&
@@ -963,7 +979,7 @@ cudaError_t launch_grouped(const SelectBlocksArgs& args, cudaStream_t stream) {
     group_mean_kernel<<<mean_grid, kMeanThreads, 0, stream>>>(gs);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
     if ((err = launch_row_selection(st, split, stream)) != cudaSuccess) return err;
-    broadcast_kernel<<<static_cast<unsigned>(token_rows), 128, 0, stream>>>(gs);
+    broadcast_kernel<<<static_cast<unsigned>(args.n * args.hr), 128, 0, stream>>>(gs);
     return cudaGetLastError();
 }
 
