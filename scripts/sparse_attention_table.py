@@ -104,8 +104,11 @@ def render(rows, date):
         if b_keys:
             head = ["n", "kept", "purbo ms", "select share", "purbo TFLOP/s", "paper mode ms", "cuDNN dense ms",
                     "FA2 dense ms", "vs paper mode", "vs cuDNN dense", "vs FA2 dense"]
-            granularity = {next(iter(block_prefill[k].values())).get("select", "token") for k in b_keys}
-            per = " / ".join("query block" if g == "block" else "token" for g in sorted(granularity))
+            def granularity(row):
+                if row.get("select", "token") == "token":
+                    return "token"
+                return f"query block (from {row['samples']} of its tokens)" if row.get("samples") else "query block"
+            per = " / ".join(sorted({granularity(next(iter(block_prefill[k].values()))) for k in b_keys}))
             out += ["", f"Block-sparse prefill: retrieval heads over their selected blocks, one selection per {per} "
                     "(kept: the blocks each retrieval head keeps; paper mode: purbo's prefill with retrieval heads "
                     "dense)", "",

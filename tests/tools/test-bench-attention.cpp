@@ -199,6 +199,11 @@ TEST(BenchAttention, BlockSparsePrefillJson) {
     ASSERT_EQ(per_token.size(), 2u);
     EXPECT_EQ(per_token[1]["select"], "token");
     expect_select_plus_attention(per_token[1]);
+    const auto sampled = run_sparse_layer(
+        "--prefill 512 --decode none --fractions 0.25 --block-sparse-prefill --prefill-samples 8");
+    ASSERT_EQ(sampled.size(), 2u);
+    EXPECT_EQ(sampled[1]["samples"], 8);
+    expect_select_plus_attention(sampled[1]);
 }
 
 TEST(BenchAttention, SparseLayerBadFlags) {
@@ -206,7 +211,9 @@ TEST(BenchAttention, SparseLayerBadFlags) {
          {"--retrieval 0.2 --window 0", "--retrieval 1.5 --window 64",
           "--retrieval 0.2 --window 64 --fractions 0,1", "--retrieval 0.2 --window 64 --block 0",
           "--window 64 --block-sparse-prefill", "--retrieval 0.2 --window 64 --shared-index-query",
-          "--retrieval 0.2 --window 64 --block-sparse-prefill --prefill-select row"}) {
+          "--retrieval 0.2 --window 64 --block-sparse-prefill --prefill-select row",
+          "--retrieval 0.2 --window 64 --block-sparse-prefill --prefill-select token "
+          "--prefill-samples 8"}) {
         const auto r = test::run_purbo(std::string("bench --attention --device cpu ") + args);
         EXPECT_EQ(r.status, 1) << args << ": " << r.output;
     }

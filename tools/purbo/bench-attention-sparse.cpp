@@ -186,7 +186,10 @@ void print_row(const SparseBenchConfig& c, int64_t hr, const Row& r, bool last) 
                                     {"block", c.block}, {"fraction", r.fraction}, {"ms", nullptr},
                                     {"select_ms", nullptr}, {"attention_ms", nullptr}, {"dense_ms", nullptr},
                                     {"tflops", nullptr}, {"gbps", nullptr}, {"skipped", nullptr}};
-        if (r.mode == "prefill-block-sparse") j["select"] = c.per_query_block ? "block" : "token";
+        if (r.mode == "prefill-block-sparse") {
+            j["select"] = c.per_query_block ? "block" : "token";
+            if (c.per_query_block) j["samples"] = c.query_block_samples;
+        }
         if (ok) {
             j["ms"] = r.ms;
             j["select_ms"] = r.select_ms;
@@ -297,6 +300,7 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         sp.top_p = 1.0f;  // the budget alone
         sp.max_blocks = static_cast<int>(k);
         sp.per_query_block = c.per_query_block;
+        sp.query_block_samples = c.query_block_samples;
         sp.scale = 1.0f / std::sqrt(static_cast<float>(c.rank));
         // The chunks in order: select (and attend over the selection when `attend`).
         auto run = [&](bool attend) -> Status {

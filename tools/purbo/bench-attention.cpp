@@ -42,6 +42,7 @@ struct Flags {
     bool block_sparse_prefill = false;
     bool shared_index_query = false;
     std::string prefill_select = "block";
+    int prefill_samples = 0;
 };
 
 Result<AttentionShape> resolve_shape(const Flags& f) {
@@ -90,6 +91,10 @@ Status check_flags(const Flags& f) {
     if (f.prefill_select != "block" && f.prefill_select != "token")
         return error(StatusCode::kInvalidArgument, "--prefill-select: '{}' is not block or token",
                      f.prefill_select);
+    if (f.prefill_samples < 0 || (f.prefill_samples > 0 && f.prefill_select != "block"))
+        return error(StatusCode::kInvalidArgument,
+                     "--prefill-samples {}: a count >= 0, with --prefill-select block",
+                     f.prefill_samples);
     if (f.block_sparse_prefill && !(f.retrieval > 0))
         return error(StatusCode::kInvalidArgument,
                      "--block-sparse-prefill needs the sparse layer (--retrieval R --window W)");
@@ -163,6 +168,11 @@ int cmd_bench_attention(int argc, char** argv) {
         {"--prefill-select", "", "block|token",
          "block-sparse prefill: one selection per query block of B tokens (default) or per token",
          &f.prefill_select});
+    set.options.push_back(
+        {"--prefill-samples", "", "K",
+         "block-sparse prefill per query block: average the index distributions of K "
+         "evenly spaced tokens of each block (default 0: all)",
+         &f.prefill_samples});
     set.options.push_back({"--rank", "", "R", "sparse layer: indexer dimension (default 16)", &f.rank});
     set.options.push_back({"--index-top-p", "", "P", "sparse decode: top-p of the timed selection (default 0.9)",
                            &f.index_top_p});
@@ -216,6 +226,7 @@ int cmd_bench_attention(int argc, char** argv) {
         c.block_sparse_prefill = f.block_sparse_prefill;
         c.shared_index_query = f.shared_index_query;
         c.per_query_block = f.prefill_select == "block";
+        c.query_block_samples = f.prefill_samples;
         c.retrieval = f.retrieval;
         c.window = f.window;
         c.sinks = f.sinks;
