@@ -815,7 +815,17 @@ bool split_rows(int64_t rows) {
     return rows <= 2 * static_cast<int64_t>(n_sm);
 }
 
-size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
+// Carves 256-byte aligned pieces off a scratch buffer, front to back; with a null base it only
+// counts (the size select_blocks_scratch_bytes reserves).
+struct ScratchCarver {
+    unsigned char* base;
+    size_t at = 0;
+    void* take(size_t bytes) {
+        void* p = base ? base + at : nullptr;
+        at += (bytes + 255) / 256 * 256;
+        return p;
+    }
+};
 
 int state_stride(int64_t n_used_max) { return static_cast<int>((n_used_max + 7) / 8 * 8); }
 
@@ -825,19 +835,16 @@ size_t layout(const SelectBlocksArgs& args, int64_t rows, int64_t n_used_max, bo
     const size_t cells = static_cast<size_t>(rows) * static_cast<size_t>(n_used_max);
     const int stride = state_stride(n_used_max);
     const int n_chunks = static_cast<int>((n_used_max + kHistChunk - 1) / kHistChunk);
-    auto* base = static_cast<unsigned char*>(args.scratch);
-    size_t at = 0;
-    auto take = [&](size_t bytes) {
-        void* p = base ? base + at : nullptr;
-        at += align_up(bytes);
-        return p;
-    };
-    void* log2_mass = take(cells * sizeof(float));
-    void* candidates = take(cells * sizeof(int32_t));
-    void* ranks = take(cells * sizeof(int32_t));
-    void* states = take(static_cast<size_t>(rows) * static_cast<size_t>(stride) * sizeof(uint16_t));
-    void* row_max = split ? take(static_cast<size_t>(rows) * sizeof(uint32_t)) : nullptr;
-    void* parts = split ? take(static_cast<size_t>(rows) * static_cast<size_t>(n_chunks) * sizeof(HistPart)) : nullptr;
+    ScratchCarver carve{static_cast<unsigned char*>(args.scratch)};
+    void* log2_mass = carve.take(cells * sizeof(float));
+    void* candidates = carve.take(cells * sizeof(int32_t));
+    void* ranks = carve.take(cells * sizeof(int32_t));
+    void* states =
+        carve.take(static_cast<size_t>(rows) * static_cast<size_t>(stride) * sizeof(uint16_t));
+    void* row_max = split ? carve.take(static_cast<size_t>(rows) * sizeof(uint32_t)) : nullptr;
+    void* parts = split ? carve.take(static_cast<size_t>(rows) * static_cast<size_t>(n_chunks) *
+                                     sizeof(HistPart))
+                        : nullptr;
     if (st != nullptr) {
         *st = SelectState{};
         st->args = args;
@@ -852,7 +859,7 @@ size_t layout(const SelectBlocksArgs& args, int64_t rows, int64_t n_used_max, bo
         st->parts = static_cast<HistPart*>(parts);
         st->n_chunks = n_chunks;
     }
-    return at;
+    return carve.at;
 }
 
 // The grouped path's scratch: the sampled tokens' queries, masses and totals, the group rows'
@@ -861,26 +868,22 @@ size_t layout(const SelectBlocksArgs& args, int64_t rows, int64_t n_used_max, bo
 size_t grouped_layout(const SelectBlocksArgs& args, bool split, GroupState* gs, SelectState* st) {
     const size_t sample_rows = static_cast<size_t>(args.n_samples * args.hr);
     const size_t group_rows = static_cast<size_t>(args.n_groups * args.hr);
-    auto* base = static_cast<unsigned char*>(args.scratch);
-    size_t at = 0;
-    auto take = [&](size_t bytes) {
-        void* p = base ? base + at : nullptr;
-        at += align_up(bytes);
-        return p;
-    };
-    void* sample_iq = take(sample_rows * static_cast<size_t>(args.r) * sizeof(float));
-    void* sample_mass = take(sample_rows * static_cast<size_t>(args.n_used_max) * sizeof(float));
-    void* sample_lse = take(sample_rows * sizeof(double));
-    void* group_blocks = take(group_rows * static_cast<size_t>(args.max_blocks) * sizeof(int32_t));
-    void* group_counts = take(group_rows * sizeof(int32_t));
+    ScratchCarver carve{static_cast<unsigned char*>(args.scratch)};
+    void* sample_iq = carve.take(sample_rows * static_cast<size_t>(args.r) * sizeof(float));
+    void* sample_mass =
+        carve.take(sample_rows * static_cast<size_t>(args.n_used_max) * sizeof(float));
+    void* sample_lse = carve.take(sample_rows * sizeof(double));
+    void* group_blocks =
+        carve.take(group_rows * static_cast<size_t>(args.max_blocks) * sizeof(int32_t));
+    void* group_counts = carve.take(group_rows * sizeof(int32_t));
     // The group rows select like tokens at their group's position.
     SelectBlocksArgs group_args = args;
-    group_args.scratch = base ? base + at : nullptr;
+    group_args.scratch = carve.base ? carve.base + carve.at : nullptr;
     group_args.n = args.n_groups;
     group_args.pos = args.group_pos;
     group_args.blocks = static_cast<int32_t*>(group_blocks);
     group_args.counts = static_cast<int32_t*>(group_counts);
-    at += layout(group_args, static_cast<int64_t>(group_rows), args.n_used_max, split, st);
+    carve.at += layout(group_args, static_cast<int64_t>(group_rows), args.n_used_max, split, st);
     if (gs != nullptr) {
         *gs = GroupState{};
         gs->args = args;
@@ -897,7 +900,7 @@ size_t grouped_layout(const SelectBlocksArgs& args, bool split, GroupState* gs, 
         gs->group_blocks = static_cast<int32_t*>(group_blocks);
         gs->group_counts = static_cast<int32_t*>(group_counts);
     }
-    return at;
+    return carve.at;
 }
 
 // Step 1 over the token rows of st.args, into st.log2_mass (and st.row_max where set).
