@@ -130,9 +130,19 @@ double top_k_prefill_keys(int64_t n, int64_t block, int64_t k) {
 
 // Queries per op call of block-sparse prefill: the selection (m, hr, blocks) of int32 stays
 // within 256 MiB.
-int64_t block_sparse_chunk(int64_t chunk, int64_t hr, int64_t n_blocks) {
-    const int64_t fit = (int64_t{256} << 20) / (4 * std::max<int64_t>(1, hr) * n_blocks);
-    return std::clamp<int64_t>(fit, 1, chunk);
+// Chunk tokens whose selection's mass rows (4 bytes per row and key block) stay near 256 MiB:
+// per token every token has one; per query block of `block` tokens `samples` of them (0: all)
+// do, plus the block's selection row (a mass, candidate, rank and state: 14 bytes per key
+// block). Sampling a block's tokens thus lengthens the chunks, as it would a model's.
+int64_t block_sparse_chunk(const SparseBenchConfig& c, int64_t hr, int64_t n_blocks) {
+    const double mass = 4.0, selection_row = 14.0;
+    const double sampled =
+        c.query_block_samples > 0 ? std::min(c.query_block_samples, c.block) : c.block;
+    const double bytes_per_token =
+        c.per_query_block ? (mass * sampled + selection_row) / c.block : mass;
+    const double fit = static_cast<double>(int64_t{256} << 20) /
+                       (bytes_per_token * static_cast<double>(std::max<int64_t>(1, hr) * n_blocks));
+    return std::clamp<int64_t>(static_cast<int64_t>(fit), 1, c.chunk);
 }
 
 struct Row {
@@ -273,7 +283,7 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
             log();
             return r;
         }
-        const int64_t m = block_sparse_chunk(c.chunk, hr, n_blocks);
+        const int64_t m = block_sparse_chunk(c, hr, n_blocks);
         Result<CaseBuffers> b =
             make_buffers(be, s, Mode::kPrefill, n, m, c.cache_type, block_k, block_v);
         Tensor index_keys, iq;
