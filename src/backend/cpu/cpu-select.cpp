@@ -272,8 +272,8 @@ Status CpuBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
                 }
                 std::fill(row + count, row + max_blocks, -1);
                 counts.ptr<int32_t>()[first * hr + j] = static_cast<int32_t>(count);
-                for (int64_t i = first + 1; i < end;
-                     ++i) {  // the group's other tokens: the same row
+                // The group's other tokens: the same row.
+                for (int64_t i = first + 1; i < end; ++i) {
                     std::copy(row, row + max_blocks,
                               blocks.ptr<int32_t>() + (i * hr + j) * max_blocks);
                     counts.ptr<int32_t>()[i * hr + j] = static_cast<int32_t>(count);
