@@ -165,8 +165,9 @@ int cmd_bench_attention(int argc, char** argv) {
          "blocks (default: an independent random query per token)",
          &f.shared_index_query});
     set.options.push_back(
-        {"--prefill-select", "", "block|token",
-         "block-sparse prefill: one selection per query block of B tokens (default) or per token",
+        {"--prefill-select", "", "MODE",
+         "block-sparse prefill: block = one selection per query block of B tokens (default); "
+         "token = one per token",
          &f.prefill_select});
     set.options.push_back(
         {"--prefill-samples", "", "K",

@@ -98,9 +98,9 @@ void add_sparse_flags(OptionSet& set, SparseFlags& flags) {
                            "retrieval heads attend to indexer-selected blocks in prefill too (default: dense)",
                            &flags.block_sparse_prefill});
     set.options.push_back(
-        {"--prefill-select", "", "block|token",
-         "block-sparse prefill: one selection per query block of B tokens from the mean of their "
-         "index distributions (default), or one per token",
+        {"--prefill-select", "", "MODE",
+         "block-sparse prefill: block = one selection per query block of B tokens, from the mean of "
+         "their index distributions (default); token = one per token",
          &flags.prefill_select});
     set.options.push_back(
         {"--prefill-top-p", "", "P",
