@@ -1,8 +1,8 @@
 // The sparse model at run time (method.md sections 2 to 5): an AttentionPolicy built from an
 // adapter. Local heads attend to sinks + window, and KV heads whose query heads are all local
 // keep only those rows (a ring). Retrieval heads attend densely in prefill (the paper) or,
-// with block_sparse_prefill, to their indexer-selected blocks (ours); in decode they attend to
-// the top-p blocks their indexer selects.
+// with block_sparse_prefill, to the blocks their indexer selects for each query block of the
+// prompt (ours); in decode they attend to the top-p blocks their indexer selects per token.
 #pragma once
 
 #include <memory>
