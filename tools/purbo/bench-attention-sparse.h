@@ -33,8 +33,8 @@ struct SparseBenchConfig {
     // Block-sparse prefill: one selection per query block of `block` tokens (the model's
     // default, method.md section 5), or one per token.
     bool per_query_block = true;
-    int query_block_samples =
-        0;  // per query block: average this many tokens' distributions (0: all)
+    // Per query block: average this many tokens' distributions (0: all).
+    int query_block_samples = 0;
     double retrieval = 0.15;        // share of query heads that are retrieval heads
     int window = 8192, sinks = 4, block = 64, rank = 16;
     float top_p = 0.9f;

@@ -88,13 +88,7 @@ Status check_flags(const Flags& f) {
     if (f.shared_index_query && !f.block_sparse_prefill)
         return error(StatusCode::kInvalidArgument,
                      "--shared-index-query applies to --block-sparse-prefill only");
-    if (f.prefill_select != "block" && f.prefill_select != "token")
-        return error(StatusCode::kInvalidArgument, "--prefill-select: '{}' is not block or token",
-                     f.prefill_select);
-    if (f.prefill_samples < 0 || (f.prefill_samples > 0 && f.prefill_select != "block"))
-        return error(StatusCode::kInvalidArgument,
-                     "--prefill-samples {}: a count >= 0, with --prefill-select block",
-                     f.prefill_samples);
+    PURBO_TRY(check_prefill_selection_flags(f.prefill_select, f.prefill_samples));
     if (f.block_sparse_prefill && !(f.retrieval > 0))
         return error(StatusCode::kInvalidArgument,
                      "--block-sparse-prefill needs the sparse layer (--retrieval R --window W)");

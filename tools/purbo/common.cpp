@@ -115,6 +115,16 @@ void add_sparse_flags(OptionSet& set, SparseFlags& flags) {
                            &flags.no_rings});
 }
 
+Status check_prefill_selection_flags(const std::string& select, int samples) {
+    if (select != "block" && select != "token")
+        return error(StatusCode::kInvalidArgument, "--prefill-select: '{}' is not block or token", select);
+    if (samples < 0)
+        return error(StatusCode::kInvalidArgument, "--prefill-samples: {} must be 0 (all) or positive", samples);
+    if (samples > 0 && select != "block")
+        return error(StatusCode::kInvalidArgument, "--prefill-samples applies to --prefill-select block only");
+    return Status::ok();
+}
+
 Result<SparseRunOptions> sparse_run_options(const SparseFlags& flags) {
     if (flags.sparse_top_p != 0 && !(flags.sparse_top_p > 0 && flags.sparse_top_p <= 1))
         return error(StatusCode::kInvalidArgument, "--sparse-top-p: {} is not in (0, 1]",
@@ -122,15 +132,7 @@ Result<SparseRunOptions> sparse_run_options(const SparseFlags& flags) {
     if (flags.prefill_top_p != 0 && !(flags.prefill_top_p > 0 && flags.prefill_top_p <= 1))
         return error(StatusCode::kInvalidArgument, "--prefill-top-p: {} is not in (0, 1]",
                      flags.prefill_top_p);
-    if (flags.prefill_select != "block" && flags.prefill_select != "token")
-        return error(StatusCode::kInvalidArgument, "--prefill-select: '{}' is not block or token",
-                     flags.prefill_select);
-    if (flags.prefill_samples < 0)
-        return error(StatusCode::kInvalidArgument,
-                     "--prefill-samples: {} must be 0 (all) or positive", flags.prefill_samples);
-    if (flags.prefill_samples > 0 && flags.prefill_select != "block")
-        return error(StatusCode::kInvalidArgument,
-                     "--prefill-samples applies to --prefill-select block only");
+    PURBO_TRY(check_prefill_selection_flags(flags.prefill_select, flags.prefill_samples));
     SparseRunOptions options;
     options.block_sparse_prefill = flags.block_sparse_prefill;
     options.prefill_samples = flags.prefill_samples;

@@ -45,6 +45,8 @@ struct SparseFlags {
 // The committed adapter for the default model (adapters/ next to the source tree).
 std::string default_adapter_path();
 void add_sparse_flags(OptionSet& set, SparseFlags& flags);
+// --prefill-select (block or token) and --prefill-samples (>= 0, block only), of any subcommand.
+Status check_prefill_selection_flags(const std::string& select, int samples);
 // The run options the flags give (checked: a bad value names its flag).
 Result<SparseRunOptions> sparse_run_options(const SparseFlags& flags);
 // Loads the adapter the flags name and checks it against the model; the policy factory for
