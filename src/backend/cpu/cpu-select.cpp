@@ -211,6 +211,10 @@ void group_log2_masses(const Tensor& iq, const Key* keys, const TokenPlacement& 
     auto token_row = [&](int64_t i) {
         row_log2_masses(iq.f32() + (i * hr + j) * r, keys, r, place.pos[i], params, s);
     };
+    if (end - first == 1) {  // decode: no group to average (and no list to allocate)
+        token_row(first);
+        return;
+    }
     const std::vector<int64_t> sampled =
         select_group_samples(first, end, params.query_block_samples);
     if (sampled.size() == 1) {
