@@ -155,7 +155,9 @@ def render(rows, date):
     if notes:
         out += ["", "not timed:"] + ["  " + line for line in notes]
     caches = sorted({r["cache"] for r in rows if r.get("backend", "purbo") == "purbo" and r.get("cache")}) or ["f32"]
-    out += ["", f"(purbo: f32 q and out, {'/'.join(caches)} KV cache; its GB/s counts the cache's bytes over its "
+    keys = sorted({r["index_keys"] for r in rows if r.get("backend", "purbo") == "purbo" and r.get("index_keys")})
+    key_note = f", {'/'.join(keys)} index keys" if keys else ""
+    out += ["", f"(purbo: f32 q and out, {'/'.join(caches)} KV cache{key_note}; its GB/s counts the cache's bytes over its "
             "attention time; torch: bf16, GB/s over the whole step;", " purbo sparse decode ms = select + attention; "
             "composed = retrieval heads through SDPA cuDNN, then local heads through FlexAttention)"]
     return out

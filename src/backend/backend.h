@@ -178,6 +178,15 @@ public:
     virtual std::string_view name() const = 0;
     // Element types a KV cache may have on this backend, the preferred (default) one first.
     virtual std::vector<DType> kv_cache_dtypes() const { return {DType::kF32}; }
+    // Element types cached index keys may have: a KV cache's, and f8 e4m3 (core/fp8.h), which
+    // halves again the bytes decode selection reads (16 values per key and retrieval head).
+    // kv_store writes them (rounding to nearest even, saturating at +-448); select_blocks reads
+    // them.
+    std::vector<DType> index_key_dtypes() const {
+        std::vector<DType> types = kv_cache_dtypes();
+        types.push_back(DType::kF8E4M3);
+        return types;
+    }
 
     // ---- memory -------------------------------------------------------------------------
     // Zero-filled activation buffer on the backend's device.
@@ -185,8 +194,8 @@ public:
     // Converts a host weight (e.g. a view into a mapped file) into the form the backend's
     // matmul/embedding consume. May return the same tensor, a copy or a converted tensor.
     virtual Result<Tensor> prepare_weight(const Tensor& host_weight) = 0;
-    // Copies between host f32 tensors and backend tensors of the same shape (f32, or bf16:
-    // rounded to nearest even on the way in, widened exactly on the way out); i32 tensors
+    // Copies between host f32 tensors and backend tensors of the same shape (f32, or bf16 and
+    // f8 e4m3: rounded to nearest even on the way in, widened exactly on the way out); i32 tensors
     // (block selections) copy to and from host i32 tensors.
     virtual Status to_host(const Tensor& src, const Tensor& host_dst) = 0;
     virtual Status from_host(const Tensor& host_src, const Tensor& dst) = 0;
@@ -227,7 +236,8 @@ public:
     // In place on x (n, heads, d): rotates the first rotary_dim dims of every head by pos[i].
     virtual Status rope(const Tensor& x, std::span<const int32_t> pos, const RopeParams& params) = 0;
     // Writes k, v (n, g, d) into the cache at (seq[i], :, kv_cache_row(pos[i]), :): the KV
-    // heads the view holds, each in its cache head.
+    // heads the view holds, each in its cache head. The cache may also be an index-key cache
+    // in one of index_key_dtypes() (k and v then the same tensors).
     virtual Status kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
                             const KvCacheView& cache) = 0;
     // Grouped-query attention over the cache (which must already hold the batch's own keys).
@@ -236,8 +246,9 @@ public:
     virtual Status attention(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                              const AttentionParams& params, const Tensor& out) = 0;
     // Top-p block selection (BlockSelectParams). iq (n, hr, r) f32; index_keys (s, hr, c, r)
-    // in one of kv_cache_dtypes(), the cached index keys of each sequence (stored by kv_store); blocks (n, hr, max_blocks) i32 receives the
-    // kept block ids ascending, counts (n, hr) i32 their number; max_blocks >= the blocks of c.
+    // in one of index_key_dtypes(), the cached index keys of each sequence (stored by kv_store);
+    // blocks (n, hr, max_blocks) i32 receives the kept block ids ascending, counts (n, hr) i32
+    // their number; max_blocks >= the blocks of c.
     virtual Status select_blocks(const Tensor& iq, const Tensor& index_keys, const TokenPlacement& place,
                                  const BlockSelectParams& params, const Tensor& blocks,
                                  const Tensor& counts) = 0;

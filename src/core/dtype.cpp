@@ -12,9 +12,9 @@ const DTypeTraits& dtype_traits(DType dtype) {
         {"q5_0", 32, 22, true},   {"q5_1", 32, 24, true},   {"q8_0", 32, 34, true},
         {"q8_1", 32, 36, true},   {"q2_K", 256, 84, true},  {"q3_K", 256, 110, true},
         {"q4_K", 256, 144, true}, {"q5_K", 256, 176, true}, {"q6_K", 256, 210, true},
-        {"q8_K", 256, 292, true},
+        {"q8_K", 256, 292, true}, {"f8_e4m3", 1, 1, false},
     };
-    static_assert(sizeof(kTraits) / sizeof(kTraits[0]) == static_cast<size_t>(DType::kQ8_K) + 1);
+    static_assert(sizeof(kTraits) / sizeof(kTraits[0]) == static_cast<size_t>(DType::kF8E4M3) + 1);
     return kTraits[static_cast<size_t>(dtype)];
 }
 

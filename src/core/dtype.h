@@ -25,6 +25,7 @@ enum class DType : uint8_t {
     kQ5_K,
     kQ6_K,
     kQ8_K,
+    kF8E4M3,  // OCP e4m3 (core/fp8.h): cached index keys
 };
 
 struct DTypeTraits {

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "core/fp16.h"
+#include "core/fp8.h"
 #include "core/status.h"
 
 #if defined(__clang__)
@@ -281,6 +282,11 @@ void dequantize_row(DType dtype, const void* src, float* dst, int64_t n) {
             return dequantize_q6_k(static_cast<const BlockQ6_K*>(src), dst, n_blocks);
         case DType::kQ8_K:
             return dequantize_q8_k(static_cast<const BlockQ8_K*>(src), dst, n_blocks);
+        case DType::kF8E4M3: {
+            const auto* b = static_cast<const uint8_t*>(src);
+            for (int64_t i = 0; i < n; ++i) dst[i] = f8e4m3_to_f32(b[i]);
+            return;
+        }
         case DType::kI32:
             break;
     }

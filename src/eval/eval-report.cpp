@@ -116,8 +116,7 @@ std::string eval_report_markdown(const EvalReport& r) {
         "\nPasskey: share of answers holding the key (greedy); filler {}. Tokens / retrieval head "
         "and "
         "compute sparsity: decode steps of the {} task (keys read of those dense decode reads). KV "
-        "cache at {} "
-        "tokens (share of dense).",
+        "cache (with the sparse model's index keys) at {} tokens (share of dense).",
         r.filler.empty() ? "-" : r.filler, source,
         r.variants.empty() ? 0 : r.variants.front().kv_ctx);
     for (const EvalVariantResult& v : r.variants) {

@@ -32,6 +32,10 @@ public:
     virtual Status plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre, const TokenPlacement& place,
                               AttentionParams& params) = 0;
 
+    // Bytes of per-position state the policy keeps beside the KV cache (the indexer's cached
+    // keys), counted with the cache wherever KV bytes are reported.
+    virtual size_t cache_bytes() const { return 0; }
+
     // Called after every layer of the batch has been issued (and, on the GPU, may not yet
     // have run): the place to read back per-batch results, which plan_layer may not do
     // while a decode step is recorded as a graph.

@@ -73,6 +73,8 @@ public:
     SessionTimings& timings() { return timings_; }
     AttentionPolicy* policy() { return policy_.get(); }
     const KvCache& cache() const { return cache_; }
+    // The KV cache and what the attention policy keeps per position beside it (index keys).
+    size_t kv_bytes() const { return cache_.nbytes() + (policy_ ? policy_->cache_bytes() : 0); }
     const SessionOptions& options() const { return options_; }
 
 private:

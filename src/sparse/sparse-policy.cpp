@@ -49,7 +49,14 @@ Result<std::unique_ptr<SparsePolicy>> SparsePolicy::create(Backend& backend, con
         return error(StatusCode::kInvalidArgument, "sparse model: top_k_blocks {} must be 0 (top-p) or positive",
                      options.top_k_blocks);
     PURBO_TRY(p->settings_.validate("sparse model options"));
-    PURBO_TRY(p->prepare(adapter, n_seq, n_ctx, max_batch, key_type.value_or(backend.kv_cache_dtypes().front())));
+    const DType index_key_type =
+        options.index_key_type.value_or(key_type.value_or(backend.kv_cache_dtypes().front()));
+    const std::vector<DType> kept = backend.index_key_dtypes();
+    if (std::find(kept.begin(), kept.end(), index_key_type) == kept.end())
+        return error(StatusCode::kUnsupported,
+                     "sparse model: the {} backend does not keep index keys in {}", backend.name(),
+                     dtype_name(index_key_type));
+    PURBO_TRY(p->prepare(adapter, n_seq, n_ctx, max_batch, index_key_type));
     return p;
 }
 
@@ -168,6 +175,12 @@ Status SparsePolicy::plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre
     params.selection = &L.selection;
     L.to_count = decode ? 2 : 3;
     return Status::ok();
+}
+
+size_t SparsePolicy::cache_bytes() const {
+    size_t total = 0;
+    for (const Layer& L : layers_) total += L.index_keys.empty() ? 0 : L.index_keys.nbytes();
+    return total;
 }
 
 Status SparsePolicy::end_batch(const TokenPlacement& place) {

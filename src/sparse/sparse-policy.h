@@ -33,6 +33,9 @@ struct SparseRunOptions {
     // Count attended tokens (SparsityStats); reads the selection counts back every layer,
     // which costs a device synchronisation per layer on a GPU.
     bool collect_stats = true;
+    // Element type of the cached index keys (one of the backend's index_key_dtypes()); nullopt:
+    // the KV cache's. f8 e4m3 halves a bf16 cache's selection reads in decode, a quarter of f32's.
+    std::optional<DType> index_key_type;
 };
 
 // What the sparse model did, summed over the steps since the last reset.
@@ -74,24 +77,26 @@ struct SparsityStats {
 
 class SparsePolicy : public AttentionPolicy {
 public:
-    // key_type: the element type of the cached index keys, as the session's KV cache (nullopt:
-    // the backend's preferred cache type).
-    static Result<std::unique_ptr<SparsePolicy>> create(Backend& backend, const ModelConfig& config,
-                                                        const Adapter& adapter, int n_seq, int n_ctx,
-                                                        int max_batch, const SparseRunOptions& options,
-                                                        std::optional<DType> key_type = std::nullopt);
+  // key_type: the session's KV cache type (nullopt: the backend's preferred one), which the
+  // cached index keys take unless options.index_key_type names theirs.
+  static Result<std::unique_ptr<SparsePolicy>> create(Backend& backend, const ModelConfig& config,
+                                                      const Adapter& adapter, int n_seq, int n_ctx,
+                                                      int max_batch,
+                                                      const SparseRunOptions& options,
+                                                      std::optional<DType> key_type = std::nullopt);
 
-    KvLayout kv_layout() const override;
-    Status plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre, const TokenPlacement& place,
-                      AttentionParams& params) override;
-    // Adds the decode step's layers to the statistics (reads the selections' counts back).
-    Status end_batch(const TokenPlacement& place) override;
+  KvLayout kv_layout() const override;
+  size_t cache_bytes() const override;  // the cached index keys
+  Status plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre, const TokenPlacement& place,
+                    AttentionParams& params) override;
+  // Adds the decode step's layers to the statistics (reads the selections' counts back).
+  Status end_batch(const TokenPlacement& place) override;
 
-    const SparsityStats& stats() const { return stats_; }
-    void reset_stats() { stats_ = {}; }
-    const SparseSettings& settings() const { return settings_; }
-    int n_retrieval() const { return n_retrieval_; }
-    bool has_indexer() const { return has_indexer_; }
+  const SparsityStats& stats() const { return stats_; }
+  void reset_stats() { stats_ = {}; }
+  const SparseSettings& settings() const { return settings_; }
+  int n_retrieval() const { return n_retrieval_; }
+  bool has_indexer() const { return has_indexer_; }
 
 private:
     SparsePolicy(Backend& backend, const ModelConfig& config) : backend_(backend), config_(config) {}
@@ -106,7 +111,8 @@ private:
         std::vector<int32_t> head_row;   // (h,) row in the selection, or -1
         Tensor wq;                       // (hr * r, h * d) indexer query projections, block rows
         Tensor wk;                       // (hr * r, g * d) indexer key projections
-        Tensor index_keys;               // (s, hr, c, r) cached Wk k of every position, in the KV cache's type
+        Tensor index_keys;               // (s, hr, c, r) cached Wk k of every position
+                                         // (SparseRunOptions::index_key_type)
         Tensor blocks;                   // (max_batch, hr, max_blocks) i32
         Tensor counts;                   // (max_batch, hr) i32
         BlockSelection selection;

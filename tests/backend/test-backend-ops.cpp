@@ -32,6 +32,7 @@
 #include "backend/cpu/vec-dot.h"
 #include "backend/cpu/vec-exp.h"
 #include "core/fp16.h"
+#include "core/fp8.h"
 #include "core/quants.h"
 #include "test-util.h"
 
@@ -548,9 +549,9 @@ Batch make_batch(int64_t n, int n_seq, int32_t last_pos) {
 
 // A cache of `cache_type` on the backend when it keeps that type (the values must already be
 // representable in it), else an f32 cache of the same values: every backend then computes on
-// identical keys and values.
+// identical keys and values. f8 e4m3 is for index keys only (index_key_dtypes).
 Tensor upload_cache(Backend& backend, const Tensor& host, DType cache_type) {
-    const std::vector<DType> types = backend.kv_cache_dtypes();
+    const std::vector<DType> types = backend.index_key_dtypes();
     if (cache_type == DType::kF32 || std::find(types.begin(), types.end(), cache_type) == types.end())
         return upload(backend, host);
     const auto& s = host.shape;
@@ -559,20 +560,30 @@ Tensor upload_cache(Backend& backend, const Tensor& host, DType cache_type) {
     return t;
 }
 
-// Random cache contents, rounded to bf16 for a bf16 cache case.
+// v as a cache of `cache_type` holds it: rounded to bf16 or f8 e4m3 (nearest even), f32 as is.
+float cache_round(float v, DType cache_type) {
+    if (cache_type == DType::kBF16) return static_cast<float>(bf16_round(v));
+    if (cache_type == DType::kF8E4M3) return f8e4m3_to_f32(f32_to_f8e4m3(v));
+    return v;
+}
+
+// "" for an f32 cache, else "_<what>_<type>" for the case name.
+std::string cache_suffix(std::string_view what, DType cache_type) {
+    return cache_type == DType::kF32 ? "" : fmt::format("_{}_{}", what, dtype_name(cache_type));
+}
+
+// Random cache contents, representable in `cache_type`.
 Tensor random_cache(std::mt19937& rng, int64_t s, int64_t g, int64_t c, int64_t d, DType cache_type) {
     Tensor t = host_f32({s, g, c, d}, random_floats(rng, s * g * c * d));
-    if (cache_type == DType::kBF16) {
-        for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = static_cast<float>(bf16_round(t.f32()[i]));
-    }
+    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = cache_round(t.f32()[i], cache_type);
     return t;
 }
 
 OpCase attention_case(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, int n_seq, int window,
                       int n_sink, DType cache_type = DType::kF32) {
     return {
-        safe_name(fmt::format("attention_n{}_h{}_g{}_d{}_c{}_s{}_w{}_sink{}{}", n, h, g, d, c, n_seq,
-                              window, n_sink, cache_type == DType::kF32 ? "" : "_cache_bf16")),
+        safe_name(fmt::format("attention_n{}_h{}_g{}_d{}_c{}_s{}_w{}_sink{}{}", n, h, g, d, c,
+                              n_seq, window, n_sink, cache_suffix("cache", cache_type))),
         [=] {
             std::mt19937 rng(static_cast<uint32_t>(n * 131 + h * 17 + c + window + n_sink));
             const int64_t s = n_seq;
@@ -634,7 +645,7 @@ OpCase attention_case(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, int
 OpCase kv_store_case(int64_t n, int64_t g, int64_t d, int64_t c, int n_seq, DType cache_type = DType::kF32) {
     return {
         safe_name(fmt::format("kv_store_n{}_g{}_d{}_c{}_s{}{}", n, g, d, c, n_seq,
-                              cache_type == DType::kF32 ? "" : "_cache_bf16")),
+                              cache_suffix("cache", cache_type))),
         [=] {
             std::mt19937 rng(static_cast<uint32_t>(n + g + d + c));
             const int64_t s = n_seq;
@@ -856,7 +867,7 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
         safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}{}{}{}{}{}", r, block_size, c,
                               kinds[static_cast<int>(scores)], top_p,
                               budget > 0 ? fmt::format("_k{}", budget) : "",
-                              key_type == DType::kF32 ? "" : "_keys_bf16",
+                              cache_suffix("keys", key_type),
                               extra_positions > 0 ? fmt::format("_rows{}", extra_positions) : "",
                               query_blocks ? "_query_blocks" : "",
                               samples > 0 ? fmt::format("_samples{}", samples) : "")),
@@ -926,9 +937,7 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                     }
                 }
             }
-            if (key_type == DType::kBF16) {
-                for (float& v : keys) v = static_cast<float>(bf16_round(v));
-            }
+            for (float& v : keys) v = cache_round(v, key_type);
             const float scale = 1.0f / std::sqrt(static_cast<float>(r));
             auto iq = std::make_shared<Tensor>(host_f32({n, hr, r}, q));
             auto index_keys = std::make_shared<Tensor>(host_f32({s, hr, c, r}, keys));
@@ -1153,6 +1162,7 @@ std::vector<OpCase> all_cases() {
     }
     cases.push_back(kv_store_case(5, 3, 64, 32, 3));
     cases.push_back(kv_store_case(5, 3, 64, 32, 3, DType::kBF16));
+    cases.push_back(kv_store_case(5, 3, 16, 32, 3, DType::kF8E4M3));  // index keys
     cases.push_back(kv_store_case(1, 8, 128, 16, 1));
     // select_blocks: r 8 and 16 (method.md section 8), B 16 and 64; c = 1000 (16 or 63 blocks,
     // a partial last block of the cache) and 4096 (64 or 256 blocks).
@@ -1213,6 +1223,19 @@ std::vector<OpCase> all_cases() {
         select_case(16, 64, 4096, 0.9f, SelectScores::kPeaked, 0, DType::kBF16, 0, true, 1));
     cases.push_back(
         select_case(8, 16, 1000, 0.9f, SelectScores::kPeaked, 0, DType::kF32, 0, true, 5));
+    // Index keys in f8 e4m3: decode rows, many rows, a budget, query blocks with and without
+    // samples, r 8 and 12 (the unrolled and the plain bodies).
+    for (SelectScores scores : {SelectScores::kFlat, SelectScores::kPeaked, SelectScores::kTies}) {
+        cases.push_back(select_case(16, 64, 4096, 0.9f, scores, 0, DType::kF8E4M3));
+        cases.push_back(select_case(8, 16, 1000, 0.99f, scores, 0, DType::kF8E4M3));
+    }
+    cases.push_back(select_case(16, 64, 4096, 0.9f, SelectScores::kFlat, 0, DType::kF8E4M3, 160));
+    cases.push_back(select_case(12, 64, 1000, 0.9f, SelectScores::kPeaked, 0, DType::kF8E4M3));
+    cases.push_back(select_case(16, 64, 4096, 1.0f, SelectScores::kPeaked, 16, DType::kF8E4M3));
+    cases.push_back(
+        select_case(16, 64, 4096, 0.8f, SelectScores::kPeaked, 0, DType::kF8E4M3, 0, true));
+    cases.push_back(
+        select_case(16, 64, 4096, 0.8f, SelectScores::kFlat, 0, DType::kF8E4M3, 0, true, 8));
     cases.push_back(rms_norm_case({1, 576}));
     cases.push_back(rms_norm_case({33, 576}));
     cases.push_back(rms_norm_case({7, 1536}));
@@ -1452,6 +1475,44 @@ TEST(BackendKvStore, Bf16CacheRoundsToNearestEven) {
         ++checked;
     }
     EXPECT_GE(checked, 1) << "the cpu backend keeps bf16 caches";
+}
+
+// Every backend stores f8 e4m3 index keys: kv_store rounds to nearest even and saturates at
+// +-448 (cpu and cuda store the bits core/fp8.h gives), select_blocks reads them, and attention
+// refuses a K/V cache of that type.
+TEST(BackendKvStore, F8IndexKeysRoundToNearestEvenAndSaturate) {
+    for (const std::string& name : backend_available()) {
+        std::unique_ptr<Backend> backend = make_backend(name);
+        SCOPED_TRACE("backend " + name);
+        std::mt19937 rng(11);
+        const int64_t n = 4, g = 3, r = 16, c = 12;
+        // Magnitudes from 2^-12 (below the smallest subnormal step) to 2^10 (past 448).
+        std::vector<float> values(static_cast<size_t>(n * g * r));
+        std::uniform_real_distribution<float> log2_magnitude(-12.0f, 10.0f);
+        for (size_t i = 0; i < values.size(); ++i)
+            values[i] = (i % 3 == 0 ? -1.0f : 1.0f) * std::exp2(log2_magnitude(rng));
+        const Tensor keys = host_f32({n, g, r}, values);
+        Tensor cache = backend->alloc(DType::kF8E4M3, {1, g, c, r});
+        const int32_t seq[] = {0, 0, 0, 0}, pos[] = {7, 2, 9, 11};
+        const Tensor keys_dev = upload(*backend, keys);
+        ASSERT_TRUE(backend->kv_store(keys_dev, keys_dev, {seq, pos}, {cache, cache}).is_ok());
+        const std::vector<float> got = download(*backend, cache);
+        for (int64_t i = 0; i < n; ++i) {
+            for (int64_t j = 0; j < g; ++j) {
+                for (int64_t e = 0; e < r; ++e) {
+                    const float x = values[static_cast<size_t>((i * g + j) * r + e)];
+                    ASSERT_EQ(got[static_cast<size_t>((j * c + pos[i]) * r + e)],
+                              f8e4m3_to_f32(f32_to_f8e4m3(x)))
+                        << "key element " << x;
+                }
+            }
+        }
+        const Tensor q = upload(*backend, host_f32({1, g, r}, random_floats(rng, g * r)));
+        const int32_t one_seq[] = {0}, one_pos[] = {11};
+        const Status st = backend->attention(q, {cache, cache}, {one_seq, one_pos}, {},
+                                             backend->alloc(DType::kF32, {1, g, r}));
+        EXPECT_FALSE(st.is_ok());
+    }
 }
 
 // A cache type the backend does not keep (listed by kv_cache_dtypes) is kUnsupported, with

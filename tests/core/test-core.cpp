@@ -2,9 +2,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
 
 #include "core/dtype.h"
 #include "core/fp16.h"
+#include "core/fp8.h"
 #include "core/mapped-file.h"
 #include "core/status.h"
 #include "core/tensor.h"
@@ -59,6 +63,76 @@ TEST(Fp16, Bf16RoundsToNearestEven) {
     // 1 + 2^-8 is exactly halfway between two bf16 values: ties go to the even mantissa (1.0).
     EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.0f + std::ldexp(1.0f, -8))), 1.0f);
     EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8))), 1.0f + std::ldexp(1.0f, -6));
+}
+
+TEST(Fp8, E4M3CodesDecodeAsTheFormatDefines) {
+    EXPECT_EQ(f8e4m3_to_f32(0x00), 0.0f);
+    EXPECT_EQ(f8e4m3_to_f32(0x01), std::ldexp(1.0f, -9));  // the smallest subnormal
+    EXPECT_EQ(f8e4m3_to_f32(0x07), 7 * std::ldexp(1.0f, -9));
+    EXPECT_EQ(f8e4m3_to_f32(0x08), std::ldexp(1.0f, -6));  // the smallest normal
+    EXPECT_EQ(f8e4m3_to_f32(0x38), 1.0f);
+    EXPECT_EQ(f8e4m3_to_f32(0x39), 1.125f);
+    EXPECT_EQ(f8e4m3_to_f32(0x7E), 448.0f);
+    EXPECT_EQ(f8e4m3_to_f32(0xFE), -448.0f);
+    EXPECT_EQ(f8e4m3_to_f32(0xB8), -1.0f);
+    EXPECT_TRUE(std::isnan(f8e4m3_to_f32(0x7F)));
+    EXPECT_TRUE(std::isnan(f8e4m3_to_f32(0xFF)));
+    EXPECT_EQ(dtype_row_bytes(DType::kF8E4M3, 16), 16u);
+}
+
+// The nearest code by brute force over the 127 finite non-negative codes, ties to the even
+// code (its last mantissa bit 0); beyond 448 the saturated 448.
+uint8_t nearest_e4m3(float x) {
+    const float magnitude = std::fabs(x);
+    uint8_t best = 0x7E;
+    if (magnitude < 448.0f) {
+        double best_gap = std::numeric_limits<double>::infinity();
+        for (int code = 0; code <= 0x7E; ++code) {
+            const double gap = std::fabs(
+                static_cast<double>(f8e4m3_to_f32(static_cast<uint8_t>(code))) - magnitude);
+            if (gap < best_gap || (gap == best_gap && code % 2 == 0)) {
+                best_gap = gap;
+                best = static_cast<uint8_t>(code);
+            }
+        }
+    }
+    return static_cast<uint8_t>(best | (std::signbit(x) ? 0x80 : 0));
+}
+
+TEST(Fp8, E4M3RoundsToNearestEvenAndSaturates) {
+    std::vector<float> xs = {0.0f,
+                             -0.0f,
+                             448.0f,
+                             460.0f,
+                             464.0f,
+                             1e30f,
+                             std::numeric_limits<float>::infinity(),
+                             -std::numeric_limits<float>::infinity(),
+                             std::ldexp(1.0f, -10),
+                             std::ldexp(3.0f, -11),
+                             std::ldexp(1.0f, -12),
+                             std::numeric_limits<float>::denorm_min()};
+    // Every code, the midpoints between neighbours (the ties) and a hair either side of them.
+    for (int code = 0; code < 0x7E; ++code) {
+        const float lo = f8e4m3_to_f32(static_cast<uint8_t>(code)),
+                    hi = f8e4m3_to_f32(static_cast<uint8_t>(code + 1));
+        const float mid = (lo + hi) / 2;  // exact: both have few mantissa bits
+        for (float x : {lo, mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1000.0f)}) {
+            xs.push_back(x);
+            xs.push_back(-x);
+        }
+    }
+    std::mt19937 rng(7);
+    std::uniform_real_distribution<float> log2_magnitude(-14.0f, 10.0f);
+    for (int i = 0; i < 20000; ++i)
+        xs.push_back((i % 2 ? -1.0f : 1.0f) * std::exp2(log2_magnitude(rng)));
+    for (float x : xs) ASSERT_EQ(f32_to_f8e4m3(x), nearest_e4m3(x)) << x;
+    // Round trips: every finite code converts back to itself.
+    for (int code = 0; code < 256; ++code) {
+        if ((code & 0x7F) == 0x7F) continue;
+        ASSERT_EQ(f32_to_f8e4m3(f8e4m3_to_f32(static_cast<uint8_t>(code))), code) << code;
+    }
+    EXPECT_EQ(f32_to_f8e4m3(std::nanf("")) & 0x7F, 0x7F);
 }
 
 TEST(DType, RowBytesFollowBlockLayouts) {

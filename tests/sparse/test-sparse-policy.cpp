@@ -181,6 +181,53 @@ TEST_P(SparsePolicyTest, Bf16CacheKeepsIndexKeysInBf16) {
     EXPECT_LE(test::nmse(bf16, f32), 0.25 * test::nmse(f32, run(t, GetParam(), {}, 150, nullptr, DType::kF32)));
 }
 
+// Index keys cached in f8 e4m3 (SparseRunOptions::index_key_type): p = 1 still equals dense,
+// a real top-p matches the reference run with the same keys and stays close to the f32-key
+// run, and the session counts the smaller index-key cache with the KV cache.
+TEST_P(SparsePolicyTest, F8IndexKeysMatchTheReferenceAndShrinkTheCache) {
+    const Tiny t = load_tiny(200);
+    SparseRunOptions f8;
+    f8.index_key_type = DType::kF8E4M3;
+    const Adapter every =
+        make_adapter(t.model.config, all_heads(t.model.config), small_settings(1.0f), true, 1);
+    EXPECT_LE(test::nmse(run(t, GetParam(), sparse_policy_factory(every, f8), 150),
+                         run(t, GetParam(), {}, 150)),
+              kSame);
+    const Adapter a = make_adapter(t.model.config, {{0, 2}, {1, 0}, {1, 3}, {2, 1}},
+                                   small_settings(0.6f), true, 4);
+    SparsityStats stats;
+    const auto out = run(t, GetParam(), sparse_policy_factory(a, f8), 150, &stats);
+    EXPECT_GT(stats.compute_sparsity(), 0.3);
+    const auto f32_keys = run(t, GetParam(), sparse_policy_factory(a), 150, nullptr, DType::kF32);
+    const double sparsity_cost =
+        test::nmse(f32_keys, run(t, GetParam(), {}, 150, nullptr, DType::kF32));
+    if (GetParam() == "cpu")  // the same f8 keys as the reference: only f32 rounding differs
+        EXPECT_LE(test::nmse(out, run(t, "cpu-ref", sparse_policy_factory(a, f8), 150)), 1e-6);
+    // Rounding the index keys to 3 mantissa bits moves the logits far less than the sparsity does.
+    EXPECT_LE(test::nmse(out, f32_keys), 0.25 * sparsity_cost);
+
+    SessionOptions so;
+    so.backend = GetParam();
+    so.cache_type = DType::kF32;
+    so.n_ctx = 256;
+    auto with_f32 = Session::create(t.model.config, t.model.weights, so, sparse_policy_factory(a));
+    auto with_f8 =
+        Session::create(t.model.config, t.model.weights, so, sparse_policy_factory(a, f8));
+    ASSERT_TRUE(with_f32.is_ok() && with_f8.is_ok());
+    // 4 retrieval heads x 256 positions x r 8: 4 bytes per value, then 1.
+    const size_t f32_key_bytes = 4u * 256u * 8u * 4u;
+    EXPECT_EQ((*with_f32)->kv_bytes(), (*with_f32)->cache().nbytes() + f32_key_bytes);
+    EXPECT_EQ((*with_f8)->kv_bytes(), (*with_f8)->cache().nbytes() + f32_key_bytes / 4);
+    // A type no backend keeps index keys in is refused by name.
+    SparseRunOptions q4;
+    q4.index_key_type = DType::kQ4_0;
+    auto refused =
+        Session::create(t.model.config, t.model.weights, so, sparse_policy_factory(a, q4));
+    ASSERT_FALSE(refused.is_ok());
+    EXPECT_NE(refused.status().message().find("q4_0"), std::string::npos)
+        << refused.status().to_string();
+}
+
 TEST_P(SparsePolicyTest, TopKBlocksKeepsAFixedBudget) {
     const Tiny t = load_tiny(240);
     const Adapter a = make_adapter(t.model.config, {{0, 2}, {1, 0}, {1, 3}, {2, 1}}, small_settings(0.6f), true, 4);

@@ -206,6 +206,19 @@ TEST(BenchAttention, BlockSparsePrefillJson) {
     expect_select_plus_attention(sampled[1]);
 }
 
+// f8 index keys: the decode rows name them and the timed selection still keeps about the
+// planted share.
+TEST(BenchAttention, SparseLayerWithF8IndexKeys) {
+    const auto j = run_sparse_layer("--prefill none --decode 2048 --fractions 0.1 --index-keys f8");
+    ASSERT_EQ(j.size(), 2u);
+    EXPECT_EQ(j[1]["index_keys"], "f8_e4m3");
+    EXPECT_EQ(j[1]["cache"], "f32");
+    expect_select_plus_attention(j[1]);
+    const double select_kept = j[1]["select_kept"];
+    EXPECT_GT(select_kept, 0.05);
+    EXPECT_LT(select_kept, 0.3);
+}
+
 TEST(BenchAttention, SparseLayerBadFlags) {
     for (const char* args :
          {"--retrieval 0.2 --window 0", "--retrieval 1.5 --window 64",
@@ -213,7 +226,8 @@ TEST(BenchAttention, SparseLayerBadFlags) {
           "--window 64 --block-sparse-prefill", "--retrieval 0.2 --window 64 --shared-index-query",
           "--retrieval 0.2 --window 64 --block-sparse-prefill --prefill-select row",
           "--retrieval 0.2 --window 64 --block-sparse-prefill --prefill-select token "
-          "--prefill-samples 8"}) {
+          "--prefill-samples 8",
+          "--retrieval 0.2 --window 64 --index-keys q4_0"}) {
         const auto r = test::run_purbo(std::string("bench --attention --device cpu ") + args);
         EXPECT_EQ(r.status, 1) << args << ": " << r.output;
     }

@@ -91,6 +91,8 @@ TEST(EvalCli, BadFlagsGiveOneClearLine) {
          "--prefill-samples: -1 must be 0 (all) or positive"},
         {m + " --prefill-select token --prefill-samples 8 --adapter " + classes,
          "--prefill-samples applies to --prefill-select block only"},
+        {m + " --index-keys f4 --adapter " + classes,
+         "--index-keys 'f4': expected f32, bf16 or f8"},
         {m + " --tasks passkey --lengths 1K --device tpu", "unknown backend 'tpu'"},
         {"eval -m " + (dir / "missing").string(), "missing"},
     };

@@ -188,13 +188,27 @@ void print_row(const SparseBenchConfig& c, int64_t hr, const Row& r, bool last) 
                     static_cast<long long>(hr), static_cast<long long>(c.shape.heads), kept.c_str(),
                     cells.c_str());
     } else {
-        nlohmann::ordered_json j = {{"shape", c.shape_name}, {"device", c.device}, {"cache", dtype_name(c.cache_type)}, {"mode", r.mode},
-                                    {"n", r.n}, {"window", c.window}, {"sinks", c.sinks},
-                                    {"retrieval_heads", hr}, {"heads", c.shape.heads},
-                                    {"kv_heads", c.shape.kv_heads}, {"head_dim", c.shape.head_dim},
-                                    {"block", c.block}, {"fraction", r.fraction}, {"ms", nullptr},
-                                    {"select_ms", nullptr}, {"attention_ms", nullptr}, {"dense_ms", nullptr},
-                                    {"tflops", nullptr}, {"gbps", nullptr}, {"skipped", nullptr}};
+        nlohmann::ordered_json j = {{"shape", c.shape_name},
+                                    {"device", c.device},
+                                    {"cache", dtype_name(c.cache_type)},
+                                    {"index_keys", dtype_name(c.index_key_type)},
+                                    {"mode", r.mode},
+                                    {"n", r.n},
+                                    {"window", c.window},
+                                    {"sinks", c.sinks},
+                                    {"retrieval_heads", hr},
+                                    {"heads", c.shape.heads},
+                                    {"kv_heads", c.shape.kv_heads},
+                                    {"head_dim", c.shape.head_dim},
+                                    {"block", c.block},
+                                    {"fraction", r.fraction},
+                                    {"ms", nullptr},
+                                    {"select_ms", nullptr},
+                                    {"attention_ms", nullptr},
+                                    {"dense_ms", nullptr},
+                                    {"tflops", nullptr},
+                                    {"gbps", nullptr},
+                                    {"skipped", nullptr}};
         if (r.mode == "prefill-block-sparse") {
             j["select"] = c.per_query_block ? "block" : "token";
             if (c.per_query_block) j["samples"] = c.query_block_samples;
@@ -232,9 +246,13 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
     std::mt19937 rng(42);
     const Tensor block_k = random_block(s.head_dim, rng), block_v = random_block(s.head_dim, rng);
     const Tensor block_index = random_block(c.rank, rng);
-    std::fprintf(stderr, "bench-attention: sparse layer %s on %s: %lld of %lld heads retrieval, W %d, S %d, B %d, r %d\n",
+    std::fprintf(stderr,
+                 "bench-attention: sparse layer %s on %s: %lld of %lld heads retrieval, W %d, S "
+                 "%d, B %d, r %d, %s KV cache, %s index keys\n",
                  c.shape_name.c_str(), c.device.c_str(), static_cast<long long>(hr),
-                 static_cast<long long>(s.heads), c.window, c.sinks, c.block, c.rank);
+                 static_cast<long long>(s.heads), c.window, c.sinks, c.block, c.rank,
+                 std::string(dtype_name(c.cache_type)).c_str(),
+                 std::string(dtype_name(c.index_key_type)).c_str());
     print_header(c);
     const size_t total_rows =
         c.prefill.size() * (1 + (c.block_sparse_prefill ? c.fractions.size() : 0)) +
@@ -289,7 +307,7 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         BlockSelection sel;
         Status st = b.status();
         if (st.is_ok()) {
-            index_keys = be.alloc(c.cache_type, {1, hr, n, c.rank}, "index keys");
+            index_keys = be.alloc(c.index_key_type, {1, hr, n, c.rank}, "index keys");
             iq = be.alloc(DType::kF32, {m, hr, c.rank}, "iq");
             sel.blocks = be.alloc(DType::kI32, {m, hr, n_blocks}, "selected blocks");
             sel.counts = be.alloc(DType::kI32, {m, hr}, "selected counts");
@@ -411,7 +429,7 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         // The index keys of the retrieval heads (s = 1, hr, n, r), one query's iq (1, hr, r),
         // and the selection the op writes.
         const int64_t n_blocks = (n + c.block - 1) / c.block;
-        Tensor index_keys = be.alloc(c.cache_type, {1, hr, n, c.rank}, "index keys");  // kept as the KV cache
+        Tensor index_keys = be.alloc(c.index_key_type, {1, hr, n, c.rank}, "index keys");
         Tensor iq = be.alloc(DType::kF32, {1, hr, c.rank}, "iq");
         Tensor sel_blocks = be.alloc(DType::kI32, {1, hr, n_blocks}, "selected blocks");
         Tensor sel_counts = be.alloc(DType::kI32, {1, hr}, "selected counts");

@@ -42,7 +42,8 @@ struct SparseBenchConfig {
     int64_t chunk = 65536;
     double max_seconds = 60;
     double deadline = 0;  // seconds from the start after which no case starts (0: none)
-    DType cache_type = DType::kF32;  // of the KV cache
+    DType cache_type = DType::kF32;      // of the KV cache
+    DType index_key_type = DType::kF32;  // of the retrieval heads' index keys
 };
 
 int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& config);

@@ -179,7 +179,8 @@ int cmd_bench(int argc, char** argv) {
             double var = 0;
             for (double x : xs) var += (x - mean) * (x - mean);
             const double sd = xs.size() > 1 ? std::sqrt(var / static_cast<double>(xs.size() - 1)) : 0.0;
-            const double kv_mib = static_cast<double>(sessions[si].second->cache().nbytes()) / (1024.0 * 1024.0);
+            const double kv_mib =
+                static_cast<double>(sessions[si].second->kv_bytes()) / (1024.0 * 1024.0);
             const std::string& mode = sessions[si].first;
             if (output == "md") {
                 const std::string extra = compare ? fmt::format(" {} | {:.1f} |", mode, kv_mib) : "";
@@ -190,12 +191,16 @@ int cmd_bench(int argc, char** argv) {
                 std::string list;
                 for (double x : xs) list += (list.empty() ? "" : ", ") + std::to_string(x);
                 std::printf(
-                    "  {\"model\": \"%s\", \"model_size\": %zu, \"model_n_params\": %lld, \"backend\": \"%s\", "
-                    "\"n_threads\": %d, \"attention\": \"%s\", \"kv_bytes\": %zu, \"n_prompt\": %d, \"n_gen\": %d, "
-                    "\"n_depth\": %d, \"avg_ts\": %.4f, \"stddev_ts\": %.4f, \"samples_ts\": [%s]}%s\n",
-                    model_name.c_str(), model->weight_bytes(), static_cast<long long>(n_params), mf.device.c_str(),
-                    threads, mode.c_str(), sessions[si].second->cache().nbytes(), t.n_prompt, t.n_gen, t.n_depth, mean,
-                    sd, list.c_str(), --rows_left > 0 ? "," : "");
+                    "  {\"model\": \"%s\", \"model_size\": %zu, \"model_n_params\": %lld, "
+                    "\"backend\": \"%s\", "
+                    "\"n_threads\": %d, \"attention\": \"%s\", \"kv_bytes\": %zu, \"n_prompt\": "
+                    "%d, \"n_gen\": %d, "
+                    "\"n_depth\": %d, \"avg_ts\": %.4f, \"stddev_ts\": %.4f, \"samples_ts\": "
+                    "[%s]}%s\n",
+                    model_name.c_str(), model->weight_bytes(), static_cast<long long>(n_params),
+                    mf.device.c_str(), threads, mode.c_str(), sessions[si].second->kv_bytes(),
+                    t.n_prompt, t.n_gen, t.n_depth, mean, sd, list.c_str(),
+                    --rows_left > 0 ? "," : "");
             }
             std::fflush(stdout);
         }

@@ -113,6 +113,19 @@ void add_sparse_flags(OptionSet& set, SparseFlags& flags) {
          &flags.prefill_samples});
     set.options.push_back({"--no-rings", "", "", "keep every KV head for the whole context (no ring buffers)",
                            &flags.no_rings});
+    set.options.push_back(
+        {"--index-keys", "", "TYPE",
+         "element type of the cached index keys: f32, bf16 or f8 (e4m3, 1 byte per value; "
+         "default: the KV cache's)",
+         &flags.index_keys});
+}
+
+Result<std::optional<DType>> parse_index_key_type(std::string_view name) {
+    if (name.empty()) return std::optional<DType>{};
+    if (name == "f32") return std::optional<DType>{DType::kF32};
+    if (name == "bf16") return std::optional<DType>{DType::kBF16};
+    if (name == "f8" || name == "f8_e4m3") return std::optional<DType>{DType::kF8E4M3};
+    return error(StatusCode::kInvalidArgument, "--index-keys '{}': expected f32, bf16 or f8", name);
 }
 
 Status check_prefill_selection_flags(const std::string& select, int samples) {
@@ -133,7 +146,10 @@ Result<SparseRunOptions> sparse_run_options(const SparseFlags& flags) {
         return error(StatusCode::kInvalidArgument, "--prefill-top-p: {} is not in (0, 1]",
                      flags.prefill_top_p);
     PURBO_TRY(check_prefill_selection_flags(flags.prefill_select, flags.prefill_samples));
+    PURBO_ASSIGN_OR_RETURN(std::optional<DType> index_key_type,
+                           parse_index_key_type(flags.index_keys));
     SparseRunOptions options;
+    options.index_key_type = index_key_type;
     options.block_sparse_prefill = flags.block_sparse_prefill;
     options.prefill_samples = flags.prefill_samples;
     options.prefill_per_query_block = flags.prefill_select == "block";

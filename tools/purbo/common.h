@@ -36,6 +36,7 @@ struct SparseFlags {
     float prefill_top_p = 0;               // --prefill-top-p; 0 = decode's p
     int prefill_samples = 0;               // --prefill-samples; 0 = every token of a query block
     float sparse_top_p = 0;       // 0 = the adapter's
+    std::string index_keys;       // --index-keys: f32, bf16 or f8; "" = the KV cache's type
     bool no_rings = false;
     bool collect_stats = true;    // not a flag: benchmarks turn it off (a readback per layer)
 
@@ -45,6 +46,8 @@ struct SparseFlags {
 // The committed adapter for the default model (adapters/ next to the source tree).
 std::string default_adapter_path();
 void add_sparse_flags(OptionSet& set, SparseFlags& flags);
+// --index-keys as a DType; nullopt for "" (the KV cache's type).
+Result<std::optional<DType>> parse_index_key_type(std::string_view name);
 // --prefill-select (block or token) and --prefill-samples (>= 0, block only), of any subcommand.
 Status check_prefill_selection_flags(const std::string& select, int samples);
 // The run options the flags give (checked: a bad value names its flag).

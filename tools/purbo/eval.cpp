@@ -336,7 +336,7 @@ Status Evaluation::run_variant(const std::string& name, EvalReport& report,
     const bool do_ppl = plan_.ppl;
 
     auto record_kv = [&](Session& s) {
-        v.kv_bytes = s.cache().nbytes();
+        v.kv_bytes = s.kv_bytes();
         v.dense_kv_bytes = s.cache().dense_nbytes();
     };
     if (name == "topk") {

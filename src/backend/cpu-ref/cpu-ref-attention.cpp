@@ -6,6 +6,7 @@
 
 #include "backend/cpu-ref/cpu-ref-backend.h"
 #include "backend/op-checks.h"
+#include "core/fp8.h"
 
 namespace purbo {
 
@@ -37,9 +38,10 @@ Status CpuRefBackend::rope(const Tensor& x, std::span<const int32_t> pos,
 
 Status CpuRefBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
                                const KvCacheView& cache) {
-    PURBO_TRY(check_kv_store(k, v, place, cache, kv_cache_dtypes()));
+    PURBO_TRY(check_kv_store(k, v, place, cache, index_key_dtypes()));
     // k, v (n, g, d); cache (s, gc, c, d)
     const int64_t n = k.dim(0), g = k.dim(1), d = k.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
+    const bool f8 = cache.k.dtype == DType::kF8E4M3;  // an index-key cache; else f32
     for (int64_t i = 0; i < n; ++i) {
         for (int64_t kv = 0; kv < g; ++kv) {
             const int64_t slot = kv_view_index(cache, kv);
@@ -47,8 +49,13 @@ Status CpuRefBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlac
             const int64_t dst = ((place.seq[i] * gc + slot) * c + kv_cache_row(cache, place.pos[i])) * d;
             const int64_t src = (i * g + kv) * d;
             for (int64_t e = 0; e < d; ++e) {
-                cache.k.f32()[dst + e] = k.f32()[src + e];
-                cache.v.f32()[dst + e] = v.f32()[src + e];
+                if (f8) {
+                    cache.k.ptr<uint8_t>()[dst + e] = f32_to_f8e4m3(k.f32()[src + e]);
+                    cache.v.ptr<uint8_t>()[dst + e] = f32_to_f8e4m3(v.f32()[src + e]);
+                } else {
+                    cache.k.f32()[dst + e] = k.f32()[src + e];
+                    cache.v.f32()[dst + e] = v.f32()[src + e];
+                }
             }
         }
     }

@@ -18,6 +18,7 @@
 
 #include "backend/cpu-ref/cpu-ref-backend.h"
 #include "backend/op-checks.h"
+#include "core/quants.h"
 
 namespace purbo {
 namespace {
@@ -28,8 +29,19 @@ std::vector<double> token_block_masses(const Tensor& iq, const Tensor& index_key
                                        int64_t i, int64_t j) {
     const int64_t hr = iq.dim(1), r = iq.dim(2), c = index_keys.dim(2);
     const int64_t p = place.pos[i], block_size = params.block_size;
-    const float* q = iq.f32() + (i * hr + j) * r;                            // (r,)
-    const float* keys = index_keys.f32() + (place.seq[i] * hr + j) * c * r;  // (c, r)
+    const float* q = iq.f32() + (i * hr + j) * r;  // (r,)
+    // The sequence's keys for head j as f32, (c, r): f32 keys as they are, f8 ones decoded.
+    const int64_t first = (place.seq[i] * hr + j) * c * r;
+    std::vector<float> decoded;
+    const float* keys = nullptr;
+    if (index_keys.dtype == DType::kF8E4M3) {
+        decoded.resize(static_cast<size_t>((p + 1) * r));
+        dequantize_row(DType::kF8E4M3, index_keys.ptr<uint8_t>() + first, decoded.data(),
+                       (p + 1) * r);
+        keys = decoded.data();
+    } else {
+        keys = index_keys.f32() + first;
+    }
     std::vector<double> z(static_cast<size_t>(p + 1));
     double max_z = -std::numeric_limits<double>::infinity();
     for (int64_t t = 0; t <= p; ++t) {
@@ -87,7 +99,8 @@ std::vector<int32_t> select_by_mass(const std::vector<double>& mass,
 Status CpuRefBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
                                     const TokenPlacement& place, const BlockSelectParams& params,
                                     const Tensor& blocks, const Tensor& counts) {
-    PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts, kv_cache_dtypes()));
+    PURBO_TRY(
+        check_select_blocks(iq, index_keys, place, params, blocks, counts, index_key_dtypes()));
     // iq (n, hr, r); index_keys (s, hr, c, r); blocks (n, hr, max_blocks); counts (n, hr)
     const int64_t hr = iq.dim(1), max_blocks = blocks.dim(2);
     const std::vector<int64_t> groups =

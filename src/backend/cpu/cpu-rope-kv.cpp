@@ -6,6 +6,7 @@
 #include "backend/cpu/cpu-backend.h"
 #include "backend/op-checks.h"
 #include "core/fp16.h"
+#include "core/fp8.h"
 
 namespace purbo {
 
@@ -42,11 +43,12 @@ Status CpuBackend::rope(const Tensor& x, std::span<const int32_t> pos, const Rop
 
 Status CpuBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
                             const KvCacheView& cache) {
-    PURBO_TRY(check_kv_store(k, v, place, cache, kv_cache_dtypes()));
+    PURBO_TRY(check_kv_store(k, v, place, cache, index_key_dtypes()));
     // k, v (n, g, d); cache (s, gc, c, d)
     const int64_t n = k.dim(0), g = k.dim(1), d = k.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
     const size_t row_bytes = static_cast<size_t>(d) * sizeof(float);
     const bool bf16 = cache.k.dtype == DType::kBF16;
+    const bool f8 = cache.k.dtype == DType::kF8E4M3;  // an index-key cache
     for (int64_t i = 0; i < n; ++i) {
         for (int64_t kv = 0; kv < g; ++kv) {
             const int64_t slot = kv_view_index(cache, kv);
@@ -57,6 +59,11 @@ Status CpuBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlaceme
                 for (int64_t e = 0; e < d; ++e) {
                     cache.k.ptr<uint16_t>()[dst + e] = f32_to_bf16(k.f32()[src + e]);
                     cache.v.ptr<uint16_t>()[dst + e] = f32_to_bf16(v.f32()[src + e]);
+                }
+            } else if (f8) {  // round to nearest even, saturate, as the cuda backend's kv_store
+                for (int64_t e = 0; e < d; ++e) {
+                    cache.k.ptr<uint8_t>()[dst + e] = f32_to_f8e4m3(k.f32()[src + e]);
+                    cache.v.ptr<uint8_t>()[dst + e] = f32_to_f8e4m3(v.f32()[src + e]);
                 }
             } else {
                 std::memcpy(cache.k.f32() + dst, k.f32() + src, row_bytes);

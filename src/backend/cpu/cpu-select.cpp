@@ -29,13 +29,25 @@
 #include "backend/op-checks.h"
 #include "backend/select-bins.h"
 #include "core/fp16.h"
+#include "core/fp8.h"
 
 namespace purbo {
 namespace {
 
-// An index key element as f32: the keys are kept like the KV cache, in f32 or bf16.
+// The 256 values of an e4m3 byte (core/fp8.h), for the scalar paths.
+const std::vector<float> kF8Values = [] {
+    std::vector<float> values(256);
+    for (int code = 0; code < 256; ++code)
+        values[static_cast<size_t>(code)] = f8e4m3_to_f32(static_cast<uint8_t>(code));
+    return values;
+}();
+
+// An index key element as f32: the keys are kept in f32 or bf16 (like the KV cache) or f8 e4m3.
 inline float key_value(float k) { return k; }
 inline float key_value(uint16_t k) { return bf16_to_f32(k); }
+inline float key_value(F8E4M3 k) {
+    return kF8Values[k.bits];
+}
 
 // q . k over kR dims (kR = 0: r dims, known at run time only). The index dims of the method
 // (8, 16) get a fully unrolled, vectorised body.
@@ -242,11 +254,13 @@ void group_log2_masses(const Tensor& iq, const Key* keys, const TokenPlacement& 
 Status CpuBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
                                  const TokenPlacement& place, const BlockSelectParams& params,
                                  const Tensor& blocks, const Tensor& counts) {
-    PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts, kv_cache_dtypes()));
-    // iq (n, hr, r); index_keys (s, hr, c, r) f32 or bf16; blocks (n, hr, max_blocks); counts (n, hr)
+    PURBO_TRY(
+        check_select_blocks(iq, index_keys, place, params, blocks, counts, index_key_dtypes()));
+    // iq (n, hr, r); index_keys (s, hr, c, r) f32, bf16 or f8; blocks (n, hr, max_blocks); counts
+    // (n, hr)
     const int64_t hr = iq.dim(1), r = iq.dim(2), c = index_keys.dim(2);
     const int64_t max_blocks = blocks.dim(2);
-    const bool bf16_keys = index_keys.dtype == DType::kBF16;
+    const DType key_type = index_keys.dtype;
     const std::vector<int64_t> groups =
         select_query_groups(place, params.block_size, params.per_query_block);
     const int64_t n_groups = static_cast<int64_t>(groups.size()) - 1;
@@ -266,8 +280,11 @@ Status CpuBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
                 } else {
                     const int64_t key_offset =
                         (place.seq[first] * hr + j) * c * r;  // of the (c, r) keys
-                    if (bf16_keys)
+                    if (key_type == DType::kBF16)
                         group_log2_masses(iq, index_keys.ptr<uint16_t>() + key_offset, place, first,
+                                          end, j, params, scratch);
+                    else if (key_type == DType::kF8E4M3)
+                        group_log2_masses(iq, index_keys.ptr<F8E4M3>() + key_offset, place, first,
                                           end, j, params, scratch);
                     else
                         group_log2_masses(iq, index_keys.f32() + key_offset, place, first, end, j,

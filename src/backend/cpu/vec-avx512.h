@@ -3,14 +3,28 @@
 #pragma once
 
 #if defined(__AVX512F__)
-#include "core/simd.h"
-
 #include <cstdint>
+
+#include "core/fp8.h"
+#include "core/simd.h"
 
 namespace purbo {
 
-// 16 elements of an f32 row, or of a bf16 row widened to f32 (exact).
+// 16 elements of an f32 row, or of a bf16 or f8 e4m3 row widened to f32 (exact).
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+// e4m3 -> f32 through the f16 conversion: s.eeee.mmm placed as the f16 s.0eeee.mmm0000000 is
+// the value times 2^-8 (exponent bias 15 against 7), subnormals included (f16's subnormals
+// step by 2^-24, e4m3's by 2^-9 = 2^-24 x 2^7 x 2^8), and vcvtph2ps converts those exactly
+// whatever the denormals-are-zero flag. A sign-extended byte shifted left by 7 has the sign in
+// bit 15 and its copy in bit 14, which the mask clears. 0x7F and 0xFF (NaN) read as +-480; the
+// stores never write them for finite keys.
+inline __m512 load16(const F8E4M3* p) {
+    const __m256i words =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i f16 = _mm256_and_si256(_mm256_slli_epi16(words, 7),
+                                         _mm256_set1_epi16(static_cast<short>(0xBFFF)));
+    return _mm512_mul_ps(_mm512_cvtph_ps(f16), _mm512_set1_ps(256.0f));
+}
 inline __m512 load16(const uint16_t* p) {  // bf16 -> f32: the bits shifted into the high half
     const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));

@@ -8,6 +8,7 @@
 
 #include "backend/cuda/cuda-check.h"
 #include "core/fp16.h"
+#include "core/fp8.h"
 #include "core/log.h"
 #include "core/quants.h"
 
@@ -188,9 +189,11 @@ Status check_copy(std::string_view op, const Tensor& host, const Tensor& dev) {
         return error(StatusCode::kInvalidArgument, "{}: '{}' {} must be a host {} tensor", op, host.name,
                      host.describe(), dtype_name(host_dtype));
     PURBO_TRY(require_device(op, dev, "tensor"));
-    if (dev.dtype != DType::kF32 && dev.dtype != DType::kBF16 && dev.dtype != DType::kI32)
-        return error(StatusCode::kUnsupported, "{}: device tensor '{}' {}: only f32, bf16 and i32 copy",
-                     op, dev.name, dev.describe());
+    if (dev.dtype != DType::kF32 && dev.dtype != DType::kBF16 && dev.dtype != DType::kF8E4M3 &&
+        dev.dtype != DType::kI32)
+        return error(StatusCode::kUnsupported,
+                     "{}: device tensor '{}' {}: only f32, bf16, f8_e4m3 and i32 copy", op,
+                     dev.name, dev.describe());
     if (!same_shape(host, dev))
         return error(StatusCode::kInvalidArgument, "{}: '{}' {} and '{}' {} differ in shape", op, host.name,
                      host.describe(), dev.name, dev.describe());
@@ -209,6 +212,14 @@ Status CudaBackend::to_host(const Tensor& src, const Tensor& host_dst) {
         PURBO_CUDA_TRY(cudaStreamSynchronize(stream_));
         return Status::ok();
     }
+    if (src.dtype == DType::kF8E4M3) {
+        std::vector<uint8_t> bytes(count);
+        PURBO_CUDA_TRY(
+            cudaMemcpyAsync(bytes.data(), src.data, count, cudaMemcpyDeviceToHost, stream_));
+        PURBO_CUDA_TRY(cudaStreamSynchronize(stream_));
+        for (size_t i = 0; i < count; ++i) host_dst.ptr<float>()[i] = f8e4m3_to_f32(bytes[i]);
+        return Status::ok();
+    }
     std::vector<uint16_t> bits(count);
     PURBO_CUDA_TRY(cudaMemcpyAsync(bits.data(), src.data, count * 2, cudaMemcpyDeviceToHost, stream_));
     PURBO_CUDA_TRY(cudaStreamSynchronize(stream_));
@@ -223,6 +234,15 @@ Status CudaBackend::from_host(const Tensor& host_src, const Tensor& dst) {
     const size_t count = static_cast<size_t>(dst.numel());
     if (dst.dtype == DType::kF32 || dst.dtype == DType::kI32) {  // 4-byte elements, as they are
         PURBO_CUDA_TRY(cudaMemcpyAsync(dst.data, host_src.data, count * 4, cudaMemcpyHostToDevice, stream_));
+        return Status::ok();
+    }
+    // The narrow types are rounded on the host; the copies below are staged from pageable
+    // memory, so the vectors may go once cudaMemcpyAsync returns.
+    if (dst.dtype == DType::kF8E4M3) {
+        std::vector<uint8_t> bytes(count);
+        for (size_t i = 0; i < count; ++i) bytes[i] = f32_to_f8e4m3(host_src.ptr<float>()[i]);
+        PURBO_CUDA_TRY(
+            cudaMemcpyAsync(dst.data, bytes.data(), count, cudaMemcpyHostToDevice, stream_));
         return Status::ok();
     }
     std::vector<uint16_t> bits(count);

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
 
@@ -36,6 +38,16 @@ __device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
     const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits.x));
     const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits.y));
     return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+// f8 e4m3 (index keys; 4-byte aligned): two hardware conversions of 2 elements to half2.
+__device__ __forceinline__ float4 load4(const __nv_fp8_e4m3* p) {
+    const uint32_t bits = *reinterpret_cast<const uint32_t*>(p);
+    const __half2 lo(
+        __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(bits & 0xFFFFu), __NV_E4M3));
+    const __half2 hi(
+        __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(bits >> 16), __NV_E4M3));
+    const float2 a = __half22float2(lo), b = __half22float2(hi);
+    return make_float4(a.x, a.y, b.x, b.y);
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {

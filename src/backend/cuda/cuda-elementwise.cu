@@ -2,6 +2,7 @@
 // rope, kv_store. fp32 math throughout (no fast-math intrinsics: expf, cosf, sinf and the
 // division are the IEEE-accurate versions, so the results track cpu-ref within a few ulps).
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #include <cmath>
 
@@ -122,9 +123,12 @@ __global__ void rope_kernel(RopeArgs args) {
 
 __device__ __forceinline__ void store_as(float* dst, float v) { *dst = v; }
 __device__ __forceinline__ void store_as(__nv_bfloat16* dst, float v) { *dst = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store_as(__nv_fp8_e4m3* dst, float v) {
+    dst->__x = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);  // nearest even, +-448 at most
+}
 
-// One CTA per (token, KV head); threads over d. Cache: float or __nv_bfloat16 (rounded to
-// nearest even).
+// One CTA per (token, KV head); threads over d. Cache: float, __nv_bfloat16 (rounded to
+// nearest even) or __nv_fp8_e4m3 (index keys: nearest even, saturated, as core/fp8.h).
 template <class Cache>
 __global__ void kv_store_kernel(KvStoreArgs args) {
     auto* cache_k = static_cast<Cache*>(args.cache_k);
@@ -219,6 +223,8 @@ cudaError_t launch_kv_store(const KvStoreArgs& args, cudaStream_t stream) {
     if (rows > INT32_MAX) return cudaErrorInvalidValue;
     if (args.cache_bf16) {
         kv_store_kernel<__nv_bfloat16><<<static_cast<unsigned>(rows), 128, 0, stream>>>(args);
+    } else if (args.cache_f8) {
+        kv_store_kernel<__nv_fp8_e4m3><<<static_cast<unsigned>(rows), 128, 0, stream>>>(args);
     } else {
         kv_store_kernel<float><<<static_cast<unsigned>(rows), 128, 0, stream>>>(args);
     }

@@ -59,9 +59,10 @@ struct KvStoreArgs {
     const int32_t* seq;      // (n,) on the device
     const int32_t* pos;      // (n,) on the device
     const int32_t* slot;     // (g,) on the device: cache head of each KV head, -1 = not held
-    void* cache_k;           // (s, gc, c, d) f32, or bf16 when cache_bf16
+    void* cache_k;           // (s, gc, c, d) f32, bf16 when cache_bf16, f8 e4m3 when cache_f8
     void* cache_v;           // (s, gc, c, d)
     bool cache_bf16;
+    bool cache_f8;  // an index-key cache in f8 e4m3 (rounded to nearest even, saturated)
     int64_t n;
     int64_t g;
     int64_t gc;
@@ -198,7 +199,7 @@ cudaError_t launch_cudnn_finish(const CudnnFinishArgs& args, cudaStream_t stream
 // in the batch (max_i pos_i / B + 1), a row = one (token, retrieval head) pair.
 struct SelectBlocksArgs {
     const float* iq;          // (n, hr, r)
-    const void* index_keys;   // (s, hr, c, r) f32, or bf16 with keys_bf16
+    const void* index_keys;   // (s, hr, c, r) f32, bf16 with keys_bf16, f8 e4m3 with keys_f8
     const int32_t* seq;       // (n,) on the device
     const int32_t* pos;       // (n,) on the device
     void* scratch;            // select_blocks_scratch_bytes(args) bytes on the device
@@ -214,7 +215,8 @@ struct SelectBlocksArgs {
     float top_p;
     float scale;
     int max_kept;             // BlockSelectParams::max_blocks: 0 = no limit
-    bool keys_bf16;           // index_keys in bf16 (else f32)
+    bool keys_bf16;           // index_keys in bf16
+    bool keys_f8;             // index_keys in f8 e4m3 (neither flag: f32)
     // One selection per query group (BlockSelectParams::per_query_block): n_groups > 0 groups
     // of consecutive tokens sharing the block of group_pos[g]; group_of[i] = token i's group.
     // Their means take the distributions of S = n_samples tokens, group g's at sample rows

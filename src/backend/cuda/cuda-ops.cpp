@@ -108,7 +108,7 @@ Status CudaBackend::rope(const Tensor& x, std::span<const int32_t> pos, const Ro
 
 Status CudaBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacement& place,
                              const KvCacheView& cache) {
-    PURBO_TRY(check_kv_store(k, v, place, cache, kv_cache_dtypes()));
+    PURBO_TRY(check_kv_store(k, v, place, cache, index_key_dtypes()));
     PURBO_TRY(require_device("kv_store", k, "k"));
     PURBO_TRY(require_device("kv_store", v, "v"));
     PURBO_TRY(require_device("kv_store", cache.k, "cache k"));
@@ -129,6 +129,7 @@ Status CudaBackend::kv_store(const Tensor& k, const Tensor& v, const TokenPlacem
     args.cache_k = cache.k.data;
     args.cache_v = cache.v.data;
     args.cache_bf16 = cache.k.dtype == DType::kBF16;
+    args.cache_f8 = cache.k.dtype == DType::kF8E4M3;
     args.n = n;
     args.g = g;
     args.gc = cache.k.dim(1);

@@ -13,7 +13,8 @@ namespace purbo {
 Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
                                   const TokenPlacement& place, const BlockSelectParams& params,
                                   const Tensor& blocks, const Tensor& counts) {
-    PURBO_TRY(check_select_blocks(iq, index_keys, place, params, blocks, counts, kv_cache_dtypes()));
+    PURBO_TRY(
+        check_select_blocks(iq, index_keys, place, params, blocks, counts, index_key_dtypes()));
     PURBO_TRY(require_device("select_blocks", iq, "iq"));
     PURBO_TRY(require_device("select_blocks", index_keys, "index_keys"));
     PURBO_TRY(require_device("select_blocks", blocks, "blocks"));
@@ -65,6 +66,7 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
     args.iq = iq.ptr<float>();
     args.index_keys = index_keys.data;
     args.keys_bf16 = index_keys.dtype == DType::kBF16;
+    args.keys_f8 = index_keys.dtype == DType::kF8E4M3;
     args.seq = staged;
     args.pos = staged + n;
     if (grouped) {

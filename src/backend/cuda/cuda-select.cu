@@ -147,6 +147,9 @@ __device__ __forceinline__ float from_ordered_bits(uint32_t u) {
 
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f32(__nv_fp8_e4m3 v) {
+    return static_cast<float>(v);
+}
 
 // kR: the indexer dimension when it is 8 or 16 (keys read 4 elements at a time, q held in
 // registers), 0 for any other r (a plain loop). Key: float or __nv_bfloat16, the type of the
@@ -911,9 +914,11 @@ cudaError_t launch_block_mass(const SelectState& st, cudaStream_t stream) {
     constexpr int mass_threads = kMassWarps * 32;
     const unsigned mass_ctas = static_cast<unsigned>((rows * args.n_used_max + kMassWarps - 1) / kMassWarps);
     // The unrolled bodies read 4 key elements at once: rows of r in {8, 16} and a base aligned
-    // for a 16-byte (f32) or 8-byte (bf16) load.
+    // for a 16-byte (f32), 8-byte (bf16) or 4-byte (f8) load.
     const uintptr_t base = reinterpret_cast<uintptr_t>(args.index_keys);
-    const int kr = base % (args.keys_bf16 ? 8 : 16) == 0 && (args.r == 8 || args.r == 16) ? static_cast<int>(args.r) : 0;
+    const uintptr_t align = args.keys_f8 ? 4 : args.keys_bf16 ? 8 : 16;
+    const int kr =
+        base % align == 0 && (args.r == 8 || args.r == 16) ? static_cast<int>(args.r) : 0;
     auto launch_mass = [&](auto key_tag) {
         using Key = decltype(key_tag);
         switch (kr) {
@@ -924,6 +929,8 @@ cudaError_t launch_block_mass(const SelectState& st, cudaStream_t stream) {
     };
     if (args.keys_bf16) {
         launch_mass(__nv_bfloat16{});
+    } else if (args.keys_f8) {
+        launch_mass(__nv_fp8_e4m3{});
     } else {
         launch_mass(float{});
     }
