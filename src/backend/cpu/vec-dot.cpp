@@ -291,15 +291,23 @@ float vec_dot_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y) {
 
 namespace {
 
-// One weight row against R activation rows; each weight block is loaded and unpacked once.
-template <int R>
-void dot_rows_q4_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y, int64_t y_stride,
-                   float* out) {
+// A symmetric block's 32 integers as signed bytes: q4_0's nibbles less 8, q8_0's as stored.
+inline __m256i signed_ints(const BlockQ4_0& b) {
+    return _mm256_sub_epi8(unpack_nibbles(b.qs), _mm256_set1_epi8(8));
+}
+inline __m256i signed_ints(const BlockQ8_0& b) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
+}
+
+// One weight row (q4_0 or q8_0: d times signed integers) against R activation rows; each
+// weight block is loaded and unpacked once.
+template <int R, class Block>
+void dot_rows_signed(int64_t nb, const Block* x, const ActBlockQ8* y, int64_t y_stride,
+                     float* out) {
     __m256 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-    const __m256i eight = _mm256_set1_epi8(8);
     for (int64_t b = 0; b < nb; ++b) {
-        const __m256i qx = _mm256_sub_epi8(unpack_nibbles(x[b].qs), eight);
+        const __m256i qx = signed_ints(x[b]);
         const __m256i ax = _mm256_sign_epi8(qx, qx);  // |qx|; its sign moves onto each row
         const float dx = f16_to_f32(x[b].d);
         for (int r = 0; r < R; ++r) {
@@ -313,6 +321,7 @@ void dot_rows_q4_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y, int64_t 
     for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
+// q4_1 (d q + m) against R activation rows.
 template <int R>
 void dot_rows_q4_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t y_stride,
                    float* out) {
@@ -334,26 +343,6 @@ void dot_rows_q4_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t 
         }
     }
     for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]) + sum_min[r];
-}
-
-template <int R>
-void dot_rows_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t y_stride,
-                   float* out) {
-    __m256 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-        const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].qs));
-        const __m256i ax = _mm256_sign_epi8(qx, qx);
-        const float dx = f16_to_f32(x[b].d);
-        for (int r = 0; r < R; ++r) {
-            const ActBlockQ8& yb = y[r * y_stride + b];
-            const __m256i sy =
-                _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(yb.qs)), qx);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * yb.d),
-                                     _mm256_cvtepi32_ps(dot_u8_s8(ax, sy)), acc[r]);
-        }
-    }
-    for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
 // Runtime row count -> template constant (2..4; one row has its own unrolled kernel).
@@ -385,8 +374,8 @@ void dispatch_rows(int64_t nb, const Block* x, const ActBlockQ8* y, int64_t y_st
 
 void vec_dot_rows_q4_0_q8_0(int64_t nb, const BlockQ4_0* x, const ActBlockQ8* y, int64_t y_stride,
                             int n_rows, float* out) {
-    dispatch_rows(nb, x, y, y_stride, n_rows, out, vec_dot_q4_0_q8_0, dot_rows_q4_0<2>,
-                  dot_rows_q4_0<3>, dot_rows_q4_0<4>);
+    dispatch_rows(nb, x, y, y_stride, n_rows, out, vec_dot_q4_0_q8_0, dot_rows_signed<2, BlockQ4_0>,
+                  dot_rows_signed<3, BlockQ4_0>, dot_rows_signed<4, BlockQ4_0>);
 }
 
 void vec_dot_rows_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y, int64_t y_stride,
@@ -397,8 +386,8 @@ void vec_dot_rows_q4_1_q8_1(int64_t nb, const BlockQ4_1* x, const ActBlockQ8* y,
 
 void vec_dot_rows_q8_0_q8_0(int64_t nb, const BlockQ8_0* x, const ActBlockQ8* y, int64_t y_stride,
                             int n_rows, float* out) {
-    dispatch_rows(nb, x, y, y_stride, n_rows, out, vec_dot_q8_0_q8_0, dot_rows_q8_0<2>,
-                  dot_rows_q8_0<3>, dot_rows_q8_0<4>);
+    dispatch_rows(nb, x, y, y_stride, n_rows, out, vec_dot_q8_0_q8_0, dot_rows_signed<2, BlockQ8_0>,
+                  dot_rows_signed<3, BlockQ8_0>, dot_rows_signed<4, BlockQ8_0>);
 }
 
 float vec_dot_f32(int64_t k, const float* w, const float* x) {
