@@ -209,6 +209,13 @@ TEST(Cli, DefaultModelSparseRun) {
     EXPECT_EQ(r.output.rfind(" Paris.", 0), 0u) << r.output;
     EXPECT_NE(r.output.find("42 retrieval heads of 270"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("compute sparsity"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("MiB of index keys"), std::string::npos) << r.output;
+    // Index keys in f8: the same answer.
+    const RunResult f8 = run_purbo("run -m " + model +
+                                   " --sparse --index-keys f8 -p \"The capital of France is\" -n 8 "
+                                   "--temp 0 --no-display-prompt");
+    ASSERT_EQ(f8.status, 0) << f8.output;
+    EXPECT_EQ(f8.output.rfind(" Paris.", 0), 0u) << f8.output;
     // An adapter made for another model is refused with one line.
     const RunResult bad = run_purbo("run -m " + test::tiny_byte_model("cli_sparse_other_model") + " --sparse -p hi -n 1");
     EXPECT_EQ(bad.status, 1) << bad.output;

@@ -186,9 +186,15 @@ void print_sparsity(Session& session, const Adapter& adapter) {
     std::fprintf(stderr, "purbo: %16s = %d retrieval heads of %d (%.1f%%), %d of %d KV heads local-only (ring)\n",
                  "sparse heads", policy->n_retrieval(), heads, 100.0 * policy->n_retrieval() / heads, ring_heads,
                  adapter.n_layer * adapter.n_head_kv);
-    std::fprintf(stderr, "purbo: %16s = %.2f MiB (dense %.2f MiB, memory sparsity %.1f%%)\n", "KV cache",
-                 static_cast<double>(cache.nbytes()) / mib, static_cast<double>(cache.dense_nbytes()) / mib,
-                 100.0 * (1.0 - static_cast<double>(cache.nbytes()) / static_cast<double>(cache.dense_nbytes())));
+    // Memory sparsity counts the index keys with the keys and values they stand beside.
+    const double kept = static_cast<double>(session.kv_bytes()),
+                 dense = static_cast<double>(cache.dense_nbytes());
+    std::fprintf(stderr,
+                 "purbo: %16s = %.2f MiB + %.2f MiB of index keys (dense %.2f MiB, memory sparsity "
+                 "%.1f%%)\n",
+                 "KV cache", static_cast<double>(cache.nbytes()) / mib,
+                 static_cast<double>(policy->cache_bytes()) / mib, dense / mib,
+                 100.0 * (1.0 - kept / dense));
     const SparsityStats& st = policy->stats();
     if (st.decode_tokens == 0) return;
     const SparseSettings& ss = policy->settings();
