@@ -11,8 +11,6 @@
 
 namespace purbo {
 
-inline constexpr float kF8E4M3Max = 448.0f;
-
 // One e4m3 element in memory: a distinct type, so that overloads and templates tell an f8 key
 // apart from other bytes.
 struct F8E4M3 {

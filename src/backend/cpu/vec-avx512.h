@@ -14,9 +14,9 @@ namespace purbo {
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 // e4m3 -> f32 through the f16 conversion: s.eeee.mmm placed as the f16 s.0eeee.mmm0000000 is
 // the value times 2^-8 (exponent bias 15 against 7), subnormals included (f16's subnormals
-// step by 2^-24, e4m3's by 2^-9 = 2^-24 x 2^7 x 2^8), and vcvtph2ps converts those exactly
-// whatever the denormals-are-zero flag. A sign-extended byte shifted left by 7 has the sign in
-// bit 15 and its copy in bit 14, which the mask clears. 0x7F and 0xFF (NaN) read as +-480; the
+// step by 2^-24, e4m3's by 2^-9 = 2^-24 x 2^7 x 2^8), which vcvtph2ps converts exactly. A
+// sign-extended byte shifted left by 7 has the sign in bit 15 and its copy in bit 14, which the
+// mask clears. 0x7F and 0xFF (NaN) read as +-480; the
 // stores never write them for finite keys.
 inline __m512 load16(const F8E4M3* p) {
     const __m256i words =
