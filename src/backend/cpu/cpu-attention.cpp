@@ -406,10 +406,19 @@ void attend_partial(const float* q, int64_t nh, int64_t d, const T* keys, const 
                     std::span<const KeyRange> ranges, std::span<const std::vector<KeyRange>> head_ranges, int64_t lo,
                     int64_t hi, float scale, float* scores, const SoftmaxState& state) {
     // q (nh, d); keys, values (c, d) of one cache head; scores (nh, kKeyChunk)
+    // Every list starts at its first range that ends after lo: a long context has hundreds of
+    // slices, and each walks only its own part of the ranges.
+    auto first_after_lo = [lo](std::span<const KeyRange> list) {
+        return static_cast<size_t>(std::partition_point(list.begin(), list.end(),
+                                                        [lo](KeyRange r) { return r.end <= lo; }) -
+                                   list.begin());
+    };
     size_t cursors[kMaxJointHeads] = {};
     std::vector<size_t> more_cursors(head_ranges.size() > kMaxJointHeads ? head_ranges.size() : 0, 0);
     size_t* cursor = more_cursors.empty() ? cursors : more_cursors.data();
-    for (const KeyRange& range : ranges) {
+    for (size_t hq = 0; hq < head_ranges.size(); ++hq) cursor[hq] = first_after_lo(head_ranges[hq]);
+    for (const KeyRange& range : ranges.subspan(first_after_lo(ranges))) {
+        if (range.begin >= hi) break;
         const int64_t begin = std::max(lo, range.begin);
         const int64_t end = std::min(hi, range.end);
         for (int64_t j0 = begin; j0 < end;) {
@@ -655,11 +664,33 @@ Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const To
         float* base = states.data() + (i * n_splits + split) * stride + group_offset[static_cast<size_t>(gi)];
         return SoftmaxState{base, base + nh, base + 2 * nh};
     };
+    // The keys each (token, group) sees, once for all its slices: their union, and per head
+    // for a selected group whose heads see different blocks (empty otherwise).
+    std::vector<std::vector<KeyRange>> task_ranges(static_cast<size_t>(n * n_groups));
+    std::vector<std::vector<std::vector<KeyRange>>> task_head_ranges(
+        static_cast<size_t>(n * n_groups));
 #pragma omp parallel num_threads(n_threads_) if (n * n_groups * n_splits > 1)
     {
         std::vector<float> scores, qbuf;
-        std::vector<KeyRange> ranges;
-        std::vector<std::vector<KeyRange>> head_ranges;
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t i = 0; i < n; ++i) {
+            for (int64_t gi = 0; gi < n_groups; ++gi) {
+                const HeadGroup& group = groups[static_cast<size_t>(gi)];
+                const int64_t nh = static_cast<int64_t>(group.heads.size());
+                std::vector<KeyRange>& ranges = task_ranges[static_cast<size_t>(i * n_groups + gi)];
+                std::vector<std::vector<KeyRange>>& head_ranges =
+                    task_head_ranges[static_cast<size_t>(i * n_groups + gi)];
+                if (group.kind == HeadGroup::kSelected && nh > 1) {
+                    head_ranges.resize(static_cast<size_t>(nh));
+                    for (int64_t hq = 0; hq < nh; ++hq)
+                        head_key_ranges(group, group.heads[static_cast<size_t>(hq)], i,
+                                        place.pos[i], params, head_ranges[static_cast<size_t>(hq)]);
+                    union_of_ranges(head_ranges, ranges);
+                } else {
+                    head_key_ranges(group, group.heads[0], i, place.pos[i], params, ranges);
+                }
+            }
+        }
 #pragma omp for collapse(3) schedule(dynamic)
         for (int64_t i = 0; i < n; ++i) {
             for (int64_t gi = 0; gi < n_groups; ++gi) {
@@ -677,16 +708,10 @@ Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const To
                     }
                     // Heads of a selected group each see their own blocks: the group visits
                     // their union. Other groups' heads all see the same keys.
-                    const bool per_head = group.kind == HeadGroup::kSelected && nh > 1;
-                    head_ranges.resize(per_head ? static_cast<size_t>(nh) : 0);
-                    if (per_head) {
-                        for (int64_t hq = 0; hq < nh; ++hq)
-                            head_key_ranges(group, group.heads[static_cast<size_t>(hq)], i, place.pos[i], params,
-                                            head_ranges[static_cast<size_t>(hq)]);
-                        union_of_ranges(head_ranges, ranges);
-                    } else {
-                        head_key_ranges(group, group.heads[0], i, place.pos[i], params, ranges);
-                    }
+                    const std::vector<KeyRange>& ranges =
+                        task_ranges[static_cast<size_t>(i * n_groups + gi)];
+                    const std::vector<std::vector<KeyRange>>& head_ranges =
+                        task_head_ranges[static_cast<size_t>(i * n_groups + gi)];
                     const int64_t base = cache_base(place.seq[i], group);
                     const int64_t lo = split * split_keys, hi = (split + 1) * split_keys;
                     if (bf16) {
