@@ -8,9 +8,12 @@
 // B block size.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <ostream>
+#include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -376,6 +379,53 @@ INSTANTIATE_TEST_SUITE_P(select_blocks, BadArguments, ::testing::ValuesIn(bad_ca
                          [](const ::testing::TestParamInfo<BadCase>& info) {
                              return info.param.name;
                          });
+
+// The cpu backend spreads the block masses of a few decode rows over its threads in slices;
+// the same rows in a batch of many take one row per thread. Both must keep the same blocks,
+// whatever the key type, the budget or the thread count.
+TEST(CpuSelect, FewRowsSplitIntoSlicesKeepWhatManyRowsKeep) {
+    std::mt19937 rng(5);
+    constexpr int64_t hr = 3, r = 16, c = 20000, block = 64, many = 12;
+    const std::vector<float> keys = test::random_floats(rng, hr * c * r);
+    const std::vector<float> iq = test::random_floats(rng, many * hr * r, 2.0f);
+    std::vector<int32_t> seq(many, 0), pos;
+    for (int64_t i = 0; i < many; ++i) pos.push_back(static_cast<int32_t>(c - 1 - 1500 * i));
+    const int64_t max_blocks = (c + block - 1) / block;
+    for (DType key_type : {DType::kF32, DType::kBF16, DType::kF8E4M3}) {
+        for (int max_kept : {0, 40}) {
+            for (int threads : {1, 2, 3}) {
+                SCOPED_TRACE(fmt::format("keys {}, budget {}, {} threads", dtype_name(key_type),
+                                         max_kept, threads));
+                BackendOptions options;
+                options.n_threads = threads;
+                auto created = backend_create("cpu", options);
+                ASSERT_TRUE(created.is_ok());
+                Backend& backend = **created;
+                Tensor index_keys = backend.alloc(key_type, {1, hr, c, r});
+                ASSERT_TRUE(
+                    backend.from_host(test::host_f32({1, hr, c, r}, keys), index_keys).is_ok());
+                BlockSelectParams params{static_cast<int>(block), 0.9f, 0.25f, max_kept};
+                auto select = [&](int64_t n) {
+                    Tensor blocks = tensor_cpu(DType::kI32, {n, hr, max_blocks}),
+                           counts = tensor_cpu(DType::kI32, {n, hr});
+                    const std::vector<float> q(iq.begin(), iq.begin() + n * hr * r);
+                    const Status st =
+                        backend.select_blocks(test::host_f32({n, hr, r}, q), index_keys,
+                                              {std::span(seq).first(static_cast<size_t>(n)),
+                                               std::span(pos).first(static_cast<size_t>(n))},
+                                              params, blocks, counts);
+                    EXPECT_TRUE(st.is_ok()) << st.to_string();
+                    return std::vector<int32_t>(blocks.ptr<int32_t>(),
+                                                blocks.ptr<int32_t>() + hr * max_blocks);
+                };
+                const std::vector<int32_t> alone = select(1), in_batch = select(many);
+                ASSERT_EQ(alone, in_batch);
+                EXPECT_GT(std::count(alone.begin(), alone.end(), -1), 0)
+                    << "the selection must drop blocks";
+            }
+        }
+    }
+}
 
 }  // namespace
 }  // namespace purbo

@@ -78,15 +78,14 @@ void index_scores(const float* q, const Key* keys, int64_t r, int64_t nt, float*
     for (; t < nt; ++t) scores[t] = dot_r<kR>(q, keys + t * r, r);
 }
 
-// a (n_used,) receives the log2 mass a_b of each block of keys 0 .. p; q (r,) is pre-scaled by
-// scale * log2(e); keys (c, r) f32 or bf16; scores (block_size,) is scratch. With r = 16 the
-// scores are 16 keys at a time and 2^x is vectorised: a libm call and a horizontal sum per key
-// made this pass a tenth of the sparse model's decode step on the CPU.
+// a[b] receives the log2 mass a_b of blocks b in [b_begin, b_end) of the keys 0 .. p; q (r,)
+// is pre-scaled by scale * log2(e); keys (c, r) f32, bf16 or f8; scores (block_size,) is
+// scratch. With r = 16 the scores are 16 keys at a time and 2^x is vectorised: a libm call and
+// a horizontal sum per key made this pass a tenth of the sparse model's decode step on the CPU.
 template <int kR, class Key>
 void block_log2_masses(const float* q, const Key* keys, int64_t r, int64_t p, int64_t block_size,
-                       float* scores, float* a) {
-    const int64_t n_used = p / block_size + 1;
-    for (int64_t b = 0; b < n_used; ++b) {
+                       int64_t b_begin, int64_t b_end, float* scores, float* a) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
         const int64_t t0 = b * block_size, nt = std::min(block_size, p + 1 - t0);
         index_scores<kR>(q, keys + t0 * r, r, nt, scores);
         const float m = *std::max_element(scores, scores + nt);
@@ -106,26 +105,37 @@ struct RowScratch {
 };
 
 // Fills s.log2_mass (p / B + 1,) with the log2 masses a_b of one (token, head) pair.
+// block_log2_masses with r known at compile time where it is 8 or 16.
 template <class Key>
-void row_log2_masses(const float* iq_row, const Key* keys, int64_t r, int64_t p,
-                     const BlockSelectParams& params, RowScratch& s) {
-    const int64_t block_size = params.block_size;
+void block_log2_masses_r(const float* q, const Key* keys, int64_t r, int64_t p, int64_t block_size,
+                         int64_t b_begin, int64_t b_end, float* scores, float* a) {
+    switch (r) {
+        case 8:
+            return block_log2_masses<8>(q, keys, r, p, block_size, b_begin, b_end, scores, a);
+        case 16:
+            return block_log2_masses<16>(q, keys, r, p, block_size, b_begin, b_end, scores, a);
+        default:
+            return block_log2_masses<0>(q, keys, r, p, block_size, b_begin, b_end, scores, a);
+    }
+}
+
+// s.q = the query pre-scaled by scale * log2(e); s.log2_mass sized for position p.
+void prepare_row(const float* iq_row, int64_t r, int64_t p, const BlockSelectParams& params,
+                 RowScratch& s) {
     s.q.resize(static_cast<size_t>(r));
     for (int64_t e = 0; e < r; ++e)
         s.q[static_cast<size_t>(e)] = iq_row[e] * (params.scale * kSelectLog2e);
-    s.scores.resize(static_cast<size_t>(block_size));
-    s.log2_mass.resize(static_cast<size_t>(p / block_size + 1));
-    switch (r) {
-        case 8:
-            block_log2_masses<8>(s.q.data(), keys, r, p, block_size, s.scores.data(), s.log2_mass.data());
-            break;
-        case 16:
-            block_log2_masses<16>(s.q.data(), keys, r, p, block_size, s.scores.data(), s.log2_mass.data());
-            break;
-        default:
-            block_log2_masses<0>(s.q.data(), keys, r, p, block_size, s.scores.data(), s.log2_mass.data());
-            break;
-    }
+    s.log2_mass.resize(static_cast<size_t>(p / params.block_size + 1));
+}
+
+template <class Key>
+void row_log2_masses(const float* iq_row, const Key* keys, int64_t r, int64_t p,
+                     const BlockSelectParams& params, RowScratch& s) {
+    prepare_row(iq_row, r, p, params, s);
+    s.scores.resize(static_cast<size_t>(params.block_size));
+    block_log2_masses_r(s.q.data(), keys, r, p, params.block_size, 0,
+                        static_cast<int64_t>(s.log2_mass.size()), s.scores.data(),
+                        s.log2_mass.data());
 }
 
 // Whether the rule keeps every block without looking at the masses.
@@ -258,13 +268,83 @@ Status CpuBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
         check_select_blocks(iq, index_keys, place, params, blocks, counts, index_key_dtypes()));
     // iq (n, hr, r); index_keys (s, hr, c, r) f32, bf16 or f8; blocks (n, hr, max_blocks); counts
     // (n, hr)
-    const int64_t hr = iq.dim(1), r = iq.dim(2), c = index_keys.dim(2);
+    const int64_t n = iq.dim(0), hr = iq.dim(1), r = iq.dim(2), c = index_keys.dim(2);
     const int64_t max_blocks = blocks.dim(2);
     const DType key_type = index_keys.dtype;
     const std::vector<int64_t> groups =
         select_query_groups(place, params.block_size, params.per_query_block);
     const int64_t n_groups = static_cast<int64_t>(groups.size()) - 1;
-#pragma omp parallel num_threads(n_threads_) if (n_groups * hr > 1)
+    // fn(keys) with the (c, r) index keys of token i's sequence and head j, typed.
+    auto with_keys = [&](int64_t i, int64_t j, auto&& fn) {
+        const int64_t offset = (place.seq[i] * hr + j) * c * r;
+        if (key_type == DType::kBF16) return fn(index_keys.ptr<uint16_t>() + offset);
+        if (key_type == DType::kF8E4M3) return fn(index_keys.ptr<F8E4M3>() + offset);
+        return fn(index_keys.f32() + offset);
+    };
+    // Row (group g, head j) of the output from its masses in s (or every block), copied to
+    // the group's other tokens.
+    auto write_row = [&](int64_t g, int64_t j, RowScratch& s) {
+        const int64_t first = groups[static_cast<size_t>(g)],
+                      end = groups[static_cast<size_t>(g) + 1];
+        int32_t* row = blocks.ptr<int32_t>() + (first * hr + j) * max_blocks;
+        const int64_t n_used = place.pos[first] / params.block_size + 1;
+        int64_t count = n_used;
+        if (keeps_everything(n_used, params)) {  // whatever the masses
+            for (int64_t b = 0; b < n_used; ++b) row[b] = static_cast<int32_t>(b);
+        } else {
+            count = select_from_log2_masses(params, s, row);
+        }
+        std::fill(row + count, row + max_blocks, -1);
+        counts.ptr<int32_t>()[first * hr + j] = static_cast<int32_t>(count);
+        for (int64_t i = first + 1; i < end; ++i) {
+            std::copy(row, row + max_blocks, blocks.ptr<int32_t>() + (i * hr + j) * max_blocks);
+            counts.ptr<int32_t>()[i * hr + j] = static_cast<int32_t>(count);
+        }
+    };
+
+    const int64_t n_rows = n_groups * hr;
+    if (n_groups == n && n_rows <= 2 * static_cast<int64_t>(n_threads_)) {
+        // Few one-token rows (decode of a few sequences: a layer of the default model has one
+        // or two retrieval heads): one row per thread would leave cores idle over a long
+        // context, so the rows' block masses are computed in slices of kMassSliceBlocks blocks
+        // spread over the threads, then each row selects. Every block's mass is computed by the
+        // same code on either path: the kept blocks do not depend on it.
+        constexpr int64_t kMassSliceBlocks = 64;
+        std::vector<RowScratch> rows(static_cast<size_t>(n_rows));
+        struct Slice {
+            int64_t row, b_begin, b_end;
+        };
+        std::vector<Slice> slices;
+        for (int64_t row = 0; row < n_rows; ++row) {
+            const int64_t i = row / hr, p = place.pos[i];
+            RowScratch& s = rows[static_cast<size_t>(row)];
+            prepare_row(iq.f32() + row * r, r, p, params, s);
+            const int64_t n_used = static_cast<int64_t>(s.log2_mass.size());
+            if (keeps_everything(n_used, params)) continue;
+            for (int64_t b = 0; b < n_used; b += kMassSliceBlocks)
+                slices.push_back({row, b, std::min(n_used, b + kMassSliceBlocks)});
+        }
+        const int64_t n_slices = static_cast<int64_t>(slices.size());
+#pragma omp parallel num_threads(n_threads_)
+        {
+            std::vector<float> scores(static_cast<size_t>(params.block_size));
+#pragma omp for schedule(dynamic)
+            for (int64_t k = 0; k < n_slices; ++k) {
+                const Slice& sl = slices[static_cast<size_t>(k)];
+                const int64_t i = sl.row / hr, j = sl.row % hr;
+                RowScratch& s = rows[static_cast<size_t>(sl.row)];
+                with_keys(i, j, [&](const auto* keys) {
+                    block_log2_masses_r(s.q.data(), keys, r, place.pos[i], params.block_size,
+                                        sl.b_begin, sl.b_end, scores.data(), s.log2_mass.data());
+                });
+            }
+#pragma omp for schedule(dynamic)
+            for (int64_t row = 0; row < n_rows; ++row)
+                write_row(row / hr, row % hr, rows[static_cast<size_t>(row)]);
+        }
+        return Status::ok();
+    }
+#pragma omp parallel num_threads(n_threads_) if (n_rows > 1)
     {
         RowScratch scratch;
 #pragma omp for collapse(2) schedule(dynamic)
@@ -272,33 +352,11 @@ Status CpuBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
             for (int64_t j = 0; j < hr; ++j) {
                 const int64_t first = groups[static_cast<size_t>(g)],
                               end = groups[static_cast<size_t>(g) + 1];
-                int32_t* row = blocks.ptr<int32_t>() + (first * hr + j) * max_blocks;
-                const int64_t n_used = place.pos[first] / params.block_size + 1;
-                int64_t count = n_used;
-                if (keeps_everything(n_used, params)) {  // whatever the masses
-                    for (int64_t b = 0; b < n_used; ++b) row[b] = static_cast<int32_t>(b);
-                } else {
-                    const int64_t key_offset =
-                        (place.seq[first] * hr + j) * c * r;  // of the (c, r) keys
-                    if (key_type == DType::kBF16)
-                        group_log2_masses(iq, index_keys.ptr<uint16_t>() + key_offset, place, first,
-                                          end, j, params, scratch);
-                    else if (key_type == DType::kF8E4M3)
-                        group_log2_masses(iq, index_keys.ptr<F8E4M3>() + key_offset, place, first,
-                                          end, j, params, scratch);
-                    else
-                        group_log2_masses(iq, index_keys.f32() + key_offset, place, first, end, j,
-                                          params, scratch);
-                    count = select_from_log2_masses(params, scratch, row);
-                }
-                std::fill(row + count, row + max_blocks, -1);
-                counts.ptr<int32_t>()[first * hr + j] = static_cast<int32_t>(count);
-                // The group's other tokens: the same row.
-                for (int64_t i = first + 1; i < end; ++i) {
-                    std::copy(row, row + max_blocks,
-                              blocks.ptr<int32_t>() + (i * hr + j) * max_blocks);
-                    counts.ptr<int32_t>()[i * hr + j] = static_cast<int32_t>(count);
-                }
+                if (!keeps_everything(place.pos[first] / params.block_size + 1, params))
+                    with_keys(first, j, [&](const auto* keys) {
+                        group_log2_masses(iq, keys, place, first, end, j, params, scratch);
+                    });
+                write_row(g, j, scratch);
             }
         }
     }
