@@ -88,7 +88,9 @@ void block_log2_masses(const float* q, const Key* keys, int64_t r, int64_t p, in
     for (int64_t b = b_begin; b < b_end; ++b) {
         const int64_t t0 = b * block_size, nt = std::min(block_size, p + 1 - t0);
         index_scores<kR>(q, keys + t0 * r, r, nt, scores);
-        const float m = *std::max_element(scores, scores + nt);
+        float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)  // std::max_element stays scalar: a compare chain per key
+        for (int64_t t = 0; t < nt; ++t) m = scores[t] > m ? scores[t] : m;
         a[b] = m + std::log2(exp2_shifted_sum(scores, nt, m));  // the sum >= 1: the max key gives 2^0
     }
 }
