@@ -658,10 +658,19 @@ Status CpuBackend::attention(const Tensor& q, const KvCacheView& cache, const To
             group_offset[static_cast<size_t>(gi)] +
             static_cast<int64_t>(groups[static_cast<size_t>(gi)].heads.size()) * (d + 2);
     const int64_t stride = group_offset.back();
-    std::vector<float> states(static_cast<size_t>(n * n_splits * stride));
+    // Kept across calls (per calling thread): at 128K the 513 slices' states are over a MB, which
+    // a fresh vector zeroed and page-faulted in every decode step. Each slice's task writes its
+    // whole state before anything reads it.
+    // (The OpenMP threads below see the caller's buffer through this pointer: a thread_local
+    // named inside the parallel region would be each worker's own.)
+    thread_local std::vector<float> states_buffer;
+    if (states_buffer.size() < static_cast<size_t>(n * n_splits * stride))
+        states_buffer.resize(static_cast<size_t>(n * n_splits * stride));
+    float* const states = states_buffer.data();
     auto state_at = [&](int64_t i, int64_t gi, int64_t split) {
         const int64_t nh = static_cast<int64_t>(groups[static_cast<size_t>(gi)].heads.size());
-        float* base = states.data() + (i * n_splits + split) * stride + group_offset[static_cast<size_t>(gi)];
+        float* base =
+            states + (i * n_splits + split) * stride + group_offset[static_cast<size_t>(gi)];
         return SoftmaxState{base, base + nh, base + 2 * nh};
     };
     // The keys each (token, group) sees, once for all its slices: their union, and per head
