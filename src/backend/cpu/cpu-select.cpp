@@ -106,7 +106,6 @@ struct RowScratch {
     std::vector<double> mean;       // (n_used,) a query group's mean distribution
 };
 
-// Fills s.log2_mass (p / B + 1,) with the log2 masses a_b of one (token, head) pair.
 // block_log2_masses with r known at compile time where it is 8 or 16.
 template <class Key>
 void block_log2_masses_r(const float* q, const Key* keys, int64_t r, int64_t p, int64_t block_size,
@@ -130,6 +129,7 @@ void prepare_row(const float* iq_row, int64_t r, int64_t p, const BlockSelectPar
     s.log2_mass.resize(static_cast<size_t>(p / params.block_size + 1));
 }
 
+// Fills s.log2_mass (p / B + 1,) with the log2 masses a_b of one (token, head) pair.
 template <class Key>
 void row_log2_masses(const float* iq_row, const Key* keys, int64_t r, int64_t p,
                      const BlockSelectParams& params, RowScratch& s) {

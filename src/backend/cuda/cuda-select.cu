@@ -25,8 +25,9 @@
 // masses; steps 2 and 3 run on those rows as on tokens' (a group row is a row whose position
 // is the group's); broadcast_kernel copies each group row's blocks to its tokens' rows.
 //
-// The index keys are f32 or bf16, as the KV cache (the selection is bound by reading them:
-// 16 values per key and retrieval head; bf16 halves that).
+// The index keys are f32 or bf16 (as the KV cache) or f8 e4m3 (SparseRunOptions::
+// index_key_type): the selection is bound by reading them, 16 values per key and retrieval
+// head; bf16 halves that, f8 halves it again.
 //
 // Kernel boundaries rather than the paper's last-CTA-done counter: the per-row pass needs every
 // block's mass of that row, and a kernel boundary is the simplest correct barrier; the extra
@@ -152,8 +153,8 @@ __device__ __forceinline__ float to_f32(__nv_fp8_e4m3 v) {
 }
 
 // kR: the indexer dimension when it is 8 or 16 (keys read 4 elements at a time, q held in
-// registers), 0 for any other r (a plain loop). Key: float or __nv_bfloat16, the type of the
-// cached index keys (that of the KV cache). One warp per (token, retrieval head, key block),
+// registers), 0 for any other r (a plain loop). Key: float, __nv_bfloat16 or
+// __nv_fp8_e4m3, the type of the cached index keys. One warp per (token, retrieval head, key block),
 // lane l taking keys l, l + 32, ... of the block; kMassWarps blocks per CTA (with one 64-thread
 // CTA per block, the 80K CTAs of a 1M-token row cost more to schedule than to compute).
 template <int kR, class Key>
