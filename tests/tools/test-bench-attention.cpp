@@ -121,6 +121,25 @@ TEST(BenchAttention, BadFlags) {
     r = run_purbo("bench --attention --device cpu --heads 6 --kv-heads 4", true);
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.output.find("--heads 6"), std::string::npos) << r.output;
+    r = run_purbo("bench --attention --device cuda --cold-cache", true);
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.output.find("--cold-cache with --device cuda"), std::string::npos) << r.output;
+}
+
+// --cold-cache: every row says so and is timed (the eviction between calls is not part of the
+// time, which no test can see; the flag's effect on the times is in bench/RESULTS.md).
+TEST(BenchAttention, ColdCacheRowsSayCold) {
+    const RunResult r =
+        run_purbo(std::string(kTiny) + "--prefill 256 --decode 512 --cold-cache", false);
+    ASSERT_EQ(r.status, 0) << r.output;
+    const nlohmann::json j = nlohmann::json::parse(r.output);
+    ASSERT_EQ(j.size(), 2u);
+    for (const auto& row : j) {
+        EXPECT_EQ(row["cold_cache"], true) << row.dump();
+        ASSERT_TRUE(row["skipped"].is_null()) << row.dump();
+        EXPECT_GT(double(row["ms"]), 0);
+        EXPECT_LE(int(row["inner"]), 8);  // cold calls are few per sample
+    }
 }
 
 }  // namespace
@@ -217,6 +236,13 @@ TEST(BenchAttention, SparseLayerWithF8IndexKeys) {
     const double select_kept = j[1]["select_kept"];
     EXPECT_GT(select_kept, 0.05);
     EXPECT_LT(select_kept, 0.3);
+}
+
+TEST(BenchAttention, SparseLayerColdCache) {
+    const auto j = run_sparse_layer("--prefill none --decode 2048 --fractions 0.1 --cold-cache");
+    ASSERT_EQ(j.size(), 2u);
+    for (const auto& row : j) EXPECT_EQ(row["cold_cache"], true) << row.dump();
+    expect_select_plus_attention(j[1]);
 }
 
 TEST(BenchAttention, SparseLayerBadFlags) {

@@ -192,6 +192,7 @@ void print_row(const SparseBenchConfig& c, int64_t hr, const Row& r, bool last) 
                                     {"device", c.device},
                                     {"cache", dtype_name(c.cache_type)},
                                     {"index_keys", dtype_name(c.index_key_type)},
+                                    {"cold_cache", c.cold_cache},
                                     {"mode", r.mode},
                                     {"n", r.n},
                                     {"window", c.window},
@@ -248,11 +249,12 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
     const Tensor block_index = random_block(c.rank, rng);
     std::fprintf(stderr,
                  "bench-attention: sparse layer %s on %s: %lld of %lld heads retrieval, W %d, S "
-                 "%d, B %d, r %d, %s KV cache, %s index keys\n",
+                 "%d, B %d, r %d, %s KV cache, %s index keys%s\n",
                  c.shape_name.c_str(), c.device.c_str(), static_cast<long long>(hr),
                  static_cast<long long>(s.heads), c.window, c.sinks, c.block, c.rank,
                  std::string(dtype_name(c.cache_type)).c_str(),
-                 std::string(dtype_name(c.index_key_type)).c_str());
+                 std::string(dtype_name(c.index_key_type)).c_str(),
+                 c.cold_cache ? ", every call after the CPU caches are evicted" : "");
     print_header(c);
     const size_t total_rows =
         c.prefill.size() * (1 + (c.block_sparse_prefill ? c.fractions.size() : 0)) +
@@ -351,14 +353,14 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
             return Status::ok();
         };
         const bool long_call = predicted > kLongCallSeconds;
-        Result<Measured> total = st.is_ok()
-                                     ? measure(
-                                           be, [&] { return run(true); }, b->out, c.reps, long_call)
-                                     : Result<Measured>(st);
-        Result<Measured> select =
-            total.is_ok() ? measure(
-                                be, [&] { return run(false); }, b->out, c.reps, long_call)
-                          : total;
+        Result<Measured> total =
+            st.is_ok() ? measure(
+                             be, [&] { return run(true); }, b->out, c.reps, long_call, c.cold_cache)
+                       : Result<Measured>(st);
+        Result<Measured> select = total.is_ok() ? measure(
+                                                      be, [&] { return run(false); }, b->out,
+                                                      c.reps, long_call, c.cold_cache)
+                                                : total;
         if (!select.is_ok()) {
             r.skipped = "failed: " + select.status().to_string();
         } else {
@@ -386,9 +388,11 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
             continue;
         }
         Result<CaseBuffers> b = make_buffers(be, s, Mode::kPrefill, n, c.chunk, c.cache_type, block_k, block_v);
-        Result<Measured> m = b.is_ok() ? measure(be, [&] { return run_once(be, *b, local_params); }, b->out, c.reps,
-                                                 predicted > kLongCallSeconds)
-                                       : Result<Measured>(b.status());
+        Result<Measured> m = b.is_ok()
+                                 ? measure(
+                                       be, [&] { return run_once(be, *b, local_params); }, b->out,
+                                       c.reps, predicted > kLongCallSeconds, c.cold_cache)
+                                 : Result<Measured>(b.status());
         if (!m.is_ok()) {
             r.skipped = "failed: " + m.status().to_string();
         } else {
@@ -421,7 +425,9 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
             }
             continue;
         }
-        Result<Measured> dm = measure(be, [&] { return run_once(be, *b, dense_params); }, b->out, c.reps, false);
+        Result<Measured> dm = measure(
+            be, [&] { return run_once(be, *b, dense_params); }, b->out, c.reps, false,
+            c.cold_cache);
         if (dm.is_ok()) dense.ms = dense.attn_ms = dm->ms;
         else dense.skipped = "failed: " + dm.status().to_string();
         emit(dense);
@@ -460,8 +466,9 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
             if (filled.is_ok())
                 filled =
                     fill_needle_keys(be, index_keys, q, ids, c.block, sp.scale, kNeedleShare, rng);
-            Result<Measured> sm = filled.is_ok() ? measure(be, select, b->out, c.reps, false)
-                                                 : Result<Measured>(filled);
+            Result<Measured> sm = filled.is_ok()
+                                      ? measure(be, select, b->out, c.reps, false, c.cold_cache)
+                                      : Result<Measured>(filled);
             if (sm.is_ok()) {
                 Tensor counts = tensor_cpu(DType::kI32, {1, hr});
                 if (be.to_host(sel_counts, counts).is_ok()) {
@@ -489,7 +496,9 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
             if (st.is_ok()) st = be.from_host(host_counts, sel.counts);
             AttentionParams params = local_params;
             params.selection = &sel;
-            Result<Measured> am = st.is_ok() ? measure(be, [&] { return run_once(be, *b, params); }, b->out, c.reps, false)
+            Result<Measured> am = st.is_ok() ? measure(
+                                                   be, [&] { return run_once(be, *b, params); },
+                                                   b->out, c.reps, false, c.cold_cache)
                                              : Result<Measured>(st);
             if (!am.is_ok() || !sm.is_ok()) {
                 r.skipped = "failed: " + (am.is_ok() ? sm.status() : am.status()).to_string();

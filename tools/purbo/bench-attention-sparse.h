@@ -44,6 +44,7 @@ struct SparseBenchConfig {
     double deadline = 0;  // seconds from the start after which no case starts (0: none)
     DType cache_type = DType::kF32;      // of the KV cache
     DType index_key_type = DType::kF32;  // of the retrieval heads' index keys
+    bool cold_cache = false;             // cpu: every call timed alone after evict_cpu_caches()
 };
 
 int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& config);

@@ -11,6 +11,10 @@ namespace {
 
 constexpr int64_t kFillRows = 65536;  // rows of each random host block copied over device buffers
 constexpr double kMinSampleMs = 20;   // short calls repeat within a sample to reach this
+// evict_cpu_caches' buffer: well above the last-level caches of the machines this runs on
+// (32 MiB on the 2-vCPU VM of bench/RESULTS.md, up to a few hundred MiB on server parts).
+constexpr size_t kEvictBytes = size_t{512} << 20;
+constexpr double kMaxColdCalls = 8;  // per sample
 
 }  // namespace
 
@@ -122,8 +126,21 @@ Status run_once(Backend& be, const CaseBuffers& b, const AttentionParams& params
 
 namespace {
 
-// Milliseconds per call of `op`, over `calls` back-to-back calls.
-Result<double> time_calls(Backend& be, const std::function<Status()>& op, int calls) {
+// Milliseconds per call of `op`, over `calls` back-to-back calls; cold: each call timed alone
+// after the caches are evicted.
+Result<double> time_calls(Backend& be, const std::function<Status()>& op, int calls, bool cold) {
+    if (cold) {
+        double total = 0;
+        for (int i = 0; i < calls; ++i) {
+            evict_cpu_caches();
+            be.synchronize();
+            const double t0 = time_now_ms();
+            PURBO_TRY(op());
+            be.synchronize();
+            total += time_now_ms() - t0;
+        }
+        return total / calls;
+    }
     be.synchronize();
     const double t0 = time_now_ms();
     for (int i = 0; i < calls; ++i) PURBO_TRY(op());
@@ -146,19 +163,31 @@ Status check_output(Backend& be, const Tensor& out) {
 
 }  // namespace
 
-Result<Measured> measure(Backend& be, const std::function<Status()>& op, const Tensor& out, int reps,
-                         bool long_call) {
+void evict_cpu_caches() {
+    // One buffer for the process, touched in full once so that its pages exist before timing.
+    static std::vector<unsigned char> buffer(kEvictBytes, 1);
+    unsigned char* data = buffer.data();
+    const int64_t lines = static_cast<int64_t>(buffer.size() / 64);
+    // Every thread of the op's pool walks its part, which also leaves its core's private caches
+    // holding the buffer rather than the op's data.
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < lines; ++i) data[i * 64] += 1;
+}
+
+Result<Measured> measure(Backend& be, const std::function<Status()>& op, const Tensor& out,
+                         int reps, bool long_call, bool cold) {
     Measured r;
     if (long_call) {  // one-time costs are small next to the call: no warm-up, one sample
-        PURBO_ASSIGN_OR_RETURN(r.ms, time_calls(be, op, 1));
+        PURBO_ASSIGN_OR_RETURN(r.ms, time_calls(be, op, 1, cold));
         r.reps = 1;
     } else {
-        PURBO_ASSIGN_OR_RETURN(const double warm_ms, time_calls(be, op, 1));
-        r.inner = static_cast<int>(
-            std::clamp(std::ceil(kMinSampleMs / std::max(warm_ms, 1e-3)), 1.0, 1000.0));
+        PURBO_ASSIGN_OR_RETURN(const double warm_ms, time_calls(be, op, 1, cold));
+        // Cold calls are timed one by one, so few suffice; each costs an eviction.
+        r.inner = static_cast<int>(std::clamp(std::ceil(kMinSampleMs / std::max(warm_ms, 1e-3)),
+                                              1.0, cold ? kMaxColdCalls : 1000.0));
         std::vector<double> samples;
         for (int i = 0; i < reps; ++i) {
-            PURBO_ASSIGN_OR_RETURN(const double ms, time_calls(be, op, r.inner));
+            PURBO_ASSIGN_OR_RETURN(const double ms, time_calls(be, op, r.inner, cold));
             samples.push_back(ms);
         }
         std::sort(samples.begin(), samples.end());

@@ -53,8 +53,14 @@ struct Measured {
 };
 
 // Median milliseconds of `op` (short calls repeat within a sample); then reads a row of
-// `out` back, which surfaces a kernel failure and a non-finite output.
-Result<Measured> measure(Backend& be, const std::function<Status()>& op, const Tensor& out, int reps,
-                         bool long_call);
+// `out` back, which surfaces a kernel failure and a non-finite output. cold: every call runs
+// after evict_cpu_caches(), which is not timed (cpu backends: their calls return when done).
+Result<Measured> measure(Backend& be, const std::function<Status()>& op, const Tensor& out,
+                         int reps, bool long_call, bool cold = false);
+
+// Writes and reads a buffer several times the size of the last-level cache on every thread,
+// so that the next op finds none of its inputs in the CPU caches, as in a model's step where
+// the other layers' weights and caches pass through them between two calls of a layer.
+void evict_cpu_caches();
 
 }  // namespace purbo::cli

@@ -44,6 +44,7 @@ struct Flags {
     bool shared_index_query = false;
     std::string prefill_select = "block";
     int prefill_samples = 0;
+    bool cold_cache = false;
 };
 
 Result<AttentionShape> resolve_shape(const Flags& f) {
@@ -90,6 +91,12 @@ Status check_flags(const Flags& f) {
         return error(StatusCode::kInvalidArgument,
                      "--shared-index-query applies to --block-sparse-prefill only");
     PURBO_TRY(check_prefill_selection_flags(f.prefill_select, f.prefill_samples));
+    if (f.cold_cache && f.device.rfind("cuda", 0) == 0)
+        return error(
+            StatusCode::kInvalidArgument,
+            "--cold-cache with --device {}: cpu backends only (a GPU's calls are timed back "
+            "to back; one call alone would time its launch)",
+            f.device);
     if (f.block_sparse_prefill && !(f.retrieval > 0))
         return error(StatusCode::kInvalidArgument,
                      "--block-sparse-prefill needs the sparse layer (--retrieval R --window W)");
@@ -176,6 +183,11 @@ int cmd_bench_attention(int argc, char** argv) {
          &f.index_keys});
     set.options.push_back({"--index-top-p", "", "P", "sparse decode: top-p of the timed selection (default 0.9)",
                            &f.index_top_p});
+    set.options.push_back(
+        {"--cold-cache", "", "",
+         "cpu backends: time every call alone after evicting the CPU caches, as in a model's "
+         "step (default: back-to-back calls, which may find their inputs cached)",
+         &f.cold_cache});
     bool help = false;
     if (Status st = options_parse(set, argc, argv, 2, &help); !st.is_ok())
         return report_error("bench", st);
@@ -238,6 +250,7 @@ int cmd_bench_attention(int argc, char** argv) {
         c.max_seconds = f.max_seconds;
         c.deadline = f.deadline;
         c.cache_type = *cache_type;
+        c.cold_cache = f.cold_cache;
         Result<std::optional<DType>> index_keys = parse_index_key_type(f.index_keys);
         if (!index_keys.is_ok()) return report_error("bench", index_keys.status());
         c.index_key_type = index_keys->value_or(*cache_type);
@@ -256,13 +269,14 @@ int cmd_bench_attention(int argc, char** argv) {
     const double start_ms = time_now_ms();
     std::mt19937 rng(42);
     const Tensor block_k = random_block(s.head_dim, rng), block_v = random_block(s.head_dim, rng);
-    std::fprintf(
-        stderr,
-        "bench-attention: %s on %s (h %lld, g %lld, d %lld), %s KV cache, window %d, sinks %d, budget %.0f s\n",
-        f.shape.c_str(), f.device.c_str(), static_cast<long long>(s.heads),
-        static_cast<long long>(s.kv_heads), static_cast<long long>(s.head_dim),
-        std::string(dtype_name(*cache_type)).c_str(), f.window, f.sinks,
-        static_cast<double>(f.max_seconds));
+    std::fprintf(stderr,
+                 "bench-attention: %s on %s (h %lld, g %lld, d %lld), %s KV cache, window %d, "
+                 "sinks %d, budget %.0f s%s\n",
+                 f.shape.c_str(), f.device.c_str(), static_cast<long long>(s.heads),
+                 static_cast<long long>(s.kv_heads), static_cast<long long>(s.head_dim),
+                 std::string(dtype_name(*cache_type)).c_str(), f.window, f.sinks,
+                 static_cast<double>(f.max_seconds),
+                 f.cold_cache ? ", every call after the CPU caches are evicted" : "");
     if (f.output == "md") {
         std::printf("| shape | device | mode | n | window | sinks | ms | TFLOP/s | GB/s |\n");
         std::printf("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
@@ -302,7 +316,9 @@ int cmd_bench_attention(int argc, char** argv) {
                          2.0 * n * s.kv_heads * s.head_dim * kv_bytes / 1073741824.0,
                          rate > 0 ? fmt::format(", predicted {:.2f} s", predicted).c_str() : "");
             Result<CaseBuffers> b = make_buffers(be, s, mode, n, f.chunk, *cache_type, block_k, block_v);
-            Result<Measured> r = b.is_ok() ? measure(be, [&] { return run_once(be, *b, params); }, b->out, f.reps, long_call)
+            Result<Measured> r = b.is_ok() ? measure(
+                                                 be, [&] { return run_once(be, *b, params); },
+                                                 b->out, f.reps, long_call, f.cold_cache)
                                            : Result<Measured>(b.status());
             if (r.is_ok()) {
                 m = *r;
@@ -325,13 +341,24 @@ int cmd_bench_attention(int argc, char** argv) {
             std::printf("| %s | %s | %s | %s | %d | %d | %s |\n", f.shape.c_str(), f.device.c_str(),
                         mode_name, size_label(n).c_str(), f.window, f.sinks, cells.c_str());
         } else {
-            nlohmann::ordered_json j = {
-                {"shape", f.shape},       {"heads", s.heads},  {"kv_heads", s.kv_heads},
-                {"head_dim", s.head_dim}, {"mode", mode_name}, {"n", n},
-                {"window", f.window},     {"sinks", f.sinks},  {"ms", nullptr},
-                {"tflops", nullptr},      {"gbps", nullptr},   {"device", f.device},
-                {"pairs", work.pairs},    {"reps", m.reps},    {"inner", m.inner},
-                {"skipped", nullptr},     {"cache", dtype_name(*cache_type)}};
+            nlohmann::ordered_json j = {{"shape", f.shape},
+                                        {"heads", s.heads},
+                                        {"kv_heads", s.kv_heads},
+                                        {"head_dim", s.head_dim},
+                                        {"mode", mode_name},
+                                        {"n", n},
+                                        {"window", f.window},
+                                        {"sinks", f.sinks},
+                                        {"ms", nullptr},
+                                        {"tflops", nullptr},
+                                        {"gbps", nullptr},
+                                        {"device", f.device},
+                                        {"pairs", work.pairs},
+                                        {"reps", m.reps},
+                                        {"inner", m.inner},
+                                        {"skipped", nullptr},
+                                        {"cache", dtype_name(*cache_type)},
+                                        {"cold_cache", f.cold_cache}};
             if (skipped.empty()) {
                 j["ms"] = m.ms;
                 j["tflops"] = tflops;
