@@ -23,6 +23,12 @@ Tensor scratch_prefix(const Tensor& scratch, int64_t n, int64_t m) {
 
 }  // namespace
 
+DType default_index_key_type(const Backend& backend, DType kv_cache_type) {
+    const std::vector<DType> kept = backend.index_key_dtypes();
+    return std::find(kept.begin(), kept.end(), DType::kBF16) != kept.end() ? DType::kBF16
+                                                                           : kv_cache_type;
+}
+
 Result<std::unique_ptr<SparsePolicy>> SparsePolicy::create(Backend& backend, const ModelConfig& config,
                                                            const Adapter& adapter, int n_seq, int n_ctx,
                                                            int max_batch, const SparseRunOptions& options,
@@ -49,8 +55,8 @@ Result<std::unique_ptr<SparsePolicy>> SparsePolicy::create(Backend& backend, con
         return error(StatusCode::kInvalidArgument, "sparse model: top_k_blocks {} must be 0 (top-p) or positive",
                      options.top_k_blocks);
     PURBO_TRY(p->settings_.validate("sparse model options"));
-    const DType index_key_type =
-        options.index_key_type.value_or(key_type.value_or(backend.kv_cache_dtypes().front()));
+    const DType index_key_type = options.index_key_type.value_or(
+        default_index_key_type(backend, key_type.value_or(backend.kv_cache_dtypes().front())));
     const std::vector<DType> kept = backend.index_key_dtypes();
     if (std::find(kept.begin(), kept.end(), index_key_type) == kept.end())
         return error(StatusCode::kUnsupported,

@@ -34,9 +34,16 @@ struct SparseRunOptions {
     // which costs a device synchronisation per layer on a GPU.
     bool collect_stats = true;
     // Element type of the cached index keys (one of the backend's index_key_dtypes()); nullopt:
-    // the KV cache's. f8 e4m3 halves a bf16 cache's selection reads in decode, a quarter of f32's.
+    // default_index_key_type's. f8 e4m3 halves bf16's selection reads in decode, a quarter of
+    // f32's.
     std::optional<DType> index_key_type;
 };
+
+// The cached index keys' type when none is asked for: bf16 where the backend keeps it, else the
+// KV cache's. bf16 keys halve what the decode selection reads from memory against f32 ones, at
+// the same accuracy (docs/evaluation.md: the same passkey answers, ppl and KL on the default
+// model); f8 halves it again at a small KL cost, so it stays a choice.
+DType default_index_key_type(const Backend& backend, DType kv_cache_type);
 
 // What the sparse model did, summed over the steps since the last reset.
 struct SparsityStats {
@@ -77,8 +84,8 @@ struct SparsityStats {
 
 class SparsePolicy : public AttentionPolicy {
 public:
-  // key_type: the session's KV cache type (nullopt: the backend's preferred one), which the
-  // cached index keys take unless options.index_key_type names theirs.
+  // key_type: the session's KV cache type (nullopt: the backend's preferred one); the cached
+  // index keys take options.index_key_type, else default_index_key_type's.
   static Result<std::unique_ptr<SparsePolicy>> create(Backend& backend, const ModelConfig& config,
                                                       const Adapter& adapter, int n_seq, int n_ctx,
                                                       int max_batch,

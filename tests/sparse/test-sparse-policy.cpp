@@ -143,9 +143,12 @@ TEST_P(SparsePolicyTest, TopPDecodeAttendsFewerKeysAndMatchesReference) {
     if (GetParam() == "cpu-ref") GTEST_SKIP() << "the reference itself";
     const Tiny t = load_tiny(240);
     const Adapter a = make_adapter(t.model.config, {{0, 2}, {1, 0}, {1, 3}, {2, 1}}, small_settings(0.6f), true, 4);
+    // f32 index keys on both sides: the reference keeps no bf16 ones (the others' default).
+    SparseRunOptions f32_keys;
+    f32_keys.index_key_type = DType::kF32;
     SparsityStats stats;
-    const auto out = run(t, GetParam(), sparse_policy_factory(a), 160, &stats);
-    const auto ref = run(t, "cpu-ref", sparse_policy_factory(a), 160);
+    const auto out = run(t, GetParam(), sparse_policy_factory(a, f32_keys), 160, &stats);
+    const auto ref = run(t, "cpu-ref", sparse_policy_factory(a, f32_keys), 160);
     // Selections may differ at near-ties of block mass; the logits still agree closely. cuda's
     // weights are bf16, which moves block masses enough to flip some selections at p = 0.6:
     // there the sparse model must stay 4x closer to the sparse reference than the reference is
@@ -174,7 +177,10 @@ TEST_P(SparsePolicyTest, Bf16CacheKeepsIndexKeysInBf16) {
     const Adapter a = make_adapter(t.model.config, {{0, 2}, {1, 0}, {1, 3}, {2, 1}}, small_settings(0.6f), true, 4);
     SparsityStats stats;
     const auto bf16 = run(t, GetParam(), sparse_policy_factory(a), 150, &stats, DType::kBF16);
-    const auto f32 = run(t, GetParam(), sparse_policy_factory(a), 150, nullptr, DType::kF32);
+    SparseRunOptions f32_keys;
+    f32_keys.index_key_type = DType::kF32;
+    const auto f32 =
+        run(t, GetParam(), sparse_policy_factory(a, f32_keys), 150, nullptr, DType::kF32);
     EXPECT_GT(stats.compute_sparsity(), 0.3);
     // Rounding keys, values and index keys to bf16 moves the logits far less than the sparsity
     // itself does (the distance of the sparse model to the dense one).
@@ -198,11 +204,15 @@ TEST_P(SparsePolicyTest, F8IndexKeysMatchTheReferenceAndShrinkTheCache) {
     SparsityStats stats;
     const auto out = run(t, GetParam(), sparse_policy_factory(a, f8), 150, &stats);
     EXPECT_GT(stats.compute_sparsity(), 0.3);
-    const auto f32_keys = run(t, GetParam(), sparse_policy_factory(a), 150, nullptr, DType::kF32);
+    SparseRunOptions f32;
+    f32.index_key_type = DType::kF32;
+    const auto f32_keys =
+        run(t, GetParam(), sparse_policy_factory(a, f32), 150, nullptr, DType::kF32);
     const double sparsity_cost =
         test::nmse(f32_keys, run(t, GetParam(), {}, 150, nullptr, DType::kF32));
-    if (GetParam() == "cpu")  // the same f8 keys as the reference: only f32 rounding differs
+    if (GetParam() == "cpu") {  // the same f8 keys as the reference: only f32 rounding differs
         EXPECT_LE(test::nmse(out, run(t, "cpu-ref", sparse_policy_factory(a, f8), 150)), 1e-6);
+    }
     // Rounding the index keys to 3 mantissa bits moves the logits far less than the sparsity does.
     EXPECT_LE(test::nmse(out, f32_keys), 0.25 * sparsity_cost);
 
@@ -210,14 +220,21 @@ TEST_P(SparsePolicyTest, F8IndexKeysMatchTheReferenceAndShrinkTheCache) {
     so.backend = GetParam();
     so.cache_type = DType::kF32;
     so.n_ctx = 256;
-    auto with_f32 = Session::create(t.model.config, t.model.weights, so, sparse_policy_factory(a));
+    auto with_f32 =
+        Session::create(t.model.config, t.model.weights, so, sparse_policy_factory(a, f32));
     auto with_f8 =
         Session::create(t.model.config, t.model.weights, so, sparse_policy_factory(a, f8));
-    ASSERT_TRUE(with_f32.is_ok() && with_f8.is_ok());
-    // 4 retrieval heads x 256 positions x r 8: 4 bytes per value, then 1.
+    auto with_default =
+        Session::create(t.model.config, t.model.weights, so, sparse_policy_factory(a));
+    ASSERT_TRUE(with_f32.is_ok() && with_f8.is_ok() && with_default.is_ok());
+    // 4 retrieval heads x 256 positions x r 8: 4 bytes per value, then 1; by default bf16 (2)
+    // where the backend keeps it, even over an f32 KV cache (cpu-ref: f32).
     const size_t f32_key_bytes = 4u * 256u * 8u * 4u;
     EXPECT_EQ((*with_f32)->kv_bytes(), (*with_f32)->cache().nbytes() + f32_key_bytes);
     EXPECT_EQ((*with_f8)->kv_bytes(), (*with_f8)->cache().nbytes() + f32_key_bytes / 4);
+    EXPECT_EQ((*with_default)->kv_bytes(),
+              (*with_default)->cache().nbytes() +
+                  (GetParam() == "cpu-ref" ? f32_key_bytes : f32_key_bytes / 2));
     // A type no backend keeps index keys in is refused by name.
     SparseRunOptions q4;
     q4.index_key_type = DType::kQ4_0;
@@ -263,6 +280,7 @@ TEST_P(SparsePolicyTest, BlockSparsePrefillMatchesReference) {
     for (bool per_query_block : {true, false}) {
         SCOPED_TRACE(per_query_block ? "per query block" : "per token");
         SparseRunOptions block_prefill;
+        block_prefill.index_key_type = DType::kF32;  // the reference keeps no bf16 ones
         block_prefill.block_sparse_prefill = true;
         block_prefill.prefill_per_query_block = per_query_block;
         SparsityStats stats;

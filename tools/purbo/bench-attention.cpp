@@ -11,11 +11,12 @@
 #include <sstream>
 
 #include "attention-cost.h"
+#include "backend/backend.h"
 #include "bench-attention-sparse.h"
 #include "bench-attention-util.h"
-#include "backend/backend.h"
 #include "common.h"
 #include "core/timer.h"
+#include "sparse/sparse-policy.h"
 
 namespace purbo::cli {
 namespace {
@@ -31,7 +32,7 @@ struct Flags {
     std::string device = "cuda", shape = "qwen3-30b-a3b", output = "md";
     std::string prefill = "8K,32K,128K,512K,1M", decode = "32K,128K,512K,1M";
     std::string cache_type;  // "" = the backend's preferred
-    std::string index_keys;  // sparse layer: "" = as the KV cache
+    std::string index_keys;  // sparse layer: "" = default_index_key_type
     int threads = 0, heads = 0, kv_heads = 0, head_dim = 0, window = 0, sinks = 0, reps = 3;
     int chunk = 65536;
     float max_seconds = 60, deadline = 0;
@@ -179,7 +180,8 @@ int cmd_bench_attention(int argc, char** argv) {
     set.options.push_back({"--rank", "", "R", "sparse layer: indexer dimension (default 16)", &f.rank});
     set.options.push_back(
         {"--index-keys", "", "TYPE",
-         "sparse layer: element type of the index keys, f32, bf16 or f8 (default: the KV cache's)",
+         "sparse layer: element type of the index keys, f32, bf16 or f8 (default: bf16 where "
+         "the backend keeps it, else the KV cache's type)",
          &f.index_keys});
     set.options.push_back({"--index-top-p", "", "P", "sparse decode: top-p of the timed selection (default 0.9)",
                            &f.index_top_p});
@@ -253,7 +255,7 @@ int cmd_bench_attention(int argc, char** argv) {
         c.cold_cache = f.cold_cache;
         Result<std::optional<DType>> index_keys = parse_index_key_type(f.index_keys);
         if (!index_keys.is_ok()) return report_error("bench", index_keys.status());
-        c.index_key_type = index_keys->value_or(*cache_type);
+        c.index_key_type = index_keys->value_or(default_index_key_type(be, *cache_type));
         const std::vector<DType> kept = be.index_key_dtypes();
         if (std::find(kept.begin(), kept.end(), c.index_key_type) == kept.end())
             return report_error("bench", error(StatusCode::kUnsupported,

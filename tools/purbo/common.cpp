@@ -116,7 +116,7 @@ void add_sparse_flags(OptionSet& set, SparseFlags& flags) {
     set.options.push_back(
         {"--index-keys", "", "TYPE",
          "element type of the cached index keys: f32, bf16 or f8 (e4m3, 1 byte per value; "
-         "default: the KV cache's)",
+         "default: bf16 where the backend keeps it, else the KV cache's type)",
          &flags.index_keys});
 }
 
