@@ -126,6 +126,26 @@ TEST(BenchAttention, BadFlags) {
     EXPECT_NE(r.output.find("--cold-cache with --device cuda"), std::string::npos) << r.output;
 }
 
+// The table's shape column names what was timed: the heads, KV heads and head dim where flags
+// change the preset's (the JSON rows keep the preset's name next to the three numbers).
+TEST(BenchAttention, MarkdownNamesTheShapeItTimes) {
+    RunResult r = run_purbo(
+        "bench --attention --device cpu --threads 2 --heads 4 --kv-heads 2 --head-dim 64 -r 1 "
+        "--prefill 256 --decode none",
+        false);
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("| 4/2/64 | cpu | prefill | 256 |"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("qwen3-30b-a3b"), std::string::npos) << r.output;
+    r = run_purbo(
+        "bench --attention --device cpu --threads 2 --heads 8 --kv-heads 2 --head-dim 64 "
+        "--retrieval 0.25 "
+        "--window 128 -r 1 --prefill none --decode 2048 --fractions 0.1",
+        false);
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("| 8/2/64 | cpu | decode-sparse | 2K |"), std::string::npos)
+        << r.output;
+}
+
 // --cold-cache: every row says so and is timed (the eviction between calls is not part of the
 // time, which no test can see; the flag's effect on the times is in bench/RESULTS.md).
 TEST(BenchAttention, ColdCacheRowsSayCold) {

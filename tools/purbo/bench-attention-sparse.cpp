@@ -183,10 +183,10 @@ void print_row(const SparseBenchConfig& c, int64_t hr, const Row& r, bool last) 
             r.mode == "prefill-block-sparse"
                 ? r.mode + (c.per_query_block ? " (per query block)" : " (per token)")
                 : r.mode;
-        std::printf("| %s | %s | %s | %s | %d | %d | %lld/%lld | %s | %s |\n", c.shape_name.c_str(),
-                    c.device.c_str(), mode.c_str(), size_label(r.n).c_str(), c.window, c.sinks,
-                    static_cast<long long>(hr), static_cast<long long>(c.shape.heads), kept.c_str(),
-                    cells.c_str());
+        std::printf("| %s | %s | %s | %s | %d | %d | %lld/%lld | %s | %s |\n",
+                    c.shape_label.c_str(), c.device.c_str(), mode.c_str(), size_label(r.n).c_str(),
+                    c.window, c.sinks, static_cast<long long>(hr),
+                    static_cast<long long>(c.shape.heads), kept.c_str(), cells.c_str());
     } else {
         nlohmann::ordered_json j = {{"shape", c.shape_name},
                                     {"device", c.device},

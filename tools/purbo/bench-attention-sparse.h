@@ -22,6 +22,9 @@ namespace purbo::cli {
 
 struct SparseBenchConfig {
     std::string shape_name, device, output;  // output: md or json
+    // The tables' shape column: the preset's name, or heads/KV heads/head dim where flags
+    // changed them (the JSON rows keep the name and give the three numbers).
+    std::string shape_label;
     AttentionShape shape;
     std::vector<int64_t> prefill, decode;
     std::vector<double> fractions;      // share of blocks each retrieval head keeps, (0, 1]

@@ -71,6 +71,13 @@ Result<AttentionShape> resolve_shape(const Flags& f) {
     return s;
 }
 
+// The tables' shape column: the preset's name, or heads/KV heads/head dim where --heads,
+// --kv-heads or --head-dim changed it.
+std::string shape_label(const Flags& f, const AttentionShape& s) {
+    if (f.heads == 0 && f.kv_heads == 0 && f.head_dim == 0) return f.shape;
+    return fmt::format("{}/{}/{}", s.heads, s.kv_heads, s.head_dim);
+}
+
 Status check_flags(const Flags& f) {
     if (f.output != "md" && f.output != "json")
         return error(StatusCode::kInvalidArgument, "--output: '{}' (expected md or json)",
@@ -223,6 +230,7 @@ int cmd_bench_attention(int argc, char** argv) {
                                                f.retrieval, f.window, f.block, f.rank, f.index_top_p));
         SparseBenchConfig c;
         c.shape_name = f.shape;
+        c.shape_label = shape_label(f, s);
         c.device = f.device;
         c.output = f.output;
         c.shape = s;
@@ -340,8 +348,9 @@ int cmd_bench_attention(int argc, char** argv) {
             const std::string cells =
                 skipped.empty() ? fmt::format("{:.3f} | {:.2f} | {:.1f}", m.ms, tflops, gbps)
                                 : skipped + " | - | -";
-            std::printf("| %s | %s | %s | %s | %d | %d | %s |\n", f.shape.c_str(), f.device.c_str(),
-                        mode_name, size_label(n).c_str(), f.window, f.sinks, cells.c_str());
+            std::printf("| %s | %s | %s | %s | %d | %d | %s |\n", shape_label(f, s).c_str(),
+                        f.device.c_str(), mode_name, size_label(n).c_str(), f.window, f.sinks,
+                        cells.c_str());
         } else {
             nlohmann::ordered_json j = {{"shape", f.shape},
                                         {"heads", s.heads},
