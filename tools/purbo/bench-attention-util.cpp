@@ -168,8 +168,8 @@ void evict_cpu_caches() {
     static std::vector<unsigned char> buffer(kEvictBytes, 1);
     unsigned char* data = buffer.data();
     const int64_t lines = static_cast<int64_t>(buffer.size() / 64);
-    // Every thread of the op's pool walks its part, which also leaves its core's private caches
-    // holding the buffer rather than the op's data.
+    // Every OpenMP thread (the cpu backends' ops run on the same pool) walks its part, which
+    // also leaves its core's private caches holding the buffer rather than the op's data.
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < lines; ++i) data[i * 64] += 1;
 }
