@@ -40,6 +40,10 @@ struct BlockSelection {
     std::span<const int32_t> head_row;
     Tensor blocks;  // (n, hr, max_blocks) i32 on the backend: selected block ids, ascending
     Tensor counts;  // (n, hr) i32 on the backend: how many entries of `blocks` are used
+    // true: the tokens of a query group (select_query_groups with block_size) have the same
+    // list, as a per_query_block selection gives them. A backend may then attend with a
+    // group's tokens together (cuda: as tiles of its tensor-core prefill kernel).
+    bool shared_by_query_group = false;
 };
 
 // Which keys a query at position p of its sequence may see: causal, optionally restricted to

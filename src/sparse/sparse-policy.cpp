@@ -167,8 +167,10 @@ Status SparsePolicy::plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre
     BlockSelectParams sp;
     sp.block_size = settings_.block_size;
     sp.top_p = settings_.top_p;
+    L.selection.shared_by_query_group = false;
     if (!decode) {
         sp.per_query_block = options_.prefill_per_query_block;
+        L.selection.shared_by_query_group = sp.per_query_block;
         sp.query_block_samples = options_.prefill_samples;
         if (options_.prefill_top_p > 0) sp.top_p = options_.prefill_top_p;
     }

@@ -161,9 +161,11 @@ struct HostSelection {
 };
 
 // Random selections for the heads in `selected` (each token keeps its own block, block 0 and
-// a random share of the others), or every block when `all`.
-HostSelection random_selection(const Problem& p, const std::vector<int64_t>& selected, int block, bool all,
-                               uint32_t seed) {
+// a random share of the others), or every block when `all`. shared: one list per query group
+// (the tokens whose positions lie in one block share their first token's list), as a
+// per-query-block selection makes them.
+HostSelection random_selection(const Problem& p, const std::vector<int64_t>& selected, int block,
+                               bool all, uint32_t seed, bool shared = false) {
     std::mt19937 rng(seed);
     const int64_t hr = static_cast<int64_t>(selected.size()), max_blocks = (p.c + block - 1) / block;
     HostSelection s;
@@ -174,6 +176,13 @@ HostSelection random_selection(const Problem& p, const std::vector<int64_t>& sel
     std::bernoulli_distribution keep(0.3);
     for (int64_t i = 0; i < p.n; ++i) {
         const int64_t last = p.pos[static_cast<size_t>(i)] / block;
+        if (shared && i > 0 && p.pos[static_cast<size_t>(i - 1)] / block == last) {
+            std::copy_n(s.blocks.ptr<int32_t>() + (i - 1) * hr * max_blocks, hr * max_blocks,
+                        s.blocks.ptr<int32_t>() + i * hr * max_blocks);
+            std::copy_n(s.counts.ptr<int32_t>() + (i - 1) * hr, hr,
+                        s.counts.ptr<int32_t>() + i * hr);
+            continue;
+        }
         for (int64_t j = 0; j < hr; ++j) {
             int32_t* ids = s.blocks.ptr<int32_t>() + (i * hr + j) * max_blocks;
             int32_t count = 0;
@@ -247,6 +256,67 @@ TEST_P(AttentionClasses, BlockSelection) {
                         expected.push_back(static_cast<float>(v));
                 }
                 EXPECT_LE(test::nmse(head_rows(out, n, 8, 64, hd), expected), tolerance(GetParam())) << "head " << hd;
+            }
+        }
+    }
+}
+
+// One list per query group (block-sparse prefill): cuda attends with a group's tokens as one
+// tile of its tensor-core kernel, whose tiles then start at positions that are multiples of
+// 64 (the chunks here start at 800 = 12.5 x 64 and at 896 = 14 x 64). Blocks of 64 and 128
+// keys, d 64 and 128, beside local heads and a dense retrieval head.
+TEST_P(AttentionClasses, BlockSelectionSharedByQueryGroups) {
+    Env env = make_env(GetParam());
+    const int64_t h = 8;
+    for (int64_t d : {64, 128}) {
+        for (int block : {64, 128}) {
+            for (int64_t n : {200, 128}) {
+                const int64_t c = n == 200 ? 1000 : 1024;
+                const Problem p = make_problem(n, h, 2, d, c, static_cast<uint32_t>(d + block + n),
+                                               env.cache_type);
+                const std::vector<int64_t> selected = {1, 2, 6};
+                std::vector<uint8_t> local(static_cast<size_t>(h), 1);
+                for (int64_t hd : selected) local[static_cast<size_t>(hd)] = 0;
+                local[7] = 0;  // a retrieval head without a selection: dense
+                for (bool all : {true, false}) {
+                    SCOPED_TRACE(fmt::format("d {} block {} n {} all blocks {}", d, block, n, all));
+                    const HostSelection hs = random_selection(
+                        p, selected, block, all, static_cast<uint32_t>(n + block), true);
+                    BlockSelection sel{block, hs.head_row, env.upload(hs.blocks),
+                                       env.upload(hs.counts), true};
+                    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+                    const std::vector<float> out =
+                        run_attention(env, p, AttentionParams{scale, 40, 4, local, &sel});
+                    const std::vector<float> dense =
+                        run_attention(env, p, AttentionParams{scale, 0, 0});
+                    const std::vector<float> windowed =
+                        run_attention(env, p, AttentionParams{scale, 40, 4});
+                    EXPECT_LE(test::nmse(head_rows(out, n, h, d, 7), head_rows(dense, n, h, d, 7)),
+                              tolerance(GetParam()));
+                    EXPECT_LE(
+                        test::nmse(head_rows(out, n, h, d, 0), head_rows(windowed, n, h, d, 0)),
+                        tolerance(GetParam()));
+                    for (size_t j = 0; j < selected.size(); ++j) {
+                        const int64_t hd = selected[j];
+                        std::vector<float> expected;
+                        for (int64_t i = 0; i < n; ++i) {
+                            const int64_t row = i * 3 + static_cast<int64_t>(j);
+                            const int32_t count = hs.counts.ptr<int32_t>()[row];
+                            const int32_t* ids = hs.blocks.ptr<int32_t>() + row * hs.blocks.dim(2);
+                            for (double v : attention_by_hand(
+                                     p, i, hd, scale, {ids, static_cast<size_t>(count)}, block))
+                                expected.push_back(static_cast<float>(v));
+                        }
+                        EXPECT_LE(test::nmse(head_rows(out, n, h, d, hd), expected),
+                                  tolerance(GetParam()))
+                            << "head " << hd;
+                        if (all) {
+                            EXPECT_LE(test::nmse(head_rows(out, n, h, d, hd),
+                                                 head_rows(dense, n, h, d, hd)),
+                                      tolerance(GetParam()));
+                        }
+                    }
+                }
             }
         }
     }

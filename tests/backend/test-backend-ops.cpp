@@ -859,21 +859,23 @@ std::vector<int64_t> select_group_of(const std::vector<int32_t>& seq,
 // query_blocks: one selection per query block over prefill-like runs of positions
 // (select_chunk_positions); the masses the kept set is judged by are the group's mean, over
 // `samples` evenly spaced tokens of the group ending at its last when samples > 0.
+// n_seq: the sequences of the batch (1: cuda's tensor-core mass kernel takes many rows of one
+// sequence).
 OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, SelectScores scores,
                    int budget = 0, DType key_type = DType::kF32, int extra_positions = 0,
-                   bool query_blocks = false, int samples = 0) {
+                   bool query_blocks = false, int samples = 0, int n_seq = 3) {
     const char* kinds[] = {"flat", "peaked", "ties"};
     return {
-        safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}{}{}{}{}{}", r, block_size, c,
+        safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}{}{}{}{}{}{}", r, block_size, c,
                               kinds[static_cast<int>(scores)], top_p,
                               budget > 0 ? fmt::format("_k{}", budget) : "",
                               cache_suffix("keys", key_type),
                               extra_positions > 0 ? fmt::format("_rows{}", extra_positions) : "",
                               query_blocks ? "_query_blocks" : "",
-                              samples > 0 ? fmt::format("_samples{}", samples) : "")),
+                              samples > 0 ? fmt::format("_samples{}", samples) : "",
+                              n_seq != 3 ? fmt::format("_seq{}", n_seq) : "")),
         [=] {
             constexpr int64_t hr = 3;
-            constexpr int n_seq = 3;
             const int64_t s = n_seq, n_blocks = (c + block_size - 1) / block_size;
             const int64_t max_blocks = n_blocks + 1;  // one spare entry: it must read -1 too
             std::mt19937 rng(static_cast<uint32_t>(r * 1009 + block_size * 97 + c +
@@ -1236,6 +1238,30 @@ std::vector<OpCase> all_cases() {
         select_case(16, 64, 4096, 0.8f, SelectScores::kPeaked, 0, DType::kF8E4M3, 0, true));
     cases.push_back(
         select_case(16, 64, 4096, 0.8f, SelectScores::kFlat, 0, DType::kF8E4M3, 0, true, 8));
+    // One sequence (cuda: the tensor-core mass kernel, which takes the rows of one sequence):
+    // many per-token rows and query blocks; B 8 (several staged writes per key chunk), 16, 32,
+    // 64 and 128 (a block across two key tiles); r 8 and 16; f32 (three-part), bf16 and f8
+    // keys; 16384 keys (four key chunks per row).
+    for (SelectScores scores : {SelectScores::kFlat, SelectScores::kPeaked, SelectScores::kTies}) {
+        for (DType keys : {DType::kF32, DType::kBF16, DType::kF8E4M3}) {
+            cases.push_back(select_case(16, 64, 4096, 0.9f, scores, 0, keys, 300, false, 0, 1));
+            cases.push_back(select_case(16, 64, 4096, 0.8f, scores, 0, keys, 0, true, 8, 1));
+        }
+        for (int64_t block_size : {8, 32, 128}) {
+            cases.push_back(
+                select_case(16, block_size, 4096, 0.9f, scores, 0, DType::kBF16, 300, false, 0, 1));
+            cases.push_back(
+                select_case(16, block_size, 4096, 0.9f, scores, 0, DType::kF32, 0, true, 0, 1));
+        }
+        cases.push_back(select_case(8, 16, 1000, 0.9f, scores, 0, DType::kF32, 300, false, 0, 1));
+        cases.push_back(select_case(8, 16, 1000, 0.99f, scores, 0, DType::kBF16, 0, true, 5, 1));
+    }
+    cases.push_back(
+        select_case(16, 64, 16384, 0.9f, SelectScores::kFlat, 0, DType::kBF16, 300, false, 0, 1));
+    cases.push_back(
+        select_case(16, 64, 16384, 0.9f, SelectScores::kPeaked, 0, DType::kBF16, 0, true, 8, 1));
+    cases.push_back(
+        select_case(16, 64, 4096, 1.0f, SelectScores::kPeaked, 16, DType::kBF16, 300, false, 0, 1));
     cases.push_back(rms_norm_case({1, 576}));
     cases.push_back(rms_norm_case({33, 576}));
     cases.push_back(rms_norm_case({7, 1536}));

@@ -321,6 +321,7 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         if (st.is_ok())
             st = fill_rows(be, iq, c.shared_index_query ? leading(block_index, 1) : block_index);
         sel.block_size = c.block;
+        sel.shared_by_query_group = c.per_query_block;
         std::vector<int32_t> head_row(static_cast<size_t>(s.heads), -1);
         for (int64_t j = 0; j < hr; ++j) head_row[static_cast<size_t>(j)] = static_cast<int32_t>(j);
         sel.head_row = head_row;

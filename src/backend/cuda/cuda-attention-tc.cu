@@ -24,6 +24,13 @@
 // to the last row's diagonal); a warp skips a tile none of its rows sees, and builds the
 // per-element mask only on tiles some key of which is hidden from some of its rows.
 //
+// Block-sparse prefill: a head with a selection row walks, instead, the tiles of the blocks
+// its CTA's tokens selected. Every token of the CTA shares the list (the launcher's
+// condition), so the tiles are the shared-query case of the dense kernel: the same mma work
+// per tile, the causal mask on the diagonal tile only. Selected 5 % of a 1M context, a CTA
+// walks ~800 tiles where the dense one walks up to 16K; its time is the dense kernel's per
+// tile (no prediction of its own until it is measured against the dense rows).
+//
 // Fragment layouts (PTX ISA, "Matrix fragments for mma.m16n8k16", bf16): with lane = 4 gid +
 // tig,
 //  - A (16 x 16, row-major): reg0 = (row gid, cols 2 tig, 2 tig + 1), reg1 = (row gid + 8,
@@ -52,9 +59,6 @@ constexpr int kWarps = kAttnTcBlockM / 16;
 constexpr int kThreads = kWarps * 32;
 static_assert(kAttnTcBlockN % 16 == 0, "key tiles are whole k-steps of P V");
 
-// kWindowed: window > 0, and the window and sinks apply to the heads marked local in
-// head_info; otherwise causal only, and the window tests compile away. Heads whose KV head is
-// not in the view (head_info slot -1) exit at once.
 // The tile of keys key0 .. key0 + kN - 1 into shared rows of kStride bf16: an f32 cache is
 // rounded on the way, a bf16 one copied as it is (8 elements per 16-byte move). Keys beyond
 // p_hi are zero (masked anyway, and they may lie past the capacity).
@@ -88,6 +92,9 @@ __device__ __forceinline__ void load_tile(const __nv_bfloat16* cache, int64_t ca
     }
 }
 
+// kWindowed: window > 0, and the window and sinks apply to the heads marked local in
+// args.heads (never to a head with a selection); otherwise causal only, and the window tests
+// compile away. Heads whose KV head is not in the view (cache head -1) exit at once.
 template <int D, bool kWindowed, class Cache>
 __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs args) {
     constexpr int kN = kAttnTcBlockN;
@@ -107,20 +114,21 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     const int h = static_cast<int>(args.h);
     // Blocks in reverse: the last query blocks see the most keys and start first.
     const int block = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
-    const int head = blockIdx.y;
-    const int slot = args.head_info[2 * head];
+    const int32_t* head_row = args.heads + kAttnTcHeadInts * blockIdx.y;
+    const int head = head_row[0], slot = head_row[1], sel_row = head_row[3];
     if (slot < 0) return;  // the head's KV head is not in this view: CTA-uniform exit
-    const bool windowed = kWindowed && args.head_info[2 * head + 1] != 0;
-    const int row0 = block * kAttnTcBlockM;                         // the CTA's first token
-    const int p_lo = args.pos0 + row0;                              // its rows' lowest position
+    const bool windowed = kWindowed && head_row[2] != 0 && sel_row < 0;
+    // The CTA's first token (negative: the first CTA starts before the chunk, row_shift > 0).
+    const int row0 = block * kAttnTcBlockM - args.row_shift;
+    const int p_lo = args.pos0 + max(row0, 0);                      // its tokens' lowest position
     const int p_hi = args.pos0 + min(row0 + kAttnTcBlockM, n) - 1;  // and highest
     const int window = windowed ? args.window : 0;
     const int n_sink = windowed ? args.n_sink : 0;
 
-    // The warp's rows: tokens wrow0 .. wrow0 + 15 (those >= n are padding: computed on zero
-    // queries, never written). This thread holds rows ra = wrow0 + gid and rb = ra + 8.
+    // The warp's rows: tokens wrow0 .. wrow0 + 15 (those < 0 or >= n are padding: computed on
+    // zero queries, never written). This thread holds rows ra = wrow0 + gid and rb = ra + 8.
     const int wrow0 = row0 + warp * 16;
-    const bool warp_active = wrow0 < n;
+    const bool warp_active = wrow0 < n && wrow0 + 15 >= 0;
     const int w_p_lo = args.pos0 + wrow0;
     const int w_p_hi = min(w_p_lo + 15, p_hi);
     const int ra = wrow0 + gid, rb = ra + 8;
@@ -131,16 +139,16 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     uint32_t qf[kKSteps][4];
     {
         const float qscale = args.scale * kLog2e;
-        const float* qa = args.q + (static_cast<int64_t>(min(ra, n - 1)) * h + head) * D;
-        const float* qb = args.q + (static_cast<int64_t>(min(rb, n - 1)) * h + head) * D;
+        const float* qa = args.q + (static_cast<int64_t>(min(max(ra, 0), n - 1)) * h + head) * D;
+        const float* qb = args.q + (static_cast<int64_t>(min(max(rb, 0), n - 1)) * h + head) * D;
 #pragma unroll
         for (int kk = 0; kk < kKSteps; ++kk) {
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const int col = kk * 16 + half * 8 + 2 * tig;
                 float2 xa = make_float2(0.0f, 0.0f), xb = xa;
-                if (ra < n) xa = *reinterpret_cast<const float2*>(qa + col);
-                if (rb < n) xb = *reinterpret_cast<const float2*>(qb + col);
+                if (ra >= 0 && ra < n) xa = *reinterpret_cast<const float2*>(qa + col);
+                if (rb >= 0 && rb < n) xb = *reinterpret_cast<const float2*>(qb + col);
                 qf[kk][2 * half] = pack_bf16(xa.x * qscale, xa.y * qscale);
                 qf[kk][2 * half + 1] = pack_bf16(xb.x * qscale, xb.y * qscale);
             }
@@ -161,7 +169,16 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
             window_first = static_cast<int>(first);
         }
     }
-    const int n_tiles = sink_tiles + (last_tile - window_first + 1);
+    int n_tiles = sink_tiles + (last_tile - window_first + 1);
+    // With a selection: the tiles of the selected blocks, tiles_per_block each, of the list
+    // every token of the CTA shares (its first token's).
+    const int32_t* selected = nullptr;
+    const int tiles_per_block = args.sel_block_size / kN;
+    if (sel_row >= 0) {
+        const int64_t list = int64_t{max(row0, 0)} * args.sel_hr + sel_row;
+        selected = args.sel_blocks + list * args.sel_max_blocks;
+        n_tiles = args.sel_counts[list] * tiles_per_block;
+    }
 
     float o[kDimTiles][4];
 #pragma unroll
@@ -172,8 +189,12 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
 
     const int64_t cache_row0 = (static_cast<int64_t>(args.seq) * args.gc + slot) * args.c;  // cache row 0
     for (int t = 0; t < n_tiles; ++t) {
-        const int tile = t < sink_tiles ? t : window_first + (t - sink_tiles);
+        const int tile = selected != nullptr
+                             ? selected[t / tiles_per_block] * tiles_per_block + t % tiles_per_block
+                         : t < sink_tiles ? t
+                                          : window_first + (t - sink_tiles);
         const int key0 = tile * kN;
+        if (key0 > p_hi) continue;  // CTA-uniform: a selected block's tile past every token
 
         __syncthreads();  // every warp is done with the previous tile
         load_tile<D, kStride>(static_cast<const Cache*>(args.cache_k), cache_row0, key0, p_hi, args, k_s);
@@ -289,10 +310,10 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
 #pragma unroll
     for (int dt = 0; dt < kDimTiles; ++dt) {
         const int col = dt * 8 + 2 * tig;
-        if (ra < n)
+        if (ra >= 0 && ra < n)
             *reinterpret_cast<float2*>(out_a + col) =
                 make_float2(o[dt][0] * inv_a, o[dt][1] * inv_a);
-        if (rb < n)
+        if (rb >= 0 && rb < n)
             *reinterpret_cast<float2*>(out_b + col) =
                 make_float2(o[dt][2] * inv_b, o[dt][3] * inv_b);
     }
@@ -316,11 +337,16 @@ bool attention_tc_head_dim_supported(int d) {
 
 cudaError_t launch_attention_tc(const AttentionTcArgs& args, cudaStream_t stream) {
     if (args.n == 0) return cudaSuccess;
-    if (args.h > 65535 || args.n * args.h > INT32_MAX || args.pos0 < 0 ||
-        (args.ring_sinks < 0 && int64_t{args.pos0} + args.n > args.c) || args.window < 0 || args.n_sink < 0)
+    if (args.hs == 0) return cudaSuccess;
+    if (args.hs > 65535 || args.n * args.h > INT32_MAX || args.pos0 < 0 ||
+        (args.ring_sinks < 0 && int64_t{args.pos0} + args.n > args.c) || args.window < 0 ||
+        args.n_sink < 0 || args.row_shift < 0 || args.row_shift >= kAttnTcBlockM ||
+        (args.sel_blocks != nullptr &&
+         (args.sel_block_size <= 0 || args.sel_block_size % kAttnTcBlockN != 0)))
         return cudaErrorInvalidValue;
-    const dim3 grid(static_cast<unsigned>((args.n + kAttnTcBlockM - 1) / kAttnTcBlockM),
-                    static_cast<unsigned>(args.h));
+    const dim3 grid(
+        static_cast<unsigned>((args.n + args.row_shift + kAttnTcBlockM - 1) / kAttnTcBlockM),
+        static_cast<unsigned>(args.hs));
     // DISPATCH on the head dim, the cache type and whether a window applies: eight
     // instantiations.
     switch (args.d) {

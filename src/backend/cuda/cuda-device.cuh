@@ -31,6 +31,20 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// Merges the softmax state (m2, l2) into (m, l): l = sum 2^(z - m) over the union of the keys
+// (log2 domain). An empty state has m = -inf and l = 0.
+__device__ __forceinline__ void merge_softmax_state(float& m, float& l, float m2, float l2) {
+    if (m2 == -INFINITY) return;
+    if (m == -INFINITY) {
+        m = m2;
+        l = l2;
+        return;
+    }
+    const float m_new = fmaxf(m, m2);
+    l = l * exp2f(m - m_new) + l2 * exp2f(m2 - m_new);
+    m = m_new;
+}
+
 // Four consecutive cache elements (16-byte aligned for f32, 8-byte for bf16) as f32.
 __device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 __device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {

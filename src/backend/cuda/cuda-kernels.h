@@ -125,7 +125,7 @@ struct AttentionArgs {
     int sel_block_size;      // a multiple of kAttnKeysPerTile
 };
 // d must be 32, 64 or 128 (else cudaErrorInvalidValue); n_splits in [1, kAttnMaxSplits].
-constexpr int kAttnMaxSplits = 64;
+constexpr int kAttnMaxSplits = 256;
 bool attention_head_dim_supported(int d);
 cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream);
 
@@ -141,16 +141,26 @@ cudaError_t launch_attention_decode(const AttentionArgs& args, cudaStream_t stre
 // cache must already hold their keys (as for launch_attention). Same mask and output as
 // launch_attention, computed with bf16 operands on tensor cores (fp32 accumulation and
 // softmax). A CTA takes kAttnTcBlockM tokens of one query head.
+//
+// Block-sparse prefill (heads with a selection row): the tokens of a CTA must share one list
+// of selected blocks (BlockSelection::shared_by_query_group with a block size that is a
+// multiple of kAttnTcBlockM), and the CTAs' rows must start at positions that are multiples of
+// kAttnTcBlockM (row_shift = pos0 % kAttnTcBlockM), so that a CTA's tokens lie in one query
+// group. The CTA then walks the key tiles of its first token's list, masked causally.
 constexpr int kAttnTcBlockM = 64;     // query rows per CTA: 4 warps x 16 rows
 constexpr int kAttnTcBlockN = 64;     // keys per tile
 constexpr int kAttnTcMinTokens = 64;  // dispatch threshold (speed only): one full CTA of rows
+constexpr int kAttnTcHeadInts = 4;    // ints per row of AttentionTcArgs::heads
 
 struct AttentionTcArgs {
     const float* q;        // (n, h, d)
     const void* cache_k;   // (s, gc, c, d) f32, or bf16 when cache_bf16
     const void* cache_v;   // (s, gc, c, d)
     bool cache_bf16;
-    const int32_t* head_info;  // (h, 2) on the device: cache head (-1 = not in the view), local (0/1)
+    // (hs, kAttnTcHeadInts) on the device, one row per CTA row (blockIdx.y) of the grid: query
+    // head, its KV head's cache head, local (0/1), selection row (-1: none, attend densely).
+    const int32_t* heads;
+    int64_t hs;
     float* out;            // (n, h, d)
     int64_t n;
     int64_t h;
@@ -163,6 +173,15 @@ struct AttentionTcArgs {
     int window;   // local heads: 0 = unlimited
     int n_sink;
     int ring_sinks;  // -1: row = position; else the ring rule of backend.h
+    // Token i is row i + row_shift of the grid's rows (0 .. kAttnTcBlockM - 1: CTAs start at
+    // positions pos0 - row_shift + k kAttnTcBlockM).
+    int row_shift;
+    // The selection of the heads with a selection row (BlockSelection), else unused.
+    const int32_t* sel_blocks;  // (n, sel_hr, sel_max_blocks) ascending block ids
+    const int32_t* sel_counts;  // (n, sel_hr)
+    int sel_hr;
+    int sel_max_blocks;
+    int sel_block_size;  // a multiple of kAttnTcBlockN
 };
 // d must be 64 or 128 (else cudaErrorInvalidValue).
 bool attention_tc_head_dim_supported(int d);
@@ -217,6 +236,7 @@ struct SelectBlocksArgs {
     int max_kept;             // BlockSelectParams::max_blocks: 0 = no limit
     bool keys_bf16;           // index_keys in bf16
     bool keys_f8;             // index_keys in f8 e4m3 (neither flag: f32)
+    int one_seq;              // the sequence slot of every token, or -1 when they differ
     // One selection per query group (BlockSelectParams::per_query_block): n_groups > 0 groups
     // of consecutive tokens sharing the block of group_pos[g]; group_of[i] = token i's group.
     // Their means take the distributions of S = n_samples tokens, group g's at sample rows
@@ -236,6 +256,15 @@ struct SelectBlocksArgs {
 size_t select_blocks_scratch_bytes(const SelectBlocksArgs& args);
 // cudaErrorInvalidValue when n * hr * u does not fit a grid or c + B an int.
 cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream);
+
+// Step 1 of the selection (each row's block log2 masses, into log2_mass (n * hr, n_used_max))
+// on tensor cores (cuda-select-mass-tc.cu), for many rows: r 8 or 16, B a power of two from 8
+// to 4096, one sequence, index keys 16-byte aligned. Rows' masses of blocks past their
+// position are not written. PURBO_NO_TC_SELECT=1 makes launch_select_blocks use the
+// one-warp-per-block kernel instead (for comparisons).
+bool block_mass_tc_supported(const SelectBlocksArgs& args);
+cudaError_t launch_block_mass_tc(const SelectBlocksArgs& args, float* log2_mass,
+                                 cudaStream_t stream);
 
 // ---- decode matmul (cuda-gemv.cu) ------------------------------------------------------
 

@@ -154,6 +154,17 @@ struct AttentionPlan {
 // traffic stay small next to the tiles themselves.
 constexpr int64_t kMinTilesPerSplit = 4;
 
+// PURBO_ATTN_CTAS_PER_SM=k (1 .. 16): the split plan below aims at k CTAs per SM instead of 2
+// (4 with a selection). For measuring the plan; the default is what RESULTS.md measures.
+int ctas_per_sm_override() {
+    static const int value = [] {
+        const char* s = std::getenv("PURBO_ATTN_CTAS_PER_SM");
+        const int k = s != nullptr ? std::atoi(s) : 0;
+        return k >= 1 && k <= 16 ? k : 0;
+    }();
+    return value;
+}
+
 // selected_only: only the heads with a selection row (the others are done already).
 AttentionPlan plan_attention(const TokenPlacement& place, int64_t h, const KvCacheView& cache,
                              const AttentionParams& params, int n_sms, bool selected_only) {
@@ -222,11 +233,17 @@ AttentionPlan plan_attention(const TokenPlacement& place, int64_t h, const KvCac
     const int64_t n_blocks = static_cast<int64_t>(plan.blocks.size() / 2);
     const int64_t n_groups = static_cast<int64_t>(plan.groups.size()) / cuda::kAttnGroupInts;
     const int64_t ctas = std::max<int64_t>(1, n_blocks * n_groups);
-    const int64_t target = (params.selection ? 4 : 2) * static_cast<int64_t>(n_sms);
+    const int per_sm = ctas_per_sm_override() > 0 ? ctas_per_sm_override()
+                       : params.selection         ? 4
+                                                  : 2;
+    const int64_t target = int64_t{per_sm} * n_sms;
     if (ctas < target) {
         const int64_t wanted = (target + ctas - 1) / ctas;
         const int64_t by_work = std::max<int64_t>(1, max_tiles / kMinTilesPerSplit);
-        plan.n_splits = static_cast<int>(std::clamp<int64_t>(std::min(wanted, by_work), 1, cuda::kAttnMaxSplits));
+        // At most 64 splits unless the override asks for more CTAs (the measured default).
+        const int64_t max_splits = ctas_per_sm_override() > 0 ? cuda::kAttnMaxSplits : 64;
+        plan.n_splits =
+            static_cast<int>(std::clamp<int64_t>(std::min(wanted, by_work), 1, max_splits));
     }
     return plan;
 }
@@ -273,7 +290,7 @@ Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cach
     // and grouped heads by position, not by list). table (hs, 3): query head, cache head,
     // local, in call order.
     // With a block selection (block-sparse prefill) only the heads that do not use it: the
-    // selected heads are left to the per-token kernel (attention below).
+    // selected heads are left to attention below.
     const int64_t g = kv_view_model_heads(cache), heads_per_kv = h / g;
     const bool sinks = params.window > 0 && params.n_sink > 0;
     auto selected = [&](int64_t hd) {
@@ -407,28 +424,39 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
 
     // A prefill chunk goes through cuDNN where it is built in. With a selection (block-sparse
     // prefill) cuDNN takes the heads that do not use it (local heads, dense retrieval heads;
-    // most of the work), and only the selected heads go through the per-token kernel below.
+    // most of the work); the selected heads go through the tensor-core kernel when their
+    // selection is one list per query group of whole 64-key tiles, else through the per-token
+    // kernel below.
     const bool prefill_chunk = takes_tensor_core_path(place, d);
     bool unselected_done = false;
     if (prefill_chunk) {
         PURBO_ASSIGN_OR_RETURN(unselected_done, cudnn_prefill(q, cache, place, params, out));
     }
-    if (!sel && prefill_chunk) {
-        if (unselected_done) return Status::ok();
-        // head_info (h, 2): cache head of each query head's KV head (-1 = not held), local.
+    const bool tiled_selection =
+        sel && sel->shared_by_query_group && sel->block_size % cuda::kAttnTcBlockN == 0;
+    if (prefill_chunk && (!sel || tiled_selection)) {
+        if (!sel && unselected_done) return Status::ok();
+        // heads (hs, 4): a row per query head the kernel computes: the head, the cache head of
+        // its KV head, local, selection row. Heads whose KV head the view lacks, and those
+        // cuDNN did, take no CTAs.
         const int64_t heads_per_kv = h / kv_view_model_heads(cache);
-        std::vector<int32_t> head_info;
+        std::vector<int32_t> heads;
         for (int64_t hd = 0; hd < h; ++hd) {
-            head_info.push_back(static_cast<int32_t>(kv_view_index(cache, hd / heads_per_kv)));
-            head_info.push_back(attention_head_is_local(params, hd) ? 1 : 0);
+            const int64_t slot = kv_view_index(cache, hd / heads_per_kv);
+            const int32_t sel_row = sel ? sel->head_row[static_cast<size_t>(hd)] : -1;
+            if (slot < 0 || (unselected_done && sel_row < 0)) continue;
+            heads.insert(heads.end(), {static_cast<int32_t>(hd), static_cast<int32_t>(slot),
+                                       attention_head_is_local(params, hd) ? 1 : 0, sel_row});
         }
-        PURBO_ASSIGN_OR_RETURN(void* dev_info, stage(indices_, head_info.data(), head_info.size() * 4));
+        if (heads.empty()) return Status::ok();
+        PURBO_ASSIGN_OR_RETURN(void* dev_heads, stage(indices_, heads.data(), heads.size() * 4));
         cuda::AttentionTcArgs tc{};
         tc.q = q.ptr<float>();
         tc.cache_k = cache.k.data;
         tc.cache_v = cache.v.data;
         tc.cache_bf16 = cache.k.dtype == DType::kBF16;
-        tc.head_info = static_cast<const int32_t*>(dev_info);
+        tc.heads = static_cast<const int32_t*>(dev_heads);
+        tc.hs = static_cast<int64_t>(heads.size()) / cuda::kAttnTcHeadInts;
         tc.out = out.ptr<float>();
         tc.n = n;
         tc.h = h;
@@ -441,6 +469,15 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
         tc.window = params.window;
         tc.n_sink = params.n_sink;
         tc.ring_sinks = cache.ring_sinks;
+        if (sel) {
+            // A CTA's tokens must lie in one query group: CTAs start at multiples of 64.
+            tc.row_shift = place.pos[0] % cuda::kAttnTcBlockM;
+            tc.sel_blocks = sel->blocks.ptr<int32_t>();
+            tc.sel_counts = sel->counts.ptr<int32_t>();
+            tc.sel_hr = static_cast<int>(sel->blocks.dim(1));
+            tc.sel_max_blocks = static_cast<int>(sel->blocks.dim(2));
+            tc.sel_block_size = sel->block_size;
+        }
         return enqueue("launch_attention_tc", [&] { return cuda::launch_attention_tc(tc, stream_); }, tc);
     }
 

@@ -67,6 +67,9 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
     args.index_keys = index_keys.data;
     args.keys_bf16 = index_keys.dtype == DType::kBF16;
     args.keys_f8 = index_keys.dtype == DType::kF8E4M3;
+    const bool one_seq = std::all_of(place.seq.begin(), place.seq.end(),
+                                     [&](int32_t s) { return s == place.seq[0]; });
+    args.one_seq = one_seq ? place.seq[0] : -1;
     args.seq = staged;
     args.pos = staged + n;
     if (grouped) {

@@ -61,6 +61,8 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "backend/cuda/cuda-device.cuh"
 #include "backend/cuda/cuda-kernels.h"
@@ -79,20 +81,6 @@ constexpr int kRowThreadsNarrow = 256;
 constexpr int kHistThreads = 256;
 constexpr int kHistChunk = 2048;  // blocks per CTA of block_hist_kernel
 constexpr int kHistCopies = 8;    // copies of a CTA's histogram, each shared by a few warps
-
-// Merges the softmax state (m2, l2) into (m, l): l = sum 2^(z - m) over the union of the keys.
-// An empty state has m = -inf and l = 0.
-__device__ __forceinline__ void merge_state(float& m, float& l, float m2, float l2) {
-    if (m2 == -INFINITY) return;
-    if (m == -INFINITY) {
-        m = m2;
-        l = l2;
-        return;
-    }
-    const float m_new = fmaxf(m, m2);
-    l = l * exp2f(m - m_new) + l2 * exp2f(m2 - m_new);
-    m = m_new;
-}
 
 // Block masses relative to the heaviest block, 2^(a_b - A) in (0, 1], as fixed-point integers
 // of 2^-40: sums of them are exact and do not depend on the order of the additions (the
@@ -206,7 +194,7 @@ __global__ void __launch_bounds__(kMassWarps * 32) block_mass_kernel(SelectState
         for (int offset = 16; offset > 0; offset >>= 1) {
             const float m2 = __shfl_xor_sync(kFullMask, m, offset);
             const float l2 = __shfl_xor_sync(kFullMask, l, offset);
-            merge_state(m, l, m2, l2);
+            merge_softmax_state(m, l, m2, l2);
         }
         log2_mass = m + log2f(l);  // l >= 1: the max key gives 2^0
         if (lane == 0) st.log2_mass[row * args.n_used_max + b] = log2_mass;
@@ -437,7 +425,7 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectState st) {
     __shared__ float reduce_f[kWarps];
     __shared__ int reduce_i[kWarps + 1];
     __shared__ int s_boundary, s_taken;
-    __shared__ Mass s_kept, s_total;
+    __shared__ Mass s_kept;
     const HistCopies copies{copy_mass, copy_count};
 
     const bool limited = args.max_kept > 0 && args.max_kept < n_used;
@@ -470,9 +458,11 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectState st) {
         heaviest = from_ordered_bits(st.row_max[row]);
         const HistPart* parts = st.parts + row * st.n_chunks;
         const int n_chunks = (n_used + kHistChunk - 1) / kHistChunk;
+        // A bin per thread, eight chunks' loads in flight at a time (32 chunks at 1M tokens).
         for (int k = tid; k < kSelectBins; k += kThreads) {
             Mass sum = 0;
             int blocks = 0;
+#pragma unroll 8
             for (int c = 0; c < n_chunks; ++c) {
                 sum += parts[c].mass[k];
                 blocks += parts[c].count[k];
@@ -480,18 +470,15 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectState st) {
             hist[k] = sum;
             hist_count[k] = blocks;
         }
-        if (tid == 0) {
-            for (int c = 0; c < n_chunks; ++c) {
-                total += parts[c].total;
-                kept += parts[c].kept;
-            }
-            s_total = total;
-            s_kept = kept;
+        // The chunks' totals, a chunk per thread (integer sums: the order does not matter).
+        // block_reduce's barriers also publish hist.
+        Mass chunk_total = 0, chunk_kept = 0;
+        for (int c = tid; c < n_chunks; c += kThreads) {
+            chunk_total += parts[c].total;
+            chunk_kept += parts[c].kept;
         }
-        __syncthreads();
-        total = s_total;
-        kept = s_kept;
-        __syncthreads();  // s_kept is rewritten by find_boundary
+        total = block_reduce<kThreads>(chunk_total, add_m, reduce_m);
+        kept = block_reduce<kThreads>(chunk_kept, add_m, reduce_m);
     } else {
         const Segment seg = thread_segment<kThreads>(n_used);
         heaviest = -INFINITY;
@@ -907,9 +894,18 @@ size_t grouped_layout(const SelectBlocksArgs& args, bool split, GroupState* gs, 
     return carve.at;
 }
 
-// Step 1 over the token rows of st.args, into st.log2_mass (and st.row_max where set).
+// Whether PURBO_NO_TC_SELECT asks for the one-warp-per-block mass kernel everywhere.
+bool tc_mass_disabled() {
+    const char* off = std::getenv("PURBO_NO_TC_SELECT");
+    return off != nullptr && *off != '\0' && std::strcmp(off, "0") != 0;
+}
+
+// Step 1 over the token rows of st.args, into st.log2_mass (and st.row_max where set). Many
+// rows without row maxima (prefill) go to the tensor-core kernel of cuda-select-mass-tc.cu.
 cudaError_t launch_block_mass(const SelectState& st, cudaStream_t stream) {
     const SelectBlocksArgs& args = st.args;
+    if (st.row_max == nullptr && block_mass_tc_supported(args) && !tc_mass_disabled())
+        return launch_block_mass_tc(args, st.log2_mass, stream);
     const int64_t rows = args.n * args.hr;
     // One warp per key block, kMassWarps per CTA.
     constexpr int mass_threads = kMassWarps * 32;
