@@ -14,9 +14,10 @@
 //    f32 per 2 MFLOP of tile work at d = 128). Predicted 100-200 TFLOP/s at 8K-32K (10-20x the
 //    fp32 kernel's 10; below FA2's ~330), lower at d = 64 (the loads weigh twice as much per
 //    flop). Window + sinks prefill: the same rate over the visible pairs.
-//  - Next steps (speed only): a bf16 KV cache (or a bf16 copy of the chunk's keys) so tiles
-//    arrive by cp.async into a double buffer while the previous tile computes; 128-row blocks
-//    (K/V traffic halved); then wgmma with TMA on sm_90a.
+//  - A bf16 cache (the default on cuda) takes a cp.async pipeline instead: kStages tiles of K
+//    and V in shared memory, the next ones in flight while one computes (as the decode kernel
+//    of cuda-attention-decode.cu). An f32 cache keeps the load-and-convert path above.
+//  - Next steps (speed only): 128-row blocks (K/V traffic halved); wgmma with TMA on sm_90a.
 //
 // Work split: a CTA = (block of kAttnTcBlockM = 64 consecutive query tokens, one query head),
 // 4 warps of 16 query rows each. It walks the key tiles of kAttnTcBlockN = 64 keys that any
@@ -48,6 +49,7 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "backend/cuda/cuda-device.cuh"
 #include "backend/cuda/cuda-kernels.h"
@@ -95,6 +97,17 @@ __device__ __forceinline__ void load_tile(const __nv_bfloat16* cache, int64_t ca
 // kWindowed: window > 0, and the window and sinks apply to the heads marked local in
 // args.heads (never to a head with a selection); otherwise causal only, and the window tests
 // compile away. Heads whose KV head is not in the view (cache head -1) exit at once.
+// Tiles of K and V a CTA holds in shared memory: a pipeline of 3 for a bf16 cache (cp.async),
+// one for an f32 cache (loaded through registers and rounded).
+template <class Cache>
+constexpr int tc_stages() {
+    return std::is_same_v<Cache, __nv_bfloat16> ? 3 : 1;
+}
+template <int D, class Cache>
+constexpr size_t tc_smem_bytes() {
+    return size_t{tc_stages<Cache>()} * 2 * kAttnTcBlockN * (D + 8) * sizeof(__nv_bfloat16);
+}
+
 template <int D, bool kWindowed, class Cache>
 __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs args) {
     constexpr int kN = kAttnTcBlockN;
@@ -102,11 +115,13 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     constexpr int kKSteps = D / 16;    // k-steps of Q K^T
     constexpr int kDimTiles = D / 8;   // n-tiles of P V (8 output dims each)
     constexpr int kKeyTiles = kN / 8;  // n-tiles of Q K^T (8 keys each)
+    constexpr int kStages = tc_stages<Cache>();
+    constexpr bool kAsync = kStages > 1;
+    constexpr int kStageElems =
+        2 * kN * kStride;  // K then V of one tile, (kN, kStride) each, row = key
     static_assert(D % 16 == 0 && (kStride * 2) % 16 == 0, "ldmatrix rows must be 16-byte aligned");
-
-    // (kN, kStride) each: the tile's keys and values in bf16, row = key.
-    __shared__ __align__(16) __nv_bfloat16 k_s[kN * kStride];
-    __shared__ __align__(16) __nv_bfloat16 v_s[kN * kStride];
+    extern __shared__ __align__(16) unsigned char tc_smem_raw[];
+    auto* stages = reinterpret_cast<__nv_bfloat16*>(tc_smem_raw);
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int gid = lane / 4, tig = lane % 4;
@@ -188,18 +203,64 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
 
     const int64_t cache_row0 = (static_cast<int64_t>(args.seq) * args.gc + slot) * args.c;  // cache row 0
-    for (int t = 0; t < n_tiles; ++t) {
+    auto tile_key0 = [&](int t) {
         const int tile = selected != nullptr
                              ? selected[t / tiles_per_block] * tiles_per_block + t % tiles_per_block
                          : t < sink_tiles ? t
                                           : window_first + (t - sink_tiles);
-        const int key0 = tile * kN;
-        if (key0 > p_hi) continue;  // CTA-uniform: a selected block's tile past every token
-
-        __syncthreads();  // every warp is done with the previous tile
-        load_tile<D, kStride>(static_cast<const Cache*>(args.cache_k), cache_row0, key0, p_hi, args, k_s);
-        load_tile<D, kStride>(static_cast<const Cache*>(args.cache_v), cache_row0, key0, p_hi, args, v_s);
-        __syncthreads();
+        return tile * kN;
+    };
+    // bf16 cache: issues the copies of tile t into stage t % kStages; keys past p_hi are
+    // zero-filled (masked anyway, and they may lie past the capacity).
+    auto issue_tile = [&](int t) {
+        if constexpr (kAsync) {
+            const auto* cache_k = static_cast<const __nv_bfloat16*>(args.cache_k);
+            const auto* cache_v = static_cast<const __nv_bfloat16*>(args.cache_v);
+            __nv_bfloat16* k_dst = stages + (t % kStages) * kStageElems;
+            __nv_bfloat16* v_dst = k_dst + kN * kStride;
+            const int key0 = tile_key0(t);
+            constexpr int kChunks = D / 8;  // 16-byte pieces of a row
+            static_assert(kN * kChunks % kThreads == 0, "the tile load has no tail");
+#pragma unroll
+            for (int step = 0; step < kN * kChunks / kThreads; ++step) {
+                const int idx = static_cast<int>(threadIdx.x) + step * kThreads;
+                const int j = idx / kChunks, e = (idx % kChunks) * 8;
+                const bool live = key0 + j <= p_hi;
+                const int64_t off =
+                    live ? (cache_row0 + cache_row(key0 + j, args.ring_sinks, args.c)) * D + e : 0;
+                cp_async_16(&k_dst[j * kStride + e], cache_k + off, live ? 16 : 0);
+                cp_async_16(&v_dst[j * kStride + e], cache_v + off, live ? 16 : 0);
+            }
+        }
+    };
+    // Prologue: the first kStages - 1 tiles in flight, one commit per slot issued or not, so
+    // that "all but kStages - 2 groups done" always means "tile t has landed".
+    if constexpr (kAsync) {
+#pragma unroll
+        for (int st = 0; st < kStages - 1; ++st) {
+            if (st < n_tiles) issue_tile(st);
+            cp_async_commit();
+        }
+    }
+    for (int t = 0; t < n_tiles; ++t) {
+        const int key0 = tile_key0(t);
+        const __nv_bfloat16* k_s;
+        if constexpr (kAsync) {
+            cp_async_wait<kStages - 2>();
+            __syncthreads();  // tile t visible to all; every warp is done with tile t - 1's stage
+            if (t + kStages - 1 < n_tiles) issue_tile(t + kStages - 1);
+            cp_async_commit();
+            k_s = stages + (t % kStages) * kStageElems;
+        } else {
+            __syncthreads();  // every warp is done with the previous tile
+            load_tile<D, kStride>(static_cast<const Cache*>(args.cache_k), cache_row0, key0, p_hi,
+                                  args, stages);
+            load_tile<D, kStride>(static_cast<const Cache*>(args.cache_v), cache_row0, key0, p_hi,
+                                  args, stages + kN * kStride);
+            __syncthreads();
+            k_s = stages;
+        }
+        const __nv_bfloat16* v_s = k_s + kN * kStride;
 
         // Warp-uniform: does the warp see nothing of this tile, or all of it?
         if (!warp_active || key0 > w_p_hi) continue;  // causal: every key after every row
@@ -321,12 +382,19 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
 
 template <int D, class Cache>
 cudaError_t launch_d(const AttentionTcArgs& args, dim3 grid, cudaStream_t stream) {
-    if (args.window > 0) {
-        attention_tc_kernel<D, true, Cache><<<grid, kThreads, 0, stream>>>(args);
-    } else {
-        attention_tc_kernel<D, false, Cache><<<grid, kThreads, 0, stream>>>(args);
-    }
-    return cudaGetLastError();
+    constexpr int kSmem = static_cast<int>(tc_smem_bytes<D, Cache>());
+    auto launch = [&](auto kernel) {
+        // Beyond the 48 KB a kernel gets without asking (3 stages at d = 128: 102 KB).
+        if (kSmem > 48 * 1024) {
+            const cudaError_t err =
+                cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+            if (err != cudaSuccess) return err;
+        }
+        kernel<<<grid, kThreads, kSmem, stream>>>(args);
+        return cudaGetLastError();
+    };
+    return args.window > 0 ? launch(attention_tc_kernel<D, true, Cache>)
+                           : launch(attention_tc_kernel<D, false, Cache>);
 }
 
 }  // namespace
