@@ -251,8 +251,9 @@ public:
                              const AttentionParams& params, const Tensor& out) = 0;
     // Top-p block selection (BlockSelectParams). iq (n, hr, r) f32; index_keys (s, hr, c, r)
     // in one of index_key_dtypes(), the cached index keys of each sequence (stored by kv_store);
-    // blocks (n, hr, max_blocks) i32 receives the kept block ids ascending, counts (n, hr) i32
-    // their number; max_blocks >= the blocks of c.
+    // blocks (n, hr, max_blocks) i32 receives the kept block ids ascending (then -1), counts
+    // (n, hr) i32 their number; max_blocks >= the blocks of c, or with a budget of K blocks
+    // (params.max_blocks) >= min(the blocks of c, max(K, 2)): the most a row can keep.
     virtual Status select_blocks(const Tensor& iq, const Tensor& index_keys, const TokenPlacement& place,
                                  const BlockSelectParams& params, const Tensor& blocks,
                                  const Tensor& counts) = 0;

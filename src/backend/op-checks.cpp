@@ -284,12 +284,16 @@ Status check_select_blocks(const Tensor& iq, const Tensor& index_keys, const Tok
         return error(StatusCode::kInvalidArgument,
                      "select_blocks: query_block_samples {} must be 0 (every token) or positive",
                      params.query_block_samples);
+    // The most blocks a row can keep: every block of the cache, or under a budget of K blocks
+    // max(K, 2) (block 0 and the token's own block are kept whatever K).
     const int64_t n_blocks = (c + params.block_size - 1) / params.block_size;
+    const int64_t most_kept = params.max_blocks > 0
+                                  ? std::min<int64_t>(n_blocks, std::max(params.max_blocks, 2))
+                                  : n_blocks;
     if (blocks.empty() || blocks.dtype != DType::kI32 || blocks.ndim != 3 || blocks.dim(0) != n ||
-        blocks.dim(1) != hr || blocks.dim(2) < n_blocks)
-        return error(StatusCode::kInvalidArgument,
-                     "select_blocks: {} must be i32 ({}, {}, >= {})", label(blocks, "blocks"), n, hr,
-                     n_blocks);
+        blocks.dim(1) != hr || blocks.dim(2) < most_kept)
+        return error(StatusCode::kInvalidArgument, "select_blocks: {} must be i32 ({}, {}, >= {})",
+                     label(blocks, "blocks"), n, hr, most_kept);
     if (counts.empty() || counts.dtype != DType::kI32 || counts.ndim != 2 || counts.dim(0) != n ||
         counts.dim(1) != hr)
         return error(StatusCode::kInvalidArgument, "select_blocks: {} must be i32 ({}, {})",

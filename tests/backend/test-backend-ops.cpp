@@ -877,7 +877,10 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
         [=] {
             constexpr int64_t hr = 3;
             const int64_t s = n_seq, n_blocks = (c + block_size - 1) / block_size;
-            const int64_t max_blocks = n_blocks + 1;  // one spare entry: it must read -1 too
+            // The capacity select_blocks requires (with a budget K only max(K, 2) blocks), and
+            // one spare entry: it must read -1 too.
+            const int64_t max_blocks =
+                (budget > 0 ? std::min<int64_t>(n_blocks, std::max(budget, 2)) : n_blocks) + 1;
             std::mt19937 rng(static_cast<uint32_t>(r * 1009 + block_size * 97 + c +
                                                    static_cast<int>(scores) * 7 + top_p * 1000));
             auto batch = std::make_shared<Batch>();

@@ -319,6 +319,13 @@ std::vector<BadCase> bad_cases() {
              c.blocks = tensor_cpu(DType::kI32, {1, 2, 1}, "blocks");
          },
          {"'blocks' (1, 2, 1)", ">= 2"}},
+        {"blocks_below_the_budget",  // 8 blocks, a budget of 4: 4 entries a row at least
+         [](SelectCall& c) {
+             c.index_keys = tensor_cpu(DType::kF32, {1, 2, 32, 4}, "index_keys");
+             c.params.max_blocks = 4;
+             c.blocks = tensor_cpu(DType::kI32, {1, 2, 3}, "blocks");
+         },
+         {"'blocks' (1, 2, 3)", ">= 4"}},
         {"blocks_of_other_tokens",
          [](SelectCall& c) {
              c.blocks = tensor_cpu(DType::kI32, {2, 2, 2}, "blocks");

@@ -141,7 +141,11 @@ int64_t block_sparse_chunk(const SparseBenchConfig& c, int64_t hr, int64_t n_blo
         c.per_query_block ? (mass * sampled + selection_row) / c.block : mass;
     const double fit = static_cast<double>(int64_t{256} << 20) /
                        (bytes_per_token * static_cast<double>(std::max<int64_t>(1, hr) * n_blocks));
-    return std::clamp<int64_t>(static_cast<int64_t>(fit), 1, c.chunk);
+    int64_t m = std::clamp<int64_t>(static_cast<int64_t>(fit), 1, c.chunk);
+    // Whole query blocks: chunks then start at block boundaries, so no query group is cut in
+    // two (and cuda's tensor-core tiles start where the chunk does).
+    if (c.per_query_block && m >= c.block) m = m / c.block * c.block;
+    return m;
 }
 
 struct Row {
@@ -311,7 +315,11 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         if (st.is_ok()) {
             index_keys = be.alloc(c.index_key_type, {1, hr, n, c.rank}, "index keys");
             iq = be.alloc(DType::kF32, {m, hr, c.rank}, "iq");
-            sel.blocks = be.alloc(DType::kI32, {m, hr, n_blocks}, "selected blocks");
+            // Room for the budget only (max(K, 2) blocks a row): the per-token rows are
+            // written whole, -1 past the kept ones, and at 1M a row of every block would be
+            // 64 KB per token and head.
+            sel.blocks = be.alloc(DType::kI32, {m, hr, std::min(n_blocks, std::max<int64_t>(k, 2))},
+                                  "selected blocks");
             sel.counts = be.alloc(DType::kI32, {m, hr}, "selected counts");
             if (index_keys.empty() || iq.empty() || sel.blocks.empty() || sel.counts.empty())
                 st = error(StatusCode::kOutOfMemory,
