@@ -307,10 +307,8 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
             ta = fmaxf(ta, fmaxf(s[j][0], s[j][1]));
             tb = fmaxf(tb, fmaxf(s[j][2], s[j][3]));
         }
-        ta = fmaxf(ta, __shfl_xor_sync(kFullMask, ta, 1));
-        ta = fmaxf(ta, __shfl_xor_sync(kFullMask, ta, 2));
-        tb = fmaxf(tb, __shfl_xor_sync(kFullMask, tb, 1));
-        tb = fmaxf(tb, __shfl_xor_sync(kFullMask, tb, 2));
+        ta = quad_max(ta);
+        tb = quad_max(tb);
         // A row with no visible key so far keeps m = -inf: subtract 0 instead, so that its
         // p and correction are 2^-inf = 0, never NaN.
         const float base_a = ta == -INFINITY ? 0.0f : ta;
@@ -360,10 +358,8 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     }
 
     if (!warp_active) return;
-    la += __shfl_xor_sync(kFullMask, la, 1);
-    la += __shfl_xor_sync(kFullMask, la, 2);
-    lb += __shfl_xor_sync(kFullMask, lb, 1);
-    lb += __shfl_xor_sync(kFullMask, lb, 2);
+    la = quad_sum(la);
+    lb = quad_sum(lb);
     // Every real row sees at least its own key (j = p), so l > 0 there.
     const float inv_a = la > 0.0f ? 1.0f / la : 0.0f, inv_b = lb > 0.0f ? 1.0f / lb : 0.0f;
     float* out_a = args.out + (static_cast<int64_t>(ra) * h + head) * D;

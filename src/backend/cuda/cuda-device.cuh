@@ -31,6 +31,17 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// Max and sum over the 4 lanes of a quad (lanes 4 g .. 4 g + 3), which hold one row of an
+// mma C fragment between them.
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, 1));
+    return fmaxf(v, __shfl_xor_sync(kFullMask, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(kFullMask, v, 1);
+    return v + __shfl_xor_sync(kFullMask, v, 2);
+}
+
 // Merges the softmax state (m2, l2) into (m, l): l = sum 2^(z - m) over the union of the keys
 // (log2 domain). An empty state has m = -inf and l = 0.
 __device__ __forceinline__ void merge_softmax_state(float& m, float& l, float m2, float l2) {

@@ -66,37 +66,24 @@ __device__ __forceinline__ uint32_t split3(float a, float b, uint32_t& mid, uint
     return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-template <int R>
-__device__ __forceinline__ KeyPart load_part(const __nv_bfloat16* keys, int t, int limit) {
+template <int R, class Key>
+__device__ __forceinline__ KeyPart load_part(const Key* keys, int t, int limit) {
     KeyPart k;
     const int dim = (threadIdx.x % 2) * 8;
-    if (dim < R && t <= limit) k.hi = *reinterpret_cast<const uint4*>(keys + int64_t{t} * R + dim);
-    return k;
-}
-template <int R>
-__device__ __forceinline__ KeyPart load_part(const __nv_fp8_e4m3* keys, int t, int limit) {
-    KeyPart k;
-    const int dim = (threadIdx.x % 2) * 8;
-    if (dim < R && t <= limit) {
-        const float4 a = load4(keys + int64_t{t} * R + dim),
-                     b = load4(keys + int64_t{t} * R + dim + 4);
-        // e4m3 values are exact in bf16 (3 mantissa bits, exponents well inside the range).
-        k.hi = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y),
-                          pack_bf16(b.z, b.w));
-    }
-    return k;
-}
-template <int R>
-__device__ __forceinline__ KeyPart load_part(const float* keys, int t, int limit) {
-    KeyPart k;
-    const int dim = (threadIdx.x % 2) * 8;
-    if (dim < R && t <= limit) {
-        const float4 a = load4(keys + int64_t{t} * R + dim),
-                     b = load4(keys + int64_t{t} * R + dim + 4);
-        k.hi.x = split3(a.x, a.y, k.mid.x, k.lo.x);
-        k.hi.y = split3(a.z, a.w, k.mid.y, k.lo.y);
-        k.hi.z = split3(b.x, b.y, k.mid.z, k.lo.z);
-        k.hi.w = split3(b.z, b.w, k.mid.w, k.lo.w);
+    if (dim >= R || t > limit) return k;
+    const Key* p = keys + int64_t{t} * R + dim;
+    if constexpr (std::is_same_v<Key, __nv_bfloat16>) {
+        k.hi = *reinterpret_cast<const uint4*>(p);
+    } else {
+        const float4 a = load4(p), b = load4(p + 4);
+        if constexpr (std::is_same_v<Key, float>) {
+            k.hi = make_uint4(split3(a.x, a.y, k.mid.x, k.lo.x), split3(a.z, a.w, k.mid.y, k.lo.y),
+                              split3(b.x, b.y, k.mid.z, k.lo.z), split3(b.z, b.w, k.mid.w, k.lo.w));
+        } else {  // e4m3 values are exact in bf16 (3 mantissa bits, exponents well inside its
+                  // range)
+            k.hi = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y),
+                              pack_bf16(b.z, b.w));
+        }
     }
     return k;
 }
@@ -248,10 +235,8 @@ __global__ void __launch_bounds__(kThreads)
                 ma = fmaxf(ma, fmaxf(s[n][0], s[n][1]));
                 mb = fmaxf(mb, fmaxf(s[n][2], s[n][3]));
             }
-            ma = fmaxf(ma, __shfl_xor_sync(kFullMask, ma, 1));
-            ma = fmaxf(ma, __shfl_xor_sync(kFullMask, ma, 2));
-            mb = fmaxf(mb, __shfl_xor_sync(kFullMask, mb, 1));
-            mb = fmaxf(mb, __shfl_xor_sync(kFullMask, mb, 2));
+            ma = quad_max(ma);
+            mb = quad_max(mb);
             // A row that sees none of the segment's keys keeps m = -inf: subtract 0 instead.
             const float base_a = ma == -INFINITY ? 0.0f : ma, base_b = mb == -INFINITY ? 0.0f : mb;
             float la = 0.0f, lb = 0.0f;
@@ -260,10 +245,8 @@ __global__ void __launch_bounds__(kThreads)
                 la += exp2f(s[n][0] - base_a) + exp2f(s[n][1] - base_a);
                 lb += exp2f(s[n][2] - base_b) + exp2f(s[n][3] - base_b);
             }
-            la += __shfl_xor_sync(kFullMask, la, 1);
-            la += __shfl_xor_sync(kFullMask, la, 2);
-            lb += __shfl_xor_sync(kFullMask, lb, 1);
-            lb += __shfl_xor_sync(kFullMask, lb, 2);
+            la = quad_sum(la);
+            lb = quad_sum(lb);
             if (tiles_per_block == 1) {
                 put(key0 / B + seg, ma, la, mb, lb);
             } else {
