@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda-check.h"
+#include "core/env.h"
 #include "core/fp16.h"
 #include "core/fp8.h"
 #include "core/log.h"
@@ -32,9 +33,7 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& o
     PURBO_CUDA_TRY(cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking));
     PURBO_ASSIGN_OR_RETURN(backend->gemm_, cuda::LtGemm::create());
     backend->graph_ = std::make_unique<cuda::StepGraph>(backend->stream_);
-    const char* no_graphs = std::getenv("PURBO_NO_CUDA_GRAPHS");
-    if (!options.step_graphs || (no_graphs != nullptr && *no_graphs != '\0' && std::strcmp(no_graphs, "0") != 0))
-        backend->graph_->disable();
+    if (!options.step_graphs || env_flag("PURBO_NO_CUDA_GRAPHS")) backend->graph_->disable();
     return backend;
 }
 

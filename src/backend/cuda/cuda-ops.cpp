@@ -11,6 +11,7 @@
 #include "backend/cuda/cuda-check.h"
 #include "backend/cuda/cuda-kernels.h"
 #include "backend/op-checks.h"
+#include "core/env.h"
 
 namespace purbo {
 
@@ -279,8 +280,7 @@ Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cach
     if (!cudnn_) {
         if (cudnn_tried_) return false;
         cudnn_tried_ = true;
-        const char* off = std::getenv("PURBO_NO_CUDNN");
-        if (off != nullptr && *off != '\0' && std::strcmp(off, "0") != 0) return false;
+        if (env_flag("PURBO_NO_CUDNN")) return false;
         cudnn_ = cuda::CudnnAttention::create(stream_);
         if (!cudnn_) return false;
     }

@@ -61,12 +61,11 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "backend/cuda/cuda-device.cuh"
 #include "backend/cuda/cuda-kernels.h"
 #include "backend/select-bins.h"
+#include "core/env.h"
 
 namespace purbo::cuda {
 namespace {
@@ -458,7 +457,8 @@ __global__ void __launch_bounds__(kThreads) select_row_kernel(SelectState st) {
         heaviest = from_ordered_bits(st.row_max[row]);
         const HistPart* parts = st.parts + row * st.n_chunks;
         const int n_chunks = (n_used + kHistChunk - 1) / kHistChunk;
-        // A bin per thread, eight chunks' loads in flight at a time (32 chunks at 1M tokens).
+        // A bin per thread, eight chunks' loads in flight at a time (8 chunks at 1M tokens in
+        // blocks of 64).
         for (int k = tid; k < kSelectBins; k += kThreads) {
             Mass sum = 0;
             int blocks = 0;
@@ -894,17 +894,11 @@ size_t grouped_layout(const SelectBlocksArgs& args, bool split, GroupState* gs, 
     return carve.at;
 }
 
-// Whether PURBO_NO_TC_SELECT asks for the one-warp-per-block mass kernel everywhere.
-bool tc_mass_disabled() {
-    const char* off = std::getenv("PURBO_NO_TC_SELECT");
-    return off != nullptr && *off != '\0' && std::strcmp(off, "0") != 0;
-}
-
 // Step 1 over the token rows of st.args, into st.log2_mass (and st.row_max where set). Many
 // rows without row maxima (prefill) go to the tensor-core kernel of cuda-select-mass-tc.cu.
 cudaError_t launch_block_mass(const SelectState& st, cudaStream_t stream) {
     const SelectBlocksArgs& args = st.args;
-    if (st.row_max == nullptr && block_mass_tc_supported(args) && !tc_mass_disabled())
+    if (st.row_max == nullptr && block_mass_tc_supported(args) && !env_flag("PURBO_NO_TC_SELECT"))
         return launch_block_mass_tc(args, st.log2_mass, stream);
     const int64_t rows = args.n * args.hr;
     // One warp per key block, kMassWarps per CTA.
