@@ -1180,8 +1180,12 @@ std::vector<OpCase> all_cases() {
         }
     }
     // Rows of more blocks than a CTA of the cuda backend has threads (1024), blocks of more keys
-    // (512), and an index dim without its own unrolled body on the cpu backend (12).
+    // (512), and an index dim without its own unrolled body on the cpu backend (12). The flat
+    // rows of 2048 blocks spread their boundary bin's candidates over every CTA of a cluster
+    // (with a budget of 300 blocks too).
     cases.push_back(select_case(16, 16, 16384, 0.9f, SelectScores::kFlat));
+    cases.push_back(select_case(16, 8, 16384, 0.9f, SelectScores::kFlat));
+    cases.push_back(select_case(16, 8, 16384, 0.5f, SelectScores::kFlat, 300));
     cases.push_back(select_case(16, 16, 16384, 0.99f, SelectScores::kPeaked));
     cases.push_back(select_case(8, 512, 16384, 0.5f, SelectScores::kPeaked));
     cases.push_back(select_case(12, 64, 1000, 0.9f, SelectScores::kPeaked));
