@@ -83,6 +83,7 @@ __global__ void __cluster_dims__(kClusterCtas, 1, 1) __launch_bounds__(kThreads)
     __shared__ BoundaryScratch boundary_scratch;
     __shared__ Mass row_total, row_kept;
     __shared__ int s_before, s_sum;  // exchange_count's results
+    __shared__ int s_candidates_before;
     const HistCopies copies{copy_mass, copy_count};
     auto add_m = [](Mass x, Mass y) { return x + y; };
 
@@ -103,12 +104,14 @@ __global__ void __cluster_dims__(kClusterCtas, 1, 1) __launch_bounds__(kThreads)
         }
         __syncthreads();
     };
-    // The candidates of the CTAs before this one: their blocks in bin `bin` of parts[buf].
-    auto candidates_before = [&](int buf, int bin) {
+    // The candidates of the CTAs before this one (their blocks in bin `bin` of parts[buf]) into
+    // s_candidates_before, read after the next barrier.
+    auto count_candidates_before = [&](int buf, int bin) {
+        if (tid != 0) return;
         int before = 0;
         for (int r = 0; r < rank; ++r)
             before += cluster.map_shared_rank(&parts[buf], r)->count[bin];
-        return before;
+        s_candidates_before = before;
     };
     // A count exchanged: this CTA's `mine`; returns the sum over the CTAs before it, and the
     // cluster's sum in s_sum (every thread calls it).
@@ -178,7 +181,7 @@ __global__ void __cluster_dims__(kClusterCtas, 1, 1) __launch_bounds__(kThreads)
         find_boundary<kThreads>(hist, hist_count, row_kept, 0, rule, boundary_scratch);
     // No boundary (bin kSelectBins): every block is kept.
     int n_candidates = boundary.bin < kSelectBins ? hist_count[boundary.bin] : 0;
-    int before = n_candidates > 0 ? candidates_before(buf, boundary.bin) : 0;
+    if (n_candidates > 0) count_candidates_before(buf, boundary.bin);
     for (int x = seg.begin; x < seg.end; ++x) {
         const int v = states[x];
         if (v < kSelectBins)
@@ -204,7 +207,7 @@ __global__ void __cluster_dims__(kClusterCtas, 1, 1) __launch_bounds__(kThreads)
         boundary = find_boundary<kThreads>(hist, hist_count, boundary.kept, boundary.taken, rule,
                                            boundary_scratch);
         n_candidates = boundary.bin < kSelectBins ? hist_count[boundary.bin] : 0;
-        before = n_candidates > 0 ? candidates_before(buf, boundary.bin) : 0;
+        if (n_candidates > 0) count_candidates_before(buf, boundary.bin);
         for (int x = seg.begin; x < seg.end; ++x) {
             if (states[x] != kCandidate) continue;
             const int k = level_bin(heaviest - a[x], level);
@@ -215,6 +218,7 @@ __global__ void __cluster_dims__(kClusterCtas, 1, 1) __launch_bounds__(kThreads)
 
     // 3. Exact resolution of the remaining candidates (uniform: every CTA holds n_candidates).
     if (n_candidates > 0) {
+        const int before = s_candidates_before;
         int32_t* list_ids = st.candidates + row * args.n_used_max;  // (n_candidates,) ascending
         int32_t* ranks = st.ranks + row * args.n_used_max;
         const int mine = block_compact<kThreads>(
