@@ -85,10 +85,14 @@ template <int kR, class Key>
 __global__ void __launch_bounds__(kMassWarps * 32) block_mass_kernel(SelectState st) {
     const SelectBlocksArgs& args = st.args;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int64_t unit = int64_t{blockIdx.x} * kMassWarps + warp;  // row * u + b
-    const int64_t row = unit / args.n_used_max;  // token * hr + head
-    const int b = static_cast<int>(unit % args.n_used_max);
-    const int64_t i = row / args.hr, j = row % args.hr;
+    // rows * u fits an int (launch_select_blocks), so the divisions are 32-bit ones: a 64-bit
+    // division costs tens of instructions, a lot next to a warp's 64 keys.
+    const unsigned unit = blockIdx.x * kMassWarps + warp;  // row * u + b
+    const unsigned u = static_cast<unsigned>(args.n_used_max), hr = static_cast<unsigned>(args.hr);
+    const unsigned row32 = unit / u, token = row32 / hr;
+    const int64_t row = row32;  // token * hr + head
+    const int b = static_cast<int>(unit - row32 * u);
+    const int64_t i = token, j = row32 - token * hr;
     // Warp-uniform: a unit past the last row, or a block past the token's position.
     const bool valid = unit < args.n * args.hr * args.n_used_max && b <= args.pos[min(i, args.n - 1)] / args.block_size;
     float log2_mass = -INFINITY;
@@ -127,12 +131,12 @@ __global__ void __launch_bounds__(kMassWarps * 32) block_mass_kernel(SelectState
                 l += exp2f(z - m);
             }
         }
-        for (int offset = 16; offset > 0; offset >>= 1) {
-            const float m2 = __shfl_xor_sync(kFullMask, m, offset);
-            const float l2 = __shfl_xor_sync(kFullMask, l, offset);
-            merge_softmax_state(m, l, m2, l2);
-        }
-        log2_mass = m + log2f(l);  // l >= 1: the max key gives 2^0
+        // The lanes' states merged: the block's max, then each lane's sum rescaled to it (one
+        // exp2 a lane instead of one per shuffle round). Lane 0 always has a key (b <= p / B),
+        // so the max is finite; a lane without keys adds 0.
+        const float m_block = warp_max(m);
+        const float l_block = warp_sum(l * exp2f(m - m_block));
+        log2_mass = m_block + log2f(l_block);  // l_block >= 1: the max key gives 2^0
         if (lane == 0) st.log2_mass[row * args.n_used_max + b] = log2_mass;
     }
     if (st.row_max == nullptr) return;  // CTA-uniform
