@@ -1,7 +1,7 @@
 // Step 1 of the block selection (cuda-select.cu) on tensor cores, for prefill's many rows:
 // every (row, key block) log2 mass a_b = m_b + log2 sum_{t in b, t <= pos} 2^(z_t - m_b) with
-// z_t = scale * log2(e) * iq . k_t, the same quantity block_mass_kernel computes one warp per
-// (row, block).
+// z_t = scale * log2(e) * iq . k_t, the same quantity block_mass_kernel computes on CUDA cores,
+// 8 lanes per (row, block).
 //
 // Why a second kernel: block_mass_kernel reads a block's 64 keys (2 KB in bf16) from L1/L2
 // for every row that needs them and does 16 fp32 FMAs per key and row; at 1M tokens a

@@ -1,6 +1,6 @@
 // Top-p block selection (method.md section 4) with the histogram of block masses of
 // select-bins.h:
-//  1. block_mass_kernel, one warp per (token, retrieval head, key block): the block's scores
+//  1. block_mass_kernel, 8 lanes per (token, retrieval head, key block): the block's scores
 //     z_t = scale * log2(e) * iq . k_t (fp32), reduced to the running max m_b and sum
 //     l_b = sum 2^(z - m_b) (merged across lanes as in an online softmax), stored as the
 //     block's log2 mass a_b = m_b + log2(l_b). Prefill's many rows of one sequence take the
@@ -56,6 +56,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "backend/cuda/cuda-device.cuh"
 #include "backend/cuda/cuda-kernels.h"
@@ -66,7 +67,9 @@
 namespace purbo::cuda {
 namespace {
 
-constexpr int kMassWarps = 8;  // key blocks per CTA of block_mass_kernel, one warp each
+constexpr int kMassWarps = 8;                                 // warps per CTA of block_mass_kernel
+constexpr int kMassWarpBlocks = 16;                           // key blocks per warp, 4 at a time
+constexpr int kMassCtaBlocks = kMassWarps * kMassWarpBlocks;  // key blocks per CTA, one row
 constexpr int kRowThreads = 256;            // select_row_kernel
 constexpr int kMaxStagedBytes = 96 * 1024;  // states in shared memory up to 48K blocks per row
 
@@ -76,88 +79,160 @@ __device__ __forceinline__ float to_f32(__nv_fp8_e4m3 v) {
     return static_cast<float>(v);
 }
 
-// kR: the indexer dimension when it is 8 or 16 (keys read 4 elements at a time, q held in
-// registers), 0 for any other r (a plain loop). Key: float, __nv_bfloat16 or
-// __nv_fp8_e4m3, the type of the cached index keys. One warp per (token, retrieval head, key block),
-// lane l taking keys l, l + 32, ... of the block; kMassWarps blocks per CTA (with one 64-thread
-// CTA per block, the 80K CTAs of a 1M-token row cost more to schedule than to compute).
-template <int kR, class Key>
-__global__ void __launch_bounds__(kMassWarps * 32) block_mass_kernel(SelectState st) {
-    const SelectBlocksArgs& args = st.args;
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    // rows * u fits an int (launch_select_blocks), so the divisions are 32-bit ones: a 64-bit
-    // division costs tens of instructions, a lot next to a warp's 64 keys.
-    const unsigned unit = blockIdx.x * kMassWarps + warp;  // row * u + b
-    const unsigned u = static_cast<unsigned>(args.n_used_max), hr = static_cast<unsigned>(args.hr);
-    const unsigned row32 = unit / u, token = row32 / hr;
-    const int64_t row = row32;  // token * hr + head
-    const int b = static_cast<int>(unit - row32 * u);
-    const int64_t i = token, j = row32 - token * hr;
-    // Warp-uniform: a unit past the last row, or a block past the token's position.
-    const bool valid = unit < args.n * args.hr * args.n_used_max && b <= args.pos[min(i, args.n - 1)] / args.block_size;
-    float log2_mass = -INFINITY;
-    if (valid) {
-        const int p = args.pos[i];
-        const float* q = args.iq + row * args.r;  // (r,)
-        const Key* keys = static_cast<const Key*>(args.index_keys) +
-                          (int64_t{args.seq[i]} * args.hr + j) * args.c * args.r;  // (c, r)
-        const float q_scale = args.scale * kSelectLog2e;
-        const int t_begin = b * args.block_size;
-        const int t_end = min(t_begin + args.block_size, p + 1);
+// One index key of kR elements (kR * sizeof(Key) bytes, aligned to the smaller of that and
+// 16) as f32, read with the widest loads: one 16-byte load per f8 key of 16 elements, two per
+// bf16 key. load4's 4-byte f8 loads would take four instructions per key instead of one.
+template <class Key>
+__device__ __forceinline__ void word_to_f32(uint32_t w, float* out) {
+    if constexpr (std::is_same_v<Key, __nv_fp8_e4m3>) {
+        const float2 a = __half22float2(__half2(
+            __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xFFFFu), __NV_E4M3)));
+        const float2 b = __half22float2(__half2(
+            __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> 16), __NV_E4M3)));
+        out[0] = a.x, out[1] = a.y, out[2] = b.x, out[3] = b.y;
+    } else if constexpr (std::is_same_v<Key, __nv_bfloat16>) {
+        out[0] = __uint_as_float(w << 16);  // bf16 is the top half of an f32
+        out[1] = __uint_as_float(w & 0xFFFF0000u);
+    } else {
+        out[0] = __uint_as_float(w);
+    }
+}
 
-        float qr[kR > 0 ? kR : 1];
-        if constexpr (kR > 0) {
+template <int kR, class Key>
+__device__ __forceinline__ void load_key(const Key* k, float (&out)[kR]) {
+    constexpr int kBytes = kR * static_cast<int>(sizeof(Key)),
+                  kPerWord = 4 / static_cast<int>(sizeof(Key));
+    if constexpr (kBytes % 16 == 0) {
 #pragma unroll
-            for (int e = 0; e < kR; ++e) qr[e] = q[e] * q_scale;
+        for (int v = 0; v < kBytes / 16; ++v) {
+            const uint4 w = reinterpret_cast<const uint4*>(k)[v];
+            word_to_f32<Key>(w.x, out + (4 * v + 0) * kPerWord);
+            word_to_f32<Key>(w.y, out + (4 * v + 1) * kPerWord);
+            word_to_f32<Key>(w.z, out + (4 * v + 2) * kPerWord);
+            word_to_f32<Key>(w.w, out + (4 * v + 3) * kPerWord);
         }
+    } else {
+        static_assert(kBytes == 8, "f8 keys of 8 elements");
+        const uint2 w = *reinterpret_cast<const uint2*>(k);
+        word_to_f32<Key>(w.x, out);
+        word_to_f32<Key>(w.y, out + kPerWord);
+    }
+}
+
+// Scaled score of key t: kR > 0 with the query in registers, else a plain loop over r.
+template <int kR, class Key>
+__device__ __forceinline__ float key_score(const Key* keys, int t,
+                                           const float (&qr)[kR > 0 ? kR : 1], const float* q,
+                                           float q_scale, int r) {
+    float z = 0.0f;
+    if constexpr (kR > 0) {
+        float k[kR];
+        load_key<kR>(keys + int64_t{t} * kR, k);
+#pragma unroll
+        for (int e = 0; e < kR; ++e) z += qr[e] * k[e];
+    } else {
+        const Key* k = keys + int64_t{t} * r;
+        for (int e = 0; e < r; ++e) z += (q[e] * q_scale) * to_f32(k[e]);
+    }
+    return z;
+}
+
+// Max and sum over the 8 lanes of a group (lanes 8 g .. 8 g + 7).
+__device__ __forceinline__ float group8_max(float v) {
+    for (int offset = 4; offset > 0; offset >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+    return v;
+}
+__device__ __forceinline__ float group8_sum(float v) {
+    for (int offset = 4; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+    return v;
+}
+
+// kR: the indexer dimension when it is 8 or 16 (a key read with one or two wide loads, q held
+// in registers), 0 for any other r (a plain loop). Key: float, __nv_bfloat16 or
+// __nv_fp8_e4m3, the type of the cached index keys.
+//
+// A CTA takes kMassCtaBlocks consecutive blocks of one row (token, retrieval head), a warp
+// kMassWarpBlocks of them, four at a time: the 8 lanes of a group share a block, lane s taking
+// its keys s, s + 8, ... (each load instruction of the warp reads 4 runs of 8 consecutive
+// keys, whole 128-byte lines for f8 keys of 16). The earlier layout, one warp per block, spent
+// more instructions on its per-block setup and 32-lane merges than on 64 keys' scores (issue
+// bound: 2.4 TB/s with bf16 keys on an H100); here they are paid once per warp and 8 lanes merge.
+template <int kR, class Key>
+__global__ void __launch_bounds__(kMassWarps * 32)
+    block_mass_kernel(SelectState st, unsigned chunks_per_row) {
+    const SelectBlocksArgs& args = st.args;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, group = lane / 8, sub = lane % 8;
+    // rows * u fits an int (launch_select_blocks): 32-bit divisions, once per CTA.
+    const unsigned row32 = blockIdx.x / chunks_per_row, hr = static_cast<unsigned>(args.hr);
+    const unsigned chunk = blockIdx.x - row32 * chunks_per_row, token = row32 / hr;
+    const int64_t row = row32;  // token * hr + head
+    const int p = args.pos[token];
+    const int n_used = p / args.block_size + 1;
+    const int warp_first = static_cast<int>(chunk) * kMassCtaBlocks + warp * kMassWarpBlocks;
+    if (static_cast<int>(chunk) * kMassCtaBlocks >= n_used)
+        return;  // CTA-uniform: past the position
+
+    const float* q = args.iq + row * args.r;  // (r,)
+    const Key* keys =
+        static_cast<const Key*>(args.index_keys) +
+        (int64_t{args.seq[token]} * hr + (row32 - token * hr)) * args.c * args.r;  // (c, r)
+    const float q_scale = args.scale * kSelectLog2e;
+    float qr[kR > 0 ? kR : 1];
+    if constexpr (kR > 0) {
+#pragma unroll
+        for (int e = 0; e < kR; ++e) qr[e] = q[e] * q_scale;
+    }
+
+    float heaviest = -INFINITY;  // the warp's heaviest block (row_max)
+    for (int first = warp_first; first < min(warp_first + kMassWarpBlocks, n_used);
+         first += 4) {  // warp-uniform
+        const int b = first + group;
         float m = -INFINITY, l = 0.0f;
-#pragma unroll 2
-        for (int t = t_begin + lane; t < t_end; t += 32) {
-            const Key* k = keys + int64_t{t} * args.r;
-            float z = 0.0f;
-            if constexpr (kR > 0) {
+        if (b < n_used) {  // group-uniform
+            const int t_begin = b * args.block_size;
+            const int t_end = min(t_begin + args.block_size, p + 1);
+            constexpr int kBatch = 4;  // keys per lane between rescales
+            for (int t0 = t_begin + sub; t0 < t_end; t0 += 8 * kBatch) {
+                float z[kBatch];
 #pragma unroll
-                for (int e = 0; e < kR; e += 4) {
-                    const float4 kv = load4(k + e);
-                    z += qr[e] * kv.x + qr[e + 1] * kv.y + qr[e + 2] * kv.z + qr[e + 3] * kv.w;
+                for (int x = 0; x < kBatch; ++x) {
+                    const int t = t0 + 8 * x;
+                    z[x] = t < t_end
+                               ? key_score<kR>(keys, t, qr, q, q_scale, static_cast<int>(args.r))
+                               : -INFINITY;
                 }
-            } else {
-                for (int64_t e = 0; e < args.r; ++e) z += (q[e] * q_scale) * to_f32(k[e]);
-            }
-            if (z > m) {
-                l = l * exp2f(m - z) + 1.0f;  // exp2f(-inf) = 0 on the lane's first key
-                m = z;
-            } else {
-                l += exp2f(z - m);
+                float z_max = z[0];  // finite: t0 < t_end
+#pragma unroll
+                for (int x = 1; x < kBatch; ++x) z_max = fmaxf(z_max, z[x]);
+                if (z_max > m) {
+                    l *= exp2f(m - z_max);  // exp2f(-inf) = 0 on the lane's first batch
+                    m = z_max;
+                }
+#pragma unroll
+                for (int x = 0; x < kBatch; ++x) l += exp2f(z[x] - m);
             }
         }
-        // The lanes' states merged: the block's max, then each lane's sum rescaled to it (one
-        // exp2 a lane instead of one per shuffle round). Lane 0 always has a key (b <= p / B),
-        // so the max is finite; a lane without keys adds 0.
-        const float m_block = warp_max(m);
-        const float l_block = warp_sum(l * exp2f(m - m_block));
-        log2_mass = m_block + log2f(l_block);  // l_block >= 1: the max key gives 2^0
-        if (lane == 0) st.log2_mass[row * args.n_used_max + b] = log2_mass;
+        // The group's states merged: the block's max, then each lane's sum rescaled to it (a lane
+        // without keys adds 0). Lane 0 of a group with a block always has a key (b <= p / B).
+        const float m_block = group8_max(m);
+        const float l_block = group8_sum(m == -INFINITY ? 0.0f : l * exp2f(m - m_block));
+        if (b < n_used) {
+            const float log2_mass =
+                m_block + log2f(l_block);  // l_block >= 1: the max key gives 2^0
+            if (sub == 0) st.log2_mass[row * args.n_used_max + b] = log2_mass;
+            heaviest = fmaxf(heaviest, log2_mass);
+        }
     }
     if (st.row_max == nullptr) return;  // CTA-uniform
-    // The CTA's blocks lie in at most two rows: the heaviest of each row's blocks, one atomic
-    // per row and CTA (not per block: thousands of blocks of a row share its address).
-    __shared__ float warp_mass[kMassWarps];
-    __shared__ int64_t warp_row[kMassWarps];
-    if (lane == 0) {
-        warp_mass[warp] = log2_mass;
-        warp_row[warp] = valid ? row : -1;
-    }
+    // One atomic per CTA and row (thousands of CTAs of a row share its address).
+    __shared__ float warp_heaviest[kMassWarps];
+    heaviest = warp_max(heaviest);
+    if (lane == 0) warp_heaviest[warp] = heaviest;
     __syncthreads();
     if (threadIdx.x == 0) {
-        for (int w = 0; w < kMassWarps;) {
-            const int64_t r = warp_row[w];
-            float heaviest = warp_mass[w];
-            int next = w + 1;
-            for (; next < kMassWarps && warp_row[next] == r; ++next) heaviest = fmaxf(heaviest, warp_mass[next]);
-            if (r >= 0) atomicMax(st.row_max + r, ordered_bits(heaviest));
-            w = next;
-        }
+        for (int w = 1; w < kMassWarps; ++w) heaviest = fmaxf(heaviest, warp_heaviest[w]);
+        atomicMax(st.row_max + row, ordered_bits(heaviest));
     }
 }
 
@@ -495,21 +570,35 @@ cudaError_t launch_block_mass(const SelectState& st, cudaStream_t stream) {
     if (st.row_max == nullptr && block_mass_tc_supported(args) && !env_flag("PURBO_NO_TC_SELECT"))
         return launch_block_mass_tc(args, st.log2_mass, stream);
     const int64_t rows = args.n * args.hr;
-    // One warp per key block, kMassWarps per CTA.
+    // kMassCtaBlocks blocks of one row per CTA (rows * chunks <= rows * u fits an int).
     constexpr int mass_threads = kMassWarps * 32;
-    const unsigned mass_ctas = static_cast<unsigned>((rows * args.n_used_max + kMassWarps - 1) / kMassWarps);
-    // The unrolled bodies read 4 key elements at once: rows of r in {8, 16} and a base aligned
-    // for a 16-byte (f32), 8-byte (bf16) or 4-byte (f8) load.
+    const unsigned chunks_per_row =
+        static_cast<unsigned>((args.n_used_max + kMassCtaBlocks - 1) / kMassCtaBlocks);
+    const unsigned mass_ctas = static_cast<unsigned>(rows) * chunks_per_row;
+    // The unrolled bodies read a key with 8- or 16-byte loads: rows of r in {8, 16} and a base
+    // aligned for them (keys of 8 bytes: f8 of 8 elements).
     const uintptr_t base = reinterpret_cast<uintptr_t>(args.index_keys);
-    const uintptr_t align = args.keys_f8 ? 4 : args.keys_bf16 ? 8 : 16;
-    const int kr =
-        base % align == 0 && (args.r == 8 || args.r == 16) ? static_cast<int>(args.r) : 0;
+    const size_t key_bytes = static_cast<size_t>(args.r) * (args.keys_f8     ? 1
+                                                            : args.keys_bf16 ? 2
+                                                                             : 4);
+    const int kr = (args.r == 8 || args.r == 16) && base % std::min<size_t>(key_bytes, 16) == 0
+                       ? static_cast<int>(args.r)
+                       : 0;
     auto launch_mass = [&](auto key_tag) {
         using Key = decltype(key_tag);
         switch (kr) {
-            case 16: block_mass_kernel<16, Key><<<mass_ctas, mass_threads, 0, stream>>>(st); break;
-            case 8: block_mass_kernel<8, Key><<<mass_ctas, mass_threads, 0, stream>>>(st); break;
-            default: block_mass_kernel<0, Key><<<mass_ctas, mass_threads, 0, stream>>>(st); break;
+            case 16:
+                block_mass_kernel<16, Key>
+                    <<<mass_ctas, mass_threads, 0, stream>>>(st, chunks_per_row);
+                break;
+            case 8:
+                block_mass_kernel<8, Key>
+                    <<<mass_ctas, mass_threads, 0, stream>>>(st, chunks_per_row);
+                break;
+            default:
+                block_mass_kernel<0, Key>
+                    <<<mass_ctas, mass_threads, 0, stream>>>(st, chunks_per_row);
+                break;
         }
     };
     if (args.keys_bf16) {
