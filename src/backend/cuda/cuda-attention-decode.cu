@@ -113,35 +113,17 @@ __global__ void __launch_bounds__(kThreads, 2) attention_decode_kernel(Attention
         }
     }
 
-    // The block's key tiles, as in cuda-attention.cu with 64-key tiles: a selection's
-    // blocks, or [0, sink_tiles) then [window_first, last_tile].
-    const int last_tile = max_p / kTile;
-    int sink_tiles = 0, window_first = 0;
-    if (window > 0) {
-        const int64_t lowest = int64_t{min_p} - window + 1;
-        const int64_t first = lowest > 0 ? lowest / kTile : 0;
-        const int64_t sinks = (int64_t{n_sink} + kTile - 1) / kTile;
-        if (first > sinks) {
-            sink_tiles = static_cast<int>(sinks);
-            window_first = static_cast<int>(first);
-        }
-    }
-    const int32_t* sel_ids = nullptr;
-    const int tiles_per_block = args.sel_block_size / kTile;
-    int64_t n_tiles = sink_tiles + (last_tile - window_first + 1);
+    // The block's key tiles (64 keys each): a selection's, or the window's.
+    KeyTiles<kTile> tiles = window_key_tiles<kTile>(min_p, max_p, window, n_sink);
     if (sel_row >= 0) {
         const int64_t at = int64_t{tok0} * args.sel_hr + sel_row;
-        const int count = min(max(args.sel_counts[at], 0), args.sel_max_blocks);
-        sel_ids = args.sel_blocks + at * args.sel_max_blocks;
-        n_tiles = int64_t{count} * tiles_per_block;
+        tiles = selected_key_tiles<kTile>(args.sel_blocks + at * args.sel_max_blocks,
+                                          args.sel_counts[at], args.sel_max_blocks,
+                                          args.sel_block_size);
     }
-    const int t_begin = static_cast<int>(split * n_tiles / args.n_splits);
-    const int t_end = static_cast<int>((split + 1) * n_tiles / args.n_splits);
-    auto tile_key0 = [&](int t) {
-        const int tile = sel_ids ? sel_ids[t / tiles_per_block] * tiles_per_block + t % tiles_per_block
-                                 : (t < sink_tiles ? t : window_first + (t - sink_tiles));
-        return tile * kTile;
-    };
+    const int t_begin = static_cast<int>(split * int64_t{tiles.count} / args.n_splits);
+    const int t_end = static_cast<int>((split + 1) * int64_t{tiles.count} / args.n_splits);
+    auto tile_key0 = [&](int t) { return tiles.key0(t); };
 
     // Issues the copies of tile t into stage t % kStages: keys past every row's position are
     // zero-filled (they may lie past the capacity; their scores are masked).

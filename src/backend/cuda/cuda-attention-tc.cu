@@ -170,30 +170,16 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
         }
     }
 
-    // The block's key tiles: [0, sink_tiles) then [window_first, last_tile]; with no window
-    // (or sinks that reach the window) simply [0, last_tile]. Tiles in between hold keys
-    // >= n_sink and <= p_lo - window: hidden from every row.
-    const int last_tile = p_hi / kN;
-    int sink_tiles = 0, window_first = 0;
-    if (windowed) {
-        const int64_t lowest = int64_t{p_lo} - window + 1;  // lowest window key of any row
-        const int64_t first = lowest > 0 ? lowest / kN : 0;
-        const int64_t sinks = (int64_t{n_sink} + kN - 1) / kN;
-        if (first > sinks) {
-            sink_tiles = static_cast<int>(sinks);
-            window_first = static_cast<int>(first);
-        }
-    }
-    int n_tiles = sink_tiles + (last_tile - window_first + 1);
-    // With a selection: the tiles of the selected blocks, tiles_per_block each, of the list
-    // every token of the CTA shares (its first token's).
-    const int32_t* selected = nullptr;
-    const int tiles_per_block = args.sel_block_size / kN;
+    // The block's key tiles: the window's, or with a selection the tiles of the blocks its
+    // CTA's tokens selected (every token of the CTA shares its first token's list).
+    KeyTiles<kN> tiles = window_key_tiles<kN>(p_lo, p_hi, window, n_sink);
     if (sel_row >= 0) {
         const int64_t list = int64_t{max(row0, 0)} * args.sel_hr + sel_row;
-        selected = args.sel_blocks + list * args.sel_max_blocks;
-        n_tiles = args.sel_counts[list] * tiles_per_block;
+        tiles =
+            selected_key_tiles<kN>(args.sel_blocks + list * args.sel_max_blocks,
+                                   args.sel_counts[list], args.sel_max_blocks, args.sel_block_size);
     }
+    const int n_tiles = tiles.count;
 
     float o[kDimTiles][4];
 #pragma unroll
@@ -203,13 +189,7 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
 
     const int64_t cache_row0 = (static_cast<int64_t>(args.seq) * args.gc + slot) * args.c;  // cache row 0
-    auto tile_key0 = [&](int t) {
-        const int tile = selected != nullptr
-                             ? selected[t / tiles_per_block] * tiles_per_block + t % tiles_per_block
-                         : t < sink_tiles ? t
-                                          : window_first + (t - sink_tiles);
-        return tile * kN;
-    };
+    auto tile_key0 = [&](int t) { return tiles.key0(t); };
     // bf16 cache: issues the copies of tile t into stage t % kStages; keys past p_hi are
     // zero-filled (masked anyway, and they may lie past the capacity).
     auto issue_tile = [&](int t) {

@@ -90,31 +90,16 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArg
         max_p = max(max_p, row_pos[r]);
     }
 
-    // The block's key tiles. A selection (one token per block, host plan): the tiles of the
-    // selected blocks. Otherwise [0, sink_tiles) then [window_first, last_tile]; with no
-    // window (or sinks that reach the window) simply [0, last_tile].
-    const int last_tile = max_p / kTile;
-    int sink_tiles = 0, window_first = 0;
-    if (window > 0) {
-        const int64_t lowest = int64_t{min_p} - window + 1;  // lowest window key of any row
-        const int64_t first = lowest > 0 ? lowest / kTile : 0;
-        const int64_t sinks = (int64_t{n_sink} + kTile - 1) / kTile;
-        if (first > sinks) {
-            sink_tiles = static_cast<int>(sinks);
-            window_first = static_cast<int>(first);
-        }
-    }
-    const int32_t* sel_ids = nullptr;
-    const int tiles_per_block = args.sel_block_size / kTile;
-    int64_t n_tiles = sink_tiles + (last_tile - window_first + 1);
+    // The block's key tiles: a selection's (one token per block, host plan), or the window's.
+    KeyTiles<kTile> tiles = window_key_tiles<kTile>(min_p, max_p, window, n_sink);
     if (sel_row >= 0) {
         const int64_t at = int64_t{tok0} * args.sel_hr + sel_row;
-        const int count = min(max(args.sel_counts[at], 0), args.sel_max_blocks);
-        sel_ids = args.sel_blocks + at * args.sel_max_blocks;
-        n_tiles = int64_t{count} * tiles_per_block;
+        tiles = selected_key_tiles<kTile>(args.sel_blocks + at * args.sel_max_blocks,
+                                          args.sel_counts[at], args.sel_max_blocks,
+                                          args.sel_block_size);
     }
-    const int t_begin = static_cast<int>(split * n_tiles / args.n_splits);
-    const int t_end = static_cast<int>((split + 1) * n_tiles / args.n_splits);
+    const int t_begin = static_cast<int>(split * int64_t{tiles.count} / args.n_splits);
+    const int t_end = static_cast<int>((split + 1) * int64_t{tiles.count} / args.n_splits);
 
     float m[kRows], l[kRows], acc[kRows][kPerLane];
 #pragma unroll
@@ -127,9 +112,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArg
 
     const int64_t cache_base = (seq * args.gc + slot) * args.c;  // row index of cache row 0
     for (int t = t_begin; t < t_end; ++t) {
-        const int tile = sel_ids ? sel_ids[t / tiles_per_block] * tiles_per_block + t % tiles_per_block
-                                 : (t < sink_tiles ? t : window_first + (t - sink_tiles));
-        const int key0 = tile * kTile;
+        const int key0 = tiles.key0(t);
         __syncthreads();  // every warp is done with the previous tile
         for (int idx = threadIdx.x; idx < kTile * D / 4; idx += blockDim.x) {
             const int j = idx / (D / 4), e = (idx % (D / 4)) * 4;

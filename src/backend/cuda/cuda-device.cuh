@@ -21,6 +21,57 @@ __device__ __forceinline__ bool key_visible(int j, int p, int window, int n_sink
     return j > p - window || j < n_sink;
 }
 
+// The key tiles of kTileKeys keys a CTA walks, in order (the three attention kernels share
+// this plan). With a block selection: the tiles of the selected blocks (ids ascending,
+// block_size / kTileKeys tiles each). Otherwise, for rows at positions p_lo .. p_hi: tiles
+// [0, sink_tiles) then [window_first, p_hi / kTileKeys]; with no window (or sinks that reach
+// the window) simply [0, p_hi / kTileKeys]. The tiles in between hold keys >= n_sink and
+// <= p_lo - window, hidden from every row.
+template <int kTileKeys>
+struct KeyTiles {
+    const int32_t* selected = nullptr;
+    int tiles_per_block = 1;
+    int sink_tiles = 0;
+    int window_first = 0;
+    int count = 0;  // tiles
+
+    __device__ __forceinline__ int key0(int t) const {
+        const int tile = selected != nullptr
+                             ? selected[t / tiles_per_block] * tiles_per_block + t % tiles_per_block
+                         : t < sink_tiles ? t
+                                          : window_first + (t - sink_tiles);
+        return tile * kTileKeys;
+    }
+};
+
+template <int kTileKeys>
+__device__ __forceinline__ KeyTiles<kTileKeys> window_key_tiles(int p_lo, int p_hi, int window,
+                                                                int n_sink) {
+    KeyTiles<kTileKeys> tiles;
+    if (window > 0) {
+        const int64_t lowest = int64_t{p_lo} - window + 1;  // the lowest window key of any row
+        const int64_t first = lowest > 0 ? lowest / kTileKeys : 0;
+        const int64_t sinks = (int64_t{n_sink} + kTileKeys - 1) / kTileKeys;
+        if (first > sinks) {
+            tiles.sink_tiles = static_cast<int>(sinks);
+            tiles.window_first = static_cast<int>(first);
+        }
+    }
+    tiles.count = tiles.sink_tiles + (p_hi / kTileKeys - tiles.window_first + 1);
+    return tiles;
+}
+
+// count: the selection's block count as stored (clamped to [0, max_blocks]).
+template <int kTileKeys>
+__device__ __forceinline__ KeyTiles<kTileKeys> selected_key_tiles(const int32_t* ids, int count,
+                                                                  int max_blocks, int block_size) {
+    KeyTiles<kTileKeys> tiles;
+    tiles.selected = ids;
+    tiles.tiles_per_block = block_size / kTileKeys;
+    tiles.count = min(max(count, 0), max_blocks) * tiles.tiles_per_block;
+    return tiles;
+}
+
 __device__ __forceinline__ float warp_max(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
     return v;
