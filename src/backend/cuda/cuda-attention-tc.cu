@@ -51,6 +51,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "backend/cuda/cuda-combine.cuh"
 #include "backend/cuda/cuda-device.cuh"
 #include "backend/cuda/cuda-kernels.h"
 
@@ -108,6 +109,33 @@ constexpr size_t tc_smem_bytes() {
     return size_t{tc_stages<Cache>()} * 2 * kAttnTcBlockN * (D + 8) * sizeof(__nv_bfloat16);
 }
 
+// The tiles of the selected blocks with ids in [lo, hi): a sub-list of the ascending list,
+// found by the whole CTA counting the ids below each bound (one round trip for a list of up
+// to a few thousand blocks, where a binary search would be a dozen dependent loads).
+template <int kN>
+__device__ KeyTiles<kN> range_of(KeyTiles<kN> tiles, int lo, int hi) {
+    __shared__ int below[2];
+    if (threadIdx.x < 2) below[threadIdx.x] = 0;
+    __syncthreads();
+    const int count = tiles.count / tiles.tiles_per_block;
+    int below_lo = 0, below_hi = 0;
+    for (int k = static_cast<int>(threadIdx.x); k < count; k += kThreads) {
+        const int id = tiles.selected[k];
+        below_lo += id < lo;
+        below_hi += id < hi;
+    }
+    below_lo = static_cast<int>(__reduce_add_sync(kFullMask, static_cast<unsigned>(below_lo)));
+    below_hi = static_cast<int>(__reduce_add_sync(kFullMask, static_cast<unsigned>(below_hi)));
+    if (threadIdx.x % 32 == 0) {
+        atomicAdd(&below[0], below_lo);
+        atomicAdd(&below[1], below_hi);
+    }
+    __syncthreads();
+    tiles.selected += below[0];
+    tiles.count = (below[1] - below[0]) * tiles.tiles_per_block;
+    return tiles;
+}
+
 template <int D, bool kWindowed, class Cache>
 __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs args) {
     constexpr int kN = kAttnTcBlockN;
@@ -132,6 +160,9 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     const int32_t* head_row = args.heads + kAttnTcHeadInts * blockIdx.y;
     const int head = head_row[0], slot = head_row[1], sel_row = head_row[3];
     if (slot < 0) return;  // the head's KV head is not in this view: CTA-uniform exit
+    const int range = static_cast<int>(blockIdx.z);
+    const bool ranged = sel_row >= 0 && args.n_ranges > 1;
+    if (sel_row < 0 && range > 0) return;  // the ranges split selections only: CTA-uniform
     const bool windowed = kWindowed && head_row[2] != 0 && sel_row < 0;
     // The CTA's first token (negative: the first CTA starts before the chunk, row_shift > 0).
     const int row0 = block * kAttnTcBlockM - args.row_shift;
@@ -178,6 +209,8 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
         tiles =
             selected_key_tiles<kN>(args.sel_blocks + list * args.sel_max_blocks,
                                    args.sel_counts[list], args.sel_max_blocks, args.sel_block_size);
+        if (ranged)
+            tiles = range_of(tiles, range * args.range_blocks, (range + 1) * args.range_blocks);
     }
     const int n_tiles = tiles.count;
 
@@ -340,6 +373,25 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     if (!warp_active) return;
     la = quad_sum(la);
     lb = quad_sum(lb);
+    if (ranged) {
+        // The rows' partial states, unnormalised; a row that saw no key of the range has l = 0.
+        auto write_part = [&](int r, float m, float l, int c) {
+            if (r < 0 || r >= n) return;
+            const int64_t part = (int64_t{blockIdx.y} * n + r) * args.n_ranges + range;
+            float* acc = args.partial_acc + part * D;
+#pragma unroll
+            for (int dt = 0; dt < kDimTiles; ++dt)
+                *reinterpret_cast<float2*>(acc + dt * 8 + 2 * tig) =
+                    make_float2(o[dt][c], o[dt][c + 1]);
+            if (tig == 0) {
+                args.partial_ml[part * 2 + 0] = m;
+                args.partial_ml[part * 2 + 1] = l;
+            }
+        };
+        write_part(ra, ma, la, 0);
+        write_part(rb, mb, lb, 2);
+        return;
+    }
     // Every real row sees at least its own key (j = p), so l > 0 there.
     const float inv_a = la > 0.0f ? 1.0f / la : 0.0f, inv_b = lb > 0.0f ? 1.0f / lb : 0.0f;
     float* out_a = args.out + (static_cast<int64_t>(ra) * h + head) * D;
@@ -373,6 +425,17 @@ cudaError_t launch_d(const AttentionTcArgs& args, dim3 grid, cudaStream_t stream
                            : launch(attention_tc_kernel<D, false, Cache>);
 }
 
+// One CTA per (token, head row of a selected head): its key ranges' states merged into out.
+__global__ void __launch_bounds__(kCombineThreads)
+    attention_tc_combine_kernel(AttentionTcArgs args) {
+    const int32_t* head_row = args.heads + kAttnTcHeadInts * blockIdx.y;
+    if (head_row[1] < 0 || head_row[3] < 0) return;  // no KV head in the view, or no selection
+    const int64_t part = (int64_t{blockIdx.y} * args.n + blockIdx.x) * args.n_ranges;
+    combine_split_states(args.partial_ml + part * 2, args.partial_acc + part * args.d,
+                         args.n_ranges, args.d,
+                         args.out + (int64_t{blockIdx.x} * args.h + head_row[0]) * args.d);
+}
+
 }  // namespace
 
 bool attention_tc_head_dim_supported(int d) {
@@ -386,23 +449,34 @@ cudaError_t launch_attention_tc(const AttentionTcArgs& args, cudaStream_t stream
         (args.ring_sinks < 0 && int64_t{args.pos0} + args.n > args.c) || args.window < 0 ||
         args.n_sink < 0 || args.row_shift < 0 || args.row_shift >= kAttnTcBlockM ||
         (args.sel_blocks != nullptr &&
-         (args.sel_block_size <= 0 || args.sel_block_size % kAttnTcBlockN != 0)))
+         (args.sel_block_size <= 0 || args.sel_block_size % kAttnTcBlockN != 0)) ||
+        args.n_ranges < 1 || args.n_ranges > kAttnMaxSplits ||
+        (args.n_ranges > 1 && (args.sel_blocks == nullptr || args.range_blocks < 1 ||
+                               args.partial_acc == nullptr || args.partial_ml == nullptr)))
         return cudaErrorInvalidValue;
     const dim3 grid(
         static_cast<unsigned>((args.n + args.row_shift + kAttnTcBlockM - 1) / kAttnTcBlockM),
-        static_cast<unsigned>(args.hs));
+        static_cast<unsigned>(args.hs), static_cast<unsigned>(args.n_ranges));
     // DISPATCH on the head dim, the cache type and whether a window applies: eight
     // instantiations.
+    cudaError_t err = cudaErrorInvalidValue;
     switch (args.d) {
         case 64:
-            return args.cache_bf16 ? launch_d<64, __nv_bfloat16>(args, grid, stream)
-                                   : launch_d<64, float>(args, grid, stream);
+            err = args.cache_bf16 ? launch_d<64, __nv_bfloat16>(args, grid, stream)
+                                  : launch_d<64, float>(args, grid, stream);
+            break;
         case 128:
-            return args.cache_bf16 ? launch_d<128, __nv_bfloat16>(args, grid, stream)
-                                   : launch_d<128, float>(args, grid, stream);
+            err = args.cache_bf16 ? launch_d<128, __nv_bfloat16>(args, grid, stream)
+                                  : launch_d<128, float>(args, grid, stream);
+            break;
         default:
-            return cudaErrorInvalidValue;
+            break;
     }
+    if (err != cudaSuccess || args.n_ranges == 1) return err;
+    attention_tc_combine_kernel<<<dim3(static_cast<unsigned>(args.n),
+                                       static_cast<unsigned>(args.hs)),
+                                  kCombineThreads, 0, stream>>>(args);
+    return cudaGetLastError();
 }
 
 }  // namespace purbo::cuda

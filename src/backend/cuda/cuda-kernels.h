@@ -182,6 +182,17 @@ struct AttentionTcArgs {
     int sel_hr;
     int sel_max_blocks;
     int sel_block_size;  // a multiple of kAttnTcBlockN
+    // Key ranges of the selected heads (n_ranges > 1): CTA z of the grid's third dimension takes
+    // the selected blocks with ids in [z range_blocks, (z + 1) range_blocks) and writes its
+    // rows' partial states, which a second kernel merges into out. Grid order (query block,
+    // head, range) then has the CTAs that run together read one range of one KV head, a few MB
+    // that stay in L2, where each CTA walking its whole list reads the cache from HBM (the
+    // selections of neighbouring query blocks need not overlap). Heads without a selection
+    // take range 0 only. n_ranges = 1: every CTA writes out directly.
+    int n_ranges;
+    int range_blocks;
+    float* partial_acc;  // (hs, n, n_ranges, d) when n_ranges > 1
+    float* partial_ml;   // (hs, n, n_ranges, 2): running max (log2 domain) and sum
 };
 // d must be 64 or 128 (else cudaErrorInvalidValue).
 bool attention_tc_head_dim_supported(int d);

@@ -249,6 +249,43 @@ AttentionPlan plan_attention(const TokenPlacement& place, int64_t h, const KvCac
     return plan;
 }
 
+// Key ranges of block-sparse prefill's selected heads (AttentionTcArgs::n_ranges): a range of
+// range_blocks blocks per KV head (64 keys of K and V, 32 KB a block at d = 128 in bf16) that
+// the CTAs running together read from L2. kRangeBytes keeps one range of each of two KV heads
+// under the H100's 50 MB of L2; the partial states (d + 2 floats per token, head and range)
+// stay under kRangePartialBytes, and short contexts (one range) keep the direct path.
+// PURBO_TC_RANGE_BLOCKS=k sets range_blocks (0: no ranges; small k: many ranges, for tests).
+struct KeyRanges {
+    int count = 1;
+    int blocks = 0;
+};
+constexpr int64_t kRangeBytes = int64_t{16} << 20;
+constexpr int64_t kRangePartialBytes = int64_t{1} << 30;
+
+KeyRanges plan_key_ranges(const BlockSelection* sel, const TokenPlacement& place, int64_t hs,
+                          int64_t n, int64_t d) {
+    KeyRanges ranges;
+    if (sel == nullptr || n == 0) return ranges;
+    static const int64_t override_blocks = [] {
+        const char* s = std::getenv("PURBO_TC_RANGE_BLOCKS");
+        return s != nullptr ? std::max<int64_t>(0, std::atoll(s)) : -1;
+    }();
+    const int64_t block_bytes = int64_t{sel->block_size} * d * 2 * 2;  // K and V in bf16
+    int64_t range_blocks =
+        override_blocks >= 0 ? override_blocks : std::max<int64_t>(1, kRangeBytes / block_bytes);
+    if (range_blocks == 0) return ranges;
+    // The chunk's positions are consecutive: the last token sees the most blocks.
+    const int64_t visible = int64_t{place.pos.back()} / sel->block_size + 1;
+    const int64_t max_ranges = std::clamp<int64_t>(
+        kRangePartialBytes / std::max<int64_t>(1, hs * n * (d + 2) * 4), 1, cuda::kAttnMaxSplits);
+    range_blocks = std::max(range_blocks, (visible + max_ranges - 1) / max_ranges);
+    const int64_t count = (visible + range_blocks - 1) / range_blocks;
+    if (count <= 1) return ranges;
+    ranges.count = static_cast<int>(count);
+    ranges.blocks = static_cast<int>(range_blocks);
+    return ranges;
+}
+
 // The tensor-core kernel (bf16 operands) or the fp32 one: speed only, both compute the same
 // mask and softmax. The tensor-core kernel takes prefill chunks: at least a full CTA of
 // consecutive positions of one sequence, head dim 64 or 128. Decode, short chunks and mixed
@@ -477,6 +514,19 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
             tc.sel_hr = static_cast<int>(sel->blocks.dim(1));
             tc.sel_max_blocks = static_cast<int>(sel->blocks.dim(2));
             tc.sel_block_size = sel->block_size;
+        }
+        tc.n_ranges = 1;
+        const KeyRanges ranges = plan_key_ranges(sel, place, tc.hs, n, d);
+        if (ranges.count > 1) {
+            // (hs, n, n_ranges, d) accumulators, then (hs, n, n_ranges, 2) max and sum.
+            const size_t acc_floats = static_cast<size_t>(tc.hs * n * ranges.count * d);
+            const size_t ml_floats = static_cast<size_t>(tc.hs * n * ranges.count * 2);
+            PURBO_ASSIGN_OR_RETURN(void* part,
+                                   reserve(attn_partial_, (acc_floats + ml_floats) * 4));
+            tc.n_ranges = ranges.count;
+            tc.range_blocks = ranges.blocks;
+            tc.partial_acc = static_cast<float*>(part);
+            tc.partial_ml = static_cast<float*>(part) + acc_floats;
         }
         return enqueue("launch_attention_tc", [&] { return cuda::launch_attention_tc(tc, stream_); }, tc);
     }
