@@ -254,13 +254,15 @@ AttentionPlan plan_attention(const TokenPlacement& place, int64_t h, const KvCac
 // the CTAs running together read from L2. kRangeBytes keeps one range of each of two KV heads
 // under the H100's 50 MB of L2; the partial states (d + 2 floats per token, head and range)
 // stay under kRangePartialBytes, and short contexts (one range) keep the direct path.
-// PURBO_TC_RANGE_BLOCKS=k sets range_blocks (0: no ranges; small k: many ranges, for tests).
+// Off by default until measured on a GPU (bench/NOTES.md); PURBO_TC_RANGE_BLOCKS=k turns them
+// on with range_blocks = k (0: off; small k: many ranges, for tests).
 struct KeyRanges {
     int count = 1;
     int blocks = 0;
 };
 constexpr int64_t kRangeBytes = int64_t{16} << 20;
 constexpr int64_t kRangePartialBytes = int64_t{1} << 30;
+constexpr bool kKeyRangesByDefault = false;
 
 KeyRanges plan_key_ranges(const BlockSelection* sel, const TokenPlacement& place, int64_t hs,
                           int64_t n, int64_t d) {
@@ -271,8 +273,9 @@ KeyRanges plan_key_ranges(const BlockSelection* sel, const TokenPlacement& place
         return s != nullptr ? std::max<int64_t>(0, std::atoll(s)) : -1;
     }();
     const int64_t block_bytes = int64_t{sel->block_size} * d * 2 * 2;  // K and V in bf16
-    int64_t range_blocks =
-        override_blocks >= 0 ? override_blocks : std::max<int64_t>(1, kRangeBytes / block_bytes);
+    int64_t range_blocks = override_blocks >= 0  ? override_blocks
+                           : kKeyRangesByDefault ? std::max<int64_t>(1, kRangeBytes / block_bytes)
+                                                 : 0;
     if (range_blocks == 0) return ranges;
     // The chunk's positions are consecutive: the last token sees the most blocks.
     const int64_t visible = int64_t{place.pos.back()} / sel->block_size + 1;
