@@ -254,15 +254,16 @@ AttentionPlan plan_attention(const TokenPlacement& place, int64_t h, const KvCac
 // the CTAs running together read from L2. kRangeBytes keeps one range of each of two KV heads
 // under the H100's 50 MB of L2; the partial states (d + 2 floats per token, head and range)
 // stay under kRangePartialBytes, and short contexts (one range) keep the direct path.
-// Off by default until measured on a GPU (bench/NOTES.md); PURBO_TC_RANGE_BLOCKS=k turns them
-// on with range_blocks = k (0: off; small k: many ranges, for tests).
+// On by default (1.46 s instead of 1.67 s for block-sparse prefill at 1M on an H100,
+// bench/RESULTS.md 23); PURBO_TC_RANGE_BLOCKS=k sets range_blocks = k (0: off; small k: many
+// ranges, for tests).
 struct KeyRanges {
     int count = 1;
     int blocks = 0;
 };
 constexpr int64_t kRangeBytes = int64_t{16} << 20;
 constexpr int64_t kRangePartialBytes = int64_t{1} << 30;
-constexpr bool kKeyRangesByDefault = false;
+constexpr bool kKeyRangesByDefault = true;
 
 KeyRanges plan_key_ranges(const BlockSelection* sel, const TokenPlacement& place, int64_t hs,
                           int64_t n, int64_t d) {
