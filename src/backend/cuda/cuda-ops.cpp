@@ -263,7 +263,6 @@ struct KeyRanges {
 };
 constexpr int64_t kRangeBytes = int64_t{16} << 20;
 constexpr int64_t kRangePartialBytes = int64_t{1} << 30;
-constexpr bool kKeyRangesByDefault = true;
 
 KeyRanges plan_key_ranges(const BlockSelection* sel, const TokenPlacement& place, int64_t hs,
                           int64_t n, int64_t d) {
@@ -274,9 +273,8 @@ KeyRanges plan_key_ranges(const BlockSelection* sel, const TokenPlacement& place
         return s != nullptr ? std::max<int64_t>(0, std::atoll(s)) : -1;
     }();
     const int64_t block_bytes = int64_t{sel->block_size} * d * 2 * 2;  // K and V in bf16
-    int64_t range_blocks = override_blocks >= 0  ? override_blocks
-                           : kKeyRangesByDefault ? std::max<int64_t>(1, kRangeBytes / block_bytes)
-                                                 : 0;
+    int64_t range_blocks =
+        override_blocks >= 0 ? override_blocks : std::max<int64_t>(1, kRangeBytes / block_bytes);
     if (range_blocks == 0) return ranges;
     // The chunk's positions are consecutive: the last token sees the most blocks.
     const int64_t visible = int64_t{place.pos.back()} / sel->block_size + 1;
