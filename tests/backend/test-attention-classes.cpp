@@ -94,17 +94,18 @@ struct Problem {
     Tensor q, k, v;  // host: q (n, h, d); cache (1, g, c, d)
 };
 
-// n queries of one sequence at the last positions of a cache of c tokens (consecutive: the
-// prefill path), or n = 1 (decode).
+// n queries of one sequence at consecutive positions from `first` (the prefill path; default
+// the last n positions of a cache of c tokens), or n = 1 (decode).
 // cache_type bf16: the keys and values are rounded to bf16 numbers.
 Problem make_problem(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, uint32_t seed,
-                     DType cache_type = DType::kF32) {
+                     DType cache_type = DType::kF32, int64_t first = -1) {
     const bool bf16 = cache_type == DType::kBF16;
     std::mt19937 rng(seed);
     Problem p{n, h, g, d, c, {}, {}, {}, {}, {}};
+    if (first < 0) first = c - n;
     for (int64_t i = 0; i < n; ++i) {
         p.seq.push_back(0);
-        p.pos.push_back(static_cast<int32_t>(c - n + i));
+        p.pos.push_back(static_cast<int32_t>(first + i));
     }
     p.q = host_f32({n, h, d}, random_floats(rng, n * h * d, 3.0f));
     p.k = host_f32({1, g, c, d}, random_floats(rng, g * c * d));
@@ -163,9 +164,11 @@ struct HostSelection {
 // Random selections for the heads in `selected` (each token keeps its own block, block 0 and
 // a random share of the others), or every block when `all`. shared: one list per query group
 // (the tokens whose positions lie in one block share their first token's list), as a
-// per-query-block selection makes them.
+// per-query-block selection makes them. drop_own: tokens of odd blocks leave out their own
+// block (a selection that top-p never makes, but attention must take).
 HostSelection random_selection(const Problem& p, const std::vector<int64_t>& selected, int block,
-                               bool all, uint32_t seed, bool shared = false) {
+                               bool all, uint32_t seed, bool shared = false,
+                               bool drop_own = false) {
     std::mt19937 rng(seed);
     const int64_t hr = static_cast<int64_t>(selected.size()), max_blocks = (p.c + block - 1) / block;
     HostSelection s;
@@ -187,7 +190,9 @@ HostSelection random_selection(const Problem& p, const std::vector<int64_t>& sel
             int32_t* ids = s.blocks.ptr<int32_t>() + (i * hr + j) * max_blocks;
             int32_t count = 0;
             for (int64_t b = 0; b <= last; ++b) {
-                if (all || b == 0 || b == last || keep(rng)) ids[count++] = static_cast<int32_t>(b);
+                const bool own = b == last && !(drop_own && last % 2 == 1);
+                if (all || b == 0 || own || (b < last && keep(rng)))
+                    ids[count++] = static_cast<int32_t>(b);
             }
             for (int64_t b = count; b < max_blocks; ++b) ids[b] = -1;
             s.counts.ptr<int32_t>()[i * hr + j] = count;
@@ -317,6 +322,60 @@ TEST_P(AttentionClasses, BlockSelectionSharedByQueryGroups) {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+// One list per query group, chunks starting at a multiple of the block (cuda: the selected
+// heads through cuDNN's paged attention, each group's blocks its pages, where cuDNN is built
+// in): whole and partial last groups, one chunk of one group, and lists without their own
+// block (cuda: back to the tensor-core kernel, which must give the same).
+TEST_P(AttentionClasses, BlockSelectionSharedByAlignedQueryGroups) {
+    Env env = make_env(GetParam());
+    const int64_t h = 8, g = 2;
+    const std::vector<int64_t> selected = {1, 2, 6};
+    std::vector<uint8_t> local(static_cast<size_t>(h), 1);
+    for (int64_t hd : selected) local[static_cast<size_t>(hd)] = 0;
+    struct Case {
+        int64_t d;
+        int block;
+        int64_t n, first;
+    };
+    for (const Case& t : {Case{128, 64, 200, 640}, Case{64, 64, 64, 960}, Case{128, 128, 300, 512},
+                          Case{64, 128, 130, 0}}) {
+        const int64_t c = 1024;
+        const Problem p = make_problem(
+            t.n, h, g, t.d, c, static_cast<uint32_t>(t.d + t.block + t.n), env.cache_type, t.first);
+        const float scale = 1.0f / std::sqrt(static_cast<float>(t.d));
+        for (bool drop_own : {false, true}) {
+            SCOPED_TRACE(fmt::format("d {} block {} n {} from {} lists without their own block {}",
+                                     t.d, t.block, t.n, t.first, drop_own));
+            const HostSelection hs = random_selection(
+                p, selected, t.block, false, static_cast<uint32_t>(t.n + t.first), true, drop_own);
+            BlockSelection sel{t.block, hs.head_row, env.upload(hs.blocks), env.upload(hs.counts),
+                               true};
+            const std::vector<float> out =
+                run_attention(env, p, AttentionParams{scale, 40, 4, local, &sel});
+            const std::vector<float> windowed =
+                run_attention(env, p, AttentionParams{scale, 40, 4});
+            EXPECT_LE(
+                test::nmse(head_rows(out, t.n, h, t.d, 0), head_rows(windowed, t.n, h, t.d, 0)),
+                tolerance(GetParam()));
+            for (size_t j = 0; j < selected.size(); ++j) {
+                const int64_t hd = selected[j];
+                std::vector<float> expected;
+                for (int64_t i = 0; i < t.n; ++i) {
+                    const int64_t row = i * 3 + static_cast<int64_t>(j);
+                    const int32_t count = hs.counts.ptr<int32_t>()[row];
+                    const int32_t* ids = hs.blocks.ptr<int32_t>() + row * hs.blocks.dim(2);
+                    for (double v : attention_by_hand(p, i, hd, scale,
+                                                      {ids, static_cast<size_t>(count)}, t.block))
+                        expected.push_back(static_cast<float>(v));
+                }
+                EXPECT_LE(test::nmse(head_rows(out, t.n, h, t.d, hd), expected),
+                          tolerance(GetParam()))
+                    << "head " << hd;
             }
         }
     }

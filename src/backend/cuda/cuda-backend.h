@@ -121,6 +121,12 @@ private:
     // computes only the heads that do not use it (the others' rows are left as they are).
     Result<bool> cudnn_prefill(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                                const AttentionParams& params, const Tensor& out);
+    // The selected heads of a block-sparse prefill chunk through cuDNN's paged attention (one
+    // list per query group, cuDNN started by cudnn_prefill, the chunk starting at a multiple of
+    // the block size); false: the caller runs its tensor-core kernel.
+    Result<bool> cudnn_paged_prefill(const Tensor& q, const KvCacheView& cache,
+                                     const TokenPlacement& place, const AttentionParams& params,
+                                     const Tensor& out);
 
     int device_ = 0;
     int n_sms_ = 0;
@@ -132,6 +138,7 @@ private:
     Scratch attn_partial_; // split-KV partial results
     Scratch select_;       // select_blocks: per-block log2 masses, boundary candidates, ranks
     Scratch cudnn_io_;     // cuDNN prefill: q and out in bf16 (n_pad, hs, d), log-sum-exp (hs, n_pad)
+    Scratch cudnn_paged_;  // cuDNN paged prefill: q and out (hs, rows, d), page tables, lengths
     PinnedSlot pinned_[kPinnedSlots];
     int next_pinned_ = 0;
     // cuDNN attention, started on first use; off when PURBO_NO_CUDNN is set (own kernels

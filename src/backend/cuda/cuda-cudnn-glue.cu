@@ -4,9 +4,12 @@
 // sinks, so a local head's call covers its window (p - window, p] and returns each row's
 // log-sum-exp; the sinks it may still see (j < n_sink and j <= p - window) are added here as
 // a softmax merge: out = (e^(lse - m) o + sum_j e^(s_j - m) v_j) / (e^(lse - m) + sum_j
-// e^(s_j - m)), m the largest exponent. Built with or without cuDNN (tiny).
+// e^(s_j - m)), m the largest exponent. For the paged calls of block-sparse prefill's
+// selected heads, the page tables and lengths of their items. Built with or without cuDNN
+// (tiny).
 #include <cuda_bf16.h>
 
+#include <climits>
 #include <cmath>
 
 #include "backend/cuda/cuda-device.cuh"
@@ -16,9 +19,10 @@ namespace purbo::cuda {
 namespace {
 
 // One thread per (token, selected head, 4 dims).
-__global__ void gather_heads_bf16_kernel(const float* __restrict__ q, const int32_t* __restrict__ table,
-                                         __nv_bfloat16* __restrict__ dst, int64_t n, int64_t h, int64_t hs,
-                                         int64_t d) {
+__global__ void gather_heads_bf16_kernel(const float* __restrict__ q,
+                                         const int32_t* __restrict__ table,
+                                         __nv_bfloat16* __restrict__ dst, HeadRows rows, int64_t n,
+                                         int64_t h, int64_t hs, int64_t d) {
     const int64_t quads = d / 4;
     const int64_t total = n * hs * quads;
     for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < total;
@@ -28,7 +32,7 @@ __global__ void gather_heads_bf16_kernel(const float* __restrict__ q, const int3
         const int64_t i = idx / (quads * hs);
         const float4 x = *reinterpret_cast<const float4*>(q + (i * h + table[3 * j]) * d + e);
         const uint2 packed = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
-        *reinterpret_cast<uint2*>(dst + (i * hs + j) * d + e) = packed;
+        *reinterpret_cast<uint2*>(dst + i * rows.token_stride + j * rows.head_stride + e) = packed;
     }
 }
 
@@ -41,7 +45,8 @@ __global__ void cudnn_finish_kernel(CudnnFinishArgs a) {
     if (item >= a.n * a.hs) return;  // warp-uniform
     const int64_t i = item / a.hs, j = item % a.hs;
     const int head = a.table[3 * j], slot = a.table[3 * j + 1], local = a.table[3 * j + 2];
-    const auto* o = reinterpret_cast<const __nv_bfloat16*>(a.o) + (i * a.hs + j) * D;
+    const auto* o = reinterpret_cast<const __nv_bfloat16*>(a.o) + i * a.o_rows.token_stride +
+                    j * a.o_rows.head_stride;
     float acc[kPerLane];
 #pragma unroll
     for (int t = 0; t < kPerLane; ++t) acc[t] = __bfloat162float(o[lane + 32 * t]);
@@ -81,6 +86,41 @@ __global__ void cudnn_finish_kernel(CudnnFinishArgs a) {
     for (int t = 0; t < kPerLane; ++t) out[lane + 32 * t] = acc[t];
 }
 
+// One CTA per item (selected head, query group); threads stride over the page table's row.
+__global__ void paged_selection_kernel(PagedSelectionArgs a) {
+    const int item = blockIdx.x, j = item / a.groups, g = item % a.groups;
+    const int64_t first = int64_t{g} * a.page;  // the group's first token in the chunk
+    const int32_t base = static_cast<int32_t>(a.table[3 * j + 1] * a.pages_per_head);
+    int32_t* pages = a.page_table + int64_t{item} * a.max_blocks;
+    int count = 0, rows = 1, keys = 1;
+    const int32_t* ids = nullptr;
+    if (first < a.n) {
+        const int64_t row = first * a.sel_hr + a.sel_rows[j];
+        count = min(max(a.sel_counts[row], 0), a.max_blocks);
+        ids = a.sel_blocks + row * a.max_blocks;
+        rows = static_cast<int>(min(int64_t{a.page}, a.n - first));
+        const int64_t last = a.pos0 + first + rows - 1;  // the group's last position
+        const int64_t own = last / a.page;
+        if (count == 0 || ids[count - 1] != own) {
+            if (threadIdx.x == 0) atomicOr(a.mismatch, 1);
+            count = 0;
+        } else {
+            keys = (count - 1) * a.page + static_cast<int>(last % a.page) + 1;
+        }
+        for (int p = threadIdx.x; p < count; p += blockDim.x) {
+            if (ids[p] < 0 || ids[p] > own) atomicOr(a.mismatch, 1);
+        }
+    }
+    for (int p = threadIdx.x; p < a.max_blocks; p += blockDim.x) {
+        const int32_t id = p < count ? ids[p] : 0;
+        pages[p] = base + max(id, 0);
+    }
+    if (threadIdx.x == 0) {
+        a.seq_q[item] = rows;
+        a.seq_kv[item] = keys;
+    }
+}
+
 constexpr int kThreads = 256;
 
 unsigned blocks_for(int64_t count, int64_t per_block) {
@@ -90,12 +130,23 @@ unsigned blocks_for(int64_t count, int64_t per_block) {
 
 }  // namespace
 
-cudaError_t launch_gather_heads_bf16(const float* q, const int32_t* table, uint16_t* dst, int64_t n, int64_t h,
-                                     int64_t hs, int64_t d, cudaStream_t stream) {
+cudaError_t launch_gather_heads_bf16(const float* q, const int32_t* table, uint16_t* dst,
+                                     HeadRows rows, int64_t n, int64_t h, int64_t hs, int64_t d,
+                                     cudaStream_t stream) {
     if (n == 0 || hs == 0) return cudaSuccess;
     if (d % 4 != 0) return cudaErrorInvalidValue;
     gather_heads_bf16_kernel<<<blocks_for(n * hs * d / 4, kThreads), kThreads, 0, stream>>>(
-        q, table, reinterpret_cast<__nv_bfloat16*>(dst), n, h, hs, d);
+        q, table, reinterpret_cast<__nv_bfloat16*>(dst), rows, n, h, hs, d);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_paged_selection(const PagedSelectionArgs& args, cudaStream_t stream) {
+    const int64_t items = int64_t{args.hs} * args.groups;
+    if (items == 0) return cudaSuccess;
+    if (items > INT_MAX || args.max_blocks <= 0 || args.page <= 0) return cudaErrorInvalidValue;
+    cudaError_t err = cudaMemsetAsync(args.mismatch, 0, sizeof(int32_t), stream);
+    if (err != cudaSuccess) return err;
+    paged_selection_kernel<<<static_cast<unsigned>(items), 128, 0, stream>>>(args);
     return cudaGetLastError();
 }
 

@@ -202,12 +202,41 @@ cudaError_t launch_attention_tc(const AttentionTcArgs& args, cudaStream_t stream
 
 // A call table row per selected query head, (hs, 3) int32 on the device: query head, cache head
 // of its KV head, local (0/1). Rows are in cuDNN call order.
-// dst[i, j, :] = bf16(q[i, table[j].head, :]) for tokens i < n; q (n, h, d), dst (>= n, hs, d).
-cudaError_t launch_gather_heads_bf16(const float* q, const int32_t* table, uint16_t* dst, int64_t n, int64_t h,
-                                     int64_t hs, int64_t d, cudaStream_t stream);
+// Rows of the bf16 copies are token-major, (n_pad, hs, d): row (i, j) at (i hs + j) d, for the
+// dense calls; or head-major, (hs, n_pad, d): at (j n_pad + i) d, for the paged calls.
+struct HeadRows {
+    int64_t token_stride, head_stride;  // elements
+};
+// dst[row (i, j)] = bf16(q[i, table[j].head, :]) for tokens i < n; q (n, h, d).
+cudaError_t launch_gather_heads_bf16(const float* q, const int32_t* table, uint16_t* dst,
+                                     HeadRows rows, int64_t n, int64_t h, int64_t hs, int64_t d,
+                                     cudaStream_t stream);
+
+// Block-sparse prefill's selected heads as cuDNN paged attention (cuda-cudnn.h): item
+// j * groups + g is selected head j's query group g, the chunk's tokens [g page, (g + 1) page)
+// (the chunk starts at a multiple of the page, the block size). From the group's list (its
+// first token's row) the item's page table (the KV head's pages, slot * pages_per_head + id,
+// the head's first page past the list), its query rows and keys: (count - 1) page + the own
+// block's keys up to the group's last position. Items past the chunk get 1 row and 1 key. A
+// list that is empty, out of range or does not end with the group's own block sets *mismatch
+// (cuDNN's bottom-right diagonal would mask keys it keeps; the caller then falls back).
+struct PagedSelectionArgs {
+    const int32_t* sel_blocks;  // (n, sel_hr, max_blocks)
+    const int32_t* sel_counts;  // (n, sel_hr)
+    const int32_t* table;       // (hs, 3) as above: the cache slot of each head
+    const int32_t* sel_rows;    // (hs,): each head's row in the selection
+    int32_t* page_table;        // (hs * groups, max_blocks)
+    int32_t* seq_q;             // (hs * groups,)
+    int32_t* seq_kv;            // (hs * groups,)
+    int32_t* mismatch;          // (1,), zeroed by the launch
+    int64_t n, pages_per_head;
+    int hs, groups, sel_hr, max_blocks, page, pos0;
+};
+cudaError_t launch_paged_selection(const PagedSelectionArgs& args, cudaStream_t stream);
 
 struct CudnnFinishArgs {
-    const uint16_t* o;       // (n_pad, hs, d) bf16: the calls' outputs, in table order
+    const uint16_t* o;  // bf16 rows (HeadRows o_rows): the calls' outputs, in table order
+    HeadRows o_rows;
     const float* lse;        // (hs, n_pad): their rows' log-sum-exp (natural log), or null
     const int32_t* table;    // (hs, 3) as above
     const float* q;          // (n, h, d): the queries, for the scores of the sinks

@@ -385,7 +385,9 @@ Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cach
     float* lse = sinks ? reinterpret_cast<float*>(o_sel + elems) : nullptr;  // (hs, n_pad)
     PURBO_ASSIGN_OR_RETURN(void* dev_table, stage(indices_, table.data(), table.size() * 4));
     const auto* table_dev = static_cast<const int32_t*>(dev_table);
-    PURBO_CUDA_TRY(cuda::launch_gather_heads_bf16(q.ptr<float>(), table_dev, q_sel, n, h, hs, d, stream_));
+    const cuda::HeadRows token_major{hs * d, d};
+    PURBO_CUDA_TRY(cuda::launch_gather_heads_bf16(q.ptr<float>(), table_dev, q_sel, token_major, n,
+                                                  h, hs, d, stream_));
 
     const int64_t seq_offset = int64_t{place.seq[0]} * gc * c * d;  // bf16 elements
     const uint16_t* seq_k = cache.k.ptr<uint16_t>() + seq_offset;
@@ -413,6 +415,7 @@ Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cach
     }
     cuda::CudnnFinishArgs fin{};
     fin.o = o_sel;
+    fin.o_rows = token_major;
     fin.lse = lse;
     fin.table = table_dev;
     fin.q = q.ptr<float>();
@@ -429,6 +432,132 @@ Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cach
     fin.scale = params.scale;
     fin.window = params.window;
     fin.n_sink = params.n_sink;
+    PURBO_CUDA_TRY(cuda::launch_cudnn_finish(fin, stream_));
+    return true;
+#else
+    (void)q, (void)cache, (void)place, (void)params, (void)out;
+    return false;
+#endif
+}
+
+Result<bool> CudaBackend::cudnn_paged_prefill(const Tensor& q, const KvCacheView& cache,
+                                              const TokenPlacement& place,
+                                              const AttentionParams& params, const Tensor& out) {
+#if PURBO_HAVE_CUDNN
+    // q, out (n, h, d); cache (s, gc, c, d) bf16, rows = positions; selection blocks
+    // (n, hr, max_blocks), one list per query group.
+    const BlockSelection& sel = *params.selection;
+    const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
+    const int page = sel.block_size;
+    if (!cudnn_ || cache.k.dtype != DType::kBF16 || cache.ring_sinks >= 0 || graph_->open() ||
+        place.pos[0] % page != 0 || c % page != 0 || env_flag("PURBO_NO_CUDNN_PAGED"))
+        return false;
+    // table (hs, 3): query head, cache head, 0 (not local), as cudnn_prefill's; rows (hs,): the
+    // heads' selection rows.
+    const int64_t heads_per_kv = h / kv_view_model_heads(cache);
+    std::vector<int32_t> staging;
+    std::vector<int32_t> rows;
+    for (int64_t hd = 0; hd < h; ++hd) {
+        const int32_t row = sel.head_row[static_cast<size_t>(hd)];
+        const int64_t slot = kv_view_index(cache, hd / heads_per_kv);
+        if (row < 0 || slot < 0) continue;
+        staging.insert(staging.end(), {static_cast<int32_t>(hd), static_cast<int32_t>(slot), 0});
+        rows.push_back(row);
+    }
+    const int64_t hs = static_cast<int64_t>(rows.size());
+    if (hs == 0) return true;  // no selected head has its KV head in the view
+    staging.insert(staging.end(), rows.begin(), rows.end());
+
+    // Items: (selected head, query group), the groups padded to a power of two so that a
+    // handful of graphs serve every chunk; padded items attend to 1 key.
+    const int64_t groups = (n + page - 1) / page;
+    int64_t groups_pad = 1;
+    while (groups_pad < groups) groups_pad *= 2;
+    const int64_t rows_pad = groups_pad * page, items = hs * groups_pad;
+    const int64_t max_pages = sel.blocks.dim(2);
+    if (items > INT_MAX || max_pages * page > INT_MAX) return false;
+    auto aligned = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
+    const size_t io_bytes = aligned(static_cast<size_t>(hs * rows_pad * d) * sizeof(uint16_t));
+    const size_t table_bytes = aligned(static_cast<size_t>(items * max_pages) * sizeof(int32_t));
+    const size_t length_bytes = aligned(static_cast<size_t>(items) * sizeof(int32_t));
+    PURBO_ASSIGN_OR_RETURN(
+        void* buffer, reserve(cudnn_paged_, 2 * io_bytes + table_bytes + 2 * length_bytes + 256));
+    auto* bytes = static_cast<char*>(buffer);
+    auto* q_paged = reinterpret_cast<uint16_t*>(bytes);  // (hs, rows_pad, d)
+    auto* o_paged = reinterpret_cast<uint16_t*>(bytes + io_bytes);
+    auto* page_table = reinterpret_cast<int32_t*>(bytes + 2 * io_bytes);  // (items, max_pages)
+    auto* seq_q = reinterpret_cast<int32_t*>(bytes + 2 * io_bytes + table_bytes);
+    auto* seq_kv = reinterpret_cast<int32_t*>(bytes + 2 * io_bytes + table_bytes + length_bytes);
+    auto* mismatch =
+        reinterpret_cast<int32_t*>(bytes + 2 * io_bytes + table_bytes + 2 * length_bytes);
+    PURBO_ASSIGN_OR_RETURN(void* dev_staging, stage(indices_, staging.data(), staging.size() * 4));
+    const auto* table_dev = static_cast<const int32_t*>(dev_staging);
+
+    const int64_t seq_offset = int64_t{place.seq[0]} * gc * c * d;  // bf16 elements
+    const uint16_t* seq_k = cache.k.ptr<uint16_t>() + seq_offset;
+    const uint16_t* seq_v = cache.v.ptr<uint16_t>() + seq_offset;
+    cuda::PagedSelectionArgs ps{};
+    ps.sel_blocks = sel.blocks.ptr<int32_t>();
+    ps.sel_counts = sel.counts.ptr<int32_t>();
+    ps.table = table_dev;
+    ps.sel_rows = table_dev + 3 * hs;
+    ps.page_table = page_table;
+    ps.seq_q = seq_q;
+    ps.seq_kv = seq_kv;
+    ps.mismatch = mismatch;
+    ps.n = n;
+    ps.pages_per_head = c / page;
+    ps.hs = static_cast<int>(hs);
+    ps.groups = static_cast<int>(groups_pad);
+    ps.sel_hr = static_cast<int>(sel.blocks.dim(1));
+    ps.max_blocks = static_cast<int>(max_pages);
+    ps.page = page;
+    ps.pos0 = place.pos[0];
+    PURBO_CUDA_TRY(cuda::launch_paged_selection(ps, stream_));
+    // Lists that do not end with their group's own block cannot be told to cuDNN: the
+    // tensor-core kernel takes them. One small read back per chunk.
+    int32_t lists_mismatch = 0;
+    PURBO_CUDA_TRY(cudaMemcpyAsync(&lists_mismatch, mismatch, sizeof(int32_t),
+                                   cudaMemcpyDeviceToHost, stream_));
+    PURBO_CUDA_TRY(cudaStreamSynchronize(stream_));
+    if (lists_mismatch != 0) return false;
+
+    const cuda::HeadRows head_major{d, rows_pad * d};
+    PURBO_CUDA_TRY(cuda::launch_gather_heads_bf16(q.ptr<float>(), table_dev, q_paged, head_major, n,
+                                                  h, hs, d, stream_));
+    cuda::CudnnPagedPrefill p;
+    p.q = q_paged;
+    p.k = seq_k;
+    p.v = seq_v;
+    p.page_table = page_table;
+    p.seq_q = seq_q;
+    p.seq_kv = seq_kv;
+    p.out = o_paged;
+    p.b = static_cast<int>(items);
+    p.page = page;
+    p.max_pages = static_cast<int>(max_pages);
+    p.d = static_cast<int>(d);
+    p.pages = gc * (c / page);
+    p.scale = params.scale;
+    const Status st = cudnn_->paged_prefill(p);
+    if (st.code() == StatusCode::kUnsupported) return false;
+    PURBO_TRY(st);
+    cuda::CudnnFinishArgs fin{};  // the scatter back to f32 rows, nothing to merge
+    fin.o = o_paged;
+    fin.o_rows = head_major;
+    fin.table = table_dev;
+    fin.q = q.ptr<float>();
+    fin.cache_k = seq_k;
+    fin.cache_v = seq_v;
+    fin.out = out.ptr<float>();
+    fin.n = n;
+    fin.n_pad = rows_pad;
+    fin.h = h;
+    fin.hs = hs;
+    fin.d = d;
+    fin.c = c;
+    fin.pos0 = place.pos[0];
+    fin.scale = params.scale;
     PURBO_CUDA_TRY(cuda::launch_cudnn_finish(fin, stream_));
     return true;
 #else
@@ -463,9 +592,9 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
 
     // A prefill chunk goes through cuDNN where it is built in. With a selection (block-sparse
     // prefill) cuDNN takes the heads that do not use it (local heads, dense retrieval heads;
-    // most of the work); the selected heads go through the tensor-core kernel when their
-    // selection is one list per query group of whole 64-key tiles, else through the per-token
-    // kernel below.
+    // most of the work); the selected heads, when their selection is one list per query group
+    // of whole 64-key tiles, go through cuDNN's paged attention (each group's blocks its pages)
+    // or else the tensor-core kernel, and otherwise through the per-token kernel below.
     const bool prefill_chunk = takes_tensor_core_path(place, d);
     bool unselected_done = false;
     if (prefill_chunk) {
@@ -475,6 +604,11 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
         sel && sel->shared_by_query_group && sel->block_size % cuda::kAttnTcBlockN == 0;
     if (prefill_chunk && (!sel || tiled_selection)) {
         if (!sel && unselected_done) return Status::ok();
+        if (sel && unselected_done) {
+            PURBO_ASSIGN_OR_RETURN(const bool selected_done,
+                                   cudnn_paged_prefill(q, cache, place, params, out));
+            if (selected_done) return Status::ok();
+        }
         // heads (hs, 4): a row per query head the kernel computes: the head, the cache head of
         // its KV head, local, selection row. Heads whose KV head the view lacks, and those
         // cuDNN did, take no CTAs.

@@ -10,16 +10,22 @@
 //    (position pos0 + i) sees keys <= pos0 + i, and with a window only those > pos0 + i -
 //    window: the same rule as attention_key_visible.
 //
+// Paged calls (block-sparse prefill's selected heads, cuda-cudnn.h): Q and O (b, 1, page, d),
+// the cache a container (pages, 1, page, d), a page table (b, 1, max_pages, 1) and per-item
+// lengths (b, 1, 1, 1), the same bottom-right causal diagonal.
+//
 // Graphs are cached per shape (heads, head dim, padded rows, capacity, window, scale, row
-// width, with or without the log-sum-exp): building one takes 0.1-1 s, a call only binds
-// pointers.
+// width, with or without the log-sum-exp; for paged calls items, page, pages): building one
+// takes 0.1-1 s, a call only binds pointers.
 #include <cudnn.h>
-
 #include <cudnn_frontend.h>
 
 #include <cstring>
 #include <map>
+#include <string>
 #include <tuple>
+#include <unordered_map>
+#include <vector>
 
 #include "backend/cuda/cuda-cudnn.h"
 #include "core/log.h"
@@ -29,10 +35,18 @@ namespace {
 
 namespace fe = cudnn_frontend;
 
-enum Uid : int64_t { kQ = 1, kK, kV, kO, kSeqQ, kSeqKv, kLse };
+enum Uid : int64_t { kQ = 1, kK, kV, kO, kSeqQ, kSeqKv, kLse, kPageTable };
 
 // (hq, hk, d, n_pad, c, window, scale bits, q row width, with lse)
 using GraphKey = std::tuple<int, int, int, int, int64_t, int, uint32_t, int64_t, bool>;
+// (items, page, max pages, d, container pages, scale bits)
+using PagedKey = std::tuple<int, int, int, int, int64_t, uint32_t>;
+
+uint32_t float_bits(float x) {
+    uint32_t bits = 0;
+    std::memcpy(&bits, &x, 4);
+    return bits;
+}
 
 class CudnnAttentionImpl final : public CudnnAttention {
 public:
@@ -46,17 +60,6 @@ public:
 
     Status prefill(const CudnnPrefill& call) override {
         PURBO_ASSIGN_OR_RETURN(fe::graph::Graph * graph, graph_for(call));
-        int64_t workspace_bytes = 0;
-        if (fe::error_t e = graph->get_workspace_size(workspace_bytes); e.is_bad())
-            return error(StatusCode::kInternal, "cuDNN attention: workspace size: {}", e.get_message());
-        if (workspace_bytes > workspace_size_) {
-            if (workspace_ != nullptr) (void)cudaFree(workspace_);  // waits for work that may use it
-            workspace_ = nullptr;
-            workspace_size_ = 0;
-            if (cudaMalloc(&workspace_, static_cast<size_t>(workspace_bytes)) != cudaSuccess)
-                return error(StatusCode::kOutOfMemory, "cuDNN attention: workspace of {} bytes", workspace_bytes);
-            workspace_size_ = workspace_bytes;
-        }
         if (lengths_ == nullptr && cudaMalloc(&lengths_, 2 * sizeof(int32_t)) != cudaSuccess)
             return error(StatusCode::kOutOfMemory, "cuDNN attention: length buffer");
         // Pageable source: copied out before the call returns (the runtime stages it).
@@ -68,50 +71,163 @@ public:
             {kV, const_cast<void*>(call.v)},     {kO, call.out},
             {kSeqQ, lengths_},                   {kSeqKv, lengths_ + 1}};
         if (call.lse != nullptr) pack[kLse] = call.lse;
+        return execute(graph, pack);
+    }
+
+    Status paged_prefill(const CudnnPagedPrefill& call) override {
+        PURBO_ASSIGN_OR_RETURN(fe::graph::Graph * graph, paged_graph_for(call));
+        std::unordered_map<int64_t, void*> pack = {
+            {kQ, const_cast<uint16_t*>(call.q)},
+            {kK, const_cast<void*>(call.k)},
+            {kV, const_cast<void*>(call.v)},
+            {kO, call.out},
+            {kSeqQ, const_cast<int32_t*>(call.seq_q)},
+            {kSeqKv, const_cast<int32_t*>(call.seq_kv)},
+            {kPageTable, const_cast<int32_t*>(call.page_table)}};
+        return execute(graph, pack);
+    }
+
+  private:
+    Status execute(fe::graph::Graph* graph, std::unordered_map<int64_t, void*>& pack) {
+        int64_t workspace_bytes = 0;
+        if (fe::error_t e = graph->get_workspace_size(workspace_bytes); e.is_bad())
+            return error(StatusCode::kInternal, "cuDNN attention: workspace size: {}",
+                         e.get_message());
+        if (workspace_bytes > workspace_size_) {
+            if (workspace_ != nullptr)
+                (void)cudaFree(workspace_);  // waits for work that may use it
+            workspace_ = nullptr;
+            workspace_size_ = 0;
+            if (cudaMalloc(&workspace_, static_cast<size_t>(workspace_bytes)) != cudaSuccess)
+                return error(StatusCode::kOutOfMemory, "cuDNN attention: workspace of {} bytes",
+                             workspace_bytes);
+            workspace_size_ = workspace_bytes;
+        }
         if (fe::error_t e = graph->execute(handle_, pack, workspace_); e.is_bad())
             return error(StatusCode::kInternal, "cuDNN attention: execute: {}", e.get_message());
         return Status::ok();
     }
 
-private:
-    Result<fe::graph::Graph*> graph_for(const CudnnPrefill& call) {
-        uint32_t scale_bits = 0;
-        std::memcpy(&scale_bits, &call.scale, 4);
-        const GraphKey key{call.hq,     call.hk,    call.d,     call.n_pad,          call.c,
-                           call.window, scale_bits, call.q_row, call.lse != nullptr};
-        if (auto it = graphs_.find(key); it != graphs_.end()) {
-            if (!it->second) return error(StatusCode::kUnsupported, "cuDNN attention: no engine for this shape");
-            return it->second.get();
+    // Validates and plans a built graph; a shape cuDNN has no engine for is remembered as
+    // null in `cache`, so that it falls back at once next time.
+    template <class Key>
+    Result<fe::graph::Graph*> plan(std::map<Key, std::unique_ptr<fe::graph::Graph>>& cache,
+                                   const Key& key, std::unique_ptr<fe::graph::Graph> graph,
+                                   const std::string& shape) {
+        fe::error_t e = graph->validate();
+        if (e.is_good()) e = graph->build_operation_graph(handle_);
+        if (e.is_good()) e = graph->create_execution_plans({fe::HeurMode_t::A});
+        if (e.is_good()) e = graph->check_support();
+        if (e.is_good()) e = graph->build_plans();
+        if (e.is_bad()) {
+            PURBO_LOG_INFO("cuDNN attention: {}: {}", shape, e.get_message());
+            cache.emplace(key, nullptr);
+            return error(StatusCode::kUnsupported, "cuDNN attention: {}", e.get_message());
         }
+        fe::graph::Graph* raw = graph.get();
+        cache.emplace(key, std::move(graph));
+        return raw;
+    }
+
+    static std::unique_ptr<fe::graph::Graph> new_graph() {
         auto graph = std::make_unique<fe::graph::Graph>();
         graph->set_io_data_type(fe::DataType_t::BFLOAT16)
             .set_intermediate_data_type(fe::DataType_t::FLOAT)
             .set_compute_data_type(fe::DataType_t::FLOAT);
+        return graph;
+    }
+
+    static std::shared_ptr<fe::graph::Tensor_attributes> tensor(fe::graph::Graph& graph,
+                                                                const char* name, int64_t uid,
+                                                                std::vector<int64_t> dim,
+                                                                std::vector<int64_t> stride) {
+        return graph.tensor(
+            fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim(dim).set_stride(
+                stride));
+    }
+
+    static std::shared_ptr<fe::graph::Tensor_attributes> int_tensor(fe::graph::Graph& graph,
+                                                                    const char* name, int64_t uid,
+                                                                    std::vector<int64_t> dim,
+                                                                    std::vector<int64_t> stride) {
+        return graph.tensor(fe::graph::Tensor_attributes()
+                                .set_name(name)
+                                .set_uid(uid)
+                                .set_dim(dim)
+                                .set_stride(stride)
+                                .set_data_type(fe::DataType_t::INT32));
+    }
+
+    Result<fe::graph::Graph*> paged_graph_for(const CudnnPagedPrefill& call) {
+        const PagedKey key{call.b, call.page,  call.max_pages,
+                           call.d, call.pages, float_bits(call.scale)};
+        if (auto it = paged_graphs_.find(key); it != paged_graphs_.end()) {
+            if (!it->second)
+                return error(StatusCode::kUnsupported,
+                             "cuDNN attention: no paged engine for this shape");
+            return it->second.get();
+        }
+        auto graph = new_graph();
+        const int64_t b = call.b, page = call.page, d = call.d, pages = call.pages,
+                      max_pages = call.max_pages;
+        auto q = tensor(*graph, "q", kQ, {b, 1, page, d}, {page * d, page * d, d, 1});
+        auto k = tensor(*graph, "k", kK, {pages, 1, page, d}, {page * d, page * d, d, 1});
+        auto v = tensor(*graph, "v", kV, {pages, 1, page, d}, {page * d, page * d, d, 1});
+        auto table = int_tensor(*graph, "page_table", kPageTable, {b, 1, max_pages, 1},
+                                {max_pages, max_pages, 1, 1});
+        auto options =
+            fe::graph::SDPA_attributes()
+                .set_name("paged_prefill")
+                .set_generate_stats(false)
+                .set_attn_scale(call.scale)
+                .set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
+                .set_diagonal_band_right_bound(0)
+                .set_padding_mask(true)
+                .set_seq_len_q(int_tensor(*graph, "seq_q", kSeqQ, {b, 1, 1, 1}, {1, 1, 1, 1}))
+                .set_seq_len_kv(int_tensor(*graph, "seq_kv", kSeqKv, {b, 1, 1, 1}, {1, 1, 1, 1}))
+                .set_paged_attention_k_table(table)
+                .set_paged_attention_v_table(table)
+                .set_paged_attention_max_seq_len_kv(static_cast<int>(max_pages * page));
+        auto [o, stats] = graph->sdpa(q, k, v, options);
+        (void)stats;
+        o->set_output(true)
+            .set_uid(kO)
+            .set_dim({b, 1, page, d})
+            .set_stride({page * d, page * d, d, 1});
+        return plan(paged_graphs_, key, std::move(graph),
+                    fmt::format("paged: items {} page {} pages {} of {} d {}", b, page, max_pages,
+                                pages, d));
+    }
+
+    Result<fe::graph::Graph*> graph_for(const CudnnPrefill& call) {
+        const GraphKey key{call.hq,
+                           call.hk,
+                           call.d,
+                           call.n_pad,
+                           call.c,
+                           call.window,
+                           float_bits(call.scale),
+                           call.q_row,
+                           call.lse != nullptr};
+        if (auto it = graphs_.find(key); it != graphs_.end()) {
+            if (!it->second) return error(StatusCode::kUnsupported, "cuDNN attention: no engine for this shape");
+            return it->second.get();
+        }
+        auto graph = new_graph();
         const int64_t h = call.hq, g = call.hk, d = call.d, n = call.n_pad, c = call.c, row = call.q_row;
-        auto tensor = [&](const char* name, int64_t uid, std::vector<int64_t> dim, std::vector<int64_t> stride) {
-            return graph->tensor(
-                fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim(dim).set_stride(stride));
-        };
-        auto q = tensor("q", kQ, {1, h, n, d}, {n * row, d, row, 1});
-        auto k = tensor("k", kK, {1, g, c, d}, {g * c * d, c * d, d, 1});
-        auto v = tensor("v", kV, {1, g, c, d}, {g * c * d, c * d, d, 1});
-        auto length = [&](const char* name, int64_t uid) {
-            return graph->tensor(fe::graph::Tensor_attributes()
-                                     .set_name(name)
-                                     .set_uid(uid)
-                                     .set_dim({1, 1, 1, 1})
-                                     .set_stride({1, 1, 1, 1})
-                                     .set_data_type(fe::DataType_t::INT32));
-        };
-        auto options = fe::graph::SDPA_attributes()
-                           .set_name("prefill")
-                           .set_generate_stats(call.lse != nullptr)
-                           .set_attn_scale(call.scale)
-                           .set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
-                           .set_diagonal_band_right_bound(0)
-                           .set_padding_mask(true)
-                           .set_seq_len_q(length("seq_q", kSeqQ))
-                           .set_seq_len_kv(length("seq_kv", kSeqKv));
+        auto q = tensor(*graph, "q", kQ, {1, h, n, d}, {n * row, d, row, 1});
+        auto k = tensor(*graph, "k", kK, {1, g, c, d}, {g * c * d, c * d, d, 1});
+        auto v = tensor(*graph, "v", kV, {1, g, c, d}, {g * c * d, c * d, d, 1});
+        auto options =
+            fe::graph::SDPA_attributes()
+                .set_name("prefill")
+                .set_generate_stats(call.lse != nullptr)
+                .set_attn_scale(call.scale)
+                .set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
+                .set_diagonal_band_right_bound(0)
+                .set_padding_mask(true)
+                .set_seq_len_q(int_tensor(*graph, "seq_q", kSeqQ, {1, 1, 1, 1}, {1, 1, 1, 1}))
+                .set_seq_len_kv(int_tensor(*graph, "seq_kv", kSeqKv, {1, 1, 1, 1}, {1, 1, 1, 1}));
         if (call.window > 0) options.set_diagonal_band_left_bound(call.window);
         auto [o, stats] = graph->sdpa(q, k, v, options);
         o->set_output(true).set_uid(kO).set_dim({1, h, n, d}).set_stride({n * row, d, row, 1});
@@ -120,26 +236,15 @@ private:
             stats->set_dim({1, h, n, 1}).set_stride({h * n, n, 1, 1});
         }
 
-        fe::error_t e = graph->validate();
-        if (e.is_good()) e = graph->build_operation_graph(handle_);
-        if (e.is_good()) e = graph->create_execution_plans({fe::HeurMode_t::A});
-        if (e.is_good()) e = graph->check_support();
-        if (e.is_good()) e = graph->build_plans();
-        if (e.is_bad()) {
-            // Remembered, so that the shape falls back at once next time.
-            PURBO_LOG_INFO("cuDNN attention: h {} g {} d {} rows {} cache {} window {}: {}", h, g, d, n, c,
-                           call.window, e.get_message());
-            graphs_.emplace(key, nullptr);
-            return error(StatusCode::kUnsupported, "cuDNN attention: {}", e.get_message());
-        }
-        fe::graph::Graph* raw = graph.get();
-        graphs_.emplace(key, std::move(graph));
-        return raw;
+        return plan(
+            graphs_, key, std::move(graph),
+            fmt::format("h {} g {} d {} rows {} cache {} window {}", h, g, d, n, c, call.window));
     }
 
     cudnnHandle_t handle_;
     cudaStream_t stream_;
     std::map<GraphKey, std::unique_ptr<fe::graph::Graph>> graphs_;
+    std::map<PagedKey, std::unique_ptr<fe::graph::Graph>> paged_graphs_;
     void* workspace_ = nullptr;
     int64_t workspace_size_ = 0;
     int32_t* lengths_ = nullptr;  // (2,): query rows, key rows of the current call
