@@ -127,10 +127,9 @@ double top_k_prefill_keys(int64_t n, int64_t block, int64_t k) {
     }
     return keys;
 }
-
 // Queries per op call of block-sparse prefill: chunks whose selection's mass rows (4 bytes per
-// row and key block) stay near 256 MiB. Per token every token has one; per query block of
-// `block` tokens `samples` of them (0: all) do, plus the block's selection row (a mass,
+// row and key block) stay near --select-memory (256 MiB). Per token every token has one; per query
+// block of `block` tokens `samples` of them (0: all) do, plus the block's selection row (a mass,
 // candidate, rank and state: 14 bytes per key block). Sampling a block's tokens thus lengthens
 // the chunks, as it would a model's.
 int64_t block_sparse_chunk(const SparseBenchConfig& c, int64_t hr, int64_t n_blocks) {
@@ -139,7 +138,7 @@ int64_t block_sparse_chunk(const SparseBenchConfig& c, int64_t hr, int64_t n_blo
         c.query_block_samples > 0 ? std::min(c.query_block_samples, c.block) : c.block;
     const double bytes_per_token =
         c.per_query_block ? (mass * sampled + selection_row) / c.block : mass;
-    const double fit = static_cast<double>(int64_t{256} << 20) /
+    const double fit = static_cast<double>(c.select_memory_mib << 20) /
                        (bytes_per_token * static_cast<double>(std::max<int64_t>(1, hr) * n_blocks));
     int64_t m = std::clamp<int64_t>(static_cast<int64_t>(fit), 1, c.chunk);
     // Whole query blocks: chunks then start at block boundaries, so no query group is cut in

@@ -45,6 +45,7 @@ struct Flags {
     bool shared_index_query = false;
     std::string prefill_select = "block";
     int prefill_samples = 0;
+    int select_memory = 256;
     bool cold_cache = false;
 };
 
@@ -99,6 +100,9 @@ Status check_flags(const Flags& f) {
         return error(StatusCode::kInvalidArgument,
                      "--shared-index-query applies to --block-sparse-prefill only");
     PURBO_TRY(check_prefill_selection_flags(f.prefill_select, f.prefill_samples));
+    if (f.select_memory <= 0)
+        return error(StatusCode::kInvalidArgument, "--select-memory: {} MiB must be positive",
+                     f.select_memory);
     if (f.cold_cache && f.device.rfind("cuda", 0) == 0)
         return error(
             StatusCode::kInvalidArgument,
@@ -184,6 +188,11 @@ int cmd_bench_attention(int argc, char** argv) {
          "block-sparse prefill per query block: average the index distributions of K "
          "evenly spaced tokens of each block (default 0: all)",
          &f.prefill_samples});
+    set.options.push_back(
+        {"--select-memory", "", "MIB",
+         "block-sparse prefill: the selection's scratch per chunk call, which sets the chunk "
+         "(default 256)",
+         &f.select_memory});
     set.options.push_back({"--rank", "", "R", "sparse layer: indexer dimension (default 16)", &f.rank});
     set.options.push_back(
         {"--index-keys", "", "TYPE",
@@ -249,6 +258,7 @@ int cmd_bench_attention(int argc, char** argv) {
         c.shared_index_query = f.shared_index_query;
         c.per_query_block = f.prefill_select == "block";
         c.query_block_samples = f.prefill_samples;
+        c.select_memory_mib = f.select_memory;
         c.retrieval = f.retrieval;
         c.window = f.window;
         c.sinks = f.sinks;
