@@ -72,6 +72,15 @@ __device__ __forceinline__ KeyTiles<kTileKeys> selected_key_tiles(const int32_t*
     return tiles;
 }
 
+// 2^x on the special function unit alone: results below 2^-126 (and subnormal x) flush to
+// zero, which spares exp2f's fix-up instructions around the same unit. For softmax terms
+// 2^(z - max), where a term that small is lost against the max's 1 anyway.
+__device__ __forceinline__ float exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 __device__ __forceinline__ float warp_max(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
     return v;

@@ -26,6 +26,7 @@
 // B = 8 keys x 16 dims read from a [key][dim] tile by ldmatrix without .trans).
 #include <cuda_bf16.h>
 
+#include <climits>
 #include <cmath>
 #include <type_traits>
 
@@ -97,9 +98,10 @@ __global__ void __launch_bounds__(kThreads)
     constexpr bool kSplitKeys = std::is_same_v<Key, float>;
     constexpr int kSegs = kTileKeys / kSeg;  // segments per tile
     constexpr int kSegTiles = kSeg / 8;      // n-tiles per segment
-    __shared__ __align__(16) __nv_bfloat16 k_hi[kTileKeys * kStride];
-    __shared__ __align__(16) __nv_bfloat16 k_mid[kSplitKeys ? kTileKeys * kStride : 8];
-    __shared__ __align__(16) __nv_bfloat16 k_lo[kSplitKeys ? kTileKeys * kStride : 8];
+    // Two key tiles: the warps read one while the next is stored into the other.
+    __shared__ __align__(16) __nv_bfloat16 k_hi[2][kTileKeys * kStride];
+    __shared__ __align__(16) __nv_bfloat16 k_mid[2][kSplitKeys ? kTileKeys * kStride : 8];
+    __shared__ __align__(16) __nv_bfloat16 k_lo[2][kSplitKeys ? kTileKeys * kStride : 8];
     __shared__ float stage[kRows * kStageStride];
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gid = lane / 4, tig = lane % 4;
@@ -121,6 +123,11 @@ __global__ void __launch_bounds__(kThreads)
     p_max = max(max(warp_p_max[0], warp_p_max[1]), max(warp_p_max[2], warp_p_max[3]));
     const int key_end = min(key_begin + kChunkKeys, p_max + 1);  // exclusive
     const int n_tiles = (key_end - key_begin + kTileKeys - 1) / kTileKeys;
+    // The warp's lowest position: tiles wholly at or below it need no causal mask (all but the
+    // last few of a row). Rows past n see nothing and their masses are not written.
+    int p_min = min(pa < 0 ? INT_MAX : pa, pb < 0 ? INT_MAX : pb);
+    for (int offset = 16; offset > 0; offset >>= 1)
+        p_min = min(p_min, __shfl_xor_sync(kFullMask, p_min, offset));
 
     // The queries as A fragments, in the log2 domain, split into bf16 hi + mid + lo; dims >= R
     // zero.
@@ -170,20 +177,23 @@ __global__ void __launch_bounds__(kThreads)
         }
     };
 
-    KeyPart next = load_part<R>(keys, key_begin + static_cast<int>(threadIdx.x) / 2, key_end - 1);
+    // This thread's share of a key tile into buffer `buf`.
+    auto store_part = [&](const KeyPart& part, int buf) {
+        const int at = (threadIdx.x / 2) * kStride + (threadIdx.x % 2) * 8;
+        *reinterpret_cast<uint4*>(&k_hi[buf][at]) = part.hi;
+        if constexpr (kSplitKeys) {
+            *reinterpret_cast<uint4*>(&k_mid[buf][at]) = part.mid;
+            *reinterpret_cast<uint4*>(&k_lo[buf][at]) = part.lo;
+        }
+    };
+    store_part(load_part<R>(keys, key_begin + static_cast<int>(threadIdx.x) / 2, key_end - 1), 0);
+    __syncthreads();
     int staged_first = first_block;  // the block of stage slot 0
     for (int t = 0; t < n_tiles; ++t) {
-        const int key0 = key_begin + t * kTileKeys;
-        __syncthreads();  // every warp is done with the previous tile
-        {
-            const int at = (threadIdx.x / 2) * kStride + (threadIdx.x % 2) * 8;
-            *reinterpret_cast<uint4*>(&k_hi[at]) = next.hi;
-            if constexpr (kSplitKeys) {
-                *reinterpret_cast<uint4*>(&k_mid[at]) = next.mid;
-                *reinterpret_cast<uint4*>(&k_lo[at]) = next.lo;
-            }
-        }
-        __syncthreads();
+        const int key0 = key_begin + t * kTileKeys, buf = t % 2;
+        // The next tile's keys in flight while this one is scored; stored after, into the
+        // other buffer, which every warp finished reading before the last barrier.
+        KeyPart next;
         if (t + 1 < n_tiles)
             next = load_part<R>(keys, key0 + kTileKeys + static_cast<int>(threadIdx.x) / 2,
                                 key_end - 1);
@@ -198,11 +208,11 @@ __global__ void __launch_bounds__(kThreads)
             const int key = jp * 16 + (lane / 16) * 8 + lane % 8;
             const int dim = ((lane / 8) % 2) * 8;
             uint32_t kh[4];
-            ldmatrix_x4(kh, &k_hi[key * kStride + dim]);
+            ldmatrix_x4(kh, &k_hi[buf][key * kStride + dim]);
             if constexpr (kSplitKeys) {
                 uint32_t km[4], kl[4];
-                ldmatrix_x4(km, &k_mid[key * kStride + dim]);
-                ldmatrix_x4(kl, &k_lo[key * kStride + dim]);
+                ldmatrix_x4(km, &k_mid[buf][key * kStride + dim]);
+                ldmatrix_x4(kl, &k_lo[buf][key * kStride + dim]);
                 mma_bf16(s[2 * jp], qh, kl[0], kl[1]);
                 mma_bf16(s[2 * jp + 1], qh, kl[2], kl[3]);
                 mma_bf16(s[2 * jp], qm, km[0], km[1]);
@@ -218,13 +228,15 @@ __global__ void __launch_bounds__(kThreads)
             mma_bf16(s[2 * jp + 1], qh, kh[2], kh[3]);
         }
         // Causal: key t counts for a row at position p when t <= p.
+        if (key0 + kTileKeys - 1 > p_min) {  // warp-uniform
 #pragma unroll
-        for (int n = 0; n < 8; ++n) {
-            const int key = key0 + n * 8 + 2 * tig;
-            if (key > pa) s[n][0] = -INFINITY;
-            if (key + 1 > pa) s[n][1] = -INFINITY;
-            if (key > pb) s[n][2] = -INFINITY;
-            if (key + 1 > pb) s[n][3] = -INFINITY;
+            for (int n = 0; n < 8; ++n) {
+                const int key = key0 + n * 8 + 2 * tig;
+                if (key > pa) s[n][0] = -INFINITY;
+                if (key + 1 > pa) s[n][1] = -INFINITY;
+                if (key > pb) s[n][2] = -INFINITY;
+                if (key + 1 > pb) s[n][3] = -INFINITY;
+            }
         }
 
 #pragma unroll
@@ -242,8 +254,8 @@ __global__ void __launch_bounds__(kThreads)
             float la = 0.0f, lb = 0.0f;
 #pragma unroll
             for (int n = seg * kSegTiles; n < (seg + 1) * kSegTiles; ++n) {
-                la += exp2f(s[n][0] - base_a) + exp2f(s[n][1] - base_a);
-                lb += exp2f(s[n][2] - base_b) + exp2f(s[n][3] - base_b);
+                la += exp2_ftz(s[n][0] - base_a) + exp2_ftz(s[n][1] - base_a);
+                lb += exp2_ftz(s[n][2] - base_b) + exp2_ftz(s[n][3] - base_b);
             }
             la = quad_sum(la);
             lb = quad_sum(lb);
@@ -265,6 +277,8 @@ __global__ void __launch_bounds__(kThreads)
             flush(staged_first, kStageBlocks);
             staged_first = done;
         }
+        if (t + 1 < n_tiles) store_part(next, 1 - buf);
+        __syncthreads();  // the next tile stored; every warp done with this one
     }
     // The rest: the blocks from staged_first up to the last one this CTA touched.
     const int last_block = (key_begin + n_tiles * kTileKeys - 1) / B;
