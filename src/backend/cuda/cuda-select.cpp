@@ -25,12 +25,6 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
     // u: the blocks of the largest position, the per-row extent of the kernels' scratch.
     const int64_t n_used_max =
         *std::max_element(place.pos.begin(), place.pos.end()) / params.block_size + 1;
-    if (n * hr * n_used_max > INT_MAX || blocks.dim(2) > INT_MAX)
-        return error(
-            StatusCode::kUnsupported,
-            "select_blocks: {} rows of {} blocks (iq {}, blocks {}) exceed the kernels' grid",
-            n * hr, n_used_max, iq.describe(), blocks.describe());
-
     // Query groups (per_query_block); when every group is one token, the per-token path.
     const std::vector<int64_t> starts =
         select_query_groups(place, params.block_size, params.per_query_block);
@@ -59,6 +53,14 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
         for (int32_t i : sample_token) staging.push_back(place.pos[i]);
         n_samples = static_cast<int64_t>(sample_token.size());
     }
+    // The rows of u blocks the kernels index with ints: the tokens', or with query groups the
+    // sampled tokens' and the groups' (the tokens then only receive their group's list).
+    const int64_t mass_rows = grouped ? std::max(n_samples, n_groups) * hr : n * hr;
+    if (n * hr > INT_MAX || mass_rows * n_used_max > INT_MAX || blocks.dim(2) > INT_MAX)
+        return error(
+            StatusCode::kUnsupported,
+            "select_blocks: {} rows of {} blocks (iq {}, blocks {}) exceed the kernels' grid",
+            mass_rows, n_used_max, iq.describe(), blocks.describe());
     PURBO_ASSIGN_OR_RETURN(void* dev, stage(indices_, staging.data(), staging.size() * 4));
     const auto* staged = static_cast<const int32_t*>(dev);
 

@@ -677,9 +677,13 @@ size_t select_blocks_scratch_bytes(const SelectBlocksArgs& args) {
 cudaError_t launch_select_blocks(const SelectBlocksArgs& args, cudaStream_t stream) {
     const int64_t rows = args.n * args.hr;
     if (rows == 0) return cudaSuccess;
-    // Key indices and block ids are ints in the kernels.
+    // Key indices and block ids are ints in the kernels, and so are the indices into rows of u
+    // blocks: the tokens', or with query groups the sampled tokens' and the groups'.
+    const int64_t mass_rows =
+        args.n_groups > 0 ? std::max(args.n_samples, args.n_groups) * args.hr : rows;
     if (args.block_size <= 0 || args.n_used_max <= 0 || args.n_used_max > kMaxRowBlocks ||
-        rows > INT_MAX || rows * args.n_used_max > INT_MAX || args.c + args.block_size > INT_MAX)
+        rows > INT_MAX || mass_rows * args.n_used_max > INT_MAX ||
+        args.c + args.block_size > INT_MAX)
         return cudaErrorInvalidValue;
     if (args.n_groups > 0) return launch_grouped(args, stream);
     const bool clustered = clustered_rows(rows, args.n_used_max);

@@ -22,6 +22,7 @@
 
 #include <cstring>
 #include <map>
+#include <set>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -84,15 +85,24 @@ public:
             {kSeqQ, const_cast<int32_t*>(call.seq_q)},
             {kSeqKv, const_cast<int32_t*>(call.seq_kv)},
             {kPageTable, const_cast<int32_t*>(call.page_table)}};
+        // Every engine cuDNN offers for the shape, timed on the first call's data, the
+        // fastest kept: its first choice for short paged items is not always the fastest.
+        if (tuned_.insert(graph).second && graph->get_execution_plan_count() > 1) {
+            PURBO_TRY(reserve_workspace(graph->get_autotune_workspace_size()));
+            if (fe::error_t e = graph->autotune(handle_, pack, workspace_); e.is_bad())
+                return error(StatusCode::kInternal, "cuDNN attention: autotune: {}",
+                             e.get_message());
+            std::string name;
+            (void)graph->get_plan_name_at_index(0, name);
+            PURBO_LOG_INFO(
+                "cuDNN attention: paged items {} page {} pages {}: fastest of {} plans {}", call.b,
+                call.page, call.max_pages, graph->get_execution_plan_count(), name);
+        }
         return execute(graph, pack);
     }
 
   private:
-    Status execute(fe::graph::Graph* graph, std::unordered_map<int64_t, void*>& pack) {
-        int64_t workspace_bytes = 0;
-        if (fe::error_t e = graph->get_workspace_size(workspace_bytes); e.is_bad())
-            return error(StatusCode::kInternal, "cuDNN attention: workspace size: {}",
-                         e.get_message());
+    Status reserve_workspace(int64_t workspace_bytes) {
         if (workspace_bytes > workspace_size_) {
             if (workspace_ != nullptr)
                 (void)cudaFree(workspace_);  // waits for work that may use it
@@ -103,6 +113,15 @@ public:
                              workspace_bytes);
             workspace_size_ = workspace_bytes;
         }
+        return Status::ok();
+    }
+
+    Status execute(fe::graph::Graph* graph, std::unordered_map<int64_t, void*>& pack) {
+        int64_t workspace_bytes = 0;
+        if (fe::error_t e = graph->get_workspace_size(workspace_bytes); e.is_bad())
+            return error(StatusCode::kInternal, "cuDNN attention: workspace size: {}",
+                         e.get_message());
+        PURBO_TRY(reserve_workspace(workspace_bytes));
         if (fe::error_t e = graph->execute(handle_, pack, workspace_); e.is_bad())
             return error(StatusCode::kInternal, "cuDNN attention: execute: {}", e.get_message());
         return Status::ok();
@@ -110,20 +129,30 @@ public:
 
     // Validates and plans a built graph; a shape cuDNN has no engine for is remembered as
     // null in `cache`, so that it falls back at once next time.
+    // every_plan: every engine the heuristics list, to be timed (paged_prefill); otherwise
+    // the heuristics' first choice.
     template <class Key>
     Result<fe::graph::Graph*> plan(std::map<Key, std::unique_ptr<fe::graph::Graph>>& cache,
                                    const Key& key, std::unique_ptr<fe::graph::Graph> graph,
-                                   const std::string& shape) {
+                                   const std::string& shape, bool every_plan = false) {
         fe::error_t e = graph->validate();
         if (e.is_good()) e = graph->build_operation_graph(handle_);
-        if (e.is_good()) e = graph->create_execution_plans({fe::HeurMode_t::A});
+        if (e.is_good())
+            e = every_plan
+                    ? graph->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK})
+                    : graph->create_execution_plans({fe::HeurMode_t::A});
         if (e.is_good()) e = graph->check_support();
-        if (e.is_good()) e = graph->build_plans();
+        if (e.is_good())
+            e = graph->build_plans(every_plan ? fe::BuildPlanPolicy_t::ALL
+                                              : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE);
         if (e.is_bad()) {
             PURBO_LOG_INFO("cuDNN attention: {}: {}", shape, e.get_message());
             cache.emplace(key, nullptr);
             return error(StatusCode::kUnsupported, "cuDNN attention: {}", e.get_message());
         }
+        if (every_plan)
+            PURBO_LOG_INFO("cuDNN attention: {}: {} plans", shape,
+                           graph->get_execution_plan_count());
         fe::graph::Graph* raw = graph.get();
         cache.emplace(key, std::move(graph));
         return raw;
@@ -196,7 +225,8 @@ public:
             .set_stride({page * d, page * d, d, 1});
         return plan(paged_graphs_, key, std::move(graph),
                     fmt::format("paged: items {} page {} pages {} of {} d {}", b, page, max_pages,
-                                pages, d));
+                                pages, d),
+                    true);
     }
 
     Result<fe::graph::Graph*> graph_for(const CudnnPrefill& call) {
@@ -245,6 +275,7 @@ public:
     cudaStream_t stream_;
     std::map<GraphKey, std::unique_ptr<fe::graph::Graph>> graphs_;
     std::map<PagedKey, std::unique_ptr<fe::graph::Graph>> paged_graphs_;
+    std::set<fe::graph::Graph*> tuned_;  // paged graphs whose engines have been timed
     void* workspace_ = nullptr;
     int64_t workspace_size_ = 0;
     int32_t* lengths_ = nullptr;  // (2,): query rows, key rows of the current call
