@@ -40,10 +40,13 @@ struct BlockSelection {
     std::span<const int32_t> head_row;
     Tensor blocks;  // (n, hr, max_blocks) i32 on the backend: selected block ids, ascending
     Tensor counts;  // (n, hr) i32 on the backend: how many entries of `blocks` are used
-    // true: the tokens of a query group (select_query_groups with block_size) have the same
-    // list, as a per_query_block selection gives them. A backend may then attend with a
-    // group's tokens together (cuda: as tiles of its tensor-core prefill kernel).
+    // true: the tokens of a query group (select_query_groups with query_block, or block_size
+    // where it is 0) have the same list, as a per_query_block selection gives them, and that
+    // list holds every block of the group's tokens. A backend may then attend with a group's
+    // tokens together (cuda: as tiles of its tensor-core prefill kernel, or as items of
+    // cuDNN's paged attention).
     bool shared_by_query_group = false;
+    int query_block = 0;  // tokens per query group, a multiple of block_size; 0: block_size
 };
 
 // Which keys a query at position p of its sequence may see: causal, optionally restricted to
@@ -63,7 +66,8 @@ struct AttentionParams {
 
 // Top-p block selection (method.md section 4): for query token i and retrieval head j, the
 // index scores scale * iq[i, j] . ik[seq_i, j, t] over the keys t <= pos[i] form a softmax
-// distribution. Block 0 (the sinks) and the block holding pos[i] are always kept; the other
+// distribution. Block 0 (the sinks) and the block holding pos[i] (with per_query_block every
+// block holding a token of the group) are always kept; the other
 // blocks are added by decreasing share of the distribution (ties: lower block id first) until
 // they hold top_p of the mass outside the always-kept blocks, or until max_blocks blocks are
 // kept (a fixed budget: with top_p = 1 and max_blocks = K the selection is the plain top-K
@@ -86,10 +90,15 @@ struct BlockSelectParams {
     // false: one selection per token (the decode rule). true: one per query block (method.md
     // section 5, block-sparse prefill): the tokens of a query group (select_query_groups)
     // share one selection, made by the rule above from the MEAN over them of each token's
-    // block distribution (normalised per token), with block 0 and their common block always
-    // kept; each token's row receives it. The mean of their distributions, not of their
-    // queries: a block one token of the group needs keeps its weight (bench/NOTES.md).
+    // block distribution (normalised per token; zero past a token's position), with block 0
+    // and the blocks of their positions always kept; each token's row receives it. The mean
+    // of their distributions, not of their queries: a block one token of the group needs
+    // keeps its weight (bench/NOTES.md).
     bool per_query_block = false;
+    // With per_query_block: tokens per query group, a multiple of block_size (0: block_size).
+    // A group of 128 over blocks of 64 selects blocks of 64 keys for 128 queries at a time:
+    // half the selections, and attention tiles of 128 queries (bench/NOTES.md).
+    int query_block = 0;
     // With per_query_block, k > 0: the mean takes the distributions of at most k of a group's
     // tokens (select_group_samples), not all of them. The distributions are the selection's
     // cost (an exp per token and key), so k = 8 of 64 costs an eighth; its accuracy is
@@ -103,18 +112,23 @@ struct TokenPlacement {
     std::span<const int32_t> pos;  // (n,)
 };
 
+// Tokens per query group of a per_query_block selection.
+inline int query_group_tokens(const BlockSelectParams& params) {
+    return params.query_block > 0 ? params.query_block : params.block_size;
+}
+
 // The query groups of a batch under per_query_block: maximal runs of consecutive tokens of
-// one sequence whose positions lie in the same block of block_size keys (a prefill chunk's
-// tokens, 64 at a time; a run cut by a chunk boundary is a smaller group). Returns the
-// groups' first tokens followed by n: group k is tokens [starts[k], starts[k + 1]). Without
-// per_query_block every token is its own group.
-inline std::vector<int64_t> select_query_groups(const TokenPlacement& place, int block_size,
+// one sequence whose positions lie in the same span of group_tokens positions (a prefill
+// chunk's tokens, 64 at a time; a run cut by a chunk boundary is a smaller group). Returns
+// the groups' first tokens followed by n: group k is tokens [starts[k], starts[k + 1]).
+// Without per_query_block every token is its own group.
+inline std::vector<int64_t> select_query_groups(const TokenPlacement& place, int group_tokens,
                                                 bool per_query_block) {
     const int64_t n = static_cast<int64_t>(place.pos.size());
     std::vector<int64_t> starts;
     for (int64_t i = 0; i < n; ++i) {
         const bool joins = per_query_block && i > 0 && place.seq[i] == place.seq[i - 1] &&
-                           place.pos[i] / block_size == place.pos[i - 1] / block_size;
+                           place.pos[i] / group_tokens == place.pos[i - 1] / group_tokens;
         if (!joins) starts.push_back(i);
     }
     starts.push_back(n);

@@ -284,12 +284,21 @@ Status check_select_blocks(const Tensor& iq, const Tensor& index_keys, const Tok
         return error(StatusCode::kInvalidArgument,
                      "select_blocks: query_block_samples {} must be 0 (every token) or positive",
                      params.query_block_samples);
+    if (params.query_block < 0 || params.query_block % params.block_size != 0)
+        return error(StatusCode::kInvalidArgument,
+                     "select_blocks: query_block {} must be 0 (the block size) or a multiple of "
+                     "the block size {}",
+                     params.query_block, params.block_size);
     // The most blocks a row can keep: every block of the cache, or under a budget of K blocks
-    // max(K, 2) (block 0 and the token's own block are kept whatever K).
+    // max(K, always) (block 0 and the blocks of the row's tokens are kept whatever K: 2, or 1 +
+    // the blocks of a query group).
     const int64_t n_blocks = (c + params.block_size - 1) / params.block_size;
-    const int64_t most_kept = params.max_blocks > 0
-                                  ? std::min<int64_t>(n_blocks, std::max(params.max_blocks, 2))
-                                  : n_blocks;
+    const int64_t always =
+        1 + (params.per_query_block ? query_group_tokens(params) / params.block_size : 1);
+    const int64_t most_kept =
+        params.max_blocks > 0
+            ? std::min<int64_t>(n_blocks, std::max<int64_t>(params.max_blocks, always))
+            : n_blocks;
     if (blocks.empty() || blocks.dtype != DType::kI32 || blocks.ndim != 3 || blocks.dim(0) != n ||
         blocks.dim(1) != hr || blocks.dim(2) < most_kept)
         return error(StatusCode::kInvalidArgument, "select_blocks: {} must be i32 ({}, {}, >= {})",

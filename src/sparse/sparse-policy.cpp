@@ -51,6 +51,12 @@ Result<std::unique_ptr<SparsePolicy>> SparsePolicy::create(Backend& backend, con
         return error(StatusCode::kInvalidArgument,
                      "sparse model: prefill samples {} must be 0 (all) or positive",
                      options.prefill_samples);
+    if (options.prefill_query_block < 0 ||
+        options.prefill_query_block % adapter.settings.block_size != 0)
+        return error(StatusCode::kInvalidArgument,
+                     "sparse model: prefill query block {} must be 0 or a multiple of the "
+                     "adapter's block size {}",
+                     options.prefill_query_block, adapter.settings.block_size);
     if (options.top_k_blocks < 0)
         return error(StatusCode::kInvalidArgument, "sparse model: top_k_blocks {} must be 0 (top-p) or positive",
                      options.top_k_blocks);
@@ -168,10 +174,13 @@ Status SparsePolicy::plan_layer(int il, const Tensor& q_pre, const Tensor& k_pre
     sp.block_size = settings_.block_size;
     sp.top_p = settings_.top_p;
     L.selection.shared_by_query_group = false;
+    L.selection.query_block = 0;
     if (!decode) {
         sp.per_query_block = options_.prefill_per_query_block;
         L.selection.shared_by_query_group = sp.per_query_block;
         sp.query_block_samples = options_.prefill_samples;
+        sp.query_block = sp.per_query_block ? options_.prefill_query_block : 0;
+        L.selection.query_block = sp.query_block;
         if (options_.prefill_top_p > 0) sp.top_p = options_.prefill_top_p;
     }
     if (options_.top_k_blocks > 0) {  // the fixed budget alone
@@ -244,11 +253,21 @@ Status SparsePolicy::count_prefill(int il, const TokenPlacement& place, const Te
                   hr = static_cast<int64_t>(L.retrieval.size());
     Tensor host = tensor_cpu(DType::kI32, {n, hr});
     PURBO_TRY(backend_.to_host(counts, host));
-    for (int64_t i = 0; i < n; ++i) {
-        const int64_t visible = place.pos[static_cast<size_t>(i)] / settings_.block_size + 1;
-        for (int64_t j = 0; j < hr; ++j) {
-            stats_.prefill_blocks_kept += host.ptr<int32_t>()[i * hr + j];
-            stats_.prefill_blocks_visible += visible;
+    // A query group's list ends with the blocks of all its positions; a token counts the kept
+    // blocks it can see, its own and those before.
+    const std::vector<int64_t> groups = select_query_groups(
+        place,
+        options_.prefill_query_block > 0 ? options_.prefill_query_block : settings_.block_size,
+        L.selection.shared_by_query_group);
+    for (size_t g = 0; g + 1 < groups.size(); ++g) {
+        const int64_t last_block =
+            place.pos[static_cast<size_t>(groups[g + 1] - 1)] / settings_.block_size;
+        for (int64_t i = groups[g]; i < groups[g + 1]; ++i) {
+            const int64_t own = place.pos[static_cast<size_t>(i)] / settings_.block_size;
+            for (int64_t j = 0; j < hr; ++j) {
+                stats_.prefill_blocks_kept += host.ptr<int32_t>()[i * hr + j] - (last_block - own);
+                stats_.prefill_blocks_visible += own + 1;
+            }
         }
     }
     return Status::ok();

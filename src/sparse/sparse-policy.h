@@ -25,6 +25,9 @@ struct SparseRunOptions {
     // Per query block: > 0 averages the distributions of this many of the block's tokens
     // (BlockSelectParams::query_block_samples); 0 = all.
     int prefill_samples = 0;
+    // Per query block: its tokens, a multiple of the selection's block
+    // (BlockSelectParams::query_block); 0 = the block.
+    int prefill_query_block = 0;
     bool rings = true;                  // all-local KV heads in a ring of sinks + window rows
     float top_p = 0;                    // 0 = the adapter's
     // > 0: retrieval heads keep this many blocks per decode step, the heaviest by index mass

@@ -163,12 +163,15 @@ struct HostSelection {
 
 // Random selections for the heads in `selected` (each token keeps its own block, block 0 and
 // a random share of the others), or every block when `all`. shared: one list per query group
-// (the tokens whose positions lie in one block share their first token's list), as a
-// per-query-block selection makes them. drop_own: tokens of odd blocks leave out their own
-// block (a selection that top-p never makes, but attention must take).
+// (the tokens whose positions lie in one span of `group` positions, 0: one block, share their
+// first token's list, which holds every block up to the group's last position), as a
+// per-query-block selection makes them. drop_own: tokens of odd blocks (groups ending in an
+// odd block) leave out their own last block (a selection that top-p never makes, but
+// attention must take).
 HostSelection random_selection(const Problem& p, const std::vector<int64_t>& selected, int block,
-                               bool all, uint32_t seed, bool shared = false,
-                               bool drop_own = false) {
+                               bool all, uint32_t seed, bool shared = false, bool drop_own = false,
+                               int group = 0) {
+    if (group == 0) group = block;
     std::mt19937 rng(seed);
     const int64_t hr = static_cast<int64_t>(selected.size()), max_blocks = (p.c + block - 1) / block;
     HostSelection s;
@@ -177,21 +180,25 @@ HostSelection random_selection(const Problem& p, const std::vector<int64_t>& sel
     s.head_row.assign(static_cast<size_t>(p.h), -1);
     for (int64_t j = 0; j < hr; ++j) s.head_row[static_cast<size_t>(selected[static_cast<size_t>(j)])] = static_cast<int32_t>(j);
     std::bernoulli_distribution keep(0.3);
+    auto pos = [&](int64_t i) { return int64_t{p.pos[static_cast<size_t>(i)]}; };
     for (int64_t i = 0; i < p.n; ++i) {
-        const int64_t last = p.pos[static_cast<size_t>(i)] / block;
-        if (shared && i > 0 && p.pos[static_cast<size_t>(i - 1)] / block == last) {
+        if (shared && i > 0 && pos(i - 1) / group == pos(i) / group) {
             std::copy_n(s.blocks.ptr<int32_t>() + (i - 1) * hr * max_blocks, hr * max_blocks,
                         s.blocks.ptr<int32_t>() + i * hr * max_blocks);
             std::copy_n(s.counts.ptr<int32_t>() + (i - 1) * hr, hr,
                         s.counts.ptr<int32_t>() + i * hr);
             continue;
         }
+        // The list's own blocks: i's, or shared, those of i's query group's positions.
+        int64_t end = i;
+        while (shared && end + 1 < p.n && pos(end + 1) / group == pos(i) / group) ++end;
+        const int64_t own = pos(i) / block, last = pos(end) / block;
         for (int64_t j = 0; j < hr; ++j) {
             int32_t* ids = s.blocks.ptr<int32_t>() + (i * hr + j) * max_blocks;
             int32_t count = 0;
             for (int64_t b = 0; b <= last; ++b) {
-                const bool own = b == last && !(drop_own && last % 2 == 1);
-                if (all || b == 0 || own || (b < last && keep(rng)))
+                const bool kept_own = b >= own && !(b == last && drop_own && last % 2 == 1);
+                if (all || b == 0 || kept_own || (b < own && keep(rng)))
                     ids[count++] = static_cast<int32_t>(b);
             }
             for (int64_t b = count; b < max_blocks; ++b) ids[b] = -1;
@@ -327,10 +334,11 @@ TEST_P(AttentionClasses, BlockSelectionSharedByQueryGroups) {
     }
 }
 
-// One list per query group, chunks starting at a multiple of the block (cuda: the selected
+// One list per query group, chunks starting at a multiple of the group (cuda: the selected
 // heads through cuDNN's paged attention, each group's blocks its pages, where cuDNN is built
-// in): whole and partial last groups, one chunk of one group, and lists without their own
-// block (cuda: back to the tensor-core kernel, which must give the same).
+// in): whole and partial last groups, one chunk of one group, groups of one, two and four
+// blocks, and lists without their own last block (cuda: back to the tensor-core kernel, which
+// must give the same).
 TEST_P(AttentionClasses, BlockSelectionSharedByAlignedQueryGroups) {
     Env env = make_env(GetParam());
     const int64_t h = 8, g = 2;
@@ -341,20 +349,24 @@ TEST_P(AttentionClasses, BlockSelectionSharedByAlignedQueryGroups) {
         int64_t d;
         int block;
         int64_t n, first;
+        int group = 0;  // tokens per query group (0: the block)
     };
-    for (const Case& t : {Case{128, 64, 200, 640}, Case{64, 64, 64, 960}, Case{128, 128, 300, 512},
-                          Case{64, 128, 130, 0}}) {
+    for (const Case& t :
+         {Case{128, 64, 200, 640}, Case{64, 64, 64, 960}, Case{128, 128, 300, 512},
+          Case{64, 128, 130, 0}, Case{128, 64, 300, 512, 128}, Case{64, 64, 100, 768, 256}}) {
         const int64_t c = 1024;
         const Problem p = make_problem(
             t.n, h, g, t.d, c, static_cast<uint32_t>(t.d + t.block + t.n), env.cache_type, t.first);
         const float scale = 1.0f / std::sqrt(static_cast<float>(t.d));
         for (bool drop_own : {false, true}) {
-            SCOPED_TRACE(fmt::format("d {} block {} n {} from {} lists without their own block {}",
-                                     t.d, t.block, t.n, t.first, drop_own));
-            const HostSelection hs = random_selection(
-                p, selected, t.block, false, static_cast<uint32_t>(t.n + t.first), true, drop_own);
+            SCOPED_TRACE(
+                fmt::format("d {} block {} group {} n {} from {} lists without their own block {}",
+                            t.d, t.block, t.group, t.n, t.first, drop_own));
+            const HostSelection hs =
+                random_selection(p, selected, t.block, false, static_cast<uint32_t>(t.n + t.first),
+                                 true, drop_own, t.group);
             BlockSelection sel{t.block, hs.head_row, env.upload(hs.blocks), env.upload(hs.counts),
-                               true};
+                               true,    t.group};
             const std::vector<float> out =
                 run_attention(env, p, AttentionParams{scale, 40, 4, local, &sel});
             const std::vector<float> windowed =

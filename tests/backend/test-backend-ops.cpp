@@ -756,10 +756,14 @@ double select_kept_mass(const std::vector<int32_t>& ids, const std::vector<doubl
     return kept;
 }
 
-// The kept mass top-p selection must reach in a row whose last block is `last`: the always-kept
-// blocks' mass m plus top_p of the rest (BlockSelectParams).
-double select_target(const std::vector<double>& mass, int64_t last, double top_p) {
-    const double always = mass[0] + (last != 0 ? mass[static_cast<size_t>(last)] : 0.0);
+// The kept mass top-p selection must reach in a row whose blocks from `own` on hold its query
+// positions: the always-kept blocks' mass m (block 0 and those) plus top_p of the rest
+// (BlockSelectParams).
+double select_target(const std::vector<double>& mass, int64_t own, double top_p) {
+    double always = 0;
+    for (size_t b = 0; b < mass.size(); ++b) {
+        if (b == 0 || static_cast<int64_t>(b) >= own) always += mass[b];
+    }
     return always + top_p * (1.0 - always);
 }
 
@@ -788,11 +792,12 @@ bool select_near_tie(const std::vector<int32_t>& a, const std::vector<int32_t>& 
 }
 
 // Whether `ids` holds the heaviest blocks of the row: every kept block other than the
-// always-kept ones (block 0 and `last`) weighs at least as much as every dropped block, up to a
-// near-tie (a fixed budget's boundary).
-bool select_is_top_by_mass(const std::vector<int32_t>& ids, const std::vector<double>& mass, int64_t last) {
+// always-kept ones (block 0 and those from `own`) weighs at least as much as every dropped
+// block, up to a near-tie (a fixed budget's boundary).
+bool select_is_top_by_mass(const std::vector<int32_t>& ids, const std::vector<double>& mass,
+                           int64_t own) {
     double lightest_kept = std::numeric_limits<double>::infinity(), heaviest_dropped = 0;
-    for (int64_t b = 1; b < last; ++b) {
+    for (int64_t b = 1; b < own; ++b) {
         const double m = mass[static_cast<size_t>(b)];
         if (std::binary_search(ids.begin(), ids.end(), static_cast<int32_t>(b)))
             lightest_kept = std::min(lightest_kept, m);
@@ -839,14 +844,15 @@ std::vector<int32_t> select_chunk_positions(int64_t block_size, int64_t c, int s
 }
 
 // The query groups of a batch as the test sees them (BlockSelectParams::per_query_block):
-// group[i] = the first token of i's run of consecutive tokens of one sequence in one block.
+// group[i] = the first token of i's run of consecutive tokens of one sequence in one span of
+// group_tokens positions.
 std::vector<int64_t> select_group_of(const std::vector<int32_t>& seq,
-                                     const std::vector<int32_t>& pos, int64_t block_size,
+                                     const std::vector<int32_t>& pos, int64_t group_tokens,
                                      bool per_query_block) {
     std::vector<int64_t> group(seq.size());
     for (size_t i = 0; i < seq.size(); ++i) {
         const bool joins = per_query_block && i > 0 && seq[i] == seq[i - 1] &&
-                           pos[i] / block_size == pos[i - 1] / block_size;
+                           pos[i] / group_tokens == pos[i - 1] / group_tokens;
         group[i] = joins ? group[i - 1] : static_cast<int64_t>(i);
     }
     return group;
@@ -860,27 +866,32 @@ std::vector<int64_t> select_group_of(const std::vector<int32_t>& seq,
 // (select_chunk_positions); the masses the kept set is judged by are the group's mean, over
 // `samples` evenly spaced tokens of the group ending at its last when samples > 0.
 // n_seq: the sequences of the batch (1: cuda's tensor-core mass kernel takes many rows of one
-// sequence).
+// sequence). group_blocks: blocks per query group (BlockSelectParams::query_block).
 OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, SelectScores scores,
                    int budget = 0, DType key_type = DType::kF32, int extra_positions = 0,
-                   bool query_blocks = false, int samples = 0, int n_seq = 3) {
+                   bool query_blocks = false, int samples = 0, int n_seq = 3,
+                   int group_blocks = 1) {
     const char* kinds[] = {"flat", "peaked", "ties"};
     return {
-        safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}{}{}{}{}{}{}", r, block_size, c,
+        safe_name(fmt::format("select_blocks_r{}_b{}_c{}_{}_p{}{}{}{}{}{}{}{}", r, block_size, c,
                               kinds[static_cast<int>(scores)], top_p,
                               budget > 0 ? fmt::format("_k{}", budget) : "",
                               cache_suffix("keys", key_type),
                               extra_positions > 0 ? fmt::format("_rows{}", extra_positions) : "",
                               query_blocks ? "_query_blocks" : "",
                               samples > 0 ? fmt::format("_samples{}", samples) : "",
-                              n_seq != 3 ? fmt::format("_seq{}", n_seq) : "")),
+                              n_seq != 3 ? fmt::format("_seq{}", n_seq) : "",
+                              group_blocks != 1 ? fmt::format("_group{}", group_blocks) : "")),
         [=] {
             constexpr int64_t hr = 3;
             const int64_t s = n_seq, n_blocks = (c + block_size - 1) / block_size;
-            // The capacity select_blocks requires (with a budget K only max(K, 2) blocks), and
-            // one spare entry: it must read -1 too.
+            // The capacity select_blocks requires (with a budget K only max(K, 1 + a group's
+            // blocks)), and one spare entry: it must read -1 too.
+            const int64_t group_tokens = group_blocks * block_size;
             const int64_t max_blocks =
-                (budget > 0 ? std::min<int64_t>(n_blocks, std::max(budget, 2)) : n_blocks) + 1;
+                (budget > 0 ? std::min<int64_t>(n_blocks, std::max(budget, 1 + group_blocks))
+                            : n_blocks) +
+                1;
             std::mt19937 rng(static_cast<uint32_t>(r * 1009 + block_size * 97 + c +
                                                    static_cast<int>(scores) * 7 + top_p * 1000));
             auto batch = std::make_shared<Batch>();
@@ -957,7 +968,7 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                                             batch->pos[static_cast<size_t>(i)], block_size, scale));
             }
             const std::vector<int64_t> group =
-                select_group_of(batch->seq, batch->pos, block_size, query_blocks);
+                select_group_of(batch->seq, batch->pos, group_tokens, query_blocks);
             // Each group's mean over its sampled tokens (all, or `samples` of them: the
             // (m + 1) size / samples - 1 th, m = 0 .. samples - 1), given to every token.
             {
@@ -973,10 +984,13 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                             sampled.push_back(g + (m + 1) * size / samples - 1);
                     }
                     for (int64_t j = 0; j < hr; ++j) {
-                        std::vector<double> mean(own[static_cast<size_t>(g * hr + j)].size(), 0.0);
+                        // Over the group's blocks, to its last token's; 0 past a token's own.
+                        const int64_t last = g + size - 1;
+                        std::vector<double> mean(own[static_cast<size_t>(last * hr + j)].size(),
+                                                 0.0);
                         for (int64_t i : sampled) {
                             const std::vector<double>& m = own[static_cast<size_t>(i * hr + j)];
-                            for (size_t b = 0; b < mean.size(); ++b)
+                            for (size_t b = 0; b < m.size(); ++b)
                                 mean[b] += m[b] / static_cast<double>(sampled.size());
                         }
                         for (int64_t i = g; i < g + size; ++i)
@@ -985,9 +999,25 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                     g += size;
                 }
             }
+            // Each token's row: its group's first always-kept block past 0 (the group's first
+            // position's) and its blocks (to the group's last position's), (n,) each.
+            auto own_block = std::make_shared<std::vector<int64_t>>(static_cast<size_t>(n));
+            auto row_blocks = std::make_shared<std::vector<int64_t>>(static_cast<size_t>(n));
+            for (int64_t i = 0; i < n;) {
+                int64_t end = i + 1;
+                while (end < n && group[static_cast<size_t>(end)] == i) ++end;
+                for (int64_t t = i; t < end; ++t) {
+                    (*own_block)[static_cast<size_t>(t)] =
+                        batch->pos[static_cast<size_t>(i)] / block_size;
+                    (*row_blocks)[static_cast<size_t>(t)] =
+                        batch->pos[static_cast<size_t>(end - 1)] / block_size + 1;
+                }
+                i = end;
+            }
             BlockSelectParams params{static_cast<int>(block_size), top_p, scale, budget};
             params.per_query_block = query_blocks;
             params.query_block_samples = samples;
+            params.query_block = group_blocks > 1 ? static_cast<int>(group_tokens) : 0;
 
             PreparedCase pc;
             pc.run = [=](Backend& backend) {
@@ -1020,7 +1050,8 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                 for (int64_t i = 0; i < n; ++i) {
                     for (int64_t j = 0; j < hr; ++j) {
                         const int64_t row = i * hr + j, p = batch->pos[static_cast<size_t>(i)];
-                        const int64_t u = p / block_size + 1;
+                        const int64_t u = (*row_blocks)[static_cast<size_t>(i)];
+                        const int64_t own = (*own_block)[static_cast<size_t>(i)];
                         SCOPED_TRACE(fmt::format("token {} (seq {}, pos {}) head {}", i,
                                                  batch->seq[static_cast<size_t>(i)], p, j));
                         const float count = actual[static_cast<size_t>(rows * max_blocks + row)];
@@ -1045,15 +1076,17 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                                 << "entry " << k << " past the count";
                         EXPECT_TRUE(std::binary_search(ids.begin(), ids.end(), 0))
                             << "block 0 missing";
-                        EXPECT_TRUE(
-                            std::binary_search(ids.begin(), ids.end(), static_cast<int32_t>(u - 1)))
-                            << "the block of pos missing";
+                        for (int64_t b = own; b < u; ++b) {
+                            EXPECT_TRUE(
+                                std::binary_search(ids.begin(), ids.end(), static_cast<int32_t>(b)))
+                                << "block " << b << " of the query positions missing";
+                        }
                         const std::vector<double>& mass = (*masses)[static_cast<size_t>(row)];
-                        const double target = select_target(mass, u - 1, top_p);
+                        const double target = select_target(mass, own, top_p);
                         if (budget > 0) {
                             // min(K, u) blocks (never fewer than the always-kept ones), the
                             // heaviest; top_p < 1 may stop earlier.
-                            const int64_t n_always = u > 1 ? 2 : 1;
+                            const int64_t n_always = (own > 0 ? 1 : 0) + (u - own);
                             const int64_t allowed = std::max(n_always, std::min<int64_t>(budget, u));
                             const int64_t kept = static_cast<int64_t>(ids.size());
                             if (top_p >= 1.0f) {
@@ -1064,7 +1097,7 @@ OpCase select_case(int64_t r, int64_t block_size, int64_t c, float top_p, Select
                                     EXPECT_GE(select_kept_mass(ids, mass), target - kSelectNearTie);
                                 }
                             }
-                            EXPECT_TRUE(select_is_top_by_mass(ids, mass, u - 1))
+                            EXPECT_TRUE(select_is_top_by_mass(ids, mass, own))
                                 << "kept [" << fmt::format("{}", fmt::join(ids, " "))
                                 << "] are not the heaviest blocks";
                         } else {
@@ -1232,6 +1265,19 @@ std::vector<OpCase> all_cases() {
         select_case(16, 64, 4096, 0.9f, SelectScores::kPeaked, 0, DType::kBF16, 0, true, 1));
     cases.push_back(
         select_case(8, 16, 1000, 0.9f, SelectScores::kPeaked, 0, DType::kF32, 0, true, 5));
+    // Query groups of several blocks (BlockSelectParams::query_block): every block of a group's
+    // positions kept, the tokens' distributions 0 past their own block; with samples, a budget,
+    // and one sequence (cuda: the tensor-core mass kernel).
+    for (SelectScores scores : {SelectScores::kFlat, SelectScores::kPeaked, SelectScores::kTies}) {
+        cases.push_back(select_case(16, 64, 4096, 0.8f, scores, 0, DType::kF32, 0, true, 0, 3, 2));
+        cases.push_back(select_case(16, 64, 4096, 0.8f, scores, 0, DType::kBF16, 0, true, 8, 1, 2));
+    }
+    cases.push_back(
+        select_case(16, 64, 4096, 1.0f, SelectScores::kPeaked, 16, DType::kBF16, 0, true, 8, 3, 2));
+    cases.push_back(
+        select_case(8, 16, 1000, 0.9f, SelectScores::kFlat, 0, DType::kF32, 0, true, 5, 3, 4));
+    cases.push_back(
+        select_case(16, 32, 4096, 1.0f, SelectScores::kFlat, 12, DType::kF8E4M3, 0, true, 8, 1, 4));
     // Index keys in f8 e4m3: decode rows, many rows, a budget, query blocks with and without
     // samples, r 8 and 12 (the unrolled and the plain bodies).
     for (SelectScores scores : {SelectScores::kFlat, SelectScores::kPeaked, SelectScores::kTies}) {

@@ -267,9 +267,9 @@ TEST_P(SparsePolicyTest, TopKBlocksKeepsAFixedBudget) {
 }
 
 // Block-sparse prefill through the whole model stays close to the reference, one selection
-// per query block (the default) and per token alike; the selection does act in prefill (the
-// logits move away from those of dense prefill), the two granularities differ, and the kept
-// blocks are counted.
+// per query block (the default; of one block or of two) and per token alike; the selection does act
+// in prefill (the logits move away from those of dense prefill), the two granularities differ, and
+// the kept blocks are counted.
 TEST_P(SparsePolicyTest, BlockSparsePrefillMatchesReference) {
     if (GetParam() == "cpu-ref") GTEST_SKIP() << "the reference itself";
     const Tiny t = load_tiny(200);
@@ -277,12 +277,16 @@ TEST_P(SparsePolicyTest, BlockSparsePrefillMatchesReference) {
                                    small_settings(0.6f), true, 4);
     const auto dense_prefill = run(t, "cpu-ref", sparse_policy_factory(a), 190);
     std::vector<std::vector<float>> refs;
-    for (bool per_query_block : {true, false}) {
-        SCOPED_TRACE(per_query_block ? "per query block" : "per token");
+    // Per query block of one block (32 tokens), per token, per query block of two blocks.
+    for (int query_block : {32, 0, 64}) {
+        const bool per_query_block = query_block > 0;
+        SCOPED_TRACE(per_query_block ? fmt::format("per query block of {}", query_block)
+                                     : "per token");
         SparseRunOptions block_prefill;
         block_prefill.index_key_type = DType::kF32;  // the reference keeps no bf16 ones
         block_prefill.block_sparse_prefill = true;
         block_prefill.prefill_per_query_block = per_query_block;
+        block_prefill.prefill_query_block = query_block == 32 ? 0 : query_block;
         SparsityStats stats;
         const auto out = run(t, GetParam(), sparse_policy_factory(a, block_prefill), 190, &stats);
         refs.push_back(run(t, "cpu-ref", sparse_policy_factory(a, block_prefill), 190));
@@ -300,6 +304,8 @@ TEST_P(SparsePolicyTest, BlockSparsePrefillMatchesReference) {
         EXPECT_LT(stats.prefill_blocks_kept, stats.prefill_blocks_visible);
     }
     EXPECT_GT(test::nmse(refs[0], refs[1]), 1e-9) << "per query block and per token selected alike";
+    EXPECT_GT(test::nmse(refs[0], refs[2]), 1e-9)
+        << "query blocks of one and two blocks selected alike";
 }
 
 // The prefill p sets block-sparse prefill's budget alone: lower keeps fewer blocks, 1 keeps

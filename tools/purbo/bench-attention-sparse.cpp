@@ -116,14 +116,27 @@ Status fill_needle_keys(Backend& be, const Tensor& keys, const std::vector<float
 // top-p 0.9, so that the selection keeps most of them and little else.
 constexpr double kNeedleShare = 0.95;
 
-// Keys the retrieval heads' queries at positions 0..n-1 read when each keeps its K heaviest
-// blocks of B (the first and the current block among them): the current block's t % B + 1
-// keys and K - 1 whole blocks, or every key while the query sees at most K blocks.
-double top_k_prefill_keys(int64_t n, int64_t block, int64_t k) {
+// Tokens per query group of a per-query-block selection.
+int query_group(const SparseBenchConfig& c) {
+    return c.query_block > 0 ? c.query_block : c.block;
+}
+
+// Keys the retrieval heads' queries at positions 0..n-1 read when each query group of `group`
+// tokens keeps its K heaviest blocks of B (block 0 and the group's own blocks among them, kept
+// whatever K): the own blocks' keys up to the query and the other kept blocks whole, or every
+// key while the group sees at most K blocks. group = 1: a selection per token.
+double top_k_prefill_keys(int64_t n, int64_t block, int64_t group, int64_t k) {
     double keys = 0;
     for (int64_t t = 0; t < n; ++t) {
-        const int64_t visible_blocks = t / block + 1;
-        keys += static_cast<double>(visible_blocks <= k ? t + 1 : (k - 1) * block + t % block + 1);
+        // t's query group [g0, g0 + group): its blocks own .. last are kept with block 0.
+        const int64_t g0 = t / group * group, own = g0 / block;
+        const int64_t last = (std::min(g0 + group, n) - 1) / block;
+        if (last + 1 <= k || own == 0) {  // every block it can see
+            keys += static_cast<double>(t + 1);
+            continue;
+        }
+        const int64_t others = std::min(std::max<int64_t>(k - 1 - (last - own + 1), 0), own - 1);
+        keys += static_cast<double>((1 + others) * block + (t - own * block + 1));
     }
     return keys;
 }
@@ -134,16 +147,17 @@ double top_k_prefill_keys(int64_t n, int64_t block, int64_t k) {
 // the chunks, as it would a model's.
 int64_t block_sparse_chunk(const SparseBenchConfig& c, int64_t hr, int64_t n_blocks) {
     const double mass = 4.0, selection_row = 14.0;
+    const int group = query_group(c);
     const double sampled =
-        c.query_block_samples > 0 ? std::min(c.query_block_samples, c.block) : c.block;
+        c.query_block_samples > 0 ? std::min(c.query_block_samples, group) : group;
     const double bytes_per_token =
-        c.per_query_block ? (mass * sampled + selection_row) / c.block : mass;
+        c.per_query_block ? (mass * sampled + selection_row) / group : mass;
     const double fit = static_cast<double>(c.select_memory_mib << 20) /
                        (bytes_per_token * static_cast<double>(std::max<int64_t>(1, hr) * n_blocks));
     int64_t m = std::clamp<int64_t>(static_cast<int64_t>(fit), 1, c.chunk);
     // Whole query blocks: chunks then start at block boundaries, so no query group is cut in
     // two (and cuda's tensor-core tiles start where the chunk does).
-    if (c.per_query_block && m >= c.block) m = m / c.block * c.block;
+    if (c.per_query_block && m >= group) m = m / group * group;
     return m;
 }
 
@@ -184,7 +198,9 @@ void print_row(const SparseBenchConfig& c, int64_t hr, const Row& r, bool last) 
                : r.skipped + " | - | - | - | - | -";
         const std::string mode =
             r.mode == "prefill-block-sparse"
-                ? r.mode + (c.per_query_block ? " (per query block)" : " (per token)")
+                ? r.mode + (c.per_query_block
+                                ? fmt::format(" (per query block of {})", query_group(c))
+                                : std::string(" (per token)"))
                 : r.mode;
         std::printf("| %s | %s | %s | %s | %d | %d | %lld/%lld | %s | %s |\n",
                     c.shape_label.c_str(), c.device.c_str(), mode.c_str(), size_label(r.n).c_str(),
@@ -215,7 +231,10 @@ void print_row(const SparseBenchConfig& c, int64_t hr, const Row& r, bool last) 
                                     {"skipped", nullptr}};
         if (r.mode == "prefill-block-sparse") {
             j["select"] = c.per_query_block ? "block" : "token";
-            if (c.per_query_block) j["samples"] = c.query_block_samples;
+            if (c.per_query_block) {
+                j["samples"] = c.query_block_samples;
+                j["query_block"] = query_group(c);
+            }
         }
         if (ok) {
             j["ms"] = r.ms;
@@ -277,7 +296,8 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         Row r{"prefill-block-sparse", n, f};
         const int64_t n_blocks = (n + c.block - 1) / c.block;
         const int64_t k = std::max<int64_t>(2, std::llround(f * static_cast<double>(n_blocks)));
-        const double kept_keys = top_k_prefill_keys(n, c.block, k);
+        const double kept_keys =
+            top_k_prefill_keys(n, c.block, c.per_query_block ? query_group(c) : 1, k);
         const double pairs = static_cast<double>(hr) * kept_keys +
                              static_cast<double>(hl) *
                                  static_cast<double>(attention_prefill_pairs(n, c.window, c.sinks));
@@ -314,10 +334,11 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         if (st.is_ok()) {
             index_keys = be.alloc(c.index_key_type, {1, hr, n, c.rank}, "index keys");
             iq = be.alloc(DType::kF32, {m, hr, c.rank}, "iq");
-            // Room for the budget only (max(K, 2) blocks a row): the per-token rows are
-            // written whole, -1 past the kept ones, and at 1M a row of every block would be
-            // 64 KB per token and head.
-            sel.blocks = be.alloc(DType::kI32, {m, hr, std::min(n_blocks, std::max<int64_t>(k, 2))},
+            // Room for the budget only (max(K, the always-kept blocks) a row): the per-token
+            // rows are written whole, -1 past the kept ones, and at 1M a row of every block
+            // would be 64 KB per token and head.
+            const int64_t always = 1 + (c.per_query_block ? query_group(c) / c.block : 1);
+            sel.blocks = be.alloc(DType::kI32, {m, hr, std::min(n_blocks, std::max(k, always))},
                                   "selected blocks");
             sel.counts = be.alloc(DType::kI32, {m, hr}, "selected counts");
             if (index_keys.empty() || iq.empty() || sel.blocks.empty() || sel.counts.empty())
@@ -329,6 +350,7 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
             st = fill_rows(be, iq, c.shared_index_query ? leading(block_index, 1) : block_index);
         sel.block_size = c.block;
         sel.shared_by_query_group = c.per_query_block;
+        sel.query_block = c.per_query_block ? c.query_block : 0;
         std::vector<int32_t> head_row(static_cast<size_t>(s.heads), -1);
         for (int64_t j = 0; j < hr; ++j) head_row[static_cast<size_t>(j)] = static_cast<int32_t>(j);
         sel.head_row = head_row;
@@ -337,6 +359,7 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         sp.top_p = 1.0f;  // the budget alone
         sp.max_blocks = static_cast<int>(k);
         sp.per_query_block = c.per_query_block;
+        sp.query_block = c.per_query_block ? c.query_block : 0;
         sp.query_block_samples = c.query_block_samples;
         sp.scale = 1.0f / std::sqrt(static_cast<float>(c.rank));
         // The chunks in order: select (and attend over the selection when `attend`).

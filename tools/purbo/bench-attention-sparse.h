@@ -38,6 +38,8 @@ struct SparseBenchConfig {
     bool per_query_block = true;
     // Per query block: average this many tokens' distributions (0: all).
     int query_block_samples = 0;
+    // Per query block: its tokens, a multiple of `block` (0: block).
+    int query_block = 0;
     // Block-sparse prefill: the selection's scratch per chunk call, which sets the chunk.
     int64_t select_memory_mib = 256;
     double retrieval = 0.15;        // share of query heads that are retrieval heads

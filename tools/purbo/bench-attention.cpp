@@ -46,6 +46,7 @@ struct Flags {
     std::string prefill_select = "block";
     int prefill_samples = 0;
     int select_memory = 256;
+    int prefill_query_block = 0;
     bool cold_cache = false;
 };
 
@@ -99,7 +100,12 @@ Status check_flags(const Flags& f) {
     if (f.shared_index_query && !f.block_sparse_prefill)
         return error(StatusCode::kInvalidArgument,
                      "--shared-index-query applies to --block-sparse-prefill only");
-    PURBO_TRY(check_prefill_selection_flags(f.prefill_select, f.prefill_samples));
+    PURBO_TRY(
+        check_prefill_selection_flags(f.prefill_select, f.prefill_samples, f.prefill_query_block));
+    if (f.block > 0 && f.prefill_query_block % f.block != 0)
+        return error(StatusCode::kInvalidArgument,
+                     "--prefill-query-block: {} is not a multiple of --block {}",
+                     f.prefill_query_block, f.block);
     if (f.select_memory <= 0)
         return error(StatusCode::kInvalidArgument, "--select-memory: {} MiB must be positive",
                      f.select_memory);
@@ -189,6 +195,11 @@ int cmd_bench_attention(int argc, char** argv) {
          "evenly spaced tokens of each block (default 0: all)",
          &f.prefill_samples});
     set.options.push_back(
+        {"--prefill-query-block", "", "N",
+         "block-sparse prefill: tokens per query block, a multiple of --block (default: the "
+         "block)",
+         &f.prefill_query_block});
+    set.options.push_back(
         {"--select-memory", "", "MIB",
          "block-sparse prefill: the selection's scratch per chunk call, which sets the chunk "
          "(default 256)",
@@ -259,6 +270,7 @@ int cmd_bench_attention(int argc, char** argv) {
         c.per_query_block = f.prefill_select == "block";
         c.query_block_samples = f.prefill_samples;
         c.select_memory_mib = f.select_memory;
+        c.query_block = f.prefill_query_block;
         c.retrieval = f.retrieval;
         c.window = f.window;
         c.sinks = f.sinks;

@@ -111,6 +111,11 @@ void add_sparse_flags(OptionSet& set, SparseFlags& flags) {
          "block-sparse prefill per query block: average the index distributions of K evenly "
          "spaced tokens of each block, not all (default 0: all)",
          &flags.prefill_samples});
+    set.options.push_back(
+        {"--prefill-query-block", "", "N",
+         "block-sparse prefill: tokens per query block, a multiple of the selection's block "
+         "(default: the block, 64)",
+         &flags.prefill_query_block});
     set.options.push_back({"--no-rings", "", "", "keep every KV head for the whole context (no ring buffers)",
                            &flags.no_rings});
     set.options.push_back(
@@ -128,13 +133,19 @@ Result<std::optional<DType>> parse_index_key_type(std::string_view name) {
     return error(StatusCode::kInvalidArgument, "--index-keys '{}': expected f32, bf16 or f8", name);
 }
 
-Status check_prefill_selection_flags(const std::string& select, int samples) {
+Status check_prefill_selection_flags(const std::string& select, int samples, int query_block) {
     if (select != "block" && select != "token")
         return error(StatusCode::kInvalidArgument, "--prefill-select: '{}' is not block or token", select);
     if (samples < 0)
         return error(StatusCode::kInvalidArgument, "--prefill-samples: {} must be 0 (all) or positive", samples);
     if (samples > 0 && select != "block")
         return error(StatusCode::kInvalidArgument, "--prefill-samples applies to --prefill-select block only");
+    if (query_block < 0)
+        return error(StatusCode::kInvalidArgument,
+                     "--prefill-query-block: {} must be 0 (the block) or positive", query_block);
+    if (query_block > 0 && select != "block")
+        return error(StatusCode::kInvalidArgument,
+                     "--prefill-query-block applies to --prefill-select block only");
     return Status::ok();
 }
 
@@ -145,13 +156,15 @@ Result<SparseRunOptions> sparse_run_options(const SparseFlags& flags) {
     if (flags.prefill_top_p != 0 && !(flags.prefill_top_p > 0 && flags.prefill_top_p <= 1))
         return error(StatusCode::kInvalidArgument, "--prefill-top-p: {} is not in (0, 1]",
                      flags.prefill_top_p);
-    PURBO_TRY(check_prefill_selection_flags(flags.prefill_select, flags.prefill_samples));
+    PURBO_TRY(check_prefill_selection_flags(flags.prefill_select, flags.prefill_samples,
+                                            flags.prefill_query_block));
     PURBO_ASSIGN_OR_RETURN(std::optional<DType> index_key_type,
                            parse_index_key_type(flags.index_keys));
     SparseRunOptions options;
     options.index_key_type = index_key_type;
     options.block_sparse_prefill = flags.block_sparse_prefill;
     options.prefill_samples = flags.prefill_samples;
+    options.prefill_query_block = flags.prefill_query_block;
     options.prefill_per_query_block = flags.prefill_select == "block";
     options.prefill_top_p = flags.prefill_top_p;
     options.rings = !flags.no_rings;

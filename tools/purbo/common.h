@@ -35,6 +35,7 @@ struct SparseFlags {
     std::string prefill_select = "block";  // --prefill-select: block (per query block) or token
     float prefill_top_p = 0;               // --prefill-top-p; 0 = decode's p
     int prefill_samples = 0;               // --prefill-samples; 0 = every token of a query block
+    int prefill_query_block = 0;           // --prefill-query-block; 0 = the selection's block
     float sparse_top_p = 0;       // 0 = the adapter's
     std::string index_keys;       // --index-keys: f32, bf16 or f8; "" = the KV cache's type
     bool no_rings = false;
@@ -49,7 +50,7 @@ void add_sparse_flags(OptionSet& set, SparseFlags& flags);
 // --index-keys as a DType; nullopt for "" (the KV cache's type).
 Result<std::optional<DType>> parse_index_key_type(std::string_view name);
 // --prefill-select (block or token) and --prefill-samples (>= 0, block only), of any subcommand.
-Status check_prefill_selection_flags(const std::string& select, int samples);
+Status check_prefill_selection_flags(const std::string& select, int samples, int query_block);
 // The run options the flags give (checked: a bad value names its flag).
 Result<SparseRunOptions> sparse_run_options(const SparseFlags& flags);
 // Loads the adapter the flags name and checks it against the model; the policy factory for

@@ -496,10 +496,15 @@ int cmd_eval(int argc, char** argv) {
         if (f.sparse.block_sparse_prefill)
             report.settings += fmt::format(
                 "; block-sparse prefill, one selection per {}, p {:g}",
-                f.sparse.prefill_select != "block" ? "token"
-                : f.sparse.prefill_samples > 0
-                    ? fmt::format("query block from {} of its tokens", f.sparse.prefill_samples)
-                    : "query block",
+                f.sparse.prefill_select != "block"
+                    ? std::string("token")
+                    : fmt::format(
+                          "query block of {}{}",
+                          f.sparse.prefill_query_block > 0 ? f.sparse.prefill_query_block
+                                                           : ss.block_size,
+                          f.sparse.prefill_samples > 0
+                              ? fmt::format(" from {} of its tokens", f.sparse.prefill_samples)
+                              : std::string()),
                 f.sparse.prefill_top_p != 0  ? f.sparse.prefill_top_p
                 : f.sparse.sparse_top_p != 0 ? f.sparse.sparse_top_p
                                              : ss.top_p);

@@ -4,8 +4,10 @@
 //   z_t    = scale * iq[i, j] . index_keys[seq_i, j, t]          for t = 0 .. pos_i
 //   mass_b = sum_{t in block b, t <= pos_i} exp(z_t - max z) / sum_t exp(z_t - max z)
 // Per query block (per_query_block), mass_b is the mean of that over the group's tokens (or
-// over the sampled ones, query_block_samples).
-// Keep block 0 and the block of pos_i (mass m together), then the other blocks by decreasing
+// over the sampled ones, query_block_samples; 0 past a token's position), and the group's
+// row reaches its last token's block.
+// Keep block 0 and the block of pos_i (per query block: every block of the group's positions;
+// mass m together), then the other blocks by decreasing
 // mass (ties: lower id first) until those hold top_p of the rest: until the kept mass reaches
 // m + top_p (1 - m). top_p = 1 keeps every block. With max_blocks =
 // K > 0 the same order also stops once K blocks are kept (the always-kept ones count): the
@@ -61,22 +63,27 @@ std::vector<double> token_block_masses(const Tensor& iq, const Tensor& index_key
     return mass;
 }
 
-// The kept block ids, ascending, of a row whose blocks have masses `mass` (the last one holds
-// the query position).
-std::vector<int32_t> select_by_mass(const std::vector<double>& mass,
+// The kept block ids, ascending, of a row whose blocks have masses `mass`: block 0 and the
+// blocks from `own` (those of the query positions, the last one included) always.
+std::vector<int32_t> select_by_mass(const std::vector<double>& mass, int64_t own,
                                     const BlockSelectParams& params) {
-    const int64_t n_used = static_cast<int64_t>(mass.size()), last = n_used - 1;
+    const int64_t n_used = static_cast<int64_t>(mass.size());
     const double top_p = params.top_p;
     std::vector<bool> keep(static_cast<size_t>(n_used), false);
-    keep[0] = true;
-    keep[static_cast<size_t>(last)] = true;
-    double kept = mass[0] + (last != 0 ? mass[static_cast<size_t>(last)] : 0.0);
-    double rest = 0;
-    for (int64_t b = 1; b < last; ++b) rest += mass[static_cast<size_t>(b)];
-    const double target = kept + top_p * rest;
-    int64_t n_kept = last != 0 ? 2 : 1;
+    double kept = 0, rest = 0;
+    int64_t n_kept = 0;
     std::vector<int64_t> order;  // the other blocks, heaviest first, ties by lower id
-    for (int64_t b = 1; b < last; ++b) order.push_back(b);
+    for (int64_t b = 0; b < n_used; ++b) {
+        if (b == 0 || b >= own) {
+            keep[static_cast<size_t>(b)] = true;
+            kept += mass[static_cast<size_t>(b)];
+            ++n_kept;
+        } else {
+            rest += mass[static_cast<size_t>(b)];
+            order.push_back(b);
+        }
+    }
+    const double target = kept + top_p * rest;
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
         return mass[static_cast<size_t>(a)] > mass[static_cast<size_t>(b)];
     });
@@ -104,23 +111,25 @@ Status CpuRefBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
     // iq (n, hr, r); index_keys (s, hr, c, r); blocks (n, hr, max_blocks); counts (n, hr)
     const int64_t hr = iq.dim(1), max_blocks = blocks.dim(2);
     const std::vector<int64_t> groups =
-        select_query_groups(place, params.block_size, params.per_query_block);
+        select_query_groups(place, query_group_tokens(params), params.per_query_block);
     for (size_t g = 0; g + 1 < groups.size(); ++g) {
         const int64_t first = groups[g], end = groups[g + 1];
+        // The row reaches the group's last position; its positions' blocks are always kept.
+        const int64_t own = place.pos[first] / params.block_size;
+        const size_t n_used = static_cast<size_t>(place.pos[end - 1] / params.block_size + 1);
         for (int64_t j = 0; j < hr; ++j) {
-            // The mean of the group's (sampled) distributions (one token: its own). The
-            // tokens share their block, so their rows have the same length.
+            // The mean of the group's (sampled) distributions (one token: its own), each 0
+            // past its token's block.
             const std::vector<int64_t> sampled =
                 select_group_samples(first, end, params.query_block_samples);
-            std::vector<double> mass;
+            std::vector<double> mass(n_used, 0.0);
             for (int64_t i : sampled) {
                 const std::vector<double> m =
                     token_block_masses(iq, index_keys, place, params, i, j);
-                mass.resize(m.size(), 0.0);
-                for (size_t b = 0; b < mass.size(); ++b) mass[b] += m[b];
+                for (size_t b = 0; b < m.size(); ++b) mass[b] += m[b];
             }
             for (double& m : mass) m /= static_cast<double>(sampled.size());
-            const std::vector<int32_t> ids = select_by_mass(mass, params);
+            const std::vector<int32_t> ids = select_by_mass(mass, own, params);
             for (int64_t i = first; i < end; ++i) {
                 int32_t* row = blocks.ptr<int32_t>() + (i * hr + j) * max_blocks;
                 std::copy(ids.begin(), ids.end(), row);

@@ -146,10 +146,12 @@ bool keeps_everything(int64_t n_used, const BlockSelectParams& params) {
     return params.top_p >= 1.0f && !limited;
 }
 
-// Selects the blocks of a row from the log2 masses in s.log2_mass (their last block holds the
-// query position), unless keeps_everything; returns their number, ids ascending in `out`.
-int64_t select_from_log2_masses(const BlockSelectParams& params, RowScratch& s, int32_t* out) {
-    const int64_t n_used = static_cast<int64_t>(s.log2_mass.size()), last = n_used - 1;
+// Selects the blocks of a row from the log2 masses in s.log2_mass, unless keeps_everything;
+// block 0 and the blocks from `own` (those of the query positions, the last one included) are
+// always kept. Returns their number, ids ascending in `out`.
+int64_t select_from_log2_masses(const BlockSelectParams& params, int64_t own, RowScratch& s,
+                                int32_t* out) {
+    const int64_t n_used = static_cast<int64_t>(s.log2_mass.size());
     const bool limited = params.max_blocks > 0 && params.max_blocks < n_used;
     const float* a = s.log2_mass.data();
     const float heaviest = *std::max_element(a, a + n_used);
@@ -164,7 +166,7 @@ int64_t select_from_log2_masses(const BlockSelectParams& params, RowScratch& s, 
         const double w = std::exp2(static_cast<double>(a[b]) - heaviest);
         s.mass[static_cast<size_t>(b)] = w;
         total += w;
-        if (b == 0 || b == last) {
+        if (b == 0 || b >= own) {
             s.bin[static_cast<size_t>(b)] = -1;
             kept += w;
         } else {
@@ -180,7 +182,7 @@ int64_t select_from_log2_masses(const BlockSelectParams& params, RowScratch& s, 
                               ? std::numeric_limits<double>::infinity()
                               : kept + static_cast<double>(params.top_p) * (total - kept);
     // Blocks the budget allows besides the always-kept ones (which it may not cut).
-    const int64_t n_always = last != 0 ? 2 : 1;
+    const int64_t n_always = (own > 0 ? 1 : 0) + (n_used - own);
     const int64_t extra_limit = limited ? std::max<int64_t>(0, params.max_blocks - n_always)
                                         : std::numeric_limits<int64_t>::max();
 
@@ -245,19 +247,22 @@ void group_log2_masses(const Tensor& iq, const Key* keys, const TokenPlacement& 
         token_row(sampled[0]);
         return;
     }
-    const size_t n_used = static_cast<size_t>(place.pos[first] / params.block_size + 1);
+    // The group's row reaches its last token's block; a token's distribution is 0 past its own.
+    const size_t n_used = static_cast<size_t>(place.pos[end - 1] / params.block_size + 1);
     s.mean.assign(n_used, 0.0);
     for (int64_t i : sampled) {
         token_row(i);
         const float* a = s.log2_mass.data();
-        const double heaviest = *std::max_element(a, a + n_used);
+        const size_t n_token = s.log2_mass.size();
+        const double heaviest = *std::max_element(a, a + n_token);
         double total = 0;
-        for (size_t b = 0; b < n_used; ++b)
+        for (size_t b = 0; b < n_token; ++b)
             total += std::exp2(static_cast<double>(a[b]) - heaviest);
         const double norm = 1.0 / (total * static_cast<double>(sampled.size()));
-        for (size_t b = 0; b < n_used; ++b)
+        for (size_t b = 0; b < n_token; ++b)
             s.mean[b] += std::exp2(static_cast<double>(a[b]) - heaviest) * norm;
     }
+    s.log2_mass.resize(n_used);
     for (size_t b = 0; b < n_used; ++b) s.log2_mass[b] = static_cast<float>(std::log2(s.mean[b]));
 }
 
@@ -274,7 +279,7 @@ Status CpuBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
     const int64_t max_blocks = blocks.dim(2);
     const DType key_type = index_keys.dtype;
     const std::vector<int64_t> groups =
-        select_query_groups(place, params.block_size, params.per_query_block);
+        select_query_groups(place, query_group_tokens(params), params.per_query_block);
     const int64_t n_groups = static_cast<int64_t>(groups.size()) - 1;
     // fn(keys) with the (c, r) index keys of token i's sequence and head j, typed.
     auto with_keys = [&](int64_t i, int64_t j, auto&& fn) {
@@ -289,12 +294,12 @@ Status CpuBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
         const int64_t first = groups[static_cast<size_t>(g)],
                       end = groups[static_cast<size_t>(g) + 1];
         int32_t* row = blocks.ptr<int32_t>() + (first * hr + j) * max_blocks;
-        const int64_t n_used = place.pos[first] / params.block_size + 1;
+        const int64_t n_used = place.pos[end - 1] / params.block_size + 1;
         int64_t count = n_used;
         if (keeps_everything(n_used, params)) {  // whatever the masses
             for (int64_t b = 0; b < n_used; ++b) row[b] = static_cast<int32_t>(b);
         } else {
-            count = select_from_log2_masses(params, s, row);
+            count = select_from_log2_masses(params, place.pos[first] / params.block_size, s, row);
         }
         std::fill(row + count, row + max_blocks, -1);
         counts.ptr<int32_t>()[first * hr + j] = static_cast<int32_t>(count);
@@ -354,7 +359,7 @@ Status CpuBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
             for (int64_t j = 0; j < hr; ++j) {
                 const int64_t first = groups[static_cast<size_t>(g)],
                               end = groups[static_cast<size_t>(g) + 1];
-                if (!keeps_everything(place.pos[first] / params.block_size + 1, params))
+                if (!keeps_everything(place.pos[end - 1] / params.block_size + 1, params))
                     with_keys(first, j, [&](const auto* keys) {
                         group_log2_masses(iq, keys, place, first, end, j, params, scratch);
                     });

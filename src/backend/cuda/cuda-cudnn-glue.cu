@@ -89,7 +89,7 @@ __global__ void cudnn_finish_kernel(CudnnFinishArgs a) {
 // One CTA per item (selected head, query group); threads stride over the page table's row.
 __global__ void paged_selection_kernel(PagedSelectionArgs a) {
     const int item = blockIdx.x, j = item / a.groups, g = item % a.groups;
-    const int64_t first = int64_t{g} * a.page;  // the group's first token in the chunk
+    const int64_t first = int64_t{g} * a.group_tokens;  // the group's first token in the chunk
     const int32_t base = static_cast<int32_t>(a.table[3 * j + 1] * a.pages_per_head);
     int32_t* pages = a.page_table + int64_t{item} * a.max_blocks;
     int count = 0, rows = 1, keys = 1;
@@ -98,22 +98,29 @@ __global__ void paged_selection_kernel(PagedSelectionArgs a) {
         const int64_t row = first * a.sel_hr + a.sel_rows[j];
         count = min(max(a.sel_counts[row], 0), a.max_blocks);
         ids = a.sel_blocks + row * a.max_blocks;
-        rows = static_cast<int>(min(int64_t{a.page}, a.n - first));
-        const int64_t last = a.pos0 + first + rows - 1;  // the group's last position
-        const int64_t own = last / a.page;
-        if (count == 0 || ids[count - 1] != own) {
+        rows = static_cast<int>(min(int64_t{a.group_tokens}, a.n - first));
+        // The group's positions and their blocks [own, last_block]: the list's last entries.
+        const int64_t first_pos = a.pos0 + first, last_pos = first_pos + rows - 1;
+        const int64_t own = first_pos / a.page, last_block = last_pos / a.page;
+        const int n_own = static_cast<int>(last_block - own + 1);
+        bool ok = count >= n_own;
+        for (int p = threadIdx.x; p < count; p += blockDim.x) {
+            const int32_t id = ids[p];
+            const int from_end = count - 1 - p;
+            if (id < 0 || id > last_block || (from_end < n_own && id != last_block - from_end))
+                ok = false;
+        }
+        if (__syncthreads_or(!ok)) {
             if (threadIdx.x == 0) atomicOr(a.mismatch, 1);
             count = 0;
         } else {
-            keys = (count - 1) * a.page + static_cast<int>(last % a.page) + 1;
-        }
-        for (int p = threadIdx.x; p < count; p += blockDim.x) {
-            if (ids[p] < 0 || ids[p] > own) atomicOr(a.mismatch, 1);
+            keys =
+                static_cast<int>((count - n_own) * int64_t{a.page} + (last_pos - own * a.page + 1));
         }
     }
     for (int p = threadIdx.x; p < a.max_blocks; p += blockDim.x) {
         const int32_t id = p < count ? ids[p] : 0;
-        pages[p] = base + max(id, 0);
+        pages[p] = base + id;
     }
     if (threadIdx.x == 0) {
         a.seq_q[item] = rows;

@@ -41,18 +41,19 @@ struct CudnnPrefill {
 
 // Block-sparse prefill's selected heads as cuDNN paged attention: an item is one (selected
 // head, query group) pair, its "pages" the group's selected key blocks (page = block), in
-// ascending order with the group's own block last, so that the causal diagonal aligned to the
-// bottom right of the item's keys masks exactly the own block's later keys. The cache is one
-// container of pages: every KV head of the sequence, c / page pages each.
+// ascending order with the blocks of the group's own positions last, so that the causal
+// diagonal aligned to the bottom right of the item's keys masks exactly those blocks' later
+// keys. The cache is one container of pages: every KV head of the sequence, c / page pages
+// each.
 struct CudnnPagedPrefill {
-    const uint16_t* q = nullptr;  // (b, page, d) bf16: item i's rows at q + i * page * d
+    const uint16_t* q = nullptr;  // (b, rows, d) bf16: item i's rows at q + i * rows * d
     const void* k = nullptr;      // (pages, page, d) bf16
     const void* v = nullptr;
     const int32_t* page_table = nullptr;  // (b, max_pages): container pages, valid everywhere
-    const int32_t* seq_q = nullptr;       // (b,): the item's query rows, 1 .. page
+    const int32_t* seq_q = nullptr;       // (b,): the item's query rows, 1 .. rows
     const int32_t* seq_kv = nullptr;      // (b,): its keys, 1 .. max_pages * page
     uint16_t* out = nullptr;              // as q
-    int b = 0, page = 0, max_pages = 0, d = 0;
+    int b = 0, rows = 0, page = 0, max_pages = 0, d = 0;
     int64_t pages = 0;
     float scale = 1.0f;
 };

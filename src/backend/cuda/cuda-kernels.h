@@ -213,13 +213,14 @@ cudaError_t launch_gather_heads_bf16(const float* q, const int32_t* table, uint1
                                      cudaStream_t stream);
 
 // Block-sparse prefill's selected heads as cuDNN paged attention (cuda-cudnn.h): item
-// j * groups + g is selected head j's query group g, the chunk's tokens [g page, (g + 1) page)
-// (the chunk starts at a multiple of the page, the block size). From the group's list (its
-// first token's row) the item's page table (the KV head's pages, slot * pages_per_head + id,
-// the head's first page past the list), its query rows and keys: (count - 1) page + the own
-// block's keys up to the group's last position. Items past the chunk get 1 row and 1 key. A
-// list that is empty, out of range or does not end with the group's own block sets *mismatch
-// (cuDNN's bottom-right diagonal would mask keys it keeps; the caller then falls back).
+// j * groups + g is selected head j's query group g, the chunk's tokens [g G, (g + 1) G) (G =
+// group tokens, a multiple of the page, the block size; the chunk starts at a multiple of G).
+// From the group's list (its first token's row) the item's page table (the KV head's pages,
+// slot * pages_per_head + id, the head's first page past the list), its query rows and keys:
+// every key of the list's blocks before the group's own, then the own blocks' keys up to the
+// group's last position. Items past the chunk get 1 row and 1 key. A list that is out of
+// range or does not end with the blocks of the group's positions sets *mismatch (cuDNN's
+// bottom-right diagonal would mask keys it keeps; the caller then falls back).
 struct PagedSelectionArgs {
     const int32_t* sel_blocks;  // (n, sel_hr, max_blocks)
     const int32_t* sel_counts;  // (n, sel_hr)
@@ -230,7 +231,7 @@ struct PagedSelectionArgs {
     int32_t* seq_kv;            // (hs * groups,)
     int32_t* mismatch;          // (1,), zeroed by the launch
     int64_t n, pages_per_head;
-    int hs, groups, sel_hr, max_blocks, page, pos0;
+    int hs, groups, group_tokens, sel_hr, max_blocks, page, pos0;
 };
 cudaError_t launch_paged_selection(const PagedSelectionArgs& args, cudaStream_t stream);
 
@@ -278,18 +279,22 @@ struct SelectBlocksArgs {
     bool keys_f8;             // index_keys in f8 e4m3 (neither flag: f32)
     int one_seq;              // the sequence slot of every token, or -1 when they differ
     // One selection per query group (BlockSelectParams::per_query_block): n_groups > 0 groups
-    // of consecutive tokens sharing the block of group_pos[g]; group_of[i] = token i's group.
+    // of consecutive tokens, group g's last at group_pos[g]; group_of[i] = token i's group.
     // Their means take the distributions of S = n_samples tokens, group g's at sample rows
     // [sample_start[g], sample_start[g + 1]) (all its tokens, or query_block_samples of them).
     // 0: a selection per token (the pointers unused).
     int64_t n_groups;
     const int32_t* group_of;      // (n,) on the device
     const int32_t* group_pos;     // (n_groups,) on the device
+    const int32_t* group_first_block;  // (n_groups,) the block of each group's first token
     int64_t n_samples;            // S
     const int32_t* sample_start;  // (n_groups + 1,) on the device
     const int32_t* sample_token;  // (S,) the sampled tokens, on the device
     const int32_t* sample_seq;    // (S,) their sequences, on the device
     const int32_t* sample_pos;    // (S,) their positions, on the device
+    // (n,) on the device: the first block a row keeps whatever its masses (besides block 0),
+    // every one after it kept too: a query group's first block; null: the block of pos.
+    const int32_t* keep_from;
 };
 // The device scratch launch_select_blocks needs for args' n, hr, n_used_max, max_blocks and
 // n_groups (the pointers are not read).

@@ -448,9 +448,11 @@ Result<bool> CudaBackend::cudnn_paged_prefill(const Tensor& q, const KvCacheView
     // (n, hr, max_blocks), one list per query group.
     const BlockSelection& sel = *params.selection;
     const int64_t n = q.dim(0), h = q.dim(1), d = q.dim(2), gc = cache.k.dim(1), c = cache.k.dim(2);
-    const int page = sel.block_size;
+    // Pages are the selection's blocks; an item's queries its group's tokens.
+    const int page = sel.block_size, group = sel.query_block > 0 ? sel.query_block : page;
     if (!cudnn_ || cache.k.dtype != DType::kBF16 || cache.ring_sinks >= 0 || graph_->open() ||
-        place.pos[0] % page != 0 || c % page != 0 || env_flag("PURBO_NO_CUDNN_PAGED"))
+        group % page != 0 || place.pos[0] % group != 0 || c % page != 0 ||
+        env_flag("PURBO_NO_CUDNN_PAGED"))
         return false;
     // table (hs, 3): query head, cache head, 0 (not local), as cudnn_prefill's; rows (hs,): the
     // heads' selection rows.
@@ -470,10 +472,10 @@ Result<bool> CudaBackend::cudnn_paged_prefill(const Tensor& q, const KvCacheView
 
     // Items: (selected head, query group), the groups padded to a power of two so that a
     // handful of graphs serve every chunk; padded items attend to 1 key.
-    const int64_t groups = (n + page - 1) / page;
+    const int64_t groups = (n + group - 1) / group;
     int64_t groups_pad = 1;
     while (groups_pad < groups) groups_pad *= 2;
-    const int64_t rows_pad = groups_pad * page, items = hs * groups_pad;
+    const int64_t rows_pad = groups_pad * group, items = hs * groups_pad;
     const int64_t max_pages = sel.blocks.dim(2);
     if (items > INT_MAX || max_pages * page > INT_MAX) return false;
     auto aligned = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
@@ -509,12 +511,13 @@ Result<bool> CudaBackend::cudnn_paged_prefill(const Tensor& q, const KvCacheView
     ps.pages_per_head = c / page;
     ps.hs = static_cast<int>(hs);
     ps.groups = static_cast<int>(groups_pad);
+    ps.group_tokens = group;
     ps.sel_hr = static_cast<int>(sel.blocks.dim(1));
     ps.max_blocks = static_cast<int>(max_pages);
     ps.page = page;
     ps.pos0 = place.pos[0];
     PURBO_CUDA_TRY(cuda::launch_paged_selection(ps, stream_));
-    // Lists that do not end with their group's own block cannot be told to cuDNN: the
+    // Lists that do not end with their group's own blocks cannot be told to cuDNN: the
     // tensor-core kernel takes them. One small read back per chunk.
     int32_t lists_mismatch = 0;
     PURBO_CUDA_TRY(cudaMemcpyAsync(&lists_mismatch, mismatch, sizeof(int32_t),
@@ -534,6 +537,7 @@ Result<bool> CudaBackend::cudnn_paged_prefill(const Tensor& q, const KvCacheView
     p.seq_kv = seq_kv;
     p.out = o_paged;
     p.b = static_cast<int>(items);
+    p.rows = group;
     p.page = page;
     p.max_pages = static_cast<int>(max_pages);
     p.d = static_cast<int>(d);

@@ -54,7 +54,7 @@ __global__ void __cluster_dims__(kClusterCtas, 1, 1) __launch_bounds__(kThreads)
     const int tid = threadIdx.x;
     const int64_t row = blockIdx.y;  // token * hr + head
     const int p = args.pos[row / args.hr];
-    const int n_used = p / args.block_size + 1, last = n_used - 1;
+    const int n_used = p / args.block_size + 1, own = own_first_block(args, row / args.hr, p);
     int32_t* out = args.blocks + row * args.max_blocks;  // (max_blocks,)
 
     const bool limited = args.max_kept > 0 && args.max_kept < n_used;
@@ -146,7 +146,7 @@ __global__ void __cluster_dims__(kClusterCtas, 1, 1) __launch_bounds__(kThreads)
         a[x] = ab;
         const Mass w = fixed_mass(ab, heaviest);
         total += w;
-        if (b == 0 || b == last) {
+        if (b == 0 || b >= own) {
             kept += w;
             states[x] = kKeep;
         } else {
@@ -176,7 +176,7 @@ __global__ void __cluster_dims__(kClusterCtas, 1, 1) __launch_bounds__(kThreads)
         row_kept = sum_kept;
     }
     __syncthreads();
-    const RowRule rule = row_rule(args, row_total, row_kept, n_used);
+    const RowRule rule = row_rule(args, row_total, row_kept, n_used, own);
     Boundary boundary =
         find_boundary<kThreads>(hist, hist_count, row_kept, 0, rule, boundary_scratch);
     // No boundary (bin kSelectBins): every block is kept.

@@ -242,15 +242,23 @@ struct RowRule {
     int extra_limit;  // blocks the budget allows besides the always-kept ones; INT_MAX: none
     __device__ bool reaches(Mass m) const { return static_cast<double>(m) >= target; }
 };
+// The first of a row's last blocks that are always kept with block 0 (SelectBlocksArgs::
+// keep_from): those of its query positions.
+__device__ __forceinline__ int own_first_block(const SelectBlocksArgs& args, int64_t token, int p) {
+    return args.keep_from != nullptr ? args.keep_from[token] : p / args.block_size;
+}
+
+// own: the row's first always-kept block past 0 (own_first_block).
 __device__ __forceinline__ RowRule row_rule(const SelectBlocksArgs& args, Mass total, Mass kept,
-                                            int n_used) {
+                                            int n_used, int own) {
     RowRule rule;
     rule.target = args.top_p >= 1.0f
                       ? static_cast<double>(INFINITY)
                       : static_cast<double>(kept) +
                             static_cast<double>(args.top_p) * static_cast<double>(total - kept);
     const bool limited = args.max_kept > 0 && args.max_kept < n_used;
-    const int n_always = n_used > 1 ? 2 : 1;  // the budget may not cut the always-kept blocks
+    // The budget may not cut the always-kept blocks: 0 and own .. n_used - 1.
+    const int n_always = (own > 0 ? 1 : 0) + (n_used - own);
     rule.extra_limit = limited ? max(0, args.max_kept - n_always) : INT_MAX;
     return rule;
 }

@@ -27,12 +27,13 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
         *std::max_element(place.pos.begin(), place.pos.end()) / params.block_size + 1;
     // Query groups (per_query_block); when every group is one token, the per-token path.
     const std::vector<int64_t> starts =
-        select_query_groups(place, params.block_size, params.per_query_block);
+        select_query_groups(place, query_group_tokens(params), params.per_query_block);
     const int64_t n_groups = static_cast<int64_t>(starts.size()) - 1;
     const bool grouped = n_groups < n;
 
-    // Staging, int32: seq (n,), pos (n,); when grouped group_of (n,), group_pos (G,),
-    // sample_start (G + 1,), then the sampled tokens' ids, seqs and positions (S each).
+    // Staging, int32: seq (n,), pos (n,); when grouped group_of (n,), group_pos (G,: the last
+    // token's), group_first_block (G,), sample_start (G + 1,), then the sampled tokens' ids,
+    // seqs and positions (S each).
     std::vector<int32_t> staging(place.seq.begin(), place.seq.end());
     staging.insert(staging.end(), place.pos.begin(), place.pos.end());
     int64_t n_samples = 0;
@@ -46,7 +47,9 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
                 sample_token.push_back(static_cast<int32_t>(i));
         }
         sample_start.push_back(static_cast<int32_t>(sample_token.size()));
-        for (int64_t g = 0; g < n_groups; ++g) staging.push_back(place.pos[starts[g]]);
+        for (int64_t g = 0; g < n_groups; ++g) staging.push_back(place.pos[starts[g + 1] - 1]);
+        for (int64_t g = 0; g < n_groups; ++g)
+            staging.push_back(place.pos[starts[g]] / params.block_size);
         staging.insert(staging.end(), sample_start.begin(), sample_start.end());
         staging.insert(staging.end(), sample_token.begin(), sample_token.end());
         for (int32_t i : sample_token) staging.push_back(place.seq[i]);
@@ -78,8 +81,9 @@ Status CudaBackend::select_blocks(const Tensor& iq, const Tensor& index_keys,
         args.n_groups = n_groups;
         args.group_of = staged + 2 * n;
         args.group_pos = args.group_of + n;
+        args.group_first_block = args.group_pos + n_groups;
         args.n_samples = n_samples;
-        args.sample_start = args.group_pos + n_groups;
+        args.sample_start = args.group_first_block + n_groups;
         args.sample_token = args.sample_start + n_groups + 1;
         args.sample_seq = args.sample_token + n_samples;
         args.sample_pos = args.sample_seq + n_samples;

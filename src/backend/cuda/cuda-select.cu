@@ -247,7 +247,7 @@ __global__ void __launch_bounds__(kRowThreads) select_row_kernel(SelectState st)
     static_assert(kWarps % kHistCopies == 0, "whole warps per histogram copy");
     const int64_t row = blockIdx.x;  // token * hr + head
     const int p = args.pos[row / args.hr];
-    const int n_used = p / args.block_size + 1, last = n_used - 1;
+    const int n_used = p / args.block_size + 1;
     int32_t* out = args.blocks + row * args.max_blocks;  // (max_blocks,)
     const int tid = threadIdx.x;
 
@@ -276,7 +276,8 @@ __global__ void __launch_bounds__(kRowThreads) select_row_kernel(SelectState st)
                                                  : st.states + row * st.state_stride;
     int32_t* candidates = st.candidates + row * args.n_used_max;
     int32_t* ranks = st.ranks + row * args.n_used_max;
-    auto always_kept = [last](int b) { return b == 0 || b == last; };
+    const int own = own_first_block(args, row / args.hr, p);
+    auto always_kept = [own](int b) { return b == 0 || b >= own; };
     auto add_m = [](Mass x, Mass y) { return x + y; };
 
     // The heaviest block; the masses relative to it, their histogram, total and always-kept part.
@@ -304,7 +305,7 @@ __global__ void __launch_bounds__(kRowThreads) select_row_kernel(SelectState st)
     merge_copies<kThreads>(copies, hist, hist_count);
     total = block_reduce<kThreads>(total, add_m, reduce_m);
     kept = block_reduce<kThreads>(kept, add_m, reduce_m);
-    const RowRule rule = row_rule(args, total, kept, n_used);
+    const RowRule rule = row_rule(args, total, kept, n_used, own);
 
     Boundary boundary = find_boundary<kThreads>(hist, hist_count, kept, 0, rule, boundary_scratch);
     const int bound0 = boundary.bin;
@@ -433,6 +434,7 @@ __global__ void __launch_bounds__(kMeanThreads) group_mean_kernel(GroupState gs)
     if (b < n_used) {
         double sum = 0;
         for (int s = first; s < end; ++s) {
+            if (b > args.sample_pos[s] / args.block_size) continue;  // past the token: 0
             const int64_t row = int64_t{s} * args.hr + j;
             sum += exp2(static_cast<double>(gs.sample_mass[row * args.n_used_max + b]) -
                         gs.sample_lse[row]);
@@ -540,6 +542,7 @@ size_t grouped_layout(const SelectBlocksArgs& args, bool clustered, GroupState* 
     group_args.scratch = carve.base ? carve.base + carve.at : nullptr;
     group_args.n = args.n_groups;
     group_args.pos = args.group_pos;
+    group_args.keep_from = args.group_first_block;
     group_args.blocks = static_cast<int32_t*>(group_blocks);
     group_args.counts = static_cast<int32_t*>(group_counts);
     carve.at +=

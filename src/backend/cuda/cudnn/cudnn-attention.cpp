@@ -10,7 +10,7 @@
 //    (position pos0 + i) sees keys <= pos0 + i, and with a window only those > pos0 + i -
 //    window: the same rule as attention_key_visible.
 //
-// Paged calls (block-sparse prefill's selected heads, cuda-cudnn.h): Q and O (b, 1, page, d),
+// Paged calls (block-sparse prefill's selected heads, cuda-cudnn.h): Q and O (b, 1, rows, d),
 // the cache a container (pages, 1, page, d), a page table (b, 1, max_pages, 1) and per-item
 // lengths (b, 1, 1, 1), the same bottom-right causal diagonal.
 //
@@ -40,8 +40,8 @@ enum Uid : int64_t { kQ = 1, kK, kV, kO, kSeqQ, kSeqKv, kLse, kPageTable };
 
 // (hq, hk, d, n_pad, c, window, scale bits, q row width, with lse)
 using GraphKey = std::tuple<int, int, int, int, int64_t, int, uint32_t, int64_t, bool>;
-// (items, page, max pages, d, container pages, scale bits)
-using PagedKey = std::tuple<int, int, int, int, int64_t, uint32_t>;
+// (items, query rows, page, max pages, d, container pages, scale bits)
+using PagedKey = std::tuple<int, int, int, int, int, int64_t, uint32_t>;
 
 uint32_t float_bits(float x) {
     uint32_t bits = 0;
@@ -188,8 +188,13 @@ public:
     }
 
     Result<fe::graph::Graph*> paged_graph_for(const CudnnPagedPrefill& call) {
-        const PagedKey key{call.b, call.page,  call.max_pages,
-                           call.d, call.pages, float_bits(call.scale)};
+        const PagedKey key{call.b,
+                           call.rows,
+                           call.page,
+                           call.max_pages,
+                           call.d,
+                           call.pages,
+                           float_bits(call.scale)};
         if (auto it = paged_graphs_.find(key); it != paged_graphs_.end()) {
             if (!it->second)
                 return error(StatusCode::kUnsupported,
@@ -197,9 +202,9 @@ public:
             return it->second.get();
         }
         auto graph = new_graph();
-        const int64_t b = call.b, page = call.page, d = call.d, pages = call.pages,
-                      max_pages = call.max_pages;
-        auto q = tensor(*graph, "q", kQ, {b, 1, page, d}, {page * d, page * d, d, 1});
+        const int64_t b = call.b, rows = call.rows, page = call.page, d = call.d,
+                      pages = call.pages, max_pages = call.max_pages;
+        auto q = tensor(*graph, "q", kQ, {b, 1, rows, d}, {rows * d, rows * d, d, 1});
         auto k = tensor(*graph, "k", kK, {pages, 1, page, d}, {page * d, page * d, d, 1});
         auto v = tensor(*graph, "v", kV, {pages, 1, page, d}, {page * d, page * d, d, 1});
         auto table = int_tensor(*graph, "page_table", kPageTable, {b, 1, max_pages, 1},
@@ -221,11 +226,11 @@ public:
         (void)stats;
         o->set_output(true)
             .set_uid(kO)
-            .set_dim({b, 1, page, d})
-            .set_stride({page * d, page * d, d, 1});
+            .set_dim({b, 1, rows, d})
+            .set_stride({rows * d, rows * d, d, 1});
         return plan(paged_graphs_, key, std::move(graph),
-                    fmt::format("paged: items {} page {} pages {} of {} d {}", b, page, max_pages,
-                                pages, d),
+                    fmt::format("paged: items {} rows {} page {} pages {} of {} d {}", b, rows,
+                                page, max_pages, pages, d),
                     true);
     }
 
