@@ -242,7 +242,15 @@ TEST(BenchAttention, BlockSparsePrefillJson) {
         "--prefill 512 --decode none --fractions 0.25 --block-sparse-prefill --prefill-samples 8");
     ASSERT_EQ(sampled.size(), 2u);
     EXPECT_EQ(sampled[1]["samples"], 8);
+    EXPECT_EQ(sampled[1]["query_block"], 64);
     expect_select_plus_attention(sampled[1]);
+    // Query groups of two blocks: the same rows, named so.
+    const auto groups = run_sparse_layer(
+        "--prefill 512 --decode none --fractions 0.25 --block-sparse-prefill --prefill-samples 8 "
+        "--prefill-query-block 128");
+    ASSERT_EQ(groups.size(), 2u);
+    EXPECT_EQ(groups[1]["query_block"], 128);
+    expect_select_plus_attention(groups[1]);
 }
 
 // f8 index keys: the decode rows name them and the timed selection still keeps about the
@@ -273,7 +281,11 @@ TEST(BenchAttention, SparseLayerBadFlags) {
           "--retrieval 0.2 --window 64 --block-sparse-prefill --prefill-select row",
           "--retrieval 0.2 --window 64 --block-sparse-prefill --prefill-select token "
           "--prefill-samples 8",
-          "--retrieval 0.2 --window 64 --index-keys q4_0"}) {
+          "--retrieval 0.2 --window 64 --index-keys q4_0",
+          "--retrieval 0.2 --window 64 --block-sparse-prefill --prefill-query-block 96",
+          "--retrieval 0.2 --window 64 --block-sparse-prefill --prefill-select token "
+          "--prefill-query-block 128",
+          "--retrieval 0.2 --window 64 --block-sparse-prefill --select-memory 0"}) {
         const auto r = test::run_purbo(std::string("bench --attention --device cpu ") + args);
         EXPECT_EQ(r.status, 1) << args << ": " << r.output;
     }

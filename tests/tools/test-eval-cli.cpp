@@ -205,7 +205,7 @@ TEST(EvalCli, BlockSparsePrefillReportsItsSelection) {
                                                  details,
                                              /*with_stderr=*/false);
     ASSERT_EQ(md.status, 0) << md.output;
-    EXPECT_NE(md.output.find("block-sparse prefill, one selection per query block, p 0.8"),
+    EXPECT_NE(md.output.find("block-sparse prefill, one selection per query block of 32, p 0.8"),
               std::string::npos)
         << md.output;
     EXPECT_NE(md.output.find("sparse: block-sparse prefill kept "), std::string::npos) << md.output;
@@ -214,6 +214,22 @@ TEST(EvalCli, BlockSparsePrefillReportsItsSelection) {
     const nlohmann::json s = nlohmann::json::parse(*text)["variants"][0]["passkey"][0]["sparsity"];
     EXPECT_GT(s["prefill_blocks_kept"].get<int64_t>(), 0);
     EXPECT_LT(s["prefill_blocks_kept"].get<int64_t>(), s["prefill_blocks_visible"].get<int64_t>());
+
+    // Query groups of two blocks: named in the report; one not a multiple of the block is
+    // refused with the adapter's block size in the message.
+    const std::string common = "eval -m " + dir.string() + " --adapter " + adapter +
+                               " --variants sparse --tasks passkey --lengths 512 --trials 1 -t 1 "
+                               "--block-sparse-prefill --prefill-query-block ";
+    const test::ProgramResult groups = run_purbo(common + "64", /*with_stderr=*/false);
+    ASSERT_EQ(groups.status, 0) << groups.output;
+    EXPECT_NE(groups.output.find("one selection per query block of 64"), std::string::npos)
+        << groups.output;
+    const test::ProgramResult bad = run_purbo(common + "48", /*with_stderr=*/true);
+    EXPECT_NE(bad.status, 0) << bad.output;
+    EXPECT_NE(bad.output.find(
+                  "prefill query block 48 must be 0 or a multiple of the adapter's block size 32"),
+              std::string::npos)
+        << bad.output;
 }
 
 // One thread: on two cores shared with other jobs, two OpenMP threads ran this 8x slower

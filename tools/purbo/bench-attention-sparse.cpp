@@ -141,10 +141,10 @@ double top_k_prefill_keys(int64_t n, int64_t block, int64_t group, int64_t k) {
     return keys;
 }
 // Queries per op call of block-sparse prefill: chunks whose selection's mass rows (4 bytes per
-// row and key block) stay near --select-memory (256 MiB). Per token every token has one; per query
-// block of `block` tokens `samples` of them (0: all) do, plus the block's selection row (a mass,
-// candidate, rank and state: 14 bytes per key block). Sampling a block's tokens thus lengthens
-// the chunks, as it would a model's.
+// row and key block) stay near --select-memory (default 4 GiB). Per token every token has one;
+// per query group `samples` of its tokens (0: all) do, plus the group's selection row (a mass,
+// candidate, rank and state: 14 bytes per key block). Sampling a group's tokens thus
+// lengthens the chunks, as it would a model's. Longer chunks fill a GPU better (bench/NOTES.md).
 int64_t block_sparse_chunk(const SparseBenchConfig& c, int64_t hr, int64_t n_blocks) {
     const double mass = 4.0, selection_row = 14.0;
     const int group = query_group(c);

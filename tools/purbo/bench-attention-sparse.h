@@ -41,7 +41,7 @@ struct SparseBenchConfig {
     // Per query block: its tokens, a multiple of `block` (0: block).
     int query_block = 0;
     // Block-sparse prefill: the selection's scratch per chunk call, which sets the chunk.
-    int64_t select_memory_mib = 256;
+    int64_t select_memory_mib = 4096;
     double retrieval = 0.15;        // share of query heads that are retrieval heads
     int window = 8192, sinks = 4, block = 64, rank = 16;
     float top_p = 0.9f;

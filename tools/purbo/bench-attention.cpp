@@ -45,7 +45,7 @@ struct Flags {
     bool shared_index_query = false;
     std::string prefill_select = "block";
     int prefill_samples = 0;
-    int select_memory = 256;
+    int select_memory = 4096;
     int prefill_query_block = 0;
     bool cold_cache = false;
 };
@@ -202,7 +202,7 @@ int cmd_bench_attention(int argc, char** argv) {
     set.options.push_back(
         {"--select-memory", "", "MIB",
          "block-sparse prefill: the selection's scratch per chunk call, which sets the chunk "
-         "(default 256)",
+         "(default 4096)",
          &f.select_memory});
     set.options.push_back({"--rank", "", "R", "sparse layer: indexer dimension (default 16)", &f.rank});
     set.options.push_back(

@@ -305,6 +305,35 @@ bool takes_tensor_core_path(const TokenPlacement& place, int64_t d) {
     return true;
 }
 
+#if PURBO_HAVE_CUDNN
+// The finish pass (cuda-cudnn-glue.cu) over bf16 rows o, laid out as `rows`, of the (hs, 3)
+// call table's heads: their f32 rows of out, no sinks merged (the caller adds lse, window and
+// sinks for local heads). q, out (n, h, d); seq_k, seq_v the sequence's cache heads (gc, c, d).
+cuda::CudnnFinishArgs finish_args(const uint16_t* o, cuda::HeadRows rows, const int32_t* table,
+                                  const Tensor& q, const uint16_t* seq_k, const uint16_t* seq_v,
+                                  const Tensor& out, int64_t n_pad, int64_t c,
+                                  const TokenPlacement& place, const AttentionParams& params,
+                                  int64_t hs) {
+    cuda::CudnnFinishArgs fin{};
+    fin.o = o;
+    fin.o_rows = rows;
+    fin.table = table;
+    fin.q = q.ptr<float>();
+    fin.cache_k = seq_k;
+    fin.cache_v = seq_v;
+    fin.out = out.ptr<float>();
+    fin.n = q.dim(0);
+    fin.n_pad = n_pad;
+    fin.h = q.dim(1);
+    fin.hs = hs;
+    fin.d = q.dim(2);
+    fin.c = c;
+    fin.pos0 = place.pos[0];
+    fin.scale = params.scale;
+    return fin;
+}
+#endif
+
 }  // namespace
 
 Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
@@ -413,23 +442,9 @@ Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cach
         if (st.code() == StatusCode::kUnsupported) return false;  // the own kernel redoes every head
         PURBO_TRY(st);
     }
-    cuda::CudnnFinishArgs fin{};
-    fin.o = o_sel;
-    fin.o_rows = token_major;
+    cuda::CudnnFinishArgs fin = finish_args(o_sel, token_major, table_dev, q, seq_k, seq_v, out,
+                                            n_pad, c, place, params, hs);
     fin.lse = lse;
-    fin.table = table_dev;
-    fin.q = q.ptr<float>();
-    fin.cache_k = seq_k;
-    fin.cache_v = seq_v;
-    fin.out = out.ptr<float>();
-    fin.n = n;
-    fin.n_pad = n_pad;
-    fin.h = h;
-    fin.hs = hs;
-    fin.d = d;
-    fin.c = c;
-    fin.pos0 = place.pos[0];
-    fin.scale = params.scale;
     fin.window = params.window;
     fin.n_sink = params.n_sink;
     PURBO_CUDA_TRY(cuda::launch_cudnn_finish(fin, stream_));
@@ -546,23 +561,11 @@ Result<bool> CudaBackend::cudnn_paged_prefill(const Tensor& q, const KvCacheView
     const Status st = cudnn_->paged_prefill(p);
     if (st.code() == StatusCode::kUnsupported) return false;
     PURBO_TRY(st);
-    cuda::CudnnFinishArgs fin{};  // the scatter back to f32 rows, nothing to merge
-    fin.o = o_paged;
-    fin.o_rows = head_major;
-    fin.table = table_dev;
-    fin.q = q.ptr<float>();
-    fin.cache_k = seq_k;
-    fin.cache_v = seq_v;
-    fin.out = out.ptr<float>();
-    fin.n = n;
-    fin.n_pad = rows_pad;
-    fin.h = h;
-    fin.hs = hs;
-    fin.d = d;
-    fin.c = c;
-    fin.pos0 = place.pos[0];
-    fin.scale = params.scale;
-    PURBO_CUDA_TRY(cuda::launch_cudnn_finish(fin, stream_));
+    // The scatter back to f32 rows, nothing to merge.
+    PURBO_CUDA_TRY(
+        cuda::launch_cudnn_finish(finish_args(o_paged, head_major, table_dev, q, seq_k, seq_v, out,
+                                              rows_pad, c, place, params, hs),
+                                  stream_));
     return true;
 #else
     (void)q, (void)cache, (void)place, (void)params, (void)out;
