@@ -11,7 +11,7 @@
 #
 # usage: scripts/bench-gpu.sh [--quick] [--sparse] [--shape qwen3-30b-a3b|llama3-8b] [--window W]
 #                             [--sinks S] [--retrieval R] [--block B] [--fractions LIST]
-#                             [--block-sparse-prefill [--prefill-samples K]]
+#                             [--block-sparse-prefill [--prefill-samples K] [--prefill-query-block N]]
 #                             [--max-seconds S] [--total-seconds S] [--build-dir DIR] [--out DIR]
 #   --quick          prefill 8K,32K and decode 32K,128K only (--sparse: prefill 32K,128K)
 #   --window W       also the sliding-window + sinks cases (default 4096; 0: none), --sinks S (default 4)
@@ -19,7 +19,8 @@
 #   --retrieval R    --sparse: share of retrieval heads (default 0.15); --block B (default 64);
 #                    --fractions LIST: decode block shares kept (default 1,0.2,0.1,0.05,0.02)
 #   --block-sparse-prefill  --sparse: also prefill with retrieval heads over selected blocks, per fraction
-#                    (one selection per query block); --prefill-samples K: from K of its tokens (default all)
+#                    (one selection per query block); --prefill-samples K: from K of its tokens (default all);
+#                    --prefill-query-block N: groups of N tokens (a multiple of B; 128 fills cuDNN's tiles)
 #   --max-seconds S  skip a case predicted to take longer (default 30)
 #   --out DIR        the JSON and logs (default <build-dir>/attention-bench)
 set -euo pipefail
@@ -53,11 +54,12 @@ while [[ $# -gt 0 ]]; do
         --fractions) fractions="$2"; shift 2 ;;
         --block-sparse-prefill) block_sparse_prefill+=(--block-sparse-prefill); shift ;;
         --prefill-samples) block_sparse_prefill+=(--prefill-samples "$2"); shift 2 ;;
+        --prefill-query-block) block_sparse_prefill+=(--prefill-query-block "$2"); shift 2 ;;
         --max-seconds) max_seconds="$2"; shift 2 ;;
         --total-seconds) total="$2"; shift 2 ;;
         --build-dir) build="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n 2,24p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,25p "$0"; exit 0 ;;
         *) echo "bench-gpu: unknown flag '$1'" >&2; exit 2 ;;
     esac
 done
