@@ -129,6 +129,13 @@ public:
 
     // Validates and plans a built graph; a shape cuDNN has no engine for is remembered as
     // null in `cache`, so that it falls back at once next time.
+    // A graph of the cache: planned before, or null where cuDNN had no engine for its shape.
+    static Result<fe::graph::Graph*> built(const std::unique_ptr<fe::graph::Graph>& graph) {
+        if (!graph)
+            return error(StatusCode::kUnsupported, "cuDNN attention: no engine for this shape");
+        return graph.get();
+    }
+
     // every_plan: every engine the heuristics list, to be timed (paged_prefill); otherwise
     // the heuristics' first choice.
     template <class Key>
@@ -195,12 +202,7 @@ public:
                            call.d,
                            call.pages,
                            float_bits(call.scale)};
-        if (auto it = paged_graphs_.find(key); it != paged_graphs_.end()) {
-            if (!it->second)
-                return error(StatusCode::kUnsupported,
-                             "cuDNN attention: no paged engine for this shape");
-            return it->second.get();
-        }
+        if (auto it = paged_graphs_.find(key); it != paged_graphs_.end()) return built(it->second);
         auto graph = new_graph();
         const int64_t b = call.b, rows = call.rows, page = call.page, d = call.d,
                       pages = call.pages, max_pages = call.max_pages;
@@ -244,10 +246,7 @@ public:
                            float_bits(call.scale),
                            call.q_row,
                            call.lse != nullptr};
-        if (auto it = graphs_.find(key); it != graphs_.end()) {
-            if (!it->second) return error(StatusCode::kUnsupported, "cuDNN attention: no engine for this shape");
-            return it->second.get();
-        }
+        if (auto it = graphs_.find(key); it != graphs_.end()) return built(it->second);
         auto graph = new_graph();
         const int64_t h = call.hq, g = call.hk, d = call.d, n = call.n_pad, c = call.c, row = call.q_row;
         auto q = tensor(*graph, "q", kQ, {1, h, n, d}, {n * row, d, row, 1});
