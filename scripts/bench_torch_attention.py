@@ -29,7 +29,7 @@ import time
 import torch
 
 SHAPES = {"qwen3-30b-a3b": (32, 4, 128), "llama3-8b": (32, 8, 128)}
-LONG_CALL_S = 2.0  # longer calls run once, with no warm-up (as purbo bench --attention)
+LONG_CALL_S = 2.0  # longer calls run once; one-time costs (a cuDNN graph per shape) stay in the time
 MIN_SAMPLE_MS = 20.0  # short calls repeat within a sample to reach this
 ELEM_BYTES = 2  # bf16
 

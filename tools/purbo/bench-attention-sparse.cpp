@@ -362,9 +362,10 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         sp.query_block = c.per_query_block ? c.query_block : 0;
         sp.query_block_samples = c.query_block_samples;
         sp.scale = 1.0f / std::sqrt(static_cast<float>(c.rank));
-        // The chunks in order: select (and attend over the selection when `attend`).
-        auto run = [&](bool attend) -> Status {
-            for (int64_t begin = 0; begin < n; begin += m) {
+        // The chunks in order: select (and attend over the selection when `attend`); `end`
+        // stops early (the warm-up: the first chunk only).
+        auto run = [&](bool attend, int64_t end) -> Status {
+            for (int64_t begin = 0; begin < end; begin += m) {
                 const int64_t count = std::min(m, n - begin);
                 const TokenPlacement place{
                     std::span<const int32_t>(b->seq).first(static_cast<size_t>(count)),
@@ -384,12 +385,13 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
             return Status::ok();
         };
         const bool long_call = predicted > kLongCallSeconds;
-        Result<Measured> total =
-            st.is_ok() ? measure(
-                             be, [&] { return run(true); }, b->out, c.reps, long_call, c.cold_cache)
-                       : Result<Measured>(st);
+        Result<Measured> total = st.is_ok()
+                                     ? measure(
+                                           be, [&] { return run(true, n); }, b->out, c.reps,
+                                           long_call, c.cold_cache, [&] { return run(true, m); })
+                                     : Result<Measured>(st);
         Result<Measured> select = total.is_ok() ? measure(
-                                                      be, [&] { return run(false); }, b->out,
+                                                      be, [&] { return run(false, n); }, b->out,
                                                       c.reps, long_call, c.cold_cache)
                                                 : total;
         if (!select.is_ok()) {
@@ -422,7 +424,8 @@ int run_sparse_attention_bench(Backend& be, const SparseBenchConfig& c) {
         Result<Measured> m = b.is_ok()
                                  ? measure(
                                        be, [&] { return run_once(be, *b, local_params); }, b->out,
-                                       c.reps, predicted > kLongCallSeconds, c.cold_cache)
+                                       c.reps, predicted > kLongCallSeconds, c.cold_cache,
+                                       [&] { return run_once(be, *b, local_params, 1); })
                                  : Result<Measured>(b.status());
         if (!m.is_ok()) {
             r.skipped = "failed: " + m.status().to_string();

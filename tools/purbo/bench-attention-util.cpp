@@ -111,9 +111,10 @@ Result<CaseBuffers> make_buffers(Backend& be, const AttentionShape& s, Mode mode
     return b;
 }
 
-Status run_once(Backend& be, const CaseBuffers& b, const AttentionParams& params) {
+Status run_once(Backend& be, const CaseBuffers& b, const AttentionParams& params, int64_t chunks) {
     const int64_t n = static_cast<int64_t>(b.pos.size()), m = b.q.dim(0);
-    for (int64_t begin = 0; begin < n; begin += m) {
+    const int64_t end = chunks > 0 ? std::min(n, chunks * m) : n;
+    for (int64_t begin = 0; begin < end; begin += m) {
         const int64_t count = std::min(m, n - begin);
         const TokenPlacement place{
             std::span<const int32_t>(b.seq).first(static_cast<size_t>(count)),
@@ -175,9 +176,14 @@ void evict_cpu_caches() {
 }
 
 Result<Measured> measure(Backend& be, const std::function<Status()>& op, const Tensor& out,
-                         int reps, bool long_call, bool cold) {
+                         int reps, bool long_call, bool cold,
+                         const std::function<Status()>& warm_up) {
     Measured r;
-    if (long_call) {  // one-time costs are small next to the call: no warm-up, one sample
+    if (long_call) {  // one sample, after the untimed warm-up of a part of the call
+        if (warm_up) {
+            PURBO_TRY(warm_up());
+            be.synchronize();
+        }
         PURBO_ASSIGN_OR_RETURN(r.ms, time_calls(be, op, 1, cold));
         r.reps = 1;
     } else {

@@ -13,7 +13,8 @@
 namespace purbo::cli {
 
 constexpr int64_t kElemBytes = 4;       // q and out are f32 on every backend
-constexpr double kLongCallSeconds = 2;  // longer calls run once, with no warm-up
+// Longer calls run once, after a warm-up of their first chunk only (measure's warm_up).
+constexpr double kLongCallSeconds = 2;
 
 enum class Mode { kPrefill, kDecode };
 
@@ -44,8 +45,9 @@ Result<DType> resolve_cache_type(const Backend& be, const std::string& flag);
 // Bytes per cached element.
 inline int64_t cache_elem_bytes(DType t) { return static_cast<int64_t>(dtype_traits(t).block_bytes); }
 // The case's attention op sequence once: the queries in chunks of q's rows, each at its own
-// positions.
-Status run_once(Backend& be, const CaseBuffers& b, const AttentionParams& params);
+// positions. chunks > 0: only the first `chunks` chunks (a warm-up of the same shapes).
+Status run_once(Backend& be, const CaseBuffers& b, const AttentionParams& params,
+                int64_t chunks = 0);
 
 struct Measured {
     double ms = 0;  // median per op sequence
@@ -55,8 +57,12 @@ struct Measured {
 // Median milliseconds of `op` (short calls repeat within a sample); then reads a row of
 // `out` back, which surfaces a kernel failure and a non-finite output. cold: every call runs
 // after evict_cpu_caches(), which is not timed (cpu backends: their calls return when done).
+// A long call runs once, untimed `warm_up` first: a cheap part of `op` with the same op shapes
+// (its first chunk), so that one-time costs (cuDNN graphs built and tuned for a new cache size)
+// are not timed, as short calls leave them to their warm-up call.
 Result<Measured> measure(Backend& be, const std::function<Status()>& op, const Tensor& out,
-                         int reps, bool long_call, bool cold = false);
+                         int reps, bool long_call, bool cold = false,
+                         const std::function<Status()>& warm_up = {});
 
 // Writes and reads a buffer several times the size of the last-level cache on every thread,
 // so that the next op finds none of its inputs in the CPU caches, as in a model's step where

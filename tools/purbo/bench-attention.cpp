@@ -350,7 +350,8 @@ int cmd_bench_attention(int argc, char** argv) {
             Result<CaseBuffers> b = make_buffers(be, s, mode, n, f.chunk, *cache_type, block_k, block_v);
             Result<Measured> r = b.is_ok() ? measure(
                                                  be, [&] { return run_once(be, *b, params); },
-                                                 b->out, f.reps, long_call, f.cold_cache)
+                                                 b->out, f.reps, long_call, f.cold_cache,
+                                                 [&] { return run_once(be, *b, params, 1); })
                                            : Result<Measured>(b.status());
             if (r.is_ok()) {
                 m = *r;

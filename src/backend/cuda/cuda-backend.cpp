@@ -41,9 +41,14 @@ CudaBackend::~CudaBackend() {
     // Errors on the way out cannot be returned; the process is usually ending anyway.
     if (stream_) (void)cudaStreamSynchronize(stream_);
     cudnn_.reset();  // its handle is bound to the stream
+    side_.cudnn.reset();
+    for (cudaEvent_t e : {side_.fork, side_.join}) {
+        if (e) (void)cudaEventDestroy(e);
+    }
+    if (side_.stream) (void)cudaStreamDestroy(side_.stream);
     graph_.reset();
     gemm_.reset();
-    for (Scratch* s : {&x_bf16_, &indices_, &attn_partial_, &select_, &cudnn_io_}) {
+    for (Scratch* s : {&x_bf16_, &indices_, &attn_partial_, &select_, &cudnn_io_, &cudnn_paged_}) {
         if (s->ptr) (void)cudaFree(s->ptr);
     }
     for (PinnedSlot& slot : pinned_) {

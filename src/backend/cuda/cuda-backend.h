@@ -121,6 +121,9 @@ private:
     // computes only the heads that do not use it (the others' rows are left as they are).
     Result<bool> cudnn_prefill(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                                const AttentionParams& params, const Tensor& out);
+    // The side stream of cudnn_prefill, started on first use; false where it cannot start or
+    // PURBO_NO_CUDNN_OVERLAP is set (every call on the main stream, for comparisons).
+    Result<bool> start_cudnn_side();
     // The selected heads of a block-sparse prefill chunk through cuDNN's paged attention (one
     // list per query group, cuDNN started by cudnn_prefill, the chunk starting at a multiple of
     // the block size); false: the caller runs its tensor-core kernel.
@@ -145,6 +148,17 @@ private:
     // only, for comparisons) or when it cannot start.
     std::unique_ptr<cuda::CudnnAttention> cudnn_;
     bool cudnn_tried_ = false;
+    // A chunk's dense heads' cuDNN calls when it has local heads too: on a stream of higher
+    // priority, with a cuDNN instance of its own, while the local heads' calls run on stream_.
+    // The block scheduler then gives the local calls' short CTAs only the SMs that the long
+    // dense calls leave idle in their last wave and between two calls.
+    struct CudnnSide {
+        cudaStream_t stream = nullptr;
+        cudaEvent_t fork = nullptr, join = nullptr;  // stream_ -> stream -> stream_
+        std::unique_ptr<cuda::CudnnAttention> cudnn;
+        bool tried = false;
+    };
+    CudnnSide side_;
 };
 
 // Shared by the op files: a Status unless t lives on the device.

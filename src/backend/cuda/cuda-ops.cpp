@@ -336,6 +336,24 @@ cuda::CudnnFinishArgs finish_args(const uint16_t* o, cuda::HeadRows rows, const 
 
 }  // namespace
 
+Result<bool> CudaBackend::start_cudnn_side() {
+#if PURBO_HAVE_CUDNN
+    if (side_.cudnn) return true;
+    if (side_.tried) return false;
+    side_.tried = true;
+    if (env_flag("PURBO_NO_CUDNN_OVERLAP")) return false;
+    int least = 0, greatest = 0;
+    PURBO_CUDA_TRY(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    PURBO_CUDA_TRY(cudaStreamCreateWithPriority(&side_.stream, cudaStreamNonBlocking, greatest));
+    PURBO_CUDA_TRY(cudaEventCreateWithFlags(&side_.fork, cudaEventDisableTiming));
+    PURBO_CUDA_TRY(cudaEventCreateWithFlags(&side_.join, cudaEventDisableTiming));
+    side_.cudnn = cuda::CudnnAttention::create(side_.stream);
+    return side_.cudnn != nullptr;
+#else
+    return false;
+#endif
+}
+
 Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cache, const TokenPlacement& place,
                                         const AttentionParams& params, const Tensor& out) {
 #if PURBO_HAVE_CUDNN
@@ -421,6 +439,23 @@ Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cach
     const int64_t seq_offset = int64_t{place.seq[0]} * gc * c * d;  // bf16 elements
     const uint16_t* seq_k = cache.k.ptr<uint16_t>() + seq_offset;
     const uint16_t* seq_v = cache.v.ptr<uint16_t>() + seq_offset;
+    // Dense and local calls side by side (CudnnSide): the dense ones on the side stream, which
+    // starts after the gather; stream_ waits for it before the finish pass, on every way out.
+    bool overlap = false;
+    if (any_local && any_global && !grouped) {
+        PURBO_ASSIGN_OR_RETURN(overlap, start_cudnn_side());
+    }
+    if (overlap) {
+        PURBO_CUDA_TRY(cudaEventRecord(side_.fork, stream_));
+        PURBO_CUDA_TRY(cudaStreamWaitEvent(side_.stream, side_.fork));
+    }
+    auto join = [&]() -> Status {
+        if (!overlap) return Status::ok();
+        overlap = false;
+        PURBO_CUDA_TRY(cudaEventRecord(side_.join, side_.stream));
+        PURBO_CUDA_TRY(cudaStreamWaitEvent(stream_, side_.join));
+        return Status::ok();
+    };
     for (const Call& call : calls) {
         cuda::CudnnPrefill p;
         p.q = q_sel + static_cast<int64_t>(call.first) * d;
@@ -438,10 +473,12 @@ Result<bool> CudaBackend::cudnn_prefill(const Tensor& q, const KvCacheView& cach
         p.pos0 = place.pos[0];
         p.scale = params.scale;
         p.window = call.local ? params.window : 0;
-        const Status st = cudnn_->prefill(p);
+        const Status st = (overlap && !call.local ? side_.cudnn : cudnn_)->prefill(p);
+        if (!st.is_ok()) PURBO_TRY(join());
         if (st.code() == StatusCode::kUnsupported) return false;  // the own kernel redoes every head
         PURBO_TRY(st);
     }
+    PURBO_TRY(join());
     cuda::CudnnFinishArgs fin = finish_args(o_sel, token_major, table_dev, q, seq_k, seq_v, out,
                                             n_pad, c, place, params, hs);
     fin.lse = lse;
