@@ -232,6 +232,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_decode_kernel(Attention
         }
     }
     cp_async_wait<0>();
+    allow_dependent_grid();  // the combine pass may be scheduled (it waits for these writes)
 
     // Merge the warps: each row's largest max M over the warps, every warp's share rescaled
     // by 2^(m_w - M), the accumulators summed through shared memory (the stage buffers are

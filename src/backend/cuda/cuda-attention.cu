@@ -186,6 +186,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArg
 // One CTA of kCombineThreads per (token, head group, head of the group): the merge of
 // cuda-combine.cuh. Heads outside the call's groups are untouched.
 __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(AttentionArgs args) {
+    wait_for_prior_grid();  // the attention kernel's partials
     const int32_t* group = args.groups + blockIdx.y * kAttnGroupInts;
     if (static_cast<int>(blockIdx.z) >= group[3]) return;  // CTA-uniform
     const int64_t row = blockIdx.x * args.h + group[4 + blockIdx.z];  // token * h + head
@@ -226,11 +227,19 @@ cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream) {
         err = cudaGetLastError();
     }
     if (err != cudaSuccess || args.n_splits == 1) return err;
-    attention_combine_kernel<<<dim3(static_cast<unsigned>(args.n),
-                                    static_cast<unsigned>(args.n_groups),
-                                    static_cast<unsigned>(args.max_group_heads)),
-                               kCombineThreads, 0, stream>>>(args);
-    return cudaGetLastError();
+    // A programmatic dependent of the attention kernel: scheduled while that kernel's last
+    // CTAs finish instead of after it completes (its launch latency hidden in a decode step).
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(args.n), static_cast<unsigned>(args.n_groups),
+                          static_cast<unsigned>(args.max_group_heads));
+    config.blockDim = dim3(kCombineThreads);
+    config.stream = stream;
+    cudaLaunchAttribute dependent[1];
+    dependent[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    dependent[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = dependent;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, attention_combine_kernel, args);
 }
 
 }  // namespace purbo::cuda

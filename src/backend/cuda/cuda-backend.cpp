@@ -48,7 +48,8 @@ CudaBackend::~CudaBackend() {
     if (side_.stream) (void)cudaStreamDestroy(side_.stream);
     graph_.reset();
     gemm_.reset();
-    for (Scratch* s : {&x_bf16_, &indices_, &attn_partial_, &select_, &cudnn_io_, &cudnn_paged_}) {
+    for (Scratch* s :
+         {&x_bf16_, &indices_, &attn_partial_, &attn_plan_, &select_, &cudnn_io_, &cudnn_paged_}) {
         if (s->ptr) (void)cudaFree(s->ptr);
     }
     for (PinnedSlot& slot : pinned_) {

@@ -15,15 +15,17 @@
 // then requires device tensors; every CUDA/cuBLAS call and launch is checked (cuda-check.h).
 #pragma once
 
-#include <cuda_runtime.h>
 #include <cublas_v2.h>
+#include <cuda_runtime.h>
 
+#include <memory>
 #include <span>
 #include <type_traits>
+#include <vector>
 
 #include "backend/backend.h"
-#include "backend/cuda/cuda-cudnn.h"
 #include "backend/cuda/cuda-check.h"
+#include "backend/cuda/cuda-cudnn.h"
 #include "backend/cuda/cuda-gemm-lt.h"
 #include "backend/cuda/cuda-step-graph.h"
 
@@ -139,6 +141,8 @@ private:
     Scratch x_bf16_;       // matmul: x rounded to bf16, (n, k)
     Scratch indices_;      // ids, positions, placements, plans and rope tables of one op
     Scratch attn_partial_; // split-KV partial results
+    Scratch attn_plan_;    // the attention kernel's last plan (seq, pos, blocks, groups)
+    std::vector<int32_t> attn_plan_host_;  // what attn_plan_ holds
     Scratch select_;       // select_blocks: per-block log2 masses, boundary candidates, ranks
     Scratch cudnn_io_;     // cuDNN prefill: q and out in bf16 (n_pad, hs, d), log-sum-exp (hs, n_pad)
     Scratch cudnn_paged_;  // cuDNN paged prefill: q and out (hs, rows, d), page tables, lengths

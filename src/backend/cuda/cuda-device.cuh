@@ -81,6 +81,24 @@ __device__ __forceinline__ float exp2_ftz(float x) {
     return y;
 }
 
+// Programmatic dependent launch (sm_90 and later; no-ops before): a kernel launched with
+// programmatic stream serialization may be scheduled before the kernel ahead of it on the
+// stream completes; it must wait_for_prior_grid() before reading what that kernel writes
+// (the wait returns once the prior grid has completed and its writes are visible).
+// allow_dependent_grid() in the prior kernel lets the dependent be scheduled as soon as every
+// CTA has passed it rather than exited.
+__device__ __forceinline__ void wait_for_prior_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void allow_dependent_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
 __device__ __forceinline__ float warp_max(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
     return v;

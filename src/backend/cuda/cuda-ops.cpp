@@ -718,7 +718,14 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
     staging.insert(staging.end(), place.pos.begin(), place.pos.end());
     staging.insert(staging.end(), plan.blocks.begin(), plan.blocks.end());
     staging.insert(staging.end(), plan.groups.begin(), plan.groups.end());
-    PURBO_ASSIGN_OR_RETURN(void* dev, stage(indices_, staging.data(), staging.size() * 4));
+    // Every layer of a decode step stages the same plan: the device copy of the last one is
+    // reused while it matches (outside step graphs, which stage into their own arena).
+    void* dev = attn_plan_.ptr;
+    if (graph_->open() || staging != attn_plan_host_) {
+        PURBO_ASSIGN_OR_RETURN(
+            dev, stage(graph_->open() ? indices_ : attn_plan_, staging.data(), staging.size() * 4));
+        if (!graph_->open()) attn_plan_host_ = std::move(staging);
+    }
     const auto* dev_ints = static_cast<const int32_t*>(dev);
 
     cuda::AttentionArgs args{};
