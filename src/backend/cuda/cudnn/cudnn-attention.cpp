@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda-cudnn.h"
+#include "core/env.h"
 #include "core/log.h"
 
 namespace purbo::cuda {
@@ -72,6 +73,9 @@ public:
             {kV, const_cast<void*>(call.v)},     {kO, call.out},
             {kSeqQ, lengths_},                   {kSeqKv, lengths_ + 1}};
         if (call.lse != nullptr) pack[kLse] = call.lse;
+        if (tune_dense_)
+            PURBO_TRY(
+                tune(graph, pack, fmt::format("dense: heads {} rows {}", call.hq, call.n_pad)));
         return execute(graph, pack);
     }
 
@@ -87,21 +91,29 @@ public:
             {kPageTable, const_cast<int32_t*>(call.page_table)}};
         // Every engine cuDNN offers for the shape, timed on the first call's data, the
         // fastest kept: its first choice for short paged items is not always the fastest.
-        if (tuned_.insert(graph).second && graph->get_execution_plan_count() > 1) {
-            PURBO_TRY(reserve_workspace(graph->get_autotune_workspace_size()));
-            if (fe::error_t e = graph->autotune(handle_, pack, workspace_); e.is_bad())
-                return error(StatusCode::kInternal, "cuDNN attention: autotune: {}",
-                             e.get_message());
-            std::string name;
-            (void)graph->get_plan_name_at_index(0, name);
-            PURBO_LOG_INFO(
-                "cuDNN attention: paged items {} page {} pages {}: fastest of {} plans {}", call.b,
-                call.page, call.max_pages, graph->get_execution_plan_count(), name);
-        }
+        PURBO_TRY(tune(
+            graph, pack,
+            fmt::format("paged items {} page {} pages {}", call.b, call.page, call.max_pages)));
         return execute(graph, pack);
     }
 
   private:
+    // On a graph's first call: every plan it was built with timed on this call's data, the
+    // fastest kept first.
+    Status tune(fe::graph::Graph* graph, std::unordered_map<int64_t, void*>& pack,
+                const std::string& shape) {
+        if (!tuned_.insert(graph).second || graph->get_execution_plan_count() <= 1)
+            return Status::ok();
+        PURBO_TRY(reserve_workspace(graph->get_autotune_workspace_size()));
+        if (fe::error_t e = graph->autotune(handle_, pack, workspace_); e.is_bad())
+            return error(StatusCode::kInternal, "cuDNN attention: autotune: {}", e.get_message());
+        std::string name;
+        (void)graph->get_plan_name_at_index(0, name);
+        PURBO_LOG_INFO("cuDNN attention: {}: fastest of {} plans {}", shape,
+                       graph->get_execution_plan_count(), name);
+        return Status::ok();
+    }
+
     Status reserve_workspace(int64_t workspace_bytes) {
         if (workspace_bytes > workspace_size_) {
             if (workspace_ != nullptr)
@@ -272,14 +284,18 @@ public:
 
         return plan(
             graphs_, key, std::move(graph),
-            fmt::format("h {} g {} d {} rows {} cache {} window {}", h, g, d, n, c, call.window));
+            fmt::format("h {} g {} d {} rows {} cache {} window {}", h, g, d, n, c, call.window),
+            tune_dense_);
     }
 
     cudnnHandle_t handle_;
     cudaStream_t stream_;
     std::map<GraphKey, std::unique_ptr<fe::graph::Graph>> graphs_;
     std::map<PagedKey, std::unique_ptr<fe::graph::Graph>> paged_graphs_;
-    std::set<fe::graph::Graph*> tuned_;  // paged graphs whose engines have been timed
+    std::set<fe::graph::Graph*> tuned_;  // graphs whose engines have been timed
+    // PURBO_CUDNN_TUNE=1: dense graphs too are built with every engine and timed on their
+    // first call (for measuring; the heuristics' first choice otherwise).
+    const bool tune_dense_ = env_flag("PURBO_CUDNN_TUNE");
     void* workspace_ = nullptr;
     int64_t workspace_size_ = 0;
     int32_t* lengths_ = nullptr;  // (2,): query rows, key rows of the current call
