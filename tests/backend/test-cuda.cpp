@@ -188,6 +188,45 @@ TEST(Cuda, DecodeWithWindowAndSinksAtLongContext) {
     check_attention_matches(a, 13);
 }
 
+TEST(Cuda, RepeatedDecodePlansGiveTheSameOutputsAsFreshCalls) {
+    SKIP_WITHOUT_CUDA();
+    // One backend runs decode calls whose plans repeat, change and come back (the device copy
+    // of an unchanged plan is reused); each output must equal, bit for bit, the same call on a
+    // fresh backend (the kernels are deterministic).
+    const int64_t h = 16, g = 2, d = 128, c = 8192;
+    std::mt19937 rng(21);
+    const Tensor kc = bf16_rounded(host_f32({1, g, c, d}, random_floats(rng, g * c * d)));
+    const Tensor vc = bf16_rounded(host_f32({1, g, c, d}, random_floats(rng, g * c * d)));
+    const Tensor q1 = host_f32({1, h, d}, random_floats(rng, h * d, 3.0f));
+    const Tensor q2 = host_f32({1, h, d}, random_floats(rng, h * d, 3.0f));
+    AttentionParams params;
+    params.scale = 1.0f / std::sqrt(static_cast<float>(d));
+    const std::vector<int32_t> seq = {0};
+    auto run = [&](Backend& be, const KvCacheView& cache, const Tensor& q, int32_t pos) {
+        Tensor out = be.alloc(DType::kF32, {1, h, d}, "out");
+        const std::vector<int32_t> positions = {pos};
+        const Status st = be.attention(upload(be, q), cache, {seq, positions}, params, out);
+        EXPECT_TRUE(st.is_ok()) << st.to_string();
+        return download(be, out);
+    };
+    auto shared = make("cuda");
+    const KvCacheView shared_cache{upload_cache(*shared, kc, DType::kBF16),
+                                   upload_cache(*shared, vc, DType::kBF16)};
+    const std::vector<std::pair<const Tensor*, int32_t>> calls = {
+        {&q1, 8000}, {&q2, 8000}, {&q1, 3000}, {&q2, 8000}, {&q2, 8000}};
+    for (const auto& [q, pos] : calls) {
+        SCOPED_TRACE(pos);
+        const std::vector<float> got = run(*shared, shared_cache, *q, pos);
+        auto fresh = make("cuda");
+        const std::vector<float> want =
+            run(*fresh,
+                {upload_cache(*fresh, kc, DType::kBF16), upload_cache(*fresh, vc, DType::kBF16)},
+                *q, pos);
+        ASSERT_EQ(got.size(), want.size());
+        EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float)));
+    }
+}
+
 TEST(Cuda, SeveralSequencesDecodeTogether) {
     SKIP_WITHOUT_CUDA();
     // Four sequences at very different lengths in one decode batch (one token each).
