@@ -227,6 +227,52 @@ TEST(Cuda, RepeatedDecodePlansGiveTheSameOutputsAsFreshCalls) {
     }
 }
 
+TEST(Cuda, DecodeRightAfterKvStoreSeesTheNewKey) {
+    SKIP_WITHOUT_CUDA();
+    // Decode steps at long context that each store a new key and value at position p with
+    // kv_store right before attention at p (same plan every step: nothing is copied between
+    // the two kernels, and the decode kernel may start on older keys before kv_store
+    // completes). Each output must equal, bit for bit, attention over the cache uploaded whole.
+    const int64_t h = 16, g = 2, d = 128, c = 8192, p = 8000;
+    std::mt19937 rng(22);
+    Tensor kc = bf16_rounded(host_f32({1, g, c, d}, random_floats(rng, g * c * d)));
+    Tensor vc = bf16_rounded(host_f32({1, g, c, d}, random_floats(rng, g * c * d)));
+    AttentionParams params;
+    params.scale = 1.0f / std::sqrt(static_cast<float>(d));
+    const std::vector<int32_t> seq = {0}, pos = {static_cast<int32_t>(p)};
+    auto streamed = make("cuda");
+    const KvCacheView streamed_cache{upload_cache(*streamed, kc, DType::kBF16),
+                                     upload_cache(*streamed, vc, DType::kBF16)};
+    for (int step = 0; step < 4; ++step) {
+        SCOPED_TRACE(step);
+        const Tensor k_new = bf16_rounded(host_f32({1, g, d}, random_floats(rng, g * d)));
+        const Tensor v_new = bf16_rounded(host_f32({1, g, d}, random_floats(rng, g * d)));
+        const Tensor q = host_f32({1, h, d}, random_floats(rng, h * d, 3.0f));
+        const Tensor q_dev = upload(*streamed, q), k_dev = upload(*streamed, k_new),
+                     v_dev = upload(*streamed, v_new);
+        Tensor got = streamed->alloc(DType::kF32, {1, h, d}, "out");
+        ASSERT_TRUE(streamed->kv_store(k_dev, v_dev, {seq, pos}, streamed_cache).is_ok());
+        ASSERT_TRUE(streamed->attention(q_dev, streamed_cache, {seq, pos}, params, got).is_ok());
+        const std::vector<float> actual = download(*streamed, got);
+
+        for (int64_t kv = 0; kv < g; ++kv) {
+            std::copy_n(k_new.f32() + kv * d, d, kc.f32() + (kv * c + p) * d);
+            std::copy_n(v_new.f32() + kv * d, d, vc.f32() + (kv * c + p) * d);
+        }
+        auto whole = make("cuda");
+        Tensor want = whole->alloc(DType::kF32, {1, h, d}, "out");
+        ASSERT_TRUE(whole
+                        ->attention(upload(*whole, q),
+                                    {upload_cache(*whole, kc, DType::kBF16),
+                                     upload_cache(*whole, vc, DType::kBF16)},
+                                    {seq, pos}, params, want)
+                        .is_ok());
+        const std::vector<float> expected = download(*whole, want);
+        ASSERT_EQ(actual.size(), expected.size());
+        EXPECT_EQ(0, std::memcmp(actual.data(), expected.data(), actual.size() * sizeof(float)));
+    }
+}
+
 TEST(Cuda, SeveralSequencesDecodeTogether) {
     SKIP_WITHOUT_CUDA();
     // Four sequences at very different lengths in one decode batch (one token each).

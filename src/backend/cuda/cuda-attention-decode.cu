@@ -89,29 +89,12 @@ __global__ void __launch_bounds__(kThreads, 2) attention_decode_kernel(Attention
     const int ra = gid, rb = gid + 8;  // this thread's rows in the C fragments
     const int pa = row_pos[ra], pb = row_pos[rb];
 
-    // Q as A fragments, pre-scaled into the log2 domain and rounded to bf16 once.
-    uint32_t qf[kKSteps][4];
-    {
-        const float qscale = args.scale * kLog2e;
-        auto q_row = [&](int r) -> const float* {
-            if (r >= n_rows) return nullptr;
-            return args.q + ((tok0 + r / hpc) * args.h + heads[r % hpc]) * D;
-        };
-        const float* qa = q_row(ra);
-        const float* qb = q_row(rb);
-#pragma unroll
-        for (int kk = 0; kk < kKSteps; ++kk) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int col = kk * 16 + half * 8 + 2 * tig;
-                float2 xa = make_float2(0.0f, 0.0f), xb = xa;
-                if (qa) xa = *reinterpret_cast<const float2*>(qa + col);
-                if (qb) xb = *reinterpret_cast<const float2*>(qb + col);
-                qf[kk][2 * half] = pack_bf16(xa.x * qscale, xa.y * qscale);
-                qf[kk][2 * half + 1] = pack_bf16(xb.x * qscale, xb.y * qscale);
-            }
-        }
-    }
+    // Launched as a programmatic dependent (launch_d): everything the kernel ahead of it may
+    // write (q, a selection, the batch's own keys) is read after wait_for_prior_grid(). The
+    // first tiles' cache rows are copied before it when every key in them lies below the
+    // batch's smallest position (not ring caches, whose rows are reused).
+    const bool may_start_early = sel_row < 0 && args.ring_sinks < 0;
+    if (!may_start_early) wait_for_prior_grid();
 
     // The block's key tiles (64 keys each): a selection's, or the window's.
     KeyTiles<kTile> tiles = window_key_tiles<kTile>(min_p, max_p, window, n_sink);
@@ -150,11 +133,42 @@ __global__ void __launch_bounds__(kThreads, 2) attention_decode_kernel(Attention
 
     // Prologue: the first kStages - 1 tiles in flight. One commit per tile slot, issued or not,
     // so that "all but kStages - 2 groups done" always means "tile t has landed".
+    const int last_prologue = min(t_begin + kStages - 1, t_end) - 1;
+    const bool prologue_early =
+        may_start_early &&
+        (last_prologue < t_begin || tile_key0(last_prologue) + kTile <= args.stable_keys);
+    if (may_start_early && !prologue_early) wait_for_prior_grid();
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
         if (t_begin + s < t_end) load_tile(t_begin + s);
         cp_async_commit();
     }
+    if (prologue_early) wait_for_prior_grid();
+
+    // Q as A fragments, pre-scaled into the log2 domain and rounded to bf16 once.
+    uint32_t qf[kKSteps][4];
+    {
+        const float qscale = args.scale * kLog2e;
+        auto q_row = [&](int r) -> const float* {
+            if (r >= n_rows) return nullptr;
+            return args.q + ((tok0 + r / hpc) * args.h + heads[r % hpc]) * D;
+        };
+        const float* qa = q_row(ra);
+        const float* qb = q_row(rb);
+#pragma unroll
+        for (int kk = 0; kk < kKSteps; ++kk) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int col = kk * 16 + half * 8 + 2 * tig;
+                float2 xa = make_float2(0.0f, 0.0f), xb = xa;
+                if (qa) xa = *reinterpret_cast<const float2*>(qa + col);
+                if (qb) xb = *reinterpret_cast<const float2*>(qb + col);
+                qf[kk][2 * half] = pack_bf16(xa.x * qscale, xa.y * qscale);
+                qf[kk][2 * half + 1] = pack_bf16(xb.x * qscale, xb.y * qscale);
+            }
+        }
+    }
+
     for (int t = t_begin; t < t_end; ++t) {
         cp_async_wait<kStages - 2>();
         __syncthreads();  // tile t visible to all; every warp is done with tile t - 1's stage
@@ -300,8 +314,18 @@ cudaError_t launch_d(const AttentionArgs& args, dim3 grid, cudaStream_t stream) 
     static const cudaError_t configured =
         cudaFuncSetAttribute(attention_decode_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (configured != cudaSuccess) return configured;
-    attention_decode_kernel<D><<<grid, kThreads, kSmem, stream>>>(args);
-    return cudaGetLastError();
+    // A programmatic dependent of the kernel ahead of it (see the kernel's first wait).
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = kSmem;
+    config.stream = stream;
+    cudaLaunchAttribute dependent[1];
+    dependent[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    dependent[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = dependent;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, attention_decode_kernel<D>, args);
 }
 
 }  // namespace

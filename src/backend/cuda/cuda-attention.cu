@@ -187,6 +187,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttentionArg
 // cuda-combine.cuh. Heads outside the call's groups are untouched.
 __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(AttentionArgs args) {
     wait_for_prior_grid();  // the attention kernel's partials
+    allow_dependent_grid();  // the next decode kernel may start on the keys it already has
     const int32_t* group = args.groups + blockIdx.y * kAttnGroupInts;
     if (static_cast<int>(blockIdx.z) >= group[3]) return;  // CTA-uniform
     const int64_t row = blockIdx.x * args.h + group[4 + blockIdx.z];  // token * h + head

@@ -123,6 +123,10 @@ struct AttentionArgs {
     int sel_hr;
     int sel_max_blocks;
     int sel_block_size;      // a multiple of kAttnKeysPerTile
+    // The batch's smallest position: the kernels launched just before this one (the batch's
+    // kv_store) write no cache row of a smaller position, so the decode kernel may read those
+    // rows before the kernel ahead of it completes (programmatic dependent launch).
+    int stable_keys;
 };
 // d must be 32, 64 or 128 (else cudaErrorInvalidValue); n_splits in [1, kAttnMaxSplits].
 constexpr int kAttnMaxSplits = 256;
