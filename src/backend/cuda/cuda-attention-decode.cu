@@ -23,6 +23,7 @@
 // .trans the B operand of V, and the C fragments of S packed to bf16 the A fragment of P.
 #include <cuda_bf16.h>
 
+#include <climits>
 #include <cmath>
 
 #include "backend/cuda/cuda-device.cuh"
@@ -92,8 +93,15 @@ __global__ void __launch_bounds__(kThreads, 2) attention_decode_kernel(Attention
     // Launched as a programmatic dependent (launch_d): everything the kernel ahead of it may
     // write (q, a selection, the batch's own keys) is read after wait_for_prior_grid(). The
     // first tiles' cache rows are copied before it when every key in them lies below the
-    // batch's smallest position (not ring caches, whose rows are reused).
-    const bool may_start_early = sel_row < 0 && args.ring_sinks < 0;
+    // batch's smallest position (the batch's kv_store writes none of them; the plan's
+    // positions come from a copy, not a kernel), in batches of at most 32 tokens, not from
+    // ring caches (whose rows are reused).
+    int stable_keys = -1;
+    if (args.n <= 32) {
+        const int p = lane < args.n ? args.pos[lane] : INT_MAX;
+        stable_keys = __reduce_min_sync(kFullMask, p);
+    }
+    const bool may_start_early = sel_row < 0 && args.ring_sinks < 0 && stable_keys > 0;
     if (!may_start_early) wait_for_prior_grid();
 
     // The block's key tiles (64 keys each): a selection's, or the window's.
@@ -136,7 +144,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_decode_kernel(Attention
     const int last_prologue = min(t_begin + kStages - 1, t_end) - 1;
     const bool prologue_early =
         may_start_early &&
-        (last_prologue < t_begin || tile_key0(last_prologue) + kTile <= args.stable_keys);
+        (last_prologue < t_begin || tile_key0(last_prologue) + kTile <= stable_keys);
     if (may_start_early && !prologue_early) wait_for_prior_grid();
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
@@ -320,10 +328,8 @@ cudaError_t launch_d(const AttentionArgs& args, dim3 grid, cudaStream_t stream) 
     config.blockDim = dim3(kThreads);
     config.dynamicSmemBytes = kSmem;
     config.stream = stream;
-    cudaLaunchAttribute dependent[1];
-    dependent[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    dependent[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = dependent;
+    cudaLaunchAttribute dependent = programmatic_dependent_attribute();
+    config.attrs = &dependent;
     config.numAttrs = 1;
     return cudaLaunchKernelEx(&config, attention_decode_kernel<D>, args);
 }

@@ -35,6 +35,7 @@
 #include "backend/cuda/cuda-combine.cuh"
 #include "backend/cuda/cuda-device.cuh"
 #include "backend/cuda/cuda-kernels.h"
+#include "core/env.h"
 
 namespace purbo::cuda {
 namespace {
@@ -198,6 +199,14 @@ __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(Atte
 
 }  // namespace
 
+cudaLaunchAttribute programmatic_dependent_attribute() {
+    static const bool off = env_flag("PURBO_NO_PDL");
+    cudaLaunchAttribute a = {};
+    a.id = off ? cudaLaunchAttributeIgnore : cudaLaunchAttributeProgrammaticStreamSerialization;
+    a.val.programmaticStreamSerializationAllowed = off ? 0 : 1;
+    return a;
+}
+
 // 64 and 128 are the models' head dims; 32 keeps small test configurations on the GPU path.
 bool attention_head_dim_supported(int d) { return d == 32 || d == 64 || d == 128; }
 
@@ -235,10 +244,8 @@ cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream) {
                           static_cast<unsigned>(args.max_group_heads));
     config.blockDim = dim3(kCombineThreads);
     config.stream = stream;
-    cudaLaunchAttribute dependent[1];
-    dependent[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    dependent[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = dependent;
+    cudaLaunchAttribute dependent = programmatic_dependent_attribute();
+    config.attrs = &dependent;
     config.numAttrs = 1;
     return cudaLaunchKernelEx(&config, attention_combine_kernel, args);
 }

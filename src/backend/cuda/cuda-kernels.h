@@ -122,16 +122,15 @@ struct AttentionArgs {
     int ring_sinks;          // -1: row = position; else the ring rule of backend.h
     int sel_hr;
     int sel_max_blocks;
-    int sel_block_size;      // a multiple of kAttnKeysPerTile
-    // The batch's smallest position: the kernels launched just before this one (the batch's
-    // kv_store) write no cache row of a smaller position, so the decode kernel may read those
-    // rows before the kernel ahead of it completes (programmatic dependent launch).
-    int stable_keys;
+    int sel_block_size;  // a multiple of kAttnKeysPerTile
 };
 // d must be 32, 64 or 128 (else cudaErrorInvalidValue); n_splits in [1, kAttnMaxSplits].
 constexpr int kAttnMaxSplits = 256;
 bool attention_head_dim_supported(int d);
 cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream);
+// The launch attribute that makes a kernel a programmatic dependent of the one ahead of it
+// (see cuda-device.cuh); off (a plain launch) with PURBO_NO_PDL=1, for comparisons.
+cudaLaunchAttribute programmatic_dependent_attribute();
 
 // The tensor-core kernel of cuda-attention-decode.cu, which launch_attention uses in place of
 // the fp32 one where it applies: a bf16 cache, d 64 or 128, and no selection or one whose

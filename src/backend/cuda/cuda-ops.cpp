@@ -751,7 +751,6 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
     args.window = params.window;
     args.n_sink = params.n_sink;
     args.ring_sinks = cache.ring_sinks;
-    args.stable_keys = *std::min_element(place.pos.begin(), place.pos.end());
     if (sel) {
         args.sel_blocks = sel->blocks.ptr<int32_t>();
         args.sel_counts = sel->counts.ptr<int32_t>();
