@@ -133,8 +133,8 @@ int cmd_bench_attention(int argc, char** argv) {
         "in chunks of --chunk queries per op call. decode: one query at position n-1 over n "
         "keys. Reports the median ms per case, TFLOP/s (4 * d * h per visible query-key pair) "
         "and GB/s (K and V of the keys read, q and out). A case whose predicted time (from the "
-        "previous case's rate; warm-up plus repetitions, or one call when a call takes over "
-        "2 s) exceeds --max-seconds is skipped.";
+        "previous case's rate; warm-up plus repetitions, or one call after a warm-up of its "
+        "first chunk when a call takes over 2 s) exceeds --max-seconds is skipped.";
     set.options.push_back(
         {"--attention", "", "", "this benchmark (instead of the whole-model one)", &f.attention});
     set.options.push_back({"--device", "", "NAME", "cuda (default), cpu or cpu-ref", &f.device});
