@@ -154,28 +154,11 @@ __global__ void __launch_bounds__(kThreads, 2) attention_decode_kernel(Attention
     if (prologue_early) wait_for_prior_grid();
 
     // Q as A fragments, pre-scaled into the log2 domain and rounded to bf16 once.
+    auto q_row = [&](int r) -> const float* {
+        return r < n_rows ? args.q + ((tok0 + r / hpc) * args.h + heads[r % hpc]) * D : nullptr;
+    };
     uint32_t qf[kKSteps][4];
-    {
-        const float qscale = args.scale * kLog2e;
-        auto q_row = [&](int r) -> const float* {
-            if (r >= n_rows) return nullptr;
-            return args.q + ((tok0 + r / hpc) * args.h + heads[r % hpc]) * D;
-        };
-        const float* qa = q_row(ra);
-        const float* qb = q_row(rb);
-#pragma unroll
-        for (int kk = 0; kk < kKSteps; ++kk) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int col = kk * 16 + half * 8 + 2 * tig;
-                float2 xa = make_float2(0.0f, 0.0f), xb = xa;
-                if (qa) xa = *reinterpret_cast<const float2*>(qa + col);
-                if (qb) xb = *reinterpret_cast<const float2*>(qb + col);
-                qf[kk][2 * half] = pack_bf16(xa.x * qscale, xa.y * qscale);
-                qf[kk][2 * half + 1] = pack_bf16(xb.x * qscale, xb.y * qscale);
-            }
-        }
-    }
+    load_q_fragments<D>(qf, q_row(ra), q_row(rb), args.scale * kLog2e, tig);
 
     for (int t = t_begin; t < t_end; ++t) {
         cp_async_wait<kStages - 2>();

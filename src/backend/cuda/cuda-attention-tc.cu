@@ -183,23 +183,9 @@ __global__ void __launch_bounds__(kThreads) attention_tc_kernel(AttentionTcArgs 
     // Q as A fragments, pre-scaled into the log2 domain (scores feed exp2f) and rounded to
     // bf16 once: qf[kk] covers dims 16 kk .. 16 kk + 15.
     uint32_t qf[kKSteps][4];
-    {
-        const float qscale = args.scale * kLog2e;
-        const float* qa = args.q + (static_cast<int64_t>(min(max(ra, 0), n - 1)) * h + head) * D;
-        const float* qb = args.q + (static_cast<int64_t>(min(max(rb, 0), n - 1)) * h + head) * D;
-#pragma unroll
-        for (int kk = 0; kk < kKSteps; ++kk) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int col = kk * 16 + half * 8 + 2 * tig;
-                float2 xa = make_float2(0.0f, 0.0f), xb = xa;
-                if (ra >= 0 && ra < n) xa = *reinterpret_cast<const float2*>(qa + col);
-                if (rb >= 0 && rb < n) xb = *reinterpret_cast<const float2*>(qb + col);
-                qf[kk][2 * half] = pack_bf16(xa.x * qscale, xa.y * qscale);
-                qf[kk][2 * half + 1] = pack_bf16(xb.x * qscale, xb.y * qscale);
-            }
-        }
-    }
+    load_q_fragments<D>(qf, ra >= 0 && ra < n ? args.q + (int64_t{ra} * h + head) * D : nullptr,
+                        rb >= 0 && rb < n ? args.q + (int64_t{rb} * h + head) * D : nullptr,
+                        args.scale * kLog2e, tig);
 
     // The block's key tiles: the window's, or with a selection the tiles of the blocks its
     // CTA's tokens selected (every token of the CTA shares its first token's list).

@@ -158,6 +158,26 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+// Two query rows as the A fragments of m16n8k16 (row a: the thread's row gid, row b: gid + 8),
+// scaled (into the log2 domain by the callers) and rounded to bf16 once: qf[kk] covers dims
+// 16 kk .. 16 kk + 15. A null row reads as zeros. tig: the thread's lane % 4.
+template <int D>
+__device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[D / 16][4], const float* qa,
+                                                 const float* qb, float scale, int tig) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int col = kk * 16 + half * 8 + 2 * tig;
+            float2 xa = make_float2(0.0f, 0.0f), xb = xa;
+            if (qa) xa = *reinterpret_cast<const float2*>(qa + col);
+            if (qb) xb = *reinterpret_cast<const float2*>(qb + col);
+            qf[kk][2 * half] = pack_bf16(xa.x * scale, xa.y * scale);
+            qf[kk][2 * half + 1] = pack_bf16(xb.x * scale, xb.y * scale);
+        }
+    }
+}
+
 // d (16 x 8 f32) += a (16 x 16 bf16) b (16 x 8 bf16).
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile(
