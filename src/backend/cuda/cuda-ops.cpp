@@ -722,6 +722,7 @@ Status CudaBackend::attention(const Tensor& q, const KvCacheView& cache, const T
     // reused while it matches (outside step graphs, which stage into their own arena).
     void* dev = attn_plan_.ptr;
     if (graph_->open() || staging != attn_plan_host_) {
+        if (!graph_->open()) attn_plan_host_.clear();  // until the new copy is enqueued
         PURBO_ASSIGN_OR_RETURN(
             dev, stage(graph_->open() ? indices_ : attn_plan_, staging.data(), staging.size() * 4));
         if (!graph_->open()) attn_plan_host_ = std::move(staging);
