@@ -30,6 +30,11 @@ if ! command -v nvcc >/dev/null 2>&1 && [[ -x /usr/local/cuda/bin/nvcc ]]; then
     export PATH="/usr/local/cuda/bin:$PATH"
 fi
 command -v nvcc >/dev/null 2>&1 || { echo "test-gpu: nvcc not found (install the CUDA toolkit)" >&2; exit 1; }
+# The GPU image may lack the build's libraries (scripts/gpu-deps.sh); the tests load them too.
+if [[ -d .gpu-deps ]]; then
+    # shellcheck disable=SC1091
+    source scripts/gpu-deps.sh install .gpu-deps /tmp/purbo-deps
+fi
 echo "== nvcc: $(nvcc --version | tail -1)"
 gpu_visible=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then

@@ -1315,6 +1315,16 @@ std::vector<OpCase> all_cases() {
         select_case(16, 64, 16384, 0.9f, SelectScores::kPeaked, 0, DType::kBF16, 0, true, 8, 1));
     cases.push_back(
         select_case(16, 64, 4096, 1.0f, SelectScores::kPeaked, 16, DType::kBF16, 300, false, 0, 1));
+    // One sequence, one or two sampled tokens a query block (the first sample is the block's
+    // last token), r 8 over blocks of 32: the sparse model's prefill samples on small models.
+    for (SelectScores scores : {SelectScores::kFlat, SelectScores::kPeaked, SelectScores::kTies}) {
+        for (int samples : {1, 2}) {
+            cases.push_back(
+                select_case(8, 32, 1000, 0.6f, scores, 0, DType::kBF16, 0, true, samples, 1));
+            cases.push_back(
+                select_case(8, 32, 1000, 0.6f, scores, 0, DType::kBF16, 0, true, samples, 1, 2));
+        }
+    }
     cases.push_back(rms_norm_case({1, 576}));
     cases.push_back(rms_norm_case({33, 576}));
     cases.push_back(rms_norm_case({7, 1536}));
