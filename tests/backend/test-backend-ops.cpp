@@ -579,11 +579,14 @@ Tensor random_cache(std::mt19937& rng, int64_t s, int64_t g, int64_t c, int64_t 
     return t;
 }
 
+// from_start: one sequence's tokens at positions 0 .. n - 1 (a prompt's first chunk) rather
+// than ending at the cache's last row.
 OpCase attention_case(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, int n_seq, int window,
-                      int n_sink, DType cache_type = DType::kF32) {
+                      int n_sink, DType cache_type = DType::kF32, bool from_start = false) {
     return {
-        safe_name(fmt::format("attention_n{}_h{}_g{}_d{}_c{}_s{}_w{}_sink{}{}", n, h, g, d, c,
-                              n_seq, window, n_sink, cache_suffix("cache", cache_type))),
+        safe_name(fmt::format("attention_n{}_h{}_g{}_d{}_c{}_s{}_w{}_sink{}{}{}", n, h, g, d, c,
+                              n_seq, window, n_sink, cache_suffix("cache", cache_type),
+                              from_start ? "_from0" : "")),
         [=] {
             std::mt19937 rng(static_cast<uint32_t>(n * 131 + h * 17 + c + window + n_sink));
             const int64_t s = n_seq;
@@ -594,7 +597,8 @@ OpCase attention_case(int64_t n, int64_t h, int64_t g, int64_t d, int64_t c, int
             // Amplitude 3 so that q.k / sqrt(d) spreads over a few units: a peaked softmax.
             auto q =
                 std::make_shared<Tensor>(host_f32({n, h, d}, random_floats(rng, n * h * d, 3.0f)));
-            const Batch batch = make_batch(n, n_seq, static_cast<int32_t>(c - 1));
+            const Batch batch =
+                make_batch(n, n_seq, static_cast<int32_t>(from_start ? (n - 1) / n_seq : c - 1));
             AttentionParams params{1.0f / std::sqrt(static_cast<float>(d)), window, n_sink};
             PreparedCase pc;
             pc.run = [=](Backend& backend) {
@@ -1193,6 +1197,15 @@ std::vector<OpCase> all_cases() {
     cases.push_back(attention_case(1, 16, 2, 128, 40000, 1, 0, 0, kBf16));
     cases.push_back(attention_case(2, 16, 2, 128, 20000, 2, 0, 0, kBf16));
     cases.push_back(attention_case(1, 32, 4, 128, 20000, 1, 4096, 4, kBf16));
+    // Prefill from position 0 (cuda: cuDNN's graph without lengths when the padded rows fit
+    // the cache, the padded one when they do not): rows padded to 256 in a cache of 500, a
+    // window with and without sinks (the log-sum-exp merge), rows that fill the cache exactly,
+    // and 130 rows whose padding (256) outgrows a cache of 200.
+    cases.push_back(attention_case(130, 32, 8, 128, 500, 1, 0, 0, kBf16, true));
+    cases.push_back(attention_case(130, 9, 3, 64, 500, 1, 100, 4, kBf16, true));
+    cases.push_back(attention_case(130, 9, 3, 64, 500, 1, 100, 0, kBf16, true));
+    cases.push_back(attention_case(64, 16, 2, 128, 64, 1, 0, 0, kBf16, true));
+    cases.push_back(attention_case(130, 16, 2, 128, 200, 1, 0, 0, kBf16, true));
     for (int64_t n : {1, 7}) {
         cases.push_back(rope_case(n, 9, 64, 64, 1.0f));
         cases.push_back(rope_case(n, 8, 128, 32, 1.0f));  // rotary_dim < d: the rest passes through

@@ -9,14 +9,18 @@
 //    the padding mask on; the causal diagonal is bottom-right aligned to them, so query i
 //    (position pos0 + i) sees keys <= pos0 + i, and with a window only those > pos0 + i -
 //    window: the same rule as attention_key_visible.
+//  - A call from position 0 whose padded rows fit the cache (a prompt's first chunk) needs no
+//    lengths: the causal diagonal aligned to the top left lets query i see keys <= i, and the
+//    rows past n (junk in, junk out) see only keys past the prompt's. Its graph leaves the
+//    padding mask out, as PyTorch's dense SDPA does.
 //
 // Paged calls (block-sparse prefill's selected heads, cuda-cudnn.h): Q and O (b, 1, rows, d),
 // the cache a container (pages, 1, page, d), a page table (b, 1, max_pages, 1) and per-item
 // lengths (b, 1, 1, 1), the same bottom-right causal diagonal.
 //
 // Graphs are cached per shape (heads, head dim, padded rows, capacity, window, scale, row
-// width, with or without the log-sum-exp; for paged calls items, page, pages): building one
-// takes 0.1-1 s, a call only binds pointers.
+// width, with or without the log-sum-exp, from position 0 or not; for paged calls items, page,
+// pages): building one takes 0.1-1 s, a call only binds pointers.
 #include <cudnn.h>
 #include <cudnn_frontend.h>
 
@@ -39,10 +43,15 @@ namespace fe = cudnn_frontend;
 
 enum Uid : int64_t { kQ = 1, kK, kV, kO, kSeqQ, kSeqKv, kLse, kPageTable };
 
-// (hq, hk, d, n_pad, c, window, scale bits, q row width, with lse)
-using GraphKey = std::tuple<int, int, int, int, int64_t, int, uint32_t, int64_t, bool>;
+// (hq, hk, d, n_pad, c, window, scale bits, q row width, with lse, from position 0)
+using GraphKey = std::tuple<int, int, int, int, int64_t, int, uint32_t, int64_t, bool, bool>;
 // (items, query rows, page, max pages, d, container pages, scale bits)
 using PagedKey = std::tuple<int, int, int, int, int, int64_t, uint32_t>;
+
+// A call whose graph needs no lengths (see the layouts above).
+bool from_start(const CudnnPrefill& call) {
+    return call.pos0 == 0 && call.n_pad <= call.c;
+}
 
 uint32_t float_bits(float x) {
     uint32_t bits = 0;
@@ -62,16 +71,21 @@ public:
 
     Status prefill(const CudnnPrefill& call) override {
         PURBO_ASSIGN_OR_RETURN(fe::graph::Graph * graph, graph_for(call));
-        if (lengths_ == nullptr && cudaMalloc(&lengths_, 2 * sizeof(int32_t)) != cudaSuccess)
-            return error(StatusCode::kOutOfMemory, "cuDNN attention: length buffer");
-        // Pageable source: copied out before the call returns (the runtime stages it).
-        const int32_t lengths[2] = {call.n, call.pos0 + call.n};
-        if (cudaMemcpyAsync(lengths_, lengths, sizeof(lengths), cudaMemcpyHostToDevice, stream_) != cudaSuccess)
-            return error(StatusCode::kInternal, "cuDNN attention: copying the lengths");
-        std::unordered_map<int64_t, void*> pack = {
-            {kQ, const_cast<uint16_t*>(call.q)}, {kK, const_cast<void*>(call.k)},
-            {kV, const_cast<void*>(call.v)},     {kO, call.out},
-            {kSeqQ, lengths_},                   {kSeqKv, lengths_ + 1}};
+        std::unordered_map<int64_t, void*> pack = {{kQ, const_cast<uint16_t*>(call.q)},
+                                                   {kK, const_cast<void*>(call.k)},
+                                                   {kV, const_cast<void*>(call.v)},
+                                                   {kO, call.out}};
+        if (!from_start(call)) {
+            if (lengths_ == nullptr && cudaMalloc(&lengths_, 2 * sizeof(int32_t)) != cudaSuccess)
+                return error(StatusCode::kOutOfMemory, "cuDNN attention: length buffer");
+            // Pageable source: copied out before the call returns (the runtime stages it).
+            const int32_t lengths[2] = {call.n, call.pos0 + call.n};
+            if (cudaMemcpyAsync(lengths_, lengths, sizeof(lengths), cudaMemcpyHostToDevice,
+                                stream_) != cudaSuccess)
+                return error(StatusCode::kInternal, "cuDNN attention: copying the lengths");
+            pack[kSeqQ] = lengths_;
+            pack[kSeqKv] = lengths_ + 1;
+        }
         if (call.lse != nullptr) pack[kLse] = call.lse;
         if (tune_dense_)
             PURBO_TRY(
@@ -257,23 +271,27 @@ public:
                            call.window,
                            float_bits(call.scale),
                            call.q_row,
-                           call.lse != nullptr};
+                           call.lse != nullptr,
+                           from_start(call)};
         if (auto it = graphs_.find(key); it != graphs_.end()) return built(it->second);
         auto graph = new_graph();
         const int64_t h = call.hq, g = call.hk, d = call.d, n = call.n_pad, c = call.c, row = call.q_row;
         auto q = tensor(*graph, "q", kQ, {1, h, n, d}, {n * row, d, row, 1});
         auto k = tensor(*graph, "k", kK, {1, g, c, d}, {g * c * d, c * d, d, 1});
         auto v = tensor(*graph, "v", kV, {1, g, c, d}, {g * c * d, c * d, d, 1});
-        auto options =
-            fe::graph::SDPA_attributes()
-                .set_name("prefill")
-                .set_generate_stats(call.lse != nullptr)
-                .set_attn_scale(call.scale)
-                .set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
-                .set_diagonal_band_right_bound(0)
+        auto options = fe::graph::SDPA_attributes()
+                           .set_name("prefill")
+                           .set_generate_stats(call.lse != nullptr)
+                           .set_attn_scale(call.scale)
+                           .set_diagonal_band_right_bound(0);
+        if (from_start(call)) {
+            options.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT);
+        } else {
+            options.set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
                 .set_padding_mask(true)
                 .set_seq_len_q(int_tensor(*graph, "seq_q", kSeqQ, {1, 1, 1, 1}, {1, 1, 1, 1}))
                 .set_seq_len_kv(int_tensor(*graph, "seq_kv", kSeqKv, {1, 1, 1, 1}, {1, 1, 1, 1}));
+        }
         if (call.window > 0) options.set_diagonal_band_left_bound(call.window);
         auto [o, stats] = graph->sdpa(q, k, v, options);
         o->set_output(true).set_uid(kO).set_dim({1, h, n, d}).set_stride({n * row, d, row, 1});
@@ -282,10 +300,10 @@ public:
             stats->set_dim({1, h, n, 1}).set_stride({h * n, n, 1, 1});
         }
 
-        return plan(
-            graphs_, key, std::move(graph),
-            fmt::format("h {} g {} d {} rows {} cache {} window {}", h, g, d, n, c, call.window),
-            tune_dense_);
+        return plan(graphs_, key, std::move(graph),
+                    fmt::format("h {} g {} d {} rows {} cache {} window {}{}", h, g, d, n, c,
+                                call.window, from_start(call) ? " from position 0" : ""),
+                    tune_dense_);
     }
 
     cudnnHandle_t handle_;
