@@ -155,9 +155,12 @@ TEST_P(SparsePolicyTest, TopPDecodeAttendsFewerKeysAndMatchesReference) {
     // weights are bf16, which moves block masses enough to flip some selections at p = 0.6:
     // there the sparse model must stay 4x closer to the sparse reference than the reference is
     // to the dense model.
-    double bound = 1e-6;
-    if (GetParam() == "cuda") bound = std::min(1e-2, 0.25 * test::nmse(ref, run(t, "cpu-ref", {}, 160)));
+    const double moved = test::nmse(ref, run(t, "cpu-ref", {}, 160));
+    const double bound = GetParam() == "cuda" ? std::min(1e-2, 0.25 * moved) : 1e-6;
     EXPECT_LE(test::nmse(out, ref), bound);
+    if (std::getenv("PURBO_PRINT_NMSE") != nullptr)
+        std::printf("[ %-8s ] top-p decode: nmse %.6g, sparsity moves the reference %.6g\n",
+                    GetParam().c_str(), test::nmse(out, ref), moved);
     EXPECT_GT(stats.retrieval_head_steps, 0);
     EXPECT_LT(stats.retrieval_attended, stats.retrieval_dense);
     EXPECT_GT(stats.compute_sparsity(), 0.3);
@@ -298,6 +301,9 @@ TEST_P(SparsePolicyTest, BlockSparsePrefillMatchesReference) {
         // selections at near-ties.
         const double bound = GetParam() == "cuda" ? std::min(1e-2, 0.25 * moved) : 1e-6;
         EXPECT_LE(test::nmse(out, refs.back()), bound);
+        if (std::getenv("PURBO_PRINT_NMSE") != nullptr)
+            std::printf("[ %-8s ] block-sparse prefill, query block %d: nmse %.6g, moves %.6g\n",
+                        GetParam().c_str(), query_block, test::nmse(out, refs.back()), moved);
         // 190 prompt tokens x 4 retrieval heads, each seeing pos / 32 + 1 blocks.
         int64_t visible = 0;
         for (int64_t p = 0; p < 190; ++p) visible += 4 * (p / 32 + 1);
