@@ -212,12 +212,19 @@ public:
                                                                     const char* name, int64_t uid,
                                                                     std::vector<int64_t> dim,
                                                                     std::vector<int64_t> stride) {
-        return graph.tensor(fe::graph::Tensor_attributes()
-                                .set_name(name)
-                                .set_uid(uid)
-                                .set_dim(dim)
-                                .set_stride(stride)
-                                .set_data_type(fe::DataType_t::INT32));
+        auto t = tensor(graph, name, uid, std::move(dim), std::move(stride));
+        t->set_data_type(fe::DataType_t::INT32);
+        return t;
+    }
+
+    // The causal diagonal aligned to the bottom right of each of the b items' true lengths
+    // (kSeqQ, kSeqKv: (b,) int32 on the device), past which the padding mask hides keys.
+    static void causal_to_lengths(fe::graph::Graph& graph, fe::graph::SDPA_attributes& options,
+                                  int64_t b) {
+        options.set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
+            .set_padding_mask(true)
+            .set_seq_len_q(int_tensor(graph, "seq_q", kSeqQ, {b, 1, 1, 1}, {1, 1, 1, 1}))
+            .set_seq_len_kv(int_tensor(graph, "seq_kv", kSeqKv, {b, 1, 1, 1}, {1, 1, 1, 1}));
     }
 
     Result<fe::graph::Graph*> paged_graph_for(const CudnnPagedPrefill& call) {
@@ -237,19 +244,15 @@ public:
         auto v = tensor(*graph, "v", kV, {pages, 1, page, d}, {page * d, page * d, d, 1});
         auto table = int_tensor(*graph, "page_table", kPageTable, {b, 1, max_pages, 1},
                                 {max_pages, max_pages, 1, 1});
-        auto options =
-            fe::graph::SDPA_attributes()
-                .set_name("paged_prefill")
-                .set_generate_stats(false)
-                .set_attn_scale(call.scale)
-                .set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
-                .set_diagonal_band_right_bound(0)
-                .set_padding_mask(true)
-                .set_seq_len_q(int_tensor(*graph, "seq_q", kSeqQ, {b, 1, 1, 1}, {1, 1, 1, 1}))
-                .set_seq_len_kv(int_tensor(*graph, "seq_kv", kSeqKv, {b, 1, 1, 1}, {1, 1, 1, 1}))
-                .set_paged_attention_k_table(table)
-                .set_paged_attention_v_table(table)
-                .set_paged_attention_max_seq_len_kv(static_cast<int>(max_pages * page));
+        auto options = fe::graph::SDPA_attributes()
+                           .set_name("paged_prefill")
+                           .set_generate_stats(false)
+                           .set_attn_scale(call.scale)
+                           .set_diagonal_band_right_bound(0)
+                           .set_paged_attention_k_table(table)
+                           .set_paged_attention_v_table(table)
+                           .set_paged_attention_max_seq_len_kv(static_cast<int>(max_pages * page));
+        causal_to_lengths(*graph, options, b);
         auto [o, stats] = graph->sdpa(q, k, v, options);
         (void)stats;
         o->set_output(true)
@@ -287,10 +290,7 @@ public:
         if (from_start(call)) {
             options.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT);
         } else {
-            options.set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
-                .set_padding_mask(true)
-                .set_seq_len_q(int_tensor(*graph, "seq_q", kSeqQ, {1, 1, 1, 1}, {1, 1, 1, 1}))
-                .set_seq_len_kv(int_tensor(*graph, "seq_kv", kSeqKv, {1, 1, 1, 1}, {1, 1, 1, 1}));
+            causal_to_lengths(*graph, options, 1);
         }
         if (call.window > 0) options.set_diagonal_band_left_bound(call.window);
         auto [o, stats] = graph->sdpa(q, k, v, options);
